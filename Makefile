@@ -1,0 +1,55 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTO := protos/dispatcher/gateway/v1/gateway.proto
+GEN := server/dispatcher/gateway/v1
+
+.PHONY: run test check lint fmt types proto proto-check buf-lint pytest bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/dispatcher-gateway serve --sandbox
+
+test: check pytest
+
+check: lint types proto-check buf-lint
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+proto: $(STAMP)
+	scripts/gen-proto $(GEN)
+
+# The committed stubs must be what the .proto generates today.
+proto-check: $(STAMP)
+	@tmp=$$(mktemp -d) && scripts/gen-proto $$tmp/v1 && \
+	if diff -r -x __pycache__ $$tmp/v1 $(GEN) >/dev/null; then echo "proto stubs: up to date"; rm -rf $$tmp; \
+	else diff -r -x __pycache__ $$tmp/v1 $(GEN) | head -20; rm -rf $$tmp; \
+	echo "proto stubs drifted from $(PROTO): run 'make proto' and commit"; exit 1; fi
+
+buf-lint: $(STAMP)
+	cd protos && ../$(BIN)/buf lint
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

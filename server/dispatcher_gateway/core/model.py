@@ -1,0 +1,188 @@
+"""The domain: jobs, their events and states. No gRPC, HTTP or SQL here."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+JSON = dict[str, Any]
+
+
+class Service(enum.StrEnum):
+    """An upstream service, named as in the upstream's URL path."""
+
+    EMAIL = "email"
+    SMS = "sms"
+    POSTAL = "postal"
+    ESIGN = "esign"
+    INVOICING = "invoicing"
+    FILE = "file"
+    UPLOAD = "upload"
+
+
+class Mode(enum.StrEnum):
+    ASYNC = "async"
+    SYNC = "sync"
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    SUBMITTED = "submitted"
+    IN_PROGRESS = "in_progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED)
+
+    @property
+    def rank(self) -> int:
+        """Progress order: a job never moves to a lower rank."""
+        return _STATE_RANK[self]
+
+
+_STATE_RANK = {
+    JobState.QUEUED: 0,
+    JobState.SUBMITTED: 1,
+    JobState.IN_PROGRESS: 2,
+    JobState.SUCCEEDED: 3,
+    JobState.FAILED: 3,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamFailure:
+    """What the upstream answered when it refused or failed a dispatch (or what we gave up with)."""
+
+    code: str
+    message: str
+    http_status: int = 0
+    details: JSON = field(default_factory=dict)
+
+    def to_json(self) -> JSON:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "http_status": self.http_status,
+            "details": self.details,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> UpstreamFailure:
+        return cls(
+            code=str(data.get("code", "")),
+            message=str(data.get("message", "")),
+            http_status=int(data.get("http_status", 0)),
+            details=dict(data.get("details") or {}),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSpec:
+    """A validated dispatch request, as the upstream will receive it."""
+
+    services: tuple[Service, ...]
+    mode: Mode
+    body: JSON
+    """The upstream's request body (CompositeRequest), without the callback URL."""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    idempotency_key: str = ""
+
+    @property
+    def path(self) -> str:
+        """The upstream path: /api/file/email for a chain."""
+        return "/api/" + "/".join(s.value for s in self.services)
+
+    def fingerprint(self) -> str:
+        """A stable hash of everything that makes two requests the same request."""
+        canonical = json.dumps(
+            {
+                "services": [s.value for s in self.services],
+                "mode": self.mode.value,
+                "body": self.body,
+                "metadata": dict(self.metadata),
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    job_id: str
+    client: str
+    services: tuple[Service, ...]
+    mode: Mode
+    state: JobState
+    body: JSON
+    metadata: Mapping[str, str]
+    idempotency_key: str
+    request_hash: str
+    created_at: float
+    updated_at: float
+    dispatch_id: str = ""
+    result: JSON | None = None
+    error: UpstreamFailure | None = None
+    last_event: str = ""
+
+    @property
+    def service(self) -> Service:
+        return self.services[0]
+
+    def replace(self, **changes: Any) -> Job:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One event of a job. `cursor` and `record_time` are set by the store when it is appended."""
+
+    job_id: str
+    client: str
+    service: Service
+    type: str
+    state: JobState
+    data: JSON
+    metadata: Mapping[str, str]
+    event_time: float
+    dispatch_id: str = ""
+    terminal: bool = False
+    cursor: str = ""
+    record_time: float = 0.0
+
+    def replace(self, **changes: Any) -> JobEvent:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """An outbox entry handed to one worker until acked, retried, or its visibility runs out."""
+
+    job_id: str
+    attempts: int
+    """Submissions tried before this one."""
+    handle: Any = None
+    """The backend's own reference to the leased entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events a Subscribe stream wants; empty fields match everything."""
+
+    job_ids: frozenset[str] = frozenset()
+    services: frozenset[Service] = frozenset()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def matches(self, event: JobEvent) -> bool:
+        if self.job_ids and event.job_id not in self.job_ids:
+            return False
+        if self.services and event.service not in self.services:
+            return False
+        return all(event.metadata.get(k) == v for k, v in self.metadata.items())

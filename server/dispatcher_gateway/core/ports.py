@@ -1,0 +1,39 @@
+"""What core needs from the edges, as protocols: the upstream API, and what it offers the
+webhook receiver. The implementations live in upstream/ and core/service.py."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .model import JSON, DispatchSpec
+
+
+class Upstream(Protocol):
+    """The Dispatcher REST API. Every method raises core.errors.UpstreamError on a non-2xx answer,
+    no answer or a timeout, classified as retryable or not."""
+
+    async def dispatch(
+        self, spec: DispatchSpec, *, idempotency_key: str, callback_url: str | None, timeout: float
+    ) -> JSON:
+        """POST the spec to its path; async mode (`?async=true`, the callback URL in the body) when
+        `callback_url` is given. Returns the 2xx answer's JSON body (async: has `dispatchId`)."""
+
+    async def validate(self, spec: DispatchSpec, *, timeout: float) -> JSON:
+        """POST to the spec's path + /validate. Returns the 2xx answer's JSON body."""
+
+    async def templates(self, *, timeout: float) -> list[JSON]:
+        """GET /api/v1/templates: the account's templates."""
+
+    async def close(self) -> None: ...
+
+
+class WebhookSink(Protocol):
+    """What the webhook receiver hands a verified callback to."""
+
+    async def record_webhook(self, token: str, envelope: JSON, *, webhook_id: str) -> bool:
+        """Record one webhook for the job its callback token names, durably, before returning.
+
+        Returns True when it was new, False for a duplicate (same `webhook_id`). Raises
+        NotFound for a token that names no job, InvalidArgument for an envelope without an
+        `event`, StoreUnavailable when nothing could be written.
+        """

@@ -1,0 +1,87 @@
+"""How events move a job: the upstream's event names mapped to job states, in one place."""
+
+from __future__ import annotations
+
+from .model import JSON, Job, JobEvent, JobState, UpstreamFailure
+
+# The gateway's own event types.
+QUEUED = "queued"
+SUBMITTED = "submitted"
+FAILED = "failed"
+# The event a sync dispatch records with the upstream's answer, and the one async services
+# other than esign and postal send when done.
+COMPLETED = "dispatch_completed"
+
+EVENT_STATES: dict[str, JobState] = {
+    QUEUED: JobState.QUEUED,
+    SUBMITTED: JobState.SUBMITTED,
+    FAILED: JobState.FAILED,
+    # every async service but esign and postal
+    COMPLETED: JobState.SUCCEEDED,
+    "dispatch_failed": JobState.FAILED,
+    # esign: signaturit
+    "document_signed": JobState.SUCCEEDED,
+    "document_declined": JobState.FAILED,
+    "document_expired": JobState.FAILED,
+    "document_canceled": JobState.FAILED,
+    # esign: universign
+    "signer_signed": JobState.IN_PROGRESS,
+    "transaction_completed": JobState.SUCCEEDED,
+    "transaction_failed": JobState.FAILED,
+    "transaction_canceled": JobState.FAILED,
+    # postal: mysendingbox
+    "letter_created": JobState.IN_PROGRESS,
+    "letter_in_transit": JobState.IN_PROGRESS,
+    "letter_delivered": JobState.SUCCEEDED,
+    "letter_failed": JobState.FAILED,
+    "letter_returned": JobState.FAILED,
+}
+
+
+def state_for(event_type: str) -> JobState:
+    """The state an event announces. An event we do not know yet is progress, never an end:
+    it is recorded and shown, and cannot finish a job by mistake."""
+    return EVENT_STATES.get(event_type, JobState.IN_PROGRESS)
+
+
+def apply_event(job: Job, event: JobEvent) -> tuple[Job, JobEvent]:
+    """Fold one event into its job. Returns the job after it, and the event as recorded: with the
+    job's resulting state, and `terminal` set only on the event that finished the job.
+
+    Dispatcher does not guarantee order, so a job never moves back: a late progress event after
+    the end is recorded but leaves the job finished, and the first terminal event wins.
+    """
+    announced = state_for(event.type)
+    dispatch_id = job.dispatch_id or event.dispatch_id
+    if job.state.terminal or announced.rank < job.state.rank:
+        after = job.replace(dispatch_id=dispatch_id, updated_at=event.record_time or job.updated_at)
+        return after, event.replace(state=job.state, dispatch_id=dispatch_id, terminal=False)
+    changes: dict[str, object] = {
+        "state": announced,
+        "dispatch_id": dispatch_id,
+        "last_event": event.type,
+        "updated_at": event.record_time or event.event_time,
+    }
+    if announced is JobState.SUCCEEDED:
+        changes["result"] = event.data
+    elif announced is JobState.FAILED:
+        changes["error"] = failure_from(event.data)
+    after = job.replace(**changes)
+    return after, event.replace(
+        state=announced, dispatch_id=dispatch_id, terminal=announced.terminal
+    )
+
+
+def failure_from(data: JSON) -> UpstreamFailure:
+    """The failure an event's data describes: the gateway's own (`UpstreamFailure.to_json`), the
+    upstream's error body (`error`, `message`, `details`), or a provider's status."""
+    inner = data.get("error")
+    if isinstance(inner, dict):
+        return failure_from(inner)
+    details = data.get("details")
+    return UpstreamFailure(
+        code=str(data.get("code") or inner or data.get("status") or "failed"),
+        message=str(data.get("message") or data.get("reason") or ""),
+        http_status=int(data.get("http_status") or 0),
+        details=details if isinstance(details, dict) else {},
+    )

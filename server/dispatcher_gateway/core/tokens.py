@@ -1,0 +1,35 @@
+"""Per-job callback tokens: the last segment of the webhook URL the upstream calls back.
+
+A token is `{job_id}.{mac}` with mac an HMAC-SHA256 of the job id under the gateway's own key,
+so a webhook finds its job even before the 202 that names its dispatch id, and a forged webhook
+needs the token as well as the upstream's signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+_MAC_BYTES = 16
+
+
+class CallbackTokens:
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("callback token key must be at least 16 bytes")
+        self._key = key
+
+    def _mac(self, job_id: str) -> str:
+        digest = hmac.new(self._key, job_id.encode(), hashlib.sha256).digest()[:_MAC_BYTES]
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def token(self, job_id: str) -> str:
+        return f"{job_id}.{self._mac(job_id)}"
+
+    def job_id(self, token: str) -> str | None:
+        """The job id the token names, or None when the token is not one of ours."""
+        job_id, sep, mac = token.rpartition(".")
+        if not sep or not job_id or not hmac.compare_digest(mac, self._mac(job_id)):
+            return None
+        return job_id

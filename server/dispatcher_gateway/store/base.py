@@ -1,0 +1,95 @@
+"""The store contract: what core needs from durable storage. Backends: sqlite (one replica,
+embedded) and nats (JetStream, many replicas). One contract test suite runs against both."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+from ..core.model import Job, JobEvent, Lease
+
+Apply = Callable[[Job, JobEvent], tuple[Job, JobEvent]]
+"""Folds an event into its job: returns the job after it and the event as it is to be recorded."""
+
+
+class Store(Protocol):
+    """Every method raises core.errors.StoreUnavailable when the backend cannot be reached, and
+    writes nothing partial that a retry of the same call would not complete."""
+
+    async def open(self) -> None:
+        """Connect, and create what is missing (tables, streams, buckets)."""
+
+    async def close(self) -> None: ...
+
+    async def check(self) -> None:
+        """Raise StoreUnavailable unless the backend answers now (readiness)."""
+
+    async def secret(self, name: str) -> bytes:
+        """A random 32-byte key made the first time it is asked for, then the same for every
+        replica and after every restart (the callback token key)."""
+
+    # Jobs
+
+    async def create_job(
+        self, job: Job, first_event: JobEvent, *, enqueue: bool
+    ) -> tuple[Job, bool]:
+        """Store a new job with its first event, and put it on the outbox when `enqueue`.
+
+        When `job.idempotency_key` is not empty and the same client already has a job under that
+        key, nothing is written and that job is returned with False. Concurrent calls with the same
+        (client, key) create exactly one job. A crash part way must leave either nothing, or a job
+        that a retry of this call completes (event appended, outbox entry present) and returns.
+        """
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def list_jobs(
+        self, client: str, *, limit: int, page_token: str = ""
+    ) -> tuple[list[Job], str]:
+        """The client's jobs, newest first; returns the page and the next page's token ('' when
+        this is the last page)."""
+
+    # Outbox
+
+    async def lease(self, *, limit: int, visibility: float) -> list[Lease]:
+        """Up to `limit` due entries, oldest first, hidden from other workers for `visibility`
+        seconds; an entry not acked nor retried by then is handed out again."""
+
+    async def ack(self, lease: Lease) -> None:
+        """Done with the entry: it is never handed out again."""
+
+    async def retry_later(self, lease: Lease, delay: float) -> None:
+        """Hand the entry out again after `delay` seconds, with `attempts` one higher."""
+
+    # Events
+
+    async def append_event(
+        self, event: JobEvent, *, dedupe_key: str | None, apply: Apply
+    ) -> JobEvent | None:
+        """Append an event to its job's log and update the job, atomically.
+
+        `apply(job, event)` gives the job after the event and the event as recorded; the store then
+        sets the event's cursor and record time and returns it. Returns None, writing nothing,
+        when an event with the same `dedupe_key` was appended before (kept at least 72 h).
+        Raises core.errors.NotFound when the job does not exist.
+        """
+
+    async def read_events(
+        self, *, client: str, after: str = "", job_id: str = "", limit: int = 1000
+    ) -> list[JobEvent]:
+        """The client's events after the cursor `after` ('' = from the start), in cursor order,
+        only those of `job_id` when given."""
+
+    def tail(self, *, after: str) -> AsyncIterator[JobEvent]:
+        """Every event of every client appended after the cursor `after` ('' = from the start),
+        in cursor order, without end: events appended by other replicas included."""
+
+    async def last_cursor(self) -> str:
+        """The cursor of the newest event ('' when there is none)."""
+
+    # Rate limit
+
+    async def acquire_rate(self, *, limit: int, window: float) -> float:
+        """Take one slot of a sliding-window limit shared by every replica: at most `limit`
+        acquisitions in any `window` seconds. Returns 0.0 when taken, else the seconds until a
+        slot frees (nothing taken)."""
