@@ -1,0 +1,93 @@
+"""Run an ASGI app with uvicorn as a task on the running event loop, on a socket bound first, so
+that port 0 works and the caller learns the real port before the first request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import uvicorn
+from starlette.types import ASGIApp
+
+SHUTDOWN_GRACE = 5
+"""Seconds in-flight requests get to finish when a server stops."""
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, minus its signal handlers: the process that embeds it owns SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class HttpServer:
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    sock: socket.socket
+    host: str
+    port: int
+    tls: bool
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), SHUTDOWN_GRACE)
+        except TimeoutError:
+            self.server.force_exit = True
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        finally:
+            self.sock.close()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def start_http(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    *,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    access_log: bool = False,
+) -> HttpServer:
+    """Serve `app` on host:port (0 = any free port), HTTPS when a certificate is given."""
+    sock = bind(host, port)
+    config = uvicorn.Config(
+        app,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+        access_log=access_log,
+        log_config=None,
+        lifespan="off",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        server_header=False,
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name=f"http:{host}:{port}")
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("HTTP server stopped before it started")
+        await asyncio.sleep(0.01)
+    bound_port = sock.getsockname()[1]
+    return HttpServer(server, task, sock, host, bound_port, certfile is not None)
