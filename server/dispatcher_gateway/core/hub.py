@@ -1,0 +1,118 @@
+"""Live fan-out of the event log to the streams this replica holds.
+
+One tail of the store per process feeds every stream; each stream has a bounded queue, so a slow
+reader costs at most `backlog` events of memory, and is then ended (it resumes from the store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+
+from ..store.base import Store
+from .errors import ShuttingDown, SlowConsumer
+from .model import JobEvent
+
+log = logging.getLogger("dispatcher_gateway.hub")
+
+RETAIL_DELAY = 1.0
+"""Seconds before a broken store tail is reopened."""
+DEFAULT_BACKLOG = 1000
+"""Events a stream may fall behind the live tail before it is ended."""
+
+
+class Subscription:
+    """One stream's view of the live tail: a bounded queue of its client's events."""
+
+    __slots__ = ("_closed", "_ready", "backlog", "client", "matches", "queue")
+
+    def __init__(self, client: str, matches: Callable[[JobEvent], bool], backlog: int) -> None:
+        self.client = client
+        self.matches = matches
+        self.backlog = backlog
+        self.queue: collections.deque[JobEvent] = collections.deque()
+        self._ready = asyncio.Event()
+        self._closed: BaseException | None = None
+
+    def offer(self, event: JobEvent) -> None:
+        if self._closed is not None or not self.matches(event):
+            return
+        if len(self.queue) >= self.backlog:
+            self.close(SlowConsumer(f"more than {self.backlog} events behind"))
+            return
+        self.queue.append(event)
+        self._ready.set()
+
+    def close(self, reason: BaseException) -> None:
+        if self._closed is None:
+            self._closed = reason
+            self.queue.clear()
+            self._ready.set()
+
+    async def get(self) -> JobEvent:
+        """The next live event; raises the reason the subscription was closed."""
+        while True:
+            if self._closed is not None:
+                raise self._closed
+            if self.queue:
+                return self.queue.popleft()
+            self._ready.clear()
+            await self._ready.wait()
+
+
+class EventHub:
+    def __init__(self, *, backlog: int = DEFAULT_BACKLOG) -> None:
+        self.backlog = backlog
+        self._by_client: dict[str, set[Subscription]] = collections.defaultdict(set)
+        self._closed: BaseException | None = None
+
+    def subscribe(self, client: str, matches: Callable[[JobEvent], bool]) -> Subscription:
+        sub = Subscription(client, matches, self.backlog)
+        if self._closed is not None:
+            sub.close(self._closed)
+        else:
+            self._by_client[client].add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._by_client.get(sub.client)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_client[sub.client]
+
+    def publish(self, event: JobEvent) -> None:
+        for sub in tuple(self._by_client.get(event.client, ())):
+            sub.offer(event)
+
+    @property
+    def streams(self) -> int:
+        return sum(len(s) for s in self._by_client.values())
+
+    def close(self, reason: BaseException | None = None) -> None:
+        """End every stream (drain): each reader gets `reason`."""
+        self._closed = reason or ShuttingDown("the gateway is shutting down")
+        for subs in self._by_client.values():
+            for sub in subs:
+                sub.close(self._closed)
+        self._by_client.clear()
+
+    async def follow(self, store: Store) -> None:
+        """Feed the hub from the store's tail, from its newest event on, until cancelled.
+
+        A tail that breaks (store unreachable) is reopened after the last event it delivered."""
+        after: str | None = None
+        while True:
+            try:
+                if after is None:
+                    after = await store.last_cursor()
+                async for event in store.tail(after=after):
+                    after = event.cursor
+                    self.publish(event)
+            except Exception:
+                log.exception(
+                    "event tail failed; reopening after %s in %.0f s", after, RETAIL_DELAY
+                )
+                await asyncio.sleep(RETAIL_DELAY)

@@ -1,0 +1,125 @@
+"""The outbox worker: submits queued async jobs upstream, in order, within the rate limit,
+retrying what is safe to retry. Every submission of a job carries the same idempotency key (the
+job id), so a retry after a lost answer or a crash never dispatches twice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from ..store.base import Store
+from .errors import StoreUnavailable, UpstreamError
+from .model import JobState, Lease, UpstreamFailure
+from .retry import RetryPolicy
+from .service import Gateway, spec_of
+
+log = logging.getLogger("dispatcher_gateway.outbox")
+
+LEASE_MARGIN = 30.0
+"""Added to the longest a lease can legitimately be held (a rate window, then a submission)
+to get its visibility: a worker that died holding entries gives them back then."""
+SUBMIT_TIMEOUT = 30.0
+"""An async submission is answered in well under a second; past this, try again later."""
+LEASE_BATCH = 50
+IDLE_POLL = 1.0
+"""Seconds between looks at an idle outbox (for other replicas' jobs and retries come due)."""
+MAX_IN_FLIGHT = 32
+"""Submissions awaiting the upstream's answer at once."""
+
+
+class OutboxWorker:
+    def __init__(self, gateway: Gateway, store: Store, policy: RetryPolicy) -> None:
+        self.gateway = gateway
+        self.store = store
+        self.policy = policy
+        self._wakeup = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        rate = gateway.rate.rate
+        # Leasing no more than the rate admits in one window bounds how long a lease waits.
+        self._batch = min(LEASE_BATCH, rate.limit)
+        self._visibility = rate.window + SUBMIT_TIMEOUT + LEASE_MARGIN
+
+    def wake(self) -> None:
+        """Something was queued: look now rather than at the next poll."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    leases = await self.store.lease(limit=self._batch, visibility=self._visibility)
+                except StoreUnavailable as exc:
+                    log.warning("outbox: store unavailable (%s); retrying", exc)
+                    leases = []
+                if not leases:
+                    self._wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), IDLE_POLL)
+                    continue
+                for lease in leases:
+                    # Slots are taken in lease order, so jobs leave the outbox in the order queued.
+                    await self._slots.acquire()
+                    try:
+                        await self.gateway.rate.wait()
+                    except BaseException:
+                        self._slots.release()
+                        raise
+                    task = asyncio.create_task(self._submit(lease), name=f"submit:{lease.job_id}")
+                    self._in_flight.add(task)
+                    task.add_done_callback(self._done)
+        finally:
+            await self.stop()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("outbox: submission crashed", exc_info=task.exception())
+
+    async def stop(self) -> None:
+        """Let submissions in flight finish: their leases come back if they do not."""
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=SUBMIT_TIMEOUT)
+
+    async def _submit(self, lease: Lease) -> None:
+        job = await self.store.get_job(lease.job_id)
+        if job is None or job.state is not JobState.QUEUED:
+            # Gone, or already accepted upstream (its webhook may even have come first).
+            await self.store.ack(lease)
+            return
+        try:
+            answer = await self.gateway.upstream.dispatch(
+                spec_of(job),
+                idempotency_key=job.job_id,
+                callback_url=self.gateway.callback_url(job.job_id),
+                timeout=SUBMIT_TIMEOUT,
+            )
+        except UpstreamError as exc:
+            age = self.gateway.clock() - job.created_at
+            if exc.retryable and age < self.policy.give_up_after:
+                delay = self.policy.delay(lease.attempts, exc.retry_after)
+                log.info(
+                    "outbox: %s not accepted (%s); retry %d in %.1f s",
+                    job.job_id,
+                    exc.failure.code,
+                    lease.attempts + 1,
+                    delay,
+                )
+                await self.store.retry_later(lease, delay)
+                return
+            failure = exc.failure
+            if exc.retryable:
+                failure = UpstreamFailure(
+                    failure.code,
+                    f"gave up after {age:.0f} s and {lease.attempts + 1} tries: {failure.message}",
+                    failure.http_status,
+                    failure.details,
+                )
+            log.warning("outbox: %s failed: %s", job.job_id, failure.code)
+            await self.gateway.fail(job, failure)
+            await self.store.ack(lease)
+            return
+        await self.gateway.submitted(job, answer)
+        await self.store.ack(lease)

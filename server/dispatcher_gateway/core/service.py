@@ -1,0 +1,321 @@
+"""The gateway's use cases: submit a dispatch, record a webhook, read jobs, stream events.
+
+rpc/ and webhooks/ call this; it calls the store and the upstream through their protocols.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+
+from ..store.base import Store
+from . import states
+from .errors import (
+    FieldViolation,
+    IdempotencyConflict,
+    InvalidArgument,
+    NotFound,
+    RateLimited,
+    UpstreamError,
+)
+from .hub import EventHub
+from .model import JSON, DispatchSpec, EventFilter, Job, JobEvent, JobState, Mode, UpstreamFailure
+from .ports import Upstream
+from .retry import RateLimit
+from .tokens import CallbackTokens
+
+log = logging.getLogger("dispatcher_gateway.core")
+
+UPSTREAM_TIMEOUT = 120.0
+"""The upstream's own limit on a sync dispatch."""
+SMALL_CALL_TIMEOUT = 30.0
+"""Validate and template calls."""
+REPLAY_PAGE = 500
+"""Events read from the store at a time while a stream catches up."""
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+
+def new_job_id() -> str:
+    return f"job_{uuid.uuid4().hex}"
+
+
+def parse_cursor(cursor: str) -> int:
+    """Cursors are opaque to clients; both stores make them decimal sequence numbers."""
+    if not cursor:
+        return 0
+    if not cursor.isdigit():
+        raise InvalidArgument([FieldViolation("after_cursor", "not a cursor this gateway issued")])
+    return int(cursor)
+
+
+def spec_of(job: Job) -> DispatchSpec:
+    return DispatchSpec(job.services, job.mode, job.body, job.metadata, job.idempotency_key)
+
+
+def _event_time(envelope: JSON, default: float) -> float:
+    stamp = envelope.get("timestamp")
+    if isinstance(stamp, str):
+        try:
+            return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    return default
+
+
+class RateGate:
+    """Waits for a slot of the account's rate limit, shared through the store."""
+
+    def __init__(self, store: Store, rate: RateLimit) -> None:
+        self._store = store
+        self.rate = rate
+
+    async def wait(self, budget: float | None = None) -> None:
+        """Take a slot, waiting for one at most `budget` seconds (None: as long as it takes)."""
+        loop = asyncio.get_running_loop()
+        give_up = None if budget is None else loop.time() + budget
+        while True:
+            wait = await self._store.acquire_rate(limit=self.rate.limit, window=self.rate.window)
+            if wait <= 0:
+                return
+            if give_up is not None and loop.time() + wait > give_up:
+                raise RateLimited(
+                    f"the account's upstream rate limit ({self.rate.limit} per "
+                    f"{self.rate.window:g} s) is used up; retry in {wait:.1f} s",
+                    retry_after=wait,
+                )
+            await asyncio.sleep(wait)
+
+
+class Gateway:
+    def __init__(
+        self,
+        store: Store,
+        upstream: Upstream,
+        tokens: CallbackTokens,
+        *,
+        public_url: str,
+        rate: RateGate,
+        hub: EventHub,
+        clock: Callable[[], float] = time.time,
+        on_queued: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.upstream = upstream
+        self.tokens = tokens
+        self.public_url = public_url.rstrip("/")
+        self.rate = rate
+        self.hub = hub
+        self.clock = clock
+        self._on_queued = on_queued
+
+    def callback_url(self, job_id: str) -> str:
+        return f"{self.public_url}/webhooks/dispatcher/{self.tokens.token(job_id)}"
+
+    # Dispatch
+
+    async def submit(self, client: str, spec: DispatchSpec, *, budget: float | None) -> Job:
+        """Accept a dispatch. Async: stored and queued, returned at once. Sync: sent upstream
+        within `budget` seconds, the answer recorded as the job's events, the job returned."""
+        now = self.clock()
+        job = Job(
+            job_id=new_job_id(),
+            client=client,
+            services=spec.services,
+            mode=spec.mode,
+            state=JobState.QUEUED,
+            body=spec.body,
+            metadata=dict(spec.metadata),
+            idempotency_key=spec.idempotency_key,
+            request_hash=spec.fingerprint(),
+            created_at=now,
+            updated_at=now,
+        )
+        first = self._event(job, states.QUEUED, {}, now)
+        stored, created = await self.store.create_job(job, first, enqueue=spec.mode is Mode.ASYNC)
+        if stored.request_hash != job.request_hash:
+            raise IdempotencyConflict(
+                f"idempotency key {spec.idempotency_key!r} was used for a different request "
+                f"(job {stored.job_id})"
+            )
+        if not created:
+            return stored
+        if spec.mode is Mode.ASYNC:
+            self._on_queued()
+            return stored
+        return await self._dispatch_sync(stored, budget)
+
+    async def _dispatch_sync(self, job: Job, budget: float | None) -> Job:
+        loop = asyncio.get_running_loop()
+        budget = UPSTREAM_TIMEOUT if budget is None else min(budget, UPSTREAM_TIMEOUT)
+        started = loop.time()
+        try:
+            await self.rate.wait(budget)
+            remaining = budget - (loop.time() - started)
+            answer = await self.upstream.dispatch(
+                spec_of(job), idempotency_key=job.job_id, callback_url=None, timeout=remaining
+            )
+        except UpstreamError as exc:
+            await self.fail(job, exc.failure)
+            raise
+        except BaseException:
+            # The caller went away or its deadline passed: what happened upstream is unknown.
+            failure = UpstreamFailure(
+                "cancelled", "the caller cancelled before the upstream answered"
+            )
+            await asyncio.shield(self.fail(job, failure))
+            raise
+        dispatch_id = str(answer.get("dispatchId", ""))
+        event = self._event(job, states.COMPLETED, answer, self.clock(), dispatch_id=dispatch_id)
+        await self.store.append_event(
+            event, dedupe_key=f"{job.job_id}:sync", apply=states.apply_event
+        )
+        return await self.get_job(job.client, job.job_id)
+
+    async def fail(self, job: Job, failure: UpstreamFailure) -> None:
+        """Record the gateway's own terminal failure of a job (once)."""
+        event = self._event(job, states.FAILED, failure.to_json(), self.clock())
+        await self.store.append_event(
+            event, dedupe_key=f"{job.job_id}:failed", apply=states.apply_event
+        )
+
+    async def submitted(self, job: Job, answer: JSON) -> None:
+        """Record the upstream's 202 for an async job (once)."""
+        dispatch_id = str(answer.get("dispatchId", ""))
+        event = self._event(job, states.SUBMITTED, answer, self.clock(), dispatch_id=dispatch_id)
+        await self.store.append_event(
+            event, dedupe_key=f"{job.job_id}:submitted", apply=states.apply_event
+        )
+
+    async def validate(self, spec: DispatchSpec) -> JSON:
+        return await self.upstream.validate(spec, timeout=SMALL_CALL_TIMEOUT)
+
+    async def templates(self) -> list[JSON]:
+        return await self.upstream.templates(timeout=SMALL_CALL_TIMEOUT)
+
+    # Webhooks
+
+    async def record_webhook(self, token: str, envelope: JSON, *, webhook_id: str) -> bool:
+        job_id = self.tokens.job_id(token)
+        if job_id is None:
+            raise NotFound("no such callback")
+        event_type = envelope.get("event")
+        if not isinstance(event_type, str) or not event_type:
+            raise InvalidArgument([FieldViolation("event", "a non-empty string is required")])
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise NotFound("no such callback")
+        data = envelope.get("data")
+        payload: JSON = data if isinstance(data, dict) else {"data": data}
+        now = self.clock()
+        event = self._event(
+            job,
+            event_type,
+            payload,
+            _event_time(envelope, now),
+            dispatch_id=str(envelope.get("dispatchId") or ""),
+        )
+        stored = await self.store.append_event(
+            event, dedupe_key=f"wh:{webhook_id}", apply=states.apply_event
+        )
+        return stored is not None
+
+    # Reading
+
+    async def get_job(self, client: str, job_id: str) -> Job:
+        job = await self.store.get_job(job_id) if job_id else None
+        if job is None or job.client != client:
+            raise NotFound(f"job {job_id!r} not found")
+        return job
+
+    async def list_jobs(
+        self, client: str, page_size: int, page_token: str
+    ) -> tuple[list[Job], str]:
+        if page_size < 0:
+            raise InvalidArgument([FieldViolation("page_size", "must not be negative")])
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        try:
+            return await self.store.list_jobs(client, limit=size, page_token=page_token)
+        except ValueError as exc:
+            raise InvalidArgument([FieldViolation("page_token", str(exc))]) from exc
+
+    # Streams
+
+    async def watch(self, client: str, job_id: str) -> AsyncIterator[JobEvent]:
+        """The job's events so far, then live, ending after its terminal event."""
+        await self.get_job(client, job_id)
+        async for event in self._stream(client, "", lambda e: e.job_id == job_id, job_id=job_id):
+            yield event
+            if event.terminal:
+                return
+
+    async def subscribe(
+        self, client: str, after: str, wanted: EventFilter, *, live_only: bool = False
+    ) -> AsyncIterator[JobEvent]:
+        """The client's events after the cursor, then live, without end."""
+        if live_only and after:
+            raise InvalidArgument(
+                [FieldViolation("live_only", "cannot be combined with after_cursor")]
+            )
+        parse_cursor(after)
+        async for event in self._stream(client, after, wanted.matches, live_only=live_only):
+            yield event
+
+    async def _stream(
+        self,
+        client: str,
+        after: str,
+        matches: Callable[[JobEvent], bool],
+        *,
+        job_id: str = "",
+        live_only: bool = False,
+    ) -> AsyncIterator[JobEvent]:
+        # Listen before reading the store: whatever is committed after this point arrives live,
+        # whatever before is in the store; the overlap is skipped by cursor. No gap, no repeat.
+        sub = self.hub.subscribe(client, matches)
+        try:
+            last = parse_cursor(after)
+            if live_only:
+                last = parse_cursor(await self.store.last_cursor())
+            else:
+                while True:
+                    page = await self.store.read_events(
+                        client=client,
+                        after=str(last) if last else "",
+                        job_id=job_id,
+                        limit=REPLAY_PAGE,
+                    )
+                    for event in page:
+                        last = int(event.cursor)
+                        if matches(event):
+                            yield event
+                    if len(page) < REPLAY_PAGE:
+                        break
+            while True:
+                event = await sub.get()
+                position = int(event.cursor)
+                if position <= last:
+                    continue
+                last = position
+                yield event
+        finally:
+            self.hub.unsubscribe(sub)
+
+    def _event(
+        self, job: Job, event_type: str, data: JSON, when: float, *, dispatch_id: str = ""
+    ) -> JobEvent:
+        return JobEvent(
+            job_id=job.job_id,
+            client=job.client,
+            service=job.service,
+            type=event_type,
+            state=states.state_for(event_type),
+            data=data,
+            metadata=job.metadata,
+            event_time=when,
+            dispatch_id=dispatch_id or job.dispatch_id,
+        )
