@@ -170,7 +170,7 @@ Global___EmailAddress: _TypeAlias = EmailAddress  # noqa: Y015
 class EmailOptions(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    FROM_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
     TO_FIELD_NUMBER: _builtins.int
     CC_FIELD_NUMBER: _builtins.int
     BCC_FIELD_NUMBER: _builtins.int
@@ -183,6 +183,8 @@ class EmailOptions(_message.Message):
     """At least one of html and text, unless the template provides the body."""
     text: _builtins.str
     @_builtins.property
+    def sender(self) -> Global___EmailAddress: ...
+    @_builtins.property
     def to(self) -> _containers.RepeatedCompositeFieldContainer[Global___EmailAddress]: ...
     @_builtins.property
     def cc(self) -> _containers.RepeatedCompositeFieldContainer[Global___EmailAddress]: ...
@@ -193,6 +195,7 @@ class EmailOptions(_message.Message):
     def __init__(
         self,
         *,
+        sender: Global___EmailAddress | None = ...,
         to: _abc.Iterable[Global___EmailAddress] | None = ...,
         cc: _abc.Iterable[Global___EmailAddress] | None = ...,
         bcc: _abc.Iterable[Global___EmailAddress] | None = ...,
@@ -201,9 +204,9 @@ class EmailOptions(_message.Message):
         html: _builtins.str = ...,
         text: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["from", b"from", "reply_to", b"reply_to"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply_to", b"reply_to", "sender", b"sender"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bcc", b"bcc", "cc", b"cc", "from", b"from", "html", b"html", "reply_to", b"reply_to", "subject", b"subject", "text", b"text", "to", b"to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bcc", b"bcc", "cc", b"cc", "html", b"html", "reply_to", b"reply_to", "sender", b"sender", "subject", b"subject", "text", b"text", "to", b"to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -214,8 +217,10 @@ class SmsOptions(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TO_FIELD_NUMBER: _builtins.int
-    FROM_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    sender: _builtins.str
+    """A sender id or number; the provider's default when empty."""
     text: _builtins.str
     @_builtins.property
     def to(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -225,11 +230,12 @@ class SmsOptions(_message.Message):
         self,
         *,
         to: _abc.Iterable[_builtins.str] | None = ...,
+        sender: _builtins.str = ...,
         text: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from", b"from", "text", b"text", "to", b"to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sender", b"sender", "text", b"text", "to", b"to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -275,20 +281,23 @@ class PostalOptions(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TO_FIELD_NUMBER: _builtins.int
-    FROM_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
     COLOR_FIELD_NUMBER: _builtins.int
     color: _builtins.bool
     @_builtins.property
     def to(self) -> Global___PostalAddress: ...
+    @_builtins.property
+    def sender(self) -> Global___PostalAddress: ...
     def __init__(
         self,
         *,
         to: Global___PostalAddress | None = ...,
+        sender: Global___PostalAddress | None = ...,
         color: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["from", b"from", "to", b"to"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sender", b"sender", "to", b"to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["color", b"color", "from", b"from", "to", b"to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["color", b"color", "sender", b"sender", "to", b"to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,200 @@
+"""Settings from the environment. Every bad value is refused at start-up, one line each."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from .core.retry import RateLimit, RetryPolicy
+
+DEFAULT_STORE = "data/gateway.db"
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class Settings:
+    dispatcher_base_url: str
+    dispatcher_email: str
+    dispatcher_password: str = field(repr=False)
+    webhook_secrets: tuple[str, ...] = field(repr=False)
+    public_url: str
+    grpc_addr: str = "0.0.0.0:50051"
+    webhook_addr: str = "0.0.0.0:8443"
+    admin_addr: str = "0.0.0.0:9090"
+    store: str = DEFAULT_STORE
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    dispatcher_ca_file: str | None = None
+    """Trust this CA for the upstream (a private Dispatcher stand-in); default: system trust."""
+    upstream_rate: RateLimit = field(default_factory=RateLimit)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    client_tokens_file: str | None = None
+    max_stream_age: float = 30 * 60.0
+    stream_backlog: int = 1000
+    token_key: bytes | None = field(default=None, repr=False)
+    """The callback token key; default: one made once and kept in the store."""
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        return _Reader(env).settings()
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' → (host, port)."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {addr!r}")
+    host = host.strip("[]")
+    if not host:
+        raise ValueError(f"expected HOST:PORT, got {addr!r}")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def problem(self, name: str, text: str) -> None:
+        self.problems.append(f"{name}: {text}")
+
+    def raw(self, name: str, *, secret: bool = False, required: bool = False) -> str | None:
+        value = self.env.get(name)
+        file_name = f"{name}_FILE"
+        if secret and self.env.get(file_name):
+            if value:
+                self.problem(name, f"set both {name} and {file_name}; choose one")
+                return None
+            try:
+                value = Path(self.env[file_name]).read_text().strip()
+            except OSError as exc:
+                self.problem(file_name, f"cannot read {self.env[file_name]!r}: {exc.strerror}")
+                return None
+        if not value:
+            if required:
+                hint = f" (or {file_name})" if secret else ""
+                self.problem(name, f"required{hint}")
+            return None
+        return value
+
+    def parsed(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            return parse(value)
+        except ValueError as exc:
+            self.problem(name, str(exc))
+            return default
+
+    def url(self, name: str, *, allow_loopback_http: bool) -> str:
+        value = self.raw(name, required=True) or ""
+        if not value:
+            return ""
+        parts = urlsplit(value)
+        if not parts.hostname:
+            self.problem(name, f"not a URL: {value!r}")
+        elif parts.scheme == "http" and allow_loopback_http and is_loopback(parts.hostname):
+            pass
+        elif parts.scheme != "https":
+            allowed = "https (http only on a loopback host)" if allow_loopback_http else "https"
+            self.problem(name, f"must be {allowed}, got {parts.scheme or 'no'} scheme")
+        if parts.username or parts.password:
+            self.problem(name, "must not carry credentials; use DISPATCHER_EMAIL/PASSWORD")
+        return value.rstrip("/")
+
+    def file(self, name: str) -> str | None:
+        value = self.raw(name)
+        if value is not None and not Path(value).is_file():
+            self.problem(name, f"no such file: {value!r}")
+        return value
+
+    def addr(self, name: str, default: str) -> str:
+        value = self.raw(name) or default
+        try:
+            split_addr(value)
+        except ValueError as exc:
+            self.problem(name, str(exc))
+        return value
+
+    def seconds(self, name: str, default: float) -> float:
+        def parse(text: str) -> float:
+            value = float(text)
+            if value <= 0:
+                raise ValueError(f"must be a positive number of seconds, got {text!r}")
+            return value
+
+        return self.parsed(name, parse, default)
+
+    def settings(self) -> Settings:
+        base_url = self.url("DISPATCHER_BASE_URL", allow_loopback_http=True)
+        email = self.raw("DISPATCHER_EMAIL", required=True) or ""
+        password = self.raw("DISPATCHER_PASSWORD", secret=True, required=True) or ""
+        secrets = self.raw("DISPATCHER_WEBHOOK_SECRET", secret=True, required=True) or ""
+        public_url = self.url("GATEWAY_PUBLIC_URL", allow_loopback_http=False)
+        cert = self.file("GATEWAY_TLS_CERT_FILE")
+        key = self.file("GATEWAY_TLS_KEY_FILE")
+        if (cert is None) != (key is None):
+            self.problem(
+                "GATEWAY_TLS_CERT_FILE", "set together with GATEWAY_TLS_KEY_FILE, or neither"
+            )
+        token_key = self.raw("GATEWAY_TOKEN_KEY", secret=True)
+        if token_key is not None and len(token_key) < 32:
+            self.problem("GATEWAY_TOKEN_KEY", "must be at least 32 characters")
+        level = (self.raw("GATEWAY_LOG_LEVEL") or "INFO").upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            self.problem("GATEWAY_LOG_LEVEL", f"one of DEBUG, INFO, WARNING, ERROR; got {level!r}")
+
+        def positive_int(text: str) -> int:
+            value = int(text)
+            if value <= 0:
+                raise ValueError(f"must be a positive whole number, got {text!r}")
+            return value
+
+        settings = Settings(
+            dispatcher_base_url=base_url,
+            dispatcher_email=email,
+            dispatcher_password=password,
+            # Two (or more) secrets, separated by white space, while one is being rotated.
+            webhook_secrets=tuple(secrets.split()),
+            public_url=public_url,
+            grpc_addr=self.addr("GATEWAY_GRPC_ADDR", "0.0.0.0:50051"),
+            webhook_addr=self.addr("GATEWAY_WEBHOOK_ADDR", "0.0.0.0:8443"),
+            admin_addr=self.addr("GATEWAY_ADMIN_ADDR", "0.0.0.0:9090"),
+            store=self.raw("GATEWAY_STORE") or DEFAULT_STORE,
+            tls_cert_file=cert,
+            tls_key_file=key,
+            dispatcher_ca_file=self.file("DISPATCHER_CA_FILE"),
+            upstream_rate=self.parsed("GATEWAY_UPSTREAM_RATE", RateLimit.parse, RateLimit()),
+            retry=RetryPolicy(
+                give_up_after=self.seconds("GATEWAY_GIVE_UP_AFTER", RetryPolicy().give_up_after)
+            ),
+            client_tokens_file=self.file("GATEWAY_CLIENT_TOKENS_FILE"),
+            max_stream_age=self.seconds("GATEWAY_MAX_STREAM_AGE", 30 * 60.0),
+            stream_backlog=self.parsed("GATEWAY_STREAM_BACKLOG", positive_int, 1000),
+            token_key=token_key.encode() if token_key else None,
+            log_level=level,
+        )
+        if self.problems:
+            raise ConfigError(self.problems)
+        return settings

@@ -1,0 +1,314 @@
+"""Translation between the public protobuf messages and the domain, and request validation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dispatcher.gateway.v1 import gateway_pb2 as pb
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from ..core.errors import FieldViolation, InvalidArgument
+from ..core.model import (
+    JSON,
+    DispatchSpec,
+    EventFilter,
+    Job,
+    JobEvent,
+    JobState,
+    Mode,
+    Service,
+    UpstreamFailure,
+)
+
+MAX_IDEMPOTENCY_KEY = 256
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_LENGTH = 512
+"""Characters in one metadata key or value."""
+
+_SERVICE_TO_PB = {s: pb.Service.Value(f"SERVICE_{s.name}") for s in Service}
+_SERVICE_FROM_PB = {v: k for k, v in _SERVICE_TO_PB.items()}
+_STATE_TO_PB = {s: pb.JobState.Value(f"JOB_STATE_{s.name}") for s in JobState}
+_MODE_TO_PB = {Mode.ASYNC: pb.MODE_ASYNC, Mode.SYNC: pb.MODE_SYNC}
+_SIGNATURE_TYPES = {
+    pb.SIGNATURE_TYPE_SIMPLE: "SIMPLE",
+    pb.SIGNATURE_TYPE_ADVANCED: "ADVANCED",
+    pb.SIGNATURE_TYPE_QUALIFIED: "QUALIFIED",
+}
+
+
+def service_to_pb(service: Service) -> pb.Service.ValueType:
+    return _SERVICE_TO_PB[service]
+
+
+def service_from_pb(value: int) -> Service | None:
+    return _SERVICE_FROM_PB.get(value)  # type: ignore[call-overload,no-any-return]
+
+
+def struct_to_dict(message: struct_pb2.Struct) -> JSON:
+    return json_format.MessageToDict(message)
+
+
+def dict_to_struct(data: Mapping[str, Any] | None) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    if data:
+        json_format.ParseDict(dict(data), struct)
+    return struct
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    whole = int(seconds)
+    stamp.seconds, stamp.nanos = whole, int((seconds - whole) * 1e9)
+    return stamp
+
+
+def _address(message: pb.EmailAddress) -> JSON:
+    out: JSON = {"email": message.email}
+    if message.name:
+        out["name"] = message.name
+    return out
+
+
+def _postal_address(message: pb.PostalAddress) -> JSON:
+    fields = {
+        "name": message.name,
+        "addressLine1": message.address_line1,
+        "addressLine2": message.address_line2,
+        "city": message.city,
+        "postalCode": message.postal_code,
+        "country": message.country,
+    }
+    return {k: v for k, v in fields.items() if v}
+
+
+class _Violations:
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldViolation(field, description))
+
+    def require(self, ok: bool, field: str, description: str) -> None:
+        if not ok:
+            self.add(field, description)
+
+
+def _email_block(req: pb.DispatchRequest, v: _Violations) -> JSON:
+    e = req.email
+    v.require(bool(e.sender.email), "email.sender.email", "required")
+    v.require(len(e.to) > 0, "email.to", "at least one recipient is required")
+    for i, addr in enumerate(e.to):
+        v.require("@" in addr.email, f"email.to[{i}].email", "not an email address")
+    block: JSON = {"from": _address(e.sender), "to": [_address(a) for a in e.to]}
+    if e.cc:
+        block["cc"] = [_address(a) for a in e.cc]
+    if e.bcc:
+        block["bcc"] = [_address(a) for a in e.bcc]
+    if e.HasField("reply_to"):
+        block["replyTo"] = _address(e.reply_to)
+    if e.subject:
+        block["subject"] = e.subject
+    body = {k: val for k, val in (("html", e.html), ("text", e.text)) if val}
+    if body:
+        block["body"] = body
+    return block
+
+
+def _sms_block(req: pb.DispatchRequest, v: _Violations) -> JSON:
+    s = req.sms
+    v.require(len(s.to) > 0, "sms.to", "at least one phone number is required")
+    block: JSON = {"to": list(s.to)}
+    if s.sender:
+        block["from"] = s.sender
+    if s.text:
+        block["text"] = s.text
+    return block
+
+
+def _postal_block(req: pb.DispatchRequest, v: _Violations) -> JSON:
+    p = req.postal
+    to = p.to
+    for field, value in (
+        ("name", to.name),
+        ("address_line1", to.address_line1),
+        ("city", to.city),
+        ("postal_code", to.postal_code),
+    ):
+        v.require(bool(value), f"postal.to.{field}", "required")
+    v.require(
+        len(to.country) == 2 and to.country.isalpha(),
+        "postal.to.country",
+        "an ISO 3166-1 alpha-2 code is required",
+    )
+    block: JSON = {"to": _postal_address(to)}
+    if p.HasField("sender"):
+        block["from"] = _postal_address(p.sender)
+    if p.color:
+        block["color"] = True
+    return block
+
+
+def _esign_block(req: pb.DispatchRequest, v: _Violations) -> JSON:
+    e = req.esign
+    v.require(bool(e.document_name), "esign.document_name", "required")
+    v.require(len(e.signers) > 0, "esign.signers", "at least one signer is required")
+    signers = []
+    for i, s in enumerate(e.signers):
+        v.require("@" in s.email, f"esign.signers[{i}].email", "not an email address")
+        fields = {
+            "email": s.email,
+            "firstName": s.first_name,
+            "lastName": s.last_name,
+            "phone": s.phone,
+        }
+        signers.append({k: val for k, val in fields.items() if val})
+    block: JSON = {"documentName": e.document_name, "signers": signers}
+    if e.signature_type in _SIGNATURE_TYPES:
+        block["signatureType"] = _SIGNATURE_TYPES[e.signature_type]
+    return block
+
+
+_BLOCKS = {
+    Service.EMAIL: ("email", _email_block),
+    Service.SMS: ("sms", _sms_block),
+    Service.POSTAL: ("postal", _postal_block),
+    Service.ESIGN: ("esign", _esign_block),
+}
+
+
+def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
+    """The validated domain request, or InvalidArgument listing every problem at once."""
+    v = _Violations()
+    services: list[Service] = []
+    first = service_from_pb(req.service)
+    if first is None:
+        v.add("service", "required: one of SERVICE_EMAIL, SERVICE_SMS, ... (not UNSPECIFIED)")
+    else:
+        services.append(first)
+    for i, value in enumerate(req.chain):
+        chained = service_from_pb(value)
+        if chained is None:
+            v.add(f"chain[{i}]", "unknown or unspecified service")
+        else:
+            services.append(chained)
+    if len(set(services)) != len(services):
+        v.add("chain", "a service may appear only once in a chain")
+    if req.mode not in (pb.MODE_UNSPECIFIED, pb.MODE_ASYNC, pb.MODE_SYNC):
+        v.add("mode", "unknown mode")
+    mode = Mode.SYNC if req.mode == pb.MODE_SYNC else Mode.ASYNC
+
+    body: JSON = struct_to_dict(req.extra) if req.HasField("extra") else {}
+    if req.provider_name:
+        body["providerName"] = req.provider_name
+    v.require(req.template.id > 0, "template.id", "required: a positive template id")
+    body["template"] = {"id": req.template.id, "data": struct_to_dict(req.template.data)}
+    for service in services:
+        if service not in _BLOCKS:
+            continue
+        name, build = _BLOCKS[service]
+        if req.HasField(name):  # type: ignore[arg-type]
+            body[name] = build(req, v)
+        elif name not in body:
+            v.add(name, f"required for SERVICE_{service.name} (typed options, or in `extra`)")
+    for service in (Service.EMAIL, Service.SMS, Service.POSTAL, Service.ESIGN):
+        name = _BLOCKS[service][0]
+        if req.HasField(name) and service not in services:  # type: ignore[arg-type]
+            v.add(name, f"given, but SERVICE_{service.name} is not in the request's services")
+    if req.HasField("invoicing") and req.invoicing.document_type:
+        body["documentType"] = req.invoicing.document_type
+
+    metadata = dict(req.metadata)
+    v.require(
+        len(metadata) <= MAX_METADATA_ENTRIES,
+        "metadata",
+        f"at most {MAX_METADATA_ENTRIES} entries",
+    )
+    for key, text in metadata.items():
+        if not key or len(key) > MAX_METADATA_LENGTH or len(text) > MAX_METADATA_LENGTH:
+            v.add(
+                f"metadata[{key[:40]}]",
+                f"keys 1-{MAX_METADATA_LENGTH} characters, values at most as long",
+            )
+    if metadata:
+        body["metadata"] = metadata
+    v.require(
+        len(req.idempotency_key) <= MAX_IDEMPOTENCY_KEY,
+        "idempotency_key",
+        f"at most {MAX_IDEMPOTENCY_KEY} characters",
+    )
+    if v.items:
+        raise InvalidArgument(v.items)
+    return DispatchSpec(tuple(services), mode, body, metadata, req.idempotency_key)
+
+
+def filter_from_request(req: pb.SubscribeRequest) -> EventFilter:
+    v = _Violations()
+    services = set()
+    for i, value in enumerate(req.services):
+        service = service_from_pb(value)
+        if service is None:
+            v.add(f"services[{i}]", "unknown or unspecified service")
+        else:
+            services.add(service)
+    if v.items:
+        raise InvalidArgument(v.items)
+    return EventFilter(frozenset(req.job_ids), frozenset(services), dict(req.metadata))
+
+
+def failure_to_pb(failure: UpstreamFailure) -> pb.UpstreamError:
+    return pb.UpstreamError(
+        code=failure.code,
+        message=failure.message,
+        http_status=failure.http_status,
+        details=dict_to_struct(failure.details),
+    )
+
+
+def job_to_pb(job: Job) -> pb.Job:
+    message = pb.Job(
+        job_id=job.job_id,
+        dispatch_id=job.dispatch_id,
+        service=service_to_pb(job.service),
+        chain=[service_to_pb(s) for s in job.services[1:]],
+        mode=_MODE_TO_PB[job.mode],
+        state=_STATE_TO_PB[job.state],
+        provider_name=str(job.body.get("providerName", "")),
+        template_id=int(job.body.get("template", {}).get("id", 0)),
+        metadata=dict(job.metadata),
+        idempotency_key=job.idempotency_key,
+        last_event=job.last_event,
+        create_time=timestamp(job.created_at),
+        update_time=timestamp(job.updated_at),
+    )
+    if job.result is not None:
+        message.result.CopyFrom(dict_to_struct(job.result))
+    if job.error is not None:
+        message.error.CopyFrom(failure_to_pb(job.error))
+    return message
+
+
+def event_to_pb(event: JobEvent) -> pb.JobEvent:
+    return pb.JobEvent(
+        cursor=event.cursor,
+        job_id=event.job_id,
+        dispatch_id=event.dispatch_id,
+        service=service_to_pb(event.service),
+        type=event.type,
+        state=_STATE_TO_PB[event.state],
+        data=dict_to_struct(event.data),
+        metadata=dict(event.metadata),
+        event_time=timestamp(event.event_time),
+        record_time=timestamp(event.record_time),
+        terminal=event.terminal,
+    )
+
+
+def template_to_pb(data: Mapping[str, Any]) -> pb.TemplateInfo:
+    services = data.get("services") or []
+    return pb.TemplateInfo(
+        id=int(data.get("id", 0)),
+        name=str(data.get("name", "")),
+        description=str(data.get("description", "")),
+        services=[str(s) for s in services] if isinstance(services, list) else [],
+    )

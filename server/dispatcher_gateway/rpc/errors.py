@@ -1,0 +1,133 @@
+"""Domain errors to gRPC status codes, with google.rpc details in the trailers: the one table."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ..core.errors import (
+    GatewayError,
+    IdempotencyConflict,
+    InvalidArgument,
+    NotFound,
+    RateLimited,
+    ShuttingDown,
+    SlowConsumer,
+    StoreUnavailable,
+    UpstreamError,
+)
+
+log = logging.getLogger("dispatcher_gateway.rpc")
+
+UPSTREAM_DOMAIN = "docs-dispatcher.io"
+"""google.rpc.ErrorInfo.domain of errors that came from the upstream."""
+
+# google/rpc/code.proto's HTTP mapping, as DESIGN.md fixes it for upstream answers.
+_UPSTREAM_HTTP: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    # The gateway's own credentials or permissions: the caller cannot fix them.
+    401: grpc.StatusCode.INTERNAL,
+    403: grpc.StatusCode.INTERNAL,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ALREADY_EXISTS,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    417: grpc.StatusCode.FAILED_PRECONDITION,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+_DOMAIN: dict[type[GatewayError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    IdempotencyConflict: grpc.StatusCode.FAILED_PRECONDITION,
+    RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+    SlowConsumer: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def upstream_code(exc: UpstreamError) -> grpc.StatusCode:
+    status = exc.failure.http_status
+    if exc.timeout:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if status in _UPSTREAM_HTTP:
+        return _UPSTREAM_HTTP[status]
+    if status == 0 or status >= 500:
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _packed(*details: object) -> list[any_pb2.Any]:
+    packed = []
+    for detail in details:
+        item = any_pb2.Any()
+        item.Pack(detail)  # type: ignore[arg-type]
+        packed.append(item)
+    return packed
+
+
+def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
+    delay = duration_pb2.Duration()
+    delay.FromMilliseconds(max(0, round(seconds * 1000)))
+    return error_details_pb2.RetryInfo(retry_delay=delay)
+
+
+def to_status(exc: GatewayError, *, message: str | None = None) -> grpc.Status:
+    """The status (code, message and rich details) a domain error is reported with."""
+    text = message or str(exc)
+    details: list[object] = []
+    if isinstance(exc, UpstreamError):
+        code = upstream_code(exc)
+        failure = exc.failure
+        if failure.http_status in (401, 403):
+            log.error(
+                "the upstream refused the gateway's own credentials (%d %s): check "
+                "DISPATCHER_EMAIL / DISPATCHER_PASSWORD",
+                failure.http_status,
+                failure.code,
+            )
+            text = "the gateway is misconfigured: the upstream refused its credentials"
+        metadata = {"http_status": str(failure.http_status), "message": failure.message}
+        if failure.details:
+            metadata["body"] = json.dumps(failure.details, sort_keys=True)[:4096]
+        details.append(
+            error_details_pb2.ErrorInfo(
+                reason=failure.code or "upstream_error", domain=UPSTREAM_DOMAIN, metadata=metadata
+            )
+        )
+        field = failure.details.get("details", {}) if failure.details else {}
+        if (
+            code is grpc.StatusCode.INVALID_ARGUMENT
+            and isinstance(field, dict)
+            and "field" in field
+        ):
+            violation = error_details_pb2.BadRequest.FieldViolation(
+                field=str(field["field"]), description=failure.message
+            )
+            details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+        if exc.retry_after is not None:
+            details.append(_retry_info(exc.retry_after))
+    else:
+        code = next(
+            (c for kind, c in _DOMAIN.items() if isinstance(exc, kind)), grpc.StatusCode.INTERNAL
+        )
+        if isinstance(exc, InvalidArgument):
+            details.append(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in exc.violations
+                    ]
+                )
+            )
+        elif isinstance(exc, RateLimited):
+            details.append(_retry_info(exc.retry_after))
+    status = status_pb2.Status(code=code.value[0], message=text, details=_packed(*details))
+    return rpc_status.to_status(status)

@@ -1,0 +1,57 @@
+"""The gRPC server: DispatchService next to grpc.health.v1 and server reflection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from dispatcher.gateway.v1 import gateway_pb2 as pb
+from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .servicer import DispatchServicer
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["DispatchService"].full_name
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcLimits:
+    """gRPC core cancels calls waiting unaccepted beyond the pending-request limits (defaults 1000
+    soft, 3000 hard): a burst of thousands of calls or streams needs them raised on purpose."""
+
+    max_pending_requests: int = 20_000
+    max_pending_requests_hard_limit: int = 40_000
+    max_concurrent_streams: int = 20_000
+    max_receive_message_length: int = 4 << 20
+
+
+def create_server(
+    servicer: DispatchServicer, health_servicer: health.aio.HealthServicer, limits: GrpcLimits
+) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.server.max_pending_requests", limits.max_pending_requests),
+            ("grpc.server.max_pending_requests_hard_limit", limits.max_pending_requests_hard_limit),
+            ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+            ("grpc.max_receive_message_length", limits.max_receive_message_length),
+            # Two gateways must never share a port by accident.
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_DispatchServiceServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return server
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, status)

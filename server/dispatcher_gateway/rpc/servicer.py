@@ -1,0 +1,167 @@
+"""The DispatchService servicer: translates calls to core use cases and errors to statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from dispatcher.gateway.v1 import gateway_pb2 as pb
+from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
+
+from ..core.errors import GatewayError, ShuttingDown, SlowConsumer, UpstreamError
+from ..core.model import JobEvent
+from ..core.service import Gateway
+from .auth import Authenticator, Unauthenticated
+from .convert import (
+    dict_to_struct,
+    event_to_pb,
+    failure_to_pb,
+    filter_from_request,
+    job_to_pb,
+    spec_from_request,
+    template_to_pb,
+)
+from .errors import to_status
+
+log = logging.getLogger("dispatcher_gateway.rpc")
+
+MAX_STREAM_AGE = 30 * 60.0
+STREAM_AGE_JITTER = 0.1
+"""Streams end between (1 - jitter) and 1 times the maximum age, so that they do not all
+reconnect at once."""
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Response = TypeVar("Response")
+
+
+async def abort(context: Context, exc: GatewayError, *, message: str | None = None) -> NoReturn:
+    status = to_status(exc, message=message)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("unreachable: abort raises")
+
+
+def _unary(
+    method: Callable[[DispatchServicer, Any, Context], Awaitable[Response]],
+) -> Callable[[DispatchServicer, Any, Context], Awaitable[Response]]:
+    @functools.wraps(method)
+    async def wrapper(self: DispatchServicer, request: Any, context: Context) -> Response:
+        try:
+            return await method(self, request, context)
+        except GatewayError as exc:
+            await abort(context, exc)
+        except Unauthenticated as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            raise AssertionError("unreachable") from exc
+
+    return wrapper
+
+
+class DispatchServicer(pb_grpc.DispatchServiceServicer):
+    def __init__(
+        self, gateway: Gateway, auth: Authenticator, *, max_stream_age: float = MAX_STREAM_AGE
+    ) -> None:
+        self.gateway = gateway
+        self.auth = auth
+        self.max_stream_age = max_stream_age
+
+    def _client(self, context: Context) -> str:
+        return self.auth.client(context.invocation_metadata())
+
+    @_unary
+    async def Dispatch(self, request: pb.DispatchRequest, context: Context) -> pb.DispatchResponse:
+        client = self._client(context)
+        spec = spec_from_request(request)
+        job = await self.gateway.submit(client, spec, budget=context.time_remaining())
+        return pb.DispatchResponse(job=job_to_pb(job))
+
+    @_unary
+    async def Validate(self, request: pb.DispatchRequest, context: Context) -> pb.ValidateResponse:
+        self._client(context)
+        spec = spec_from_request(request)
+        try:
+            answer = await self.gateway.validate(spec)
+        except UpstreamError as exc:
+            if exc.retryable or exc.failure.http_status not in (400, 404, 415, 417):
+                raise
+            return pb.ValidateResponse(valid=False, error=failure_to_pb(exc.failure))
+        return pb.ValidateResponse(valid=True, result=dict_to_struct(answer))
+
+    @_unary
+    async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
+        job = await self.gateway.get_job(self._client(context), request.job_id)
+        return job_to_pb(job)
+
+    @_unary
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
+        jobs, next_token = await self.gateway.list_jobs(
+            self._client(context), request.page_size, request.page_token
+        )
+        return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs], next_page_token=next_token)
+
+    @_unary
+    async def ListTemplates(
+        self, request: pb.ListTemplatesRequest, context: Context
+    ) -> pb.ListTemplatesResponse:
+        self._client(context)
+        templates = await self.gateway.templates()
+        return pb.ListTemplatesResponse(templates=[template_to_pb(t) for t in templates])
+
+    async def WatchJob(
+        self, request: pb.WatchJobRequest, context: Context
+    ) -> AsyncIterator[pb.JobEvent]:
+        async for message in self._stream(
+            context, lambda client: self.gateway.watch(client, request.job_id), ""
+        ):
+            yield message
+
+    async def Subscribe(
+        self, request: pb.SubscribeRequest, context: Context
+    ) -> AsyncIterator[pb.JobEvent]:
+        def events(client: str) -> AsyncIterator[JobEvent]:
+            return self.gateway.subscribe(
+                client,
+                request.after_cursor,
+                filter_from_request(request),
+                live_only=request.live_only,
+            )
+
+        async for message in self._stream(context, events, request.after_cursor):
+            yield message
+
+    async def _stream(
+        self,
+        context: Context,
+        events: Callable[[str], AsyncIterator[JobEvent]],
+        after: str,
+    ) -> AsyncIterator[pb.JobEvent]:
+        last = after
+        age = self.max_stream_age * (1.0 - STREAM_AGE_JITTER * random.random())
+        try:
+            client = self._client(context)
+            async with asyncio.timeout(age):
+                async for event in events(client):
+                    yield event_to_pb(event)
+                    last = event.cursor
+        except Unauthenticated as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        except TimeoutError:
+            await abort(
+                context,
+                ShuttingDown("the stream reached its maximum age"),
+                message=f"the stream reached its maximum age; {_resume(last)}",
+            )
+        except (ShuttingDown, SlowConsumer) as exc:
+            await abort(context, exc, message=f"{exc}; {_resume(last)}")
+        except GatewayError as exc:
+            await abort(context, exc)
+
+
+def _resume(last: str) -> str:
+    if last:
+        return f"resume with after_cursor={last!r}"
+    return "resume by calling again"
