@@ -111,7 +111,7 @@ class Gateway:
         self.rate = rate
         self.hub = hub
         self.clock = clock
-        self._on_queued = on_queued
+        self.on_queued = on_queued
 
     def callback_url(self, job_id: str) -> str:
         return f"{self.public_url}/webhooks/dispatcher/{self.tokens.token(job_id)}"
@@ -145,7 +145,7 @@ class Gateway:
         if not created:
             return stored
         if spec.mode is Mode.ASYNC:
-            self._on_queued()
+            self.on_queued()
             return stored
         return await self._dispatch_sync(stored, budget)
 

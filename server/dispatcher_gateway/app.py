@@ -1,0 +1,165 @@
+"""The composition root: the one place that knows every part. Builds the store, the upstream
+client, core, the gRPC server and the two HTTP listeners; runs them on one event loop; drains."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from grpc_health.v1 import health
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from .config import Settings, split_addr
+from .core.errors import ShuttingDown, StoreUnavailable
+from .core.hub import EventHub
+from .core.outbox import OutboxWorker
+from .core.service import Gateway, RateGate
+from .core.tokens import CallbackTokens
+from .httpserver import HttpServer, start_http
+from .rpc.auth import Authenticator
+from .rpc.server import GrpcLimits, create_server, set_serving
+from .rpc.servicer import DispatchServicer
+from .store.base import Store
+from .upstream import DispatcherClient
+from .webhooks import WebhookVerifier, create_webhook_app
+
+log = logging.getLogger("dispatcher_gateway")
+
+DRAIN_GRACE = 20.0
+"""Seconds in-flight calls get to finish on SIGTERM (Kubernetes waits 30 s by default)."""
+READY_CHECK_TIMEOUT = 2.0
+CALLBACK_KEY_NAME = "callback-token-key"
+
+
+def open_store(spec: str) -> Store:
+    """`nats://host:port[,host:port...]` selects NATS JetStream; anything else is an SQLite
+    file path (optionally `sqlite:` prefixed)."""
+    if spec.startswith(("nats://", "tls://")):
+        from .store.nats import NatsStore
+
+        return NatsStore([s.strip() for s in spec.split(",") if s.strip()])
+    from .store.sqlite import SqliteStore
+
+    return SqliteStore(spec.removeprefix("sqlite:"))
+
+
+@dataclass
+class Listeners:
+    grpc_port: int
+    webhook: HttpServer
+    admin: HttpServer
+
+
+class GatewayApp:
+    def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store = store or open_store(settings.store)
+        self.health = health.aio.HealthServicer()
+        self.hub = EventHub(backlog=settings.stream_backlog)
+        self.draining = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.listeners: Listeners | None = None
+        self.started_at = time.time()
+
+    async def start(self) -> Listeners:
+        s = self.settings
+        await self.store.open()
+        key = s.token_key or await self.store.secret(CALLBACK_KEY_NAME)
+        self.upstream = DispatcherClient(
+            s.dispatcher_base_url,
+            s.dispatcher_email,
+            s.dispatcher_password,
+            verify=s.dispatcher_ca_file or True,
+        )
+        self.gateway = Gateway(
+            self.store,
+            self.upstream,
+            CallbackTokens(key),
+            public_url=s.public_url,
+            rate=RateGate(self.store, s.upstream_rate),
+            hub=self.hub,
+        )
+        self.outbox = OutboxWorker(self.gateway, self.store, s.retry)
+        self.gateway.on_queued = self.outbox.wake
+        auth = (
+            Authenticator.from_file(s.client_tokens_file)
+            if s.client_tokens_file
+            else Authenticator()
+        )
+        servicer = DispatchServicer(self.gateway, auth, max_stream_age=s.max_stream_age)
+        self.grpc = create_server(servicer, self.health, GrpcLimits())
+        grpc_port = self.grpc.add_insecure_port(s.grpc_addr)
+        await self.grpc.start()
+
+        webhook_host, webhook_port = split_addr(s.webhook_addr)
+        webhooks = create_webhook_app(self.gateway, WebhookVerifier(s.webhook_secrets))
+        webhook = await start_http(
+            webhooks, webhook_host, webhook_port, certfile=s.tls_cert_file, keyfile=s.tls_key_file
+        )
+        admin_host, admin_port = split_addr(s.admin_addr)
+        admin = await start_http(self._admin_app(), admin_host, admin_port)
+
+        self._tasks = [
+            asyncio.create_task(self.hub.follow(self.store), name="hub"),
+            asyncio.create_task(self.outbox.run(), name="outbox"),
+        ]
+        await set_serving(self.health, True)
+        self.listeners = Listeners(grpc_port, webhook, admin)
+        log.info(
+            "gateway ready: gRPC on %s (port %d), webhooks on %s, admin on %s, store %s",
+            s.grpc_addr,
+            grpc_port,
+            webhook.url,
+            admin.url,
+            type(self.store).__name__,
+        )
+        return self.listeners
+
+    async def drain(self, grace: float = DRAIN_GRACE) -> None:
+        """SIGTERM: not serving, refuse new calls, finish in-flight ones, end streams with a
+        resumable UNAVAILABLE, stop the workers, close the store."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining: in-flight calls have %.0f s", grace)
+        await set_serving(self.health, False)
+        self.hub.close(ShuttingDown("the gateway is shutting down"))
+        await self.grpc.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.listeners is not None:
+            await self.listeners.webhook.stop()
+            await self.listeners.admin.stop()
+        await self.upstream.close()
+        await self.store.close()
+        log.info("drained")
+
+    def _admin_app(self) -> Starlette:
+        async def healthz(request: Request) -> Response:
+            return PlainTextResponse("ok\n")
+
+        async def readyz(request: Request) -> Response:
+            store = "ok"
+            try:
+                await asyncio.wait_for(self.store.check(), READY_CHECK_TIMEOUT)
+            except (StoreUnavailable, TimeoutError) as exc:
+                store = f"unavailable: {exc}" if str(exc) else "unavailable"
+            ready = store == "ok" and not self.draining
+            body = {
+                "ready": ready,
+                "draining": self.draining,
+                "store": store,
+                "streams": self.hub.streams,
+            }
+            return JSONResponse(body, status_code=200 if ready else 503)
+
+        return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
