@@ -1,0 +1,98 @@
+from pathlib import Path
+
+import pytest
+
+from dispatcher_gateway.config import ConfigError, Settings
+
+GOOD = {
+    "DISPATCHER_BASE_URL": "https://api.docs-dispatcher.io",
+    "DISPATCHER_EMAIL": "ops@example.com",
+    "DISPATCHER_PASSWORD": "hunter2-not-logged",
+    "DISPATCHER_WEBHOOK_SECRET": "whsec-one whsec-two",
+    "GATEWAY_PUBLIC_URL": "https://gateway.example.com",
+}
+
+
+def problems(env: dict[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    return info.value.problems
+
+
+def test_good_environment() -> None:
+    settings = Settings.from_env(GOOD)
+    assert settings.webhook_secrets == ("whsec-one", "whsec-two")
+    assert settings.grpc_addr == "0.0.0.0:50051"
+    assert settings.upstream_rate.limit == 100
+
+
+def test_secrets_are_not_in_the_repr() -> None:
+    text = repr(Settings.from_env(GOOD))
+    assert "hunter2" not in text
+    assert "whsec" not in text
+
+
+def test_every_missing_value_is_one_line() -> None:
+    lines = problems({})
+    assert len(lines) == 5
+    assert any(line.startswith("DISPATCHER_PASSWORD: required") for line in lines)
+
+
+def test_http_upstream_only_on_loopback() -> None:
+    assert Settings.from_env({**GOOD, "DISPATCHER_BASE_URL": "http://127.0.0.1:8080"})
+    lines = problems({**GOOD, "DISPATCHER_BASE_URL": "http://dispatcher.internal"})
+    assert lines == [
+        "DISPATCHER_BASE_URL: must be https (http only on a loopback host), got http scheme"
+    ]
+
+
+def test_public_url_must_be_https() -> None:
+    assert problems({**GOOD, "GATEWAY_PUBLIC_URL": "http://127.0.0.1:8443"}) == [
+        "GATEWAY_PUBLIC_URL: must be https, got http scheme"
+    ]
+
+
+def test_secret_from_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "password"
+    secret_file.write_text("from-a-file\n")
+    env = {k: v for k, v in GOOD.items() if k != "DISPATCHER_PASSWORD"}
+    settings = Settings.from_env({**env, "DISPATCHER_PASSWORD_FILE": str(secret_file)})
+    assert settings.dispatcher_password == "from-a-file"
+
+
+def test_unreadable_secret_file_is_named_not_shown(tmp_path: Path) -> None:
+    env = {k: v for k, v in GOOD.items() if k != "DISPATCHER_PASSWORD"}
+    lines = problems({**env, "DISPATCHER_PASSWORD_FILE": str(tmp_path / "missing")})
+    assert len(lines) == 1 and lines[0].startswith("DISPATCHER_PASSWORD_FILE: cannot read")
+
+
+def test_both_value_and_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "p").write_text("x")
+    lines = problems({**GOOD, "DISPATCHER_PASSWORD_FILE": str(tmp_path / "p")})
+    assert lines == [
+        "DISPATCHER_PASSWORD: set both DISPATCHER_PASSWORD and DISPATCHER_PASSWORD_FILE; choose one"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GATEWAY_GRPC_ADDR", "nonsense"),
+        ("GATEWAY_WEBHOOK_ADDR", "0.0.0.0:99999"),
+        ("GATEWAY_UPSTREAM_RATE", "lots"),
+        ("GATEWAY_MAX_STREAM_AGE", "-5"),
+        ("GATEWAY_TLS_CERT_FILE", "/nonexistent.pem"),
+        ("GATEWAY_LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_bad_value_is_one_line_naming_it(name: str, value: str) -> None:
+    lines = problems({**GOOD, name: value})
+    assert lines and all(line.startswith(name) for line in lines)
+
+
+def test_tls_cert_without_key_is_refused(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    assert problems({**GOOD, "GATEWAY_TLS_CERT_FILE": str(cert)}) == [
+        "GATEWAY_TLS_CERT_FILE: set together with GATEWAY_TLS_KEY_FILE, or neither"
+    ]

@@ -1,0 +1,119 @@
+import pytest
+from dispatcher.gateway.v1 import gateway_pb2 as pb
+
+from dispatcher_gateway.core.errors import InvalidArgument
+from dispatcher_gateway.core.model import Mode, Service
+from dispatcher_gateway.rpc.convert import filter_from_request, spec_from_request
+
+
+def email_request(**changes: object) -> pb.DispatchRequest:
+    request = pb.DispatchRequest(
+        service=pb.SERVICE_EMAIL,
+        template=pb.Template(id=1),
+        email=pb.EmailOptions(
+            sender=pb.EmailAddress(email="noreply@example.com"),
+            to=[pb.EmailAddress(email="ada@example.com", name="Ada")],
+            subject="Hello",
+            text="Hi",
+        ),
+        metadata={"order": "42"},
+    )
+    for name, value in changes.items():
+        setattr(request, name, value)
+    return request
+
+
+def violations(request: pb.DispatchRequest) -> set[str]:
+    with pytest.raises(InvalidArgument) as info:
+        spec_from_request(request)
+    return {v.field for v in info.value.violations}
+
+
+def test_email_request_becomes_the_upstream_body() -> None:
+    spec = spec_from_request(email_request())
+    assert spec.services == (Service.EMAIL,)
+    assert spec.mode is Mode.ASYNC
+    assert spec.path == "/api/email"
+    assert spec.body["email"] == {
+        "from": {"email": "noreply@example.com"},
+        "to": [{"email": "ada@example.com", "name": "Ada"}],
+        "subject": "Hello",
+        "body": {"text": "Hi"},
+    }
+    assert spec.body["template"] == {"id": 1, "data": {}}
+    assert spec.body["metadata"] == {"order": "42"}
+
+
+def test_chain_makes_one_path() -> None:
+    request = email_request(service=pb.SERVICE_FILE)
+    request.chain.append(pb.SERVICE_EMAIL)
+    assert spec_from_request(request).path == "/api/file/email"
+
+
+def test_sync_mode() -> None:
+    assert spec_from_request(email_request(mode=pb.MODE_SYNC)).mode is Mode.SYNC
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    request = pb.DispatchRequest(service=pb.SERVICE_EMAIL, email=pb.EmailOptions())
+    assert violations(request) >= {"template.id", "email.sender.email", "email.to"}
+
+
+def test_missing_service_is_refused() -> None:
+    assert "service" in violations(email_request(service=pb.SERVICE_UNSPECIFIED))
+
+
+def test_typed_options_for_a_service_not_requested_are_refused() -> None:
+    request = email_request()
+    request.sms.to.append("+33600000000")
+    assert "sms" in violations(request)
+
+
+def test_service_without_its_options_is_refused() -> None:
+    request = pb.DispatchRequest(service=pb.SERVICE_POSTAL, template=pb.Template(id=1))
+    assert "postal" in violations(request)
+
+
+def test_options_may_come_through_extra() -> None:
+    request = pb.DispatchRequest(service=pb.SERVICE_POSTAL, template=pb.Template(id=1))
+    request.extra.update({"postal": {"to": {"name": "Ada"}}})
+    assert spec_from_request(request).body["postal"] == {"to": {"name": "Ada"}}
+
+
+def test_postal_country_must_be_iso() -> None:
+    request = pb.DispatchRequest(service=pb.SERVICE_POSTAL, template=pb.Template(id=1))
+    request.postal.to.CopyFrom(
+        pb.PostalAddress(
+            name="Ada", address_line1="1 rue", city="Paris", postal_code="75001", country="France"
+        )
+    )
+    assert violations(request) == {"postal.to.country"}
+
+
+def test_esign_needs_signers() -> None:
+    request = pb.DispatchRequest(service=pb.SERVICE_ESIGN, template=pb.Template(id=1))
+    request.esign.document_name = "Contract"
+    assert violations(request) == {"esign.signers"}
+
+
+def test_overlong_idempotency_key_is_refused() -> None:
+    assert violations(email_request(idempotency_key="k" * 257)) == {"idempotency_key"}
+
+
+def test_same_request_same_fingerprint_other_request_other() -> None:
+    a, b = spec_from_request(email_request()), spec_from_request(email_request())
+    assert a.fingerprint() == b.fingerprint()
+    other = spec_from_request(email_request(provider_name="ses"))
+    assert other.fingerprint() != a.fingerprint()
+
+
+def test_subscribe_filter() -> None:
+    request = pb.SubscribeRequest(job_ids=["job_1"], services=[pb.SERVICE_SMS], metadata={"a": "b"})
+    wanted = filter_from_request(request)
+    assert wanted.job_ids == {"job_1"}
+    assert wanted.services == {Service.SMS}
+
+
+def test_subscribe_filter_refuses_unspecified_service() -> None:
+    with pytest.raises(InvalidArgument):
+        filter_from_request(pb.SubscribeRequest(services=[pb.SERVICE_UNSPECIFIED]))

@@ -1,0 +1,31 @@
+import pytest
+
+from dispatcher_gateway.core.tokens import CallbackTokens
+
+KEY = b"k" * 32
+
+
+def test_token_names_its_job() -> None:
+    tokens = CallbackTokens(KEY)
+    assert tokens.job_id(tokens.token("job_abc")) == "job_abc"
+
+
+def test_token_under_another_key_is_refused() -> None:
+    token = CallbackTokens(b"x" * 32).token("job_abc")
+    assert CallbackTokens(KEY).job_id(token) is None
+
+
+@pytest.mark.parametrize("token", ["", "job_abc", "job_abc.", ".mac", "job_abd.AAAA"])
+def test_malformed_or_forged_token_is_refused(token: str) -> None:
+    assert CallbackTokens(KEY).job_id(token) is None
+
+
+def test_tampered_job_id_is_refused() -> None:
+    tokens = CallbackTokens(KEY)
+    _, mac = tokens.token("job_abc").split(".")
+    assert tokens.job_id(f"job_abd.{mac}") is None
+
+
+def test_short_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        CallbackTokens(b"short")
