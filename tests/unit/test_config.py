@@ -63,7 +63,8 @@ def test_secret_from_file(tmp_path: Path) -> None:
 def test_unreadable_secret_file_is_named_not_shown(tmp_path: Path) -> None:
     env = {k: v for k, v in GOOD.items() if k != "DISPATCHER_PASSWORD"}
     lines = problems({**env, "DISPATCHER_PASSWORD_FILE": str(tmp_path / "missing")})
-    assert len(lines) == 1 and lines[0].startswith("DISPATCHER_PASSWORD_FILE: cannot read")
+    assert len(lines) == 1
+    assert lines[0].startswith("DISPATCHER_PASSWORD_FILE: cannot read")
 
 
 def test_both_value_and_file_is_refused(tmp_path: Path) -> None:
@@ -87,7 +88,8 @@ def test_both_value_and_file_is_refused(tmp_path: Path) -> None:
 )
 def test_bad_value_is_one_line_naming_it(name: str, value: str) -> None:
     lines = problems({**GOOD, name: value})
-    assert lines and all(line.startswith(name) for line in lines)
+    assert lines
+    assert all(line.startswith(name) for line in lines)
 
 
 def test_tls_cert_without_key_is_refused(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 import pytest
-from dispatcher.gateway.v1 import gateway_pb2 as pb
 
+from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher_gateway.core.errors import InvalidArgument
 from dispatcher_gateway.core.model import Mode, Service
 from dispatcher_gateway.rpc.convert import filter_from_request, spec_from_request

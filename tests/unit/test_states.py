@@ -79,7 +79,8 @@ def test_unknown_event_is_progress_not_an_end() -> None:
 def test_failure_reads_the_upstream_error_body() -> None:
     body = {"error": "provider_error", "message": "mailbox full", "details": {"field": "to"}}
     job, event = states.apply_event(make_job(), make_event("letter_failed", body))
-    assert job.state is JobState.FAILED and event.terminal
+    assert job.state is JobState.FAILED
+    assert event.terminal
     assert job.error is not None
     assert (job.error.code, job.error.message) == ("provider_error", "mailbox full")
     assert job.error.details == {"field": "to"}
