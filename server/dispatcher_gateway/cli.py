@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
+
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
-from google.protobuf import json_format
 
 from .config import ConfigError, Settings
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dispatcher.gateway.v1 import gateway_pb2 as pb
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from dispatcher.gateway.v1 import gateway_pb2 as pb
 
 from ..core.errors import FieldViolation, InvalidArgument
 from ..core.model import (

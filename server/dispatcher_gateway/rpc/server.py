@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
-from dispatcher.gateway.v1 import gateway_pb2 as pb
-from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from dispatcher.gateway.v1 import gateway_pb2 as pb
+from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
 from .servicer import DispatchServicer
 
