@@ -1,0 +1,784 @@
+"""The embedded store backend: one SQLite file in WAL mode, for a single replica.
+
+Threading: one connection, owned by one worker thread. Async callers hand it operations through a
+queue and await a future, so the event loop never waits on the disk.
+
+Durability: writes are group-committed. The worker takes every write queued at that moment and
+commits them in one transaction, each inside its own SAVEPOINT so that one failing operation does
+not undo the others, and resolves each caller's future only after the COMMIT returned. A write
+that returned survives kill -9 of the process; with synchronous=FULL (the default) it survives
+power loss too. Measured on the 2-core development VM: one commit costs about 0.45 ms with FULL
+(the WAL fsync) against 0.08 ms with NORMAL, so committing writes one by one would cap the store
+near 2,000 writes/s; grouped, FULL costs little more than NORMAL under load.
+
+Cursors: the decimal string of an event's `seq`, one global INTEGER PRIMARY KEY AUTOINCREMENT
+sequence over every client's events: strictly increasing in commit order and never reused, so the
+core may compare cursors with int(). '' stands for "before the first event".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import concurrent.futures
+import contextlib
+import json
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from ..core.errors import FieldViolation, InvalidArgument, NotFound, StoreUnavailable
+from ..core.model import Job, JobEvent, JobState, Lease, Mode, Service, UpstreamFailure
+from .base import Apply
+
+T = TypeVar("T")
+
+SCHEMA_VERSION: Final = 1
+DEFAULT_DEDUPE_TTL: Final = 72 * 3600.0
+# Pruning costs a scan of the old keys; doing it on every append would tax the hot path.
+DEDUPE_PRUNE_INTERVAL: Final = 600.0
+# Bounds how long the first write of a group waits for the others to be applied.
+MAX_GROUP: Final = 256
+TAIL_BATCH: Final = 500
+# Commits in this process wake tails at once; the poll catches writers in other processes.
+TAIL_POLL_INTERVAL: Final = 1.0
+BUSY_TIMEOUT_MS: Final = 5000
+SECRET_BYTES: Final = 32
+LEASE_TOKEN_BYTES: Final = 16
+SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+
+# SQLite's primary result codes that mean the database cannot be used right now, as opposed to
+# a constraint or a programming error.
+_UNAVAILABLE_CODES: Final = frozenset(
+    {
+        sqlite3.SQLITE_AUTH,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOLFS,
+        sqlite3.SQLITE_NOTADB,
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_READONLY,
+    }
+)
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    client TEXT NOT NULL,
+    services TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    state TEXT NOT NULL,
+    body TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    dispatch_id TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    last_event TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key
+    ON jobs (client, idempotency_key) WHERE idempotency_key != '';
+CREATE INDEX IF NOT EXISTS jobs_by_client_newest
+    ON jobs (client, created_at DESC, job_id DESC);
+
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    client TEXT NOT NULL,
+    service TEXT NOT NULL,
+    type TEXT NOT NULL,
+    state TEXT NOT NULL,
+    data TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    event_time REAL NOT NULL,
+    dispatch_id TEXT NOT NULL,
+    terminal INTEGER NOT NULL,
+    record_time REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_client ON events (client, seq);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
+
+CREATE TABLE IF NOT EXISTS dedupe (
+    dedupe_key TEXT PRIMARY KEY,
+    seen_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedupe_by_age ON dedupe (seen_at);
+
+CREATE TABLE IF NOT EXISTS outbox (
+    entry_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due_at REAL NOT NULL,
+    leased_until REAL NOT NULL DEFAULT 0,
+    lease_token TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS outbox_by_due ON outbox (due_at, entry_id);
+
+CREATE TABLE IF NOT EXISTS rate_log (taken_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS rate_log_by_time ON rate_log (taken_at);
+
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY,
+    key BLOB NOT NULL
+) WITHOUT ROWID;
+"""
+
+_INSERT_JOB: Final = (
+    "INSERT INTO jobs (job_id, client, services, mode, state, body, metadata, idempotency_key,"
+    " request_hash, created_at, updated_at, dispatch_id, result, error, last_event) VALUES"
+    " (:job_id, :client, :services, :mode, :state, :body, :metadata, :idempotency_key,"
+    " :request_hash, :created_at, :updated_at, :dispatch_id, :result, :error, :last_event)"
+)
+# Every column but the key and the creation time, which never change.
+_UPDATE_JOB: Final = (
+    "UPDATE jobs SET client = :client, services = :services, mode = :mode, state = :state,"
+    " body = :body, metadata = :metadata, idempotency_key = :idempotency_key,"
+    " request_hash = :request_hash, updated_at = :updated_at, dispatch_id = :dispatch_id,"
+    " result = :result, error = :error, last_event = :last_event WHERE job_id = :job_id"
+)
+_INSERT_EVENT: Final = (
+    "INSERT INTO events (job_id, client, service, type, state, data, metadata, event_time,"
+    " dispatch_id, terminal, record_time) VALUES (:job_id, :client, :service, :type, :state,"
+    " :data, :metadata, :event_time, :dispatch_id, :terminal, :record_time)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _LeaseHandle:
+    """Names one lease of one outbox entry: a stale ack or retry (another worker leased the entry
+    since) carries an old token and changes nothing."""
+
+    entry_id: int
+    token: str
+
+
+@dataclass(slots=True)
+class _Op:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: concurrent.futures.Future[Any]
+    write: bool
+
+
+class SqliteStore:
+    """The `Store` contract on one SQLite file. See the module docstring for threading,
+    durability and cursors."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        dedupe_ttl: float = DEFAULT_DEDUPE_TTL,
+        synchronous: str = "FULL",
+    ) -> None:
+        if synchronous.upper() not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}")
+        self._path = Path(path)
+        self._dedupe_ttl = dedupe_ttl
+        self._synchronous = synchronous.upper()
+        self._prune_interval = min(DEDUPE_PRUNE_INTERVAL, dedupe_ttl)
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._wakers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._wakers_lock = threading.Lock()
+        # Touched by the worker thread only.
+        self._appended = False
+        self._last_prune = 0.0
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    # Lifecycle
+
+    async def open(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"store {self._path} is already open")
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._queue = queue.SimpleQueue()
+        self._stopped = concurrent.futures.Future()
+        thread = threading.Thread(
+            target=self._serve, args=(ready,), name="sqlite-store", daemon=True
+        )
+        thread.start()
+        try:
+            await asyncio.wrap_future(ready)
+        except BaseException:
+            await asyncio.wrap_future(self._stopped)
+            thread.join()
+            raise
+        self._thread = thread
+
+    async def close(self) -> None:
+        """Finish what is queued, then close the file. Closing a closed store does nothing."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._thread = None
+        self._queue.put(None)
+        await asyncio.wrap_future(self._stopped)
+        thread.join()
+
+    async def check(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            raise StoreUnavailable(f"store {self._path} is not open")
+        await self._run(lambda conn: conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall())
+
+    async def secret(self, name: str) -> bytes:
+        def get(conn: sqlite3.Connection) -> bytes:
+            conn.execute(
+                "INSERT OR IGNORE INTO secrets (name, key) VALUES (?, ?)",
+                (name, secrets.token_bytes(SECRET_BYTES)),
+            )
+            row = conn.execute("SELECT key FROM secrets WHERE name = ?", (name,)).fetchone()
+            return bytes(row["key"])
+
+        return await self._run(get, write=True)
+
+    # Jobs
+
+    async def create_job(
+        self, job: Job, first_event: JobEvent, *, enqueue: bool
+    ) -> tuple[Job, bool]:
+        def create(conn: sqlite3.Connection) -> tuple[Job, bool]:
+            existing = _find_job(conn, job)
+            if existing is not None:
+                return existing, False
+            now = time.time()
+            conn.execute(_INSERT_JOB, _job_params(job))
+            self._insert_event(conn, first_event, now)
+            if enqueue:
+                conn.execute("INSERT INTO outbox (job_id, due_at) VALUES (?, ?)", (job.job_id, now))
+            return job, True
+
+        return await self._run(create, write=True)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        def get(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            return None if row is None else _job_from_row(row)
+
+        return await self._run(get)
+
+    async def list_jobs(
+        self, client: str, *, limit: int, page_token: str = ""
+    ) -> tuple[list[Job], str]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        start = _decode_page_token(page_token) if page_token else None
+
+        def page(conn: sqlite3.Connection) -> list[Job]:
+            if start is None:
+                rows = conn.execute(
+                    "SELECT * FROM jobs WHERE client = ?"
+                    " ORDER BY created_at DESC, job_id DESC LIMIT ?",
+                    (client, limit + 1),
+                ).fetchall()
+            else:
+                created_at, job_id = start
+                rows = conn.execute(
+                    "SELECT * FROM jobs WHERE client = ?"
+                    " AND (created_at < ? OR (created_at = ? AND job_id < ?))"
+                    " ORDER BY created_at DESC, job_id DESC LIMIT ?",
+                    (client, created_at, created_at, job_id, limit + 1),
+                ).fetchall()
+            return [_job_from_row(row) for row in rows]
+
+        jobs = await self._run(page)
+        if len(jobs) <= limit:
+            return jobs, ""
+        jobs = jobs[:limit]
+        return jobs, _encode_page_token(jobs[-1])
+
+    # Outbox
+
+    async def lease(self, *, limit: int, visibility: float) -> list[Lease]:
+        def take(conn: sqlite3.Connection) -> list[Lease]:
+            now = time.time()
+            rows = conn.execute(
+                "SELECT entry_id, job_id, attempts FROM outbox"
+                " WHERE due_at <= ? AND leased_until <= ? ORDER BY due_at, entry_id LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            leases = []
+            for row in rows:
+                handle = _LeaseHandle(row["entry_id"], secrets.token_hex(LEASE_TOKEN_BYTES))
+                conn.execute(
+                    "UPDATE outbox SET leased_until = ?, lease_token = ? WHERE entry_id = ?",
+                    (now + visibility, handle.token, handle.entry_id),
+                )
+                leases.append(Lease(job_id=row["job_id"], attempts=row["attempts"], handle=handle))
+            return leases
+
+        return await self._run(take, write=True)
+
+    async def ack(self, lease: Lease) -> None:
+        handle = _handle_of(lease)
+        await self._run(
+            lambda conn: conn.execute(
+                "DELETE FROM outbox WHERE entry_id = ? AND lease_token = ?",
+                (handle.entry_id, handle.token),
+            ),
+            write=True,
+        )
+
+    async def retry_later(self, lease: Lease, delay: float) -> None:
+        handle = _handle_of(lease)
+        await self._run(
+            lambda conn: conn.execute(
+                "UPDATE outbox SET due_at = ?, attempts = attempts + 1, leased_until = 0,"
+                " lease_token = '' WHERE entry_id = ? AND lease_token = ?",
+                (time.time() + delay, handle.entry_id, handle.token),
+            ),
+            write=True,
+        )
+
+    # Events
+
+    async def append_event(
+        self, event: JobEvent, *, dedupe_key: str | None, apply: Apply
+    ) -> JobEvent | None:
+        """See `Store.append_event`. An empty `dedupe_key` is no key, like None: an event is
+        never dropped for lack of an id."""
+
+        def append(conn: sqlite3.Connection) -> JobEvent | None:
+            now = time.time()
+            self._maybe_prune_dedupe(conn, now)
+            if dedupe_key:
+                inserted = conn.execute(
+                    "INSERT OR IGNORE INTO dedupe (dedupe_key, seen_at) VALUES (?, ?)",
+                    (dedupe_key, now),
+                )
+                if inserted.rowcount == 0:
+                    return None
+            row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (event.job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"job {event.job_id} not found")
+            job, recorded = apply(_job_from_row(row), event.replace(record_time=now))
+            conn.execute(_UPDATE_JOB, _job_params(job))
+            return self._insert_event(conn, recorded, now)
+
+        return await self._run(append, write=True)
+
+    async def read_events(
+        self, *, client: str, after: str = "", job_id: str = "", limit: int = 1000
+    ) -> list[JobEvent]:
+        seq = _parse_cursor(after)
+
+        def read(conn: sqlite3.Connection) -> list[JobEvent]:
+            if job_id:
+                rows = conn.execute(
+                    "SELECT * FROM events WHERE job_id = ? AND client = ? AND seq > ?"
+                    " ORDER BY seq LIMIT ?",
+                    (job_id, client, seq, limit),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT * FROM events WHERE client = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (client, seq, limit),
+                ).fetchall()
+            return [_event_from_row(row) for row in rows]
+
+        return await self._run(read)
+
+    def tail(self, *, after: str) -> AsyncIterator[JobEvent]:
+        return _Tail(self, _parse_cursor(after))
+
+    async def last_cursor(self) -> str:
+        def last(conn: sqlite3.Connection) -> str:
+            seq = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
+            return "" if seq is None else str(seq)
+
+        return await self._run(last)
+
+    # Rate limit
+
+    async def acquire_rate(self, *, limit: int, window: float) -> float:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+
+        def take(conn: sqlite3.Connection) -> float:
+            now = time.time()
+            conn.execute("DELETE FROM rate_log WHERE taken_at <= ?", (now - window,))
+            count, oldest = conn.execute("SELECT count(*), min(taken_at) FROM rate_log").fetchone()
+            if count < limit:
+                conn.execute("INSERT INTO rate_log (taken_at) VALUES (?)", (now,))
+                return 0.0
+            return float(oldest + window - now)
+
+        return await self._run(take, write=True)
+
+    # Used by _Tail
+
+    async def _events_after(self, seq: int, limit: int) -> list[JobEvent]:
+        def read(conn: sqlite3.Connection) -> list[JobEvent]:
+            rows = conn.execute(
+                "SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+            ).fetchall()
+            return [_event_from_row(row) for row in rows]
+
+        return await self._run(read)
+
+    @contextlib.contextmanager
+    def _waking(self, event: asyncio.Event) -> Iterator[None]:
+        """Set `event` after every commit that appended events, while inside the block."""
+        waker = (asyncio.get_running_loop(), event)
+        with self._wakers_lock:
+            self._wakers.add(waker)
+        try:
+            yield
+        finally:
+            with self._wakers_lock:
+                self._wakers.discard(waker)
+
+    # The caller's side of the worker
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
+        if self._thread is None:
+            raise StoreUnavailable(f"store {self._path} is not open")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put(_Op(fn, future, write))
+        return await asyncio.wrap_future(future)
+
+    # The worker thread
+
+    def _serve(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            ready.set_exception(self._translate(exc))
+            self._stopped.set_result(None)
+            return
+        ready.set_result(None)
+        try:
+            self._serve_queue(conn)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            self._fail_queued()
+            self._stopped.set_result(None)
+
+    def _serve_queue(self, conn: sqlite3.Connection) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            ops = [first]
+            stopping = False
+            while len(ops) < MAX_GROUP:
+                try:
+                    op = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if op is None:
+                    stopping = True
+                    break
+                ops.append(op)
+            # Reads first: every read here was queued before any write here returned, so
+            # answering it from the state before them is as correct as after, and the writes
+            # stay one group.
+            for op in ops:
+                if not op.write:
+                    self._read(conn, op)
+            self._commit_group(conn, [op for op in ops if op.write])
+            if stopping:
+                return
+
+    def _read(self, conn: sqlite3.Connection, op: _Op) -> None:
+        if not op.future.set_running_or_notify_cancel():
+            return
+        try:
+            value = op.fn(conn)
+        except Exception as exc:
+            op.future.set_exception(self._translate(exc))
+        else:
+            op.future.set_result(value)
+
+    def _commit_group(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
+        live = [op for op in ops if op.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        outcomes: list[tuple[_Op, Any, Exception | None]] = []
+        self._appended = False
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in live:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op.fn(conn)
+                except Exception as exc:
+                    if _is_unavailable(exc):
+                        raise
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((op, None, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((op, value, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            failure = self._translate(exc, always=True)
+            for op in live:
+                op.future.set_exception(failure)
+            return
+        for op, value, error in outcomes:
+            if error is None:
+                op.future.set_result(value)
+            else:
+                op.future.set_exception(self._translate(error))
+        if self._appended:
+            self._wake_tails()
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                op = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if op is not None and op.future.set_running_or_notify_cancel():
+                op.future.set_exception(StoreUnavailable(f"store {self._path} is closed"))
+
+    def _wake_tails(self) -> None:
+        with self._wakers_lock:
+            wakers = list(self._wakers)
+        for loop, event in wakers:
+            # A closed loop has no tail left to wake.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
+
+    def _connect(self) -> sqlite3.Connection:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=True)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreUnavailable(f"store {self._path}: cannot use WAL (got {mode})")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            self._migrate(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            self._maybe_prune_dedupe(conn, time.time())
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"store {self._path}: schema version {version} is newer than this"
+                f" gateway's {SCHEMA_VERSION}"
+            )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+
+    def _maybe_prune_dedupe(self, conn: sqlite3.Connection, now: float) -> None:
+        if now - self._last_prune < self._prune_interval:
+            return
+        self._last_prune = now
+        conn.execute("DELETE FROM dedupe WHERE seen_at < ?", (now - self._dedupe_ttl,))
+
+    def _insert_event(self, conn: sqlite3.Connection, event: JobEvent, now: float) -> JobEvent:
+        recorded = event.replace(record_time=now)
+        cursor = conn.execute(_INSERT_EVENT, _event_params(recorded))
+        self._appended = True
+        return recorded.replace(cursor=str(cursor.lastrowid))
+
+    def _translate(self, exc: BaseException, *, always: bool = False) -> BaseException:
+        """StoreUnavailable, naming the file, for what means the database cannot be used;
+        anything else as it is, unless `always`."""
+        if isinstance(exc, StoreUnavailable):
+            return exc
+        if isinstance(exc, OSError) or _is_unavailable(exc) or always:
+            failure = StoreUnavailable(f"store {self._path}: {exc}")
+            failure.__cause__ = exc
+            return failure
+        return exc
+
+
+class _Tail(AsyncIterator[JobEvent]):
+    """Every event after a cursor, without end. Between two `__anext__` calls it holds nothing
+    but its buffer, so a cancelled or abandoned tail leaves nothing behind in the store."""
+
+    def __init__(self, store: SqliteStore, after: int) -> None:
+        self._store = store
+        self._seq = after
+        self._buffer: deque[JobEvent] = deque()
+
+    async def __anext__(self) -> JobEvent:
+        while not self._buffer:
+            await self._fill()
+        return self._buffer.popleft()
+
+    async def _fill(self) -> None:
+        wake = asyncio.Event()
+        # Listen before reading, so a commit between the read and the wait is not missed.
+        with self._store._waking(wake):
+            events = await self._store._events_after(self._seq, TAIL_BATCH)
+            if events:
+                self._buffer.extend(events)
+                self._seq = int(events[-1].cursor)
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TAIL_POLL_INTERVAL):
+                    await wake.wait()
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (
+        isinstance(exc, sqlite3.Error) and code is not None and (code & 0xFF) in _UNAVAILABLE_CODES
+    )
+
+
+def _handle_of(lease: Lease) -> _LeaseHandle:
+    if not isinstance(lease.handle, _LeaseHandle):
+        raise TypeError("the lease was not handed out by a SqliteStore")
+    return lease.handle
+
+
+def _parse_cursor(cursor: str) -> int:
+    if not cursor:
+        return 0
+    if not cursor.isdecimal():
+        raise InvalidArgument([FieldViolation("cursor", "is not a cursor this server issued")])
+    return int(cursor)
+
+
+def _encode_page_token(last: Job) -> str:
+    raw = json.dumps([last.created_at, last.job_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_page_token(token: str) -> tuple[float, str]:
+    try:
+        created_at, job_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if isinstance(created_at, int | float) and isinstance(job_id, str):
+            return float(created_at), job_id
+    except (binascii.Error, ValueError, TypeError):
+        pass
+    raise InvalidArgument([FieldViolation("page_token", "is not a token this server issued")])
+
+
+def _find_job(conn: sqlite3.Connection, job: Job) -> Job | None:
+    """The job a create of `job` would duplicate: the client's job under the same idempotency
+    key, or a job with the same id (a retry of a create that did commit)."""
+    row = None
+    if job.idempotency_key:
+        row = conn.execute(
+            "SELECT * FROM jobs WHERE client = ? AND idempotency_key = ?",
+            (job.client, job.idempotency_key),
+        ).fetchone()
+    if row is None:
+        row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job.job_id,)).fetchone()
+    return None if row is None else _job_from_row(row)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _job_params(job: Job) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id,
+        "client": job.client,
+        "services": _dumps([s.value for s in job.services]),
+        "mode": job.mode.value,
+        "state": job.state.value,
+        "body": _dumps(job.body),
+        "metadata": _dumps(dict(job.metadata)),
+        "idempotency_key": job.idempotency_key,
+        "request_hash": job.request_hash,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "dispatch_id": job.dispatch_id,
+        "result": None if job.result is None else _dumps(job.result),
+        "error": None if job.error is None else _dumps(job.error.to_json()),
+        "last_event": job.last_event,
+    }
+
+
+def _job_from_row(row: sqlite3.Row) -> Job:
+    return Job(
+        job_id=row["job_id"],
+        client=row["client"],
+        services=tuple(Service(s) for s in json.loads(row["services"])),
+        mode=Mode(row["mode"]),
+        state=JobState(row["state"]),
+        body=json.loads(row["body"]),
+        metadata=json.loads(row["metadata"]),
+        idempotency_key=row["idempotency_key"],
+        request_hash=row["request_hash"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        dispatch_id=row["dispatch_id"],
+        result=None if row["result"] is None else json.loads(row["result"]),
+        error=None if row["error"] is None else UpstreamFailure.from_json(json.loads(row["error"])),
+        last_event=row["last_event"],
+    )
+
+
+def _event_params(event: JobEvent) -> dict[str, Any]:
+    return {
+        "job_id": event.job_id,
+        "client": event.client,
+        "service": event.service.value,
+        "type": event.type,
+        "state": event.state.value,
+        "data": _dumps(event.data),
+        "metadata": _dumps(dict(event.metadata)),
+        "event_time": event.event_time,
+        "dispatch_id": event.dispatch_id,
+        "terminal": int(event.terminal),
+        "record_time": event.record_time,
+    }
+
+
+def _event_from_row(row: sqlite3.Row) -> JobEvent:
+    return JobEvent(
+        job_id=row["job_id"],
+        client=row["client"],
+        service=Service(row["service"]),
+        type=row["type"],
+        state=JobState(row["state"]),
+        data=json.loads(row["data"]),
+        metadata=json.loads(row["metadata"]),
+        event_time=row["event_time"],
+        dispatch_id=row["dispatch_id"],
+        terminal=bool(row["terminal"]),
+        cursor=str(row["seq"]),
+        record_time=row["record_time"],
+    )
