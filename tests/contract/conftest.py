@@ -1,0 +1,41 @@
+"""The store contract suite: every test here runs against every backend in BACKENDS, through the
+`Store` protocol only."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from dispatcher_gateway.store import SqliteStore, Store
+
+from .builders import StoreFactory
+
+
+def sqlite_backend(request: pytest.FixtureRequest) -> StoreFactory:
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    path = tmp_path / "store" / "gateway.db"
+    return lambda: SqliteStore(path)
+
+
+# A backend plugs in with one entry: its name, and a function of the test's request (through
+# which it may ask for its own fixtures, e.g. a session-wide server) that gives its factory.
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest], StoreFactory]] = {
+    "sqlite": sqlite_backend,
+}
+
+
+@pytest.fixture(params=list(BACKENDS))
+def new_store(request: pytest.FixtureRequest) -> StoreFactory:
+    return BACKENDS[request.param](request)
+
+
+@pytest.fixture
+async def store(new_store: StoreFactory) -> AsyncIterator[Store]:
+    opened = new_store()
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
