@@ -1,0 +1,177 @@
+"""What only the SQLite backend promises: the file, its failures, its durability."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from dispatcher_gateway.core import states
+from dispatcher_gateway.core.errors import InvalidArgument, StoreUnavailable
+from dispatcher_gateway.store import SqliteStore
+
+from .builders import CLIENT, WAIT, append, create, event_for, opened, tailing, take
+
+# Writes a job and an event, says so once both calls returned, then waits to be killed.
+WRITER = """
+import asyncio, sys
+from dispatcher_gateway.core import states
+from dispatcher_gateway.store import SqliteStore
+from tests.contract.builders import append, create
+
+async def main() -> None:
+    store = SqliteStore(sys.argv[1])
+    await store.open()
+    job = await create(store, key="order-1", enqueue=True)
+    event = await append(store, job, states.COMPLETED, dedupe_key="wh-1")
+    print(job.job_id, event.cursor, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_writes_that_returned_survive_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    writer = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        WRITER,
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).parents[2],
+    )
+    assert writer.stdout is not None
+    async with asyncio.timeout(WAIT * 2):
+        job_id, cursor = (await writer.stdout.readline()).decode().split()
+    writer.send_signal(signal.SIGKILL)
+    await writer.wait()
+
+    async with opened(lambda: SqliteStore(path)) as store:
+        job = await store.get_job(job_id)
+        events = await store.read_events(client=CLIENT, job_id=job_id)
+        leases = await store.lease(limit=10, visibility=30.0)
+
+    assert job is not None
+    assert job.state.terminal
+    assert events[-1].cursor == cursor
+    assert [lease.job_id for lease in leases] == [job_id]
+
+
+async def test_open_creates_the_directory_and_a_wal_file(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "gateway.db"
+
+    async with opened(lambda: SqliteStore(path)):
+        pass
+
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_a_path_that_cannot_be_opened_is_unavailable_and_named(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    path = tmp_path / "file" / "gateway.db"
+
+    with pytest.raises(StoreUnavailable, match=re.escape(str(path))):
+        await SqliteStore(path).open()
+
+
+async def test_a_file_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    path.write_bytes(b"certainly not SQLite " * 100)
+
+    with pytest.raises(StoreUnavailable, match=re.escape(str(path))):
+        await SqliteStore(path).open()
+
+
+async def test_a_schema_newer_than_the_code_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 999")
+
+    with pytest.raises(StoreUnavailable, match="schema version 999"):
+        await SqliteStore(path).open()
+
+
+async def test_a_closed_store_refuses_calls(tmp_path: Path) -> None:
+    async with opened(lambda: SqliteStore(tmp_path / "gateway.db")) as store:
+        pass
+
+    with pytest.raises(StoreUnavailable):
+        await store.get_job("job-1")
+
+
+def test_an_unknown_synchronous_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        SqliteStore(tmp_path / "gateway.db", synchronous="SOMETIMES; DROP TABLE jobs")
+
+
+async def test_a_dedupe_key_is_forgotten_after_the_ttl(tmp_path: Path) -> None:
+    ttl = 0.2
+    async with opened(lambda: SqliteStore(tmp_path / "gateway.db", dedupe_ttl=ttl)) as store:
+        job = await create(store)
+        await append(store, job, dedupe_key="wh-1")
+        await asyncio.sleep(ttl + 0.1)
+
+        again = await store.append_event(
+            event_for(job), dedupe_key="wh-1", apply=states.apply_event
+        )
+
+    assert again is not None
+
+
+async def test_an_empty_dedupe_key_dedupes_nothing(tmp_path: Path) -> None:
+    async with opened(lambda: SqliteStore(tmp_path / "gateway.db")) as store:
+        job = await create(store)
+        first = await store.append_event(event_for(job), dedupe_key="", apply=states.apply_event)
+        second = await store.append_event(event_for(job), dedupe_key="", apply=states.apply_event)
+
+    assert first is not None
+    assert second is not None
+
+
+async def test_a_stale_retry_later_is_ignored(tmp_path: Path) -> None:
+    async with opened(lambda: SqliteStore(tmp_path / "gateway.db")) as store:
+        await create(store, enqueue=True)
+        [stale] = await store.lease(limit=10, visibility=0.1)
+        await asyncio.sleep(0.15)
+        [current] = await store.lease(limit=10, visibility=30.0)
+
+        await store.retry_later(stale, 0.0)
+
+        assert await store.lease(limit=10, visibility=30.0) == []
+        await store.retry_later(current, 0.0)
+        [again] = await store.lease(limit=10, visibility=30.0)
+
+    assert again.attempts == 1
+
+
+async def test_a_malformed_cursor_is_an_invalid_argument(tmp_path: Path) -> None:
+    async with opened(lambda: SqliteStore(tmp_path / "gateway.db")) as store:
+        with pytest.raises(InvalidArgument, match="cursor"):
+            await store.read_events(client=CLIENT, after="12abc")
+
+
+async def test_a_malformed_page_token_is_an_invalid_argument(tmp_path: Path) -> None:
+    async with opened(lambda: SqliteStore(tmp_path / "gateway.db")) as store:
+        with pytest.raises(InvalidArgument, match="page_token"):
+            await store.list_jobs(CLIENT, limit=10, page_token="bm9wZQ==")
+
+
+async def test_a_tail_sees_events_another_connection_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    async with opened(lambda: SqliteStore(path)) as reader:
+        start = await reader.last_cursor()
+        async with opened(lambda: SqliteStore(path)) as writer, tailing(reader, start) as tail:
+            following = asyncio.create_task(take(tail, 1))
+            await asyncio.sleep(0.05)
+            job = await create(writer)
+
+            [event] = await following
+
+    assert event.job_id == job.job_id
