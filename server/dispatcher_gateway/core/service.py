@@ -6,6 +6,7 @@ rpc/ and webhooks/ call this; it calls the store and the upstream through their 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -248,10 +249,13 @@ class Gateway:
     async def watch(self, client: str, job_id: str) -> AsyncIterator[JobEvent]:
         """The job's events so far, then live, ending after its terminal event."""
         await self.get_job(client, job_id)
-        async for event in self._stream(client, "", lambda e: e.job_id == job_id, job_id=job_id):
-            yield event
-            if event.terminal:
-                return
+        stream = self._stream(client, "", lambda e: e.job_id == job_id, job_id=job_id)
+        # aclosing: a caller that goes away must end the inner stream (and its subscription) now.
+        async with contextlib.aclosing(stream) as events:
+            async for event in events:
+                yield event
+                if event.terminal:
+                    return
 
     async def subscribe(
         self, client: str, after: str, wanted: EventFilter, *, live_only: bool = False
@@ -262,8 +266,10 @@ class Gateway:
                 [FieldViolation("live_only", "cannot be combined with after_cursor")]
             )
         parse_cursor(after)
-        async for event in self._stream(client, after, wanted.matches, live_only=live_only):
-            yield event
+        stream = self._stream(client, after, wanted.matches, live_only=live_only)
+        async with contextlib.aclosing(stream) as events:
+            async for event in events:
+                yield event
 
     async def _stream(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -115,10 +116,12 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: Context
     ) -> AsyncIterator[pb.JobEvent]:
-        async for message in self._stream(
+        stream = self._stream(
             context, lambda client: self.gateway.watch(client, request.job_id), ""
-        ):
-            yield message
+        )
+        async with contextlib.aclosing(stream) as messages:
+            async for message in messages:
+                yield message
 
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: Context
@@ -131,8 +134,11 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
                 live_only=request.live_only,
             )
 
-        async for message in self._stream(context, events, request.after_cursor):
-            yield message
+        async with contextlib.aclosing(
+            self._stream(context, events, request.after_cursor)
+        ) as messages:
+            async for message in messages:
+                yield message
 
     async def _stream(
         self,
@@ -144,8 +150,8 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         age = self.max_stream_age * (1.0 - STREAM_AGE_JITTER * random.random())
         try:
             client = self._client(context)
-            async with asyncio.timeout(age):
-                async for event in events(client):
+            async with asyncio.timeout(age), contextlib.aclosing(events(client)) as stream:
+                async for event in stream:
                     yield event_to_pb(event)
                     last = event.cursor
         except Unauthenticated as exc:
