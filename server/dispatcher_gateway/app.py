@@ -159,6 +159,8 @@ class GatewayApp:
                 "draining": self.draining,
                 "store": store,
                 "streams": self.hub.streams,
+                # Reported, not a reason to be unready: an open circuit still accepts and queues.
+                "upstream_circuit": self.gateway.breaker.describe(),
             }
             return JSONResponse(body, status_code=200 if ready else 503)
 

@@ -59,6 +59,11 @@ class OutboxWorker:
                         await asyncio.wait_for(self._wakeup.wait(), IDLE_POLL)
                     continue
                 for lease in leases:
+                    paused = self.gateway.breaker.wait()
+                    if paused > 0:
+                        # The circuit is open: the entry waits in the outbox, not in memory.
+                        await self.store.retry_later(lease, paused)
+                        continue
                     # Slots are taken in lease order, so jobs leave the outbox in the order queued.
                     await self._slots.acquire()
                     try:
@@ -66,6 +71,7 @@ class OutboxWorker:
                     except BaseException:
                         self._slots.release()
                         raise
+                    self.gateway.breaker.calling()
                     task = asyncio.create_task(self._submit(lease), name=f"submit:{lease.job_id}")
                     self._in_flight.add(task)
                     task.add_done_callback(self._done)
@@ -90,11 +96,13 @@ class OutboxWorker:
             await self.store.ack(lease)
             return
         try:
-            answer = await self.gateway.upstream.dispatch(
-                spec_of(job),
-                idempotency_key=job.job_id,
-                callback_url=self.gateway.callback_url(job.job_id),
-                timeout=SUBMIT_TIMEOUT,
+            answer = await self.gateway.call_upstream(
+                self.gateway.upstream.dispatch(
+                    spec_of(job),
+                    idempotency_key=job.job_id,
+                    callback_url=self.gateway.callback_url(job.job_id),
+                    timeout=SUBMIT_TIMEOUT,
+                )
             )
         except UpstreamError as exc:
             age = self.gateway.clock() - job.created_at

@@ -10,11 +10,13 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
 from ..store.base import Store
 from . import states
+from .breaker import CircuitBreaker
 from .errors import (
     FieldViolation,
     IdempotencyConflict,
@@ -30,6 +32,7 @@ from .retry import RateLimit
 from .tokens import CallbackTokens
 
 log = logging.getLogger("dispatcher_gateway.core")
+T = TypeVar("T")
 
 UPSTREAM_TIMEOUT = 120.0
 """The upstream's own limit on a sync dispatch."""
@@ -37,6 +40,7 @@ SMALL_CALL_TIMEOUT = 30.0
 """Validate and template calls."""
 REPLAY_PAGE = 500
 """Events read from the store at a time while a stream catches up."""
+HTTP_TOO_MANY_REQUESTS = 429
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 
@@ -104,6 +108,7 @@ class Gateway:
         hub: EventHub,
         clock: Callable[[], float] = time.time,
         on_queued: Callable[[], None] = lambda: None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.store = store
         self.upstream = upstream
@@ -113,6 +118,7 @@ class Gateway:
         self.hub = hub
         self.clock = clock
         self.on_queued = on_queued
+        self.breaker = breaker or CircuitBreaker()
 
     def callback_url(self, job_id: str) -> str:
         return f"{self.public_url}/webhooks/dispatcher/{self.tokens.token(job_id)}"
@@ -155,10 +161,13 @@ class Gateway:
         budget = UPSTREAM_TIMEOUT if budget is None else min(budget, UPSTREAM_TIMEOUT)
         started = loop.time()
         try:
+            self.check_breaker()
             await self.rate.wait(budget)
             remaining = budget - (loop.time() - started)
-            answer = await self.upstream.dispatch(
-                spec_of(job), idempotency_key=job.job_id, callback_url=None, timeout=remaining
+            answer = await self.call_upstream(
+                self.upstream.dispatch(
+                    spec_of(job), idempotency_key=job.job_id, callback_url=None, timeout=remaining
+                )
             )
         except UpstreamError as exc:
             await self.fail(job, exc.failure)
@@ -176,6 +185,31 @@ class Gateway:
             event, dedupe_key=f"{job.job_id}:sync", apply=states.apply_event
         )
         return await self.get_job(job.client, job.job_id)
+
+    def check_breaker(self) -> None:
+        """Fail fast while the upstream's circuit is open."""
+        wait = self.breaker.wait()
+        if wait > 0:
+            failure = UpstreamFailure(
+                "upstream_circuit_open",
+                f"the upstream failed repeatedly; the gateway tries it again in {wait:.0f} s",
+            )
+            raise UpstreamError(failure, retryable=True, retry_after=wait)
+
+    async def call_upstream(self, call: Awaitable[T]) -> T:
+        """Make one upstream call, telling the circuit breaker how it went."""
+        self.breaker.calling()
+        try:
+            result = await call
+        except UpstreamError as exc:
+            # A refusal (4xx, 429) is an answer: the upstream is up. No answer or a 5xx is not.
+            if exc.retryable and exc.failure.http_status != HTTP_TOO_MANY_REQUESTS:
+                self.breaker.failure()
+            else:
+                self.breaker.success()
+            raise
+        self.breaker.success()
+        return result
 
     async def fail(self, job: Job, failure: UpstreamFailure) -> None:
         """Record the gateway's own terminal failure of a job (once)."""
@@ -246,7 +280,7 @@ class Gateway:
 
     # Streams
 
-    async def watch(self, client: str, job_id: str) -> AsyncIterator[JobEvent]:
+    async def watch(self, client: str, job_id: str) -> AsyncGenerator[JobEvent, None]:
         """The job's events so far, then live, ending after its terminal event."""
         await self.get_job(client, job_id)
         stream = self._stream(client, "", lambda e: e.job_id == job_id, job_id=job_id)
@@ -259,7 +293,7 @@ class Gateway:
 
     async def subscribe(
         self, client: str, after: str, wanted: EventFilter, *, live_only: bool = False
-    ) -> AsyncIterator[JobEvent]:
+    ) -> AsyncGenerator[JobEvent, None]:
         """The client's events after the cursor, then live, without end."""
         if live_only and after:
             raise InvalidArgument(
@@ -279,7 +313,7 @@ class Gateway:
         *,
         job_id: str = "",
         live_only: bool = False,
-    ) -> AsyncIterator[JobEvent]:
+    ) -> AsyncGenerator[JobEvent, None]:
         # Listen before reading the store: whatever is committed after this point arrives live,
         # whatever before is in the store; the overlap is skipped by cursor. No gap, no repeat.
         sub = self.hub.subscribe(client, matches)

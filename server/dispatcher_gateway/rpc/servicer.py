@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -115,7 +115,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
 
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: Context
-    ) -> AsyncIterator[pb.JobEvent]:
+    ) -> AsyncGenerator[pb.JobEvent, None]:
         stream = self._stream(
             context, lambda client: self.gateway.watch(client, request.job_id), ""
         )
@@ -125,8 +125,8 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
 
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: Context
-    ) -> AsyncIterator[pb.JobEvent]:
-        def events(client: str) -> AsyncIterator[JobEvent]:
+    ) -> AsyncGenerator[pb.JobEvent, None]:
+        def events(client: str) -> AsyncGenerator[JobEvent, None]:
             return self.gateway.subscribe(
                 client,
                 request.after_cursor,
@@ -143,9 +143,9 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
     async def _stream(
         self,
         context: Context,
-        events: Callable[[str], AsyncIterator[JobEvent]],
+        events: Callable[[str], AsyncGenerator[JobEvent, None]],
         after: str,
-    ) -> AsyncIterator[pb.JobEvent]:
+    ) -> AsyncGenerator[pb.JobEvent, None]:
         last = after
         age = self.max_stream_age * (1.0 - STREAM_AGE_JITTER * random.random())
         try:
