@@ -85,7 +85,9 @@ class GatewayApp:
             rate=RateGate(self.store, s.upstream_rate),
             hub=self.hub,
         )
-        self.outbox = OutboxWorker(self.gateway, self.store, s.retry)
+        self.outbox = OutboxWorker(
+            self.gateway, self.store, s.retry, submit_timeout=s.submit_timeout
+        )
         self.gateway.on_queued = self.outbox.wake
         auth = (
             Authenticator.from_file(s.client_tokens_file)

@@ -39,6 +39,8 @@ class Settings:
     upstream_rate: RateLimit = field(default_factory=RateLimit)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     client_tokens_file: str | None = None
+    submit_timeout: float = 30.0
+    """Seconds an async submission waits for the upstream's 202 before it is retried."""
     max_stream_age: float = 30 * 60.0
     stream_backlog: int = 1000
     token_key: bytes | None = field(default=None, repr=False)
@@ -187,9 +189,12 @@ class _Reader:
             dispatcher_ca_file=self.file("DISPATCHER_CA_FILE"),
             upstream_rate=self.parsed("GATEWAY_UPSTREAM_RATE", RateLimit.parse, RateLimit()),
             retry=RetryPolicy(
-                give_up_after=self.seconds("GATEWAY_GIVE_UP_AFTER", RetryPolicy().give_up_after)
+                base=self.seconds("GATEWAY_RETRY_BASE", RetryPolicy().base),
+                cap=self.seconds("GATEWAY_RETRY_MAX_DELAY", RetryPolicy().cap),
+                give_up_after=self.seconds("GATEWAY_GIVE_UP_AFTER", RetryPolicy().give_up_after),
             ),
             client_tokens_file=self.file("GATEWAY_CLIENT_TOKENS_FILE"),
+            submit_timeout=self.seconds("GATEWAY_SUBMIT_TIMEOUT", 30.0),
             max_stream_age=self.seconds("GATEWAY_MAX_STREAM_AGE", 30 * 60.0),
             stream_backlog=self.parsed("GATEWAY_STREAM_BACKLOG", positive_int, 1000),
             token_key=token_key.encode() if token_key else None,
