@@ -1,0 +1,1 @@
+"""Test helpers shared across suites: real servers started on loopback for the tests."""
