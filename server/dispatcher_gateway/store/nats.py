@@ -230,8 +230,15 @@ class NatsStore:
     async def close(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
         self._kv.clear()
-        if nc is not None and not nc.is_closed:
-            await nc.close()
+        if nc is None or nc.is_closed:
+            return
+        if not nc.is_connected:
+            # While reconnecting, nats-py (2.16) buffers protocol lines (subscribe, unsubscribe)
+            # and its close() tries to write them to the dead socket, failing half-way through
+            # and leaving the transport open. They have nowhere to go: drop them.
+            nc._pending.clear()
+            nc._pending_data_size = 0
+        await nc.close()
 
     async def check(self) -> None:
         with self._unavailable():

@@ -1,0 +1,365 @@
+"""What only the NATS backend promises, beyond the contract suite: what it creates on the server,
+how it fails while NATS is away and recovers by itself, and how a retry completes a write that a
+crash cut short."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from unittest.mock import ANY
+
+import nats
+import pytest
+
+from dispatcher_gateway.core import states
+from dispatcher_gateway.core.errors import StoreUnavailable
+from dispatcher_gateway.core.model import JobState
+from dispatcher_gateway.store.nats import DEFAULT_TIMEOUT, NatsStore
+from tests.contract.builders import (
+    CLIENT,
+    append,
+    create,
+    event_for,
+    new_job,
+    queued_event,
+    tailing,
+    take,
+)
+from tests.support.nats_server import NatsCluster, NatsEndpoint, NatsFactory
+
+FAST = 0.5
+"""The request timeout of stores in these tests: failures show at once."""
+RECOVERY = 15.0
+"""The longest a store may take to answer again once NATS is back."""
+
+
+class Crash(Exception):
+    """Stands for the process dying at that point."""
+
+
+def new_store(servers: list[str], **options: Any) -> NatsStore:
+    options.setdefault("timeout", FAST)
+    return NatsStore(servers, prefix=f"t{uuid.uuid4().hex[:12]}", **options)
+
+
+@pytest.fixture
+async def store(nats_server: NatsEndpoint) -> AsyncIterator[NatsStore]:
+    opened = new_store(nats_server.servers)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def stream_replicas(servers: list[str], names: list[str]) -> dict[str, int]:
+    nc = await nats.connect(servers=servers)
+    try:
+        js = nc.jetstream()
+        return {name: (await js.stream_info(name)).config.num_replicas or 1 for name in names}
+    finally:
+        await nc.close()
+
+
+def every_stream(store: NatsStore) -> list[str]:
+    buckets = ["jobs", "jobs_by_client", "idempotency", "seen", "rate", "secrets"]
+    return [store.events_stream, store.outbox_stream] + [f"KV_{store.bucket(b)}" for b in buckets]
+
+
+async def until_answers(call: Callable[[], Awaitable[object]]) -> None:
+    async with asyncio.timeout(RECOVERY):
+        while True:
+            try:
+                await call()
+                return
+            except StoreUnavailable:
+                await asyncio.sleep(0.1)
+
+
+def crash_once(target: object, name: str) -> None:
+    """Make `target.name` raise Crash on its next call, then behave again."""
+    original = getattr(target, name)
+
+    async def crashing(*args: Any, **kwargs: Any) -> Any:
+        setattr(target, name, original)
+        raise Crash
+
+    setattr(target, name, crashing)
+
+
+# What open() creates
+
+
+async def test_open_creates_every_stream_and_bucket_with_one_replica(store: NatsStore) -> None:
+    assert store._nc is not None
+    replicas = await stream_replicas(store._servers, every_stream(store))
+
+    assert set(replicas.values()) == {1}
+
+
+async def test_open_on_a_cluster_creates_them_with_three_replicas(
+    start_nats_server: NatsFactory,
+) -> None:
+    cluster = start_nats_server(nodes=3)
+    # Replicated streams take a round of the cluster's consensus to create: the default timeout.
+    store = new_store(cluster.urls, replicas=3, timeout=DEFAULT_TIMEOUT)
+    await store.open()
+    try:
+        replicas = await stream_replicas(cluster.urls, every_stream(store))
+    finally:
+        await store.close()
+
+    assert set(replicas.values()) == {3}
+
+
+async def test_open_fails_as_unavailable_when_no_server_answers(
+    start_nats_server: NatsFactory,
+) -> None:
+    cluster = start_nats_server()
+    cluster.stop()
+    store = new_store(cluster.urls, connect_timeout=FAST)
+
+    with pytest.raises(StoreUnavailable):
+        await store.open()
+
+
+# NATS away and back
+
+
+async def single_node_store(start_nats_server: NatsFactory) -> tuple[NatsCluster, NatsStore]:
+    cluster = start_nats_server()
+    store = new_store(cluster.urls)
+    await store.open()
+    return cluster, store
+
+
+async def test_every_call_is_unavailable_while_nats_is_stopped(
+    start_nats_server: NatsFactory,
+) -> None:
+    cluster, store = await single_node_store(start_nats_server)
+    try:
+        job = await create(store)
+        cluster.stop()
+
+        with pytest.raises(StoreUnavailable):
+            await store.check()
+        with pytest.raises(StoreUnavailable):
+            await store.get_job(job.job_id)
+        with pytest.raises(StoreUnavailable):
+            await append(store, job, dedupe_key="wh-1")
+        with pytest.raises(StoreUnavailable):
+            await store.lease(limit=1, visibility=1.0)
+    finally:
+        await store.close()
+
+
+async def test_the_store_recovers_by_itself_when_nats_restarts_on_the_same_port(
+    start_nats_server: NatsFactory,
+) -> None:
+    cluster, store = await single_node_store(start_nats_server)
+    try:
+        job = await create(store, key="order-1")
+        cluster.stop()
+        with pytest.raises(StoreUnavailable):
+            await store.check()
+
+        cluster.start()
+        await until_answers(store.check)
+
+        assert await store.get_job(job.job_id) == job
+        recorded = await append(store, job, states.COMPLETED, dedupe_key="wh-1")
+        assert (await store.read_events(client=CLIENT, job_id=job.job_id))[-1] == recorded
+    finally:
+        await store.close()
+
+
+async def test_a_call_that_failed_while_nats_was_away_is_not_written_later(
+    start_nats_server: NatsFactory,
+) -> None:
+    cluster, store = await single_node_store(start_nats_server)
+    try:
+        job = await create(store)
+        cluster.stop()
+        with pytest.raises(StoreUnavailable):
+            await append(store, job)
+
+        cluster.start()
+        await until_answers(store.check)
+
+        assert len(await store.read_events(client=CLIENT, job_id=job.job_id)) == 1
+        assert await store.get_job(job.job_id) == job
+    finally:
+        await store.close()
+
+
+async def test_a_tail_fails_as_unavailable_while_nats_is_stopped(
+    start_nats_server: NatsFactory,
+) -> None:
+    cluster, store = await single_node_store(start_nats_server)
+    try:
+        await create(store)
+        async with tailing(store, "") as tail:
+            await take(tail, 1)
+            cluster.stop()
+            with pytest.raises(StoreUnavailable):
+                async with asyncio.timeout(RECOVERY):
+                    await anext(tail)
+    finally:
+        await store.close()
+
+
+async def test_a_cluster_store_keeps_working_with_one_node_stopped(
+    start_nats_server: NatsFactory,
+) -> None:
+    cluster = start_nats_server(nodes=3)
+    # Replicated streams take a round of the cluster's consensus to create: the default timeout.
+    store = new_store(cluster.urls, replicas=3, timeout=DEFAULT_TIMEOUT)
+    await store.open()
+    try:
+        job = await create(store, enqueue=True)
+        cluster.nodes[0].stop()
+
+        # Calls may fail while the streams elect new leaders, then answer again.
+        await until_answers(lambda: append(store, job))
+        await until_answers(store.check)
+
+        assert len(await store.read_events(client=CLIENT, job_id=job.job_id)) == 2
+        assert [lease.job_id for lease in await store.lease(limit=10, visibility=30.0)] == [
+            job.job_id
+        ]
+    finally:
+        await store.close()
+
+
+# A crash part way, completed by a retry
+
+
+async def test_a_retried_append_completes_one_that_crashed_after_its_commit(
+    store: NatsStore,
+) -> None:
+    job = await create(store)
+    crash_once(store, "_settle")
+    with pytest.raises(Crash):
+        await append(store, job, states.COMPLETED, dedupe_key="wh-1")
+
+    again = await store.append_event(
+        event_for(job, states.COMPLETED), dedupe_key="wh-1", apply=states.apply_event
+    )
+
+    assert again is None
+    events = await store.read_events(client=CLIENT, job_id=job.job_id)
+    assert [e.type for e in events] == [states.QUEUED, states.COMPLETED]
+
+
+async def test_an_append_that_crashed_after_publishing_is_not_published_twice(
+    store: NatsStore,
+) -> None:
+    job = await create(store)
+    crash_once(store._kv[store.bucket("seen")], "create")
+    with pytest.raises(Crash):
+        await append(store, job, states.COMPLETED, dedupe_key="wh-1")
+
+    again = await store.append_event(
+        event_for(job, states.COMPLETED), dedupe_key="wh-1", apply=states.apply_event
+    )
+
+    assert again is None
+    assert len(await store.read_events(client=CLIENT, job_id=job.job_id)) == 2
+
+
+async def test_the_next_append_publishes_a_crashed_ones_event_first(store: NatsStore) -> None:
+    job = await create(store)
+    crash_once(store, "_settle")
+    with pytest.raises(Crash):
+        await append(store, job, "letter_created")
+
+    later = await append(store, job, "letter_delivered")
+
+    events = await store.read_events(client=CLIENT, job_id=job.job_id)
+    assert [e.type for e in events] == [states.QUEUED, "letter_created", "letter_delivered"]
+    assert events[-1] == later
+
+
+async def test_get_job_publishes_what_a_crashed_append_left(store: NatsStore) -> None:
+    job = await create(store)
+    crash_once(store, "_settle")
+    with pytest.raises(Crash):
+        await append(store, job, states.COMPLETED)
+
+    stored = await store.get_job(job.job_id)
+
+    assert stored is not None
+    assert stored.state.terminal
+    assert [e.type for e in await store.read_events(client=CLIENT, job_id=job.job_id)] == [
+        states.QUEUED,
+        states.COMPLETED,
+    ]
+
+
+async def test_a_retried_create_completes_one_that_crashed_after_its_commit(
+    store: NatsStore,
+) -> None:
+    first = new_job(key="order-1")
+    crash_once(store, "_settle")
+    with pytest.raises(Crash):
+        await store.create_job(first, queued_event(first), enqueue=True)
+    retry = new_job(key="order-1")
+
+    stored, created = await store.create_job(retry, queued_event(retry), enqueue=True)
+
+    assert (stored, created) == (first, False)
+    assert len(await store.read_events(client=CLIENT, job_id=first.job_id)) == 1
+    assert [lease.job_id for lease in await store.lease(limit=10, visibility=30.0)] == [
+        first.job_id
+    ]
+
+
+async def test_a_create_whose_claimer_died_before_writing_the_job_is_completed_in_its_name(
+    store: NatsStore,
+) -> None:
+    first = new_job(key="order-1")
+    crash_once(store._kv[store.bucket("jobs")], "create")
+    with pytest.raises(Crash):
+        await store.create_job(first, queued_event(first), enqueue=True)
+    retry = new_job(key="order-1")
+
+    stored, created = await store.create_job(retry, queued_event(retry), enqueue=True)
+
+    assert created
+    assert stored == retry.replace(job_id=first.job_id)
+    assert await store.list_jobs(CLIENT, limit=10) == ([stored], "")
+    assert len(await store.read_events(client=CLIENT, job_id=first.job_id)) == 1
+
+
+# Ids of any shape
+
+
+@pytest.mark.parametrize(
+    ("client", "other"),
+    [("a.b", "a_2Eb"), ("svc *", "svc >"), ("", "_"), ("équipe", "e\u0301quipe")],
+)
+async def test_clients_whose_ids_are_unsafe_in_subjects_stay_apart(
+    store: NatsStore, client: str, other: str
+) -> None:
+    mine = await create(store, client)
+    theirs = await create(store, other)
+    await append(store, mine)
+
+    events = await store.read_events(client=client)
+
+    assert [(e.client, e.job_id) for e in events] == [(client, mine.job_id)] * 2
+    assert [j.job_id for j in (await store.list_jobs(other, limit=10))[0]] == [theirs.job_id]
+
+
+async def test_a_job_id_with_dots_and_wildcards_reads_back(store: NatsStore) -> None:
+    job = await create(store, job_id="job.1.*.>")
+
+    await append(store, job)
+
+    assert await store.get_job("job.1.*.>") == job.replace(
+        state=JobState.IN_PROGRESS, last_event="letter_created", updated_at=ANY
+    )
+    assert len(await store.read_events(client=CLIENT, job_id="job.1.*.>")) == 2
+    assert await store.read_events(client=CLIENT, job_id="job.1.*") == []
