@@ -15,6 +15,10 @@ configured number of replicas:
   KV <prefix>_rate            one key: the shared rate limit's sliding-window log, by CAS.
   KV <prefix>_secrets         name → 32 random bytes, create-only.
 
+Streams and buckets missing at open() are created; existing ones are left as they are (change
+their replicas with the nats CLI). Jobs, their list index and idempotency keys are kept
+`event_max_age` after their last write, like the events.
+
 Client and job ids become subject tokens and KV keys through `_token`, which keeps [A-Za-z0-9-]
 and writes every other byte as _XX, so any id is safe and distinct ids stay distinct.
 
@@ -61,7 +65,14 @@ submitted.
 
 Reads (read_events, tail, list_jobs) use ephemeral pull consumers with ack none; read_events and
 list_jobs take what is there now (no_wait) and delete their consumer; tail long-polls and checks
-the consumer sequence and heartbeats, starting over after its last event on any gap.
+the consumer sequence and heartbeats, starting over after its last event on any gap. (Not
+nats-py's ordered consumer: its heartbeat and reset tasks outlive a reader that was cancelled, and
+its resets fail silently while NATS is away.) A tail holds a subscription and a server-side
+consumer between reads: close it (aclose) when done; one dropped without closing is removed by
+the server after EPHEMERAL_IDLE.
+
+The rate limit is a sliding-window log of acquisition times in one KV key, updated by
+compare-and-set, stamped with each replica's wall clock (replicas are assumed NTP-synced).
 
 The connection reconnects forever; while it is down, nothing is buffered (pending_size=0) and
 every call raises StoreUnavailable at once or within `timeout`, so nothing a caller was told
