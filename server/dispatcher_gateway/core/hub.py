@@ -108,9 +108,16 @@ class EventHub:
             try:
                 if after is None:
                     after = await store.last_cursor()
-                async for event in store.tail(after=after):
-                    after = event.cursor
-                    self.publish(event)
+                tail = store.tail(after=after)
+                try:
+                    async for event in tail:
+                        after = event.cursor
+                        self.publish(event)
+                finally:
+                    # A tail may hold a subscription and a server-side consumer: release them now.
+                    close = getattr(tail, "aclose", None)
+                    if close is not None:
+                        await close()
             except Exception:
                 log.exception(
                     "event tail failed; reopening after %s in %.0f s", after, RETAIL_DELAY
