@@ -37,13 +37,18 @@ READY_CHECK_TIMEOUT = 2.0
 CALLBACK_KEY_NAME = "callback-token-key"
 
 
-def open_store(spec: str) -> Store:
+def open_store(settings: Settings) -> Store:
     """`nats://host:port[,host:port...]` selects NATS JetStream; anything else is an SQLite
     file path (optionally `sqlite:` prefixed)."""
+    spec = settings.store
     if spec.startswith(("nats://", "tls://")):
         from .store.nats import NatsStore
 
-        return NatsStore([s.strip() for s in spec.split(",") if s.strip()])
+        return NatsStore(
+            [s.strip() for s in spec.split(",") if s.strip()],
+            replicas=settings.nats_replicas,
+            event_max_age=settings.event_retention,
+        )
     from .store.sqlite import SqliteStore
 
     return SqliteStore(spec.removeprefix("sqlite:"))
@@ -59,7 +64,7 @@ class Listeners:
 class GatewayApp:
     def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
         self.settings = settings
-        self.store = store or open_store(settings.store)
+        self.store = store or open_store(settings)
         self.health = health.aio.HealthServicer()
         self.hub = EventHub(backlog=settings.stream_backlog)
         self.draining = False

@@ -43,6 +43,10 @@ class Settings:
     """Seconds an async submission waits for the upstream's 202 before it is retried."""
     max_stream_age: float = 30 * 60.0
     stream_backlog: int = 1000
+    nats_replicas: int = 1
+    """R1 or R3: the replicas of every JetStream stream and bucket the gateway creates."""
+    event_retention: float = 30 * 24 * 3600.0
+    """Seconds events are kept (NATS): how far back a cursor can resume."""
     token_key: bytes | None = field(default=None, repr=False)
     """The callback token key; default: one made once and kept in the store."""
     log_level: str = "INFO"
@@ -70,6 +74,12 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _replicas(text: str) -> int:
+    if text not in ("1", "3"):
+        raise ValueError(f"1 or 3, got {text!r}")
+    return int(text)
 
 
 class _Reader:
@@ -197,6 +207,8 @@ class _Reader:
             submit_timeout=self.seconds("GATEWAY_SUBMIT_TIMEOUT", 30.0),
             max_stream_age=self.seconds("GATEWAY_MAX_STREAM_AGE", 30 * 60.0),
             stream_backlog=self.parsed("GATEWAY_STREAM_BACKLOG", positive_int, 1000),
+            nats_replicas=self.parsed("GATEWAY_NATS_REPLICAS", _replicas, 1),
+            event_retention=self.seconds("GATEWAY_EVENT_RETENTION", 30 * 24 * 3600.0),
             token_key=token_key.encode() if token_key else None,
             log_level=level,
         )
