@@ -1,5 +1,13 @@
 """The receiver of Dispatcher's webhooks, and their signatures."""
 
+from .app import (
+    DEFAULT_MAX_BODY,
+    STORE_RETRY_AFTER,
+    WEBHOOK_PATH,
+    MalformedWebhook,
+    PayloadTooLarge,
+    create_webhook_app,
+)
 from .signature import (
     MAX_WEBHOOK_ID_LENGTH,
     TIMESTAMP_TOLERANCE,
@@ -10,10 +18,16 @@ from .signature import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_BODY",
     "MAX_WEBHOOK_ID_LENGTH",
+    "STORE_RETRY_AFTER",
     "TIMESTAMP_TOLERANCE",
+    "WEBHOOK_PATH",
+    "MalformedWebhook",
+    "PayloadTooLarge",
     "WebhookVerificationError",
     "WebhookVerifier",
+    "create_webhook_app",
     "sign_dispatcher",
     "sign_standard",
 ]

@@ -1,0 +1,166 @@
+"""The Starlette app that receives Dispatcher's callbacks: size cap, signature, parse, record.
+
+Every status it answers comes from one table, `_REFUSALS`. A 2xx tells Dispatcher to stop
+retrying, so it is sent only once the webhook is durably recorded (or known to be a duplicate);
+anything that might succeed later (store down, draining, a bug) answers 5xx so that it retries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from ..core.errors import InvalidArgument, NotFound, ShuttingDown, StoreUnavailable
+from ..core.model import JSON
+from ..core.ports import WebhookSink
+from .signature import WebhookVerificationError, WebhookVerifier
+
+logger = logging.getLogger("dispatcher_gateway.webhooks")
+
+WEBHOOK_PATH = "/webhooks/dispatcher/{token}"
+DEFAULT_MAX_BODY = 1 << 20
+"""Bytes: a webhook envelope is small; a larger body is refused before it is read."""
+
+STORE_RETRY_AFTER = 5
+"""Seconds Dispatcher is asked to wait before retrying a webhook the store could not take."""
+
+TOKEN_LOG_PREFIX = 8
+"""Characters of the callback token that logs show: enough to find the job, not to forge a URL."""
+
+_EVENT_LOG_LENGTH = 64
+
+
+class PayloadTooLarge(Exception):
+    """The body is larger than the receiver accepts."""
+
+
+class MalformedWebhook(Exception):
+    """The body is not a JSON object with a string `event`; the message is the short reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    status: int
+    error: str
+    log_level: int
+    explain: bool = False
+    """Whether the answer carries the exception's message as `reason`."""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+_UNAVAILABLE = _Refusal(
+    503, "unavailable", logging.WARNING, headers={"Retry-After": str(STORE_RETRY_AFTER)}
+)
+
+# The one table from errors to HTTP statuses (DESIGN.md, "What bad input gets"); first match wins.
+_REFUSALS: tuple[tuple[type[Exception], _Refusal], ...] = (
+    (PayloadTooLarge, _Refusal(413, "payload_too_large", logging.WARNING)),
+    # No detail: a forger learns nothing from the answer; the log line says what failed.
+    (WebhookVerificationError, _Refusal(401, "unauthorized", logging.WARNING)),
+    (MalformedWebhook, _Refusal(400, "bad_request", logging.WARNING, explain=True)),
+    (InvalidArgument, _Refusal(400, "invalid_argument", logging.WARNING, explain=True)),
+    (NotFound, _Refusal(404, "not_found", logging.WARNING)),
+    (StoreUnavailable, _UNAVAILABLE),
+    (ShuttingDown, _UNAVAILABLE),
+    # Nobody is left to read the answer; the sender retries.
+    (ClientDisconnect, _Refusal(400, "client_disconnected", logging.INFO)),
+)
+_INTERNAL = _Refusal(500, "internal", logging.ERROR)
+
+
+def _refusal_for(exc: Exception) -> _Refusal:
+    for kind, refusal in _REFUSALS:
+        if isinstance(exc, kind):
+            return refusal
+    return _INTERNAL
+
+
+def create_webhook_app(
+    sink: WebhookSink, verifier: WebhookVerifier, *, max_body: int = DEFAULT_MAX_BODY
+) -> Starlette:
+    async def receive_webhook(request: Request) -> JSONResponse:
+        token: str = request.path_params["token"]
+        webhook_id = event = "-"
+        try:
+            body = await _read_capped(request, max_body)
+            webhook_id = verifier.verify(body, request.headers)
+            envelope = _parse(body)
+            event = envelope["event"][:_EVENT_LOG_LENGTH]
+            recorded = await sink.record_webhook(token, envelope, webhook_id=webhook_id)
+        except Exception as exc:
+            refusal = _refusal_for(exc)
+            logger.log(
+                refusal.log_level,
+                "webhook token=%s… event=%r id=%r: %d %s (%s)",
+                token[:TOKEN_LOG_PREFIX],
+                event,
+                webhook_id,
+                refusal.status,
+                refusal.error,
+                exc if refusal is not _INTERNAL else type(exc).__name__,
+                exc_info=refusal is _INTERNAL,
+            )
+            content: dict[str, Any] = {"error": refusal.error}
+            if refusal.explain:
+                content["reason"] = str(exc)
+            return JSONResponse(content, status_code=refusal.status, headers=refusal.headers)
+
+        outcome = "recorded" if recorded else "duplicate"
+        logger.info(
+            "webhook token=%s… event=%r id=%r: %s",
+            token[:TOKEN_LOG_PREFIX],
+            event,
+            webhook_id,
+            outcome,
+        )
+        return JSONResponse({"status": outcome})
+
+    return Starlette(routes=[Route(WEBHOOK_PATH, receive_webhook, methods=["POST"])])
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    """The body, read chunk by chunk; never holds more than `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            too_large = int(declared) > limit
+        except ValueError:
+            raise MalformedWebhook("Content-Length is not a number") from None
+        if too_large:
+            raise PayloadTooLarge(f"Content-Length {declared} exceeds {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        if len(body) + len(chunk) > limit:
+            raise PayloadTooLarge(f"body exceeds {limit} bytes")
+        body += chunk
+    return bytes(body)
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse(body: bytes) -> JSON:
+    try:
+        envelope = json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        raise MalformedWebhook("body is not valid JSON") from None
+    if not isinstance(envelope, dict):
+        raise MalformedWebhook("body is not a JSON object")
+    event = envelope.get("event")
+    if not isinstance(event, str) or not event:
+        raise MalformedWebhook("`event` must be a non-empty string")
+    # A lone surrogate escape ("\ud800") parses, but no store, log or protobuf can encode it.
+    if b"\\ud" in body.lower():
+        try:
+            json.dumps(envelope, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise MalformedWebhook("body holds an unpaired UTF-16 surrogate") from None
+    return envelope

@@ -1,0 +1,332 @@
+"""The webhook receiver through httpx.ASGITransport: one test per row of DESIGN.md's list of what
+bad webhook input gets, and the happy path."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from dispatcher_gateway.core.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ShuttingDown,
+    StoreUnavailable,
+)
+from dispatcher_gateway.core.model import JSON
+from dispatcher_gateway.webhooks import (
+    STORE_RETRY_AFTER,
+    WebhookVerifier,
+    create_webhook_app,
+    sign_dispatcher,
+    sign_standard,
+)
+
+SECRET = "webhook-secret-for-tests"
+NOW = 1_800_000_000
+TOKEN = "job_01HZX5Q2V3.Zm9vYmFyYmF6cXV4"
+MAX_BODY = 1024
+ENVELOPE: JSON = {
+    "event": "document_signed",
+    "timestamp": "2026-02-13T12:30:00Z",
+    "dispatchId": "disp_abc123",
+    "service": "esign",
+    "provider": "signaturit",
+    "data": {"documentId": "doc_xyz789", "status": "completed"},
+}
+
+
+class FakeSink:
+    """Knows one token; dedupes by webhook id; raises `fail` when set."""
+
+    def __init__(self) -> None:
+        self.recorded: list[tuple[str, JSON, str]] = []
+        self.seen: set[str] = set()
+        self.fail: Exception | None = None
+
+    async def record_webhook(self, token: str, envelope: JSON, *, webhook_id: str) -> bool:
+        if self.fail is not None:
+            raise self.fail
+        if token != TOKEN:
+            raise NotFound("no such job")
+        if webhook_id in self.seen:
+            return False
+        self.seen.add(webhook_id)
+        self.recorded.append((token, envelope, webhook_id))
+        return True
+
+
+@pytest.fixture
+def sink() -> FakeSink:
+    return FakeSink()
+
+
+@pytest.fixture
+async def client(sink: FakeSink) -> AsyncIterator[httpx.AsyncClient]:
+    verifier = WebhookVerifier([SECRET], clock=lambda: NOW)
+    app = create_webhook_app(sink, verifier, max_body=MAX_BODY)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="https://gateway.test"
+    ) as http:
+        yield http
+
+
+def signed(body: bytes, webhook_id: str = "wh_1") -> dict[str, str]:
+    return sign_dispatcher(SECRET, body, timestamp=NOW, webhook_id=webhook_id)
+
+
+async def post(
+    client: httpx.AsyncClient, body: bytes, headers: dict[str, str], token: str = TOKEN
+) -> httpx.Response:
+    return await client.post(f"/webhooks/dispatcher/{token}", content=body, headers=headers)
+
+
+class CountingBody:
+    """A request body streamed in chunks without a Content-Length; counts the chunks pulled."""
+
+    def __init__(self, chunk: bytes, count: int) -> None:
+        self.chunk = chunk
+        self.count = count
+        self.pulled = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for _ in range(self.count):
+            self.pulled += 1
+            yield self.chunk
+
+
+BODY = json.dumps(ENVELOPE).encode()
+
+
+# The happy path
+
+
+async def test_a_signed_webhook_is_recorded(client: httpx.AsyncClient, sink: FakeSink) -> None:
+    response = await post(client, BODY, signed(BODY, "wh_42"))
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "recorded"}
+    assert sink.recorded == [(TOKEN, ENVELOPE, "wh_42")]
+
+
+async def test_a_standard_webhooks_signature_is_accepted(
+    client: httpx.AsyncClient, sink: FakeSink
+) -> None:
+    headers = sign_standard(SECRET, BODY, timestamp=NOW, webhook_id="msg_7")
+
+    response = await post(client, BODY, headers)
+
+    assert response.status_code == 200
+    assert sink.recorded[0][2] == "msg_7"
+
+
+async def test_a_body_exactly_at_the_cap_is_accepted(client: httpx.AsyncClient) -> None:
+    padded = dict(ENVELOPE, pad="")
+    padded["pad"] = "x" * (MAX_BODY - len(json.dumps(padded).encode()))
+    body = json.dumps(padded).encode()
+    assert len(body) == MAX_BODY
+
+    response = await post(client, body, signed(body))
+
+    assert response.status_code == 200
+
+
+async def test_one_info_line_per_webhook_without_the_whole_token(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="dispatcher_gateway.webhooks"):
+        await post(client, BODY, signed(BODY, "wh_9"))
+
+    records = [r for r in caplog.records if r.name == "dispatcher_gateway.webhooks"]
+    assert len(records) == 1
+    assert records[0].levelno == logging.INFO
+    line = records[0].getMessage()
+    for part in (TOKEN[:8], "document_signed", "wh_9", "recorded"):
+        assert part in line
+    assert TOKEN not in line
+
+
+# What bad input gets
+
+
+async def test_duplicate_is_200(client: httpx.AsyncClient, sink: FakeSink) -> None:
+    await post(client, BODY, signed(BODY, "wh_1"))
+
+    response = await post(client, BODY, signed(BODY, "wh_1"))
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "duplicate"}
+    assert len(sink.recorded) == 1
+
+
+async def test_oversized_by_content_length_is_413_without_reading_the_body(
+    client: httpx.AsyncClient, sink: FakeSink
+) -> None:
+    body = CountingBody(b"x" * 100, 20)
+    headers = {"Content-Length": str(100 * 20)} | signed(b"")
+
+    response = await client.post(f"/webhooks/dispatcher/{TOKEN}", content=body, headers=headers)
+
+    assert response.status_code == 413
+    assert body.pulled == 0
+    assert sink.recorded == []
+
+
+async def test_oversized_by_stream_is_413_reading_no_more_than_the_cap(
+    client: httpx.AsyncClient, sink: FakeSink
+) -> None:
+    body = CountingBody(b"x" * 100, 1000)
+
+    response = await client.post(f"/webhooks/dispatcher/{TOKEN}", content=body, headers={})
+
+    assert response.status_code == 413
+    assert body.pulled == MAX_BODY // 100 + 1
+    assert sink.recorded == []
+
+
+async def test_missing_signature_is_401_with_no_detail(
+    client: httpx.AsyncClient, sink: FakeSink
+) -> None:
+    response = await post(client, BODY, {"X-Webhook-Id": "wh_1"})
+
+    assert response.status_code == 401
+    assert response.json() == {"error": "unauthorized"}
+    assert sink.recorded == []
+
+
+async def test_bad_signature_is_401_with_no_detail(
+    client: httpx.AsyncClient, sink: FakeSink
+) -> None:
+    headers = sign_dispatcher("not-the-secret", BODY, timestamp=NOW, webhook_id="wh_1")
+
+    response = await post(client, BODY, headers)
+
+    assert response.status_code == 401
+    assert response.json() == {"error": "unauthorized"}
+    assert sink.recorded == []
+
+
+async def test_unknown_token_is_404(client: httpx.AsyncClient) -> None:
+    response = await post(client, BODY, signed(BODY), token="job_unknown.bWFj")
+
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"",
+        b"\xff\xfe\x00garbage",
+        b'{"event": "x", "n": NaN}',
+    ],
+    ids=["syntax", "empty", "not-utf8", "nan"],
+)
+async def test_malformed_json_is_400(
+    client: httpx.AsyncClient, sink: FakeSink, body: bytes
+) -> None:
+    response = await post(client, body, signed(body))
+
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_request"
+    assert sink.recorded == []
+
+
+async def test_json_nested_beyond_the_parsers_depth_is_400(sink: FakeSink) -> None:
+    depth = 100_000
+    body = b"[" * depth + b"]" * depth
+    app = create_webhook_app(sink, WebhookVerifier([SECRET], clock=lambda: NOW))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="https://gateway.test"
+    ) as http:
+        response = await post(http, body, signed(body))
+
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [[ENVELOPE], "document_signed", {"dispatchId": "d"}, {"event": 7}, {"event": ""}],
+    ids=["array", "string", "no-event", "event-not-string", "event-empty"],
+)
+async def test_json_that_is_not_an_envelope_is_400(
+    client: httpx.AsyncClient, envelope: object
+) -> None:
+    body = json.dumps(envelope).encode()
+
+    response = await post(client, body, signed(body))
+
+    assert response.status_code == 400
+    assert response.json()["reason"]
+
+
+async def test_an_unpaired_surrogate_is_400(client: httpx.AsyncClient) -> None:
+    body = b'{"event": "dispatch_completed", "data": {"name": "\\ud800"}}'
+
+    response = await post(client, body, signed(body))
+
+    assert response.status_code == 400
+
+
+async def test_a_paired_surrogate_escape_is_fine(client: httpx.AsyncClient) -> None:
+    body = b'{"event": "dispatch_completed", "data": {"name": "\\ud83d\\ude00"}}'
+
+    response = await post(client, body, signed(body))
+
+    assert response.status_code == 200
+
+
+async def test_core_invalid_argument_is_400(client: httpx.AsyncClient, sink: FakeSink) -> None:
+    sink.fail = InvalidArgument([FieldViolation("event", "unknown for this service")])
+
+    response = await post(client, BODY, signed(BODY))
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "invalid_argument",
+        "reason": "event: unknown for this service",
+    }
+
+
+async def test_store_down_is_503_with_retry_after(
+    client: httpx.AsyncClient, sink: FakeSink
+) -> None:
+    sink.fail = StoreUnavailable("sqlite is locked")
+
+    response = await post(client, BODY, signed(BODY))
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == str(STORE_RETRY_AFTER)
+
+
+async def test_draining_is_503(client: httpx.AsyncClient, sink: FakeSink) -> None:
+    sink.fail = ShuttingDown("draining")
+
+    response = await post(client, BODY, signed(BODY))
+
+    assert response.status_code == 503
+
+
+async def test_an_unexpected_error_is_500_and_logged(
+    client: httpx.AsyncClient, sink: FakeSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink.fail = RuntimeError("bug")
+
+    with caplog.at_level(logging.INFO, logger="dispatcher_gateway.webhooks"):
+        response = await post(client, BODY, signed(BODY))
+
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal"}
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].exc_info is not None
+
+
+async def test_get_is_405(client: httpx.AsyncClient) -> None:
+    response = await client.get(f"/webhooks/dispatcher/{TOKEN}")
+
+    assert response.status_code == 405
