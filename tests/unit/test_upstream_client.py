@@ -281,6 +281,18 @@ async def test_a_non_json_error_body_falls_back_to_status_and_reason(
     assert exc.failure.details == {}
 
 
+async def test_an_unknown_status_without_a_body_still_has_a_message(
+    make_client: MakeClient,
+) -> None:
+    client = make_client(Recorder(httpx.Response(599)))
+
+    exc = await failure_of(client)
+
+    assert exc.retryable
+    assert exc.failure.code == "http_599"
+    assert exc.failure.message == "HTTP 599"
+
+
 async def test_a_redirect_is_not_followed_and_is_final(make_client: MakeClient) -> None:
     recorder = Recorder(httpx.Response(301, headers={"Location": "https://elsewhere.test/"}))
     client = make_client(recorder)

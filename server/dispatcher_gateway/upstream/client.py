@@ -230,13 +230,12 @@ class DispatcherClient:
             body = None
         details: JSON = body if isinstance(body, dict) else {}
         code = details.get("error")
+        if not isinstance(code, str) or not code:
+            code = f"http_{status}"
         message = details.get("message")
-        failure = UpstreamFailure(
-            code=code if isinstance(code, str) and code else f"http_{status}",
-            message=message if isinstance(message, str) and message else response.reason_phrase,
-            http_status=status,
-            details=details,
-        )
+        if not isinstance(message, str) or not message:
+            message = response.reason_phrase or f"HTTP {status}"
+        failure = UpstreamFailure(code=code, message=message, http_status=status, details=details)
         if status in _CREDENTIALS_REFUSED:
             logger.error(
                 "the gateway's Dispatcher credentials were refused: %s %s -> %d %s "
