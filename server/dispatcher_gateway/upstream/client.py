@@ -271,7 +271,11 @@ def _timeout_error(message: str) -> UpstreamError:
 def _bad_response(status: int, message: str) -> UpstreamError:
     # Retryable on purpose: the request carried an idempotency key, so sending it again cannot
     # dispatch twice, and a garbled 2xx is more likely a proxy or truncation fault than a verdict.
-    failure = UpstreamFailure(code=CODE_BAD_RESPONSE, message=message, http_status=status)
+    # http_status stays 0 (no usable answer), which rpc/errors.py maps to UNAVAILABLE like other
+    # transient faults; a 2xx there would read as a client error.
+    failure = UpstreamFailure(
+        code=CODE_BAD_RESPONSE, message=f"{message} (HTTP {status})", http_status=0
+    )
     return UpstreamError(failure, retryable=True)
 
 
