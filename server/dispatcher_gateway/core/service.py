@@ -41,6 +41,8 @@ SMALL_CALL_TIMEOUT = 30.0
 REPLAY_PAGE = 500
 """Events read from the store at a time while a stream catches up."""
 HTTP_TOO_MANY_REQUESTS = 429
+RATE_MARGIN, RATE_MARGIN_MIN = 0.01, 0.25
+"""The rate window is widened by 1% and at least 0.25 s, against arrival-time jitter."""
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 
@@ -83,8 +85,11 @@ class RateGate:
         """Take a slot, waiting for one at most `budget` seconds (None: as long as it takes)."""
         loop = asyncio.get_running_loop()
         give_up = None if budget is None else loop.time() + budget
+        # A little wider than the account's window: requests reach the upstream a few ms after
+        # their slot is taken, not all equally late, and the upstream counts arrivals.
+        window = self.rate.window + max(RATE_MARGIN_MIN, self.rate.window * RATE_MARGIN)
         while True:
-            wait = await self._store.acquire_rate(limit=self.rate.limit, window=self.rate.window)
+            wait = await self._store.acquire_rate(limit=self.rate.limit, window=window)
             if wait <= 0:
                 return
             if give_up is not None and loop.time() + wait > give_up:
