@@ -1,0 +1,26 @@
+"""A faithful local stand-in of the Docs-Dispatcher API: a real HTTP server, signed HTTPS
+webhooks with retries, fault injection, and statistics (see DISPATCHER_API.md)."""
+
+from .app import Sandbox, serve_sandbox
+from .catalog import DEFAULT_PROVIDERS, PROVIDERS, SERVICES, TEMPLATES, Template
+from .records import DispatchRecord, SandboxStats, WebhookRecord
+from .settings import ANSWER_TIMEOUT, RETRY_SCHEDULE, Faults, SandboxSettings
+from .signing import signature_headers
+
+__all__ = [
+    "ANSWER_TIMEOUT",
+    "DEFAULT_PROVIDERS",
+    "PROVIDERS",
+    "RETRY_SCHEDULE",
+    "SERVICES",
+    "TEMPLATES",
+    "DispatchRecord",
+    "Faults",
+    "Sandbox",
+    "SandboxSettings",
+    "SandboxStats",
+    "Template",
+    "WebhookRecord",
+    "serve_sandbox",
+    "signature_headers",
+]

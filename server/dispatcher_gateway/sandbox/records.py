@@ -1,0 +1,103 @@
+"""What the sandbox remembers: each dispatch it accepted and each webhook it owes, and the
+statistics tests read."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+JSON = dict[str, Any]
+
+
+@dataclass
+class WebhookRecord:
+    """One event of a dispatch. Its id and body stay the same on every retry and copy."""
+
+    webhook_id: str
+    event: str
+    data: JSON
+    body: bytes = b""
+    """Fixed at the first send, when the event's timestamp is taken."""
+    attempts: int = 0
+    delivered: int = 0
+    given_up: int = 0
+    outcomes: list[int | str] = field(default_factory=list)
+    """Each attempt's HTTP status, or the name of what stopped it (timeout, TLS, refused)."""
+
+    def to_json(self) -> JSON:
+        return {
+            "webhookId": self.webhook_id,
+            "event": self.event,
+            "data": self.data,
+            "attempts": self.attempts,
+            "delivered": self.delivered,
+            "givenUp": self.given_up,
+            "outcomes": list(self.outcomes),
+        }
+
+
+@dataclass
+class DispatchRecord:
+    dispatch_id: str
+    path: str
+    services: tuple[str, ...]
+    service: str
+    """The chain's primary service, the one its result and webhooks are about."""
+    provider: str
+    mode: str
+    body: JSON
+    """The request body as received."""
+    idempotency_key: str
+    request_id: str
+    received_at: float
+    callback_url: str | None
+    status: str = "queued"
+    result: JSON | None = None
+    error: JSON | None = None
+    webhooks: list[WebhookRecord] = field(default_factory=list)
+
+    def to_json(self) -> JSON:
+        return {
+            "dispatchId": self.dispatch_id,
+            "path": self.path,
+            "services": list(self.services),
+            "service": self.service,
+            "provider": self.provider,
+            "mode": self.mode,
+            "status": self.status,
+            "body": self.body,
+            "idempotencyKey": self.idempotency_key,
+            "requestId": self.request_id,
+            "receivedAt": self.received_at,
+            "callbackUrl": self.callback_url,
+            "result": self.result,
+            "error": self.error,
+            "webhooks": [w.to_json() for w in self.webhooks],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxStats:
+    dispatches: int
+    """Distinct dispatches processed (a replay of an idempotency key adds none)."""
+    dispatch_requests: int
+    """Every dispatch POST, whatever it was answered."""
+    by_status: dict[int, int]
+    """Dispatch POSTs by the HTTP status they were answered."""
+    max_in_window: int
+    """The most dispatch POSTs seen within any `rate_window` seconds."""
+    webhooks_sent: int
+    """Attempts, every retry and copy counted."""
+    webhooks_delivered: int
+    """Deliveries (one per event and copy) answered 2xx."""
+    webhooks_failed: int
+    """Attempts not answered 2xx in time."""
+    webhooks_given_up: int
+    webhooks_pending: int
+    """Deliveries neither answered 2xx nor given up yet."""
+
+    def to_json(self) -> JSON:
+        data = dataclasses.asdict(self)
+        data["by_status"] = {str(k): v for k, v in sorted(self.by_status.items())}
+        return data
