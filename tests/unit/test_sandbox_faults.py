@@ -1,0 +1,269 @@
+"""Each fault knob of the sandbox, its settings, and the run-time control of both, in process."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from dispatcher_gateway.sandbox import Faults, Sandbox, SandboxSettings
+
+from .test_sandbox_api import CALLBACK, EMAIL, PASSWORD, assert_error, ok_transport, valid_body
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    settings = SandboxSettings(email=EMAIL, password=PASSWORD, time_factor=0.0001, seed=7)
+    sandbox = Sandbox(settings, webhook_transport=httpx.MockTransport(ok_transport))
+    yield sandbox
+    await sandbox.close()
+
+
+@pytest.fixture
+async def client(sandbox: Sandbox) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(sandbox.app),
+        base_url="http://sandbox.test",
+        auth=(EMAIL, PASSWORD),
+    ) as client:
+        yield client
+
+
+async def timed_post(
+    client: httpx.AsyncClient, path: str, **kwargs: object
+) -> tuple[float, httpx.Response]:
+    started = time.monotonic()
+    response = await client.post(path, **kwargs)  # type: ignore[arg-type]
+    return time.monotonic() - started, response
+
+
+# error_rate
+
+
+async def test_error_rate_answers_a_5xx_error_body_and_dispatches_nothing(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    sandbox.faults.error_rate = 1.0
+    statuses = set()
+    for _ in range(12):
+        response = await client.post("/api/sms", json=valid_body("sms"))
+        assert response.status_code in (500, 502, 503)
+        assert response.json()["error"] in ("internal_error", "bad_gateway", "service_unavailable")
+        statuses.add(response.status_code)
+    assert len(statuses) > 1
+    assert sandbox.stats().dispatches == 0
+
+
+async def test_faults_spare_validate(client: httpx.AsyncClient, sandbox: Sandbox) -> None:
+    sandbox.faults.update({"error_rate": 1.0, "rate_limit_rate": 1.0, "latency": 5.0})
+    response = await asyncio.wait_for(
+        client.post("/api/sms/validate", json=valid_body("sms")), timeout=2
+    )
+    assert response.status_code == 200
+
+
+async def test_faults_spare_templates(client: httpx.AsyncClient, sandbox: Sandbox) -> None:
+    sandbox.faults.error_rate = 1.0
+    response = await client.get("/api/v1/templates")
+    assert response.status_code == 200
+
+
+async def test_a_partial_error_rate_fails_some_and_passes_some(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    sandbox.faults.error_rate = 0.5
+    statuses = [
+        (await client.post("/api/sms", json=valid_body("sms"))).status_code for _ in range(40)
+    ]
+    assert 0 < statuses.count(200) < 40
+
+
+# rate_limit_rate
+
+
+async def test_rate_limit_rate_answers_429_with_retry_after_seconds(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    sandbox.faults.update({"rate_limit_rate": 1.0, "retry_after": 1.5})
+    response = await client.post("/api/sms", json=valid_body("sms"))
+    assert_error(response, 429, "rate_limited")
+    assert response.headers["Retry-After"] == "2"
+    assert sandbox.stats().dispatches == 0
+
+
+async def test_retry_after_as_an_http_date(client: httpx.AsyncClient, sandbox: Sandbox) -> None:
+    sandbox.faults.update(
+        {"rate_limit_rate": 1.0, "retry_after": 30, "retry_after_http_date": True}
+    )
+    response = await client.post("/api/sms", json=valid_body("sms"))
+    assert response.status_code == 429
+    when = email.utils.parsedate_to_datetime(response.headers["Retry-After"])
+    assert response.headers["Retry-After"].endswith("GMT")
+    assert 28 <= when.timestamp() - time.time() <= 31
+
+
+async def test_rate_limit_setting_refuses_beyond_the_limit() -> None:
+    settings = SandboxSettings(email=EMAIL, password=PASSWORD, rate_limit=3, rate_window=60)
+    sandbox = Sandbox(settings)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(sandbox.app), base_url="http://s", auth=(EMAIL, PASSWORD)
+        ) as client:
+            statuses = [
+                (await client.post("/api/sms", json=valid_body("sms"))).status_code
+                for _ in range(5)
+            ]
+            last = await client.post("/api/sms", json=valid_body("sms"))
+    finally:
+        await sandbox.close()
+    assert statuses == [200, 200, 200, 429, 429]
+    assert 0 < int(last.headers["Retry-After"]) <= 60
+
+
+# timeout_rate
+
+
+async def test_timeout_rate_accepts_at_once_but_answers_late(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    sandbox.faults.update({"timeout_rate": 1.0, "timeout_delay": 0.3})
+    task = asyncio.create_task(client.post("/api/sms", json=valid_body("sms")))
+    await asyncio.sleep(0.1)
+    assert not task.done()
+    assert sandbox.stats().dispatches == 1
+    response = await task
+    assert response.status_code == 200
+
+
+async def test_a_retry_after_a_timeout_gets_the_same_dispatch(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    sandbox.faults.update({"timeout_rate": 1.0, "timeout_delay": 5.0})
+    body = valid_body("email", webhookUrl=CALLBACK)
+    headers = {"X-Idempotency-Key": "job-timeout"}
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(
+            client.post("/api/email?async=true", json=body, headers=headers), 0.2
+        )
+    sandbox.faults.timeout_rate = 0.0
+    retry = await client.post("/api/email?async=true", json=body, headers=headers)
+    assert retry.status_code == 202
+    assert [d.dispatch_id for d in sandbox.dispatches] == [retry.json()["dispatchId"]]
+
+
+async def test_close_cuts_a_held_back_answer_short(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    sandbox.faults.update({"timeout_rate": 1.0, "timeout_delay": 60.0})
+    task = asyncio.create_task(client.post("/api/sms", json=valid_body("sms")))
+    await asyncio.sleep(0.05)
+    await sandbox.close()
+    response = await asyncio.wait_for(task, 2)
+    assert response.status_code == 200
+
+
+# latency
+
+
+async def test_latency_delays_dispatch_requests(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    sandbox.faults.latency = 0.2
+    elapsed, response = await timed_post(client, "/api/sms", json=valid_body("sms"))
+    assert response.status_code == 200
+    assert elapsed >= 0.2
+
+
+# fail_rate (sync; the async failure events are in test_sandbox_delivery)
+
+
+async def test_fail_rate_fails_a_sync_dispatch_with_417(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    sandbox.faults.fail_rate = 1.0
+    response = await client.post("/api/email", json=valid_body("email"))
+    assert_error(response, 417, "provider_error")
+    assert sandbox.dispatches[0].status == "failed"
+
+
+async def test_a_failed_sync_dispatch_replays_its_failure(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    sandbox.faults.fail_rate = 1.0
+    headers = {"X-Idempotency-Key": "job-fail"}
+    await client.post("/api/email", json=valid_body("email"), headers=headers)
+    sandbox.faults.fail_rate = 0.0
+    again = await client.post("/api/email", json=valid_body("email"), headers=headers)
+    assert again.status_code == 417
+    assert sandbox.stats().dispatches == 1
+
+
+# control at run time
+
+
+async def test_faults_are_changed_over_http(client: httpx.AsyncClient, sandbox: Sandbox) -> None:
+    response = await client.put("/_sandbox/faults", json={"error_rate": 0.25, "shuffle": True})
+    assert response.status_code == 200
+    assert response.json()["error_rate"] == 0.25
+    assert (sandbox.faults.error_rate, sandbox.faults.shuffle) == (0.25, True)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"error_rate": 2},
+        {"error_rate": "high"},
+        {"latency": -1},
+        {"duplicate_deliveries": 0},
+        {"duplicate_deliveries": 1.5},
+        {"shuffle": 1},
+        {"bogus": 1},
+    ],
+)
+async def test_bad_faults_are_refused_and_nothing_changes(
+    client: httpx.AsyncClient, sandbox: Sandbox, changes: dict[str, object]
+) -> None:
+    response = await client.put("/_sandbox/faults", json={"timeout_delay": 9, **changes})
+    assert_error(response, 400, "invalid_field")
+    assert sandbox.faults == Faults()
+
+
+async def test_faults_are_read_over_http(client: httpx.AsyncClient, sandbox: Sandbox) -> None:
+    sandbox.faults.latency = 0.01
+    response = await client.get("/_sandbox/faults")
+    assert response.json()["latency"] == 0.01
+
+
+def test_each_sandbox_works_on_its_own_copy_of_the_faults() -> None:
+    settings = SandboxSettings(faults=Faults(error_rate=0.5))
+    sandbox = Sandbox(settings)
+    sandbox.faults.error_rate = 1.0
+    assert settings.faults.error_rate == 0.5
+
+
+# settings
+
+
+def test_settings_repr_hides_the_password_and_secrets() -> None:
+    settings = SandboxSettings(password="hunter2-pass", webhook_secrets=("whsec-abc",))
+    assert "hunter2-pass" not in repr(settings)
+    assert "whsec-abc" not in repr(settings)
+
+
+def test_settings_refuse_one_string_as_the_secrets() -> None:
+    with pytest.raises(TypeError):
+        SandboxSettings(webhook_secrets="one-secret")  # type: ignore[arg-type]
+
+
+def test_settings_scale_the_retry_schedule_and_the_answer_timeout() -> None:
+    settings = SandboxSettings(time_factor=0.01, answer_timeout_floor=0.0)
+    assert settings.retry_delays == (0.05, 3.0, 18.0, 72.0, 180.0, 360.0, 360.0)
+    assert settings.answer_timeout == pytest.approx(0.15)
+
+
+def test_the_answer_timeout_has_a_floor() -> None:
+    assert SandboxSettings(time_factor=0.0001, answer_timeout_floor=0.5).answer_timeout == 0.5
