@@ -130,7 +130,7 @@ async def test_rate_limit_setting_refuses_beyond_the_limit() -> None:
 async def test_timeout_rate_accepts_at_once_but_answers_late(
     client: httpx.AsyncClient, sandbox: Sandbox
 ) -> None:
-    sandbox.faults.update({"timeout_rate": 1.0, "timeout_delay": 0.3})
+    sandbox.faults.update({"timeout_rate": 1.0, "timeout_delay": 0.5})
     task = asyncio.create_task(client.post("/api/sms", json=valid_body("sms")))
     await asyncio.sleep(0.1)
     assert not task.done()
