@@ -14,6 +14,7 @@ from starlette.types import ASGIApp
 
 SHUTDOWN_GRACE = 5
 """Seconds in-flight requests get to finish when a server stops."""
+IDLE_CHECK_AFTER = 0.25
 
 
 class _Server(uvicorn.Server):
@@ -39,9 +40,22 @@ class HttpServer:
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     async def stop(self) -> None:
+        """Stop accepting, let requests in flight finish, then drop idle keep-alive connections
+        at once: uvicorn would otherwise wait for them, and an idle TLS peer may never answer
+        the close."""
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
         self.server.should_exit = True
         try:
-            await asyncio.wait_for(asyncio.shield(self.task), SHUTDOWN_GRACE)
+            while not self.task.done():
+                elapsed = loop.time() - asked
+                if elapsed > SHUTDOWN_GRACE:
+                    raise TimeoutError
+                # Past uvicorn's shutdown step (one main-loop tick and its 0.1 s pause), no
+                # request in flight means only idle connections are left.
+                if elapsed > IDLE_CHECK_AFTER and not self.server.server_state.tasks:
+                    self.server.force_exit = True
+                await asyncio.wait({self.task}, timeout=0.05)
         except TimeoutError:
             self.server.force_exit = True
             self.task.cancel()

@@ -1,0 +1,254 @@
+"""The gateway end to end on the embedded store: real gRPC, the sandbox as a real HTTP server,
+webhooks over real HTTPS."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from dispatcher.gateway.v1 import gateway_pb2 as pb
+from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from dispatcher_gateway.app import GatewayApp
+
+from .conftest import GatewayFactory, RunningSandbox, email_request, request_for
+
+STREAM_TIMEOUT = 20.0
+
+SERVICES = [
+    pb.SERVICE_EMAIL,
+    pb.SERVICE_SMS,
+    pb.SERVICE_POSTAL,
+    pb.SERVICE_ESIGN,
+    pb.SERVICE_INVOICING,
+    pb.SERVICE_FILE,
+    pb.SERVICE_UPLOAD,
+]
+TERMINAL_EVENT = {
+    pb.SERVICE_ESIGN: "document_signed",
+    pb.SERVICE_POSTAL: "letter_delivered",
+}
+
+
+async def watch(stub: pb_grpc.DispatchServiceStub, job_id: str) -> list[pb.JobEvent]:
+    """Every event of the job, to its end."""
+
+    async def collect() -> list[pb.JobEvent]:
+        return [e async for e in stub.WatchJob(pb.WatchJobRequest(job_id=job_id))]
+
+    return await asyncio.wait_for(collect(), STREAM_TIMEOUT)
+
+
+def status_details(exc: grpc.aio.AioRpcError) -> list[object]:
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    assert status is not None
+    found: list[object] = []
+    for detail in status.details:
+        for kind in (
+            error_details_pb2.BadRequest,
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.RetryInfo,
+        ):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                found.append(message)
+    return found
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=lambda s: pb.Service.Name(s))
+async def test_async_dispatch_reaches_its_end(
+    stub: pb_grpc.DispatchServiceStub, service: int
+) -> None:
+    response = await stub.Dispatch(request_for(service, chain=()), timeout=10)
+    assert response.job.state == pb.JOB_STATE_QUEUED
+    events = await watch(stub, response.job.job_id)
+    types = [e.type for e in events]
+    assert types[0] == "queued"
+    assert "submitted" in types
+    assert types[-1] == TERMINAL_EVENT.get(service, "dispatch_completed")
+    assert events[-1].terminal
+    assert events[-1].state == pb.JOB_STATE_SUCCEEDED
+    job = await stub.GetJob(pb.GetJobRequest(job_id=response.job.job_id), timeout=10)
+    assert job.state == pb.JOB_STATE_SUCCEEDED
+    assert job.dispatch_id.startswith("disp_")
+
+
+async def test_async_chain_file_then_email(stub: pb_grpc.DispatchServiceStub) -> None:
+    request = request_for(pb.SERVICE_FILE, chain=(pb.SERVICE_EMAIL,))
+    response = await stub.Dispatch(request, timeout=10)
+    assert list(response.job.chain) == [pb.SERVICE_EMAIL]
+    events = await watch(stub, response.job.job_id)
+    assert events[-1].state == pb.JOB_STATE_SUCCEEDED
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=lambda s: pb.Service.Name(s))
+async def test_sync_dispatch_answers_with_the_result(
+    stub: pb_grpc.DispatchServiceStub, service: int
+) -> None:
+    request = request_for(service)
+    request.mode = pb.MODE_SYNC
+    response = await stub.Dispatch(request, timeout=30)
+    assert response.job.state == pb.JOB_STATE_SUCCEEDED
+    assert response.job.dispatch_id
+    assert response.job.result.fields
+    events = await watch(stub, response.job.job_id)
+    assert [e.type for e in events] == ["queued", "dispatch_completed"]
+
+
+async def test_metadata_is_echoed_on_every_event(stub: pb_grpc.DispatchServiceStub) -> None:
+    request = email_request(metadata={"order": "A-42", "tenant": "acme"})
+    response = await stub.Dispatch(request, timeout=10)
+    events = await watch(stub, response.job.job_id)
+    assert len(events) >= 3
+    assert all(dict(e.metadata) == {"order": "A-42", "tenant": "acme"} for e in events)
+
+
+async def test_same_idempotency_key_same_request_is_one_job(
+    stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox
+) -> None:
+    request = email_request(idempotency_key="order-42")
+    first = await stub.Dispatch(request, timeout=10)
+    again = await asyncio.gather(*(stub.Dispatch(request, timeout=10) for _ in range(5)))
+    assert {r.job.job_id for r in again} == {first.job.job_id}
+    await watch(stub, first.job.job_id)
+    assert sandbox.sandbox.stats().dispatches == 1
+
+
+async def test_same_idempotency_key_other_request_fails_precondition(
+    stub: pb_grpc.DispatchServiceStub,
+) -> None:
+    await stub.Dispatch(email_request(idempotency_key="order-43"), timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Dispatch(email_request(idempotency_key="order-43", provider_name="ses"))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_webhook_delivered_five_times_is_one_event(
+    stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox
+) -> None:
+    sandbox.sandbox.faults.duplicate_deliveries = 5
+    response = await stub.Dispatch(email_request(), timeout=10)
+    events = await watch(stub, response.job.job_id)
+    await asyncio.sleep(0.5)  # the other four copies land after the first
+    stats = sandbox.sandbox.stats()
+    assert stats.webhooks_delivered >= 5
+    replay = await watch(stub, response.job.job_id)
+    assert [e.type for e in replay] == [e.type for e in events]
+    assert [e.type for e in replay].count("dispatch_completed") == 1
+
+
+async def test_webhook_before_the_202_is_handled(
+    stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox
+) -> None:
+    # The sandbox accepts the dispatch and sends its webhook at once, but holds the 202 back.
+    sandbox.sandbox.faults.timeout_rate = 1.0
+    sandbox.sandbox.faults.timeout_delay = 1.0
+    response = await stub.Dispatch(email_request(), timeout=10)
+    events = await watch(stub, response.job.job_id)
+    assert [e.type for e in events] == ["queued", "dispatch_completed"]
+    assert events[-1].state == pb.JOB_STATE_SUCCEEDED
+    assert events[-1].dispatch_id.startswith("disp_")
+    await asyncio.sleep(1.5)  # the late 202 is recorded, and does not move the job back
+    job = await stub.GetJob(pb.GetJobRequest(job_id=response.job.job_id), timeout=10)
+    assert job.state == pb.JOB_STATE_SUCCEEDED
+    assert sandbox.sandbox.stats().dispatches == 1
+
+
+@pytest.mark.parametrize("sandbox_options", [{"event_delay": 1.0}])
+async def test_restart_between_dispatch_and_webhook_delivers_to_a_resuming_subscriber(
+    gateways: GatewayFactory, sandbox: RunningSandbox
+) -> None:
+    first = await gateways.start()
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        stream = stub.Subscribe(pb.SubscribeRequest())
+        response = await stub.Dispatch(email_request(), timeout=10)
+        job_id = response.job.job_id
+        seen: list[pb.JobEvent] = []
+        async for event in stream:
+            seen.append(event)
+            if event.type == "submitted":
+                break
+        stream.cancel()
+    # The gateway goes away before the webhook lands: the sandbox's delivery fails and is retried.
+    await gateways.stop(first)
+    await gateways.start()
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        resumed: list[pb.JobEvent] = []
+
+        async def rest() -> None:
+            async for event in stub.Subscribe(pb.SubscribeRequest(after_cursor=seen[-1].cursor)):
+                resumed.append(event)
+                if event.terminal:
+                    return
+
+        await asyncio.wait_for(rest(), STREAM_TIMEOUT)
+    assert [e.job_id for e in resumed] == [job_id] * len(resumed)
+    assert resumed[-1].type == "dispatch_completed"
+    cursors = [int(e.cursor) for e in seen + resumed]
+    assert cursors == sorted(set(cursors))
+
+
+async def test_unknown_job_is_not_found(stub: pb_grpc.DispatchServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.GetJob(pb.GetJobRequest(job_id="job_nope"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_invalid_request_lists_field_violations(stub: pb_grpc.DispatchServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Dispatch(pb.DispatchRequest(service=pb.SERVICE_EMAIL), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (bad_request,) = status_details(info.value)
+    assert isinstance(bad_request, error_details_pb2.BadRequest)
+    fields = {v.field for v in bad_request.field_violations}
+    assert {"template.id", "email"} <= fields
+
+
+async def test_list_jobs_pages_newest_first(stub: pb_grpc.DispatchServiceStub) -> None:
+    ids = [(await stub.Dispatch(email_request(), timeout=10)).job.job_id for _ in range(5)]
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await stub.ListJobs(pb.ListJobsRequest(page_size=2, page_token=token), timeout=10)
+        seen.extend(j.job_id for j in page.jobs)
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(reversed(ids))
+
+
+async def test_list_templates(stub: pb_grpc.DispatchServiceStub) -> None:
+    answer = await stub.ListTemplates(pb.ListTemplatesRequest(), timeout=10)
+    assert 1 in {t.id for t in answer.templates}
+
+
+async def test_validate_good_and_bad(stub: pb_grpc.DispatchServiceStub) -> None:
+    good = await stub.Validate(email_request(), timeout=10)
+    assert good.valid
+    bad = await stub.Validate(email_request(provider_name="pigeon"), timeout=10)
+    assert not bad.valid
+    assert bad.error.http_status == 400
+
+
+async def test_health_and_reflection(gateways: GatewayFactory, gateway: GatewayApp) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = await health.Check(
+            health_pb2.HealthCheckRequest(service="dispatcher.gateway.v1.DispatchService")
+        )
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        async for reply in reflection.ServerReflectionInfo(iter([request])):
+            names = {s.name for s in reply.list_services_response.service}
+            assert "dispatcher.gateway.v1.DispatchService" in names
+            break

@@ -1,0 +1,161 @@
+"""The gateway as a process: SIGTERM drains as promised; the command line's own calls work."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dispatcher.gateway.v1 import gateway_pb2 as pb
+from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
+
+from .conftest import (
+    SANDBOX_EMAIL,
+    SANDBOX_PASSWORD,
+    WEBHOOK_SECRET,
+    RunningSandbox,
+    TlsFiles,
+    email_request,
+    free_port,
+)
+from .procs import GatewayProcess
+
+
+def gateway_env(sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path) -> dict[str, str]:
+    webhook_port = free_port()
+    return {
+        "DISPATCHER_BASE_URL": sandbox.url,
+        "DISPATCHER_EMAIL": SANDBOX_EMAIL,
+        "DISPATCHER_PASSWORD": SANDBOX_PASSWORD,
+        "DISPATCHER_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "GATEWAY_PUBLIC_URL": f"https://127.0.0.1:{webhook_port}",
+        "GATEWAY_GRPC_ADDR": f"127.0.0.1:{free_port()}",
+        "GATEWAY_WEBHOOK_ADDR": f"127.0.0.1:{webhook_port}",
+        "GATEWAY_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
+        "GATEWAY_STORE": str(tmp_path / "gateway.db"),
+        "GATEWAY_TLS_CERT_FILE": tls.cert,
+        "GATEWAY_TLS_KEY_FILE": tls.key,
+        "GATEWAY_UPSTREAM_RATE": "6000/min",
+    }
+
+
+@pytest.fixture
+async def process(
+    sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path
+) -> AsyncIterator[GatewayProcess]:
+    env = gateway_env(sandbox, tls, tmp_path)
+    gateway = GatewayProcess(
+        env, tmp_path / "gateway.log", int(env["GATEWAY_ADMIN_ADDR"].rpartition(":")[2])
+    )
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.close()
+
+
+def target(process: GatewayProcess) -> str:
+    return process.env["GATEWAY_GRPC_ADDR"]
+
+
+@pytest.mark.parametrize("sandbox_options", [{"sync_delay": 1.5}])
+async def test_sigterm_drains(process: GatewayProcess) -> None:
+    async with grpc.aio.insecure_channel(target(process)) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        statuses = health.Watch(health_pb2.HealthCheckRequest(service=""))
+        first = await statuses.read()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        stream = stub.Subscribe(pb.SubscribeRequest())
+        in_flight = asyncio.ensure_future(
+            stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=20)
+        )
+        await asyncio.sleep(0.5)  # the sync call is now waiting on the sandbox
+        exited = asyncio.ensure_future(process.terminate())
+
+        # Health turns NOT_SERVING first.
+        update = await asyncio.wait_for(statuses.read(), 5)
+        assert update.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # The open stream ends with a resumable UNAVAILABLE naming where to resume.
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            async for _ in stream:
+                pass
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "resume" in (ended.value.details() or "")
+        # New calls are refused.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Dispatch(email_request(), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        # The call in flight finished.
+        response = await in_flight
+        assert response.job.state == pb.JOB_STATE_SUCCEEDED
+        assert await exited == 0
+    assert "drained" in process.log()
+
+
+async def run_cli(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dispatcher_gateway",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(cli.communicate(), timeout)
+    assert cli.returncode is not None
+    return cli.returncode, out.decode(), err.decode()
+
+
+async def test_cli_dispatch_watch_shows_the_job_to_its_end(process: GatewayProcess) -> None:
+    code, out, err = await run_cli(
+        "dispatch",
+        "--target",
+        target(process),
+        "--service",
+        "email",
+        "--to",
+        "ada@example.com",
+        "--subject",
+        "Hello",
+        "--template",
+        "1",
+        "--watch",
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("job job_")
+    assert lines[0].endswith(": queued")
+    types = [line.split()[2] for line in lines[1:]]
+    assert types == ["queued", "submitted", "dispatch_completed"]
+    assert lines[-1].endswith("succeeded  (terminal)")
+
+
+async def test_cli_refuses_bad_input_with_a_clear_error(process: GatewayProcess) -> None:
+    code, _, err = await run_cli(
+        "dispatch", "--target", target(process), "--service", "email", "--template", "0"
+    )
+    assert code == 1
+    assert err.startswith("error: INVALID_ARGUMENT: ")
+    assert "template.id" in err
+
+
+async def test_bad_configuration_is_one_line_per_value(tmp_path: Path) -> None:
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dispatcher_gateway",
+        "serve",
+        env={"PATH": "/usr/bin:/bin", "GATEWAY_PUBLIC_URL": "http://example.com"},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(cli.communicate(), 30)
+    assert cli.returncode == 2
+    lines = err.decode().splitlines()
+    assert "config: GATEWAY_PUBLIC_URL: must be https, got http scheme" in lines
+    assert "config: DISPATCHER_PASSWORD: required (or DISPATCHER_PASSWORD_FILE)" in lines
