@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from .config import Settings, split_addr
+from .core.breaker import CircuitBreaker
 from .core.errors import ShuttingDown, StoreUnavailable
 from .core.hub import EventHub
 from .core.outbox import OutboxWorker
@@ -89,6 +90,7 @@ class GatewayApp:
             public_url=s.public_url,
             rate=RateGate(self.store, s.upstream_rate),
             hub=self.hub,
+            breaker=CircuitBreaker(threshold=s.breaker_threshold, open_for=s.breaker_open_for),
         )
         self.outbox = OutboxWorker(
             self.gateway, self.store, s.retry, submit_timeout=s.submit_timeout

@@ -39,6 +39,10 @@ class Settings:
     upstream_rate: RateLimit = field(default_factory=RateLimit)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     client_tokens_file: str | None = None
+    breaker_threshold: int = 5
+    """Consecutive upstream failures that open the circuit."""
+    breaker_open_for: float = 10.0
+    """Seconds the circuit stays open before a probe (doubling after failed probes)."""
     submit_timeout: float = 30.0
     """Seconds an async submission waits for the upstream's 202 before it is retried."""
     max_stream_age: float = 30 * 60.0
@@ -204,6 +208,8 @@ class _Reader:
                 give_up_after=self.seconds("GATEWAY_GIVE_UP_AFTER", RetryPolicy().give_up_after),
             ),
             client_tokens_file=self.file("GATEWAY_CLIENT_TOKENS_FILE"),
+            breaker_threshold=self.parsed("GATEWAY_BREAKER_THRESHOLD", positive_int, 5),
+            breaker_open_for=self.seconds("GATEWAY_BREAKER_OPEN_FOR", 10.0),
             submit_timeout=self.seconds("GATEWAY_SUBMIT_TIMEOUT", 30.0),
             max_stream_age=self.seconds("GATEWAY_MAX_STREAM_AGE", 30 * 60.0),
             stream_backlog=self.parsed("GATEWAY_STREAM_BACKLOG", positive_int, 1000),

@@ -42,6 +42,11 @@ class Receiver:
             if (r.headers.get("X-Webhook-Id") or r.headers.get("webhook-id")) == webhook_id
         )
         pause = self.delay(attempt)
+        # Honour the client's read timeout as a real transport does.
+        read_timeout = request.extensions.get("timeout", {}).get("read")
+        if read_timeout is not None and pause > read_timeout:
+            await asyncio.sleep(read_timeout)
+            raise httpx.ReadTimeout("no answer in time", request=request)
         if pause:
             await asyncio.sleep(pause)
         return httpx.Response(self.answer(attempt))

@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -544,10 +544,14 @@ async def _json_body(request: Request) -> Any:
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise _too_large()
     raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise _too_large()
+    try:
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY_BYTES:
+                raise _too_large()
+    except ClientDisconnect:
+        # The client gave up (its timeout) before sending the whole body: nothing to process.
+        raise ApiError(400, "client_disconnected", "The client went away mid-request") from None
     try:
         return json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError):

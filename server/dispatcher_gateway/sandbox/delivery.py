@@ -60,6 +60,8 @@ class WebhookSender:
             verify=context,
             transport=transport,
             timeout=settings.answer_timeout,
+            # Every event of every dispatch may be in flight at once.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
             follow_redirects=False,
             # A proxy from the environment must not see the callbacks (they carry job tokens).
             trust_env=False,
@@ -153,10 +155,11 @@ class WebhookSender:
         self.counters.sent += 1
         outcome: int | str
         try:
-            async with asyncio.timeout(self._settings.answer_timeout):
-                response = await self._http.post(
-                    record.callback_url, content=webhook.body, headers=headers
-                )
+            # httpx's own timeouts (the client's), not a cancellation from outside: a request
+            # cancelled in flight strands its pooled connection, unclosed.
+            response = await self._http.post(
+                record.callback_url, content=webhook.body, headers=headers
+            )
         except (TimeoutError, httpx.TimeoutException):
             outcome = "timeout"
         except httpx.HTTPError as exc:
