@@ -101,8 +101,8 @@ class GatewayApp:
             if s.client_tokens_file
             else Authenticator()
         )
-        servicer = DispatchServicer(self.gateway, auth, max_stream_age=s.max_stream_age)
-        self.grpc = create_server(servicer, self.health, GrpcLimits())
+        self.servicer = DispatchServicer(self.gateway, auth, max_stream_age=s.max_stream_age)
+        self.grpc = create_server(self.servicer, self.health, GrpcLimits())
         grpc_port = self.grpc.add_insecure_port(s.grpc_addr)
         await self.grpc.start()
 
@@ -139,7 +139,14 @@ class GatewayApp:
         log.info("draining: in-flight calls have %.0f s", grace)
         await set_serving(self.health, False)
         self.hub.close(ShuttingDown("the gateway is shutting down"))
-        await self.grpc.stop(grace)
+        # Refuse new calls now; let unary calls in flight finish, but do not wait the whole
+        # grace for streams no drain can end otherwise (a client's health Watch).
+        stopping = asyncio.create_task(self.grpc.stop(grace))
+        if self.servicer.in_flight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.servicer.idle.wait(), grace)
+        await self.grpc.stop(0)
+        await stopping
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

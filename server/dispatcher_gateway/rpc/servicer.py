@@ -52,6 +52,8 @@ def _unary(
 ) -> Callable[[DispatchServicer, Any, Context], Awaitable[Response]]:
     @functools.wraps(method)
     async def wrapper(self: DispatchServicer, request: Any, context: Context) -> Response:
+        self.in_flight += 1
+        self.idle.clear()
         try:
             return await method(self, request, context)
         except GatewayError as exc:
@@ -59,6 +61,10 @@ def _unary(
         except Unauthenticated as exc:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
             raise AssertionError("unreachable") from exc
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
 
     return wrapper
 
@@ -70,6 +76,9 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         self.gateway = gateway
         self.auth = auth
         self.max_stream_age = max_stream_age
+        self.in_flight = 0
+        """Unary calls running now: a drain waits for them, not for streams."""
+        self.idle = asyncio.Event()
 
     def _client(self, context: Context) -> str:
         return self.auth.client(context.invocation_metadata())
