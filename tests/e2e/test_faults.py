@@ -23,7 +23,7 @@ from .test_process import gateway_env
 log = logging.getLogger(__name__)
 
 N = 300
-RATE_LIMIT, RATE_WINDOW = 100, 2.0
+RATE_LIMIT, RATE_WINDOW = 100, 3.0
 CONCURRENCY = 20
 KILLS_AT = (N // 3, 2 * N // 3)
 RUN_TIMEOUT = 240.0

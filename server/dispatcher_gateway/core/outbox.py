@@ -10,7 +10,7 @@ import logging
 
 from ..store.base import Store
 from .errors import StoreUnavailable, UpstreamError
-from .model import JobState, Lease, UpstreamFailure
+from .model import Job, JobState, Lease, UpstreamFailure
 from .retry import RetryPolicy
 from .service import Gateway, spec_of
 
@@ -73,7 +73,14 @@ class OutboxWorker:
                         # The circuit is open: the entry waits in the outbox, not in memory.
                         await self.store.retry_later(lease, paused)
                         continue
-                    # Slots are taken in lease order, so jobs leave the outbox in the order queued.
+                    job = await self.store.get_job(lease.job_id)
+                    if job is None or job.state is not JobState.QUEUED:
+                        # Gone, or already accepted upstream (its webhook may even have come
+                        # first): nothing to send, and no slot of the rate limit spent on it.
+                        await self.store.ack(lease)
+                        continue
+                    # Slots are taken in lease order, so jobs leave the outbox in the order
+                    # queued; the request goes out right after its slot, with nothing between.
                     await self._slots.acquire()
                     try:
                         await self.gateway.rate.wait()
@@ -81,7 +88,9 @@ class OutboxWorker:
                         self._slots.release()
                         raise
                     self.gateway.breaker.calling()
-                    task = asyncio.create_task(self._submit(lease), name=f"submit:{lease.job_id}")
+                    task = asyncio.create_task(
+                        self._submit(lease, job), name=f"submit:{lease.job_id}"
+                    )
                     self._in_flight.add(task)
                     task.add_done_callback(self._done)
         finally:
@@ -98,12 +107,7 @@ class OutboxWorker:
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=self.submit_timeout)
 
-    async def _submit(self, lease: Lease) -> None:
-        job = await self.store.get_job(lease.job_id)
-        if job is None or job.state is not JobState.QUEUED:
-            # Gone, or already accepted upstream (its webhook may even have come first).
-            await self.store.ack(lease)
-            return
+    async def _submit(self, lease: Lease, job: Job) -> None:
         try:
             answer = await self.gateway.call_upstream(
                 self.gateway.upstream.dispatch(

@@ -41,8 +41,8 @@ SMALL_CALL_TIMEOUT = 30.0
 REPLAY_PAGE = 500
 """Events read from the store at a time while a stream catches up."""
 HTTP_TOO_MANY_REQUESTS = 429
-RATE_MARGIN, RATE_MARGIN_MIN = 0.01, 0.25
-"""The rate window is widened by 1% and at least 0.25 s, against arrival-time jitter."""
+RATE_MARGIN, RATE_MARGIN_MIN = 0.01, 1.0
+"""The rate window is widened by 1% and at least 1 s, against arrival-time jitter."""
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 
