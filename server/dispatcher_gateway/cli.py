@@ -39,6 +39,8 @@ def _configure_logging(level: str) -> None:
     )
     # One line per HTTP request is the upstream client's job, at DEBUG; httpx's own is noise.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # uvicorn announces each of its servers starting and stopping; the gateway says it once.
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 
 
 # serve
