@@ -35,6 +35,8 @@ log = logging.getLogger("dispatcher_gateway")
 DRAIN_GRACE = 20.0
 """Seconds in-flight calls get to finish on SIGTERM (Kubernetes waits 30 s by default)."""
 READY_CHECK_TIMEOUT = 2.0
+STATUS_FLUSH = 0.1
+"""Seconds for the last statuses of ended calls to leave before the server cancels the rest."""
 CALLBACK_KEY_NAME = "callback-token-key"
 
 
@@ -138,15 +140,15 @@ class GatewayApp:
         self.draining = True
         log.info("draining: in-flight calls have %.0f s", grace)
         await set_serving(self.health, False)
+        # Refuse new calls with UNAVAILABLE (clients retry it, elsewhere), end our streams with
+        # their resumable status, and let unary calls in flight finish. Then stop the server,
+        # without waiting the whole grace for streams nothing else ends (a health Watch).
+        self.servicer.draining = True
         self.hub.close(ShuttingDown("the gateway is shutting down"))
-        # Refuse new calls now; let unary calls in flight finish, but do not wait the whole
-        # grace for streams no drain can end otherwise (a client's health Watch).
-        stopping = asyncio.create_task(self.grpc.stop(grace))
-        if self.servicer.in_flight:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.servicer.idle.wait(), grace)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.servicer.idle.wait(), grace)
+        await asyncio.sleep(STATUS_FLUSH)
         await self.grpc.stop(0)
-        await stopping
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

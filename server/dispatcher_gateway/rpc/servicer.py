@@ -52,9 +52,9 @@ def _unary(
 ) -> Callable[[DispatchServicer, Any, Context], Awaitable[Response]]:
     @functools.wraps(method)
     async def wrapper(self: DispatchServicer, request: Any, context: Context) -> Response:
-        self.in_flight += 1
-        self.idle.clear()
+        self._begin()
         try:
+            self.refuse_if_draining()
             return await method(self, request, context)
         except GatewayError as exc:
             await abort(context, exc)
@@ -62,9 +62,7 @@ def _unary(
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
             raise AssertionError("unreachable") from exc
         finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self.idle.set()
+            self._end()
 
     return wrapper
 
@@ -77,8 +75,25 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         self.auth = auth
         self.max_stream_age = max_stream_age
         self.in_flight = 0
-        """Unary calls running now: a drain waits for them, not for streams."""
+        """DispatchService calls running now. A drain waits for them (its streams end at once
+        when the hub closes), not for other services' streams such as a health Watch."""
         self.idle = asyncio.Event()
+        self.idle.set()
+        self.draining = False
+        """Set on SIGTERM: new calls are refused with UNAVAILABLE while those in flight finish."""
+
+    def refuse_if_draining(self) -> None:
+        if self.draining:
+            raise ShuttingDown("the gateway is shutting down; retry, another replica will answer")
+
+    def _begin(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def _end(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self.idle.set()
 
     def _client(self, context: Context) -> str:
         return self.auth.client(context.invocation_metadata())
@@ -157,7 +172,9 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
     ) -> AsyncGenerator[pb.JobEvent, None]:
         last = after
         age = self.max_stream_age * (1.0 - STREAM_AGE_JITTER * random.random())
+        self._begin()
         try:
+            self.refuse_if_draining()
             client = self._client(context)
             async with asyncio.timeout(age), contextlib.aclosing(events(client)) as stream:
                 async for event in stream:
@@ -175,6 +192,8 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
             await abort(context, exc, message=f"{exc}; {_resume(last)}")
         except GatewayError as exc:
             await abort(context, exc)
+        finally:
+            self._end()
 
 
 def _resume(last: str) -> str:
