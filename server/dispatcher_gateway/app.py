@@ -23,6 +23,7 @@ from .core.outbox import OutboxWorker
 from .core.service import Gateway, RateGate
 from .core.tokens import CallbackTokens
 from .httpserver import HttpServer, start_http
+from .metrics import REGISTRY
 from .rpc.auth import Authenticator
 from .rpc.server import GrpcLimits, create_server, set_serving
 from .rpc.servicer import DispatchServicer
@@ -35,6 +36,7 @@ log = logging.getLogger("dispatcher_gateway")
 DRAIN_GRACE = 20.0
 """Seconds in-flight calls get to finish on SIGTERM (Kubernetes waits 30 s by default)."""
 READY_CHECK_TIMEOUT = 2.0
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 STATUS_FLUSH = 0.1
 """Seconds for the last statuses of ended calls to leave before the server cancels the rest."""
 CALLBACK_KEY_NAME = "callback-token-key"
@@ -116,6 +118,16 @@ class GatewayApp:
         admin_host, admin_port = split_addr(s.admin_addr)
         admin = await start_http(self._admin_app(), admin_host, admin_port)
 
+        REGISTRY.gauge(
+            "dispatcher_gateway_streams",
+            "Event streams this replica holds.",
+            lambda: self.hub.streams,
+        )
+        REGISTRY.gauge(
+            "dispatcher_gateway_upstream_circuit_open",
+            "1 while the upstream circuit breaker is open or probing.",
+            lambda: float(self.gateway.breaker.state.value != "closed"),
+        )
         self._tasks = [
             asyncio.create_task(self.hub.follow(self.store), name="hub"),
             asyncio.create_task(self.outbox.run(), name="outbox"),
@@ -182,4 +194,13 @@ class GatewayApp:
             }
             return JSONResponse(body, status_code=200 if ready else 503)
 
-        return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
+        async def metrics(request: Request) -> Response:
+            return PlainTextResponse(REGISTRY.render(), media_type=PROMETHEUS_TEXT)
+
+        return Starlette(
+            routes=[
+                Route("/healthz", healthz),
+                Route("/readyz", readyz),
+                Route("/metrics", metrics),
+            ]
+        )

@@ -252,3 +252,22 @@ async def test_health_and_reflection(gateways: GatewayFactory, gateway: GatewayA
             names = {s.name for s in reply.list_services_response.service}
             assert "dispatcher.gateway.v1.DispatchService" in names
             break
+
+
+async def test_admin_probes_and_metrics(
+    stub: pb_grpc.DispatchServiceStub, gateway: GatewayApp
+) -> None:
+    import httpx
+
+    response = await stub.Dispatch(email_request(), timeout=10)
+    await watch(stub, response.job.job_id)
+    assert gateway.listeners is not None
+    async with httpx.AsyncClient(base_url=gateway.listeners.admin.url) as admin:
+        assert (await admin.get("/healthz")).status_code == 200
+        ready = await admin.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["upstream_circuit"]["state"] == "closed"
+        metrics = (await admin.get("/metrics")).text
+    assert 'dispatcher_gateway_dispatches_total{service="email",mode="async"}' in metrics
+    assert 'dispatcher_gateway_webhooks_total{outcome="recorded"}' in metrics
+    assert "dispatcher_gateway_streams 0" in metrics

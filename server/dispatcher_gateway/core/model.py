@@ -95,6 +95,10 @@ class DispatchSpec:
     idempotency_key: str = ""
 
     @property
+    def service(self) -> Service:
+        return self.services[0]
+
+    @property
     def path(self) -> str:
         """The upstream path: /api/file/email for a chain."""
         return "/api/" + "/".join(s.value for s in self.services)

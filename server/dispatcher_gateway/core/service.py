@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import datetime
 from typing import TypeVar
 
+from ..metrics import DISPATCHES, WEBHOOKS
 from ..store.base import Store
 from . import states
 from .breaker import CircuitBreaker
@@ -156,6 +157,7 @@ class Gateway:
             )
         if not created:
             return stored
+        DISPATCHES.inc(spec.service.value, spec.mode.value)
         if spec.mode is Mode.ASYNC:
             self.on_queued()
             return stored
@@ -262,6 +264,7 @@ class Gateway:
         stored = await self.store.append_event(
             event, dedupe_key=f"wh:{webhook_id}", apply=states.apply_event
         )
+        WEBHOOKS.inc("recorded" if stored is not None else "duplicate")
         return stored is not None
 
     # Reading
