@@ -271,3 +271,20 @@ async def test_admin_probes_and_metrics(
     assert 'dispatcher_gateway_dispatches_total{service="email",mode="async"}' in metrics
     assert 'dispatcher_gateway_webhooks_total{outcome="recorded"}' in metrics
     assert "dispatcher_gateway_streams 0" in metrics
+
+
+async def test_a_client_that_goes_away_leaves_no_stream_behind(
+    stub: pb_grpc.DispatchServiceStub, gateway: GatewayApp
+) -> None:
+    await stub.Dispatch(email_request(), timeout=10)
+    streams = [stub.Subscribe(pb.SubscribeRequest()) for _ in range(20)]
+    for stream in streams:
+        await asyncio.wait_for(stream.read(), STREAM_TIMEOUT)
+    assert gateway.hub.streams == 20
+    tasks_before = len(asyncio.all_tasks())
+    for stream in streams:
+        stream.cancel()
+    async with asyncio.timeout(5):
+        while gateway.hub.streams or gateway.servicer.in_flight:
+            await asyncio.sleep(0.02)
+    assert len(asyncio.all_tasks()) <= tasks_before
