@@ -27,6 +27,8 @@ IDLE_POLL = 1.0
 """Seconds between looks at an idle outbox (for other replicas' jobs and retries come due)."""
 MAX_IN_FLIGHT = 32
 """Submissions awaiting the upstream's answer at once."""
+DUE_MARGIN = 0.005
+"""Seconds added to a retry's delay before looking for it: the store's clock is not the loop's."""
 
 
 class OutboxWorker:
@@ -43,6 +45,7 @@ class OutboxWorker:
         self.policy = policy
         self._wakeup = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.submit_timeout = submit_timeout
         rate = gateway.rate.rate
@@ -71,7 +74,7 @@ class OutboxWorker:
                     paused = self.gateway.breaker.wait()
                     if paused > 0:
                         # The circuit is open: the entry waits in the outbox, not in memory.
-                        await self.store.retry_later(lease, paused)
+                        await self._retry_later(lease, paused)
                         continue
                     job = await self.store.get_job(lease.job_id)
                     if job is None or job.state is not JobState.QUEUED:
@@ -106,6 +109,22 @@ class OutboxWorker:
         """Let submissions in flight finish: their leases come back if they do not."""
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=self.submit_timeout)
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+
+    async def _retry_later(self, lease: Lease, delay: float) -> None:
+        """Put the entry back for `delay` seconds, and look again when it comes due: without
+        this, a retry would wait for the next idle poll, not for its backoff or Retry-After."""
+        await self.store.retry_later(lease, delay)
+        handle: asyncio.TimerHandle
+
+        def due() -> None:
+            self._timers.discard(handle)
+            self.wake()
+
+        handle = asyncio.get_running_loop().call_later(delay + DUE_MARGIN, due)
+        self._timers.add(handle)
 
     async def _submit(self, lease: Lease, job: Job) -> None:
         try:
@@ -128,7 +147,7 @@ class OutboxWorker:
                     lease.attempts + 1,
                     delay,
                 )
-                await self.store.retry_later(lease, delay)
+                await self._retry_later(lease, delay)
                 return
             failure = exc.failure
             if exc.retryable:
