@@ -1,0 +1,375 @@
+"""DESIGN.md's "What bad input gets", one test per row, against a real in-process gateway: gRPC
+calls on a real channel, webhooks posted over real HTTPS with the test CA and signed as
+Dispatcher signs them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from google.rpc import error_details_pb2
+
+from dispatcher.gateway.v1 import gateway_pb2 as pb
+from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from dispatcher_gateway.app import GatewayApp
+from dispatcher_gateway.store import sqlite as sqlite_store
+from dispatcher_gateway.webhooks import DEFAULT_MAX_BODY, STORE_RETRY_AFTER, sign_dispatcher
+
+from .conftest import WEBHOOK_SECRET, GatewayFactory, TlsFiles, email_request
+from .test_gateway import status_details
+
+CALL_TIMEOUT = 10.0
+STREAM_TIMEOUT = 10.0
+CLIENTS = {"alice": "alice-token-0123456789", "bob": "bob-token-9876543210"}
+LOCKED_STORE_WAIT_MS = 200
+"""How long the gateway's store waits on a database another connection locked, scaled down
+from 5 s so that the store-down row takes a fraction of a second."""
+
+
+def bearer(client: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {CLIENTS[client]}"),)
+
+
+async def error_of(call: object) -> grpc.aio.AioRpcError:
+    """The error a unary call or a whole stream ends with."""
+
+    async def run() -> None:
+        if isinstance(call, grpc.aio.UnaryStreamCall):
+            async with asyncio.timeout(STREAM_TIMEOUT):
+                async for _ in call:
+                    pass
+        else:
+            await call  # type: ignore[misc]
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await run()
+    return info.value
+
+
+# gRPC
+
+
+async def test_invalid_dispatch_is_invalid_argument_with_every_field_violation(
+    stub: pb_grpc.DispatchServiceStub,
+) -> None:
+    request = email_request(idempotency_key="k" * 1000)
+    request.template.id = 0
+    request.email.ClearField("to")
+    error = await error_of(stub.Dispatch(request, timeout=CALL_TIMEOUT))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (bad_request,) = status_details(error)
+    assert isinstance(bad_request, error_details_pb2.BadRequest)
+    fields = {v.field for v in bad_request.field_violations}
+    assert {"template.id", "idempotency_key"} <= fields
+    assert any(f.startswith("email") for f in fields)
+    assert all(v.description for v in bad_request.field_violations)
+
+
+async def test_a_cursor_the_gateway_never_issued_is_invalid_argument(
+    stub: pb_grpc.DispatchServiceStub,
+) -> None:
+    error = await error_of(stub.Subscribe(pb.SubscribeRequest(after_cursor="not-a-cursor")))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (bad_request,) = status_details(error)
+    assert isinstance(bad_request, error_details_pb2.BadRequest)
+    assert [v.field for v in bad_request.field_violations] == ["after_cursor"]
+
+
+async def test_unknown_job_is_not_found_for_get_and_watch(
+    stub: pb_grpc.DispatchServiceStub,
+) -> None:
+    get = await error_of(stub.GetJob(pb.GetJobRequest(job_id="job_nope"), timeout=CALL_TIMEOUT))
+    watch = await error_of(stub.WatchJob(pb.WatchJobRequest(job_id="job_nope")))
+    assert get.code() == watch.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_same_idempotency_key_with_another_body_fails_precondition(
+    stub: pb_grpc.DispatchServiceStub,
+) -> None:
+    first = await stub.Dispatch(email_request(idempotency_key="order-7"), timeout=CALL_TIMEOUT)
+    other = email_request(idempotency_key="order-7", metadata={"changed": "yes"})
+    error = await error_of(stub.Dispatch(other, timeout=CALL_TIMEOUT))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert first.job.job_id in (error.details() or "")
+
+
+# Clients and their jobs
+
+
+@pytest.fixture
+async def authed(gateways: GatewayFactory, tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
+    tokens = tmp_path / "client-tokens"
+    tokens.write_text(
+        "# CLIENT TOKEN\n" + "".join(f"{name} {token}\n" for name, token in CLIENTS.items())
+    )
+    await gateways.start(client_tokens_file=str(tokens))
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        yield channel
+
+
+async def test_a_call_without_a_known_token_is_unauthenticated(
+    authed: grpc.aio.Channel,
+) -> None:
+    stub = pb_grpc.DispatchServiceStub(authed)
+    wrong = (("authorization", "Bearer not-a-token"),)
+    calls = [
+        stub.Dispatch(email_request(), timeout=CALL_TIMEOUT),
+        stub.Dispatch(email_request(), timeout=CALL_TIMEOUT, metadata=wrong),
+        stub.GetJob(pb.GetJobRequest(job_id="job_x"), timeout=CALL_TIMEOUT),
+        stub.ListJobs(pb.ListJobsRequest(), timeout=CALL_TIMEOUT),
+        stub.Subscribe(pb.SubscribeRequest()),
+        stub.WatchJob(pb.WatchJobRequest(job_id="job_x"), metadata=wrong),
+    ]
+    for call in calls:
+        assert (await error_of(call)).code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_someone_elses_job_is_not_found(authed: grpc.aio.Channel) -> None:
+    stub = pb_grpc.DispatchServiceStub(authed)
+    alices = await stub.Dispatch(email_request(), timeout=CALL_TIMEOUT, metadata=bearer("alice"))
+    job_id = alices.job.job_id
+    get = await error_of(
+        stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=CALL_TIMEOUT, metadata=bearer("bob"))
+    )
+    watch = await error_of(stub.WatchJob(pb.WatchJobRequest(job_id=job_id), metadata=bearer("bob")))
+    unknown = await error_of(
+        stub.GetJob(
+            pb.GetJobRequest(job_id="job_nope"), timeout=CALL_TIMEOUT, metadata=bearer("bob")
+        )
+    )
+    # Indistinguishable from a job that does not exist: no existence leak.
+    assert get.code() == watch.code() == unknown.code() == grpc.StatusCode.NOT_FOUND
+    assert (get.details() or "").replace(job_id, "X") == (unknown.details() or "").replace(
+        "job_nope", "X"
+    )
+    mine = await stub.GetJob(
+        pb.GetJobRequest(job_id=job_id), timeout=CALL_TIMEOUT, metadata=bearer("alice")
+    )
+    assert mine.job_id == job_id
+
+
+async def test_list_and_streams_show_only_the_callers_jobs(authed: grpc.aio.Channel) -> None:
+    stub = pb_grpc.DispatchServiceStub(authed)
+    alices = [
+        (await stub.Dispatch(email_request(), timeout=CALL_TIMEOUT, metadata=bearer("alice")))
+        for _ in range(2)
+    ]
+    bobs = await stub.Dispatch(email_request(), timeout=CALL_TIMEOUT, metadata=bearer("bob"))
+    # The same idempotency key is each client's own: not a conflict, not the other's job.
+    keyed = email_request(idempotency_key="shared-key")
+    alice_keyed = await stub.Dispatch(keyed, timeout=CALL_TIMEOUT, metadata=bearer("alice"))
+    bob_keyed = await stub.Dispatch(keyed, timeout=CALL_TIMEOUT, metadata=bearer("bob"))
+    assert alice_keyed.job.job_id != bob_keyed.job.job_id
+    bob_ids = {bobs.job.job_id, bob_keyed.job.job_id}
+
+    listed = await stub.ListJobs(pb.ListJobsRequest(), timeout=CALL_TIMEOUT, metadata=bearer("bob"))
+    assert {j.job_id for j in listed.jobs} == bob_ids
+
+    async def bobs_events() -> list[pb.JobEvent]:
+        seen: list[pb.JobEvent] = []
+        async for event in stub.Subscribe(pb.SubscribeRequest(), metadata=bearer("bob")):
+            seen.append(event)
+            if sum(e.terminal for e in seen) == len(bob_ids):
+                return seen
+        return seen
+
+    events = await asyncio.wait_for(bobs_events(), STREAM_TIMEOUT)
+    assert {e.job_id for e in events} == bob_ids
+    # Bob asking for Alice's job by id in a filter sees nothing of it either.
+    asked = stub.Subscribe(
+        pb.SubscribeRequest(job_ids=[alices[0].job.job_id, bobs.job.job_id]),
+        metadata=bearer("bob"),
+    )
+    first = await asyncio.wait_for(asked.read(), STREAM_TIMEOUT)
+    asked.cancel()
+    assert isinstance(first, pb.JobEvent)
+    assert first.job_id == bobs.job.job_id
+    watched = [
+        e
+        async for e in stub.WatchJob(
+            pb.WatchJobRequest(job_id=bobs.job.job_id), metadata=bearer("bob")
+        )
+    ]
+    assert {e.job_id for e in watched} == {bobs.job.job_id}
+
+
+# Webhooks, over real HTTPS
+
+
+@pytest.fixture
+async def https(tls: TlsFiles) -> AsyncIterator[httpx.AsyncClient]:
+    context = ssl.create_default_context(cafile=tls.ca)
+    async with httpx.AsyncClient(verify=context, timeout=CALL_TIMEOUT) as client:
+        yield client
+
+
+async def sync_job(stub: pb_grpc.DispatchServiceStub) -> str:
+    """A finished job: no webhook of the sandbox's will come for it, only ours."""
+    response = await stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=CALL_TIMEOUT)
+    return response.job.job_id
+
+
+def envelope(event: str = "late_progress", **extra: object) -> bytes:
+    body = {"event": event, "timestamp": "2026-02-13T12:30:00Z", "data": {"n": 1}, **extra}
+    return json.dumps(body).encode()
+
+
+def signed(body: bytes, webhook_id: str | None = None) -> dict[str, str]:
+    headers = sign_dispatcher(
+        WEBHOOK_SECRET,
+        body,
+        timestamp=int(time.time()),
+        webhook_id=webhook_id or f"wh_{uuid.uuid4().hex}",
+    )
+    return {"content-type": "application/json", **headers}
+
+
+def url_for(gateways: GatewayFactory, app: GatewayApp, job_id: str) -> str:
+    return f"{gateways.webhook_url}/webhooks/dispatcher/{app.gateway.tokens.token(job_id)}"
+
+
+async def events_of(app: GatewayApp, job_id: str, event_type: str) -> list[str]:
+    """The job's stored events of one type (WatchJob ends at the job's terminal event, and these
+    come after it)."""
+    events = await app.store.read_events(client="anonymous", job_id=job_id)
+    return [e.cursor for e in events if e.type == event_type]
+
+
+async def test_a_signed_webhook_for_a_job_is_recorded(
+    gateways: GatewayFactory,
+    gateway: GatewayApp,
+    stub: pb_grpc.DispatchServiceStub,
+    https: httpx.AsyncClient,
+) -> None:
+    job_id = await sync_job(stub)
+    body = envelope()
+    response = await https.post(
+        url_for(gateways, gateway, job_id), content=body, headers=signed(body)
+    )
+    assert (response.status_code, response.json()) == (200, {"status": "recorded"})
+    assert len(await events_of(gateway, job_id, "late_progress")) == 1
+
+
+async def test_an_oversized_webhook_is_413(
+    gateways: GatewayFactory,
+    gateway: GatewayApp,
+    stub: pb_grpc.DispatchServiceStub,
+    https: httpx.AsyncClient,
+) -> None:
+    job_id = await sync_job(stub)
+    body = envelope(padding="x" * DEFAULT_MAX_BODY)
+    response = await https.post(
+        url_for(gateways, gateway, job_id), content=body, headers=signed(body)
+    )
+    assert response.status_code == 413
+    assert await events_of(gateway, job_id, "late_progress") == []
+
+
+@pytest.mark.parametrize("signature", ["missing", "wrong secret", "tampered body"])
+async def test_a_bad_or_missing_signature_is_401_with_no_detail(
+    gateways: GatewayFactory,
+    gateway: GatewayApp,
+    stub: pb_grpc.DispatchServiceStub,
+    https: httpx.AsyncClient,
+    signature: str,
+) -> None:
+    job_id = await sync_job(stub)
+    body = envelope()
+    headers = signed(body)
+    if signature == "missing":
+        del headers["X-Webhook-Signature"]
+    elif signature == "wrong secret":
+        headers.update(sign_dispatcher("not-the-secret", body, timestamp=int(time.time())))
+    else:
+        body = envelope(event="dispatch_failed")
+    response = await https.post(url_for(gateways, gateway, job_id), content=body, headers=headers)
+    assert response.status_code == 401
+    assert response.json() == {"error": "unauthorized"}
+    assert await events_of(gateway, job_id, "late_progress") == []
+
+
+@pytest.mark.parametrize("token", ["forged", "unknown job"])
+async def test_an_unknown_job_token_is_404(
+    gateways: GatewayFactory, gateway: GatewayApp, https: httpx.AsyncClient, token: str
+) -> None:
+    if token == "forged":
+        path = "job_nope.AAAAAAAAAAAAAAAAAAAAAA"
+    else:
+        # A token the gateway's key really made, for a job it never had.
+        path = gateway.gateway.tokens.token("job_never_created")
+    body = envelope()
+    response = await https.post(
+        f"{gateways.webhook_url}/webhooks/dispatcher/{path}", content=body, headers=signed(body)
+    )
+    assert response.status_code == 404
+    assert response.json() == {"error": "not_found"}
+
+
+@pytest.mark.parametrize(
+    "body", [b"{not json", b"[1, 2]", b'{"data": {}}', b'{"event": 42}'], ids=repr
+)
+async def test_malformed_json_is_400(
+    gateways: GatewayFactory,
+    gateway: GatewayApp,
+    stub: pb_grpc.DispatchServiceStub,
+    https: httpx.AsyncClient,
+    body: bytes,
+) -> None:
+    job_id = await sync_job(stub)
+    response = await https.post(
+        url_for(gateways, gateway, job_id), content=body, headers=signed(body)
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_request"
+
+
+async def test_a_duplicate_is_200_and_one_event(
+    gateways: GatewayFactory,
+    gateway: GatewayApp,
+    stub: pb_grpc.DispatchServiceStub,
+    https: httpx.AsyncClient,
+) -> None:
+    job_id = await sync_job(stub)
+    body = envelope()
+    url = url_for(gateways, gateway, job_id)
+    answers = [
+        await https.post(url, content=body, headers=signed(body, "wh_same")) for _ in range(3)
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert [a.json()["status"] for a in answers] == ["recorded", "duplicate", "duplicate"]
+    assert len(await events_of(gateway, job_id, "late_progress")) == 1
+
+
+async def test_store_down_is_503_so_dispatcher_retries_and_the_retry_lands_once(
+    gateways: GatewayFactory,
+    https: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", LOCKED_STORE_WAIT_MS)
+    app = await gateways.start()
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        job_id = await sync_job(stub)
+        body = envelope()
+        url = url_for(gateways, app, job_id)
+        # Another process holds the database's write lock (a backup, an operator's shell).
+        holder = sqlite3.connect(gateways.store_path, isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            refused = await https.post(url, content=body, headers=signed(body, "wh_retry"))
+        finally:
+            holder.close()
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == str(STORE_RETRY_AFTER)
+        accepted = await https.post(url, content=body, headers=signed(body, "wh_retry"))
+        assert (accepted.status_code, accepted.json()["status"]) == (200, "recorded")
+        assert len(await events_of(app, job_id, "late_progress")) == 1
