@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 
+from ..metrics import UPSTREAM_CALLS
 from ..store.base import Store
 from .errors import StoreUnavailable, UpstreamError
 from .model import Job, JobState, Lease, UpstreamFailure
@@ -147,6 +148,7 @@ class OutboxWorker:
                     lease.attempts + 1,
                     delay,
                 )
+                UPSTREAM_CALLS.inc("retried")
                 await self._retry_later(lease, delay)
                 return
             failure = exc.failure
@@ -158,8 +160,10 @@ class OutboxWorker:
                     failure.details,
                 )
             log.warning("outbox: %s failed: %s", job.job_id, failure.code)
+            UPSTREAM_CALLS.inc("failed")
             await self.gateway.fail(job, failure)
             await self.store.ack(lease)
             return
+        UPSTREAM_CALLS.inc("accepted")
         await self.gateway.submitted(job, answer)
         await self.store.ack(lease)
