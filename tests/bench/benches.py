@@ -1,0 +1,427 @@
+"""B1-B6 of issue 5: each starts what it measures, gateway and baseline one after the other in
+the same run, and returns its table rows and the latency samples the chart draws."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from tests.support.nats_server import start_nats
+
+from . import load, procs
+from .messages import (
+    SANDBOX_EMAIL,
+    SANDBOX_PASSWORD,
+    callback_path,
+    dispatch_request,
+    signed_webhook,
+)
+
+WORKER_TIMEOUT_MARGIN = 60.0
+"""Seconds a worker may overrun its nominal duration (start-up, warm-up, draining)."""
+HUB_SUBSCRIBERS = 1
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    seconds: float
+    """B1, B2: the measured window, after `warmup`."""
+    warmup: float
+    in_flight: int
+    """B1: calls in flight."""
+    connections: int
+    """B2: keep-alive connections sending webhooks, each one request at a time."""
+    jobs: int
+    """Jobs the webhooks are spread over."""
+    paced_rate: float
+    paced_seconds: float
+    paced_warmup: float
+    streams: int
+    wave: int
+    stream_channels: int
+    sync_calls: int
+
+
+FULL = Scale(
+    "full",
+    seconds=10.0,
+    warmup=2.0,
+    in_flight=50,
+    connections=32,
+    jobs=200,
+    paced_rate=500.0,
+    paced_seconds=10.0,
+    paced_warmup=1.0,
+    streams=10_000,
+    wave=500,
+    stream_channels=4,
+    sync_calls=400,
+)
+TINY = Scale(
+    "tiny",
+    seconds=0.4,
+    warmup=0.1,
+    in_flight=8,
+    connections=4,
+    jobs=4,
+    paced_rate=100.0,
+    paced_seconds=0.4,
+    paced_warmup=0.1,
+    streams=40,
+    wave=20,
+    stream_channels=2,
+    sync_calls=10,
+)
+
+
+@dataclass
+class Row:
+    id: str
+    what: str
+    figure: str
+    baseline: str
+    ratio: float | None
+    target: str
+    met: bool | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    rows: list[Row]
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    """Latencies in milliseconds, by series name, for the chart."""
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank percentile (q in 0..100)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def ms(values: list[float]) -> list[float]:
+    return [v * 1000 for v in values]
+
+
+def _summary(samples: list[float]) -> dict[str, float]:
+    return {
+        "count": len(samples),
+        "p50_ms": percentile(samples, 50),
+        "p90_ms": percentile(samples, 90),
+        "p99_ms": percentile(samples, 99),
+        "max_ms": max(samples) if samples else math.nan,
+    }
+
+
+def _timeout(scale: Scale, seconds: float) -> float:
+    return seconds + WORKER_TIMEOUT_MARGIN
+
+
+def create_jobs(target: str, count: int) -> list[str]:
+    """Async jobs for webhooks to land on (the upstream is unreachable: they stay queued)."""
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        request = dispatch_request()
+        return [stub.Dispatch(request, timeout=30).job.job_id for _ in range(count)]
+
+
+# B1
+
+
+def b1_dispatch(scale: Scale, folder: Path) -> Outcome:
+    args = (scale.seconds, scale.warmup, scale.in_flight)
+    budget = _timeout(scale, scale.seconds + scale.warmup)
+    with procs.gateway(folder, store=str(folder / "b1.db")) as (_, addrs):
+        ours = procs.run(load.dispatch_load, addrs.grpc, *args, timeout=budget)
+    with procs.bare_grpc(folder) as (_, bare_addrs):
+        bare = procs.run(load.dispatch_load, bare_addrs.grpc, *args, timeout=budget)
+    rate, bare_rate = ours["count"] / ours["seconds"], bare["count"] / bare["seconds"]
+    ours_ms, bare_ms = ms(ours["latencies"]), ms(bare["latencies"])
+    ratio = rate / bare_rate if bare_rate else None
+    row = Row(
+        "B1",
+        f"async Dispatch acked/s at {scale.in_flight} in flight, SQLite (p50/p99 ms)",
+        f"{rate:,.0f}/s ({percentile(ours_ms, 50):.1f}/{percentile(ours_ms, 99):.1f})",
+        f"{bare_rate:,.0f}/s ({percentile(bare_ms, 50):.1f}/{percentile(bare_ms, 99):.1f})",
+        ratio,
+        ">= 0.5",
+        ratio is not None and ratio >= 0.5,
+        {
+            "gateway": {"per_second": rate, "failures": ours["failures"], **_summary(ours_ms)},
+            "baseline": {
+                "per_second": bare_rate,
+                "failures": bare["failures"],
+                **_summary(bare_ms),
+            },
+            "generator_cpu_seconds": {"gateway": ours["cpu"], "baseline": bare["cpu"]},
+            "generator_calls": {"gateway": ours["count"], "baseline": bare["count"]},
+            "measured_seconds": scale.seconds,
+        },
+    )
+    generator = _generator("B6", "gRPC", bare, bare_rate, ours, rate)
+    return Outcome([row, generator], {"B1 gateway": ours_ms, "B1 bare grpc.aio": bare_ms})
+
+
+def _generator(
+    row_id: str,
+    kind: str,
+    bare: dict[str, Any],
+    bare_rate: float,
+    ours: dict[str, Any],
+    rate: float,
+) -> Row:
+    """B6: what one core of the generator can issue; a figure near it measured the generator."""
+    done = bare.get("count", bare.get("accepted", 0))
+    ceiling = done / bare["cpu"] if bare["cpu"] > 0 else math.inf
+    busy = bare["cpu"] / bare["seconds"]
+    return Row(
+        row_id,
+        f"{kind} load generator ceiling (calls per CPU-second of its process)",
+        f"{ceiling:,.0f}/s",
+        "-",
+        bare_rate / ceiling if ceiling else None,
+        "printed",
+        None,
+        {
+            "ceiling_per_second": ceiling,
+            "generator_busy_during_baseline": busy,
+            "generator_busy_during_gateway": ours["cpu"] / ours["seconds"],
+            "note": "ratio = the baseline's rate / this ceiling; near 1 the baseline was "
+            "limited by the generator, so the gateway's ratio is an upper bound",
+            "gateway_rate": rate,
+        },
+    )
+
+
+# B2
+
+
+def b2_webhooks(scale: Scale, folder: Path) -> Outcome:
+    args = (scale.seconds, scale.warmup, scale.connections)
+    budget = _timeout(scale, scale.seconds + scale.warmup)
+    with procs.gateway(folder, store=str(folder / "b2.db")) as (_, addrs):
+        jobs = create_jobs(addrs.grpc, scale.jobs)
+        stop = procs.SPAWN.Event()
+        subscriber = procs.Workers()
+        subscriber.start(load.count_events, addrs.grpc, stop, budget)
+        try:
+            procs.wait_streams(addrs.readyz, HUB_SUBSCRIBERS)
+            ours = procs.run(load.webhook_load, addrs.webhook_port, jobs, *args, timeout=budget)
+        finally:
+            stop.set()
+        fanned = subscriber.results(budget)[0]["received"]
+    with procs.bare_webhook(folder) as (_, port):
+        bare = procs.run(load.webhook_load, port, jobs, *args, timeout=budget)
+    rate, bare_rate = ours["accepted"] / ours["seconds"], bare["accepted"] / bare["seconds"]
+    ratio = rate / bare_rate if bare_rate else None
+    row = Row(
+        "B2",
+        "webhooks accepted/s (verified, stored, fanned out), SQLite",
+        f"{rate:,.0f}/s",
+        f"{bare_rate:,.0f}/s",
+        ratio,
+        ">= 0.4",
+        ratio is not None and ratio >= 0.4 and fanned >= ours["accepted"],
+        {
+            "gateway": {"per_second": rate, "statuses": ours["statuses"], "fanned_out": fanned},
+            "baseline": {"per_second": bare_rate, "statuses": bare["statuses"]},
+            "generator_cpu_seconds": {"gateway": ours["cpu"], "baseline": bare["cpu"]},
+            "connections": scale.connections,
+        },
+    )
+    return Outcome([row, _generator("B6", "HTTP", bare, bare_rate, ours, rate)])
+
+
+# B3
+
+
+def b3_latency(scale: Scale, folder: Path) -> Outcome:
+    rows, samples = [], {}
+    nats = start_nats(folder / "nats")
+    try:
+        for name, store, target in (
+            ("SQLite", str(folder / "b3.db"), 5.0),
+            ("NATS", nats.url, 10.0),
+        ):
+            found = _paced(scale, folder, store)
+            latencies = ms(found["latencies"])
+            p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+            complete = len(latencies) == found["expected"]
+            rows.append(
+                Row(
+                    "B3",
+                    f"webhook -> subscriber's stream at {scale.paced_rate:g}/s, {name} (p50/p99)",
+                    f"{p50:.1f}/{p99:.1f} ms",
+                    "-",
+                    None,
+                    f"p99 <= {target:g} ms",
+                    p99 <= target and complete,
+                    {
+                        **_summary(latencies),
+                        "expected": found["expected"],
+                        "statuses": found["statuses"],
+                        "sender_lag_p99_ms": found["lag_p99"] * 1000,
+                        "sender_cpu_seconds": found["cpu"],
+                    },
+                )
+            )
+            samples[f"B3 {name}"] = latencies
+    finally:
+        nats.stop()
+    return Outcome(rows, samples)
+
+
+def _paced(scale: Scale, folder: Path, store: str) -> dict[str, Any]:
+    total_seconds = scale.paced_seconds + scale.paced_warmup
+    skip = int(scale.paced_rate * scale.paced_warmup)
+    total = int(scale.paced_rate * total_seconds)
+    budget = _timeout(scale, total_seconds)
+    with procs.gateway(folder, store=store) as (_, addrs):
+        jobs = create_jobs(addrs.grpc, scale.jobs)
+        subscriber = procs.Workers()
+        subscriber.start(load.latency_subscriber, addrs.grpc, total, skip, budget)
+        procs.wait_streams(addrs.readyz, HUB_SUBSCRIBERS)
+        sender = procs.run(
+            load.paced_webhooks,
+            addrs.webhook_port,
+            jobs,
+            scale.paced_rate,
+            total_seconds,
+            scale.connections,
+            timeout=budget,
+        )
+        found = subscriber.results(budget)[0]
+    return {**sender, **found}
+
+
+# B4
+
+
+def b4_streams(scale: Scale, folder: Path) -> Outcome:
+    with procs.gateway(folder, store=str(folder / "b4.db")) as (server, addrs):
+        job = create_jobs(addrs.grpc, 1)[0]
+        body, headers = signed_webhook(0)
+        trigger = {"url": addrs.webhook_url + callback_path(job), "body": body, "headers": headers}
+        ours = _hold(scale, server, addrs, trigger)
+    with procs.bare_grpc(folder) as (server, addrs):
+        trigger = {
+            "url": f"http://127.0.0.1:{addrs.admin_port}/broadcast",
+            "body": b"",
+            "headers": {},
+        }
+        bare = _hold(scale, server, addrs, trigger)
+    mem_ratio = ours["rss_mb"] / bare["rss_mb"]
+    time_ratio = ours["broadcast_seconds"] / bare["broadcast_seconds"]
+    complete = ours["received"] == bare["received"] == scale.streams
+    details = {"gateway": ours, "baseline": bare, "streams": scale.streams}
+    return Outcome(
+        [
+            Row(
+                "B4",
+                f"{scale.streams:,} Subscribe streams: resident memory (idle before)",
+                f"{ours['rss_mb']:.0f} MB ({ours['idle_rss_mb']:.0f})",
+                f"{bare['rss_mb']:.0f} MB ({bare['idle_rss_mb']:.0f})",
+                mem_ratio,
+                "<= 1.5",
+                mem_ratio <= 1.5,
+                details,
+            ),
+            Row(
+                "B4",
+                f"{scale.streams:,} Subscribe streams: one event reaches all",
+                f"{ours['broadcast_seconds']:.2f} s",
+                f"{bare['broadcast_seconds']:.2f} s",
+                time_ratio,
+                "<= 1.5",
+                time_ratio <= 1.5 and complete,
+                {"received": {"gateway": ours["received"], "baseline": bare["received"]}},
+            ),
+        ]
+    )
+
+
+def _hold(
+    scale: Scale, server: procs.Server, addrs: procs.GatewayAddrs, trigger: dict[str, Any]
+) -> dict[str, Any]:
+    idle = server.rss_mb()
+    opened, go = procs.SPAWN.Event(), procs.SPAWN.Event()
+    budget = _timeout(scale, 120.0)
+    holder = procs.Workers()
+    holder.start(
+        load.hold_streams,
+        addrs.grpc,
+        addrs.readyz,
+        scale.streams,
+        scale.wave,
+        scale.stream_channels,
+        trigger,
+        opened,
+        go,
+        budget,
+    )
+    try:
+        if not opened.wait(budget):
+            raise TimeoutError(f"{scale.streams} streams did not open: {server.log()}")
+        rss = server.rss_mb()
+    finally:
+        go.set()
+    result: dict[str, Any] = holder.results(budget)[0]
+    return {**result, "rss_mb": rss, "idle_rss_mb": idle}
+
+
+# B5
+
+
+def b5_sync(scale: Scale, folder: Path) -> Outcome:
+    with (
+        procs.sandbox(folder) as upstream,
+        procs.gateway(
+            folder, store=str(folder / "b5.db"), upstream=upstream, rate="100000/min"
+        ) as (_, addrs),
+    ):
+        found = procs.run(
+            load.sync_pairs,
+            addrs.grpc,
+            upstream,
+            SANDBOX_EMAIL,
+            SANDBOX_PASSWORD,
+            scale.sync_calls,
+            timeout=_timeout(scale, scale.sync_calls * 0.2),
+        )
+    ours, direct = ms(found["gateway"]), ms(found["direct"])
+    p50, direct_p50 = percentile(ours, 50), percentile(direct, 50)
+    added = p50 - direct_p50
+    return Outcome(
+        [
+            Row(
+                "B5",
+                "sync Dispatch via the sandbox, no delay: p50 (added)",
+                f"{p50:.2f} ms (+{added:.2f})",
+                f"{direct_p50:.2f} ms (httpx)",
+                p50 / direct_p50 if direct_p50 else None,
+                "added <= 1 ms",
+                added <= 1.0,
+                {"gateway": _summary(ours), "direct": _summary(direct), "added_p50_ms": added},
+            )
+        ],
+        {"B5 gateway": ours, "B5 httpx direct": direct},
+    )
+
+
+BENCHES: dict[str, Callable[[Scale, Path], Outcome]] = {
+    "B1": b1_dispatch,
+    "B2": b2_webhooks,
+    "B3": b3_latency,
+    "B4": b4_streams,
+    "B5": b5_sync,
+}

@@ -1,0 +1,359 @@
+"""The load generator: functions that each run in a process of their own (see procs.run_workers),
+never in the gateway's. Each returns a plain dict, with the generator's own CPU seconds where
+they bound what it could measure (B6)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+import uuid
+from typing import Any
+
+import grpc
+import httpx
+
+from dispatcher.gateway.v1 import gateway_pb2 as pb
+from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from dispatcher_gateway.rpc.convert import spec_from_request
+
+from .messages import callback_path, dispatch_request, signed_webhook
+from .rawhttp import RawConnection
+
+READY_POLL = 0.02
+STREAM_READY_TIMEOUT = 120.0
+SUBSCRIBER_GRACE = 5.0
+"""Seconds a latency subscriber waits for the last events after the sender has finished."""
+
+
+def _cpu() -> float:
+    return time.process_time()
+
+
+# B1: async Dispatch at a fixed number of calls in flight
+
+
+def dispatch_load(target: str, seconds: float, warmup: float, in_flight: int) -> dict[str, Any]:
+    return asyncio.run(_dispatch_load(target, seconds, warmup, in_flight))
+
+
+async def _dispatch_load(
+    target: str, seconds: float, warmup: float, in_flight: int
+) -> dict[str, Any]:
+    request = dispatch_request()
+    latencies: list[float] = []
+    failures = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        await stub.Dispatch(request, timeout=30)
+        started = time.perf_counter()
+        measure_from, end = started + warmup, started + warmup + seconds
+        cpu_at_start: list[float] = []
+
+        async def caller() -> None:
+            nonlocal failures
+            while True:
+                before = time.perf_counter()
+                if before >= end:
+                    return
+                if before >= measure_from and not cpu_at_start:
+                    cpu_at_start.append(_cpu())
+                try:
+                    await stub.Dispatch(request, timeout=30)
+                except grpc.aio.AioRpcError:
+                    failures += 1
+                    continue
+                after = time.perf_counter()
+                if before >= measure_from and after <= end:
+                    latencies.append(after - before)
+
+        await asyncio.gather(*(caller() for _ in range(in_flight)))
+        cpu = _cpu() - (cpu_at_start[0] if cpu_at_start else _cpu())
+    return {
+        "count": len(latencies),
+        "seconds": seconds,
+        "latencies": latencies,
+        "failures": failures,
+        "cpu": cpu,
+    }
+
+
+# B2: webhooks as fast as they are accepted
+
+
+def webhook_load(
+    port: int, job_ids: list[str], seconds: float, warmup: float, connections: int
+) -> dict[str, Any]:
+    return asyncio.run(_webhook_load(port, job_ids, seconds, warmup, connections))
+
+
+async def _webhook_load(
+    port: int, job_ids: list[str], seconds: float, warmup: float, connections: int
+) -> dict[str, Any]:
+    paths = [callback_path(job_id) for job_id in job_ids]
+    statuses: dict[int, int] = {}
+    accepted = 0
+    seq = 0
+    started = time.perf_counter()
+    measure_from, end = started + warmup, started + warmup + seconds
+    cpu_at_start: list[float] = []
+
+    async def sender() -> None:
+        nonlocal accepted, seq
+        conn = RawConnection("127.0.0.1", port)
+        await conn.open()
+        try:
+            while (now := time.perf_counter()) < end:
+                if now >= measure_from and not cpu_at_start:
+                    cpu_at_start.append(_cpu())
+                seq += 1
+                body, headers = signed_webhook(seq)
+                status = await conn.post(paths[seq % len(paths)], body, headers)
+                if now >= measure_from and time.perf_counter() <= end:
+                    statuses[status] = statuses.get(status, 0) + 1
+                    accepted += status == 200
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(sender() for _ in range(connections)))
+    cpu = _cpu() - (cpu_at_start[0] if cpu_at_start else _cpu())
+    return {"accepted": accepted, "seconds": seconds, "statuses": statuses, "cpu": cpu}
+
+
+def count_events(target: str, stop: Any, timeout: float) -> dict[str, Any]:
+    """Subscribe live and count events until `stop` (a multiprocessing Event) is set."""
+    return asyncio.run(_count_events(target, stop, timeout))
+
+
+async def _count_events(target: str, stop: Any, timeout: float) -> dict[str, Any]:
+    received = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = pb_grpc.DispatchServiceStub(channel).Subscribe(pb.SubscribeRequest(live_only=True))
+
+        async def read() -> None:
+            nonlocal received
+            async for _ in call:
+                received += 1
+
+        reader = asyncio.create_task(read())
+        deadline = time.monotonic() + timeout
+        while not stop.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(READY_POLL)
+        # Let the last events stored before the stop arrive.
+        await asyncio.sleep(0.5)
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await reader
+    return {"received": received}
+
+
+# B3: webhooks at a fixed rate, timed to a subscriber's stream
+
+
+def paced_webhooks(
+    port: int, job_ids: list[str], rate: float, seconds: float, connections: int
+) -> dict[str, Any]:
+    return asyncio.run(_paced_webhooks(port, job_ids, rate, seconds, connections))
+
+
+async def _paced_webhooks(
+    port: int, job_ids: list[str], rate: float, seconds: float, connections: int
+) -> dict[str, Any]:
+    paths = [callback_path(job_id) for job_id in job_ids]
+    pool: asyncio.Queue[RawConnection] = asyncio.Queue()
+    for _ in range(connections):
+        conn = RawConnection("127.0.0.1", port)
+        await conn.open()
+        pool.put_nowait(conn)
+    statuses: dict[int, int] = {}
+    lags: list[float] = []
+    total = int(rate * seconds)
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.05
+
+    async def send(seq: int) -> None:
+        conn = await pool.get()
+        try:
+            lags.append(loop.time() - (start + seq / rate))
+            body, headers = signed_webhook(seq)
+            status = await conn.post(paths[seq % len(paths)], body, headers)
+            statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            pool.put_nowait(conn)
+
+    tasks = []
+    cpu_before = _cpu()
+    for seq in range(total):
+        delay = start + seq / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(send(seq)))
+    await asyncio.gather(*tasks)
+    cpu = _cpu() - cpu_before
+    while not pool.empty():
+        await pool.get_nowait().close()
+    lags.sort()
+    return {
+        "sent": total,
+        "statuses": statuses,
+        "cpu": cpu,
+        "lag_p99": lags[int(0.99 * (len(lags) - 1))] if lags else 0.0,
+    }
+
+
+def latency_subscriber(target: str, total: int, skip: int, timeout: float) -> dict[str, Any]:
+    """Time each event from its webhook's send; the first `skip` are the warm-up."""
+    return asyncio.run(_latency_subscriber(target, total, skip, timeout))
+
+
+async def _latency_subscriber(target: str, total: int, skip: int, timeout: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    seen = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = pb_grpc.DispatchServiceStub(channel).Subscribe(pb.SubscribeRequest(live_only=True))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                async for event in call:
+                    arrived = time.monotonic()
+                    if "sent" not in event.data:
+                        continue
+                    seen += 1
+                    if float(event.data["seq"]) >= skip:  # type: ignore[arg-type]
+                        latencies.append(arrived - float(event.data["sent"]))  # type: ignore[arg-type]
+                    if seen >= total:
+                        break
+        call.cancel()
+    return {"latencies": latencies, "expected": total - skip}
+
+
+# B4: many streams, one event to all
+
+
+def hold_streams(
+    target: str,
+    readyz_url: str,
+    count: int,
+    wave: int,
+    channels: int,
+    trigger: dict[str, Any],
+    opened: Any,
+    go: Any,
+    timeout: float,
+) -> dict[str, Any]:
+    return asyncio.run(
+        _hold_streams(target, readyz_url, count, wave, channels, trigger, opened, go, timeout)
+    )
+
+
+async def _wait_streams(http: httpx.AsyncClient, readyz_url: str, wanted: int) -> None:
+    deadline = time.monotonic() + STREAM_READY_TIMEOUT
+    while True:
+        answer = await http.get(readyz_url)
+        if int(answer.json()["streams"]) >= wanted:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {answer.json()['streams']} of {wanted} streams opened")
+        await asyncio.sleep(READY_POLL)
+
+
+async def _hold_streams(
+    target: str,
+    readyz_url: str,
+    count: int,
+    wave: int,
+    channels: int,
+    trigger: dict[str, Any],
+    opened: Any,
+    go: Any,
+    timeout: float,
+) -> dict[str, Any]:
+    # Separate subchannels, so that the streams spread over several HTTP/2 connections.
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    chans = [grpc.aio.insecure_channel(target, options=options) for _ in range(channels)]
+    stubs = [pb_grpc.DispatchServiceStub(c) for c in chans]
+    arrivals: list[float] = []
+    all_in = asyncio.Event()
+    calls: list[Any] = []
+
+    async def listen(call: Any) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            await call.read()
+            arrivals.append(time.monotonic())
+            if len(arrivals) == count:
+                all_in.set()
+
+    readers = []
+    loop = asyncio.get_running_loop()
+    async with httpx.AsyncClient() as http:
+        began = loop.time()
+        # In waves: gRPC core cancels streams that wait unaccepted beyond its pending limit.
+        for first in range(0, count, wave):
+            for i in range(first, min(first + wave, count)):
+                call = stubs[i % channels].Subscribe(pb.SubscribeRequest(live_only=True))
+                calls.append(call)
+                readers.append(asyncio.create_task(listen(call)))
+            await _wait_streams(http, readyz_url, len(calls))
+        open_seconds = loop.time() - began
+        opened.set()
+        while not go.is_set():
+            await asyncio.sleep(READY_POLL)
+        sent = time.monotonic()
+        answer = await http.post(
+            trigger["url"], content=trigger["body"], headers=trigger["headers"]
+        )
+        answer.raise_for_status()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_in.wait(), timeout)
+    for call in calls:
+        call.cancel()
+    await asyncio.gather(*readers)
+    for chan in chans:
+        await chan.close()
+    return {
+        "received": len(arrivals),
+        "open_seconds": open_seconds,
+        "broadcast_seconds": (max(arrivals) - sent) if arrivals else float("nan"),
+    }
+
+
+# B5: sync Dispatch through the gateway, and the same request straight to the sandbox
+
+
+def sync_pairs(target: str, upstream: str, email: str, password: str, count: int) -> dict[str, Any]:
+    return asyncio.run(_sync_pairs(target, upstream, email, password, count))
+
+
+async def _sync_pairs(
+    target: str, upstream: str, email: str, password: str, count: int
+) -> dict[str, Any]:
+    request = dispatch_request(sync=True)
+    spec = spec_from_request(request)
+    auth = "Basic " + base64.b64encode(f"{email}:{password}".encode()).decode()
+    via_gateway: list[float] = []
+    direct: list[float] = []
+    async with (
+        grpc.aio.insecure_channel(target) as channel,
+        httpx.AsyncClient(base_url=upstream, headers={"Authorization": auth}) as http,
+    ):
+        stub = pb_grpc.DispatchServiceStub(channel)
+
+        async def straight() -> None:
+            headers = {"X-Request-ID": uuid.uuid4().hex, "X-Idempotency-Key": uuid.uuid4().hex}
+            answer = await http.post(spec.path, json=dict(spec.body), headers=headers)
+            answer.raise_for_status()
+
+        # Warm both paths: connections, the sandbox's first request, the gateway's pools.
+        for _ in range(5):
+            await stub.Dispatch(request, timeout=30)
+            await straight()
+        # Interleaved one by one, so that both see the same machine at the same moment.
+        for _ in range(count):
+            before = time.perf_counter()
+            response = await stub.Dispatch(request, timeout=30)
+            via_gateway.append(time.perf_counter() - before)
+            assert response.job.state == pb.JOB_STATE_SUCCEEDED, response.job
+            before = time.perf_counter()
+            await straight()
+            direct.append(time.perf_counter() - before)
+    return {"gateway": via_gateway, "direct": direct}

@@ -1,0 +1,244 @@
+"""The processes of a benchmark: the gateway (`python -m dispatcher_gateway serve`), the bare
+baselines, the sandbox, and the load generator's workers (multiprocessing, spawned)."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.e2e.conftest import free_port
+
+from .messages import SANDBOX_EMAIL, SANDBOX_PASSWORD, TOKEN_KEY, WEBHOOK_SECRET
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+POLL = 0.05
+SPAWN = multiprocessing.get_context("spawn")
+
+
+@dataclass
+class Server:
+    """A server process; `readyz` answers 200 once it serves."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    readyz: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss_mb(self) -> float:
+        """Resident memory now, from the kernel's own count."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(f"no VmRSS for {self.name}")
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        with httpx.Client() as client:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{self.name} exited {self.process.returncode}: {self.log()}"
+                    )
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get(self.readyz).status_code == 200:
+                        return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.name} not ready: {self.log()}")
+                time.sleep(POLL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextlib.contextmanager
+def running(
+    name: str, args: list[str], env: dict[str, str], readyz: str, folder: Path
+) -> Iterator[Server]:
+    log_path = folder / f"{name}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, *args],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+    server = Server(name, process, log_path, readyz)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass(frozen=True)
+class GatewayAddrs:
+    grpc: str
+    webhook_port: int
+    admin_port: int
+
+    @property
+    def readyz(self) -> str:
+        return f"http://{HOST}:{self.admin_port}/readyz"
+
+    @property
+    def webhook_url(self) -> str:
+        return f"http://{HOST}:{self.webhook_port}"
+
+
+@contextlib.contextmanager
+def gateway(
+    folder: Path, *, store: str, upstream: str | None = None, rate: str = "100/min"
+) -> Iterator[tuple[Server, GatewayAddrs]]:
+    """The gateway as its own process, with its defaults but for loopback addresses, a plain HTTP
+    webhook listener (TLS is the ingress's), and a fixed callback-token key. Without `upstream`
+    the upstream is a closed port: async jobs stay queued, and at the default rate of 100/min the
+    outbox costs next to nothing, as it would in production."""
+    addrs = GatewayAddrs(f"{HOST}:{free_port()}", free_port(), free_port())
+    env = {
+        "DISPATCHER_BASE_URL": upstream or f"http://{HOST}:{free_port()}",
+        "DISPATCHER_EMAIL": SANDBOX_EMAIL,
+        "DISPATCHER_PASSWORD": SANDBOX_PASSWORD,
+        "DISPATCHER_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "GATEWAY_PUBLIC_URL": f"https://{HOST}:{addrs.webhook_port}",
+        "GATEWAY_GRPC_ADDR": addrs.grpc,
+        "GATEWAY_WEBHOOK_ADDR": f"{HOST}:{addrs.webhook_port}",
+        "GATEWAY_ADMIN_ADDR": f"{HOST}:{addrs.admin_port}",
+        "GATEWAY_STORE": store,
+        "GATEWAY_TOKEN_KEY": TOKEN_KEY,
+        "GATEWAY_UPSTREAM_RATE": rate,
+    }
+    with running(
+        "gateway", ["-m", "dispatcher_gateway", "serve"], env, addrs.readyz, folder
+    ) as server:
+        yield server, addrs
+
+
+@contextlib.contextmanager
+def bare_grpc(folder: Path) -> Iterator[tuple[Server, GatewayAddrs]]:
+    addrs = GatewayAddrs(f"{HOST}:{free_port()}", 0, free_port())
+    args = ["-m", "tests.bench.bare", "grpc", "--port", addrs.grpc.rpartition(":")[2]]
+    args += ["--admin-port", str(addrs.admin_port)]
+    with running("bare-grpc", args, {}, addrs.readyz, folder) as server:
+        yield server, addrs
+
+
+@contextlib.contextmanager
+def bare_webhook(folder: Path) -> Iterator[tuple[Server, int]]:
+    port = free_port()
+    args = ["-m", "tests.bench.bare", "webhook", "--port", str(port)]
+    with running("bare-webhook", args, {}, f"http://{HOST}:{port}/readyz", folder) as server:
+        yield server, port
+
+
+@contextlib.contextmanager
+def sandbox(folder: Path) -> Iterator[str]:
+    port = free_port()
+    args = ["-m", "dispatcher_gateway", "sandbox", "--port", str(port)]
+    args += ["--email", SANDBOX_EMAIL]
+    env = {"SANDBOX_PASSWORD": SANDBOX_PASSWORD, "SANDBOX_WEBHOOK_SECRET": WEBHOOK_SECRET}
+    url = f"http://{HOST}:{port}"
+    with running("sandbox", args, env, f"{url}/healthz", folder):
+        yield url
+
+
+def wait_streams(readyz: str, wanted: int, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client() as client:
+        while int(client.get(readyz).json()["streams"]) < wanted:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fewer than {wanted} streams at {readyz}")
+            time.sleep(POLL)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex((HOST, port)) == 0
+
+
+# The load generator's workers
+
+
+def _child(fn: Callable[..., Any], args: tuple[Any, ...], results: Any, index: int) -> None:
+    try:
+        results.put((index, fn(*args), None))
+    except BaseException:
+        results.put((index, None, traceback.format_exc()))
+
+
+class Workers:
+    """Load-generator functions, each in a spawned process of its own; `results()` waits."""
+
+    def __init__(self) -> None:
+        self._results = SPAWN.Queue()
+        self._procs: list[Any] = []
+
+    def start(self, fn: Callable[..., Any], *args: Any) -> None:
+        proc = SPAWN.Process(target=_child, args=(fn, args, self._results, len(self._procs)))
+        proc.start()
+        self._procs.append(proc)
+
+    def results(self, timeout: float) -> list[Any]:
+        found: dict[int, Any] = {}
+        count = len(self._procs)
+        deadline = time.monotonic() + timeout
+        try:
+            while len(found) < count:
+                left = deadline - time.monotonic()
+                try:
+                    index, value, error = self._results.get(timeout=max(left, 0.01))
+                except queue.Empty:
+                    raise TimeoutError("a load-generator worker did not finish") from None
+                if error is not None:
+                    raise RuntimeError(f"load-generator worker failed:\n{error}")
+                found[index] = value
+        finally:
+            self.close()
+        return [found[i] for i in range(count)]
+
+    def close(self) -> None:
+        for proc in self._procs:
+            proc.join(1.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            proc.close()
+        self._results.close()
+        self._results.join_thread()
+        self._procs = []
+
+
+def run(fn: Callable[..., Any], *args: Any, timeout: float) -> Any:
+    """One worker, waited for."""
+    workers = Workers()
+    workers.start(fn, *args)
+    return workers.results(timeout)[0]

@@ -1,0 +1,89 @@
+"""Each benchmark of `make bench` (tests/bench) run once at a tiny size: it starts, measures
+something real and reports it. The figures themselves mean nothing at this size."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.bench.benches import TINY, b1_dispatch, b2_webhooks, b3_latency, b4_streams, b5_sync
+from tests.bench.report import table, write_chart, write_json
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_b1_dispatch_measures_gateway_baseline_and_generator(tmp_path: Path) -> None:
+    outcome = b1_dispatch(TINY, tmp_path)
+    b1, b6 = outcome.rows
+    assert (b1.id, b6.id) == ("B1", "B6")
+    assert b1.details["gateway"]["per_second"] > 0
+    assert b1.details["baseline"]["per_second"] > 0
+    assert b1.details["gateway"]["failures"] == b1.details["baseline"]["failures"] == 0
+    assert b1.ratio is not None
+    assert b1.ratio > 0
+    assert b6.details["ceiling_per_second"] > 0
+    assert outcome.samples["B1 gateway"]
+    assert outcome.samples["B1 bare grpc.aio"]
+
+
+def test_b2_webhooks_are_stored_and_fanned_out(tmp_path: Path) -> None:
+    b2, _ = b2_webhooks(TINY, tmp_path).rows
+    gateway = b2.details["gateway"]
+    assert gateway["per_second"] > 0
+    assert set(gateway["statuses"]) == {200}
+    assert gateway["fanned_out"] >= gateway["per_second"] * TINY.seconds
+    assert set(b2.details["baseline"]["statuses"]) == {200}
+
+
+def test_b3_times_every_webhook_to_the_stream_on_sqlite_and_nats(tmp_path: Path) -> None:
+    outcome = b3_latency(TINY, tmp_path)
+    assert [row.what.rsplit(", ", 1)[1] for row in outcome.rows] == [
+        "SQLite (p50/p99)",
+        "NATS (p50/p99)",
+    ]
+    for row in outcome.rows:
+        assert row.details["count"] == row.details["expected"] > 0
+        assert 0 < row.details["p50_ms"] <= row.details["p99_ms"]
+
+
+def test_b4_reaches_every_stream_on_gateway_and_baseline(tmp_path: Path) -> None:
+    memory, broadcast = b4_streams(TINY, tmp_path).rows
+    assert broadcast.details["received"] == {"gateway": TINY.streams, "baseline": TINY.streams}
+    assert memory.details["gateway"]["rss_mb"] > 0
+    assert memory.details["gateway"]["broadcast_seconds"] > 0
+
+
+def test_b5_times_sync_dispatch_and_the_direct_request(tmp_path: Path) -> None:
+    outcome = b5_sync(TINY, tmp_path)
+    assert len(outcome.samples["B5 gateway"]) == len(outcome.samples["B5 httpx direct"])
+    assert len(outcome.samples["B5 gateway"]) == TINY.sync_calls
+    assert outcome.rows[0].details["direct"]["p50_ms"] > 0
+
+
+def test_report_prints_table_json_and_says_when_no_chart(tmp_path: Path) -> None:
+    from tests.bench.benches import Outcome, Row
+
+    outcome = Outcome(
+        [Row("B1", "what", "2/s", "4/s", 0.5, ">= 0.5", True, {"p": math.nan})],
+        {"B1 gateway": [1.0, 2.0]},
+    )
+    printed = table(outcome.rows)
+    assert printed.splitlines()[0].split() == [
+        "id",
+        "what",
+        "figure",
+        "baseline",
+        "ratio",
+        "target",
+        "met?",
+    ]
+    assert printed.splitlines()[2].split()[-4:] == ["0.50", ">=", "0.5", "yes"]
+    write_json(tmp_path / "r.json", outcome, TINY, 1.0)
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["rows"][0]["details"] == {"p": None}
+    assert saved["latency_ms"]["B1 gateway"]["p50"] == 1.0
+    said = write_chart(tmp_path / "c.png", outcome.samples)
+    assert said.startswith(("chart: ", "chart not drawn: matplotlib is not installed"))
