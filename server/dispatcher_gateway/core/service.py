@@ -44,6 +44,8 @@ REPLAY_PAGE = 500
 HTTP_TOO_MANY_REQUESTS = 429
 RATE_MARGIN, RATE_MARGIN_MIN = 0.01, 1.0
 """The rate window is widened by 1% and at least 1 s, against arrival-time jitter."""
+DEADLINE_SLACK = 0.05
+"""Seconds: a sync call cancelled this close to its deadline was cancelled by the deadline."""
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 
@@ -167,29 +169,50 @@ class Gateway:
         loop = asyncio.get_running_loop()
         budget = UPSTREAM_TIMEOUT if budget is None else min(budget, UPSTREAM_TIMEOUT)
         started = loop.time()
+        sent = False
         try:
             self.check_breaker()
             await self.rate.wait(budget)
             remaining = budget - (loop.time() - started)
+            sent = True
             answer = await self.call_upstream(
                 self.upstream.dispatch(
                     spec_of(job), idempotency_key=job.job_id, callback_url=None, timeout=remaining
                 )
             )
+        # Each failure is recorded shielded: gRPC may cancel the call (its deadline) while the
+        # record is being written, and a job left unrecorded would stay queued for ever.
         except UpstreamError as exc:
-            await self.fail(job, exc.failure)
+            await asyncio.shield(self.fail(job, exc.failure))
+            raise
+        except RateLimited as exc:
+            failure = UpstreamFailure("rate_limited", f"not sent: {exc}")
+            await asyncio.shield(self.fail(job, failure))
             raise
         except BaseException:
-            # The caller went away or its deadline passed: what happened upstream is unknown.
-            failure = UpstreamFailure(
-                "cancelled", "the caller cancelled before the upstream answered"
+            # gRPC cancels the call when its deadline passes or its caller goes away. Record
+            # which, and what is known of the upstream's side: a request sent may have been
+            # processed (a sync dispatch has no webhook to tell), one never sent was not.
+            elapsed = loop.time() - started
+            if elapsed >= budget - DEADLINE_SLACK:
+                code, why = "deadline_exceeded", f"the caller's deadline ({budget:.3g} s) passed"
+            else:
+                code, why = "cancelled", f"the caller went away after {elapsed:.3g} s"
+            outcome = (
+                "the upstream may have processed the dispatch"
+                if sent
+                else "nothing was sent upstream"
             )
+            failure = UpstreamFailure(code, f"{why} before the upstream answered; {outcome}")
             await asyncio.shield(self.fail(job, failure))
             raise
         dispatch_id = str(answer.get("dispatchId", ""))
         event = self._event(job, states.COMPLETED, answer, self.clock(), dispatch_id=dispatch_id)
-        await self.store.append_event(
-            event, dedupe_key=f"{job.job_id}:sync", apply=states.apply_event
+        # The upstream did it: that is recorded even if the caller is gone by now.
+        await asyncio.shield(
+            self.store.append_event(
+                event, dedupe_key=f"{job.job_id}:sync", apply=states.apply_event
+            )
         )
         return await self.get_job(job.client, job.job_id)
 

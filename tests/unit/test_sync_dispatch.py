@@ -1,0 +1,125 @@
+"""A sync dispatch records its outcome even when gRPC cancels the call (deadline, caller gone)
+while that record is being written: otherwise the job would stay queued for ever."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatcher_gateway.core.errors import UpstreamError
+from dispatcher_gateway.core.hub import EventHub
+from dispatcher_gateway.core.model import (
+    JSON,
+    DispatchSpec,
+    Job,
+    JobState,
+    Mode,
+    Service,
+    UpstreamFailure,
+)
+from dispatcher_gateway.core.retry import RateLimit
+from dispatcher_gateway.core.service import Gateway, RateGate
+from dispatcher_gateway.core.tokens import CallbackTokens
+from dispatcher_gateway.store.sqlite import SqliteStore
+
+APPEND_DELAY = 0.2
+WAIT_TIMEOUT = 5.0
+
+
+class SlowAppends:
+    """The real store, but every event append takes a while before it starts."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+        self.appending = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def append_event(self, event: Any, **kwargs: Any) -> Any:
+        self.appending.set()
+        await asyncio.sleep(APPEND_DELAY)
+        return await self._store.append_event(event, **kwargs)
+
+
+class Answers:
+    def __init__(self, outcome: JSON | UpstreamError) -> None:
+        self.outcome = outcome
+
+    async def dispatch(
+        self, spec: DispatchSpec, *, idempotency_key: str, callback_url: str | None, timeout: float
+    ) -> JSON:
+        if isinstance(self.outcome, UpstreamError):
+            raise self.outcome
+        return self.outcome
+
+    async def validate(self, spec: DispatchSpec, *, timeout: float) -> JSON:
+        return {}
+
+    async def templates(self, *, timeout: float) -> list[JSON]:
+        return []
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "sync.db")
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def cancelled_while_recording(store: SqliteStore, outcome: JSON | UpstreamError) -> Job:
+    """Run a sync dispatch, cancel it while its outcome is being appended, return the job."""
+    slow = SlowAppends(store)
+    gateway = Gateway(
+        slow,  # type: ignore[arg-type]
+        Answers(outcome),
+        CallbackTokens(b"k" * 32),
+        public_url="https://gw.example",
+        rate=RateGate(store, RateLimit(1000, 1.0)),
+        hub=EventHub(),
+    )
+    spec = DispatchSpec((Service.EMAIL,), Mode.SYNC, {"template": {"id": 1, "data": {}}})
+    # The job's first event is appended too: wait for the second append, the outcome.
+    call = asyncio.create_task(gateway.submit("anonymous", spec, budget=10.0))
+    async with asyncio.timeout(WAIT_TIMEOUT):
+        while True:
+            await slow.appending.wait()
+            slow.appending.clear()
+            jobs, _ = await store.list_jobs("anonymous", limit=1)
+            if jobs:
+                break
+    call.cancel()
+    with pytest.raises((asyncio.CancelledError, UpstreamError)):
+        await call
+    async with asyncio.timeout(WAIT_TIMEOUT):
+        while (job := (await store.list_jobs("anonymous", limit=1))[0][0]).state is JobState.QUEUED:
+            await asyncio.sleep(0.01)
+    return job
+
+
+async def test_an_upstream_failure_is_recorded_though_the_call_is_cancelled(
+    store: SqliteStore,
+) -> None:
+    failure = UpstreamFailure("upstream_timeout", "no answer within 1 s")
+    job = await cancelled_while_recording(store, UpstreamError(failure, retryable=True))
+    assert job.state is JobState.FAILED
+    assert job.error is not None
+    assert job.error.code == "upstream_timeout"
+
+
+async def test_an_upstream_success_is_recorded_though_the_call_is_cancelled(
+    store: SqliteStore,
+) -> None:
+    job = await cancelled_while_recording(store, {"dispatchId": "disp_1", "status": "completed"})
+    assert job.state is JobState.SUCCEEDED
+    assert job.dispatch_id == "disp_1"
