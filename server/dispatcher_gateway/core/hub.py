@@ -45,6 +45,10 @@ class Subscription:
         self.queue.append(event)
         self._ready.set()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
     def close(self, reason: BaseException) -> None:
         if self._closed is None:
             self._closed = reason
@@ -86,6 +90,10 @@ class EventHub:
     def publish(self, event: JobEvent) -> None:
         for sub in tuple(self._by_client.get(event.client, ())):
             sub.offer(event)
+            if sub.closed:
+                # Cut off for falling behind: no longer a live stream, though its reader may
+                # not notice (and unsubscribe) until gRPC lets its last writes out.
+                self.unsubscribe(sub)
 
     @property
     def streams(self) -> int:

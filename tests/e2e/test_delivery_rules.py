@@ -1,0 +1,346 @@
+"""Issue 3's rules end to end, one behaviour per test, on a real in-process gateway and the
+sandbox: Retry-After in both forms, the circuit breaker opening and closing, the sync deadline,
+a caller that goes away, the sync rate limit, a slow subscriber, the maximum stream age, and
+out-of-order webhooks. The outbox's rule logic has its own tests in tests/unit/test_outbox.py."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import time
+from collections.abc import Callable
+
+import grpc
+import httpx
+import pytest
+from google.rpc import error_details_pb2
+
+from dispatcher.gateway.v1 import gateway_pb2 as pb
+from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from dispatcher_gateway.app import GatewayApp
+from dispatcher_gateway.core.retry import RateLimit
+
+from .conftest import GatewayFactory, RunningSandbox, email_request, request_for
+from .test_gateway import status_details
+
+CALL_TIMEOUT = 10.0
+WAIT_TIMEOUT = 15.0
+POLL = 0.01
+RESUME_HINT = re.compile(r"after_cursor='(\d+)'")
+
+
+async def eventually(check: Callable[[], object]) -> None:
+    async with asyncio.timeout(WAIT_TIMEOUT):
+        while not check():
+            await asyncio.sleep(POLL)
+
+
+async def events_until_terminal(
+    stub: pb_grpc.DispatchServiceStub, job_id: str
+) -> list[pb.JobEvent]:
+    async def collect() -> list[pb.JobEvent]:
+        return [e async for e in stub.WatchJob(pb.WatchJobRequest(job_id=job_id))]
+
+    return await asyncio.wait_for(collect(), WAIT_TIMEOUT)
+
+
+async def the_only_job(stub: pb_grpc.DispatchServiceStub) -> pb.Job:
+    (job,) = (await stub.ListJobs(pb.ListJobsRequest(), timeout=CALL_TIMEOUT)).jobs
+    return job
+
+
+# Retry-After
+
+
+async def first_try_refused_then_accepted(
+    stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox
+) -> float:
+    """Dispatch async while the sandbox answers 429; lift the fault after the first 429. Returns
+    the seconds between that 429 and the try the sandbox accepted."""
+    response = await stub.Dispatch(email_request(), timeout=CALL_TIMEOUT)
+    await eventually(lambda: sandbox.sandbox.stats().by_status.get(429))
+    refused_at = time.time()
+    sandbox.sandbox.faults.update({"rate_limit_rate": 0.0})
+    events = await events_until_terminal(stub, response.job.job_id)
+    assert events[-1].state == pb.JOB_STATE_SUCCEEDED
+    assert sandbox.sandbox.stats().by_status[429] == 1
+    (record,) = sandbox.sandbox.dispatches
+    return record.received_at - refused_at
+
+
+async def test_retry_after_in_seconds_is_honoured(
+    stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox
+) -> None:
+    # The gateway's own backoff would try again within 0.05 s.
+    sandbox.sandbox.faults.update({"rate_limit_rate": 1.0, "retry_after": 1.0})
+    assert await first_try_refused_then_accepted(stub, sandbox) >= 0.95
+
+
+async def test_retry_after_as_an_http_date_is_honoured(
+    stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox
+) -> None:
+    # An HTTP date has whole seconds: "now + 2 s" means at least 1 s from now.
+    sandbox.sandbox.faults.update(
+        {"rate_limit_rate": 1.0, "retry_after": 2.0, "retry_after_http_date": True}
+    )
+    assert await first_try_refused_then_accepted(stub, sandbox) >= 0.95
+
+
+# The circuit breaker
+
+
+async def test_the_breaker_opens_and_closes_and_readiness_stays_up(
+    gateways: GatewayFactory, sandbox: RunningSandbox
+) -> None:
+    app = await gateways.start(breaker_threshold=3, breaker_open_for=1.0)
+    assert app.listeners is not None
+    admin = app.listeners.admin.url
+    sandbox.sandbox.faults.update({"error_rate": 1.0})
+    async with (
+        grpc.aio.insecure_channel(gateways.target) as channel,
+        httpx.AsyncClient(base_url=admin) as http,
+    ):
+        stub = pb_grpc.DispatchServiceStub(channel)
+        queued = await stub.Dispatch(email_request(), timeout=CALL_TIMEOUT)
+
+        async def circuit() -> dict[str, object]:
+            ready = await http.get("/readyz")
+            assert ready.status_code == 200
+            assert ready.json()["ready"] is True
+            state: dict[str, object] = ready.json()["upstream_circuit"]
+            return state
+
+        async with asyncio.timeout(WAIT_TIMEOUT):
+            while (await circuit())["state"] != "open":
+                await asyncio.sleep(POLL)
+        # Open: a sync call fails fast, without calling the upstream; async still queues.
+        requests = sandbox.sandbox.stats().dispatch_requests
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=CALL_TIMEOUT)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        reasons = [d.reason for d in status_details(info.value) if hasattr(d, "reason")]
+        assert reasons == ["upstream_circuit_open"]
+        also = await stub.Dispatch(email_request(), timeout=CALL_TIMEOUT)
+        assert also.job.state == pb.JOB_STATE_QUEUED
+        assert sandbox.sandbox.stats().dispatch_requests == requests
+
+        sandbox.sandbox.faults.update({"error_rate": 0.0})
+        for job in (queued.job, also.job):
+            events = await events_until_terminal(stub, job.job_id)
+            assert events[-1].state == pb.JOB_STATE_SUCCEEDED
+        state = await circuit()
+        assert state["state"] == "closed"
+        assert state["times_opened"] >= 1
+
+
+# Sync dispatch: deadline, cancellation, rate limit
+
+
+@pytest.mark.parametrize("sandbox_options", [{"sync_delay": 3.0}])
+async def test_a_sync_deadline_cancels_the_upstream_call_and_the_job_says_so(
+    stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox
+) -> None:
+    started = time.time()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=0.5)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    async def failed() -> pb.Job:
+        while (job := await the_only_job(stub)).state != pb.JOB_STATE_FAILED:
+            await asyncio.sleep(POLL)
+        return job
+
+    job = await asyncio.wait_for(failed(), WAIT_TIMEOUT)
+    # Recorded at the deadline, not when the upstream would have answered (3 s).
+    assert job.update_time.ToDatetime().timestamp() - started < 1.5
+    # Whichever noticed first, gRPC's deadline or the upstream call's own timeout (the rest of
+    # the caller's budget), the job says the deadline passed with no answer.
+    assert job.error.code in {"deadline_exceeded", "upstream_timeout"}, job.error
+    assert sandbox.sandbox.stats().dispatch_requests == 1
+
+
+@pytest.mark.parametrize("sandbox_options", [{"sync_delay": 3.0}])
+async def test_a_caller_that_goes_away_cancels_the_upstream_call_and_the_job_says_so(
+    stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox
+) -> None:
+    call = stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=CALL_TIMEOUT)
+    await eventually(lambda: sandbox.sandbox.stats().dispatch_requests)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+
+    async def failed() -> pb.Job:
+        while (job := await the_only_job(stub)).state != pb.JOB_STATE_FAILED:
+            await asyncio.sleep(POLL)
+        return job
+
+    job = await asyncio.wait_for(failed(), 1.5)
+    assert job.error.code == "cancelled"
+    assert "may have" in job.error.message
+
+
+async def test_a_sync_call_waits_for_its_rate_slot_within_its_deadline(
+    gateways: GatewayFactory,
+) -> None:
+    # One a 0.2 s window, widened by the gate's 1 s margin: the second waits about 1.2 s.
+    await gateways.start(upstream_rate=RateLimit(1, 0.2))
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        await stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=CALL_TIMEOUT)
+        started = time.monotonic()
+        second = await stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=CALL_TIMEOUT)
+        assert second.job.state == pb.JOB_STATE_SUCCEEDED
+        assert time.monotonic() - started >= 1.0
+
+
+async def test_a_sync_call_whose_turn_comes_after_its_deadline_is_told_how_long_to_wait(
+    gateways: GatewayFactory, sandbox: RunningSandbox
+) -> None:
+    await gateways.start(upstream_rate=RateLimit(1, 60.0))
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        await stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=CALL_TIMEOUT)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=2.0)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        (retry,) = status_details(info.value)
+        assert isinstance(retry, error_details_pb2.RetryInfo)
+        assert 55 <= retry.retry_delay.seconds <= 61
+        assert sandbox.sandbox.stats().dispatch_requests == 1
+        jobs = (await stub.ListJobs(pb.ListJobsRequest(), timeout=CALL_TIMEOUT)).jobs
+        refused = jobs[0]  # newest first
+        assert refused.state == pb.JOB_STATE_FAILED
+        assert refused.error.code == "rate_limited"
+
+
+async def test_async_jobs_beyond_the_rate_are_queued_never_refused(
+    gateways: GatewayFactory, sandbox: RunningSandbox
+) -> None:
+    await gateways.start(upstream_rate=RateLimit(1, 0.2))
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        accepted = [await stub.Dispatch(email_request(), timeout=CALL_TIMEOUT) for _ in range(3)]
+        assert {a.job.state for a in accepted} == {pb.JOB_STATE_QUEUED}
+        for response in accepted:
+            events = await events_until_terminal(stub, response.job.job_id)
+            assert events[-1].state == pb.JOB_STATE_SUCCEEDED
+    arrivals = [r.received_at for r in sandbox.sandbox.dispatches]
+    assert [r.idempotency_key for r in sandbox.sandbox.dispatches] == [
+        a.job.job_id for a in accepted
+    ]
+    assert all(b - a >= 1.0 for a, b in itertools.pairwise(arrivals))
+
+
+# Streams
+
+
+async def read_all(stream: grpc.aio.UnaryStreamCall, into: list[pb.JobEvent]) -> None:
+    """Read the stream to its end, keeping every event (read() style: the test may have read
+    some already, and grpc does not let a call mix read() with iteration)."""
+    async with asyncio.timeout(WAIT_TIMEOUT):
+        while (event := await stream.read()) is not grpc.aio.EOF:
+            assert isinstance(event, pb.JobEvent)
+            into.append(event)
+
+
+async def sync_job(stub: pb_grpc.DispatchServiceStub) -> str:
+    response = await stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=CALL_TIMEOUT)
+    return response.job.job_id
+
+
+async def test_a_slow_subscriber_is_ended_and_resumes_from_the_store(
+    gateways: GatewayFactory,
+) -> None:
+    app = await gateways.start(stream_backlog=4)
+    big = "x" * 200_000
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        job_id = await sync_job(stub)
+        stream = stub.Subscribe(pb.SubscribeRequest())
+        received = [await stream.read(), await stream.read()]  # caught up, now live
+        token = app.gateway.tokens.token(job_id)
+        # The reader stops reading; events keep coming, enough to fill every buffer on the way.
+        for n in range(100):
+            envelope = {"event": "progress", "data": {"n": n, "padding": big}}
+            await app.gateway.record_webhook(token, envelope, webhook_id=f"wh-{n}")
+            if app.hub.streams == 0:
+                break
+        assert app.hub.streams == 0, "the slow stream was never ended"
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await read_all(stream, received)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        hint = RESUME_HINT.search(info.value.details() or "")
+        assert hint is not None
+        assert hint.group(1) == received[-1].cursor
+        resumed: list[pb.JobEvent] = []
+        last = await app.store.last_cursor()
+        async with asyncio.timeout(WAIT_TIMEOUT):
+            async for event in stub.Subscribe(pb.SubscribeRequest(after_cursor=hint.group(1))):
+                resumed.append(event)
+                if event.cursor == last:
+                    break
+    stored = await app.store.read_events(client="anonymous")
+    assert [e.cursor for e in received + resumed] == [e.cursor for e in stored]
+
+
+async def test_streams_end_at_their_maximum_age_with_a_jittered_resume_hint(
+    gateways: GatewayFactory,
+) -> None:
+    max_age = 1.0
+    await gateways.start(max_stream_age=max_age)
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        await sync_job(stub)
+
+        async def one() -> tuple[float, grpc.aio.AioRpcError, list[pb.JobEvent]]:
+            started = time.monotonic()
+            seen: list[pb.JobEvent] = []
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await read_all(stub.Subscribe(pb.SubscribeRequest()), seen)
+            return time.monotonic() - started, info.value, seen
+
+        ended = await asyncio.gather(*(one() for _ in range(8)))
+    ages = sorted(age for age, _, _ in ended)
+    for _, error, seen in ended:
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "maximum age" in (error.details() or "")
+        hint = RESUME_HINT.search(error.details() or "")
+        assert hint is not None
+        assert hint.group(1) == seen[-1].cursor
+    assert ages[0] >= max_age * 0.9 - 0.05
+    assert ages[-1] <= max_age + 0.5
+    assert ages[-1] - ages[0] > 0.005  # jittered: they do not all reconnect at once
+
+
+@pytest.mark.parametrize("sandbox_options", [{"seed": 7}])
+async def test_late_events_never_move_a_finished_job_back(
+    stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox, gateway: GatewayApp
+) -> None:
+    sandbox.sandbox.faults.update({"shuffle": True})
+    jobs = [
+        (await stub.Dispatch(request_for(pb.SERVICE_POSTAL), timeout=CALL_TIMEOUT)).job.job_id
+        for _ in range(6)
+    ]
+    await sandbox.sandbox.wait_for_webhooks(WAIT_TIMEOUT)
+    late = 0
+    for job_id in jobs:
+        async with asyncio.timeout(WAIT_TIMEOUT):
+            # Every webhook is stored (answered 200); the 202's `submitted` may come last.
+            while (
+                len(events := await gateway.store.read_events(client="anonymous", job_id=job_id))
+                < 5
+            ):
+                await asyncio.sleep(POLL)
+        job = await stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=CALL_TIMEOUT)
+        assert job.state == pb.JOB_STATE_SUCCEEDED
+        types = [e.type for e in events]
+        assert sorted(types) == sorted(
+            ["queued", "submitted", "letter_created", "letter_in_transit", "letter_delivered"]
+        )
+        (end,) = [i for i, e in enumerate(events) if e.terminal]
+        assert events[end].type == "letter_delivered"
+        after = events[end + 1 :]
+        assert all(e.state.value == "succeeded" for e in after)
+        late += sum(e.type.startswith("letter_") for e in after)
+    assert late > 0, "no webhook came after its job's end: the case under test never happened"
