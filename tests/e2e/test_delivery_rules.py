@@ -10,6 +10,7 @@ import itertools
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import httpx
@@ -19,10 +20,12 @@ from google.rpc import error_details_pb2
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.app import GatewayApp
+from dispatcher_gateway.config import Settings
 from dispatcher_gateway.core.retry import RateLimit
 
-from .conftest import GatewayFactory, RunningSandbox, email_request, request_for
+from .conftest import GatewayFactory, RunningSandbox, TlsFiles, email_request, request_for
 from .test_gateway import status_details
+from .test_process import gateway_env
 
 CALL_TIMEOUT = 10.0
 WAIT_TIMEOUT = 15.0
@@ -85,6 +88,31 @@ async def test_retry_after_as_an_http_date_is_honoured(
         {"rate_limit_rate": 1.0, "retry_after": 2.0, "retry_after_http_date": True}
     )
     assert await first_try_refused_then_accepted(stub, sandbox) >= 0.95
+
+
+# Giving up
+
+
+async def test_a_job_past_gateway_give_up_after_fails_with_the_last_upstream_error(
+    gateways: GatewayFactory, sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path
+) -> None:
+    env = gateway_env(sandbox, tls, tmp_path)
+    env |= {"GATEWAY_GIVE_UP_AFTER": "0.5", "GATEWAY_RETRY_BASE": "0.05"}
+    retry = Settings.from_env(env).retry
+    # A breaker opened for its default 10 s would hold the last try back; it has its own test.
+    await gateways.start(retry=retry, breaker_threshold=1000)
+    sandbox.sandbox.faults.update({"error_rate": 1.0})
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        response = await stub.Dispatch(email_request(), timeout=CALL_TIMEOUT)
+        events = await events_until_terminal(stub, response.job.job_id)
+        job = await stub.GetJob(pb.GetJobRequest(job_id=response.job.job_id), timeout=CALL_TIMEOUT)
+    assert [e.type for e in events] == ["queued", "failed"]
+    assert events[-1].state == pb.JOB_STATE_FAILED
+    assert job.error.http_status in {500, 502, 503}
+    assert job.error.message.startswith("gave up after")
+    assert sandbox.sandbox.stats().dispatch_requests > 1
+    assert sandbox.sandbox.stats().dispatches == 0
 
 
 # The circuit breaker
