@@ -40,9 +40,11 @@ def test_b2_webhooks_are_stored_and_fanned_out(tmp_path: Path) -> None:
 
 def test_b3_times_every_webhook_to_the_stream_on_sqlite_and_nats(tmp_path: Path) -> None:
     outcome = b3_latency(TINY, tmp_path)
-    assert [row.what.rsplit(", ", 1)[1] for row in outcome.rows] == [
-        "SQLite (p50/p99)",
-        "NATS (p50/p99)",
+    assert [row.what.split(" at ", 1)[1] for row in outcome.rows] == [
+        f"{TINY.paced_rate:g}/s, SQLite (p50/p99)",
+        f"{TINY.reference_rate:g}/s, SQLite (p50/p99)",
+        f"{TINY.paced_rate:g}/s, NATS (p50/p99)",
+        f"{TINY.reference_rate:g}/s, NATS (p50/p99)",
     ]
     for row in outcome.rows:
         assert row.details["count"] == row.details["expected"] > 0
