@@ -167,8 +167,7 @@ class GatewayApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.listeners is not None:
-            await self.listeners.webhook.stop()
-            await self.listeners.admin.stop()
+            await asyncio.gather(self.listeners.webhook.stop(), self.listeners.admin.stop())
         await self.upstream.close()
         await self.store.close()
         log.info("drained")
