@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 
 from ..store.base import Store
-from .errors import ShuttingDown, SlowConsumer
+from .errors import ShuttingDown, SlowConsumer, StoreUnavailable
 from .model import JobEvent
 
 log = logging.getLogger("dispatcher_gateway.hub")
@@ -126,6 +126,15 @@ class EventHub:
                     close = getattr(tail, "aclose", None)
                     if close is not None:
                         await close()
+            except StoreUnavailable as exc:
+                # Expected while the store is away: one line, no traceback, and try again.
+                log.warning(
+                    "event tail: store unavailable (%s); reopening after %s in %.0f s",
+                    exc,
+                    after,
+                    RETAIL_DELAY,
+                )
+                await asyncio.sleep(RETAIL_DELAY)
             except Exception:
                 log.exception(
                     "event tail failed; reopening after %s in %.0f s", after, RETAIL_DELAY

@@ -5,6 +5,7 @@ job id), so a retry after a lost answer or a crash never dispatches twice."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 
@@ -47,6 +48,8 @@ class OutboxWorker:
         self._wakeup = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
+        self._stranded: collections.deque[Lease] = collections.deque()
+        """Leases an outage kept the worker from finishing, handed back when the store answers."""
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.submit_timeout = submit_timeout
         rate = gateway.rate.rate
@@ -61,44 +64,60 @@ class OutboxWorker:
     async def run(self) -> None:
         try:
             while True:
-                try:
-                    leases = await self.store.lease(limit=self._batch, visibility=self._visibility)
-                except StoreUnavailable as exc:
-                    log.warning("outbox: store unavailable (%s); retrying", exc)
-                    leases = []
+                leases = await self._lease()
                 if not leases:
                     self._wakeup.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wakeup.wait(), IDLE_POLL)
                     continue
-                for lease in leases:
-                    paused = self.gateway.breaker.wait()
-                    if paused > 0:
-                        # The circuit is open: the entry waits in the outbox, not in memory.
-                        await self._retry_later(lease, paused)
-                        continue
-                    job = await self.store.get_job(lease.job_id)
-                    if job is None or job.state is not JobState.QUEUED:
-                        # Gone, or already accepted upstream (its webhook may even have come
-                        # first): nothing to send, and no slot of the rate limit spent on it.
-                        await self.store.ack(lease)
-                        continue
-                    # Slots are taken in lease order, so jobs leave the outbox in the order
-                    # queued; the request goes out right after its slot, with nothing between.
-                    await self._slots.acquire()
+                for i, lease in enumerate(leases):
                     try:
-                        await self.gateway.rate.wait()
-                    except BaseException:
-                        self._slots.release()
-                        raise
-                    self.gateway.breaker.calling()
-                    task = asyncio.create_task(
-                        self._submit(lease, job), name=f"submit:{lease.job_id}"
-                    )
-                    self._in_flight.add(task)
-                    task.add_done_callback(self._done)
+                        await self._start(lease)
+                    except StoreUnavailable as exc:
+                        # The store went away mid-batch: whatever is left goes back once it
+                        # answers again, not a whole visibility later.
+                        log.warning("outbox: store unavailable (%s); retrying", exc)
+                        self._stranded.extend(leases[i:])
+                        break
         finally:
             await self.stop()
+
+    async def _lease(self) -> list[Lease]:
+        """Hand back what an outage stranded, then lease; nothing while the store is away."""
+        try:
+            while self._stranded:
+                await self.store.retry_later(self._stranded[0], 0.0)
+                self._stranded.popleft()
+            return await self.store.lease(limit=self._batch, visibility=self._visibility)
+        except StoreUnavailable as exc:
+            log.warning("outbox: store unavailable (%s); retrying", exc)
+            return []
+
+    async def _start(self, lease: Lease) -> None:
+        """Send one entry's job upstream as a task of its own, or settle it without sending."""
+        paused = self.gateway.breaker.wait()
+        if paused > 0:
+            # The circuit is open: the entry waits in the outbox, not in memory.
+            await self._retry_later(lease, paused)
+            return
+        job = await self.store.get_job(lease.job_id)
+        if job is None or job.state is not JobState.QUEUED:
+            # Gone, or already accepted upstream (its webhook may even have come first):
+            # nothing to send, and no slot of the rate limit spent on it.
+            await self.store.ack(lease)
+            return
+        # Slots are taken in lease order, so jobs leave the outbox in the order queued; the
+        # request goes out right after its slot, with nothing between.
+        await self._slots.acquire()
+        try:
+            await self.gateway.rate.wait()
+        except BaseException:
+            self._slots.release()
+            raise
+        self.gateway.breaker.calling()
+        task = asyncio.create_task(self._submit(lease, job), name=f"submit:{lease.job_id}")
+        self._in_flight.add(task)
+        task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -128,6 +147,16 @@ class OutboxWorker:
         self._timers.add(handle)
 
     async def _submit(self, lease: Lease, job: Job) -> None:
+        try:
+            await self._submit_and_record(lease, job)
+        except StoreUnavailable as exc:
+            # Sent or not, the outcome could not be recorded: the entry goes back when the
+            # store answers, and the same idempotency key makes a second send harmless.
+            log.warning("outbox: %s: store unavailable (%s); will retry", job.job_id, exc)
+            self._stranded.append(lease)
+            self.wake()
+
+    async def _submit_and_record(self, lease: Lease, job: Job) -> None:
         try:
             answer = await self.gateway.call_upstream(
                 self.gateway.upstream.dispatch(

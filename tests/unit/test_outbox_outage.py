@@ -1,0 +1,135 @@
+"""The outbox worker through a store outage: whichever store call fails, the worker lives on,
+and the entries it held go back as soon as the store answers, not a visibility later."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatcher_gateway.core.breaker import CircuitBreaker
+from dispatcher_gateway.core.errors import StoreUnavailable
+from dispatcher_gateway.core.hub import EventHub
+from dispatcher_gateway.core.model import DispatchSpec, JobState, Mode, Service
+from dispatcher_gateway.core.outbox import OutboxWorker
+from dispatcher_gateway.core.service import Gateway, RateGate
+from dispatcher_gateway.core.tokens import CallbackTokens
+from dispatcher_gateway.store.sqlite import SqliteStore
+
+from .test_outbox import FAST, UNLIMITED, ScriptedUpstream, failure
+
+RECOVERY = 3.0
+"""Seconds a job may take to go out once the store is back: well under the lease visibility
+(the rate window + the submit timeout + 30 s), so a lease left to run out would fail the test."""
+WAIT_TIMEOUT = 10.0
+
+
+class FlakyStore:
+    """A real SqliteStore whose calls named in `down` raise StoreUnavailable, as while NATS is
+    away; counts each call's failures and successes."""
+
+    def __init__(self, inner: SqliteStore) -> None:
+        self.inner = inner
+        self.down: set[str] = set()
+        self.failed: collections.Counter[str] = collections.Counter()
+        self.succeeded: collections.Counter[str] = collections.Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if name in self.down:
+                self.failed[name] += 1
+                raise StoreUnavailable(f"{name}: the store is away")
+            result = await method(*args, **kwargs)
+            self.succeeded[name] += 1
+            return result
+
+        return call
+
+
+@dataclass
+class Harness:
+    store: FlakyStore
+    upstream: ScriptedUpstream
+    gateway: Gateway
+    worker: asyncio.Task[None]
+
+    async def queue(self) -> str:
+        spec = DispatchSpec((Service.EMAIL,), Mode.ASYNC, {"template": {"id": 1, "data": {}}})
+        return (await self.gateway.submit("anonymous", spec, budget=None)).job_id
+
+    async def until(self, condition: Callable[[], Awaitable[bool]], timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while not await condition():
+                await asyncio.sleep(0.01)
+
+    async def state(self, job_id: str) -> JobState:
+        job = await self.store.inner.get_job(job_id)
+        assert job is not None
+        return job.state
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path) -> AsyncIterator[Harness]:
+    inner = SqliteStore(tmp_path / "outbox.db")
+    await inner.open()
+    store = FlakyStore(inner)
+    upstream = ScriptedUpstream()
+    gateway = Gateway(
+        store,  # type: ignore[arg-type]
+        upstream,
+        CallbackTokens(b"k" * 32),
+        public_url="https://gw.example",
+        rate=RateGate(store, UNLIMITED),  # type: ignore[arg-type]
+        hub=EventHub(),
+        breaker=CircuitBreaker(threshold=1_000_000),
+    )
+    worker = OutboxWorker(gateway, store, FAST, submit_timeout=5.0)  # type: ignore[arg-type]
+    gateway.on_queued = worker.wake
+    task = asyncio.create_task(worker.run())
+    try:
+        yield Harness(store, upstream, gateway, task)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await inner.close()
+
+
+# Each store call the worker makes for one entry, in the order it makes them. retry_later is
+# reached through a 503 from the upstream; append_event is the SUBMITTED event's record.
+CALLS = ("lease", "get_job", "acquire_rate", "append_event", "ack", "retry_later")
+
+
+@pytest.mark.parametrize("call", CALLS)
+async def test_the_worker_outlives_an_outage_and_sends_the_job_once_the_store_answers(
+    tmp_path: Path, call: str
+) -> None:
+    async with running(tmp_path) as h:
+        if call == "retry_later":
+            h.upstream.script = [failure(503, "service_unavailable")]
+        h.store.down = {call}
+        job_id = await h.queue()
+
+        async def failed_twice() -> bool:
+            return h.store.failed[call] >= 2 or (call != "lease" and h.store.failed[call] >= 1)
+
+        await h.until(failed_twice, WAIT_TIMEOUT)
+        assert not h.worker.done()
+        h.store.down = set()
+
+        async def settled() -> bool:
+            acked = h.store.succeeded["ack"] >= 1
+            return acked and await h.state(job_id) is JobState.SUBMITTED
+
+        await h.until(settled, RECOVERY)
+        assert not h.worker.done()
+        # Every send carried the job's id as its idempotency key: a second one is harmless.
+        assert {key for key, _ in h.upstream.calls} == {job_id}
