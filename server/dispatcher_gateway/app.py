@@ -36,6 +36,8 @@ log = logging.getLogger("dispatcher_gateway")
 DRAIN_GRACE = 20.0
 """Seconds in-flight calls get to finish on SIGTERM (Kubernetes waits 30 s by default)."""
 READY_CHECK_TIMEOUT = 2.0
+STORE_CHECK_INTERVAL = 1.0
+"""Seconds between the looks at the store that keep gRPC health in step with it."""
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 STATUS_FLUSH = 0.1
 """Seconds for the last statuses of ended calls to leave before the server cancels the rest."""
@@ -74,6 +76,7 @@ class GatewayApp:
         self.hub = EventHub(backlog=settings.stream_backlog)
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._store_watch: asyncio.Task[None] | None = None
         self.listeners: Listeners | None = None
         self.started_at = time.time()
 
@@ -133,6 +136,7 @@ class GatewayApp:
             asyncio.create_task(self.outbox.run(), name="outbox"),
         ]
         await set_serving(self.health, True)
+        self._store_watch = asyncio.create_task(self._watch_store(), name="store-watch")
         self.listeners = Listeners(grpc_port, webhook, admin)
         log.info(
             "gateway ready: gRPC on %s (port %d), webhooks on %s, admin on %s, store %s",
@@ -151,6 +155,11 @@ class GatewayApp:
             return
         self.draining = True
         log.info("draining: in-flight calls have %.0f s", grace)
+        # Stopped first, so that it cannot turn health back to SERVING half-way through.
+        if self._store_watch is not None:
+            self._store_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._store_watch
         await set_serving(self.health, False)
         # Refuse new calls with UNAVAILABLE (clients retry it, elsewhere), end our streams with
         # their resumable status, and let unary calls in flight finish. Then stop the server,
@@ -171,6 +180,28 @@ class GatewayApp:
         await self.upstream.close()
         await self.store.close()
         log.info("drained")
+
+    async def _watch_store(self) -> None:
+        """grpc.health.v1 says NOT_SERVING while the store does not answer, and SERVING again
+        as soon as it does: a load balancer or client checking health sends calls elsewhere
+        meanwhile. /readyz asks the store itself on each request."""
+        serving = True
+        while True:
+            await asyncio.sleep(STORE_CHECK_INTERVAL)
+            try:
+                await asyncio.wait_for(self.store.check(), READY_CHECK_TIMEOUT)
+            # Anything but an answer counts as no answer: this loop must outlive every outage.
+            except Exception as exc:
+                if serving:
+                    why = str(exc) or type(exc).__name__
+                    log.warning("store unavailable (%s): gRPC health NOT_SERVING", why)
+                    serving = False
+                    await set_serving(self.health, False)
+                continue
+            if not serving:
+                log.info("store answers again: gRPC health SERVING")
+                serving = True
+                await set_serving(self.health, True)
 
     def _admin_app(self) -> Starlette:
         async def healthz(request: Request) -> Response:
