@@ -135,6 +135,9 @@ EPHEMERAL_IDLE: Final = 60.0
 CAS_ATTEMPTS: Final = 1000
 CAS_JITTER: Final = 0.005
 CLAIM_POLL: Final = 0.01
+DUPLICATE_IN_PROCESS: Final = 10158
+"""JetStream's error code when a clustered stream is still storing another publish with the
+same Nats-Msg-Id (two replicas flushing the same pending event at once)."""
 RATE_KEY: Final = "upstream"
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 STATUS_HEADER: Final = "Status"
@@ -589,34 +592,47 @@ class NatsStore:
     ) -> dict[str, str]:
         """Publish the envelope's pending effects in order, then clear them (steps 5-7 of the
         module doc). Returns each published event's cursor by message id."""
-        js = self._jetstream()
+        self._jetstream()  # StoreUnavailable, not a KeyError below, once the store is closed
         seen = self._kv[self.bucket("seen")]
         cursors: dict[str, str] = {}
         for pending in envelope.pending:
             seq = await self._seen(pending.msg_id) if check_seen else None
             if seq is None:
                 event = pending.event
-                ack = await js.publish(
+                ack = await self._publish(
                     f"{self._events_subject}.{_token(event.client)}.{_token(event.job_id)}",
                     _dumps(_event_to_json(event)),
-                    headers={MSG_ID_HEADER: pending.msg_id},
+                    pending.msg_id,
                 )
                 seq = ack.seq
                 with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
                     await seen.create(pending.msg_id, str(seq).encode())
             cursors[pending.msg_id] = str(seq)
         if envelope.enqueue:
-            await js.publish(
-                self._outbox_subject,
-                job_id.encode(),
-                headers={MSG_ID_HEADER: f"enqueue.{_token(job_id)}"},
-            )
+            await self._publish(self._outbox_subject, job_id.encode(), f"enqueue.{_token(job_id)}")
         settled = _Envelope(job=envelope.job, pending=[], enqueue=False)
         with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
             await self._kv[self.bucket("jobs")].update(
                 _token(job_id), settled.encode(), last=revision
             )
         return cursors
+
+    async def _publish(self, subject: str, payload: bytes, msg_id: str) -> api.PubAck:
+        """Publish with a message id. While another writer's publish of the same id is being
+        stored, a clustered stream answers "in process" rather than "duplicate": ask again until
+        it gives that first publish's sequence."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                return await self._jetstream().publish(
+                    subject, payload, headers={MSG_ID_HEADER: msg_id}
+                )
+            except nats.js.errors.APIError as exc:
+                if exc.err_code != DUPLICATE_IN_PROCESS:
+                    raise
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable("a publish of the same event did not complete") from exc
+            await asyncio.sleep(random.uniform(0, CAS_JITTER))
 
     async def _nak(self, reply: str, delay: float) -> None:
         payload = b"-NAK"
