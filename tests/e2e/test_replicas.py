@@ -1,0 +1,182 @@
+"""Three gateway processes sharing a three-node NATS JetStream cluster, as replicas behind one
+Kubernetes Service: dispatches spread over them, every webhook posted through a load balancer
+to a random replica, subscribers on other replicas than the one dispatched to. During the run one
+replica is killed with SIGKILL (and restarted later) and one NATS node is stopped.
+
+Afterwards every job's terminal event reached every subscriber exactly once, in cursor order;
+the sandbox counted each dispatch once; and the upstream rate, summed over the replicas, stayed
+within the configured limit."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from dispatcher.gateway.v1 import gateway_pb2 as pb
+from tests.support.balancer import Balancer
+from tests.support.nats_server import NatsFactory
+
+from .clients import Dispatcher, Subscriber, cancel
+from .conftest import RunningSandbox, TlsFiles, request_for
+from .procs import GatewayProcess
+from .test_process import gateway_env
+
+log = logging.getLogger(__name__)
+
+REPLICAS = 3
+N = 300
+RATE_LIMIT, RATE_WINDOW = 30, 2.0
+"""The account's limit. The gateways widen the window by at least 1 s (RateGate): 30 per 3 s,
+10 a second, so the upstream side takes about 30 s."""
+DISPATCH_RATE = 12.0
+"""Dispatch calls a second, a little faster than the upstream rate: a backlog builds up, and
+calls keep coming while a replica dies and a NATS node stops."""
+CONCURRENCY = 20
+KILL_AT, NATS_STOP_AT, RESTART_AT = N // 4, N // 2, 3 * N // 4
+"""Accepted dispatches at which one replica is killed, one NATS node stopped, and the killed
+replica started again (with that node still down)."""
+SUBMIT_TIMEOUT = 2.0
+"""Also shortens the outbox lease's visibility: the entries the killed replica held come back
+after the rate window + this + 30 s."""
+RUN_TIMEOUT = 120.0
+SERVICES = (pb.SERVICE_EMAIL, pb.SERVICE_POSTAL, pb.SERVICE_ESIGN, pb.SERVICE_SMS)
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 60)
+@pytest.mark.parametrize("sandbox_options", [{"rate_window": RATE_WINDOW, "seed": 11}])
+async def test_three_replicas_on_a_nats_cluster_lose_nothing_and_share_the_rate(
+    sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path, start_nats_server: NatsFactory
+) -> None:
+    started = time.monotonic()
+    nats = start_nats_server(nodes=3)
+    envs = [gateway_env(sandbox, tls, tmp_path) for _ in range(REPLICAS)]
+    balancer = Balancer(
+        [("127.0.0.1", int(env["GATEWAY_WEBHOOK_ADDR"].rpartition(":")[2])) for env in envs]
+    )
+    await balancer.start()
+    gateways = [
+        GatewayProcess(
+            env
+            | {
+                "GATEWAY_STORE": nats.url,
+                "GATEWAY_NATS_REPLICAS": "3",
+                # One public URL for all: Dispatcher calls back through the Service.
+                "GATEWAY_PUBLIC_URL": f"https://127.0.0.1:{balancer.port}",
+                "GATEWAY_UPSTREAM_RATE": f"{RATE_LIMIT}/{RATE_WINDOW:g}s",
+                "GATEWAY_SUBMIT_TIMEOUT": f"{SUBMIT_TIMEOUT:g}",
+            },
+            tmp_path / f"gateway-{i}.log",
+            int(env["GATEWAY_ADMIN_ADDR"].rpartition(":")[2]),
+        )
+        for i, env in enumerate(envs)
+    ]
+    targets = [gateway.env["GATEWAY_GRPC_ADDR"] for gateway in gateways]
+    dispatcher = Dispatcher(targets)
+    # Subscriber i starts on replica i; the dispatcher's round robin sends two jobs in three
+    # to another replica than the one each subscriber is on.
+    subscribers = [Subscriber(targets[i:] + targets[:i]) for i in range(REPLICAS)]
+    following: list[asyncio.Task[None]] = []
+    dispatching: list[asyncio.Task[None]] = []
+    try:
+        # The first creates the streams and buckets; the others find them.
+        await gateways[0].start()
+        await asyncio.gather(*(gateway.start() for gateway in gateways[1:]))
+        following = [asyncio.create_task(s.run()) for s in subscribers]
+        run_started = time.monotonic()
+
+        accepted: list[str] = []
+        slots = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(index: int) -> None:
+            await asyncio.sleep(index / DISPATCH_RATE)
+            request = request_for(SERVICES[index % len(SERVICES)])
+            request.idempotency_key = f"replicas-{index}"
+            async with slots:
+                accepted.append(await dispatcher.until_accepted(request))
+
+        async def reached(count: int) -> None:
+            while len(accepted) < count:
+                await asyncio.sleep(0.05)
+
+        dispatching = [asyncio.create_task(one(i)) for i in range(N)]
+        victim = gateways[0]
+        await reached(KILL_AT)
+        await victim.kill()
+        kills = 1
+        await reached(NATS_STOP_AT)
+        await asyncio.to_thread(nats.nodes[1].stop)
+        nats_stops = 1
+        await reached(RESTART_AT)
+        await victim.start()
+        await asyncio.gather(*dispatching)
+        job_ids = set(accepted)
+        assert len(job_ids) == N
+
+        async with asyncio.timeout(RUN_TIMEOUT):
+            while not all(job_ids <= set(s.terminal) for s in subscribers):
+                await asyncio.sleep(1.0)
+                done = min(len(job_ids & set(s.terminal)) for s in subscribers)
+                log.warning("%.0f s: %d/%d jobs ended", time.monotonic() - run_started, done, N)
+        await asyncio.sleep(1.0)  # late duplicates, if any were to slip through, land now
+        elapsed = time.monotonic() - run_started
+
+        stats = sandbox.sandbox.stats()
+        upstream_keys = collections.Counter(d.idempotency_key for d in sandbox.sandbox.dispatches)
+        outcomes = collections.Counter(
+            str(outcome)
+            for record in sandbox.sandbox.dispatches
+            for webhook in record.webhooks
+            for outcome in webhook.outcomes
+        )
+        terminal_cursor = [
+            {event.job_id: event.cursor for event, _ in s.events if event.terminal}
+            for s in subscribers
+        ]
+        # A terminal event sent to a subscriber by another replica than the job's dispatcher.
+        elsewhere = sum(
+            1
+            for s in subscribers
+            for event, target in s.events
+            if event.terminal and target != dispatcher.accepted_by[event.job_id]
+        )
+        print(
+            f"\nreplicas: N={N}, replicas={REPLICAS}, NATS nodes=3 (R3), kills={kills}, "
+            f"NATS node stops={nats_stops}, subscriber resumes="
+            f"{[s.resumes for s in subscribers]}, dispatch refusals={dict(dispatcher.refused)}, "
+            f"accepted by replica={collections.Counter(dispatcher.accepted_by.values())}, "
+            f"terminal events via another replica than the dispatch's={elsewhere}/{N * REPLICAS}, "
+            f"webhook connections by replica port={balancer.connections}, "
+            f"upstream requests={stats.dispatch_requests} (dispatches {stats.dispatches}), "
+            f"max in {RATE_WINDOW:g} s={stats.max_in_window}/{RATE_LIMIT}, "
+            f"webhooks sent={stats.webhooks_sent} failed={stats.webhooks_failed} "
+            f"(outcomes {dict(outcomes)}), "
+            f"elapsed={elapsed:.1f} s ({time.monotonic() - started:.1f} s with start-up)"
+        )
+        # Every terminal event reached every subscriber exactly once, in cursor order, and it
+        # is the same event (the same cursor) for all of them.
+        for s in subscribers:
+            assert set(s.terminal) == job_ids
+            assert set(s.terminal.values()) == {1}
+            assert s.cursors == sorted(set(s.cursors))
+        assert terminal_cursor[0] == terminal_cursor[1] == terminal_cursor[2]
+        # Work really was spread: calls answered and webhooks taken by every replica, events
+        # streamed by other replicas than the one dispatched to.
+        assert set(dispatcher.accepted_by.values()) == set(targets)
+        assert set(balancer.connections) == {port for _, port in balancer.backends}
+        assert elsewhere > 0
+        # No webhook met a bug (500): only the kill and the NATS node's stop failed any.
+        assert "500" not in outcomes
+        # Each job dispatched upstream once, and the summed rate within the account's limit.
+        assert stats.dispatches == N
+        assert set(upstream_keys) == job_ids
+        assert stats.max_in_window <= RATE_LIMIT
+    finally:
+        await cancel(*dispatching, *following)
+        for gateway in gateways:
+            await gateway.close()
+        await balancer.close()
