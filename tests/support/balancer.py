@@ -43,6 +43,10 @@ class Balancer:
         self._tasks.add(task)
         try:
             await self._forward(reader, writer)
+        except asyncio.CancelledError:
+            # close() ends the connections still open. A handler task that ends cancelled is
+            # logged as an error by asyncio.streams (Python 3.11): end it quietly instead.
+            pass
         finally:
             self._tasks.discard(task)
             writer.close()

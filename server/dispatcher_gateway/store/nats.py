@@ -162,6 +162,15 @@ _UNREACHABLE: Final = (
 )
 
 
+_CREATE_CONFLICT: Final = (
+    nats.js.errors.KeyWrongLastSequenceError,
+    # nats-py's KV create reads the key after a conflict; on a clustered bucket the write it lost
+    # to may still be in flight, and that read finds nothing.
+    nats.js.errors.KeyNotFoundError,
+)
+"""What KeyValue.create raises when the key exists or is being created by another writer."""
+
+
 class NatsStore:
     """The `Store` contract on NATS JetStream, shared by every replica (see the module doc)."""
 
@@ -264,11 +273,8 @@ class NatsStore:
     async def secret(self, name: str) -> bytes:
         with self._unavailable():
             kv = self._kv[self.bucket("secrets")]
-            key = _token(name)
-            with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
-                await kv.create(key, os.urandom(SECRET_BYTES))
-            entry = await kv.get(key)
-            return bytes(entry.value or b"")
+            value, _ = await self._create_or_read(kv, _token(name), os.urandom(SECRET_BYTES))
+            return value
 
     # Jobs
 
@@ -294,8 +300,8 @@ class NatsStore:
             jobs = self._kv[self.bucket("jobs")]
             try:
                 revision = await jobs.create(_token(job.job_id), envelope.encode())
-            except nats.js.errors.KeyWrongLastSequenceError:
-                existing = await self._load_job(job.job_id, settle=True)
+            except _CREATE_CONFLICT:
+                existing = await self._wait_for_job(job.job_id)
                 if existing is None:  # deleted in between: nothing of ours to complete
                     raise StoreUnavailable("the job vanished while it was being created") from None
                 return existing, False
@@ -483,7 +489,9 @@ class NatsStore:
         try:
             yield
         except nats.js.errors.APIError as exc:
-            if exc.code is not None and exc.code >= 500:
+            # nats-py's KV errors are APIErrors that never set `code`.
+            code = getattr(exc, "code", None)
+            if code is not None and code >= 500:
                 raise StoreUnavailable(f"NATS JetStream: {exc.description}") from exc
             raise
         except _UNREACHABLE as exc:
@@ -557,12 +565,26 @@ class NatsStore:
         """The id of the job that owns (client, key): this one if the claim is ours."""
         kv = self._kv[self.bucket("idempotency")]
         key = hashlib.sha256(_dumps([job.client, job.idempotency_key])).hexdigest()
+        owner, _ = await self._create_or_read(kv, key, job.job_id.encode())
+        return owner.decode()
+
+    async def _create_or_read(self, kv: KeyValue, key: str, value: bytes) -> tuple[bytes, bool]:
+        """Create the key with `value` unless it exists: (the value it holds, whether created).
+        A create that lost to one still in flight on a clustered bucket can find nothing when it
+        reads at once: the read is repeated until the winner's value is there."""
         try:
-            await kv.create(key, job.job_id.encode())
-        except nats.js.errors.KeyWrongLastSequenceError:
-            entry = await kv.get(key)
-            return bytes(entry.value or b"").decode()
-        return job.job_id
+            await kv.create(key, value)
+            return value, True
+        except _CREATE_CONFLICT:
+            pass
+        deadline = time.monotonic() + self._timeout
+        while True:
+            entry = await _get(kv, key)
+            if entry is not None:
+                return bytes(entry.value or b""), False
+            if time.monotonic() > deadline:
+                raise StoreUnavailable("a concurrent create of the same key did not complete")
+            await asyncio.sleep(CLAIM_POLL)
 
     async def _wait_for_job(self, job_id: str) -> Job | None:
         """The job a concurrent creator is writing; None if it does not appear in time (that
@@ -605,7 +627,7 @@ class NatsStore:
                     pending.msg_id,
                 )
                 seq = ack.seq
-                with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                with contextlib.suppress(*_CREATE_CONFLICT):
                     await seen.create(pending.msg_id, str(seq).encode())
             cursors[pending.msg_id] = str(seq)
         if envelope.enqueue:

@@ -1,0 +1,123 @@
+"""Replicas on a three-node cluster writing the same thing at once. A clustered stream or bucket
+holds a write in flight before it stores it: a second publish of the same message id is answered
+"in process", and a create that lost to it reads back nothing. The store waits for the first
+write rather than failing the call (both seen as webhooks answered 500 by the e2e replicas
+test)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from dispatcher_gateway.core import states
+from dispatcher_gateway.core.errors import StoreUnavailable
+from dispatcher_gateway.store.nats import NatsStore
+from tests.contract.builders import CLIENT, append, create, event_for, new_job, queued_event
+from tests.support.nats_server import NatsFactory
+
+from .test_nats_store import RECOVERY, Crash, crash_once, new_store, until_answers
+
+REPLICAS = 3
+READERS_PER_REPLICA = 3
+JOBS = 5
+
+
+async def open_once_seen(store: NatsStore) -> None:
+    """Open a store on another node than the one that created the streams: until the cluster's
+    metadata reaches that node it may not see them yet, and the open fails as unavailable (a
+    gateway would be restarted)."""
+    async with asyncio.timeout(RECOVERY):
+        while True:
+            try:
+                await store.open()
+                return
+            except StoreUnavailable:
+                await asyncio.sleep(0.2)
+
+
+async def warm_up(store: NatsStore) -> None:
+    """One write to every stream and bucket the races use, retried while the freshly created
+    replicated streams elect their leaders (until then they do not answer)."""
+    job = new_job(key="warm-up")
+    event = event_for(job, states.COMPLETED)
+    await until_answers(lambda: store.create_job(job, queued_event(job), enqueue=True))
+    await until_answers(
+        lambda: store.append_event(event, dedupe_key="warm-up", apply=states.apply_event)
+    )
+    await until_answers(lambda: store.secret("warm-up"))
+
+
+@contextlib.asynccontextmanager
+async def one_store_per_node(start_nats_server: NatsFactory) -> AsyncIterator[list[NatsStore]]:
+    cluster = start_nats_server(nodes=3)
+    first = new_store(cluster.urls[:1], replicas=REPLICAS, timeout=5.0)
+    # The others share the first one's names (its prefix), each through a node of its own.
+    others = [
+        NatsStore([url], prefix=first.events_stream.removesuffix("_events"), replicas=REPLICAS)
+        for url in cluster.urls[1:]
+    ]
+    stores = [first, *others]
+    try:
+        await first.open()
+        for store in others:
+            await open_once_seen(store)
+        await warm_up(first)
+        yield stores
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_replicas_flushing_the_same_event_at_once_all_succeed_and_publish_it_once(
+    start_nats_server: NatsFactory,
+) -> None:
+    async with one_store_per_node(start_nats_server) as stores:
+        writer = stores[0]
+        for n in range(JOBS):
+            job = await create(writer)
+            # The append commits, then its writer dies before publishing: the event is pending.
+            crash_once(writer, "_settle")
+            with pytest.raises(Crash):
+                await append(writer, job, states.COMPLETED, dedupe_key=f"wh-{n}")
+
+            # Every replica reads the job at once, and each one flushes the pending event.
+            read = await asyncio.gather(
+                *(s.get_job(job.job_id) for s in stores for _ in range(READERS_PER_REPLICA))
+            )
+
+            assert all(j is not None and j.state.terminal for j in read)
+            events = await writer.read_events(client=CLIENT, job_id=job.job_id)
+            assert [e.type for e in events] == [states.QUEUED, states.COMPLETED]
+
+
+async def test_replicas_creating_with_the_same_idempotency_key_at_once_share_one_job(
+    start_nats_server: NatsFactory,
+) -> None:
+    async with one_store_per_node(start_nats_server) as stores:
+        for n in range(JOBS):
+            jobs = [new_job(key=f"order-{n}") for _ in range(REPLICAS * READERS_PER_REPLICA)]
+
+            created = await asyncio.gather(
+                *(
+                    stores[i % REPLICAS].create_job(job, queued_event(job), enqueue=True)
+                    for i, job in enumerate(jobs)
+                )
+            )
+
+            assert len({stored.job_id for stored, _ in created}) == 1
+            assert sum(was_created for _, was_created in created) == 1
+
+
+async def test_replicas_asking_for_a_new_secret_at_once_get_the_same_one(
+    start_nats_server: NatsFactory,
+) -> None:
+    async with one_store_per_node(start_nats_server) as stores:
+        for n in range(JOBS):
+            secrets = await asyncio.gather(
+                *(s.secret(f"key-{n}") for s in stores for _ in range(READERS_PER_REPLICA))
+            )
+
+            assert len(set(secrets)) == 1
