@@ -23,6 +23,7 @@ from .signing import signature_headers
 logger = logging.getLogger("dispatcher_gateway.sandbox")
 
 USER_AGENT = "Docs-Dispatcher-Webhooks/sandbox"
+KEEPALIVE_CONNECTIONS = 100
 _CAUSE_DEPTH = 8
 """How far down an exception's causes to look for the TLS error under httpx's own."""
 
@@ -61,7 +62,12 @@ class WebhookSender:
             transport=transport,
             timeout=settings.answer_timeout,
             # Every event of every dispatch may be in flight at once.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+            limits=httpx.Limits(
+                max_connections=None,
+                max_keepalive_connections=KEEPALIVE_CONNECTIONS
+                if settings.webhook_keepalive
+                else 0,
+            ),
             follow_redirects=False,
             # A proxy from the environment must not see the callbacks (they carry job tokens).
             trust_env=False,

@@ -109,6 +109,9 @@ class SandboxSettings:
     answer_timeout_floor: float = 0.5
     """The scaled answer timeout never drops below this: a TLS handshake on a busy machine
     takes tens of milliseconds, and a spurious timeout would turn into a spurious retry."""
+    webhook_keepalive: bool = True
+    """Reuse connections between webhooks. False opens one per attempt, as many senders do:
+    behind a load balancer each webhook then reaches a replica of its own choosing."""
     event_delay: float = 0.0
     """Seconds before the first webhook of a dispatch (not scaled)."""
     rate_window: float = 60.0
