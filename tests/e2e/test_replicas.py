@@ -44,7 +44,21 @@ SUBMIT_TIMEOUT = 2.0
 """Also shortens the outbox lease's visibility: the entries the killed replica held come back
 after the rate window + this + 30 s."""
 RUN_TIMEOUT = 120.0
+START_ATTEMPTS = 3
 SERVICES = (pb.SERVICE_EMAIL, pb.SERVICE_POSTAL, pb.SERVICE_ESIGN, pb.SERVICE_SMS)
+
+
+async def start(gateway: GatewayProcess) -> None:
+    """Start a replica as Kubernetes would: again if it exits at start-up (a new NATS cluster
+    may refuse to place a replicated stream until its meta leader has seen every peer)."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            await gateway.start()
+            return
+        except RuntimeError:
+            if attempt == START_ATTEMPTS:
+                raise
+            log.warning("replica exited at start-up; starting it again")
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 60)
@@ -88,8 +102,8 @@ async def test_three_replicas_on_a_nats_cluster_lose_nothing_and_share_the_rate(
     dispatching: list[asyncio.Task[None]] = []
     try:
         # The first creates the streams and buckets; the others find them.
-        await gateways[0].start()
-        await asyncio.gather(*(gateway.start() for gateway in gateways[1:]))
+        await start(gateways[0])
+        await asyncio.gather(*(start(gateway) for gateway in gateways[1:]))
         following = [asyncio.create_task(s.run()) for s in subscribers]
         run_started = time.monotonic()
 
@@ -116,7 +130,7 @@ async def test_three_replicas_on_a_nats_cluster_lose_nothing_and_share_the_rate(
         await asyncio.to_thread(nats.nodes[1].stop)
         nats_stops = 1
         await reached(RESTART_AT)
-        await victim.start()
+        await start(victim)
         await asyncio.gather(*dispatching)
         job_ids = set(accepted)
         assert len(job_ids) == N

@@ -132,6 +132,10 @@ TAIL_HEARTBEAT: Final = 1.0
 """Idle heartbeat of a tail's pull request; three missed mean the tail is lost."""
 EPHEMERAL_IDLE: Final = 60.0
 """A read consumer left behind by a dead process is removed by the server after this."""
+LEADER_WAIT: Final = 10.0
+"""Seconds open() waits for replicated streams to elect their leaders (new ones, or after a
+restart of the cluster); calls made before that fail as unavailable."""
+LEADER_POLL: Final = 0.05
 CAS_ATTEMPTS: Final = 1000
 CAS_JITTER: Final = 0.005
 CLAIM_POLL: Final = 0.01
@@ -552,6 +556,21 @@ class NatsStore:
                         storage=api.StorageType.FILE,
                     )
                 )
+        await self._wait_for_leaders(
+            [self.events_stream, self.outbox_stream, *(f"KV_{bucket}" for bucket in self._kv)]
+        )
+
+    async def _wait_for_leaders(self, streams: list[str]) -> None:
+        js = self._jetstream()
+        deadline = time.monotonic() + LEADER_WAIT
+        for stream in streams:
+            while True:
+                info = await js.stream_info(stream)
+                if info.cluster is None or info.cluster.leader:
+                    break
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(f"stream {stream} has no leader")
+                await asyncio.sleep(LEADER_POLL)
 
     async def _ensure_stream(self, config: api.StreamConfig) -> None:
         js = self._jetstream()
