@@ -25,10 +25,10 @@ READERS_PER_REPLICA = 3
 JOBS = 5
 
 
-async def open_once_seen(store: NatsStore) -> None:
-    """Open a store on another node than the one that created the streams: until the cluster's
-    metadata reaches that node it may not see them yet, and the open fails as unavailable (a
-    gateway would be restarted)."""
+async def open_until_it_answers(store: NatsStore) -> None:
+    """Open a store on a new cluster, again while that fails as unavailable (a gateway would be
+    restarted): creating replicated streams can outlast the timeout on a busy machine, and
+    another node than the one that created them may not see them at once."""
     async with asyncio.timeout(RECOVERY):
         while True:
             try:
@@ -38,16 +38,17 @@ async def open_once_seen(store: NatsStore) -> None:
                 await asyncio.sleep(0.2)
 
 
-async def warm_up(store: NatsStore) -> None:
-    """One write to every stream and bucket the races use, retried while the freshly created
-    replicated streams elect their leaders (until then they do not answer)."""
-    job = new_job(key="warm-up")
+async def warm_up(store: NatsStore, name: str) -> None:
+    """One write through the store's node to every stream and bucket the races use, retried
+    while a new cluster settles (a node may answer "no responders" for a stream's subjects a
+    little after the stream has its leader)."""
+    job = new_job(key=name)
     event = event_for(job, states.COMPLETED)
     await until_answers(lambda: store.create_job(job, queued_event(job), enqueue=True))
     await until_answers(
-        lambda: store.append_event(event, dedupe_key="warm-up", apply=states.apply_event)
+        lambda: store.append_event(event, dedupe_key=name, apply=states.apply_event)
     )
-    await until_answers(lambda: store.secret("warm-up"))
+    await until_answers(lambda: store.secret(name))
 
 
 @contextlib.asynccontextmanager
@@ -61,10 +62,10 @@ async def one_store_per_node(start_nats_server: NatsFactory) -> AsyncIterator[li
     ]
     stores = [first, *others]
     try:
-        await first.open()
-        for store in others:
-            await open_once_seen(store)
-        await warm_up(first)
+        for store in stores:
+            await open_until_it_answers(store)
+        for i, store in enumerate(stores):
+            await warm_up(store, f"warm-up-{i}")
         yield stores
     finally:
         for store in stores:
