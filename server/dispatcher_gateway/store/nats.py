@@ -139,6 +139,12 @@ LEADER_POLL: Final = 0.05
 CAS_ATTEMPTS: Final = 1000
 CAS_JITTER: Final = 0.005
 CLAIM_POLL: Final = 0.01
+CLAIMER_GRACE: Final = 1.0
+"""Seconds a create that found its idempotency key claimed waits for the claimer's job before
+completing the create in its name. Short: a claimer that failed (NATS away mid-create) leaves the
+key claimed, and each retry of the caller must complete within the caller's own deadline (a
+5 s wait against a 5 s deadline was cancelled on every retry). Completing while the claimer is
+only slow is safe: the job's create-only write lets one of them win."""
 DUPLICATE_IN_PROCESS: Final = 10158
 """JetStream's error code when a clustered stream is still storing another publish with the
 same Nats-Msg-Id (two replicas flushing the same pending event at once)."""
@@ -289,10 +295,11 @@ class NatsStore:
             if job.idempotency_key:
                 owner = await self._claim_idempotency_key(job)
                 if owner != job.job_id:
-                    existing = await self._wait_for_job(owner)
+                    existing = await self._wait_for_job(owner, CLAIMER_GRACE)
                     if existing is not None:
                         return existing, False
-                    # The claimer died before writing its job: complete the create in its name.
+                    # The claimer died or failed before writing its job: complete the create in
+                    # its name.
                     job = job.replace(job_id=owner)
                     first_event = first_event.replace(job_id=owner)
             await self._kv[self.bucket("jobs_by_client")].put(_index_key(job), b"")
@@ -305,7 +312,7 @@ class NatsStore:
             try:
                 revision = await jobs.create(_token(job.job_id), envelope.encode())
             except _CREATE_CONFLICT:
-                existing = await self._wait_for_job(job.job_id)
+                existing = await self._wait_for_job(job.job_id, self._timeout)
                 if existing is None:  # deleted in between: nothing of ours to complete
                     raise StoreUnavailable("the job vanished while it was being created") from None
                 return existing, False
@@ -605,10 +612,10 @@ class NatsStore:
                 raise StoreUnavailable("a concurrent create of the same key did not complete")
             await asyncio.sleep(CLAIM_POLL)
 
-    async def _wait_for_job(self, job_id: str) -> Job | None:
-        """The job a concurrent creator is writing; None if it does not appear in time (that
-        creator died between claiming the key and writing the job)."""
-        deadline = time.monotonic() + self._timeout
+    async def _wait_for_job(self, job_id: str, wait: float) -> Job | None:
+        """The job a concurrent creator is writing; None if it does not appear within `wait`
+        seconds (that creator died, or failed, between claiming the key and writing the job)."""
+        deadline = time.monotonic() + min(wait, self._timeout)
         while True:
             job = await self._load_job(job_id, settle=True)
             if job is not None or time.monotonic() > deadline:
