@@ -13,6 +13,7 @@ import pytest
 
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import InvalidArgument, StoreUnavailable
+from dispatcher_gateway.core.model import JobEvent
 from dispatcher_gateway.store import SqliteStore
 
 from .builders import CLIENT, WAIT, append, create, event_for, opened, tailing, take
@@ -175,3 +176,47 @@ async def test_a_tail_sees_events_another_connection_wrote(tmp_path: Path) -> No
             [event] = await following
 
     assert event.job_id == job.job_id
+
+
+async def test_a_tail_gets_this_process_commits_without_reading_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with opened(lambda: SqliteStore(tmp_path / "gateway.db")) as store:
+        job = await create(store)
+        async with tailing(store, await store.last_cursor()) as tail:
+            following = asyncio.create_task(take(tail, 3))
+            await asyncio.sleep(0.05)  # the tail's first read of the file is done
+            reads: list[int] = []
+            read_file = store._events_after
+
+            async def counted(seq: int, limit: int) -> list[JobEvent]:
+                reads.append(seq)
+                return await read_file(seq, limit)
+
+            monkeypatch.setattr(store, "_events_after", counted)
+            appended = [await append(store, job) for _ in range(3)]
+
+            assert await following == appended
+    assert reads == []
+
+
+async def test_a_tail_interleaves_this_process_commits_and_another_connections_in_order(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gateway.db"
+    async with (
+        opened(lambda: SqliteStore(path)) as store,
+        opened(lambda: SqliteStore(path)) as other,
+    ):
+        job = await create(store)
+        async with tailing(store, await store.last_cursor()) as tail:
+            following = asyncio.create_task(take(tail, 5))
+            await asyncio.sleep(0.05)
+            appended = []
+            for writer in (store, other, other, store, store):
+                appended.append(await append(writer, job))
+
+            got = await following
+
+    assert [e.cursor for e in got] == [e.cursor for e in appended]
+    assert [int(e.cursor) for e in got] == sorted(int(e.cursor) for e in got)

@@ -61,7 +61,8 @@ async def test_the_store_records_what_apply_returns(store: Store) -> None:
     job = await create(store)
 
     def rewrite(current: Job, event: JobEvent) -> tuple[Job, JobEvent]:
-        assert current == job
+        # The body may be left out (it never changes after the create); the rest is the job.
+        assert current.replace(body=job.body) == job
         return (
             current.replace(dispatch_id="d-42", last_event="custom"),
             event.replace(type="rewritten", dispatch_id="d-42"),

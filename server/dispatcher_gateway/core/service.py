@@ -27,7 +27,17 @@ from .errors import (
     UpstreamError,
 )
 from .hub import EventHub
-from .model import JSON, DispatchSpec, EventFilter, Job, JobEvent, JobState, Mode, UpstreamFailure
+from .model import (
+    JSON,
+    DispatchSpec,
+    EventFilter,
+    Job,
+    JobEvent,
+    JobState,
+    Mode,
+    Service,
+    UpstreamFailure,
+)
 from .ports import Upstream
 from .retry import RateLimit
 from .tokens import CallbackTokens
@@ -75,6 +85,18 @@ def _event_time(envelope: JSON, default: float) -> float:
         except ValueError:
             pass
     return default
+
+
+def _from_job(job: Job, event: JobEvent) -> tuple[Job, JobEvent]:
+    """`states.apply_event` for an event that knows only its job's id: the job's client,
+    service and metadata (and dispatch id, if the event has none) are taken from the job."""
+    event = event.replace(
+        client=job.client,
+        service=job.service,
+        metadata=job.metadata,
+        dispatch_id=event.dispatch_id or job.dispatch_id,
+    )
+    return states.apply_event(job, event)
 
 
 class RateGate:
@@ -271,22 +293,27 @@ class Gateway:
         event_type = envelope.get("event")
         if not isinstance(event_type, str) or not event_type:
             raise InvalidArgument([FieldViolation("event", "a non-empty string is required")])
-        job = await self.store.get_job(job_id)
-        if job is None:
-            raise NotFound("no such callback")
         data = envelope.get("data")
         payload: JSON = data if isinstance(data, dict) else {"data": data}
-        now = self.clock()
-        event = self._event(
-            job,
-            event_type,
-            payload,
-            _event_time(envelope, now),
+        # One store call: the job's own fields (client, service, metadata) are placeholders here,
+        # filled in by `_from_job` from the job the store reads inside the append.
+        event = JobEvent(
+            job_id=job_id,
+            client="",
+            service=Service.EMAIL,
+            type=event_type,
+            state=states.state_for(event_type),
+            data=payload,
+            metadata={},
+            event_time=_event_time(envelope, self.clock()),
             dispatch_id=str(envelope.get("dispatchId") or ""),
         )
-        stored = await self.store.append_event(
-            event, dedupe_key=f"wh:{webhook_id}", apply=states.apply_event
-        )
+        try:
+            stored = await self.store.append_event(
+                event, dedupe_key=f"wh:{webhook_id}", apply=_from_job
+            )
+        except NotFound:
+            raise NotFound("no such callback") from None
         WEBHOOKS.inc("recorded" if stored is not None else "duplicate")
         return stored is not None
 

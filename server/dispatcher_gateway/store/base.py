@@ -9,7 +9,11 @@ from typing import Protocol
 from ..core.model import Job, JobEvent, Lease
 
 Apply = Callable[[Job, JobEvent], tuple[Job, JobEvent]]
-"""Folds an event into its job: returns the job after it and the event as it is to be recorded."""
+"""Folds an event into its job: returns the job after it and the event as it is to be recorded.
+
+The job it is given may have an empty body ({}): the request never changes after the create, so a
+store need not load it, and only what an event may change (state, times, dispatch id, result,
+error, last event) is kept of the job returned."""
 
 
 class Store(Protocol):

@@ -11,6 +11,10 @@ power loss too. Measured on the 2-core development VM: one commit costs about 0.
 (the WAL fsync) against 0.08 ms with NORMAL, so committing writes one by one would cap the store
 near 2,000 writes/s; grouped, FULL costs little more than NORMAL under load.
 
+Tails: a commit that appended events hands them, with their cursors, to the tails of this
+process (`_Feed`), so the live path never reads back what it just wrote; a tail reads the file
+only to catch up (on open, after a gap, or to see another process's writes on its poll).
+
 Cursors: the decimal string of an event's `seq`, one global INTEGER PRIMARY KEY AUTOINCREMENT
 sequence over every client's events: strictly increasing in commit order and never reused, so the
 core may compare cursors with int(). '' stands for "before the first event".
@@ -145,12 +149,17 @@ _INSERT_JOB: Final = (
     " (:job_id, :client, :services, :mode, :state, :body, :metadata, :idempotency_key,"
     " :request_hash, :created_at, :updated_at, :dispatch_id, :result, :error, :last_event)"
 )
-# Every column but the key and the creation time, which never change.
+# What an event may change; the request (client, services, mode, body, metadata, idempotency key
+# and hash) and the creation time are fixed when the job is created.
 _UPDATE_JOB: Final = (
-    "UPDATE jobs SET client = :client, services = :services, mode = :mode, state = :state,"
-    " body = :body, metadata = :metadata, idempotency_key = :idempotency_key,"
-    " request_hash = :request_hash, updated_at = :updated_at, dispatch_id = :dispatch_id,"
+    "UPDATE jobs SET state = :state, updated_at = :updated_at, dispatch_id = :dispatch_id,"
     " result = :result, error = :error, last_event = :last_event WHERE job_id = :job_id"
+)
+# The job as `apply` sees it: all but the body, the one column that may be large.
+_SELECT_JOB_STATE: Final = (
+    "SELECT job_id, client, services, mode, state, '{}' AS body, metadata, idempotency_key,"
+    " request_hash, created_at, updated_at, dispatch_id, result, error, last_event"
+    " FROM jobs WHERE job_id = ?"
 )
 _INSERT_EVENT: Final = (
     "INSERT INTO events (job_id, client, service, type, state, data, metadata, event_time,"
@@ -166,6 +175,23 @@ class _LeaseHandle:
 
     entry_id: int
     token: str
+
+
+class _Feed:
+    """A tail's inbox for events committed by this process: filled from the worker thread
+    (through the tail's event loop), emptied by the tail."""
+
+    __slots__ = ("events", "loop", "ready")
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.ready = asyncio.Event()
+        self.events: list[JobEvent] = []
+
+    def push(self, events: list[JobEvent]) -> None:
+        # On the tail's loop.
+        self.events.extend(events)
+        self.ready.set()
 
 
 @dataclass(slots=True)
@@ -195,10 +221,14 @@ class SqliteStore:
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._wakers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
-        self._wakers_lock = threading.Lock()
+        self._feeds: set[_Feed] = set()
+        # Guards _feeds and _committed_seq: a feed added sees either the newest commit's
+        # cursor or that commit's events.
+        self._feeds_lock = threading.Lock()
+        self._committed_seq = 0
+        """The newest cursor this process committed (0: none yet)."""
         # Touched by the worker thread only.
-        self._appended = False
+        self._appended: list[JobEvent] = []
         self._last_prune = 0.0
 
     @property
@@ -367,11 +397,11 @@ class SqliteStore:
                 )
                 if inserted.rowcount == 0:
                     return None
-            row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (event.job_id,)).fetchone()
+            row = conn.execute(_SELECT_JOB_STATE, (event.job_id,)).fetchone()
             if row is None:
                 raise NotFound(f"job {event.job_id} not found")
             job, recorded = apply(_job_from_row(row), event.replace(record_time=now))
-            conn.execute(_UPDATE_JOB, _job_params(job))
+            conn.execute(_UPDATE_JOB, _job_state_params(job))
             return self._insert_event(conn, recorded, now)
 
         return await self._run(append, write=True)
@@ -436,16 +466,17 @@ class SqliteStore:
         return await self._run(read)
 
     @contextlib.contextmanager
-    def _waking(self, event: asyncio.Event) -> Iterator[None]:
-        """Set `event` after every commit that appended events, while inside the block."""
-        waker = (asyncio.get_running_loop(), event)
-        with self._wakers_lock:
-            self._wakers.add(waker)
+    def _feeding(self, feed: _Feed) -> Iterator[int]:
+        """Push every commit's appended events to `feed` while inside the block; yields the
+        newest cursor committed before the first push."""
+        with self._feeds_lock:
+            self._feeds.add(feed)
+            committed = self._committed_seq
         try:
-            yield
+            yield committed
         finally:
-            with self._wakers_lock:
-                self._wakers.discard(waker)
+            with self._feeds_lock:
+                self._feeds.discard(feed)
 
     # The caller's side of the worker
 
@@ -515,11 +546,12 @@ class SqliteStore:
         if not live:
             return
         outcomes: list[tuple[_Op, Any, Exception | None]] = []
-        self._appended = False
+        self._appended = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in live:
                 conn.execute("SAVEPOINT op")
+                appended = len(self._appended)
                 try:
                     value = op.fn(conn)
                 except Exception as exc:
@@ -527,6 +559,7 @@ class SqliteStore:
                         raise
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
+                    del self._appended[appended:]
                     outcomes.append((op, None, exc))
                 else:
                     conn.execute("RELEASE op")
@@ -546,7 +579,7 @@ class SqliteStore:
             else:
                 op.future.set_exception(self._translate(error))
         if self._appended:
-            self._wake_tails()
+            self._feed_tails(self._appended)
 
     def _fail_queued(self) -> None:
         while True:
@@ -557,13 +590,14 @@ class SqliteStore:
             if op is not None and op.future.set_running_or_notify_cancel():
                 op.future.set_exception(StoreUnavailable(f"store {self._path} is closed"))
 
-    def _wake_tails(self) -> None:
-        with self._wakers_lock:
-            wakers = list(self._wakers)
-        for loop, event in wakers:
-            # A closed loop has no tail left to wake.
+    def _feed_tails(self, events: list[JobEvent]) -> None:
+        with self._feeds_lock:
+            self._committed_seq = int(events[-1].cursor)
+            feeds = list(self._feeds)
+        for feed in feeds:
+            # A closed loop has no tail left to feed.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(event.set)
+                feed.loop.call_soon_threadsafe(feed.push, events)
 
     def _connect(self) -> sqlite3.Connection:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -612,10 +646,12 @@ class SqliteStore:
         conn.execute("DELETE FROM dedupe WHERE seen_at < ?", (now - self._dedupe_ttl,))
 
     def _insert_event(self, conn: sqlite3.Connection, event: JobEvent, now: float) -> JobEvent:
-        recorded = event.replace(record_time=now)
-        cursor = conn.execute(_INSERT_EVENT, _event_params(recorded))
-        self._appended = True
-        return recorded.replace(cursor=str(cursor.lastrowid))
+        params = _event_params(event)
+        params["record_time"] = now
+        cursor = conn.execute(_INSERT_EVENT, params)
+        recorded = event.replace(record_time=now, cursor=str(cursor.lastrowid))
+        self._appended.append(recorded)
+        return recorded
 
     def _translate(self, exc: BaseException, *, always: bool = False) -> BaseException:
         """StoreUnavailable, naming the file, for what means the database cannot be used;
@@ -637,6 +673,8 @@ class _Tail(AsyncIterator[JobEvent]):
         self._store = store
         self._seq = after
         self._buffer: deque[JobEvent] = deque()
+        self._polled = True
+        """Whether the next fill reads the file first (on start, and after each quiet poll)."""
 
     async def __anext__(self) -> JobEvent:
         while not self._buffer:
@@ -644,17 +682,40 @@ class _Tail(AsyncIterator[JobEvent]):
         return self._buffer.popleft()
 
     async def _fill(self) -> None:
-        wake = asyncio.Event()
+        feed = _Feed()
         # Listen before reading, so a commit between the read and the wait is not missed.
-        with self._store._waking(wake):
-            events = await self._store._events_after(self._seq, TAIL_BATCH)
-            if events:
-                self._buffer.extend(events)
-                self._seq = int(events[-1].cursor)
-                return
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(TAIL_POLL_INTERVAL):
-                    await wake.wait()
+        with self._store._feeding(feed) as committed:
+            if committed > self._seq or self._polled:
+                # Behind what this process committed (or time to look for other writers).
+                self._polled = False
+                events = await self._store._events_after(self._seq, TAIL_BATCH)
+                if events:
+                    self._take(events)
+                    return
+            while True:
+                try:
+                    async with asyncio.timeout(TAIL_POLL_INTERVAL):
+                        await feed.ready.wait()
+                except TimeoutError:
+                    self._polled = True
+                    return
+                feed.ready.clear()
+                pushed, feed.events = feed.events, []
+                for event in pushed:
+                    seq = int(event.cursor)
+                    if seq <= self._seq:
+                        continue
+                    if seq != self._seq + 1:
+                        # A gap: another process wrote in between; read on from the file.
+                        self._polled = True
+                        break
+                    self._take([event])
+                if self._buffer or self._polled:
+                    return
+
+    def _take(self, events: list[JobEvent]) -> None:
+        self._buffer.extend(events)
+        self._seq = int(events[-1].cursor)
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -723,6 +784,19 @@ def _job_params(job: Job) -> dict[str, Any]:
         "idempotency_key": job.idempotency_key,
         "request_hash": job.request_hash,
         "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "dispatch_id": job.dispatch_id,
+        "result": None if job.result is None else _dumps(job.result),
+        "error": None if job.error is None else _dumps(job.error.to_json()),
+        "last_event": job.last_event,
+    }
+
+
+def _job_state_params(job: Job) -> dict[str, Any]:
+    """The parameters of _UPDATE_JOB."""
+    return {
+        "job_id": job.job_id,
+        "state": job.state.value,
         "updated_at": job.updated_at,
         "dispatch_id": job.dispatch_id,
         "result": None if job.result is None else _dumps(job.result),
