@@ -1,7 +1,9 @@
 """The embedded store backend: one SQLite file in WAL mode, for a single replica.
 
 Threading: one connection, owned by one worker thread. Async callers hand it operations through a
-queue and await a future, so the event loop never waits on the disk.
+queue and await an asyncio future, so the event loop never waits on the disk. The worker answers
+a whole group at once, with one call into each caller's loop: a wake-up of the loop (a syscall,
+and a turn of the GIL) per group rather than per operation.
 
 Durability: writes are group-committed. The worker takes every write queued at that moment and
 commits them in one transaction, each inside its own SAVEPOINT so that one failing operation does
@@ -197,8 +199,35 @@ class _Feed:
 @dataclass(slots=True)
 class _Op:
     fn: Callable[[sqlite3.Connection], Any]
-    future: concurrent.futures.Future[Any]
+    future: asyncio.Future[Any]
+    """Of the caller's loop: only that loop sets it (`_settle`); the worker reads whether it is
+    cancelled, and an operation its caller gave up on before it ran is not run."""
     write: bool
+
+
+_Outcome = tuple[_Op, Any, BaseException | None]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """On the callers' loop: answer each caller still waiting."""
+    for op, value, error in outcomes:
+        if op.future.done():
+            continue
+        if error is None:
+            op.future.set_result(value)
+        else:
+            op.future.set_exception(error)
+
+
+def _deliver(outcomes: list[_Outcome]) -> None:
+    """From the worker thread: hand the outcomes to their loops, one call per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].future.get_loop(), []).append(outcome)
+    for loop, batch in by_loop.items():
+        # A closed loop has nobody left waiting.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, batch)
 
 
 class SqliteStore:
@@ -483,9 +512,9 @@ class SqliteStore:
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
         if self._thread is None:
             raise StoreUnavailable(f"store {self._path} is not open")
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put(_Op(fn, future, write))
-        return await asyncio.wrap_future(future)
+        return await future
 
     # The worker thread
 
@@ -523,29 +552,24 @@ class SqliteStore:
                 ops.append(op)
             # Reads first: every read here was queued before any write here returned, so
             # answering it from the state before them is as correct as after, and the writes
-            # stay one group.
-            for op in ops:
-                if not op.write:
-                    self._read(conn, op)
-            self._commit_group(conn, [op for op in ops if op.write])
+            # stay one group. They are answered before the commit's wait on the disk.
+            reads = [self._read(conn, op) for op in ops if not op.write and _wanted(op)]
+            if reads:
+                _deliver(reads)
+            self._commit_group(conn, [op for op in ops if op.write and _wanted(op)])
             if stopping:
                 return
 
-    def _read(self, conn: sqlite3.Connection, op: _Op) -> None:
-        if not op.future.set_running_or_notify_cancel():
-            return
+    def _read(self, conn: sqlite3.Connection, op: _Op) -> _Outcome:
         try:
-            value = op.fn(conn)
+            return op, op.fn(conn), None
         except Exception as exc:
-            op.future.set_exception(self._translate(exc))
-        else:
-            op.future.set_result(value)
+            return op, None, self._translate(exc)
 
-    def _commit_group(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
-        live = [op for op in ops if op.future.set_running_or_notify_cancel()]
+    def _commit_group(self, conn: sqlite3.Connection, live: list[_Op]) -> None:
         if not live:
             return
-        outcomes: list[tuple[_Op, Any, Exception | None]] = []
+        outcomes: list[_Outcome] = []
         self._appended = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -570,25 +594,24 @@ class SqliteStore:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             failure = self._translate(exc, always=True)
-            for op in live:
-                op.future.set_exception(failure)
+            _deliver([(op, None, failure) for op in live])
             return
-        for op, value, error in outcomes:
-            if error is None:
-                op.future.set_result(value)
-            else:
-                op.future.set_exception(self._translate(error))
+        _deliver([(op, v, e if e is None else self._translate(e)) for op, v, e in outcomes])
         if self._appended:
             self._feed_tails(self._appended)
 
     def _fail_queued(self) -> None:
+        closed = StoreUnavailable(f"store {self._path} is closed")
+        failed: list[_Outcome] = []
         while True:
             try:
                 op = self._queue.get_nowait()
             except queue.Empty:
-                return
-            if op is not None and op.future.set_running_or_notify_cancel():
-                op.future.set_exception(StoreUnavailable(f"store {self._path} is closed"))
+                break
+            if op is not None:
+                failed.append((op, None, closed))
+        if failed:
+            _deliver(failed)
 
     def _feed_tails(self, events: list[JobEvent]) -> None:
         with self._feeds_lock:
@@ -716,6 +739,13 @@ class _Tail(AsyncIterator[JobEvent]):
     def _take(self, events: list[JobEvent]) -> None:
         self._buffer.extend(events)
         self._seq = int(events[-1].cursor)
+
+
+def _wanted(op: _Op) -> bool:
+    # Read across threads: a cancel that lands just after this is a caller that gave up on an
+    # operation already running, whose outcome `_settle` then drops, as gRPC drops the answer
+    # of a call cancelled in flight.
+    return not op.future.cancelled()
 
 
 def _is_unavailable(exc: BaseException) -> bool:
