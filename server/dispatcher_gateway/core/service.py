@@ -106,15 +106,19 @@ class RateGate:
         self._store = store
         self.rate = rate
 
+    async def take(self) -> float:
+        """Take a slot now if there is one: 0.0, else the seconds until one frees."""
+        # A little wider than the account's window: requests reach the upstream a few ms after
+        # their slot is taken, not all equally late, and the upstream counts arrivals.
+        window = self.rate.window + max(RATE_MARGIN_MIN, self.rate.window * RATE_MARGIN)
+        return await self._store.acquire_rate(limit=self.rate.limit, window=window)
+
     async def wait(self, budget: float | None = None) -> None:
         """Take a slot, waiting for one at most `budget` seconds (None: as long as it takes)."""
         loop = asyncio.get_running_loop()
         give_up = None if budget is None else loop.time() + budget
-        # A little wider than the account's window: requests reach the upstream a few ms after
-        # their slot is taken, not all equally late, and the upstream counts arrivals.
-        window = self.rate.window + max(RATE_MARGIN_MIN, self.rate.window * RATE_MARGIN)
         while True:
-            wait = await self._store.acquire_rate(limit=self.rate.limit, window=window)
+            wait = await self.take()
             if wait <= 0:
                 return
             if give_up is not None and loop.time() + wait > give_up:
@@ -173,7 +177,16 @@ class Gateway:
             updated_at=now,
         )
         first = self._event(job, states.QUEUED, {}, now)
-        stored, created = await self.store.create_job(job, first, enqueue=spec.mode is Mode.ASYNC)
+        create = self.store.create_job(job, first, enqueue=spec.mode is Mode.ASYNC)
+        slot = False
+        if spec.mode is Mode.SYNC and self.breaker.wait() <= 0:
+            # The job and its rate slot in one group commit: one flush to disk before the
+            # upstream call, not two in a row. A slot taken for a replay goes unused: the
+            # gateway then sends a little under the limit, never over it.
+            (stored, created), wait = await asyncio.gather(create, self.rate.take())
+            slot = wait <= 0
+        else:
+            stored, created = await create
         if stored.request_hash != job.request_hash:
             raise IdempotencyConflict(
                 f"idempotency key {spec.idempotency_key!r} was used for a different request "
@@ -185,16 +198,19 @@ class Gateway:
         if spec.mode is Mode.ASYNC:
             self.on_queued()
             return stored
-        return await self._dispatch_sync(stored, budget)
+        return await self._dispatch_sync(stored, budget, slot=slot)
 
-    async def _dispatch_sync(self, job: Job, budget: float | None) -> Job:
+    async def _dispatch_sync(self, job: Job, budget: float | None, *, slot: bool) -> Job:
+        """Send a stored sync job upstream and record the answer; `slot`: a rate slot is
+        already taken for it."""
         loop = asyncio.get_running_loop()
         budget = UPSTREAM_TIMEOUT if budget is None else min(budget, UPSTREAM_TIMEOUT)
         started = loop.time()
         sent = False
         try:
             self.check_breaker()
-            await self.rate.wait(budget)
+            if not slot:
+                await self.rate.wait(budget)
             remaining = budget - (loop.time() - started)
             sent = True
             answer = await self.call_upstream(
@@ -231,12 +247,16 @@ class Gateway:
         dispatch_id = str(answer.get("dispatchId", ""))
         event = self._event(job, states.COMPLETED, answer, self.clock(), dispatch_id=dispatch_id)
         # The upstream did it: that is recorded even if the caller is gone by now.
-        await asyncio.shield(
+        recorded = await asyncio.shield(
             self.store.append_event(
                 event, dedupe_key=f"{job.job_id}:sync", apply=states.apply_event
             )
         )
-        return await self.get_job(job.client, job.job_id)
+        if recorded is None:  # recorded already (this call, retried): read it back
+            return await self.get_job(job.client, job.job_id)
+        # Nothing but this call writes a sync job's events, so the job after this one is what
+        # the store now holds: no need to read it back.
+        return states.apply_event(job, recorded)[0]
 
     def check_breaker(self) -> None:
         """Fail fast while the upstream's circuit is open."""
