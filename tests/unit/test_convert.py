@@ -2,8 +2,13 @@ import pytest
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher_gateway.core.errors import InvalidArgument
-from dispatcher_gateway.core.model import Mode, Service
-from dispatcher_gateway.rpc.convert import filter_from_request, spec_from_request
+from dispatcher_gateway.core.model import Job, JobState, Mode, Service, UpstreamFailure
+from dispatcher_gateway.rpc.convert import (
+    fill_job,
+    filter_from_request,
+    job_to_pb,
+    spec_from_request,
+)
 
 
 def email_request(**changes: object) -> pb.DispatchRequest:
@@ -117,3 +122,96 @@ def test_subscribe_filter() -> None:
 def test_subscribe_filter_refuses_unspecified_service() -> None:
     with pytest.raises(InvalidArgument):
         filter_from_request(pb.SubscribeRequest(services=[pb.SERVICE_UNSPECIFIED]))
+
+
+def test_violations_come_in_request_order_then_stray_options() -> None:
+    request = pb.DispatchRequest(
+        service=pb.SERVICE_POSTAL, chain=[pb.SERVICE_ESIGN, pb.SERVICE_POSTAL], mode=7
+    )
+    request.sms.to.append("+33600000000")
+    request.metadata[""] = "x"
+    assert [v.field for v in _violations_in_order(request)] == [
+        "chain",
+        "mode",
+        "template.id",
+        "postal",
+        "esign",
+        "postal",
+        "sms",
+        "metadata[]",
+    ]
+
+
+def _violations_in_order(request: pb.DispatchRequest) -> list[object]:
+    with pytest.raises(InvalidArgument) as info:
+        spec_from_request(request)
+    return list(info.value.violations)
+
+
+def job(**changes: object) -> Job:
+    fields: dict[str, object] = {
+        "job_id": "job_1",
+        "client": "anonymous",
+        "services": (Service.FILE, Service.EMAIL),
+        "mode": Mode.ASYNC,
+        "state": JobState.FAILED,
+        "body": {"providerName": "ses", "template": {"id": 7, "data": {}}},
+        "metadata": {"order": "42"},
+        "idempotency_key": "key-1",
+        "request_hash": "h",
+        "created_at": 1_700_000_000.25,
+        "updated_at": 1_700_000_001.5,
+        "dispatch_id": "d-1",
+        "result": {"pages": 2},
+        "error": UpstreamFailure("validation_error", "bad", 400, {"field": "to"}),
+        "last_event": "dispatch_failed",
+    }
+    fields.update(changes)
+    return Job(**fields)  # type: ignore[arg-type]
+
+
+def test_job_with_every_field() -> None:
+    message = job_to_pb(job())
+    assert message.job_id == "job_1"
+    assert message.dispatch_id == "d-1"
+    assert message.service == pb.SERVICE_FILE
+    assert list(message.chain) == [pb.SERVICE_EMAIL]
+    assert message.mode == pb.MODE_ASYNC
+    assert message.state == pb.JOB_STATE_FAILED
+    assert message.provider_name == "ses"
+    assert message.template_id == 7
+    assert dict(message.metadata) == {"order": "42"}
+    assert message.idempotency_key == "key-1"
+    assert message.last_event == "dispatch_failed"
+    assert (message.create_time.seconds, message.create_time.nanos) == (1_700_000_000, 250_000_000)
+    assert (message.update_time.seconds, message.update_time.nanos) == (1_700_000_001, 500_000_000)
+    assert dict(message.result) == {"pages": 2}
+    assert message.error.code == "validation_error"
+    assert message.error.http_status == 400
+
+
+def test_job_without_optional_fields_leaves_them_unset() -> None:
+    message = job_to_pb(
+        job(
+            services=(Service.SMS,),
+            body={},
+            metadata={},
+            idempotency_key="",
+            dispatch_id="",
+            result=None,
+            error=None,
+            last_event="",
+        )
+    )
+    assert message.service == pb.SERVICE_SMS
+    assert not message.chain
+    assert message.template_id == 0
+    assert not message.HasField("result")
+    assert not message.HasField("error")
+    assert message.provider_name == message.dispatch_id == message.idempotency_key == ""
+
+
+def test_fill_job_writes_into_a_response_as_job_to_pb_builds() -> None:
+    response = pb.DispatchResponse()
+    fill_job(response.job, job())
+    assert response == pb.DispatchResponse(job=job_to_pb(job()))

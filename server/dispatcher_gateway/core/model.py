@@ -129,6 +129,8 @@ class Job:
     metadata: Mapping[str, str]
     idempotency_key: str
     request_hash: str
+    """The request's fingerprint, to tell a reused idempotency key's request from another:
+    empty when the job has no key."""
     created_at: float
     updated_at: float
     dispatch_id: str = ""

@@ -47,6 +47,9 @@ def service_from_pb(value: int) -> Service | None:
 
 
 def struct_to_dict(message: struct_pb2.Struct) -> JSON:
+    if not message.fields:
+        # Most requests carry no template data: json_format costs ~4 us even for nothing.
+        return {}
     return json_format.MessageToDict(message)
 
 
@@ -59,9 +62,13 @@ def dict_to_struct(data: Mapping[str, Any] | None) -> struct_pb2.Struct:
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
+    _set_time(stamp, seconds)
+    return stamp
+
+
+def _set_time(stamp: timestamp_pb2.Timestamp, seconds: float) -> None:
     whole = int(seconds)
     stamp.seconds, stamp.nanos = whole, int((seconds - whole) * 1e9)
-    return stamp
 
 
 def _address(message: pb.EmailAddress) -> JSON:
@@ -97,11 +104,15 @@ class _Violations:
 
 def _email_block(req: pb.DispatchRequest, v: _Violations) -> JSON:
     e = req.email
-    v.require(bool(e.sender.email), "email.sender.email", "required")
-    v.require(len(e.to) > 0, "email.to", "at least one recipient is required")
-    for i, addr in enumerate(e.to):
-        v.require("@" in addr.email, f"email.to[{i}].email", "not an email address")
-    block: JSON = {"from": _address(e.sender), "to": [_address(a) for a in e.to]}
+    sender, to = e.sender, e.to
+    v.require(bool(sender.email), "email.sender.email", "required")
+    v.require(len(to) > 0, "email.to", "at least one recipient is required")
+    recipients = []
+    for i, addr in enumerate(to):
+        if "@" not in addr.email:
+            v.add(f"email.to[{i}].email", "not an email address")
+        recipients.append(_address(addr))
+    block: JSON = {"from": _address(sender), "to": recipients}
     if e.cc:
         block["cc"] = [_address(a) for a in e.cc]
     if e.bcc:
@@ -178,32 +189,45 @@ _BLOCKS = {
 }
 
 
+_TYPED_OPTIONS = tuple((service, name) for service, (name, _) in _BLOCKS.items())
+_METADATA_COUNT = f"at most {MAX_METADATA_ENTRIES} entries"
+_METADATA_LENGTH = f"keys 1-{MAX_METADATA_LENGTH} characters, values at most as long"
+_IDEMPOTENCY_KEY_LENGTH = f"at most {MAX_IDEMPOTENCY_KEY} characters"
+_MODES = {pb.MODE_UNSPECIFIED: Mode.ASYNC, pb.MODE_ASYNC: Mode.ASYNC, pb.MODE_SYNC: Mode.SYNC}
+
+
 def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
-    """The validated domain request, or InvalidArgument listing every problem at once."""
+    """The validated domain request, or InvalidArgument listing every problem at once.
+
+    On every Dispatch, so written for speed: messages are read once, and the text of a
+    violation is only built when there is one."""
     v = _Violations()
     services: list[Service] = []
-    first = service_from_pb(req.service)
+    first = _SERVICE_FROM_PB.get(req.service)
     if first is None:
         v.add("service", "required: one of SERVICE_EMAIL, SERVICE_SMS, ... (not UNSPECIFIED)")
     else:
         services.append(first)
     for i, value in enumerate(req.chain):
-        chained = service_from_pb(value)
+        chained = _SERVICE_FROM_PB.get(value)
         if chained is None:
             v.add(f"chain[{i}]", "unknown or unspecified service")
         else:
             services.append(chained)
-    if len(set(services)) != len(services):
+    if len(services) > 1 and len(set(services)) != len(services):
         v.add("chain", "a service may appear only once in a chain")
-    if req.mode not in (pb.MODE_UNSPECIFIED, pb.MODE_ASYNC, pb.MODE_SYNC):
+    mode = _MODES.get(req.mode)
+    if mode is None:
         v.add("mode", "unknown mode")
-    mode = Mode.SYNC if req.mode == pb.MODE_SYNC else Mode.ASYNC
+        mode = Mode.ASYNC
 
     body: JSON = struct_to_dict(req.extra) if req.HasField("extra") else {}
     if req.provider_name:
         body["providerName"] = req.provider_name
-    v.require(req.template.id > 0, "template.id", "required: a positive template id")
-    body["template"] = {"id": req.template.id, "data": struct_to_dict(req.template.data)}
+    template = req.template
+    template_id = template.id
+    v.require(template_id > 0, "template.id", "required: a positive template id")
+    body["template"] = {"id": template_id, "data": struct_to_dict(template.data)}
     for service in services:
         if service not in _BLOCKS:
             continue
@@ -212,35 +236,26 @@ def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
             body[name] = build(req, v)
         elif name not in body:
             v.add(name, f"required for SERVICE_{service.name} (typed options, or in `extra`)")
-    for service in (Service.EMAIL, Service.SMS, Service.POSTAL, Service.ESIGN):
-        name = _BLOCKS[service][0]
-        if req.HasField(name) and service not in services:  # type: ignore[arg-type]
+    for service, name in _TYPED_OPTIONS:
+        if service not in services and req.HasField(name):  # type: ignore[arg-type]
             v.add(name, f"given, but SERVICE_{service.name} is not in the request's services")
     if req.HasField("invoicing") and req.invoicing.document_type:
         body["documentType"] = req.invoicing.document_type
 
     metadata = dict(req.metadata)
-    v.require(
-        len(metadata) <= MAX_METADATA_ENTRIES,
-        "metadata",
-        f"at most {MAX_METADATA_ENTRIES} entries",
-    )
-    for key, text in metadata.items():
-        if not key or len(key) > MAX_METADATA_LENGTH or len(text) > MAX_METADATA_LENGTH:
-            v.add(
-                f"metadata[{key[:40]}]",
-                f"keys 1-{MAX_METADATA_LENGTH} characters, values at most as long",
-            )
     if metadata:
+        v.require(len(metadata) <= MAX_METADATA_ENTRIES, "metadata", _METADATA_COUNT)
+        for key, text in metadata.items():
+            if not key or len(key) > MAX_METADATA_LENGTH or len(text) > MAX_METADATA_LENGTH:
+                v.add(f"metadata[{key[:40]}]", _METADATA_LENGTH)
         body["metadata"] = metadata
+    idempotency_key = req.idempotency_key
     v.require(
-        len(req.idempotency_key) <= MAX_IDEMPOTENCY_KEY,
-        "idempotency_key",
-        f"at most {MAX_IDEMPOTENCY_KEY} characters",
+        len(idempotency_key) <= MAX_IDEMPOTENCY_KEY, "idempotency_key", _IDEMPOTENCY_KEY_LENGTH
     )
     if v.items:
         raise InvalidArgument(v.items)
-    return DispatchSpec(tuple(services), mode, body, metadata, req.idempotency_key)
+    return DispatchSpec(tuple(services), mode, body, metadata, idempotency_key)
 
 
 def filter_from_request(req: pb.SubscribeRequest) -> EventFilter:
@@ -267,26 +282,40 @@ def failure_to_pb(failure: UpstreamFailure) -> pb.UpstreamError:
 
 
 def job_to_pb(job: Job) -> pb.Job:
-    message = pb.Job(
-        job_id=job.job_id,
-        dispatch_id=job.dispatch_id,
-        service=service_to_pb(job.service),
-        chain=[service_to_pb(s) for s in job.services[1:]],
-        mode=_MODE_TO_PB[job.mode],
-        state=_STATE_TO_PB[job.state],
-        provider_name=str(job.body.get("providerName", "")),
-        template_id=int(job.body.get("template", {}).get("id", 0)),
-        metadata=dict(job.metadata),
-        idempotency_key=job.idempotency_key,
-        last_event=job.last_event,
-        create_time=timestamp(job.created_at),
-        update_time=timestamp(job.updated_at),
-    )
+    message = pb.Job()
+    fill_job(message, job)
+    return message
+
+
+def fill_job(message: pb.Job, job: Job) -> None:
+    """Write `job` into an empty `message`, such as a response's own field: on every Dispatch,
+    so fields are set in place (a message built from keywords, then copied into its parent,
+    costs about three times as much) and those left empty are not set at all."""
+    message.job_id = job.job_id
+    if job.dispatch_id:
+        message.dispatch_id = job.dispatch_id
+    services = job.services
+    message.service = _SERVICE_TO_PB[services[0]]
+    if len(services) > 1:
+        message.chain.extend([_SERVICE_TO_PB[s] for s in services[1:]])
+    message.mode = _MODE_TO_PB[job.mode]
+    message.state = _STATE_TO_PB[job.state]
+    provider_name = str(job.body.get("providerName", ""))
+    if provider_name:
+        message.provider_name = provider_name
+    message.template_id = int(job.body.get("template", {}).get("id", 0))
+    if job.metadata:
+        message.metadata.update(job.metadata)
+    if job.idempotency_key:
+        message.idempotency_key = job.idempotency_key
+    if job.last_event:
+        message.last_event = job.last_event
+    _set_time(message.create_time, job.created_at)
+    _set_time(message.update_time, job.updated_at)
     if job.result is not None:
         message.result.CopyFrom(dict_to_struct(job.result))
     if job.error is not None:
         message.error.CopyFrom(failure_to_pb(job.error))
-    return message
 
 
 def event_to_pb(event: JobEvent) -> pb.JobEvent:

@@ -24,6 +24,7 @@ from .convert import (
     dict_to_struct,
     event_to_pb,
     failure_to_pb,
+    fill_job,
     filter_from_request,
     job_to_pb,
     spec_from_request,
@@ -130,7 +131,9 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         client = self._client(context)
         spec = spec_from_request(request)
         job = await self.gateway.submit(client, spec, budget=context.time_remaining())
-        return pb.DispatchResponse(job=job_to_pb(job))
+        response = pb.DispatchResponse()
+        fill_job(response.job, job)
+        return response
 
     @_unary
     async def Validate(self, request: pb.DispatchRequest, context: Context) -> pb.ValidateResponse:
