@@ -397,6 +397,7 @@ def b5_sync(scale: Scale, folder: Path) -> Outcome:
         procs.gateway(
             folder, store=str(folder / "b5.db"), upstream=upstream, rate="100000/min"
         ) as (_, addrs),
+        procs.bare_grpc(folder) as (_, bare),
     ):
         found = procs.run(
             load.sync_pairs,
@@ -405,10 +406,11 @@ def b5_sync(scale: Scale, folder: Path) -> Outcome:
             SANDBOX_EMAIL,
             SANDBOX_PASSWORD,
             scale.sync_calls,
+            bare.grpc,
             timeout=_timeout(scale, scale.sync_calls * 0.2),
         )
-    ours, direct = ms(found["gateway"]), ms(found["direct"])
-    p50, direct_p50 = percentile(ours, 50), percentile(direct, 50)
+    ours, direct, hop = ms(found["gateway"]), ms(found["direct"]), ms(found["grpc_hop"])
+    p50, direct_p50, hop_p50 = percentile(ours, 50), percentile(direct, 50), percentile(hop, 50)
     added = p50 - direct_p50
     return Outcome(
         [
@@ -421,7 +423,17 @@ def b5_sync(scale: Scale, folder: Path) -> Outcome:
                 "added <= 1 ms",
                 added <= 1.0,
                 {"gateway": _summary(ours), "direct": _summary(direct), "added_p50_ms": added},
-            )
+            ),
+            Row(
+                "B5",
+                "sync: the gRPC hop alone (Dispatch to the bare grpc.aio server), p50",
+                f"{hop_p50:.2f} ms",
+                "-",
+                None,
+                "(reference)",
+                None,
+                _summary(hop),
+            ),
         ],
         {"B5 gateway": ours, "B5 httpx direct": direct},
     )

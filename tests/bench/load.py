@@ -320,23 +320,30 @@ async def _hold_streams(
 # B5: sync Dispatch through the gateway, and the same request straight to the sandbox
 
 
-def sync_pairs(target: str, upstream: str, email: str, password: str, count: int) -> dict[str, Any]:
-    return asyncio.run(_sync_pairs(target, upstream, email, password, count))
+def sync_pairs(
+    target: str, upstream: str, email: str, password: str, count: int, bare: str
+) -> dict[str, Any]:
+    return asyncio.run(_sync_pairs(target, upstream, email, password, count, bare))
 
 
 async def _sync_pairs(
-    target: str, upstream: str, email: str, password: str, count: int
+    target: str, upstream: str, email: str, password: str, count: int, bare: str
 ) -> dict[str, Any]:
+    """Sync dispatches through the gateway, the same request straight to the upstream, and a
+    Dispatch to the bare gRPC server (the gRPC hop's own cost), interleaved one by one."""
     request = dispatch_request(sync=True)
     spec = spec_from_request(request)
     auth = "Basic " + base64.b64encode(f"{email}:{password}".encode()).decode()
     via_gateway: list[float] = []
     direct: list[float] = []
+    hop: list[float] = []
     async with (
         grpc.aio.insecure_channel(target) as channel,
+        grpc.aio.insecure_channel(bare) as bare_channel,
         httpx.AsyncClient(base_url=upstream, headers={"Authorization": auth}) as http,
     ):
         stub = pb_grpc.DispatchServiceStub(channel)
+        bare_stub = pb_grpc.DispatchServiceStub(bare_channel)
 
         async def straight() -> None:
             headers = {"X-Request-ID": uuid.uuid4().hex, "X-Idempotency-Key": uuid.uuid4().hex}
@@ -347,6 +354,7 @@ async def _sync_pairs(
         for _ in range(5):
             await stub.Dispatch(request, timeout=30)
             await straight()
+            await bare_stub.Dispatch(request, timeout=30)
         # Interleaved one by one, so that both see the same machine at the same moment.
         for _ in range(count):
             before = time.perf_counter()
@@ -356,4 +364,7 @@ async def _sync_pairs(
             before = time.perf_counter()
             await straight()
             direct.append(time.perf_counter() - before)
-    return {"gateway": via_gateway, "direct": direct}
+            before = time.perf_counter()
+            await bare_stub.Dispatch(request, timeout=30)
+            hop.append(time.perf_counter() - before)
+    return {"gateway": via_gateway, "direct": direct, "grpc_hop": hop}

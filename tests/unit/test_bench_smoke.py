@@ -63,6 +63,7 @@ def test_b5_times_sync_dispatch_and_the_direct_request(tmp_path: Path) -> None:
     assert len(outcome.samples["B5 gateway"]) == len(outcome.samples["B5 httpx direct"])
     assert len(outcome.samples["B5 gateway"]) == TINY.sync_calls
     assert outcome.rows[0].details["direct"]["p50_ms"] > 0
+    assert outcome.rows[1].details["count"] == TINY.sync_calls  # the bare gRPC hop
 
 
 def test_report_prints_table_json_and_says_when_no_chart(tmp_path: Path) -> None:
