@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import StoreUnavailable
+from dispatcher_gateway.core.model import JobEvent
 from dispatcher_gateway.store.nats import NatsStore
 from tests.contract.builders import CLIENT, append, create, event_for, new_job, queued_event
 from tests.support.nats_server import NatsFactory
@@ -72,6 +74,17 @@ async def one_store_per_node(start_nats_server: NatsFactory) -> AsyncIterator[li
             await store.close()
 
 
+async def settled_events(store: NatsStore, job_id: str, count: int) -> list[JobEvent]:
+    """The job's events once there are at least `count`: a read consumer may sit on a replica
+    of the stream that has not yet stored what the leader acknowledged."""
+    deadline = time.monotonic() + RECOVERY
+    while True:
+        events = await store.read_events(client=CLIENT, job_id=job_id)
+        if len(events) >= count or time.monotonic() > deadline:
+            return events
+        await asyncio.sleep(0.05)
+
+
 async def test_replicas_flushing_the_same_event_at_once_all_succeed_and_publish_it_once(
     start_nats_server: NatsFactory,
 ) -> None:
@@ -90,7 +103,7 @@ async def test_replicas_flushing_the_same_event_at_once_all_succeed_and_publish_
             )
 
             assert all(j is not None and j.state.terminal for j in read)
-            events = await writer.read_events(client=CLIENT, job_id=job.job_id)
+            events = await settled_events(writer, job.job_id, 2)
             assert [e.type for e in events] == [states.QUEUED, states.COMPLETED]
 
 

@@ -257,7 +257,7 @@ async def test_an_append_that_crashed_after_publishing_is_not_published_twice(
     store: NatsStore,
 ) -> None:
     job = await create(store)
-    crash_once(store._kv[store.bucket("seen")], "create")
+    crash_once(store, "_record_seen")
     with pytest.raises(Crash):
         await append(store, job, states.COMPLETED, dedupe_key="wh-1")
 

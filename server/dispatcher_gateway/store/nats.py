@@ -26,27 +26,35 @@ Appending an event, and why in this order. NATS has no transaction across a KV b
 stream, so the job's KV entry is the commit point and carries the rest as pending effects:
 
   1. Read the job's envelope (revision r). NotFound if absent.
-  2. If `seen` holds the event's message id (derived from the dedupe key), return None.
-     If the envelope's pending effects hold it, an earlier try of this same append committed:
-     publish them (3, 4) and return None.
-  3. If the envelope still holds another write's pending effects, publish them first (a
-     "helping" flush), so the log keeps the order in which the job was folded; re-read.
+  2. If the envelope's pending effects hold the event's message id (derived from the dedupe key),
+     an earlier try of this same append committed: make sure they are published (5, 6) and
+     return None. Else, if `seen` holds the message id, return None. (In this order: an event
+     a later write overwrote was recorded seen before that write, so before step 1's read.)
+  3. If the envelope still holds another write's pending event that this process has not seen
+     settled, make sure it is published and recorded seen (a "helping" flush, below), so the
+     log keeps the order in which the job was folded.
   4. apply(job, event) on the job as read; compare-and-set the envelope at revision r to
      {job after, pending: [event as recorded, with its message id]}. On a conflict, go to 1:
      apply runs again on the fresh job.
   5. Publish the event with Nats-Msg-Id = its message id; the PubAck's sequence is the cursor.
   6. Create seen[message id] = sequence (TTL 72 h).
-  7. Clear the pending effects with a compare-and-set (a conflict means a later write already
-     flushed them).
+
+The pending event stays in the envelope until the job's next write replaces it: clearing it
+would cost every append one more write. Whether it is settled is known from `seen`, which step 6
+writes only after step 5; the process that settled it remembers that (SETTLED_MEMORY ids) and
+does not ask. A helping flush (3, 2, get_job) of an event not known settled: `seen` holds it →
+done; else, if it is the last message on its job's subject, it was published (the job's next
+commit waits for it, so nothing follows it there) → record it seen; else publish it, record it
+seen. The enqueue flag of a create is cleared once its outbox entry is published, as a
+republish after the duplicate window would queue the job again.
 
 A crash before 4 leaves nothing. A crash after 4 leaves a committed job whose event any later
-write to that job (3), a get_job, or a retry of the same append (2) publishes. Publishing twice
-is stopped twice over: by `seen`, checked before every helping publish and written before the
-pending effects are cleared; and, for the instant between 5 and 6, by JetStream's duplicate
-window on Nats-Msg-Id, set to DUPLICATE_WINDOW (2 h: it covers the upstream's webhook retries at
-5 s, 5 min and 30 min and the outbox's redelivery). Only a crash between 5 and 6 followed by no
-retry for more than 2 h could publish an event twice. Events without a dedupe key get a random
-message id, fixed when committed, so a helping flush and the original writer agree on it.
+write to that job (3), a get_job, or a retry of the same append (2) publishes, once: a publish
+is made only after the job's subject shows it is not there, and concurrent helpers are deduped
+by JetStream's duplicate window on Nats-Msg-Id, set to DUPLICATE_WINDOW (2 h: it covers the
+upstream's webhook retries at 5 s, 5 min and 30 min and the outbox's redelivery). Events without
+a dedupe key get a random message id, fixed when committed, so a helping flush and the original
+writer agree on it.
 
 create_job commits the same way: claim the idempotency key (create-only; a loser waits briefly
 for the winner's job and returns it, or, if the winner died before writing it, completes the
@@ -82,6 +90,7 @@ failed is written later behind its back.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -148,8 +157,16 @@ only slow is safe: the job's create-only write lets one of them win."""
 DUPLICATE_IN_PROCESS: Final = 10158
 """JetStream's error code when a clustered stream is still storing another publish with the
 same Nats-Msg-Id (two replicas flushing the same pending event at once)."""
+SETTLED_MEMORY: Final = 65536
+"""Message ids of events this process knows settled (published, recorded seen), kept so that the
+next write to their job need not check."""
 RATE_KEY: Final = "upstream"
+API_PREFIX: Final = "$JS.API"
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQ_HEADER: Final = "Nats-Expected-Last-Subject-Sequence"
+KV_OPERATION_HEADER: Final = b"KV-Operation:"
+WRONG_LAST_SEQUENCE: Final = (10071, 10164)
+"""JetStream's error codes for a compare-and-set that found another revision."""
 STATUS_HEADER: Final = "Status"
 HEARTBEAT_STATUS: Final = "100"
 _PREFIX_RE: Final = re.compile(r"^[A-Za-z0-9-]+$")
@@ -211,6 +228,7 @@ class NatsStore:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._kv: dict[str, KeyValue] = {}
+        self._settled = _Recent(SETTLED_MEMORY)
 
     # Names
 
@@ -316,7 +334,7 @@ class NatsStore:
                 if existing is None:  # deleted in between: nothing of ours to complete
                     raise StoreUnavailable("the job vanished while it was being created") from None
                 return existing, False
-            await self._settle(job.job_id, revision, envelope, check_seen=False)
+            await self._settle(job.job_id, revision, envelope, own=True)
             return job, True
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -400,35 +418,38 @@ class NatsStore:
         """See `Store.append_event` and the module doc. An empty `dedupe_key` is no key."""
         msg_id = _dedupe_msg_id(dedupe_key) if dedupe_key else None
         with self._unavailable():
-            jobs = self._kv[self.bucket("jobs")]
+            jobs = self.bucket("jobs")
             key = _token(event.job_id)
             for _ in range(CAS_ATTEMPTS):
-                entry = await _get(jobs, key)
+                entry = await self._kv_get(jobs, key)
                 if entry is None:
                     raise NotFound(f"job {event.job_id} not found")
                 envelope = _Envelope.decode(entry.value)
                 if msg_id is not None:
                     if any(p.msg_id == msg_id for p in envelope.pending):
-                        await self._settle(
-                            event.job_id, _revision(entry), envelope, check_seen=True
-                        )
+                        await self._settle(event.job_id, entry.revision, envelope)
                         return None
+                    # Only after the job's read: an event with this key that a later write to
+                    # the job overwrote was recorded seen before that write.
                     if await self._seen(msg_id) is not None:
                         return None
-                if envelope.unsettled:
-                    await self._settle(event.job_id, _revision(entry), envelope, check_seen=True)
-                    continue
+                if self._unsettled(envelope):
+                    await self._settle(event.job_id, entry.revision, envelope)
+                    if envelope.enqueue:  # the envelope was written: read it again
+                        continue
                 now = time.time()
                 job, recorded = apply(envelope.job, event.replace(record_time=now))
                 recorded = recorded.replace(record_time=now, cursor="")
                 pending = _Pending(msg_id or _random_msg_id(), recorded)
                 committed = _Envelope(job=job, pending=[pending], enqueue=False)
                 try:
-                    revision = await jobs.update(key, committed.encode(), last=_revision(entry))
+                    revision = await self._kv_write(
+                        jobs, key, committed.encode(), last=entry.revision
+                    )
                 except nats.js.errors.KeyWrongLastSequenceError:
                     await asyncio.sleep(random.uniform(0, CAS_JITTER))
                     continue
-                cursors = await self._settle(event.job_id, revision, committed, check_seen=False)
+                cursors = await self._settle(event.job_id, revision, committed, own=True)
                 return recorded.replace(cursor=cursors[pending.msg_id])
             raise StoreUnavailable(f"job {event.job_id} too contended to update")
 
@@ -623,58 +644,129 @@ class NatsStore:
             await asyncio.sleep(CLAIM_POLL)
 
     async def _load_job(self, job_id: str, *, settle: bool = False) -> Job | None:
-        entry = await _get(self._kv[self.bucket("jobs")], _token(job_id))
+        entry = await self._kv_get(self.bucket("jobs"), _token(job_id))
         if entry is None:
             return None
         envelope = _Envelope.decode(entry.value)
-        if settle and envelope.unsettled:
-            await self._settle(job_id, _revision(entry), envelope, check_seen=True)
+        if settle and self._unsettled(envelope):
+            await self._settle(job_id, entry.revision, envelope)
         return envelope.job
 
     async def _seen(self, msg_id: str) -> int | None:
-        entry = await _get(self._kv[self.bucket("seen")], msg_id)
-        return None if entry is None else int(bytes(entry.value or b"0"))
+        entry = await self._kv_get(self.bucket("seen"), msg_id)
+        return None if entry is None else int(entry.value or b"0")
+
+    async def _record_seen(self, msg_id: str, seq: int) -> None:
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+            await self._kv_write(self.bucket("seen"), msg_id, str(seq).encode(), last=0)
+
+    def _unsettled(self, envelope: _Envelope) -> bool:
+        """Whether the envelope may hold effects not published yet: an enqueue flag, or a pending
+        event this process has not seen settled (published and recorded seen)."""
+        return envelope.enqueue or any(p.msg_id not in self._settled for p in envelope.pending)
 
     async def _settle(
-        self, job_id: str, revision: int, envelope: _Envelope, *, check_seen: bool
+        self, job_id: str, revision: int, envelope: _Envelope, *, own: bool = False
     ) -> dict[str, str]:
-        """Publish the envelope's pending effects in order, then clear them (steps 5-7 of the
-        module doc). Returns each published event's cursor by message id."""
+        """Publish the envelope's pending effects in order (steps 5 and 6 of the module doc), and
+        clear its enqueue flag once the outbox entry is published. `own`: this process just
+        committed them, so nothing is published yet. Returns the cursor of each event it
+        published or found published, by message id."""
         self._jetstream()  # StoreUnavailable, not a KeyError below, once the store is closed
-        seen = self._kv[self.bucket("seen")]
         cursors: dict[str, str] = {}
         for pending in envelope.pending:
-            seq = await self._seen(pending.msg_id) if check_seen else None
+            if not own and pending.msg_id in self._settled:
+                continue
+            seq = None if own else await self._seen(pending.msg_id)
             if seq is None:
                 event = pending.event
-                ack = await self._publish(
-                    f"{self._events_subject}.{_token(event.client)}.{_token(event.job_id)}",
-                    _dumps(_event_to_json(event)),
-                    pending.msg_id,
-                )
-                seq = ack.seq
-                with contextlib.suppress(*_CREATE_CONFLICT):
-                    await seen.create(pending.msg_id, str(seq).encode())
+                subject = f"{self._events_subject}.{_token(event.client)}.{_token(event.job_id)}"
+                if not own:
+                    seq = await self._last_seq(subject, pending.msg_id)
+                if seq is None:
+                    seq = await self._publish(
+                        subject, _dumps(_event_to_json(event)), pending.msg_id
+                    )
+                await self._record_seen(pending.msg_id, seq)
+            self._settled.add(pending.msg_id)
             cursors[pending.msg_id] = str(seq)
         if envelope.enqueue:
             await self._publish(self._outbox_subject, job_id.encode(), f"enqueue.{_token(job_id)}")
-        settled = _Envelope(job=envelope.job, pending=[], enqueue=False)
-        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
-            await self._kv[self.bucket("jobs")].update(
-                _token(job_id), settled.encode(), last=revision
-            )
+            settled = _Envelope(job=envelope.job, pending=[], enqueue=False)
+            with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                await self._kv_write(
+                    self.bucket("jobs"), _token(job_id), settled.encode(), last=revision
+                )
         return cursors
 
-    async def _publish(self, subject: str, payload: bytes, msg_id: str) -> api.PubAck:
-        """Publish with a message id. While another writer's publish of the same id is being
-        stored, a clustered stream answers "in process" rather than "duplicate": ask again until
-        it gives that first publish's sequence."""
+    async def _last_seq(self, subject: str, msg_id: str) -> int | None:
+        """The sequence of the last event on `subject` (one job's events) if it is `msg_id`.
+        Exact for a pending event: its job's next commit waits until it is published, so once
+        published it stays the last of its job."""
+        found = await self._msg_get(self.events_stream, subject)
+        if found is None:
+            return None
+        _, seq, headers = found
+        return seq if f"{MSG_ID_HEADER}: {msg_id}\r\n".encode() in headers else None
+
+    # Requests without nats-py's JetStream and KV layers: one JSON decode per answer, no header
+    # parsing, no dataclasses. The hot path makes five of them per event.
+
+    async def _api(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        msg = await self._client().request(subject, payload, timeout=self._timeout, headers=headers)
+        answer: dict[str, Any] = json.loads(msg.data)
+        error = answer.get("error")
+        if error is not None:
+            nats.js.errors.APIError.from_error(error)  # raises
+        return answer
+
+    async def _msg_get(self, stream: str, subject: str) -> tuple[bytes, int, bytes] | None:
+        """The last message on `subject`: (data, sequence, raw headers), None if there is none."""
+        try:
+            answer = await self._api(
+                f"{API_PREFIX}.STREAM.MSG.GET.{stream}", _dumps({"last_by_subj": subject})
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        message = answer["message"]
+        data = base64.b64decode(message.get("data") or b"")
+        headers = base64.b64decode(message.get("hdrs") or b"")
+        return data, int(message["seq"]), headers
+
+    async def _kv_get(self, bucket: str, key: str) -> _Entry | None:
+        found = await self._msg_get(f"KV_{bucket}", f"$KV.{bucket}.{key}")
+        if found is None:
+            return None
+        data, seq, headers = found
+        if KV_OPERATION_HEADER in headers:  # a delete or purge marker
+            return None
+        return _Entry(data, seq)
+
+    async def _kv_write(self, bucket: str, key: str, value: bytes, *, last: int) -> int:
+        """Compare-and-set: write `value` if the key's revision is `last` (0: if it has none).
+        Raises KeyWrongLastSequenceError otherwise. Returns the new revision."""
+        try:
+            answer = await self._api(
+                f"$KV.{bucket}.{key}", value, {EXPECTED_LAST_SUBJECT_SEQ_HEADER: str(last)}
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in WRONG_LAST_SEQUENCE:
+                raise nats.js.errors.KeyWrongLastSequenceError(exc.description) from None
+            raise
+        return int(answer["seq"])
+
+    async def _publish(self, subject: str, payload: bytes, msg_id: str) -> int:
+        """Publish with a message id; returns its sequence (the first one's, for a duplicate).
+        While another writer's publish of the same id is being stored, a clustered stream answers
+        "in process" rather than "duplicate": ask again until it gives that first publish's
+        sequence."""
         deadline = time.monotonic() + self._timeout
         while True:
             try:
-                return await self._jetstream().publish(
-                    subject, payload, headers={MSG_ID_HEADER: msg_id}
-                )
+                answer = await self._api(subject, payload, {MSG_ID_HEADER: msg_id})
+                return int(answer["seq"])
             except nats.js.errors.APIError as exc:
                 if exc.err_code != DUPLICATE_IN_PROCESS:
                     raise
@@ -881,6 +973,30 @@ class _OutboxHandle:
     @property
     def stale(self) -> bool:
         return time.monotonic() >= self.expires
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A KV entry as the store reads it."""
+
+    value: bytes
+    revision: int
+
+
+class _Recent:
+    """A set that remembers only its `size` newest members."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._members: dict[str, None] = {}
+
+    def __contains__(self, member: object) -> bool:
+        return member in self._members
+
+    def add(self, member: str) -> None:
+        self._members[member] = None
+        if len(self._members) > self._size:
+            del self._members[next(iter(self._members))]
 
 
 @dataclass(frozen=True, slots=True)
