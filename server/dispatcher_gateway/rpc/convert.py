@@ -56,7 +56,9 @@ def struct_to_dict(message: struct_pb2.Struct) -> JSON:
 def dict_to_struct(data: Mapping[str, Any] | None) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
     if data:
-        json_format.ParseDict(dict(data), struct)
+        # What JSON parsing gives (dict, list, str, number, bool, None), as json_format.ParseDict
+        # would write it, in less than half the time.
+        struct.update(data)
     return struct
 
 
@@ -319,19 +321,21 @@ def fill_job(message: pb.Job, job: Job) -> None:
 
 
 def event_to_pb(event: JobEvent) -> pb.JobEvent:
-    return pb.JobEvent(
+    message = pb.JobEvent(
         cursor=event.cursor,
         job_id=event.job_id,
         dispatch_id=event.dispatch_id,
         service=service_to_pb(event.service),
         type=event.type,
         state=_STATE_TO_PB[event.state],
-        data=dict_to_struct(event.data),
         metadata=dict(event.metadata),
         event_time=timestamp(event.event_time),
         record_time=timestamp(event.record_time),
         terminal=event.terminal,
     )
+    if event.data:
+        message.data.update(event.data)  # in place: no Struct built, then copied
+    return message
 
 
 def template_to_pb(data: Mapping[str, Any]) -> pb.TemplateInfo:
