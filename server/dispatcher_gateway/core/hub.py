@@ -2,6 +2,11 @@
 
 One tail of the store per process feeds every stream; each stream has a bounded queue, so a slow
 reader costs at most `backlog` events of memory, and is then ended (it resumes from the store).
+
+The hub also keeps what it published in the last `RECENT_WINDOW` seconds. A stream reads the store
+after it subscribes; a replicated store may answer that read from a replica a few milliseconds
+behind the one the tail reads (NATS: a consumer on a follower), so an event the tail delivered just
+before the subscription could be in neither. The stream takes those from `recent()`.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable
 
 from ..store.base import Store
@@ -21,6 +27,10 @@ RETAIL_DELAY = 1.0
 """Seconds before a broken store tail is reopened."""
 DEFAULT_BACKLOG = 1000
 """Events a stream may fall behind the live tail before it is ended."""
+RECENT_WINDOW = 5.0
+"""Seconds of published events the hub keeps for streams that just subscribed: far more than a
+replica lags, short enough to cost little (at most RECENT_MAX events)."""
+RECENT_MAX = 20_000
 
 
 class Subscription:
@@ -71,6 +81,9 @@ class EventHub:
         self.backlog = backlog
         self._by_client: dict[str, set[Subscription]] = collections.defaultdict(set)
         self._closed: BaseException | None = None
+        self._recent: collections.deque[tuple[float, JobEvent]] = collections.deque(
+            maxlen=RECENT_MAX
+        )
 
     def subscribe(self, client: str, matches: Callable[[JobEvent], bool]) -> Subscription:
         sub = Subscription(client, matches, self.backlog)
@@ -87,7 +100,25 @@ class EventHub:
             if not subs:
                 del self._by_client[sub.client]
 
+    def recent(self, client: str, after: int) -> list[JobEvent]:
+        """The client's events published in the last RECENT_WINDOW seconds with a cursor after
+        `after`, oldest first."""
+        horizon = time.monotonic() - RECENT_WINDOW
+        found = []
+        for published, event in reversed(self._recent):
+            if published < horizon or int(event.cursor) <= after:
+                break
+            if event.client == client:
+                found.append(event)
+        found.reverse()
+        return found
+
     def publish(self, event: JobEvent) -> None:
+        now = time.monotonic()
+        recent = self._recent
+        while recent and recent[0][0] < now - RECENT_WINDOW:
+            recent.popleft()
+        recent.append((now, event))
         for sub in tuple(self._by_client.get(event.client, ())):
             sub.offer(event)
             if sub.closed:

@@ -415,6 +415,12 @@ class Gateway:
                             yield event
                     if len(page) < REPLAY_PAGE:
                         break
+                # What the hub delivered just before we subscribed, should the store's answer
+                # have come from a replica behind the hub's (see core/hub.py).
+                for event in self.hub.recent(client, last):
+                    last = int(event.cursor)
+                    if matches(event):
+                        yield event
             while True:
                 event = await sub.get()
                 position = int(event.cursor)
