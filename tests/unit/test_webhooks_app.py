@@ -135,19 +135,20 @@ async def test_a_body_exactly_at_the_cap_is_accepted(client: httpx.AsyncClient) 
     assert response.status_code == 200
 
 
-async def test_one_info_line_per_webhook_without_the_whole_token(
+async def test_one_line_per_webhook_debug_when_recorded_info_when_a_duplicate(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.DEBUG, logger="dispatcher_gateway.webhooks"):
         await post(client, BODY, signed(BODY, "wh_9"))
+        await post(client, BODY, signed(BODY, "wh_9"))
 
     records = [r for r in caplog.records if r.name == "dispatcher_gateway.webhooks"]
-    assert len(records) == 1
-    assert records[0].levelno == logging.INFO
-    line = records[0].getMessage()
-    for part in (TOKEN[:8], "document_signed", "wh_9", "recorded"):
-        assert part in line
-    assert TOKEN not in line
+    assert [r.levelno for r in records] == [logging.DEBUG, logging.INFO]
+    for record, outcome in zip(records, ("recorded", "duplicate"), strict=True):
+        line = record.getMessage()
+        for part in (TOKEN[:8], "document_signed", "wh_9", outcome):
+            assert part in line
+        assert TOKEN not in line
 
 
 # What bad input gets
