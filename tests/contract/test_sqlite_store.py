@@ -16,7 +16,18 @@ from dispatcher_gateway.core.errors import InvalidArgument, StoreUnavailable
 from dispatcher_gateway.core.model import JobEvent
 from dispatcher_gateway.store import SqliteStore
 
-from .builders import CLIENT, WAIT, append, create, event_for, opened, tailing, take
+from .builders import (
+    CLIENT,
+    WAIT,
+    append,
+    create,
+    event_for,
+    new_job,
+    opened,
+    queued_event,
+    tailing,
+    take,
+)
 
 # Writes a job and an event, says so once both calls returned, then waits to be killed.
 WRITER = """
@@ -220,3 +231,42 @@ async def test_a_tail_interleaves_this_process_commits_and_another_connections_i
 
     assert [e.cursor for e in got] == [e.cursor for e in appended]
     assert [int(e.cursor) for e in got] == sorted(int(e.cursor) for e in got)
+
+
+async def test_creates_queued_together_are_written_together_each_with_its_own_cursor(
+    tmp_path: Path,
+) -> None:
+    async with opened(lambda: SqliteStore(tmp_path / "gateway.db")) as store:
+        jobs = [new_job() for _ in range(40)]
+        async with tailing(store, await store.last_cursor()) as tail:
+            created = await asyncio.gather(
+                *(
+                    store.create_job(j, queued_event(j), enqueue=i % 2 == 0)
+                    for i, j in enumerate(jobs)
+                )
+            )
+            pushed = await take(tail, len(jobs))
+
+        assert [c for _, c in created] == [True] * len(jobs)
+        stored = await store.read_events(client=CLIENT)
+        assert {e.job_id: e.cursor for e in stored} == {e.job_id: e.cursor for e in pushed}
+        assert sorted(e.job_id for e in stored) == sorted(j.job_id for j in jobs)
+        leases = await store.lease(limit=100, visibility=30)
+        assert sorted(lease.job_id for lease in leases) == sorted(j.job_id for j in jobs[::2])
+
+
+async def test_a_retried_create_in_a_batch_finds_its_job_and_the_others_are_created(
+    tmp_path: Path,
+) -> None:
+    async with opened(lambda: SqliteStore(tmp_path / "gateway.db")) as store:
+        first = new_job()
+        await store.create_job(first, queued_event(first), enqueue=True)
+        others = [new_job() for _ in range(5)]
+        outcomes = await asyncio.gather(
+            *(store.create_job(j, queued_event(j), enqueue=True) for j in [*others, first])
+        )
+
+        assert [created for _, created in outcomes] == [True] * 5 + [False]
+        assert outcomes[-1][0].job_id == first.job_id
+        assert len(await store.read_events(client=CLIENT)) == 6
+        assert len(await store.lease(limit=100, visibility=30)) == 6

@@ -170,6 +170,44 @@ _INSERT_EVENT: Final = (
     " dispatch_id, terminal, record_time) VALUES (:job_id, :client, :service, :type, :state,"
     " :data, :metadata, :event_time, :dispatch_id, :terminal, :record_time)"
 )
+_JOB_COLUMNS: Final = [
+    "job_id",
+    "client",
+    "services",
+    "mode",
+    "state",
+    "body",
+    "metadata",
+    "idempotency_key",
+    "request_hash",
+    "created_at",
+    "updated_at",
+    "dispatch_id",
+    "result",
+    "error",
+    "last_event",
+]
+_EVENT_COLUMNS: Final = [
+    "job_id",
+    "client",
+    "service",
+    "type",
+    "state",
+    "data",
+    "metadata",
+    "event_time",
+    "dispatch_id",
+    "terminal",
+    "record_time",
+]
+
+
+def _insert_many(table: str, columns: list[str], rows: int) -> str:
+    """An INSERT of `rows` rows in one statement, positional parameters."""
+    row = "(" + ", ".join("?" * len(columns)) + ")"
+    # The table and columns are this module's constants; the values are parameters.
+    values = ", ".join([row] * rows)
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}"  # noqa: S608
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +236,16 @@ class _Feed:
         self.ready.set()
 
 
+@dataclass(frozen=True, slots=True)
+class _NewJob:
+    """A create with no idempotency key: those queued together are written by `_create_many`,
+    one multi-row INSERT per table for all of them."""
+
+    job: Job
+    first_event: JobEvent
+    enqueue: bool
+
+
 @dataclass(slots=True)
 class _Op:
     fn: Callable[[sqlite3.Connection], Any]
@@ -205,6 +253,7 @@ class _Op:
     """Of the caller's loop: only that loop sets it (`_settle`); the worker reads whether it is
     cancelled, and an operation its caller gave up on before it ran is not run."""
     write: bool
+    new_job: _NewJob | None = None
 
 
 _Outcome = tuple[_Op, Any, BaseException | None]
@@ -336,7 +385,8 @@ class SqliteStore:
                 conn.execute("INSERT INTO outbox (job_id, due_at) VALUES (?, ?)", (job.job_id, now))
             return job, True
 
-        return await self._run(create, write=True)
+        new_job = None if job.idempotency_key else _NewJob(job, first_event, enqueue)
+        return await self._run(create, write=True, new_job=new_job)
 
     async def get_job(self, job_id: str) -> Job | None:
         def get(conn: sqlite3.Connection) -> Job | None:
@@ -519,11 +569,17 @@ class SqliteStore:
 
     # The caller's side of the worker
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
+    async def _run(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        write: bool = False,
+        new_job: _NewJob | None = None,
+    ) -> T:
         if self._thread is None:
             raise StoreUnavailable(f"store {self._path} is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Op(fn, future, write))
+        self._queue.put(_Op(fn, future, write, new_job))
         return await future
 
     # The worker thread
@@ -602,15 +658,49 @@ class SqliteStore:
         self._appended = []
         conn.execute("BEGIN IMMEDIATE")
         outcomes: list[_Outcome] = []
-        for op in live:
+        for run in _runs(live):
             try:
-                outcomes.append((op, op.fn(conn), None))
+                if len(run) > 1:
+                    outcomes.extend(self._create_many(conn, run))
+                else:
+                    outcomes.append((run[0], run[0].fn(conn), None))
             except Exception as exc:
                 if _is_unavailable(exc):
                     raise
                 conn.execute("ROLLBACK")
                 return None
         return outcomes
+
+    def _create_many(self, conn: sqlite3.Connection, run: list[_Op]) -> list[_Outcome]:
+        """Creates without idempotency keys, three statements for all: what `create_job`'s
+        operation does for one. A job id already there raises IntegrityError (the group is then
+        applied op by op, where that create finds the job)."""
+        now = time.time()
+        new = [op.new_job for op in run if op.new_job is not None]
+        jobs = [_job_params(n.job) for n in new]
+        conn.execute(
+            _insert_many("jobs", _JOB_COLUMNS, len(new)),
+            [p[c] for p in jobs for c in _JOB_COLUMNS],
+        )
+        events = [_event_params(n.first_event) for n in new]
+        for params in events:
+            params["record_time"] = now
+        cursor = conn.execute(
+            _insert_many("events", _EVENT_COLUMNS, len(new)),
+            [p[c] for p in events for c in _EVENT_COLUMNS],
+        )
+        # One writer holds the lock: the rows got consecutive sequence numbers, in order.
+        first = cursor.lastrowid - len(new) + 1  # type: ignore[operator]
+        self._appended.extend(
+            n.first_event.replace(record_time=now, cursor=str(first + i)) for i, n in enumerate(new)
+        )
+        queued = [(n.job.job_id, now) for n in new if n.enqueue]
+        if queued:
+            conn.execute(
+                _insert_many("outbox", ["job_id", "due_at"], len(queued)),
+                [v for row in queued for v in row],
+            )
+        return [(op, (n.job, True), None) for op, n in zip(run, new, strict=True)]
 
     def _apply_each(self, conn: sqlite3.Connection, live: list[_Op]) -> list[_Outcome]:
         """Apply the group in one transaction, each operation inside its own SAVEPOINT, so that
@@ -774,6 +864,21 @@ class _Tail(AsyncIterator[JobEvent]):
     def _take(self, events: list[JobEvent]) -> None:
         self._buffer.extend(events)
         self._seq = int(events[-1].cursor)
+
+
+def _runs(ops: list[_Op]) -> Iterator[list[_Op]]:
+    """The operations in order: each run of consecutive new jobs as one list, others alone."""
+    run: list[_Op] = []
+    for op in ops:
+        if op.new_job is not None:
+            run.append(op)
+            continue
+        if run:
+            yield run
+            run = []
+        yield [op]
+    if run:
+        yield run
 
 
 def _wanted(op: _Op) -> bool:
