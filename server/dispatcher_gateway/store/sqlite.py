@@ -55,6 +55,9 @@ DEFAULT_DEDUPE_TTL: Final = 72 * 3600.0
 DEDUPE_PRUNE_INTERVAL: Final = 600.0
 # Bounds how long the first write of a group waits for the others to be applied.
 MAX_GROUP: Final = 256
+MAX_BATCH: Final = 64
+"""Rows of one multi-row INSERT: 64 jobs of 15 columns stay within the 999 parameters that
+SQLite builds older than 3.32 allow."""
 TAIL_BATCH: Final = 500
 # Commits in this process wake tails at once; the poll catches writers in other processes.
 TAIL_POLL_INTERVAL: Final = 1.0
@@ -867,11 +870,15 @@ class _Tail(AsyncIterator[JobEvent]):
 
 
 def _runs(ops: list[_Op]) -> Iterator[list[_Op]]:
-    """The operations in order: each run of consecutive new jobs as one list, others alone."""
+    """The operations in order: each run of consecutive new jobs as one list (of at most
+    MAX_BATCH), others alone."""
     run: list[_Op] = []
     for op in ops:
         if op.new_job is not None:
             run.append(op)
+            if len(run) == MAX_BATCH:
+                yield run
+                run = []
             continue
         if run:
             yield run
