@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from dispatcher_gateway.core import states
-from dispatcher_gateway.core.errors import InvalidArgument, StoreUnavailable
-from dispatcher_gateway.core.model import JobEvent
+from dispatcher_gateway.core.errors import InvalidArgument, NotFound, StoreUnavailable
+from dispatcher_gateway.core.model import JobEvent, JobState
 from dispatcher_gateway.store import SqliteStore
 
 from .builders import (
@@ -270,3 +270,57 @@ async def test_a_retried_create_in_a_batch_finds_its_job_and_the_others_are_crea
         assert outcomes[-1][0].job_id == first.job_id
         assert len(await store.read_events(client=CLIENT)) == 6
         assert len(await store.lease(limit=100, visibility=30)) == 6
+
+
+async def test_appends_queued_together_fold_in_order_and_drop_duplicates(tmp_path: Path) -> None:
+    async with opened(lambda: SqliteStore(tmp_path / "gateway.db")) as store:
+        one, two = await create(store), await create(store)
+        calls = [
+            (one, "letter_created", "a"),
+            (two, "letter_created", "b"),
+            (one, "letter_in_transit", "c"),
+            (one, "letter_in_transit", "c"),  # the same webhook twice in one group
+            (two, "letter_created", "b"),  # and again
+            (one, states.COMPLETED, "d"),
+            (two, "letter_delivered", None),
+        ]
+        recorded = await asyncio.gather(
+            *(
+                store.append_event(event_for(job, kind), dedupe_key=key, apply=states.apply_event)
+                for job, kind, key in calls
+            )
+        )
+        again = await store.append_event(
+            event_for(one, states.COMPLETED), dedupe_key="d", apply=states.apply_event
+        )
+
+        assert [e is None for e in recorded] == [False, False, False, True, True, False, False]
+        assert again is None
+        written = [e for e in recorded if e is not None]
+        assert [int(e.cursor) for e in written] == sorted(int(e.cursor) for e in written)
+        stored_one, stored_two = await store.get_job(one.job_id), await store.get_job(two.job_id)
+        assert stored_one is not None
+        assert stored_two is not None
+        assert (stored_one.state, stored_one.last_event) == (JobState.SUCCEEDED, states.COMPLETED)
+        assert (stored_two.state, stored_two.last_event) == (JobState.SUCCEEDED, "letter_delivered")
+        events = await store.read_events(client=CLIENT)
+        assert [e.cursor for e in events][2:] == [e.cursor for e in written]
+        assert [e.terminal for e in written] == [False, False, False, True, True]
+
+
+async def test_an_append_to_a_missing_job_fails_alone_in_its_group(tmp_path: Path) -> None:
+    async with opened(lambda: SqliteStore(tmp_path / "gateway.db")) as store:
+        job = await create(store)
+        ghost = new_job()
+        outcomes = await asyncio.gather(
+            store.append_event(event_for(job), dedupe_key="x", apply=states.apply_event),
+            store.append_event(event_for(ghost), dedupe_key="y", apply=states.apply_event),
+            store.append_event(event_for(job), dedupe_key="z", apply=states.apply_event),
+            return_exceptions=True,
+        )
+
+        assert isinstance(outcomes[1], NotFound)
+        assert all(isinstance(o, JobEvent) for o in (outcomes[0], outcomes[2]))
+        # The failed one's key was not burnt.
+        await store.create_job(ghost, queued_event(ghost), enqueue=False)
+        assert await store.append_event(event_for(ghost), dedupe_key="y", apply=states.apply_event)

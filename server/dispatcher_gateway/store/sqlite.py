@@ -163,11 +163,26 @@ _UPDATE_JOB: Final = (
     " result = :result, error = :error, last_event = :last_event WHERE job_id = :job_id"
 )
 # The job as `apply` sees it: all but the body, the one column that may be large.
-_SELECT_JOB_STATE: Final = (
+_SELECT_JOBS_STATE: Final = (
     "SELECT job_id, client, services, mode, state, '{}' AS body, metadata, idempotency_key,"
-    " request_hash, created_at, updated_at, dispatch_id, result, error, last_event"
-    " FROM jobs WHERE job_id = ?"
+    " request_hash, created_at, updated_at, dispatch_id, result, error, last_event FROM jobs"
 )
+_SELECT_JOB_STATE: Final = _SELECT_JOBS_STATE + " WHERE job_id = ?"
+# _UPDATE_JOB for many jobs in one statement (UPDATE FROM: SQLite 3.33 and later).
+_UPDATE_JOBS: Final = (
+    "UPDATE jobs SET state = v.column2, updated_at = v.column3, dispatch_id = v.column4,"
+    " result = v.column5, error = v.column6, last_event = v.column7"
+    " FROM (VALUES {rows}) AS v WHERE jobs.job_id = v.column1"
+)
+_JOB_STATE_COLUMNS: Final = [
+    "job_id",
+    "state",
+    "updated_at",
+    "dispatch_id",
+    "result",
+    "error",
+    "last_event",
+]
 _INSERT_EVENT: Final = (
     "INSERT INTO events (job_id, client, service, type, state, data, metadata, event_time,"
     " dispatch_id, terminal, record_time) VALUES (:job_id, :client, :service, :type, :state,"
@@ -249,6 +264,15 @@ class _NewJob:
     enqueue: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Append:
+    """An append: those queued together are written by `_append_many`."""
+
+    event: JobEvent
+    dedupe_key: str | None
+    apply: Apply
+
+
 @dataclass(slots=True)
 class _Op:
     fn: Callable[[sqlite3.Connection], Any]
@@ -256,7 +280,9 @@ class _Op:
     """Of the caller's loop: only that loop sets it (`_settle`); the worker reads whether it is
     cancelled, and an operation its caller gave up on before it ran is not run."""
     write: bool
-    new_job: _NewJob | None = None
+    batch: _NewJob | _Append | None = None
+    """What the operation does, for writing it together with others of its kind; `fn` alone
+    does it too, and is what a group that failed is applied again with."""
 
 
 _Outcome = tuple[_Op, Any, BaseException | None]
@@ -388,8 +414,8 @@ class SqliteStore:
                 conn.execute("INSERT INTO outbox (job_id, due_at) VALUES (?, ?)", (job.job_id, now))
             return job, True
 
-        new_job = None if job.idempotency_key else _NewJob(job, first_event, enqueue)
-        return await self._run(create, write=True, new_job=new_job)
+        batch = None if job.idempotency_key else _NewJob(job, first_event, enqueue)
+        return await self._run(create, write=True, batch=batch)
 
     async def get_job(self, job_id: str) -> Job | None:
         def get(conn: sqlite3.Connection) -> Job | None:
@@ -496,7 +522,7 @@ class SqliteStore:
             conn.execute(_UPDATE_JOB, _job_state_params(job))
             return self._insert_event(conn, recorded, now)
 
-        return await self._run(append, write=True)
+        return await self._run(append, write=True, batch=_Append(event, dedupe_key, apply))
 
     async def read_events(
         self, *, client: str, after: str = "", job_id: str = "", limit: int = 1000
@@ -577,12 +603,12 @@ class SqliteStore:
         fn: Callable[[sqlite3.Connection], T],
         *,
         write: bool = False,
-        new_job: _NewJob | None = None,
+        batch: _NewJob | _Append | None = None,
     ) -> T:
         if self._thread is None:
             raise StoreUnavailable(f"store {self._path} is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Op(fn, future, write, new_job))
+        self._queue.put(_Op(fn, future, write, batch))
         return await future
 
     # The worker thread
@@ -663,10 +689,12 @@ class SqliteStore:
         outcomes: list[_Outcome] = []
         for run in _runs(live):
             try:
-                if len(run) > 1:
+                if len(run) == 1:
+                    outcomes.append((run[0], run[0].fn(conn), None))
+                elif isinstance(run[0].batch, _NewJob):
                     outcomes.extend(self._create_many(conn, run))
                 else:
-                    outcomes.append((run[0], run[0].fn(conn), None))
+                    outcomes.extend(self._append_many(conn, run))
             except Exception as exc:
                 if _is_unavailable(exc):
                     raise
@@ -679,7 +707,7 @@ class SqliteStore:
         operation does for one. A job id already there raises IntegrityError (the group is then
         applied op by op, where that create finds the job)."""
         now = time.time()
-        new = [op.new_job for op in run if op.new_job is not None]
+        new = [op.batch for op in run if isinstance(op.batch, _NewJob)]
         jobs = [_job_params(n.job) for n in new]
         conn.execute(
             _insert_many("jobs", _JOB_COLUMNS, len(new)),
@@ -704,6 +732,75 @@ class SqliteStore:
                 [v for row in queued for v in row],
             )
         return [(op, (n.job, True), None) for op, n in zip(run, new, strict=True)]
+
+    def _append_many(self, conn: sqlite3.Connection, run: list[_Op]) -> list[_Outcome]:
+        """Appends, in order, in a few statements for all: what `append_event`'s operation does
+        for one. A job that is not there raises NotFound (the group is then applied op by op)."""
+        now = time.time()
+        self._maybe_prune_dedupe(conn, now)
+        appends = [op.batch for op in run if isinstance(op.batch, _Append)]
+        keys = [a.dedupe_key for a in appends if a.dedupe_key]
+        seen: set[str] = set()
+        if keys:
+            marks = _marks(len(keys))
+            known = f"SELECT dedupe_key FROM dedupe WHERE dedupe_key IN ({marks})"  # noqa: S608
+            seen = {row[0] for row in conn.execute(known, keys)}
+        fresh: list[str] = []
+        wanted: list[_Append | None] = []
+        for append in appends:
+            key = append.dedupe_key
+            if key and key in seen:
+                wanted.append(None)  # a duplicate: nothing written
+                continue
+            if key:
+                seen.add(key)
+                fresh.append(key)
+            wanted.append(append)
+        ids = list({w.event.job_id: None for w in wanted if w is not None})
+        jobs: dict[str, Job] = {}
+        if ids:
+            select = f"{_SELECT_JOBS_STATE} WHERE job_id IN ({_marks(len(ids))})"
+            jobs = {row["job_id"]: _job_from_row(row) for row in conn.execute(select, ids)}
+        recorded: list[JobEvent | None] = []
+        for w in wanted:
+            if w is None:
+                recorded.append(None)
+                continue
+            job = jobs.get(w.event.job_id)
+            if job is None:
+                raise NotFound(f"job {w.event.job_id} not found")
+            # Events of one job in one group are folded one after the other.
+            jobs[w.event.job_id], event = w.apply(job, w.event.replace(record_time=now))
+            recorded.append(event)
+        if fresh:
+            conn.execute(
+                _insert_many("dedupe", ["dedupe_key", "seen_at"], len(fresh)),
+                [v for key in fresh for v in (key, now)],
+            )
+        written = [e for e in recorded if e is not None]
+        if written:
+            events = [_event_params(e) for e in written]
+            for params in events:
+                params["record_time"] = now
+            cursor = conn.execute(
+                _insert_many("events", _EVENT_COLUMNS, len(written)),
+                [p[c] for p in events for c in _EVENT_COLUMNS],
+            )
+            # One writer holds the lock: the rows got consecutive sequence numbers, in order.
+            first = cursor.lastrowid - len(written) + 1  # type: ignore[operator]
+            numbered = iter(range(first, first + len(written)))
+            recorded = [
+                None if e is None else e.replace(record_time=now, cursor=str(next(numbered)))
+                for e in recorded
+            ]
+            self._appended.extend(e for e in recorded if e is not None)
+            changed = [_job_state_params(jobs[i]) for i in ids]
+            row = "(" + ", ".join("?" * len(_JOB_STATE_COLUMNS)) + ")"
+            conn.execute(
+                _UPDATE_JOBS.format(rows=", ".join([row] * len(changed))),
+                [p[c] for p in changed for c in _JOB_STATE_COLUMNS],
+            )
+        return [(op, e, None) for op, e in zip(run, recorded, strict=True)]
 
     def _apply_each(self, conn: sqlite3.Connection, live: list[_Op]) -> list[_Outcome]:
         """Apply the group in one transaction, each operation inside its own SAVEPOINT, so that
@@ -870,22 +967,26 @@ class _Tail(AsyncIterator[JobEvent]):
 
 
 def _runs(ops: list[_Op]) -> Iterator[list[_Op]]:
-    """The operations in order: each run of consecutive new jobs as one list (of at most
-    MAX_BATCH), others alone."""
+    """The operations in order: each run of consecutive operations of one batch kind as one
+    list (of at most MAX_BATCH), others alone."""
     run: list[_Op] = []
     for op in ops:
-        if op.new_job is not None:
-            run.append(op)
-            if len(run) == MAX_BATCH:
-                yield run
-                run = []
-            continue
-        if run:
+        if run and (op.batch is None or type(op.batch) is not type(run[0].batch)):
             yield run
             run = []
-        yield [op]
+        if op.batch is None:
+            yield [op]
+            continue
+        run.append(op)
+        if len(run) == MAX_BATCH:
+            yield run
+            run = []
     if run:
         yield run
+
+
+def _marks(count: int) -> str:
+    return ", ".join("?" * count)
 
 
 def _wanted(op: _Op) -> bool:
