@@ -156,19 +156,14 @@ _INSERT_JOB: Final = (
     " (:job_id, :client, :services, :mode, :state, :body, :metadata, :idempotency_key,"
     " :request_hash, :created_at, :updated_at, :dispatch_id, :result, :error, :last_event)"
 )
-# What an event may change; the request (client, services, mode, body, metadata, idempotency key
-# and hash) and the creation time are fixed when the job is created.
-_UPDATE_JOB: Final = (
-    "UPDATE jobs SET state = :state, updated_at = :updated_at, dispatch_id = :dispatch_id,"
-    " result = :result, error = :error, last_event = :last_event WHERE job_id = :job_id"
-)
 # The job as `apply` sees it: all but the body, the one column that may be large.
 _SELECT_JOBS_STATE: Final = (
     "SELECT job_id, client, services, mode, state, '{}' AS body, metadata, idempotency_key,"
     " request_hash, created_at, updated_at, dispatch_id, result, error, last_event FROM jobs"
 )
-_SELECT_JOB_STATE: Final = _SELECT_JOBS_STATE + " WHERE job_id = ?"
-# _UPDATE_JOB for many jobs in one statement (UPDATE FROM: SQLite 3.33 and later).
+# What an event may change, for many jobs in one statement (UPDATE FROM: SQLite 3.33 and
+# later); the request (client, services, mode, body, metadata, idempotency key and hash) and the
+# creation time are fixed when the job is created.
 _UPDATE_JOBS: Final = (
     "UPDATE jobs SET state = v.column2, updated_at = v.column3, dispatch_id = v.column4,"
     " result = v.column5, error = v.column6, last_event = v.column7"
@@ -183,11 +178,6 @@ _JOB_STATE_COLUMNS: Final = [
     "error",
     "last_event",
 ]
-_INSERT_EVENT: Final = (
-    "INSERT INTO events (job_id, client, service, type, state, data, metadata, event_time,"
-    " dispatch_id, terminal, record_time) VALUES (:job_id, :client, :service, :type, :state,"
-    " :data, :metadata, :event_time, :dispatch_id, :terminal, :record_time)"
-)
 _JOB_COLUMNS: Final = [
     "job_id",
     "client",
@@ -220,12 +210,16 @@ _EVENT_COLUMNS: Final = [
 ]
 
 
+def _rows(columns: list[str], count: int) -> str:
+    """`count` rows of positional parameters, for a VALUES clause."""
+    row = f"({_marks(len(columns))})"
+    return ", ".join([row] * count)
+
+
 def _insert_many(table: str, columns: list[str], rows: int) -> str:
     """An INSERT of `rows` rows in one statement, positional parameters."""
-    row = "(" + ", ".join("?" * len(columns)) + ")"
     # The table and columns are this module's constants; the values are parameters.
-    values = ", ".join([row] * rows)
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}"  # noqa: S608
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {_rows(columns, rows)}"  # noqa: S608
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +250,7 @@ class _Feed:
 
 @dataclass(frozen=True, slots=True)
 class _NewJob:
-    """A create with no idempotency key: those queued together are written by `_create_many`,
+    """A create with no idempotency key: those queued together are written by `_create_all`,
     one multi-row INSERT per table for all of them."""
 
     job: Job
@@ -266,7 +260,7 @@ class _NewJob:
 
 @dataclass(frozen=True, slots=True)
 class _Append:
-    """An append: those queued together are written by `_append_many`."""
+    """An append: those queued together are written by `_append_all`."""
 
     event: JobEvent
     dedupe_key: str | None
@@ -409,7 +403,7 @@ class SqliteStore:
                 if existing is None:
                     raise
                 return existing, False
-            self._insert_event(conn, first_event, now)
+            self._insert_events(conn, [first_event], now)
             if enqueue:
                 conn.execute("INSERT INTO outbox (job_id, due_at) VALUES (?, ?)", (job.job_id, now))
             return job, True
@@ -505,24 +499,10 @@ class SqliteStore:
         """See `Store.append_event`. An empty `dedupe_key` is no key, like None: an event is
         never dropped for lack of an id."""
 
-        def append(conn: sqlite3.Connection) -> JobEvent | None:
-            now = time.time()
-            self._maybe_prune_dedupe(conn, now)
-            if dedupe_key:
-                inserted = conn.execute(
-                    "INSERT OR IGNORE INTO dedupe (dedupe_key, seen_at) VALUES (?, ?)",
-                    (dedupe_key, now),
-                )
-                if inserted.rowcount == 0:
-                    return None
-            row = conn.execute(_SELECT_JOB_STATE, (event.job_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"job {event.job_id} not found")
-            job, recorded = apply(_job_from_row(row), event.replace(record_time=now))
-            conn.execute(_UPDATE_JOB, _job_state_params(job))
-            return self._insert_event(conn, recorded, now)
-
-        return await self._run(append, write=True, batch=_Append(event, dedupe_key, apply))
+        batch = _Append(event, dedupe_key, apply)
+        return await self._run(
+            lambda conn: self._append_all(conn, [batch])[0], write=True, batch=batch
+        )
 
     async def read_events(
         self, *, client: str, after: str = "", job_id: str = "", limit: int = 1000
@@ -692,9 +672,17 @@ class SqliteStore:
                 if len(run) == 1:
                     outcomes.append((run[0], run[0].fn(conn), None))
                 elif isinstance(run[0].batch, _NewJob):
-                    outcomes.extend(self._create_many(conn, run))
+                    new = [op.batch for op in run if isinstance(op.batch, _NewJob)]
+                    created = self._create_all(conn, new)
+                    outcomes.extend(
+                        (op, value, None) for op, value in zip(run, created, strict=True)
+                    )
                 else:
-                    outcomes.extend(self._append_many(conn, run))
+                    appends = [op.batch for op in run if isinstance(op.batch, _Append)]
+                    recorded = self._append_all(conn, appends)
+                    outcomes.extend(
+                        (op, value, None) for op, value in zip(run, recorded, strict=True)
+                    )
             except Exception as exc:
                 if _is_unavailable(exc):
                     raise
@@ -702,43 +690,32 @@ class SqliteStore:
                 return None
         return outcomes
 
-    def _create_many(self, conn: sqlite3.Connection, run: list[_Op]) -> list[_Outcome]:
+    def _create_all(self, conn: sqlite3.Connection, new: list[_NewJob]) -> list[tuple[Job, bool]]:
         """Creates without idempotency keys, three statements for all: what `create_job`'s
         operation does for one. A job id already there raises IntegrityError (the group is then
         applied op by op, where that create finds the job)."""
         now = time.time()
-        new = [op.batch for op in run if isinstance(op.batch, _NewJob)]
         jobs = [_job_params(n.job) for n in new]
         conn.execute(
             _insert_many("jobs", _JOB_COLUMNS, len(new)),
             [p[c] for p in jobs for c in _JOB_COLUMNS],
         )
-        events = [_event_params(n.first_event) for n in new]
-        for params in events:
-            params["record_time"] = now
-        cursor = conn.execute(
-            _insert_many("events", _EVENT_COLUMNS, len(new)),
-            [p[c] for p in events for c in _EVENT_COLUMNS],
-        )
-        # One writer holds the lock: the rows got consecutive sequence numbers, in order.
-        first = cursor.lastrowid - len(new) + 1  # type: ignore[operator]
-        self._appended.extend(
-            n.first_event.replace(record_time=now, cursor=str(first + i)) for i, n in enumerate(new)
-        )
+        self._insert_events(conn, [n.first_event for n in new], now)
         queued = [(n.job.job_id, now) for n in new if n.enqueue]
         if queued:
             conn.execute(
                 _insert_many("outbox", ["job_id", "due_at"], len(queued)),
                 [v for row in queued for v in row],
             )
-        return [(op, (n.job, True), None) for op, n in zip(run, new, strict=True)]
+        return [(n.job, True) for n in new]
 
-    def _append_many(self, conn: sqlite3.Connection, run: list[_Op]) -> list[_Outcome]:
-        """Appends, in order, in a few statements for all: what `append_event`'s operation does
-        for one. A job that is not there raises NotFound (the group is then applied op by op)."""
+    def _append_all(
+        self, conn: sqlite3.Connection, appends: list[_Append]
+    ) -> list[JobEvent | None]:
+        """Appends, in order, in a few statements for all (one or many). A job that is not there
+        raises NotFound (in a group, the group is then applied op by op)."""
         now = time.time()
         self._maybe_prune_dedupe(conn, now)
-        appends = [op.batch for op in run if isinstance(op.batch, _Append)]
         keys = [a.dedupe_key for a in appends if a.dedupe_key]
         seen: set[str] = set()
         if keys:
@@ -777,30 +754,14 @@ class SqliteStore:
                 _insert_many("dedupe", ["dedupe_key", "seen_at"], len(fresh)),
                 [v for key in fresh for v in (key, now)],
             )
-        written = [e for e in recorded if e is not None]
-        if written:
-            events = [_event_params(e) for e in written]
-            for params in events:
-                params["record_time"] = now
-            cursor = conn.execute(
-                _insert_many("events", _EVENT_COLUMNS, len(written)),
-                [p[c] for p in events for c in _EVENT_COLUMNS],
-            )
-            # One writer holds the lock: the rows got consecutive sequence numbers, in order.
-            first = cursor.lastrowid - len(written) + 1  # type: ignore[operator]
-            numbered = iter(range(first, first + len(written)))
-            recorded = [
-                None if e is None else e.replace(record_time=now, cursor=str(next(numbered)))
-                for e in recorded
-            ]
-            self._appended.extend(e for e in recorded if e is not None)
+        written = iter(self._insert_events(conn, [e for e in recorded if e is not None], now))
+        if ids:
             changed = [_job_state_params(jobs[i]) for i in ids]
-            row = "(" + ", ".join("?" * len(_JOB_STATE_COLUMNS)) + ")"
             conn.execute(
-                _UPDATE_JOBS.format(rows=", ".join([row] * len(changed))),
+                _UPDATE_JOBS.format(rows=_rows(_JOB_STATE_COLUMNS, len(changed))),
                 [p[c] for p in changed for c in _JOB_STATE_COLUMNS],
             )
-        return [(op, e, None) for op, e in zip(run, recorded, strict=True)]
+        return [None if e is None else next(written) for e in recorded]
 
     def _apply_each(self, conn: sqlite3.Connection, live: list[_Op]) -> list[_Outcome]:
         """Apply the group in one transaction, each operation inside its own SAVEPOINT, so that
@@ -893,12 +854,23 @@ class SqliteStore:
         self._last_prune = now
         conn.execute("DELETE FROM dedupe WHERE seen_at < ?", (now - self._dedupe_ttl,))
 
-    def _insert_event(self, conn: sqlite3.Connection, event: JobEvent, now: float) -> JobEvent:
-        params = _event_params(event)
-        params["record_time"] = now
-        cursor = conn.execute(_INSERT_EVENT, params)
-        recorded = event.replace(record_time=now, cursor=str(cursor.lastrowid))
-        self._appended.append(recorded)
+    def _insert_events(
+        self, conn: sqlite3.Connection, events: list[JobEvent], now: float
+    ) -> list[JobEvent]:
+        """Insert events recorded at `now` in one statement; returns them with their cursors."""
+        if not events:
+            return []
+        params = [_event_params(e) for e in events]
+        for row in params:
+            row["record_time"] = now
+        cursor = conn.execute(
+            _insert_many("events", _EVENT_COLUMNS, len(events)),
+            [row[c] for row in params for c in _EVENT_COLUMNS],
+        )
+        # One writer holds the lock: the rows got consecutive sequence numbers, in order.
+        first = cursor.lastrowid - len(events) + 1  # type: ignore[operator]
+        recorded = [e.replace(record_time=now, cursor=str(first + i)) for i, e in enumerate(events)]
+        self._appended.extend(recorded)
         return recorded
 
     def _translate(self, exc: BaseException, *, always: bool = False) -> BaseException:
@@ -1071,7 +1043,7 @@ def _job_params(job: Job) -> dict[str, Any]:
 
 
 def _job_state_params(job: Job) -> dict[str, Any]:
-    """The parameters of _UPDATE_JOB."""
+    """A job's row in _UPDATE_JOBS (by _JOB_STATE_COLUMNS)."""
     return {
         "job_id": job.job_id,
         "state": job.state.value,
