@@ -98,9 +98,14 @@ class GatewayApp:
             rate=RateGate(self.store, s.upstream_rate),
             hub=self.hub,
             breaker=CircuitBreaker(threshold=s.breaker_threshold, open_for=s.breaker_open_for),
+            callbacks=s.callbacks,
         )
         self.outbox = OutboxWorker(
-            self.gateway, self.store, s.retry, submit_timeout=s.submit_timeout
+            self.gateway,
+            self.store,
+            s.retry,
+            submit_timeout=s.submit_timeout,
+            sync_concurrency=s.sync_concurrency,
         )
         self.gateway.on_queued = self.outbox.wake
         auth = (

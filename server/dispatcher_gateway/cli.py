@@ -283,7 +283,10 @@ async def _jobs(args: argparse.Namespace) -> int:
         try:
             if args.job_id:
                 job = await stub.GetJob(pb.GetJobRequest(job_id=args.job_id), timeout=10)
-                print(json_format.MessageToJson(job))
+                if args.json:
+                    print(json_format.MessageToJson(job, indent=None))
+                else:
+                    print(_job_text(job))
                 return 0
             page = await stub.ListJobs(pb.ListJobsRequest(page_size=args.limit), timeout=10)
         except grpc.aio.AioRpcError as exc:
@@ -292,6 +295,34 @@ async def _jobs(args: argparse.Namespace) -> int:
             service = pb.Service.Name(job.service).removeprefix("SERVICE_").lower()
             print(f"{job.job_id}  {service:<9} {_STATES.get(job.state, '?'):<11} {job.last_event}")
     return 0
+
+
+def _job_text(job: pb.Job) -> str:
+    """A job and its upstream attempts, as an operator reads them (or sends them to support)."""
+    service = "/".join(
+        pb.Service.Name(s).removeprefix("SERVICE_").lower() for s in (job.service, *job.chain)
+    )
+    mode = pb.Mode.Name(job.mode).removeprefix("MODE_").lower()
+    lines = [
+        f"job        {job.job_id}",
+        f"service    {service} ({mode})",
+        f"state      {_STATES.get(job.state, '?')} (last event: {job.last_event or '-'})",
+        f"dispatch   {job.dispatch_id or '-'}",
+        f"created    {job.create_time.ToJsonString()}",
+        f"updated    {job.update_time.ToJsonString()}",
+    ]
+    if job.HasField("error"):
+        lines.append(f"error      {job.error.code}: {job.error.message}")
+    lines.append(f"attempts   {len(job.attempts)}")
+    for n, a in enumerate(job.attempts, 1):
+        mode = pb.Mode.Name(a.mode).removeprefix("MODE_").lower()
+        status = str(a.http_status) if a.http_status else "-"
+        latency = a.latency.ToTimedelta().total_seconds() * 1000
+        lines.append(
+            f"  {n:>2}  {a.attempt_time.ToJsonString()}  {a.endpoint:<22} {mode:<5} {status:>3}"
+            f"  {latency:8.1f} ms  request {a.request_id}  {a.error_code}".rstrip()
+        )
+    return "\n".join(lines)
 
 
 async def _templates(args: argparse.Namespace) -> int:

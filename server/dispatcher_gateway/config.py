@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from .core.callbacks import DEFAULT_DEADLINE, CallbackRules
+from .core.model import Service
 from .core.retry import RateLimit, RetryPolicy
 
 DEFAULT_STORE = "data/gateway.db"
@@ -45,6 +47,10 @@ class Settings:
     """Seconds the circuit stays open before a probe (doubling after failed probes)."""
     submit_timeout: float = 30.0
     """Seconds an async submission waits for the upstream's 202 before it is retried."""
+    callbacks: CallbackRules = field(default_factory=CallbackRules)
+    """Which jobs end by webhook, and how long one is waited for."""
+    sync_concurrency: int = 100
+    """Background sync calls (jobs that end by the upstream's answer) in flight at once."""
     max_stream_age: float = 30 * 60.0
     stream_backlog: int = 1000
     nats_replicas: int = 1
@@ -78,6 +84,51 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '15m', '12h' or '20d': positive seconds."""
+    text = text.strip().lower()
+    factor = _UNITS.get(text[-1:], 0.0)
+    number = text[:-1] if factor else text
+    factor = factor or 1.0
+    try:
+        value = float(number) * factor
+    except ValueError:
+        raise ValueError(f"expected a duration such as 20d, 12h or 90s, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"must be a positive duration, got {text!r}")
+    return value
+
+
+def _services(text: str) -> frozenset[Service]:
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    known = {s.value for s in Service}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown service {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    return frozenset(Service(n) for n in names)
+
+
+def _names(text: str) -> frozenset[str]:
+    return frozenset(n.strip().lower() for n in text.split(",") if n.strip())
+
+
+def _deadlines(text: str) -> dict[Service, float]:
+    """'esign=20d,postal=20d'."""
+    deadlines: dict[Service, float] = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        name, sep, duration = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected SERVICE=DURATION such as esign=20d, got {item!r}")
+        [service] = _services(name)
+        deadlines[service] = parse_duration(duration)
+    return deadlines
 
 
 def _replicas(text: str) -> int:
@@ -162,6 +213,31 @@ class _Reader:
 
         return self.parsed(name, parse, default)
 
+    def callbacks(self) -> CallbackRules:
+        default = CallbackRules()
+        services = self.parsed("GATEWAY_CALLBACK_SERVICES", _services, default.services)
+        deadlines = {
+            **default.deadlines,
+            **self.parsed("GATEWAY_CALLBACK_DEADLINES", _deadlines, {}),
+        }
+        try:  # a bad value is reported where it is read
+            retention = float(self.env.get("GATEWAY_EVENT_RETENTION") or 30 * 24 * 3600.0)
+        except ValueError:
+            retention = float("inf")
+        for service in sorted(services):
+            deadline = deadlines.get(service, DEFAULT_DEADLINE)
+            if deadline >= retention:
+                self.problem(
+                    "GATEWAY_CALLBACK_DEADLINES",
+                    f"{service}'s deadline ({deadline:g} s) must be shorter than "
+                    f"GATEWAY_EVENT_RETENTION ({retention:g} s): a job must be kept until it ends",
+                )
+        return CallbackRules(
+            services=services,
+            providers=self.parsed("GATEWAY_CALLBACK_PROVIDERS", _names, default.providers),
+            deadlines=deadlines,
+        )
+
     def settings(self) -> Settings:
         base_url = self.url("DISPATCHER_BASE_URL", allow_loopback_http=True)
         email = self.raw("DISPATCHER_EMAIL", required=True) or ""
@@ -211,6 +287,8 @@ class _Reader:
             breaker_threshold=self.parsed("GATEWAY_BREAKER_THRESHOLD", positive_int, 5),
             breaker_open_for=self.seconds("GATEWAY_BREAKER_OPEN_FOR", 10.0),
             submit_timeout=self.seconds("GATEWAY_SUBMIT_TIMEOUT", 30.0),
+            callbacks=self.callbacks(),
+            sync_concurrency=self.parsed("GATEWAY_SYNC_CONCURRENCY", positive_int, 100),
             max_stream_age=self.seconds("GATEWAY_MAX_STREAM_AGE", 30 * 60.0),
             stream_backlog=self.parsed("GATEWAY_STREAM_BACKLOG", positive_int, 1000),
             nats_replicas=self.parsed("GATEWAY_NATS_REPLICAS", _replicas, 1),

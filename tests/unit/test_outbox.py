@@ -1,39 +1,44 @@
-"""The outbox's rules, on the real SQLite store with a scripted upstream: what is retried and what
-fails at once, the give-up age, Retry-After, and async jobs beyond the rate waiting in order."""
+"""The outbox's rules, on the real SQLite store with a scripted upstream: how each job is sent
+(async for a service that calls back, sync in the background for the rest), what is retried and
+what fails at once, the give-up age, Retry-After, jobs beyond the rate waiting in order, the
+callback deadline, and the attempts recorded."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from dispatcher_gateway.core import states
 from dispatcher_gateway.core.breaker import CircuitBreaker
+from dispatcher_gateway.core.callbacks import CallbackRules
 from dispatcher_gateway.core.errors import UpstreamError
 from dispatcher_gateway.core.hub import EventHub
 from dispatcher_gateway.core.model import (
-    JSON,
     DispatchSpec,
     Job,
+    JobEvent,
     JobState,
     Mode,
     Service,
     UpstreamFailure,
 )
-from dispatcher_gateway.core.outbox import IDLE_POLL, OutboxWorker
+from dispatcher_gateway.core.outbox import IDLE_POLL, SYNC_CALL_GRACE, OutboxWorker
 from dispatcher_gateway.core.retry import RateLimit, RetryPolicy
 from dispatcher_gateway.core.service import Gateway, RateGate
 from dispatcher_gateway.core.tokens import CallbackTokens
 from dispatcher_gateway.store.sqlite import SqliteStore
 
+from ..support.upstream import ScriptedUpstream
+
 FAST = RetryPolicy(base=0.01, cap=0.02, give_up_after=60.0)
 """Retries within 20 ms: a wait much longer than that can only be the upstream's Retry-After."""
 WAIT_TIMEOUT = 10.0
-Outcome = JSON | UpstreamError
 
 
 def failure(status: int, code: str, *, retry_after: float | None = None) -> UpstreamError:
@@ -66,40 +71,13 @@ FINAL = {
 
 
 @dataclass
-class ScriptedUpstream:
-    """core.ports.Upstream answering dispatches from a script (then 202s), noting each call."""
-
-    script: list[Outcome] = field(default_factory=list)
-    otherwise: Callable[[], Outcome] = lambda: {"status": "queued"}
-    calls: list[tuple[str, float]] = field(default_factory=list)
-
-    async def dispatch(
-        self, spec: DispatchSpec, *, idempotency_key: str, callback_url: str | None, timeout: float
-    ) -> JSON:
-        self.calls.append((idempotency_key, time.monotonic()))
-        outcome = self.script.pop(0) if self.script else self.otherwise()
-        if isinstance(outcome, UpstreamError):
-            raise outcome
-        return {"dispatchId": f"disp_{len(self.calls)}", **outcome}
-
-    async def validate(self, spec: DispatchSpec, *, timeout: float) -> JSON:
-        return {"valid": True}
-
-    async def templates(self, *, timeout: float) -> list[JSON]:
-        return []
-
-    async def close(self) -> None:
-        return None
-
-
-@dataclass
 class Harness:
     store: SqliteStore
     upstream: ScriptedUpstream
     gateway: Gateway
 
-    async def queue(self) -> str:
-        spec = DispatchSpec((Service.EMAIL,), Mode.ASYNC, {"template": {"id": 1, "data": {}}})
+    async def queue(self, service: Service = Service.ESIGN) -> str:
+        spec = DispatchSpec((service,), Mode.ASYNC, {"template": {"id": 1, "data": {}}})
         return (await self.gateway.submit("anonymous", spec, budget=None)).job_id
 
     async def settled(self, job_id: str, *, states: tuple[JobState, ...]) -> Job:
@@ -121,7 +99,11 @@ UNLIMITED = RateLimit(1000, 1.0)
 
 @contextlib.asynccontextmanager
 async def running(
-    tmp_path: Path, policy: RetryPolicy = FAST, rate: RateLimit = UNLIMITED
+    tmp_path: Path,
+    policy: RetryPolicy = FAST,
+    rate: RateLimit = UNLIMITED,
+    callbacks: CallbackRules | None = None,
+    sync_concurrency: int = 100,
 ) -> AsyncIterator[Harness]:
     store = SqliteStore(tmp_path / "outbox.db")
     await store.open()
@@ -135,8 +117,11 @@ async def running(
         hub=EventHub(),
         # The breaker has its own tests; here it must not pause the rules under test.
         breaker=CircuitBreaker(threshold=1_000_000),
+        callbacks=callbacks,
     )
-    worker = OutboxWorker(gateway, store, policy, submit_timeout=5.0)
+    worker = OutboxWorker(
+        gateway, store, policy, submit_timeout=5.0, sync_concurrency=sync_concurrency
+    )
     gateway.on_queued = worker.wake
     task = asyncio.create_task(worker.run())
     try:
@@ -157,8 +142,8 @@ async def test_transient_failures_are_retried_with_the_same_idempotency_key(
         job_id = await h.queue()
         job = await h.settled(job_id, states=(JobState.SUBMITTED, JobState.FAILED))
         assert job.state is JobState.SUBMITTED
-        assert [key for key, _ in h.upstream.calls] == [job_id] * 3
-        assert await h.event_types(job_id) == ["queued", "submitted"]
+        assert h.upstream.keys == [job_id] * 3
+        assert await h.event_types(job_id) == ["queued", *[states.ATTEMPT] * 3, "submitted"]
 
 
 @pytest.mark.parametrize("error", FINAL.values(), ids=FINAL.keys())
@@ -176,7 +161,7 @@ async def test_other_4xx_fail_the_job_at_once_with_the_upstreams_error(
         assert job.error.code == error.failure.code
         assert job.error.details == error.failure.details
         events = await h.store.read_events(client="anonymous", job_id=job_id)
-        assert [e.type for e in events] == ["queued", "failed"]
+        assert [e.type for e in events] == ["queued", states.ATTEMPT, "failed"]
         assert events[-1].terminal
         assert events[-1].data["http_status"] == error.failure.http_status
         assert events[-1].data["details"] == error.failure.details
@@ -197,7 +182,11 @@ async def test_a_job_past_its_give_up_age_fails_with_its_last_error(tmp_path: Pa
         assert job.error.message.startswith("gave up after")
         assert "bad_gateway happened" in job.error.message
         assert len(h.upstream.calls) > 3
-        assert await h.event_types(job_id) == ["queued", "failed"]
+        assert await h.event_types(job_id) == [
+            "queued",
+            *[states.ATTEMPT] * len(h.upstream.calls),
+            "failed",
+        ]
         tries = len(h.upstream.calls)
         await asyncio.sleep(0.1)
         assert len(h.upstream.calls) == tries  # given up: never sent again
@@ -208,7 +197,7 @@ async def test_retry_after_is_honoured_over_a_shorter_backoff(tmp_path: Path) ->
         h.upstream.script = [failure(429, "rate_limited", retry_after=0.5)]
         job_id = await h.queue()
         await h.settled(job_id, states=(JobState.SUBMITTED,))
-        (_, first), (_, second) = h.upstream.calls
+        first, second = (c.at for c in h.upstream.calls)
         assert second - first >= 0.5
 
 
@@ -221,8 +210,8 @@ async def test_async_jobs_beyond_the_rate_wait_in_order_and_are_never_refused(
         jobs = [await h.queue() for _ in range(4)]
         for job_id in jobs:
             await h.settled(job_id, states=(JobState.SUBMITTED,))
-        assert [key for key, _ in h.upstream.calls] == jobs
-        times = [t for _, t in h.upstream.calls]
+        assert h.upstream.keys == jobs
+        times = [c.at for c in h.upstream.calls]
         for i in range(len(times) - rate.limit):
             assert times[i + rate.limit] - times[i] >= 1.0
 
@@ -234,5 +223,184 @@ async def test_a_retry_goes_out_when_its_backoff_ends_not_at_the_next_idle_poll(
         h.upstream.script = [failure(503, "service_unavailable")]
         job_id = await h.queue()
         await h.settled(job_id, states=(JobState.SUBMITTED,))
-        (_, first), (_, second) = h.upstream.calls
+        first, second = (c.at for c in h.upstream.calls)
         assert second - first < IDLE_POLL / 2
+
+
+# How each job is sent, and how it ends
+
+
+async def test_a_job_of_a_service_that_never_calls_back_ends_with_the_sync_answer(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path) as h:
+        job_id = await h.queue(Service.EMAIL)
+        job = await h.settled(job_id, states=(JobState.SUCCEEDED, JobState.FAILED))
+        assert job.state is JobState.SUCCEEDED
+        [call] = h.upstream.calls
+        assert (call.idempotency_key, call.mode) == (job_id, Mode.SYNC)
+        assert job.dispatch_id == "disp_1"
+        assert await h.event_types(job_id) == ["queued", states.ATTEMPT, states.COMPLETED]
+
+
+@pytest.mark.parametrize(
+    ("services", "provider", "mode"),
+    [
+        ((Service.ESIGN,), "", Mode.ASYNC),
+        ((Service.POSTAL,), "mysendingbox", Mode.ASYNC),
+        ((Service.ESIGN,), "yousign", Mode.SYNC),
+        ((Service.POSTAL,), "lob", Mode.SYNC),
+        ((Service.FILE, Service.ESIGN), "", Mode.ASYNC),
+        ((Service.FILE, Service.EMAIL), "", Mode.SYNC),
+        ((Service.SMS,), "", Mode.SYNC),
+        ((Service.INVOICING,), "qonto", Mode.SYNC),
+    ],
+)
+async def test_a_job_is_sent_async_only_when_its_service_and_provider_call_back(
+    tmp_path: Path, services: tuple[Service, ...], provider: str, mode: Mode
+) -> None:
+    async with running(tmp_path) as h:
+        body = {"template": {"id": 1, "data": {}}} | (
+            {"providerName": provider} if provider else {}
+        )
+        spec = DispatchSpec(services, Mode.ASYNC, body)
+        job_id = (await h.gateway.submit("anonymous", spec, budget=None)).job_id
+        ended = JobState.SUBMITTED if mode is Mode.ASYNC else JobState.SUCCEEDED
+        await h.settled(job_id, states=(ended,))
+        assert [c.mode for c in h.upstream.calls] == [mode]
+
+
+async def test_background_sync_calls_are_retried_with_the_same_key_then_end_the_job(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path) as h:
+        h.upstream.script = [failure(503, "service_unavailable"), failure(429, "rate_limited")]
+        job_id = await h.queue(Service.SMS)
+        job = await h.settled(job_id, states=(JobState.SUCCEEDED, JobState.FAILED))
+        assert job.state is JobState.SUCCEEDED
+        assert h.upstream.keys == [job_id] * 3
+        assert {c.mode for c in h.upstream.calls} == {Mode.SYNC}
+        attempts = await h.gateway.attempts(job)
+        assert [(a.http_status, a.error_code) for a in attempts] == [
+            (503, "service_unavailable"),
+            (429, "rate_limited"),
+            (200, ""),
+        ]
+        assert [a.request_id for a in attempts] == [c.request_id for c in h.upstream.calls]
+
+
+async def test_a_background_sync_call_refused_fails_the_job_with_the_upstreams_error(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path) as h:
+        h.upstream.script = [failure(417, "provider_error")]
+        job_id = await h.queue(Service.INVOICING)
+        job = await h.settled(job_id, states=(JobState.SUCCEEDED, JobState.FAILED))
+        assert job.state is JobState.FAILED
+        assert job.error is not None
+        assert (job.error.code, job.error.http_status) == ("provider_error", 417)
+        assert len(h.upstream.calls) == 1
+
+
+async def test_slow_sync_calls_are_bounded_and_hold_up_no_async_submission(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path, sync_concurrency=2) as h:
+        h.upstream.sync_gate = asyncio.Event()
+        slow = [await h.queue(Service.EMAIL) for _ in range(5)]
+        quick = await h.queue(Service.ESIGN)
+        await h.settled(quick, states=(JobState.SUBMITTED,))
+        assert h.upstream.in_flight == 2  # the other three wait in the outbox, not in memory
+        h.upstream.sync_gate.set()
+        for job_id in slow:
+            await h.settled(job_id, states=(JobState.SUCCEEDED,))
+        assert h.upstream.most_in_flight == 2
+        assert sorted(h.upstream.keys) == sorted([*slow, quick])
+
+
+def sync_job(job_id: str, created_at: float) -> tuple[Job, JobEvent]:
+    """What a sync call leaves when its process is killed before the upstream answered: the job,
+    queued, with its first event (and, created with enqueue=True, its outbox entry)."""
+    job = Job(
+        job_id=job_id,
+        client="anonymous",
+        services=(Service.EMAIL,),
+        mode=Mode.SYNC,
+        state=JobState.QUEUED,
+        body={"template": {"id": 1, "data": {}}},
+        metadata={},
+        idempotency_key="",
+        request_hash="",
+        created_at=created_at,
+        updated_at=created_at,
+    )
+    first = JobEvent(
+        job_id, job.client, Service.EMAIL, "queued", JobState.QUEUED, {}, {}, created_at
+    )
+    return job, first
+
+
+async def test_a_sync_job_whose_caller_never_recorded_an_answer_is_sent_by_the_outbox(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path) as h:
+        now = time.time()
+        await h.store.create_job(*sync_job("job_fresh", now), enqueue=True)
+        await h.store.create_job(*sync_job("job_orphan", now - SYNC_CALL_GRACE), enqueue=True)
+        h.gateway.on_queued()
+        ended = await h.settled("job_orphan", states=(JobState.SUCCEEDED, JobState.FAILED))
+        assert ended.state is JobState.SUCCEEDED
+        await asyncio.sleep(IDLE_POLL * 1.5)
+        # The fresh one is its caller's to send until the call's time is up.
+        assert [(c.idempotency_key, c.mode) for c in h.upstream.calls] == [
+            ("job_orphan", Mode.SYNC)
+        ]
+
+
+# The callback deadline
+
+
+SHORT_DEADLINE = CallbackRules(deadlines={Service.ESIGN: 0.3, Service.POSTAL: 0.3})
+
+
+async def test_a_job_whose_webhook_never_comes_fails_callback_overdue_once(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path, callbacks=SHORT_DEADLINE) as h:
+        job_id = await h.queue(Service.ESIGN)
+        job = await h.settled(job_id, states=(JobState.FAILED,))
+        assert job.error is not None
+        assert job.error.code == states.OVERDUE
+        token = h.gateway.tokens.token(job_id)
+        late = {"event": "document_signed", "dispatchId": job.dispatch_id, "data": {}}
+        assert await h.gateway.record_webhook(token, late, webhook_id="wh-late")
+        await asyncio.sleep(0.5)
+        events = await h.store.read_events(client="anonymous", job_id=job_id)
+        assert [(e.type, e.terminal) for e in events] == [
+            ("queued", False),
+            (states.ATTEMPT, False),
+            ("submitted", False),
+            ("failed", True),
+            ("document_signed", False),
+        ]
+        after = await h.store.get_job(job_id)
+        assert after is not None
+        assert after.state is JobState.FAILED
+
+
+async def test_a_job_that_ends_by_webhook_in_time_is_not_overdue(tmp_path: Path) -> None:
+    async with running(tmp_path, callbacks=SHORT_DEADLINE) as h:
+        job_id = await h.queue(Service.POSTAL)
+        await h.settled(job_id, states=(JobState.SUBMITTED,))
+        token = h.gateway.tokens.token(job_id)
+        for n, event in enumerate(["letter_created", "letter_delivered"]):
+            await h.gateway.record_webhook(token, {"event": event}, webhook_id=f"wh-{n}")
+        await asyncio.sleep(0.6)
+        assert await h.event_types(job_id) == [
+            "queued",
+            states.ATTEMPT,
+            "submitted",
+            "letter_created",
+            "letter_delivered",
+        ]
+        assert await h.store.lease(limit=10, visibility=60.0) == []

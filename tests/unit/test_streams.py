@@ -12,27 +12,13 @@ import pytest
 
 from dispatcher_gateway.core.errors import NotFound, ShuttingDown, SlowConsumer
 from dispatcher_gateway.core.hub import EventHub
-from dispatcher_gateway.core.model import JSON, DispatchSpec, EventFilter, JobEvent, Mode, Service
+from dispatcher_gateway.core.model import DispatchSpec, EventFilter, JobEvent, Mode, Service
 from dispatcher_gateway.core.retry import RateLimit
 from dispatcher_gateway.core.service import Gateway, RateGate
 from dispatcher_gateway.core.tokens import CallbackTokens
 from dispatcher_gateway.store.sqlite import SqliteStore
 
-
-class NoUpstream:
-    async def dispatch(
-        self, spec: DispatchSpec, *, idempotency_key: str, callback_url: str | None, timeout: float
-    ) -> JSON:
-        return {"dispatchId": f"disp_{idempotency_key}", "status": "queued"}
-
-    async def validate(self, spec: DispatchSpec, *, timeout: float) -> JSON:
-        return {"valid": True}
-
-    async def templates(self, *, timeout: float) -> list[JSON]:
-        return []
-
-    async def close(self) -> None:
-        return None
+from ..support.upstream import ScriptedUpstream
 
 
 @dataclass
@@ -59,7 +45,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     tokens = CallbackTokens(b"k" * 32)
     gateway = Gateway(
         store,
-        NoUpstream(),
+        ScriptedUpstream(),
         tokens,
         public_url="https://gw.example",
         rate=RateGate(store, RateLimit(1000, 1.0)),

@@ -26,6 +26,8 @@ from dispatcher_gateway.core.service import Gateway, RateGate
 from dispatcher_gateway.core.tokens import CallbackTokens
 from dispatcher_gateway.store.sqlite import SqliteStore
 
+from ..support.upstream import ScriptedUpstream
+
 APPEND_DELAY = 0.2
 WAIT_TIMEOUT = 5.0
 
@@ -46,27 +48,6 @@ class SlowAppends:
         return await self._store.append_event(event, **kwargs)
 
 
-class Answers:
-    def __init__(self, outcome: JSON | UpstreamError) -> None:
-        self.outcome = outcome
-
-    async def dispatch(
-        self, spec: DispatchSpec, *, idempotency_key: str, callback_url: str | None, timeout: float
-    ) -> JSON:
-        if isinstance(self.outcome, UpstreamError):
-            raise self.outcome
-        return self.outcome
-
-    async def validate(self, spec: DispatchSpec, *, timeout: float) -> JSON:
-        return {}
-
-    async def templates(self, *, timeout: float) -> list[JSON]:
-        return []
-
-    async def close(self) -> None:
-        return None
-
-
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     store = SqliteStore(tmp_path / "sync.db")
@@ -82,7 +63,7 @@ async def cancelled_while_recording(store: SqliteStore, outcome: JSON | Upstream
     slow = SlowAppends(store)
     gateway = Gateway(
         slow,  # type: ignore[arg-type]
-        Answers(outcome),
+        ScriptedUpstream(script=[outcome]),
         CallbackTokens(b"k" * 32),
         public_url="https://gw.example",
         rate=RateGate(store, RateLimit(1000, 1.0)),

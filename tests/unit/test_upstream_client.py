@@ -99,7 +99,7 @@ async def test_sync_dispatch_posts_the_body_to_the_spec_path(make_client: MakeCl
 
     answer = await client.dispatch(SPEC, idempotency_key="job-1", callback_url=None, timeout=5)
 
-    assert answer == {"ok": True}
+    assert answer.body == {"ok": True}
     request = recorder.last
     assert request.method == "POST"
     assert request.url.path == "/api/file/email"
@@ -164,11 +164,67 @@ async def test_async_dispatch_adds_the_query_and_callback_field(make_client: Mak
 
     answer = await client.dispatch(SPEC, idempotency_key="job-1", callback_url=callback, timeout=5)
 
-    assert answer["dispatchId"] == "disp_abc123"
+    assert answer.body["dispatchId"] == "disp_abc123"
     assert recorder.last.url.params["async"] == "true"
     sent = json.loads(recorder.last.content)
     assert sent == {**SPEC.body, "webhookUrl": callback}
     assert "webhookUrl" not in SPEC.body
+
+
+async def test_a_dispatch_describes_its_attempt_with_the_request_id_answered(
+    make_client: MakeClient,
+) -> None:
+    response = httpx.Response(202, json={"dispatchId": "d"}, headers={"X-Request-ID": "req_up"})
+    client = make_client(Recorder(response))
+
+    answer = await client.dispatch(
+        SPEC, idempotency_key="k", callback_url="https://x/cb", timeout=5
+    )
+
+    attempt = answer.attempt
+    assert (attempt.endpoint, attempt.mode, attempt.http_status) == (
+        "POST /api/file/email",
+        Mode.ASYNC,
+        202,
+    )
+    assert (attempt.request_id, attempt.error_code) == ("req_up", "")
+    assert attempt.latency >= 0
+    assert abs(attempt.time - time.time()) < 60
+
+
+async def test_a_refused_dispatch_carries_its_attempt_with_the_error_code(
+    make_client: MakeClient,
+) -> None:
+    body = {"error": "service_unavailable", "message": "down"}
+    client = make_client(Recorder(httpx.Response(503, json=body)))
+
+    with pytest.raises(UpstreamError) as caught:
+        await client.dispatch(SPEC, idempotency_key="k", callback_url=None, timeout=5)
+
+    attempt = caught.value.attempt
+    assert attempt is not None
+    assert (attempt.mode, attempt.http_status, attempt.error_code) == (
+        Mode.SYNC,
+        503,
+        "service_unavailable",
+    )
+    assert attempt.request_id == caught.value.attempt.request_id != ""
+
+
+async def test_a_dispatch_with_no_answer_carries_its_attempt_with_status_0(
+    make_client: MakeClient,
+) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    client = make_client(refuse)
+
+    with pytest.raises(UpstreamError) as caught:
+        await client.dispatch(SPEC, idempotency_key="k", callback_url=None, timeout=5)
+
+    attempt = caught.value.attempt
+    assert attempt is not None
+    assert (attempt.http_status, attempt.error_code) == (0, "upstream_unreachable")
 
 
 async def test_callback_field_name_is_configurable() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .model import UpstreamFailure
+from .model import UpstreamAttempt, UpstreamFailure
 
 
 class GatewayError(Exception):
@@ -65,9 +65,12 @@ class UpstreamError(GatewayError):
         retryable: bool,
         timeout: bool = False,
         retry_after: float | None = None,
+        attempt: UpstreamAttempt | None = None,
     ) -> None:
         self.failure = failure
         self.retryable = retryable
         self.timeout = timeout
         self.retry_after = retry_after
+        self.attempt = attempt
+        """The request that failed, when one was sent (dispatches only)."""
         super().__init__(f"upstream {failure.http_status or 'no answer'}: {failure.message}")

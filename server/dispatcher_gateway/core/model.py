@@ -84,6 +84,50 @@ class UpstreamFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamAttempt:
+    """One request the gateway sent upstream for a job, as an operator quotes it to Dispatcher's
+    support: recorded as an event of the job (`states.ATTEMPT`), whatever it was answered."""
+
+    time: float
+    """When it was sent (seconds since the epoch)."""
+    endpoint: str
+    """Method and path, such as `POST /api/esign`."""
+    mode: Mode
+    """How it was sent: async (with the callback URL) or sync (the answer is the result)."""
+    http_status: int
+    """0 when no answer came (timeout, connection refused)."""
+    latency: float
+    """Seconds from sending to the answer, or to giving up on one."""
+    request_id: str
+    """The X-Request-ID the upstream answered with (the one sent, when it echoed none)."""
+    error_code: str = ""
+    """The upstream's error code, or the gateway's own (upstream_timeout, ...); empty on 2xx."""
+
+    def to_json(self) -> JSON:
+        return {
+            "time": self.time,
+            "endpoint": self.endpoint,
+            "mode": self.mode.value,
+            "http_status": self.http_status,
+            "latency": self.latency,
+            "request_id": self.request_id,
+            "error_code": self.error_code,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> UpstreamAttempt:
+        return cls(
+            time=float(data.get("time", 0.0)),
+            endpoint=str(data.get("endpoint", "")),
+            mode=Mode(data.get("mode", Mode.ASYNC.value)),
+            http_status=int(data.get("http_status", 0)),
+            latency=float(data.get("latency", 0.0)),
+            request_id=str(data.get("request_id", "")),
+            error_code=str(data.get("error_code", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class DispatchSpec:
     """A validated dispatch request, as the upstream will receive it."""
 
@@ -97,6 +141,11 @@ class DispatchSpec:
     @property
     def service(self) -> Service:
         return self.services[0]
+
+    @property
+    def provider(self) -> str:
+        """The provider the request names ('' for the account's default)."""
+        return str(self.body.get("providerName") or "")
 
     @property
     def path(self) -> str:

@@ -1,6 +1,12 @@
-"""The outbox worker: submits queued async jobs upstream, in order, within the rate limit,
-retrying what is safe to retry. Every submission of a job carries the same idempotency key (the
-job id), so a retry after a lost answer or a crash never dispatches twice."""
+"""The outbox worker: takes every job to its end.
+
+A queued job is sent upstream, in order, within the account's rate limit, retrying what is safe
+to retry; every request for a job carries the same idempotency key (the job id), so a retry after
+a lost answer or a crash never dispatches twice. How it is sent depends on how the job can end
+(core/callbacks.py): a job the upstream calls back is sent in async mode and its entry then waits
+for the job's deadline, when a job still without its terminal webhook fails `callback_overdue`;
+any other job is sent in sync mode, in the background, and the answer is its end.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +17,37 @@ import logging
 
 from ..metrics import UPSTREAM_CALLS
 from ..store.base import Store
+from . import states
 from .errors import StoreUnavailable, UpstreamError
-from .model import Job, JobState, Lease, UpstreamFailure
+from .model import Job, JobState, Lease, Mode, UpstreamFailure
 from .retry import RetryPolicy
-from .service import Gateway, spec_of
+from .service import UPSTREAM_TIMEOUT, Gateway, spec_of
 
 log = logging.getLogger("dispatcher_gateway.outbox")
 
 LEASE_MARGIN = 30.0
-"""Added to the longest a lease can legitimately be held (a rate window, then a submission)
+"""Added to the longest a lease can legitimately be held (a rate window, then the longest call)
 to get its visibility: a worker that died holding entries gives them back then."""
 SUBMIT_TIMEOUT = 30.0
 """An async submission is answered in well under a second (documented: < 200 ms); past this,
 try again later."""
+SYNC_CONCURRENCY = 100
+"""Background sync calls awaiting the upstream at once. Answers take 2-30 s, so at the account's
+100 a minute about 50 are in flight: these many keep the rate with no call waiting for another."""
+ASYNC_CONCURRENCY = 32
+"""Async submissions awaiting the upstream's 202 at once."""
 LEASE_BATCH = 50
 IDLE_POLL = 1.0
 """Seconds between looks at an idle outbox (for other replicas' jobs and retries come due)."""
-MAX_IN_FLIGHT = 32
-"""Submissions awaiting the upstream's answer at once."""
+BUSY_DELAY = 1.0
+"""Seconds an entry waits when every call of its kind is taken."""
 DUE_MARGIN = 0.005
 """Seconds added to a retry's delay before looking for it: the store's clock is not the loop's."""
+SYNC_CALL_GRACE = UPSTREAM_TIMEOUT + LEASE_MARGIN
+"""Seconds after its creation a sync job is its caller's to send; then the outbox's."""
+SLOT_FRESHNESS = 0.5
+"""Seconds a rate slot may wait before its request leaves: past this (a stalled process), a new
+slot is taken, so requests bunched by a stall cannot exceed the limit where the upstream counts."""
 
 
 class OutboxWorker:
@@ -41,6 +58,8 @@ class OutboxWorker:
         policy: RetryPolicy,
         *,
         submit_timeout: float = SUBMIT_TIMEOUT,
+        sync_concurrency: int = SYNC_CONCURRENCY,
+        async_concurrency: int = ASYNC_CONCURRENCY,
     ) -> None:
         self.gateway = gateway
         self.store = store
@@ -50,12 +69,14 @@ class OutboxWorker:
         self._timers: set[asyncio.TimerHandle] = set()
         self._stranded: collections.deque[Lease] = collections.deque()
         """Leases an outage kept the worker from finishing, handed back when the store answers."""
-        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._free = {Mode.ASYNC: async_concurrency, Mode.SYNC: sync_concurrency}
+        """Calls of each kind that may start now: a slow sync answer never holds up a 202."""
+        self._slot_freed = asyncio.Event()
         self.submit_timeout = submit_timeout
         rate = gateway.rate.rate
         # Leasing no more than the rate admits in one window bounds how long a lease waits.
         self._batch = min(LEASE_BATCH, rate.limit)
-        self._visibility = rate.window + submit_timeout + LEASE_MARGIN
+        self.visibility = rate.window + max(submit_timeout, UPSTREAM_TIMEOUT) + LEASE_MARGIN
 
     def wake(self) -> None:
         """Something was queued: look now rather than at the next poll."""
@@ -64,7 +85,12 @@ class OutboxWorker:
     async def run(self) -> None:
         try:
             while True:
-                leases = await self._lease()
+                room = sum(self._free.values())
+                if room <= 0:
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()
+                    continue
+                leases = await self._lease(min(self._batch, room))
                 if not leases:
                     self._wakeup.clear()
                     with contextlib.suppress(TimeoutError):
@@ -82,46 +108,67 @@ class OutboxWorker:
         finally:
             await self.stop()
 
-    async def _lease(self) -> list[Lease]:
+    async def _lease(self, limit: int) -> list[Lease]:
         """Hand back what an outage stranded, then lease; nothing while the store is away."""
         try:
             while self._stranded:
                 await self.store.retry_later(self._stranded[0], 0.0)
                 self._stranded.popleft()
-            return await self.store.lease(limit=self._batch, visibility=self._visibility)
+            return await self.store.lease(limit=limit, visibility=self.visibility)
         except StoreUnavailable as exc:
             log.warning("outbox: store unavailable (%s); retrying", exc)
             return []
 
     async def _start(self, lease: Lease) -> None:
-        """Send one entry's job upstream as a task of its own, or settle it without sending."""
+        """Settle one entry: send its job upstream as a task of its own, wait out its caller or
+        its deadline, or drop it when the job has ended."""
+        job = await self.store.get_job(lease.job_id)
+        if job is None or job.state.terminal:
+            await self.store.ack(lease)
+            return
+        if job.state is not JobState.QUEUED:
+            # Accepted upstream in async mode (its webhook may even have come first): the
+            # entry now stands for the job's deadline.
+            await self._await_callback(lease, job)
+            return
+        now = self.gateway.clock()
+        if job.mode is Mode.SYNC and now < job.created_at + SYNC_CALL_GRACE:
+            # Its caller is sending it now; the entry is the safety net should the call be lost.
+            await self._retry_later(lease, job.created_at + SYNC_CALL_GRACE - now)
+            return
         paused = self.gateway.breaker.wait()
         if paused > 0:
             # The circuit is open: the entry waits in the outbox, not in memory.
             await self._retry_later(lease, paused)
             return
-        job = await self.store.get_job(lease.job_id)
-        if job is None or job.state is not JobState.QUEUED:
-            # Gone, or already accepted upstream (its webhook may even have come first):
-            # nothing to send, and no slot of the rate limit spent on it.
-            await self.store.ack(lease)
+        kind = Mode.ASYNC if self.gateway.calls_back(job) else Mode.SYNC
+        if self._free[kind] <= 0:
+            # Every call of its kind is taken (slow answers): the entry waits in the outbox, and
+            # the jobs behind it that are sent the other way go on.
+            await self._retry_later(lease, BUSY_DELAY)
             return
         # Slots are taken in lease order, so jobs leave the outbox in the order queued; the
         # request goes out right after its slot, with nothing between.
-        await self._slots.acquire()
+        self._free[kind] -= 1
         try:
-            await self.gateway.rate.wait()
+            taken = await self.gateway.rate.wait()
         except BaseException:
-            self._slots.release()
+            self._release(kind)
             raise
         self.gateway.breaker.calling()
-        task = asyncio.create_task(self._submit(lease, job), name=f"submit:{lease.job_id}")
+        task = asyncio.create_task(
+            self._submit(lease, job, kind, taken), name=f"submit:{lease.job_id}"
+        )
         self._in_flight.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(lambda done: self._done(done, kind))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _release(self, kind: Mode) -> None:
+        self._free[kind] += 1
+        self._slot_freed.set()
+
+    def _done(self, task: asyncio.Task[None], kind: Mode) -> None:
         self._in_flight.discard(task)
-        self._slots.release()
+        self._release(kind)
         if not task.cancelled() and task.exception() is not None:
             log.error("outbox: submission crashed", exc_info=task.exception())
 
@@ -146,9 +193,35 @@ class OutboxWorker:
         handle = asyncio.get_running_loop().call_later(delay + DUE_MARGIN, due)
         self._timers.add(handle)
 
-    async def _submit(self, lease: Lease, job: Job) -> None:
+    async def _await_callback(self, lease: Lease, job: Job) -> None:
+        """A job waiting for its terminal webhook: fail it `callback_overdue` once its deadline
+        has passed, else look again then."""
+        submitted_at = job.created_at
+        async for event in self.gateway.events_of(job):
+            if event.type == states.SUBMITTED:
+                submitted_at = event.record_time or event.event_time
+                break
+        deadline = self.gateway.callbacks.deadline(job.services)
+        due = submitted_at + deadline
+        now = self.gateway.clock()
+        if now < due:
+            await self._retry_later(lease, due - now)
+            return
+        failure = UpstreamFailure(
+            states.OVERDUE,
+            f"no terminal webhook came within {deadline:g} s of the job's submission "
+            f"(dispatch {job.dispatch_id or 'unknown'}); one that comes later is still recorded",
+        )
+        if await self.gateway.fail(job, failure) is not None:
+            log.warning("outbox: %s: %s", job.job_id, failure.message)
+            UPSTREAM_CALLS.inc("overdue")
+        await self.store.ack(lease)
+
+    async def _submit(self, lease: Lease, job: Job, kind: Mode, taken: float) -> None:
         try:
-            await self._submit_and_record(lease, job)
+            if asyncio.get_running_loop().time() - taken > SLOT_FRESHNESS:
+                await self.gateway.rate.wait()
+            await self._submit_and_record(lease, job, kind)
         except StoreUnavailable as exc:
             # Sent or not, the outcome could not be recorded: the entry goes back when the
             # store answers, and the same idempotency key makes a second send harmless.
@@ -156,17 +229,19 @@ class OutboxWorker:
             self._stranded.append(lease)
             self.wake()
 
-    async def _submit_and_record(self, lease: Lease, job: Job) -> None:
+    async def _submit_and_record(self, lease: Lease, job: Job, kind: Mode) -> None:
+        calls_back = kind is Mode.ASYNC
         try:
             answer = await self.gateway.call_upstream(
                 self.gateway.upstream.dispatch(
                     spec_of(job),
                     idempotency_key=job.job_id,
-                    callback_url=self.gateway.callback_url(job.job_id),
-                    timeout=self.submit_timeout,
+                    callback_url=self.gateway.callback_url(job.job_id) if calls_back else None,
+                    timeout=self.submit_timeout if calls_back else UPSTREAM_TIMEOUT,
                 )
             )
         except UpstreamError as exc:
+            await self.gateway.record_attempt(job, exc.attempt)
             age = self.gateway.clock() - job.created_at
             if exc.retryable and age < self.policy.give_up_after:
                 delay = self.policy.delay(lease.attempts, exc.retry_after)
@@ -194,5 +269,10 @@ class OutboxWorker:
             await self.store.ack(lease)
             return
         UPSTREAM_CALLS.inc("accepted")
-        await self.gateway.submitted(job, answer)
-        await self.store.ack(lease)
+        if calls_back:
+            await self.gateway.submitted(job, answer)
+            # The entry stays, due at the job's deadline.
+            await self._retry_later(lease, self.gateway.callbacks.deadline(job.services))
+        else:
+            await self.gateway.completed(job, answer)
+            await self.store.ack(lease)

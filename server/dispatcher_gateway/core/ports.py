@@ -3,9 +3,18 @@ webhook receiver. The implementations live in upstream/ and core/service.py."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
-from .model import JSON, DispatchSpec
+from .model import JSON, DispatchSpec, UpstreamAttempt
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAnswer:
+    """A 2xx answer to a dispatch: its JSON body, and the attempt that got it."""
+
+    body: JSON
+    attempt: UpstreamAttempt
 
 
 class Upstream(Protocol):
@@ -14,9 +23,10 @@ class Upstream(Protocol):
 
     async def dispatch(
         self, spec: DispatchSpec, *, idempotency_key: str, callback_url: str | None, timeout: float
-    ) -> JSON:
+    ) -> UpstreamAnswer:
         """POST the spec to its path; async mode (`?async=true`, the callback URL in the body) when
-        `callback_url` is given. Returns the 2xx answer's JSON body (async: has `dispatchId`)."""
+        `callback_url` is given. Returns the 2xx answer (async: its body has `dispatchId`); an
+        UpstreamError raised carries the attempt too."""
 
     async def validate(self, spec: DispatchSpec, *, timeout: float) -> JSON:
         """POST to the spec's path + /validate. Returns the 2xx answer's JSON body."""

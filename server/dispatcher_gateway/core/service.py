@@ -18,6 +18,7 @@ from ..metrics import DISPATCHES, WEBHOOKS
 from ..store.base import Store
 from . import states
 from .breaker import CircuitBreaker
+from .callbacks import CallbackRules
 from .errors import (
     FieldViolation,
     IdempotencyConflict,
@@ -36,9 +37,10 @@ from .model import (
     JobState,
     Mode,
     Service,
+    UpstreamAttempt,
     UpstreamFailure,
 )
-from .ports import Upstream
+from .ports import Upstream, UpstreamAnswer
 from .retry import RateLimit
 from .tokens import CallbackTokens
 
@@ -114,14 +116,15 @@ class RateGate:
         window = self.rate.window + max(RATE_MARGIN_MIN, self.rate.window * RATE_MARGIN)
         return await self._store.acquire_rate(limit=self.rate.limit, window=window)
 
-    async def wait(self, budget: float | None = None) -> None:
-        """Take a slot, waiting for one at most `budget` seconds (None: as long as it takes)."""
+    async def wait(self, budget: float | None = None) -> float:
+        """Take a slot, waiting for one at most `budget` seconds (None: as long as it takes).
+        Returns the loop's time when it was taken."""
         loop = asyncio.get_running_loop()
         give_up = None if budget is None else loop.time() + budget
         while True:
             wait = await self.take()
             if wait <= 0:
-                return
+                return loop.time()
             if give_up is not None and loop.time() + wait > give_up:
                 raise RateLimited(
                     f"the account's upstream rate limit ({self.rate.limit} per "
@@ -144,6 +147,7 @@ class Gateway:
         clock: Callable[[], float] = time.time,
         on_queued: Callable[[], None] = lambda: None,
         breaker: CircuitBreaker | None = None,
+        callbacks: CallbackRules | None = None,
     ) -> None:
         self.store = store
         self.upstream = upstream
@@ -154,6 +158,11 @@ class Gateway:
         self.clock = clock
         self.on_queued = on_queued
         self.breaker = breaker or CircuitBreaker()
+        self.callbacks = callbacks or CallbackRules()
+
+    def calls_back(self, job: Job) -> bool:
+        """Whether the job ends by webhook (submitted async) or by the upstream's sync answer."""
+        return self.callbacks.calls_back(spec_of(job))
 
     def callback_url(self, job_id: str) -> str:
         return f"{self.public_url}/webhooks/dispatcher/{self.tokens.token(job_id)}"
@@ -162,7 +171,13 @@ class Gateway:
 
     async def submit(self, client: str, spec: DispatchSpec, *, budget: float | None) -> Job:
         """Accept a dispatch. Async: stored and queued, returned at once. Sync: sent upstream
-        within `budget` seconds, the answer recorded as the job's events, the job returned."""
+        within `budget` seconds, the answer recorded as the job's events, the job returned. A job
+        that ends by webhook (esign, postal) is sent in async mode even then: the sync answer is
+        the upstream's acceptance (SUBMITTED), its end comes later by webhook.
+
+        Every job is put on the outbox, a sync one too: should this call never record an answer
+        (the process killed mid-call), the outbox takes the job over once the call's time is up
+        and sends it again under the same idempotency key."""
         now = self.clock()
         job = Job(
             job_id=new_job_id(),
@@ -179,7 +194,7 @@ class Gateway:
             updated_at=now,
         )
         first = self._event(job, states.QUEUED, {}, now)
-        create = self.store.create_job(job, first, enqueue=spec.mode is Mode.ASYNC)
+        create = self.store.create_job(job, first, enqueue=True)
         slot = False
         if spec.mode is Mode.SYNC and self.breaker.wait() <= 0:
             # The job and its rate slot in one group commit: one flush to disk before the
@@ -215,15 +230,19 @@ class Gateway:
                 await self.rate.wait(budget)
             remaining = budget - (loop.time() - started)
             sent = True
+            calls_back = self.calls_back(job)
             answer = await self.call_upstream(
                 self.upstream.dispatch(
-                    spec_of(job), idempotency_key=job.job_id, callback_url=None, timeout=remaining
+                    spec_of(job),
+                    idempotency_key=job.job_id,
+                    callback_url=self.callback_url(job.job_id) if calls_back else None,
+                    timeout=remaining,
                 )
             )
         # Each failure is recorded shielded: gRPC may cancel the call (its deadline) while the
         # record is being written, and a job left unrecorded would stay queued for ever.
         except UpstreamError as exc:
-            await asyncio.shield(self.fail(job, exc.failure))
+            await asyncio.shield(self._attempt_failed(job, exc))
             raise
         except RateLimited as exc:
             failure = UpstreamFailure("rate_limited", f"not sent: {exc}")
@@ -246,18 +265,15 @@ class Gateway:
             failure = UpstreamFailure(code, f"{why} before the upstream answered; {outcome}")
             await asyncio.shield(self.fail(job, failure))
             raise
-        dispatch_id = str(answer.get("dispatchId", ""))
-        event = self._event(job, states.COMPLETED, answer, self.clock(), dispatch_id=dispatch_id)
         # The upstream did it: that is recorded even if the caller is gone by now.
-        recorded = await asyncio.shield(
-            self.store.append_event(
-                event, dedupe_key=f"{job.job_id}:sync", apply=states.apply_event
-            )
-        )
-        if recorded is None:  # recorded already (this call, retried): read it back
+        if calls_back:
+            recorded = await asyncio.shield(self.submitted(job, answer))
+        else:
+            recorded = await asyncio.shield(self.completed(job, answer))
+        if recorded is None:  # recorded already (by the outbox, or a webhook): read it back
             return await self.get_job(job.client, job.job_id)
-        # Nothing but this call writes a sync job's events, so the job after this one is what
-        # the store now holds: no need to read it back.
+        # Nothing but this call writes a sync job's events this early (the outbox waits out the
+        # call's time), so the job after this one is what the store now holds.
         return states.apply_event(job, recorded)[0]
 
     def check_breaker(self) -> None:
@@ -285,20 +301,66 @@ class Gateway:
         self.breaker.success()
         return result
 
-    async def fail(self, job: Job, failure: UpstreamFailure) -> None:
+    async def fail(self, job: Job, failure: UpstreamFailure) -> JobEvent | None:
         """Record the gateway's own terminal failure of a job (once)."""
         event = self._event(job, states.FAILED, failure.to_json(), self.clock())
-        await self.store.append_event(
+        return await self.store.append_event(
             event, dedupe_key=f"{job.job_id}:failed", apply=states.apply_event
         )
 
-    async def submitted(self, job: Job, answer: JSON) -> None:
-        """Record the upstream's 202 for an async job (once)."""
-        dispatch_id = str(answer.get("dispatchId", ""))
-        event = self._event(job, states.SUBMITTED, answer, self.clock(), dispatch_id=dispatch_id)
-        await self.store.append_event(
+    async def submitted(self, job: Job, answer: UpstreamAnswer) -> JobEvent | None:
+        """Record an async request's acceptance (202), and the attempt that got it (once)."""
+        await self.record_attempt(job, answer.attempt)
+        body = answer.body
+        dispatch_id = str(body.get("dispatchId", ""))
+        event = self._event(job, states.SUBMITTED, body, self.clock(), dispatch_id=dispatch_id)
+        return await self.store.append_event(
             event, dedupe_key=f"{job.job_id}:submitted", apply=states.apply_event
         )
+
+    async def completed(self, job: Job, answer: UpstreamAnswer) -> JobEvent | None:
+        """Record a sync request's answer, the job's end, and the attempt that got it (once)."""
+        await self.record_attempt(job, answer.attempt)
+        body = answer.body
+        dispatch_id = str(body.get("dispatchId", ""))
+        event = self._event(job, states.COMPLETED, body, self.clock(), dispatch_id=dispatch_id)
+        return await self.store.append_event(
+            event, dedupe_key=f"{job.job_id}:sync", apply=states.apply_event
+        )
+
+    async def record_attempt(self, job: Job, attempt: UpstreamAttempt | None) -> None:
+        """Record one request sent upstream for the job (once per request id)."""
+        if attempt is None:
+            return
+        event = self._event(job, states.ATTEMPT, attempt.to_json(), attempt.time)
+        await self.store.append_event(
+            event, dedupe_key=f"{job.job_id}:attempt:{attempt.request_id}", apply=states.apply_event
+        )
+
+    async def _attempt_failed(self, job: Job, exc: UpstreamError) -> None:
+        await self.record_attempt(job, exc.attempt)
+        await self.fail(job, exc.failure)
+
+    async def attempts(self, job: Job) -> list[UpstreamAttempt]:
+        """The requests sent upstream for the job so far, oldest first."""
+        return [
+            UpstreamAttempt.from_json(e.data)
+            async for e in self.events_of(job)
+            if e.type == states.ATTEMPT
+        ]
+
+    async def events_of(self, job: Job) -> AsyncGenerator[JobEvent, None]:
+        """The job's events recorded so far, oldest first."""
+        after = ""
+        while True:
+            page = await self.store.read_events(
+                client=job.client, after=after, job_id=job.job_id, limit=REPLAY_PAGE
+            )
+            for event in page:
+                yield event
+            if len(page) < REPLAY_PAGE:
+                return
+            after = page[-1].cursor
 
     async def validate(self, spec: DispatchSpec) -> JSON:
         return await self.upstream.validate(spec, timeout=SMALL_CALL_TIMEOUT)

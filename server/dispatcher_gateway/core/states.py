@@ -8,16 +8,24 @@ from .model import JSON, Job, JobEvent, JobState, UpstreamFailure
 QUEUED = "queued"
 SUBMITTED = "submitted"
 FAILED = "failed"
-# The event a sync dispatch records with the upstream's answer, and the one async services
-# other than esign and postal send when done.
+ATTEMPT = "upstream_attempt"
+"""One request sent upstream for the job and what came of it: a record, never a change of state."""
+# The event that records the upstream's answer to a sync request: the job's end.
 COMPLETED = "dispatch_completed"
+
+OVERDUE = "callback_overdue"
+"""The error code of a job whose terminal webhook did not come within its service's deadline."""
+
+INFORMATIONAL = frozenset({ATTEMPT})
+"""Events recorded and streamed that leave the job as it is."""
 
 EVENT_STATES: dict[str, JobState] = {
     QUEUED: JobState.QUEUED,
     SUBMITTED: JobState.SUBMITTED,
     FAILED: JobState.FAILED,
-    # every async service but esign and postal
     COMPLETED: JobState.SUCCEEDED,
+    # Not sent by Dispatcher as documented (webhooks come for esign and postal only), but named
+    # by its async-flow recipe: honoured should they ever come.
     "dispatch_failed": JobState.FAILED,
     # esign: signaturit
     "document_signed": JobState.SUCCEEDED,
@@ -53,6 +61,8 @@ def apply_event(job: Job, event: JobEvent) -> tuple[Job, JobEvent]:
     """
     announced = state_for(event.type)
     dispatch_id = job.dispatch_id or event.dispatch_id
+    if event.type in INFORMATIONAL:
+        return job, event.replace(state=job.state, dispatch_id=dispatch_id, terminal=False)
     if job.state.terminal or announced.rank < job.state.rank:
         after = job.replace(dispatch_id=dispatch_id, updated_at=event.record_time or job.updated_at)
         return after, event.replace(state=job.state, dispatch_id=dispatch_id, terminal=False)

@@ -19,6 +19,7 @@ from ..core.model import (
     JobState,
     Mode,
     Service,
+    UpstreamAttempt,
     UpstreamFailure,
 )
 
@@ -335,6 +336,19 @@ def event_to_pb(event: JobEvent) -> pb.JobEvent:
     )
     if event.data:
         message.data.update(event.data)  # in place: no Struct built, then copied
+    return message
+
+
+def attempt_to_pb(attempt: UpstreamAttempt) -> pb.UpstreamAttempt:
+    message = pb.UpstreamAttempt(
+        endpoint=attempt.endpoint,
+        mode=_MODE_TO_PB[attempt.mode],
+        http_status=attempt.http_status,
+        request_id=attempt.request_id,
+        error_code=attempt.error_code,
+    )
+    _set_time(message.attempt_time, attempt.time)
+    message.latency.FromNanoseconds(round(attempt.latency * 1e9))
     return message
 
 

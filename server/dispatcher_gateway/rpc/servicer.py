@@ -21,6 +21,7 @@ from ..core.model import JobEvent
 from ..core.service import Gateway
 from .auth import Authenticator, Unauthenticated
 from .convert import (
+    attempt_to_pb,
     dict_to_struct,
     event_to_pb,
     failure_to_pb,
@@ -150,7 +151,9 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
     @_unary
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
         job = await self.gateway.get_job(self._client(context), request.job_id)
-        return job_to_pb(job)
+        message = job_to_pb(job)
+        message.attempts.extend(attempt_to_pb(a) for a in await self.gateway.attempts(job))
+        return message
 
     @_unary
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:

@@ -7,6 +7,7 @@ does, with the same idempotency key) nor rate-limits (core does, for every repli
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import importlib.metadata
 import json
@@ -15,12 +16,14 @@ import os
 import ssl
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from ..core.errors import UpstreamError
-from ..core.model import JSON, DispatchSpec, UpstreamFailure
+from ..core.model import JSON, DispatchSpec, Mode, UpstreamAttempt, UpstreamFailure
+from ..core.ports import UpstreamAnswer
 
 logger = logging.getLogger("dispatcher_gateway.upstream")
 
@@ -31,6 +34,8 @@ DEFAULT_CALLBACK_FIELD = "webhookUrl"
 """The body field that carries the callback URL ([ours] in DISPATCHER_API.md)."""
 
 DEFAULT_MAX_CONNECTIONS = 100
+MAX_REQUEST_ID = 200
+"""Characters of the upstream's X-Request-ID kept in a job's attempts."""
 
 TEMPLATES_PATH = "/api/v1/templates"
 VALIDATE_SUFFIX = "/validate"
@@ -132,30 +137,40 @@ class DispatcherClient:
 
     async def dispatch(
         self, spec: DispatchSpec, *, idempotency_key: str, callback_url: str | None, timeout: float
-    ) -> JSON:
+    ) -> UpstreamAnswer:
         body = dict(spec.body)
         params: dict[str, str] = {}
+        mode = Mode.SYNC
         if callback_url is not None:
+            mode = Mode.ASYNC
             params["async"] = "true"
             body[self._callback_field] = callback_url
-        status, answer = await self._request(
+        exchange = await self._request(
             "POST",
             spec.path,
             json_body=body,
             params=params,
             idempotency_key=idempotency_key,
             timeout=timeout,
+            mode=mode,
         )
-        return _expect_object(status, answer)
+        assert exchange.attempt is not None
+        try:
+            answer = _expect_object(exchange.status, exchange.body)
+        except UpstreamError as exc:
+            exc.attempt = _failed(exchange.attempt, exc.failure)
+            raise
+        return UpstreamAnswer(answer, exchange.attempt)
 
     async def validate(self, spec: DispatchSpec, *, timeout: float) -> JSON:
-        status, answer = await self._request(
+        exchange = await self._request(
             "POST", spec.path + VALIDATE_SUFFIX, json_body=dict(spec.body), timeout=timeout
         )
-        return _expect_object(status, answer)
+        return _expect_object(exchange.status, exchange.body)
 
     async def templates(self, *, timeout: float) -> list[JSON]:
-        status, answer = await self._request("GET", TEMPLATES_PATH, timeout=timeout)
+        exchange = await self._request("GET", TEMPLATES_PATH, timeout=timeout)
+        status, answer = exchange.status, exchange.body
         if isinstance(answer, dict):
             answer = answer.get("templates")
         if not isinstance(answer, list) or not all(isinstance(t, dict) for t in answer):
@@ -171,17 +186,33 @@ class DispatcherClient:
         json_body: JSON | None = None,
         params: dict[str, str] | None = None,
         idempotency_key: str = "",
-    ) -> tuple[int, Any]:
-        """Send one request; the status and parsed JSON of a 2xx answer, else UpstreamError."""
+        mode: Mode | None = None,
+    ) -> _Exchange:
+        """Send one request; the status and parsed JSON of a 2xx answer, else UpstreamError.
+        With `mode` (a dispatch), the attempt is described in both."""
         request_id = uuid.uuid4().hex
         headers = {"X-Request-ID": request_id}
         if idempotency_key:
             headers["X-Idempotency-Key"] = idempotency_key
         budget = min(timeout, UPSTREAM_TIMEOUT_CAP)
+        sent_at = time.time()
         started = time.monotonic()
         if budget <= 0:
             logger.debug("%s %s not sent: no time left (request id %s)", method, path, request_id)
             raise _timeout_error("the deadline passed before the request was sent")
+
+        def attempt(status: int, answered_id: str = "") -> UpstreamAttempt | None:
+            if mode is None:
+                return None
+            return UpstreamAttempt(
+                time=sent_at,
+                endpoint=f"{method} {path}",
+                mode=mode,
+                http_status=status,
+                latency=time.monotonic() - started,
+                request_id=answered_id or request_id,
+            )
+
         try:
             # httpx's timeout bounds each phase (connect, write, each read); the outer one
             # bounds the whole exchange, which is what the caller's deadline means.
@@ -196,13 +227,17 @@ class DispatcherClient:
                 )
         except (httpx.TimeoutException, TimeoutError) as exc:
             self._log_no_answer(method, path, request_id, started, "timeout")
-            raise _timeout_error(f"no answer within {budget:g} s") from exc
+            error = _timeout_error(f"no answer within {budget:g} s")
+            error.attempt = _failed(attempt(0), error.failure)
+            raise error from exc
         except httpx.TransportError as exc:
             self._log_no_answer(method, path, request_id, started, type(exc).__name__)
             failure = UpstreamFailure(
                 code=CODE_UNREACHABLE, message=f"{type(exc).__name__}: {exc}", http_status=0
             )
-            raise UpstreamError(failure, retryable=True) from exc
+            raise UpstreamError(
+                failure, retryable=True, attempt=_failed(attempt(0), failure)
+            ) from exc
 
         elapsed_ms = (time.monotonic() - started) * 1000
         logger.debug(
@@ -213,12 +248,18 @@ class DispatcherClient:
             request_id,
             elapsed_ms,
         )
+        echoed = response.headers.get("X-Request-ID", "")[:MAX_REQUEST_ID]
+        answered = attempt(response.status_code, echoed)
         if response.is_success:
             try:
-                return response.status_code, json.loads(response.content)
+                return _Exchange(response.status_code, json.loads(response.content), answered)
             except (ValueError, RecursionError) as exc:
-                raise _bad_response(response.status_code, "the answer is not JSON") from exc
-        raise self._error_from(response, method, path, request_id)
+                error = _bad_response(response.status_code, "the answer is not JSON")
+                error.attempt = _failed(answered, error.failure)
+                raise error from exc
+        error = self._error_from(response, method, path, request_id)
+        error.attempt = _failed(answered, error.failure)
+        raise error
 
     def _error_from(
         self, response: httpx.Response, method: str, path: str, request_id: str
@@ -261,6 +302,19 @@ class DispatcherClient:
             request_id,
             (time.monotonic() - started) * 1000,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Exchange:
+    status: int
+    body: Any
+    attempt: UpstreamAttempt | None
+
+
+def _failed(attempt: UpstreamAttempt | None, failure: UpstreamFailure) -> UpstreamAttempt | None:
+    if attempt is None:
+        return None
+    return dataclasses.replace(attempt, error_code=failure.code)
 
 
 def _timeout_error(message: str) -> UpstreamError:

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -85,6 +86,9 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     """The upstream reported progress (e.g. a signer signed, a letter is in transit)."""
     JOB_STATE_SUCCEEDED: _JobState.ValueType  # 4
     JOB_STATE_FAILED: _JobState.ValueType  # 5
+    """Refused or failed upstream, given up after retries, or (error code "callback_overdue") no
+    terminal webhook came within the service's deadline.
+    """
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper): ...
 
@@ -97,6 +101,9 @@ JOB_STATE_IN_PROGRESS: JobState.ValueType  # 3
 """The upstream reported progress (e.g. a signer signed, a letter is in transit)."""
 JOB_STATE_SUCCEEDED: JobState.ValueType  # 4
 JOB_STATE_FAILED: JobState.ValueType  # 5
+"""Refused or failed upstream, given up after retries, or (error code "callback_overdue") no
+terminal webhook came within the service's deadline.
+"""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 class _SignatureType:
@@ -601,6 +608,7 @@ class Job(_message.Message):
     LAST_EVENT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     dispatch_id: _builtins.str
     """The upstream's id, set once the upstream accepted the job."""
@@ -628,6 +636,12 @@ class Job(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___UpstreamAttempt]:
+        """Every request the gateway sent upstream for the job, oldest first: what to quote to
+        Dispatcher's support. Set by GetJob only (empty in ListJobs).
+        """
+
     def __init__(
         self,
         *,
@@ -646,14 +660,67 @@ class Job(_message.Message):
         last_event: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        attempts: _abc.Iterable[Global___UpstreamAttempt] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "result", b"result", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "create_time", b"create_time", "dispatch_id", b"dispatch_id", "error", b"error", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "last_event", b"last_event", "metadata", b"metadata", "mode", b"mode", "provider_name", b"provider_name", "result", b"result", "service", b"service", "state", b"state", "template_id", b"template_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "chain", b"chain", "create_time", b"create_time", "dispatch_id", b"dispatch_id", "error", b"error", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "last_event", b"last_event", "metadata", b"metadata", "mode", b"mode", "provider_name", b"provider_name", "result", b"result", "service", b"service", "state", b"state", "template_id", b"template_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class UpstreamAttempt(_message.Message):
+    """One request sent upstream for a job, and what came of it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    HTTP_STATUS_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    endpoint: _builtins.str
+    """Method and path, such as "POST /api/esign"."""
+    mode: Global___Mode.ValueType
+    """MODE_ASYNC: sent with the callback URL, its end comes by webhook; MODE_SYNC: the answer
+    is the job's end.
+    """
+    http_status: _builtins.int
+    """The upstream's HTTP status; 0 when no answer came."""
+    request_id: _builtins.str
+    """The X-Request-ID of the exchange, as the upstream answered it."""
+    error_code: _builtins.str
+    """The upstream's error code, or the gateway's own (such as "upstream_timeout"); empty on 2xx."""
+    @_builtins.property
+    def attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was sent."""
+
+    @_builtins.property
+    def latency(self) -> _duration_pb2.Duration:
+        """From sending to the answer, or to giving up on one."""
+
+    def __init__(
+        self,
+        *,
+        attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        endpoint: _builtins.str = ...,
+        mode: Global___Mode.ValueType = ...,
+        http_status: _builtins.int = ...,
+        latency: _duration_pb2.Duration | None = ...,
+        request_id: _builtins.str = ...,
+        error_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_time", b"attempt_time", "latency", b"latency"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_time", b"attempt_time", "endpoint", b"endpoint", "error_code", b"error_code", "http_status", b"http_status", "latency", b"latency", "mode", b"mode", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpstreamAttempt: _TypeAlias = UpstreamAttempt  # noqa: Y015
 
 @_typing.final
 class JobEvent(_message.Message):

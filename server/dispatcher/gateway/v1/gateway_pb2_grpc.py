@@ -89,7 +89,9 @@ class DispatchServiceServicer:
     def Dispatch(self, request, context):
         """Dispatch one request. MODE_ASYNC (the default) answers at once with a queued job whose
         result arrives later on WatchJob/Subscribe; MODE_SYNC waits for the upstream's answer
-        within the call's deadline.
+        within the call's deadline. A job that ends by webhook (esign and postal, by default) is
+        SUBMITTED when a MODE_SYNC call returns: the upstream accepted it, and its end (a document
+        signed, a letter delivered) comes later, as for MODE_ASYNC.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

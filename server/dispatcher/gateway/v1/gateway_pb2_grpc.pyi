@@ -42,7 +42,9 @@ class DispatchServiceStub:
     Dispatch: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DispatchRequest, _gateway_pb2.DispatchResponse]
     """Dispatch one request. MODE_ASYNC (the default) answers at once with a queued job whose
     result arrives later on WatchJob/Subscribe; MODE_SYNC waits for the upstream's answer
-    within the call's deadline.
+    within the call's deadline. A job that ends by webhook (esign and postal, by default) is
+    SUBMITTED when a MODE_SYNC call returns: the upstream accepted it, and its end (a document
+    signed, a letter delivered) comes later, as for MODE_ASYNC.
     """
     Validate: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DispatchRequest, _gateway_pb2.ValidateResponse]
     """Validate a request upstream without dispatching it (no provider call, no charge)."""
@@ -74,7 +76,9 @@ class DispatchServiceAsyncStub(DispatchServiceStub):
     Dispatch: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DispatchRequest, _gateway_pb2.DispatchResponse]  # type: ignore[assignment]
     """Dispatch one request. MODE_ASYNC (the default) answers at once with a queued job whose
     result arrives later on WatchJob/Subscribe; MODE_SYNC waits for the upstream's answer
-    within the call's deadline.
+    within the call's deadline. A job that ends by webhook (esign and postal, by default) is
+    SUBMITTED when a MODE_SYNC call returns: the upstream accepted it, and its end (a document
+    signed, a letter delivered) comes later, as for MODE_ASYNC.
     """
     Validate: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DispatchRequest, _gateway_pb2.ValidateResponse]  # type: ignore[assignment]
     """Validate a request upstream without dispatching it (no provider call, no charge)."""
@@ -109,7 +113,9 @@ class DispatchServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.DispatchResponse, _abc.Awaitable[_gateway_pb2.DispatchResponse]]:
         """Dispatch one request. MODE_ASYNC (the default) answers at once with a queued job whose
         result arrives later on WatchJob/Subscribe; MODE_SYNC waits for the upstream's answer
-        within the call's deadline.
+        within the call's deadline. A job that ends by webhook (esign and postal, by default) is
+        SUBMITTED when a MODE_SYNC call returns: the upstream accepted it, and its end (a document
+        signed, a letter delivered) comes later, as for MODE_ASYNC.
         """
 
     @_abc_1.abstractmethod
