@@ -17,8 +17,7 @@ import pytest
 
 from dispatcher_gateway.sandbox import Faults, Sandbox, SandboxSettings
 from dispatcher_gateway.webhooks import WebhookVerifier
-
-from .test_sandbox_api import CALLBACK, EMAIL, PASSWORD, valid_body
+from tests.support.sandbox import CALLBACK, EMAIL, PASSWORD, valid_body
 
 SECRET = "whsec-unit-secret"
 WAIT = 5.0

@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from dispatcher_gateway.sandbox import Faults, Sandbox, SandboxSettings
-
-from .test_sandbox_api import CALLBACK, EMAIL, PASSWORD, assert_error, ok_transport, valid_body
+from tests.support.sandbox import CALLBACK, EMAIL, PASSWORD, assert_error, ok_transport, valid_body
 
 
 @pytest.fixture
