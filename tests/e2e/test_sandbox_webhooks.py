@@ -1,5 +1,6 @@
 """The sandbox on a real server, its webhooks to a real HTTPS receiver on loopback, verified
-against a test CA: signatures, sequences, retries, duplicates, refused callbacks."""
+against a test CA: signatures, which dispatches call back and with what, retries, duplicates,
+refused callbacks."""
 
 from __future__ import annotations
 
@@ -99,8 +100,10 @@ class Setup:
     def callback(self) -> str:
         return self.receiver_server.url + HOOK_PATH
 
-    async def dispatch(self, service: str, *, callback: str | None = None) -> httpx.Response:
-        body = {**BODIES[service], "webhookUrl": callback or self.callback}
+    async def dispatch(
+        self, service: str, *, callback: str | None = None, **top: Any
+    ) -> httpx.Response:
+        body = {**BODIES[service], "webhookUrl": callback or self.callback, **top}
         return await self.client.post(f"/api/{service}", params={"async": "true"}, json=body)
 
 
@@ -155,7 +158,7 @@ async def start(tls: TlsFiles) -> AsyncIterator[Start]:
 
 async def test_webhook_signatures_verify_over_https(start: Start) -> None:
     setup = await start()
-    answer = await setup.dispatch("email")
+    answer = await setup.dispatch("esign")
     assert answer.status_code == 202
     await setup.sandbox.wait_for_webhooks(WAIT)
     [delivery] = setup.receiver.deliveries
@@ -167,7 +170,7 @@ async def test_webhook_signatures_verify_over_https(start: Start) -> None:
 
 async def test_standard_webhooks_signatures_verify_over_https(start: Start) -> None:
     setup = await start(signature_scheme="standard")
-    await setup.dispatch("email")
+    await setup.dispatch("esign")
     await setup.sandbox.wait_for_webhooks(WAIT)
     [delivery] = setup.receiver.deliveries
     webhook_id = WebhookVerifier([SECRETS[1]]).verify(delivery.body, delivery.headers)
@@ -175,27 +178,43 @@ async def test_standard_webhooks_signatures_verify_over_https(start: Start) -> N
 
 
 @pytest.mark.parametrize(
-    ("service", "events"),
+    ("service", "provider", "events"),
     [
-        ("email", ["dispatch_completed"]),
-        ("postal", ["letter_created", "letter_in_transit", "letter_delivered"]),
-        ("esign", ["signer_signed", "document_signed"]),
+        ("postal", "mysendingbox", ["letter_created", "letter_in_transit", "letter_delivered"]),
+        ("esign", "signaturit", ["document_signed"]),
+        ("esign", "universign", ["signer_signed", "transaction_completed"]),
     ],
 )
-async def test_each_service_sends_its_sequence_over_https(
-    start: Start, service: str, events: list[str]
+async def test_each_provider_that_calls_back_sends_its_sequence_over_https(
+    start: Start, service: str, provider: str, events: list[str]
 ) -> None:
     setup = await start()
-    await setup.dispatch(service)
+    await setup.dispatch(service, providerName=provider)
     await setup.sandbox.wait_for_webhooks(WAIT)
     assert [d.event for d in setup.receiver.deliveries] == events
     envelopes = [json.loads(d.body) for d in setup.receiver.deliveries]
-    assert {e["service"] for e in envelopes} == {service}
+    assert {(e["service"], e["provider"]) for e in envelopes} == {(service, provider)}
+
+
+@pytest.mark.parametrize(
+    ("service", "provider"), [("email", "sendgrid"), ("esign", "yousign"), ("postal", "lob")]
+)
+async def test_an_async_dispatch_that_does_not_call_back_gets_202_and_no_webhook(
+    start: Start, service: str, provider: str
+) -> None:
+    setup = await start()
+    answer = await setup.dispatch(service, providerName=provider)
+    assert answer.status_code == 202
+    assert answer.json()["status"] == "queued"
+    await setup.sandbox.wait_for_webhooks(WAIT)
+    stats = (await setup.client.get("/_sandbox/stats")).json()
+    assert (stats["dispatches"], stats["webhooks_sent"]) == (1, 0)
+    assert setup.receiver.deliveries == []
 
 
 async def test_webhooks_answered_500_are_retried_until_2xx(start: Start) -> None:
     setup = await start(Receiver(status=lambda attempt: 500 if attempt <= 2 else 200))
-    await setup.dispatch("email")
+    await setup.dispatch("esign")
     await setup.sandbox.wait_for_webhooks(WAIT)
     deliveries = setup.receiver.deliveries
     assert len(deliveries) == 3
@@ -237,7 +256,7 @@ async def test_a_receiver_the_ca_does_not_vouch_for_gets_nothing(
     stranger.cert_chain_pems[0].write_to_path(cert)
     stranger.private_key_pem.write_to_path(key)
     setup = await start(receiver_cert=(cert, key), time_factor=0.000001)
-    answer = await setup.dispatch("email")
+    answer = await setup.dispatch("esign")
     await setup.sandbox.wait_for_webhooks(WAIT)
     record = setup.sandbox.get_dispatch(answer.json()["dispatchId"])
     assert record is not None

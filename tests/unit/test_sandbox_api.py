@@ -276,6 +276,23 @@ async def test_sync_dispatch_answers_200_with_the_result(client: httpx.AsyncClie
     assert body["result"]["messageId"].startswith("msg_")
 
 
+@pytest.mark.parametrize(
+    ("service", "provider", "status", "fields"),
+    [
+        ("esign", "universign", "sent", {"documentId"}),
+        ("esign", "signaturit", "sent", {"documentId"}),
+        ("postal", "mysendingbox", "created", {"letterId", "trackingNumber"}),
+    ],
+)
+async def test_sync_answer_of_a_provider_that_calls_back_is_its_immediate_answer(
+    client: httpx.AsyncClient, service: str, provider: str, status: str, fields: set[str]
+) -> None:
+    response = await client.post(f"/api/{service}", json=valid_body(service, providerName=provider))
+    assert response.status_code == 200
+    result = response.json()["result"]
+    assert (result["status"], set(result)) == (status, {"status", *fields})
+
+
 async def test_chain_answers_for_the_delivering_service(client: httpx.AsyncClient) -> None:
     response = await client.post("/api/file/email", json=valid_body("email"))
     assert response.status_code == 200
@@ -479,17 +496,22 @@ async def test_config_names_the_user_and_defaults_without_the_password(
 
 
 async def test_dispatch_record_shows_what_was_received(client: httpx.AsyncClient) -> None:
-    body = valid_body("email", webhookUrl=CALLBACK, metadata={"order": "A-1"})
+    body = valid_body("postal", webhookUrl=CALLBACK, metadata={"order": "A-1"})
     answer = await client.post(
-        "/api/file/email?async=true", json=body, headers={"X-Idempotency-Key": "job-9"}
+        "/api/file/postal?async=true", json=body, headers={"X-Idempotency-Key": "job-9"}
     )
     dispatch_id = answer.json()["dispatchId"]
     record = (await client.get(f"/_sandbox/dispatches/{dispatch_id}")).json()
     assert record["body"] == body
-    assert record["services"] == ["file", "email"]
+    assert record["services"] == ["file", "postal"]
     assert record["idempotencyKey"] == "job-9"
     assert record["callbackUrl"] == CALLBACK
-    assert [w["event"] for w in record["webhooks"]] == ["dispatch_completed"]
+    assert (record["callbackService"], record["callbackProvider"]) == ("postal", "mysendingbox")
+    assert [w["event"] for w in record["webhooks"]] == [
+        "letter_created",
+        "letter_in_transit",
+        "letter_delivered",
+    ]
 
 
 async def test_unknown_dispatch_record_is_404(client: httpx.AsyncClient) -> None:

@@ -266,3 +266,29 @@ def test_settings_scale_the_retry_schedule_and_the_answer_timeout() -> None:
 
 def test_the_answer_timeout_has_a_floor() -> None:
     assert SandboxSettings(time_factor=0.0001, answer_timeout_floor=0.5).answer_timeout == 0.5
+
+
+def test_settings_call_back_for_esign_and_postal_providers_by_default() -> None:
+    settings = SandboxSettings()
+    assert settings.callback_services == {"esign", "postal"}
+    assert settings.callback_providers == {"universign", "signaturit", "mysendingbox"}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"callback_services": frozenset({"fax"})},
+        {"callback_providers": frozenset({"yousign"})},
+        {"callback_providers": frozenset({"lob"})},
+    ],
+)
+def test_settings_refuse_callbacks_the_sandbox_has_no_events_for(
+    changes: dict[str, frozenset[str]],
+) -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        SandboxSettings(**changes)  # type: ignore[arg-type]
+
+
+def test_settings_refuse_one_string_as_the_callback_services() -> None:
+    with pytest.raises(TypeError):
+        SandboxSettings(callback_services="esign")  # type: ignore[arg-type]

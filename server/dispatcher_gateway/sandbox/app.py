@@ -32,17 +32,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..httpserver import HttpServer, start_http
-from .catalog import (
-    DEFAULT_PROVIDERS,
-    PROVIDERS,
-    SERVICES,
-    TEMPLATES,
-    new_id,
-    plan_events,
-    provider_result,
-)
+from .catalog import DEFAULT_PROVIDERS, PROVIDERS, SERVICES, TEMPLATES, new_id, provider_result
 from .delivery import WebhookSender, iso_now
 from .errors import ApiError, invalid
+from .events import callback_target, plan_events
 from .records import DispatchRecord, SandboxStats, WebhookRecord
 from .settings import Faults, SandboxSettings
 from .validation import CheckedRequest, check_request
@@ -350,11 +343,7 @@ class Sandbox:
             record.error = failure.body(path=record.path, request_id=record.request_id)
 
         if run_async:
-            planned = plan_events(
-                checked.service, checked.provider, body, result, failure=record.error, now=iso_now()
-            )
-            record.webhooks = [WebhookRecord(new_id("wh"), p.event, p.data) for p in planned]
-            self._sender.schedule(record, record.webhooks)
+            self._plan_webhooks(record, checked, body, result)
             return _Answer(202, {"dispatchId": record.dispatch_id, "status": "queued"})
 
         await self._pause(self.settings.sync_delay)
@@ -370,6 +359,28 @@ class Sandbox:
                 "result": result,
             },
         )
+
+    def _plan_webhooks(
+        self, record: DispatchRecord, checked: CheckedRequest, body: JSON, result: JSON
+    ) -> None:
+        """The webhooks an async dispatch sends, if its chain calls back, and their delivery."""
+        target = callback_target(
+            checked.services,
+            checked.provider_for,
+            callback_services=self.settings.callback_services,
+            callback_providers=self.settings.callback_providers,
+        )
+        if target is None:
+            return
+        service, provider = target
+        record.callback_service, record.callback_provider = service, provider
+        if service != checked.service:
+            result = provider_result(service, provider, body)
+        planned = plan_events(
+            provider, body, result, failure=record.error, rng=self._rng, now=iso_now()
+        )
+        record.webhooks = [WebhookRecord(new_id("wh"), p.event, p.data) for p in planned]
+        self._sender.schedule(record, record.webhooks)
 
     def _enforce_rate_limit(self) -> None:
         limit = self.settings.rate_limit

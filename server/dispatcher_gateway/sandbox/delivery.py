@@ -196,8 +196,8 @@ def _envelope(record: DispatchRecord, webhook: WebhookRecord) -> bytes:
         "event": webhook.event,
         "timestamp": iso_now(),
         "dispatchId": record.dispatch_id,
-        "service": record.service,
-        "provider": record.provider,
+        "service": record.callback_service,
+        "provider": record.callback_provider,
         "data": webhook.data,
     }
     return json.dumps(envelope, separators=(",", ":")).encode()

@@ -43,7 +43,7 @@ class DispatchRecord:
     path: str
     services: tuple[str, ...]
     service: str
-    """The chain's primary service, the one its result and webhooks are about."""
+    """The chain's primary service, the one its answer is about."""
     provider: str
     mode: str
     body: JSON
@@ -52,10 +52,15 @@ class DispatchRecord:
     request_id: str
     received_at: float
     callback_url: str | None
+    callback_service: str | None = None
+    """The service whose provider calls back, with `callback_provider`: None for a sync
+    dispatch, and for an async one that is never called back."""
+    callback_provider: str | None = None
     status: str = "queued"
     result: JSON | None = None
     error: JSON | None = None
     webhooks: list[WebhookRecord] = field(default_factory=list)
+    """The events it sends, in the order planned (none unless it calls back)."""
 
     def to_json(self) -> JSON:
         return {
@@ -71,6 +76,8 @@ class DispatchRecord:
             "requestId": self.request_id,
             "receivedAt": self.received_at,
             "callbackUrl": self.callback_url,
+            "callbackService": self.callback_service,
+            "callbackProvider": self.callback_provider,
             "result": self.result,
             "error": self.error,
             "webhooks": [w.to_json() for w in self.webhooks],

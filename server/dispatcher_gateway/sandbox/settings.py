@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .catalog import SERVICES
+from .events import CALLBACK_PROVIDERS, CALLBACK_SERVICES, EVENT_SEQUENCES
+
 RETRY_SCHEDULE: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 """Seconds before each retry of a webhook (modelled on Svix, DISPATCHER_API.md "Retries")."""
 
@@ -120,6 +123,13 @@ class SandboxSettings:
     """Dispatch requests allowed per `rate_window` before 429s, as production enforces
     (100 a minute); 0 enforces nothing and only measures."""
     callback_field: str = DEFAULT_CALLBACK_FIELD
+    callback_services: frozenset[str] = CALLBACK_SERVICES
+    """Services whose async dispatches call back (esign and postal, DISPATCHER_API.md
+    "Webhooks"). An async dispatch of any other service is answered 202 and never called back."""
+    callback_providers: frozenset[str] = CALLBACK_PROVIDERS
+    """Providers that call back (universign, signaturit, mysendingbox), among those of
+    events.EVENT_SEQUENCES. An async dispatch through any other provider (yousign, lob) is
+    answered 202 and never called back."""
     seed: int | None = None
     """Seeds the fault dice, for reproducible runs."""
     faults: Faults = field(default_factory=Faults)
@@ -136,6 +146,18 @@ class SandboxSettings:
             raise ValueError("time_factor must be positive")
         if self.rate_window <= 0:
             raise ValueError("rate_window must be positive")
+        for name, known in (
+            ("callback_services", SERVICES),
+            ("callback_providers", tuple(EVENT_SEQUENCES)),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise TypeError(f"{name} must be a set of strings, not one string")
+            value = frozenset(value)
+            unknown = sorted(value - set(known))
+            if unknown:
+                raise ValueError(f"{name}: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+            object.__setattr__(self, name, value)
 
     @property
     def retry_delays(self) -> tuple[float, ...]:
