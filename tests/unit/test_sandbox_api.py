@@ -323,6 +323,54 @@ async def test_sync_dispatch_takes_the_sync_delay(settings: SandboxSettings) -> 
     assert elapsed >= 0.2
 
 
+async def test_sync_delay_range_draws_each_answers_time_between_its_bounds() -> None:
+    low, high = 0.05, 0.4
+    slow = Sandbox(
+        SandboxSettings(email=EMAIL, password=PASSWORD, sync_delay=low, sync_delay_max=high, seed=5)
+    )
+    loop = asyncio.get_running_loop()
+
+    async def timed(client: httpx.AsyncClient) -> float:
+        started = loop.time()
+        response = await client.post("/api/sms", json=valid_body("sms"))
+        assert response.status_code == 200
+        return loop.time() - started
+
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(slow.app), base_url="http://s", auth=(EMAIL, PASSWORD)
+        ) as client:
+            elapsed = await asyncio.gather(*(timed(client) for _ in range(8)))
+    finally:
+        await slow.close()
+    assert min(elapsed) >= low
+    # Above the range only by the machine's own slowness.
+    assert max(elapsed) < high + 0.5
+    assert max(elapsed) - min(elapsed) > 0.05
+
+
+async def test_sync_delay_range_spares_async_answers() -> None:
+    sandbox = Sandbox(
+        SandboxSettings(email=EMAIL, password=PASSWORD, sync_delay=2.0, sync_delay_max=3.0),
+        webhook_transport=httpx.MockTransport(ok_transport),
+    )
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(sandbox.app), base_url="http://s", auth=(EMAIL, PASSWORD)
+        ) as client:
+            response = await asyncio.wait_for(
+                client.post(
+                    "/api/sms",
+                    params={"async": "true"},
+                    json=valid_body("sms", webhookUrl=CALLBACK),
+                ),
+                timeout=1.0,
+            )
+    finally:
+        await sandbox.close()
+    assert response.status_code == 202
+
+
 # async
 
 

@@ -292,3 +292,12 @@ def test_settings_refuse_callbacks_the_sandbox_has_no_events_for(
 def test_settings_refuse_one_string_as_the_callback_services() -> None:
     with pytest.raises(TypeError):
         SandboxSettings(callback_services="esign")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"sync_delay": -1.0}, {"sync_delay": 2.0, "sync_delay_max": 1.0}],
+)
+def test_settings_refuse_a_sync_delay_range_that_is_not_one(changes: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="sync_delay"):
+        SandboxSettings(**changes)  # type: ignore[arg-type]

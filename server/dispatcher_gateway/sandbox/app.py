@@ -346,7 +346,7 @@ class Sandbox:
             self._plan_webhooks(record, checked, body, result)
             return _Answer(202, {"dispatchId": record.dispatch_id, "status": "queued"})
 
-        await self._pause(self.settings.sync_delay)
+        await self._pause(self._sync_delay())
         if failure is not None:
             return _Answer(failure.status, error=failure)
         return _Answer(
@@ -388,6 +388,12 @@ class Sandbox:
             return
         wait = self._arrivals[0] + self.settings.rate_window - time.monotonic()
         raise _rate_limited(max(wait, 0.0), http_date=False)
+
+    def _sync_delay(self) -> float:
+        low, high = self.settings.sync_delay, self.settings.sync_delay_max
+        if high is None or high <= low:
+            return low
+        return self._rng.uniform(low, high)
 
     def _roll(self, rate: float) -> bool:
         return rate > 0 and self._rng.random() < rate

@@ -106,7 +106,10 @@ class SandboxSettings:
     callback_ca: str | None = None
     """A CA file to verify the HTTPS callbacks with; None trusts the system's store."""
     sync_delay: float = 0.0
-    """Seconds a synchronous dispatch takes."""
+    """Seconds a synchronous dispatch takes (the least it takes, with `sync_delay_max`)."""
+    sync_delay_max: float | None = None
+    """When set, each synchronous dispatch takes a time drawn uniformly between `sync_delay`
+    and this, with the sandbox's seeded dice; None: always `sync_delay`."""
     time_factor: float = 1.0
     """Multiplies the webhook retry schedule and the answer timeout (tests use e.g. 0.001)."""
     answer_timeout_floor: float = 0.5
@@ -142,6 +145,10 @@ class SandboxSettings:
             raise ValueError("at least one webhook secret is needed, and none may be empty")
         if self.signature_scheme not in ("dispatcher", "standard"):
             raise ValueError("signature_scheme must be 'dispatcher' or 'standard'")
+        if self.sync_delay < 0:
+            raise ValueError("sync_delay must not be negative")
+        if self.sync_delay_max is not None and self.sync_delay_max < self.sync_delay:
+            raise ValueError("sync_delay_max must not be below sync_delay")
         if self.time_factor <= 0:
             raise ValueError("time_factor must be positive")
         if self.rate_window <= 0:
