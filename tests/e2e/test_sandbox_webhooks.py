@@ -238,6 +238,26 @@ async def test_duplicates_share_the_webhook_id(start: Start) -> None:
     assert all(len(events) == 3 and len(set(events)) == 1 for events in by_id.values())
 
 
+async def test_lost_webhooks_never_reach_the_receiver(start: Start) -> None:
+    setup = await start(faults=Faults(webhook_loss_rate=1.0))
+    answer = await setup.dispatch("postal")
+    assert answer.status_code == 202
+    await setup.sandbox.wait_for_webhooks(WAIT)
+    record = (await setup.client.get(f"/_sandbox/dispatches/{answer.json()['dispatchId']}")).json()
+    assert record["webhooksLost"] is True
+    assert setup.receiver.deliveries == []
+
+
+async def test_a_late_progress_event_comes_signed_under_a_new_id(start: Start) -> None:
+    setup = await start(faults=Faults(late_progress_rate=1.0))
+    await setup.dispatch("postal")
+    await setup.sandbox.wait_for_webhooks(WAIT)
+    deliveries = setup.receiver.deliveries
+    assert [d.event for d in deliveries][-2:] == ["letter_delivered", "letter_in_transit"]
+    assert len({d.webhook_id for d in deliveries}) == 4
+    WebhookVerifier([SECRETS[0]]).verify(deliveries[-1].body, deliveries[-1].headers)
+
+
 async def test_http_callbacks_are_refused(start: Start) -> None:
     setup = await start()
     plain = setup.callback.replace("https://", "http://")

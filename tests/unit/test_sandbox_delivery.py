@@ -386,6 +386,111 @@ async def test_fail_rate_picks_the_same_failures_for_the_same_seed(make: Harness
     assert len(set(runs[0])) > 1
 
 
+# webhook_loss_rate, late_progress_rate
+
+
+async def test_webhook_loss_rate_accepts_the_dispatch_and_never_attempts_a_webhook(
+    make: HarnessFactory,
+) -> None:
+    h = await make(faults=Faults(webhook_loss_rate=1.0))
+    dispatch_id = await h.dispatch("/api/postal", valid_body("postal"))
+    await h.settle()
+    record = h.sandbox.get_dispatch(dispatch_id)
+    assert record is not None
+    assert record.webhooks_lost
+    assert [(w.event, w.attempts) for w in record.webhooks] == [
+        ("letter_created", 0),
+        ("letter_in_transit", 0),
+        ("letter_delivered", 0),
+    ]
+    assert (h.sandbox.stats().webhooks_sent, h.sandbox.stats().webhooks_pending) == (0, 0)
+    assert h.receiver.seen == []
+
+
+async def test_a_partial_webhook_loss_rate_loses_some_dispatches_whole(
+    make: HarnessFactory,
+) -> None:
+    h = await make(faults=Faults(webhook_loss_rate=0.5))
+    for _ in range(20):
+        await h.dispatch("/api/postal", valid_body("postal"))
+    await h.settle()
+    lost = {d.dispatch_id for d in h.sandbox.dispatches if d.webhooks_lost}
+    called_back = {json.loads(r.content)["dispatchId"] for r in h.receiver.seen}
+    assert 0 < len(lost) < 20
+    assert called_back == {d.dispatch_id for d in h.sandbox.dispatches} - lost
+    assert len(h.receiver.seen) == 3 * len(called_back)
+
+
+async def test_late_progress_sends_letter_in_transit_again_after_the_end(
+    make: HarnessFactory,
+) -> None:
+    h = await make(faults=Faults(late_progress_rate=1.0))
+    dispatch_id = await h.dispatch("/api/postal", valid_body("postal"))
+    await h.settle()
+    assert h.receiver.events() == [
+        "letter_created",
+        "letter_in_transit",
+        "letter_delivered",
+        "letter_in_transit",
+    ]
+    record = h.sandbox.get_dispatch(dispatch_id)
+    assert record is not None
+    in_transit, late = record.webhooks[1], record.webhooks[3]
+    assert late.repeats == in_transit.webhook_id
+    assert len(set(h.receiver.ids())) == 4
+    first, again = (json.loads(h.receiver.seen[i].content) for i in (1, 3))
+    assert first["data"] == again["data"]
+
+
+async def test_late_progress_sends_the_last_signer_signed_again_for_universign(
+    make: HarnessFactory,
+) -> None:
+    h = await make(faults=Faults(late_progress_rate=1.0))
+    body = valid_body("esign", providerName="universign")
+    body["esign"]["signers"] = [{"email": "s0@example.com"}, {"email": "s1@example.com"}]
+    await h.dispatch("/api/esign", body)
+    await h.settle()
+    envelopes = [json.loads(r.content) for r in h.receiver.seen]
+    assert [e["event"] for e in envelopes] == [
+        "signer_signed",
+        "signer_signed",
+        "transaction_completed",
+        "signer_signed",
+    ]
+    assert envelopes[3]["data"]["signer"]["email"] == "s1@example.com"
+
+
+async def test_late_progress_sends_nothing_more_for_signaturit(make: HarnessFactory) -> None:
+    # Signaturit sends no progress event, so there is none to send late.
+    h = await make(faults=Faults(late_progress_rate=1.0))
+    await h.dispatch("/api/esign", valid_body("esign", providerName="signaturit"))
+    await h.settle()
+    assert h.receiver.events() == ["document_signed"]
+
+
+async def test_a_late_progress_event_stays_after_the_end_when_shuffled(
+    make: HarnessFactory,
+) -> None:
+    h = await make(faults=Faults(late_progress_rate=1.0, shuffle=True))
+    for _ in range(4):
+        h.receiver.seen.clear()
+        await h.dispatch("/api/postal", valid_body("postal"))
+        await h.settle()
+        assert h.receiver.events()[-1] == "letter_in_transit"
+        assert "letter_delivered" in h.receiver.events()[:-1]
+
+
+async def test_a_partial_late_progress_rate_repeats_for_some_dispatches(
+    make: HarnessFactory,
+) -> None:
+    h = await make(faults=Faults(late_progress_rate=0.5))
+    for _ in range(20):
+        await h.dispatch("/api/postal", valid_body("postal"))
+    await h.settle()
+    repeated = [d for d in h.sandbox.dispatches if d.webhooks[-1].repeats is not None]
+    assert 0 < len(repeated) < 20
+
+
 # retries
 
 

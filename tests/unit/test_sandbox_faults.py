@@ -220,6 +220,10 @@ async def test_faults_are_changed_over_http(client: httpx.AsyncClient, sandbox: 
         {"duplicate_deliveries": 0},
         {"duplicate_deliveries": 1.5},
         {"shuffle": 1},
+        {"webhook_loss_rate": 1.5},
+        {"webhook_loss_rate": True},
+        {"late_progress_rate": -0.1},
+        {"late_progress_rate": "often"},
         {"bogus": 1},
     ],
 )
@@ -229,6 +233,20 @@ async def test_bad_faults_are_refused_and_nothing_changes(
     response = await client.put("/_sandbox/faults", json={"timeout_delay": 9, **changes})
     assert_error(response, 400, "invalid_field")
     assert sandbox.faults == Faults()
+
+
+async def test_the_webhook_faults_are_changed_over_http(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    response = await client.put(
+        "/_sandbox/faults", json={"webhook_loss_rate": 0.1, "late_progress_rate": 1}
+    )
+    assert response.status_code == 200
+    assert (response.json()["webhook_loss_rate"], response.json()["late_progress_rate"]) == (
+        0.1,
+        1.0,
+    )
+    assert (sandbox.faults.webhook_loss_rate, sandbox.faults.late_progress_rate) == (0.1, 1.0)
 
 
 async def test_faults_are_read_over_http(client: httpx.AsyncClient, sandbox: Sandbox) -> None:

@@ -380,6 +380,14 @@ class Sandbox:
             provider, body, result, failure=record.error, rng=self._rng, now=iso_now()
         )
         record.webhooks = [WebhookRecord(new_id("wh"), p.event, p.data) for p in planned]
+        if self._roll(self._faults.webhook_loss_rate):
+            record.webhooks_lost = True
+            return
+        progress = [w for w, p in zip(record.webhooks, planned, strict=True) if p.progress]
+        if progress and self._roll(self._faults.late_progress_rate):
+            again = progress[-1]
+            late = WebhookRecord(new_id("wh"), again.event, again.data, repeats=again.webhook_id)
+            record.webhooks.append(late)
         self._sender.schedule(record, record.webhooks)
 
     def _enforce_rate_limit(self) -> None:

@@ -24,6 +24,9 @@ class WebhookRecord:
     given_up: int = 0
     outcomes: list[int | str] = field(default_factory=list)
     """Each attempt's HTTP status, or the name of what stopped it (timeout, TLS, refused)."""
+    repeats: str | None = None
+    """The webhook id of the progress event this one sends again after the end (the
+    `late_progress_rate` fault); None for every event planned in order."""
 
     def to_json(self) -> JSON:
         return {
@@ -34,6 +37,7 @@ class WebhookRecord:
             "delivered": self.delivered,
             "givenUp": self.given_up,
             "outcomes": list(self.outcomes),
+            "repeats": self.repeats,
         }
 
 
@@ -61,6 +65,8 @@ class DispatchRecord:
     error: JSON | None = None
     webhooks: list[WebhookRecord] = field(default_factory=list)
     """The events it sends, in the order planned (none unless it calls back)."""
+    webhooks_lost: bool = False
+    """Its webhooks were planned but never sent (the `webhook_loss_rate` fault)."""
 
     def to_json(self) -> JSON:
         return {
@@ -81,6 +87,7 @@ class DispatchRecord:
             "result": self.result,
             "error": self.error,
             "webhooks": [w.to_json() for w in self.webhooks],
+            "webhooksLost": self.webhooks_lost,
         }
 
 

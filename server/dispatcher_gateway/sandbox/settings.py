@@ -47,6 +47,15 @@ class Faults:
     """Send the events of one dispatch in random order."""
     fail_rate: float = 0.0
     """Fraction of dispatches that end in failure (a failure event, or a 417 when sync)."""
+    webhook_loss_rate: float = 0.0
+    """Fraction of the async dispatches that call back whose webhooks never come: not one
+    attempt is made (DispatchRecord.webhooks_lost; the planned events stay in its record)."""
+    late_progress_rate: float = 0.0
+    """Fraction of the async dispatches that call back whose last progress event
+    (letter_in_transit, the last signer_signed) is sent again after the end, under a new
+    webhook id (WebhookRecord.repeats names the one it repeats). A dispatch that sent no
+    progress event gets no late one: Signaturit never sends one, nor does a failed Universign
+    transaction of a single signer."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -74,6 +83,8 @@ _FAULT_FIELDS: dict[str, str] = {
     "duplicate_deliveries": "count",
     "shuffle": "bool",
     "fail_rate": "rate",
+    "webhook_loss_rate": "rate",
+    "late_progress_rate": "rate",
 }
 
 
