@@ -1,9 +1,10 @@
 """The sandbox on a real server, its webhooks to a real HTTPS receiver on loopback, verified
 against a test CA: signatures, which dispatches call back and with what, retries, duplicates,
-refused callbacks."""
+refused callbacks; and its request log of a client that gave up and retried."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -283,6 +284,42 @@ async def test_a_receiver_the_ca_does_not_vouch_for_gets_nothing(
     assert set(record.webhooks[0].outcomes) == {"tls_error"}
     assert setup.sandbox.stats().webhooks_given_up == 1
     assert setup.receiver.deliveries == []
+
+
+async def test_request_log_keeps_an_attempt_whose_client_gave_up_and_its_retry(
+    start: Start,
+) -> None:
+    setup = await start(faults=Faults(timeout_rate=1.0, timeout_delay=0.5))
+    body = {**BODIES["esign"], "webhookUrl": setup.callback}
+    with pytest.raises(httpx.ReadTimeout):
+        await setup.client.post(
+            "/api/esign",
+            params={"async": "true"},
+            json=body,
+            headers={"X-Request-ID": "req-gave-up", "X-Idempotency-Key": "job-e2e"},
+            timeout=0.1,
+        )
+    setup.sandbox.faults.timeout_rate = 0.0
+    retry = await setup.client.post(
+        "/api/esign",
+        params={"async": "true"},
+        json=body,
+        headers={"X-Request-ID": "req-retry", "X-Idempotency-Key": "job-e2e"},
+    )
+    assert retry.status_code == 202
+    async with asyncio.timeout(WAIT):
+        while setup.sandbox.requests[0].status is None:
+            await asyncio.sleep(0.05)
+    answer = await setup.client.get("/_sandbox/requests", params={"idempotencyKey": "job-e2e"})
+    logged = [
+        (r["requestId"], r["status"], r["dispatchId"], r["replayed"])
+        for r in answer.json()["requests"]
+    ]
+    dispatch_id = retry.json()["dispatchId"]
+    assert logged == [
+        ("req-gave-up", 202, dispatch_id, False),
+        ("req-retry", 202, dispatch_id, True),
+    ]
 
 
 async def test_the_sandbox_itself_serves_https(start: Start) -> None:

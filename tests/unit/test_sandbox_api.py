@@ -1,9 +1,10 @@
 """The sandbox's REST rules, in process: auth, paths, content type, the CompositeRequest checks,
-sync and async answers, idempotency, and the side door."""
+sync and async answers, idempotency, the request log, and the side door."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -483,6 +484,121 @@ async def test_requests_without_a_key_are_distinct_dispatches(
     second = await client.post("/api/sms", json=valid_body("sms"))
     assert first.json()["dispatchId"] != second.json()["dispatchId"]
     assert sandbox.stats().dispatches == 2
+
+
+# the request log
+
+
+async def test_request_log_records_an_accepted_async_dispatch(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    before = time.time()
+    answer = await client.post(
+        "/api/postal?async=true",
+        json=valid_body("postal", webhookUrl=CALLBACK),
+        headers={"X-Request-ID": "req-async-1", "X-Idempotency-Key": "job-log-1"},
+    )
+    [entry] = sandbox.requests
+    assert (entry.request_id, entry.idempotency_key, entry.path, entry.mode) == (
+        "req-async-1",
+        "job-log-1",
+        "/api/postal",
+        "async",
+    )
+    assert (entry.status, entry.dispatch_id, entry.replayed) == (
+        202,
+        answer.json()["dispatchId"],
+        False,
+    )
+    assert before <= entry.received_at <= time.time()
+
+
+async def test_request_log_records_the_request_id_the_sandbox_made_up(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    answer = await client.post("/api/sms", json=valid_body("sms"))
+    [entry] = sandbox.requests
+    assert (entry.request_id, entry.mode, entry.status) == (
+        answer.headers["X-Request-ID"],
+        "sync",
+        200,
+    )
+    assert entry.idempotency_key == ""
+
+
+async def test_request_log_records_a_refused_request_without_a_dispatch(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    await client.post("/api/sms", json=valid_body(), headers={"X-Request-ID": "req-bad"})
+    [entry] = sandbox.requests
+    assert (entry.request_id, entry.status, entry.dispatch_id) == ("req-bad", 400, None)
+
+
+async def test_request_log_records_an_auth_failure_on_a_dispatch_path(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    await client.post(
+        "/api/esign?async=true",
+        json=valid_body("esign"),
+        auth=(EMAIL, "wrong"),
+        headers={"X-Request-ID": "req-401", "X-Idempotency-Key": "job-401"},
+    )
+    [entry] = sandbox.requests
+    assert (entry.request_id, entry.idempotency_key, entry.mode, entry.status) == (
+        "req-401",
+        "job-401",
+        "async",
+        401,
+    )
+
+
+async def test_request_log_records_a_replay_under_its_own_request_id(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    body = valid_body("esign", webhookUrl=CALLBACK)
+    for request_id in ("req-first", "req-retry"):
+        await client.post(
+            "/api/esign?async=true",
+            json=body,
+            headers={"X-Request-ID": request_id, "X-Idempotency-Key": "job-r"},
+        )
+    first, retry = sandbox.requests
+    assert (first.request_id, retry.request_id) == ("req-first", "req-retry")
+    assert retry.dispatch_id == first.dispatch_id
+    assert (first.replayed, retry.replayed) == (False, True)
+
+
+async def test_request_log_leaves_out_requests_that_do_not_dispatch(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    await client.post("/api/sms/validate", json=valid_body("sms"))
+    await client.get("/api/v1/templates")
+    await client.get("/_sandbox/stats")
+    assert sandbox.requests == []
+
+
+async def test_request_log_is_read_over_http_by_idempotency_key(
+    client: httpx.AsyncClient,
+) -> None:
+    for key in ("job-a", "job-b", "job-a"):
+        await client.post("/api/sms", json=valid_body("sms"), headers={"X-Idempotency-Key": key})
+    every = (await client.get("/_sandbox/requests")).json()["requests"]
+    only_a = (await client.get("/_sandbox/requests", params={"idempotencyKey": "job-a"})).json()
+    assert [r["idempotencyKey"] for r in every] == ["job-a", "job-b", "job-a"]
+    assert [r["requestId"] for r in only_a["requests"]] == [
+        every[0]["requestId"],
+        every[2]["requestId"],
+    ]
+    assert set(every[0]) == {
+        "requestId",
+        "idempotencyKey",
+        "path",
+        "mode",
+        "receivedAt",
+        "status",
+        "dispatchId",
+        "replayed",
+    }
 
 
 # validate, templates, config

@@ -57,6 +57,20 @@ async def test_error_rate_answers_a_5xx_error_body_and_dispatches_nothing(
     assert sandbox.stats().dispatches == 0
 
 
+async def test_request_log_records_each_5xx_with_its_request_id(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    sandbox.faults.error_rate = 1.0
+    answers = [
+        await client.post("/api/sms", json=valid_body("sms"), headers={"X-Request-ID": f"req-{i}"})
+        for i in range(3)
+    ]
+    assert [(e.request_id, e.status) for e in sandbox.requests] == [
+        (f"req-{i}", a.status_code) for i, a in enumerate(answers)
+    ]
+    assert all(500 <= a.status_code < 600 for a in answers)
+
+
 async def test_faults_spare_validate(client: httpx.AsyncClient, sandbox: Sandbox) -> None:
     sandbox.faults.update({"error_rate": 1.0, "rate_limit_rate": 1.0, "latency": 5.0})
     response = await asyncio.wait_for(
@@ -92,6 +106,15 @@ async def test_rate_limit_rate_answers_429_with_retry_after_seconds(
     assert_error(response, 429, "rate_limited")
     assert response.headers["Retry-After"] == "2"
     assert sandbox.stats().dispatches == 0
+
+
+async def test_request_log_records_a_429_with_its_request_id(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    sandbox.faults.rate_limit_rate = 1.0
+    await client.post("/api/sms", json=valid_body("sms"), headers={"X-Request-ID": "req-429"})
+    [entry] = sandbox.requests
+    assert (entry.request_id, entry.status, entry.dispatch_id) == ("req-429", 429, None)
 
 
 async def test_retry_after_as_an_http_date(client: httpx.AsyncClient, sandbox: Sandbox) -> None:
@@ -136,6 +159,18 @@ async def test_timeout_rate_accepts_at_once_but_answers_late(
     assert sandbox.stats().dispatches == 1
     response = await task
     assert response.status_code == 200
+
+
+async def test_request_log_shows_a_held_back_answer_as_still_to_come(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    sandbox.faults.update({"timeout_rate": 1.0, "timeout_delay": 0.5})
+    task = asyncio.create_task(client.post("/api/sms", json=valid_body("sms")))
+    await asyncio.sleep(0.1)
+    [entry] = sandbox.requests
+    assert entry.status is None
+    await task
+    assert (entry.status, entry.dispatch_id) == (200, sandbox.dispatches[0].dispatch_id)
 
 
 async def test_a_retry_after_a_timeout_gets_the_same_dispatch(

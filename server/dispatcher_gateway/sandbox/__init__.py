@@ -4,7 +4,7 @@ webhooks with retries, fault injection, and statistics (see DISPATCHER_API.md)."
 from .app import Sandbox, serve_sandbox
 from .catalog import DEFAULT_PROVIDERS, PROVIDERS, SERVICES, TEMPLATES, Template
 from .events import CALLBACK_PROVIDERS, CALLBACK_SERVICES, EVENT_SEQUENCES, EventSequence
-from .records import DispatchRecord, SandboxStats, WebhookRecord
+from .records import DispatchRecord, RequestRecord, SandboxStats, WebhookRecord
 from .settings import ANSWER_TIMEOUT, RETRY_SCHEDULE, Faults, SandboxSettings
 from .signing import signature_headers
 
@@ -21,6 +21,7 @@ __all__ = [
     "DispatchRecord",
     "EventSequence",
     "Faults",
+    "RequestRecord",
     "Sandbox",
     "SandboxSettings",
     "SandboxStats",

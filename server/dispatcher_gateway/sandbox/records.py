@@ -1,5 +1,5 @@
-"""What the sandbox remembers: each dispatch it accepted and each webhook it owes, and the
-statistics tests read."""
+"""What the sandbox remembers: each dispatch request it received, each dispatch it accepted and
+each webhook it owes, and the statistics tests read."""
 
 from __future__ import annotations
 
@@ -88,6 +88,42 @@ class DispatchRecord:
             "error": self.error,
             "webhooks": [w.to_json() for w in self.webhooks],
             "webhooksLost": self.webhooks_lost,
+        }
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One dispatch request (POST /api/{service...}) as received, whatever it was answered:
+    refused by a fault, by Basic Auth, by validation, or accepted."""
+
+    request_id: str
+    """The X-Request-ID it was answered with: the caller's, or one the sandbox made up."""
+    idempotency_key: str
+    """The X-Idempotency-Key header as sent; empty when there was none."""
+    path: str
+    mode: str
+    """"async" when it asked for ?async=true, else "sync"."""
+    received_at: float
+    """Wall-clock seconds (time.time()) when it arrived."""
+    status: int | None = None
+    """The HTTP status it was answered; None while the answer is still to come (held back by
+    `timeout_rate`, or by the sync delay)."""
+    dispatch_id: str | None = None
+    """The dispatch it was answered about (a replay names the key's first dispatch); None when
+    it was refused before one was made."""
+    replayed: bool = False
+    """Answered from an earlier request with the same idempotency key."""
+
+    def to_json(self) -> JSON:
+        return {
+            "requestId": self.request_id,
+            "idempotencyKey": self.idempotency_key,
+            "path": self.path,
+            "mode": self.mode,
+            "receivedAt": self.received_at,
+            "status": self.status,
+            "dispatchId": self.dispatch_id,
+            "replayed": self.replayed,
         }
 
 
