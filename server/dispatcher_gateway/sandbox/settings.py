@@ -46,7 +46,8 @@ class Faults:
     shuffle: bool = False
     """Send the events of one dispatch in random order."""
     fail_rate: float = 0.0
-    """Fraction of dispatches that end in failure (a failure event, or a 417 when sync)."""
+    """Fraction of dispatches that end in failure: a 417 when sync; when async, an end picked
+    among the provider's failure events if it calls back (nothing to see if it does not)."""
     webhook_loss_rate: float = 0.0
     """Fraction of the async dispatches that call back whose webhooks never come: not one
     attempt is made (DispatchRecord.webhooks_lost; the planned events stay in its record)."""
