@@ -145,14 +145,19 @@ async def _sandbox(args: argparse.Namespace) -> int:
     _configure_logging("INFO")
     password = os.environ.get("SANDBOX_PASSWORD") or secrets.token_urlsafe(16)
     secret = os.environ.get("SANDBOX_WEBHOOK_SECRET") or secrets.token_urlsafe(24)
-    settings = SandboxSettings(
-        email=args.email,
-        password=password,
-        webhook_secrets=(secret,),
-        callback_ca=args.callback_ca,
-        sync_delay=args.sync_delay,
-        time_factor=args.time_factor,
-    )
+    try:
+        settings = SandboxSettings(
+            email=args.email,
+            password=password,
+            webhook_secrets=(secret,),
+            callback_ca=args.callback_ca,
+            sync_delay=args.sync_delay,
+            sync_delay_max=args.sync_delay_max,
+            time_factor=args.time_factor,
+        )
+    except ValueError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 2
     sandbox, server = await serve_sandbox(settings, args.host, args.port)
     print(f"sandbox on {server.url} (user {args.email})", flush=True)
     if "SANDBOX_PASSWORD" not in os.environ:
@@ -359,7 +364,14 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=8080)
     sandbox.add_argument("--email", default=SANDBOX_EMAIL)
     sandbox.add_argument("--callback-ca", help="CA file to verify the HTTPS callbacks with")
-    sandbox.add_argument("--sync-delay", type=float, default=0.0)
+    sandbox.add_argument(
+        "--sync-delay", type=float, default=0.0, help="seconds a sync answer takes (the least)"
+    )
+    sandbox.add_argument(
+        "--sync-delay-max",
+        type=float,
+        help="with it, each sync answer takes a random time between --sync-delay and this",
+    )
     sandbox.add_argument("--time-factor", type=float, default=1.0, help="scales webhook retries")
 
     def client(name: str, help_text: str) -> argparse.ArgumentParser:

@@ -1,8 +1,10 @@
 """The sandbox on a real server, its webhooks to a real HTTPS receiver on loopback, verified
-against a test CA: signatures, sequences, retries, duplicates, refused callbacks."""
+against a test CA: signatures, which dispatches call back and with what, retries, duplicates,
+refused callbacks; and its request log of a client that gave up and retried."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -99,8 +101,10 @@ class Setup:
     def callback(self) -> str:
         return self.receiver_server.url + HOOK_PATH
 
-    async def dispatch(self, service: str, *, callback: str | None = None) -> httpx.Response:
-        body = {**BODIES[service], "webhookUrl": callback or self.callback}
+    async def dispatch(
+        self, service: str, *, callback: str | None = None, **top: Any
+    ) -> httpx.Response:
+        body = {**BODIES[service], "webhookUrl": callback or self.callback, **top}
         return await self.client.post(f"/api/{service}", params={"async": "true"}, json=body)
 
 
@@ -155,7 +159,7 @@ async def start(tls: TlsFiles) -> AsyncIterator[Start]:
 
 async def test_webhook_signatures_verify_over_https(start: Start) -> None:
     setup = await start()
-    answer = await setup.dispatch("email")
+    answer = await setup.dispatch("esign")
     assert answer.status_code == 202
     await setup.sandbox.wait_for_webhooks(WAIT)
     [delivery] = setup.receiver.deliveries
@@ -167,7 +171,7 @@ async def test_webhook_signatures_verify_over_https(start: Start) -> None:
 
 async def test_standard_webhooks_signatures_verify_over_https(start: Start) -> None:
     setup = await start(signature_scheme="standard")
-    await setup.dispatch("email")
+    await setup.dispatch("esign")
     await setup.sandbox.wait_for_webhooks(WAIT)
     [delivery] = setup.receiver.deliveries
     webhook_id = WebhookVerifier([SECRETS[1]]).verify(delivery.body, delivery.headers)
@@ -175,27 +179,43 @@ async def test_standard_webhooks_signatures_verify_over_https(start: Start) -> N
 
 
 @pytest.mark.parametrize(
-    ("service", "events"),
+    ("service", "provider", "events"),
     [
-        ("email", ["dispatch_completed"]),
-        ("postal", ["letter_created", "letter_in_transit", "letter_delivered"]),
-        ("esign", ["signer_signed", "document_signed"]),
+        ("postal", "mysendingbox", ["letter_created", "letter_in_transit", "letter_delivered"]),
+        ("esign", "signaturit", ["document_signed"]),
+        ("esign", "universign", ["signer_signed", "transaction_completed"]),
     ],
 )
-async def test_each_service_sends_its_sequence_over_https(
-    start: Start, service: str, events: list[str]
+async def test_each_provider_that_calls_back_sends_its_sequence_over_https(
+    start: Start, service: str, provider: str, events: list[str]
 ) -> None:
     setup = await start()
-    await setup.dispatch(service)
+    await setup.dispatch(service, providerName=provider)
     await setup.sandbox.wait_for_webhooks(WAIT)
     assert [d.event for d in setup.receiver.deliveries] == events
     envelopes = [json.loads(d.body) for d in setup.receiver.deliveries]
-    assert {e["service"] for e in envelopes} == {service}
+    assert {(e["service"], e["provider"]) for e in envelopes} == {(service, provider)}
+
+
+@pytest.mark.parametrize(
+    ("service", "provider"), [("email", "sendgrid"), ("esign", "yousign"), ("postal", "lob")]
+)
+async def test_an_async_dispatch_that_does_not_call_back_gets_202_and_no_webhook(
+    start: Start, service: str, provider: str
+) -> None:
+    setup = await start()
+    answer = await setup.dispatch(service, providerName=provider)
+    assert answer.status_code == 202
+    assert answer.json()["status"] == "queued"
+    await setup.sandbox.wait_for_webhooks(WAIT)
+    stats = (await setup.client.get("/_sandbox/stats")).json()
+    assert (stats["dispatches"], stats["webhooks_sent"]) == (1, 0)
+    assert setup.receiver.deliveries == []
 
 
 async def test_webhooks_answered_500_are_retried_until_2xx(start: Start) -> None:
     setup = await start(Receiver(status=lambda attempt: 500 if attempt <= 2 else 200))
-    await setup.dispatch("email")
+    await setup.dispatch("esign")
     await setup.sandbox.wait_for_webhooks(WAIT)
     deliveries = setup.receiver.deliveries
     assert len(deliveries) == 3
@@ -219,6 +239,26 @@ async def test_duplicates_share_the_webhook_id(start: Start) -> None:
     assert all(len(events) == 3 and len(set(events)) == 1 for events in by_id.values())
 
 
+async def test_lost_webhooks_never_reach_the_receiver(start: Start) -> None:
+    setup = await start(faults=Faults(webhook_loss_rate=1.0))
+    answer = await setup.dispatch("postal")
+    assert answer.status_code == 202
+    await setup.sandbox.wait_for_webhooks(WAIT)
+    record = (await setup.client.get(f"/_sandbox/dispatches/{answer.json()['dispatchId']}")).json()
+    assert record["webhooksLost"] is True
+    assert setup.receiver.deliveries == []
+
+
+async def test_a_late_progress_event_comes_signed_under_a_new_id(start: Start) -> None:
+    setup = await start(faults=Faults(late_progress_rate=1.0))
+    await setup.dispatch("postal")
+    await setup.sandbox.wait_for_webhooks(WAIT)
+    deliveries = setup.receiver.deliveries
+    assert [d.event for d in deliveries][-2:] == ["letter_delivered", "letter_in_transit"]
+    assert len({d.webhook_id for d in deliveries}) == 4
+    WebhookVerifier([SECRETS[0]]).verify(deliveries[-1].body, deliveries[-1].headers)
+
+
 async def test_http_callbacks_are_refused(start: Start) -> None:
     setup = await start()
     plain = setup.callback.replace("https://", "http://")
@@ -237,13 +277,49 @@ async def test_a_receiver_the_ca_does_not_vouch_for_gets_nothing(
     stranger.cert_chain_pems[0].write_to_path(cert)
     stranger.private_key_pem.write_to_path(key)
     setup = await start(receiver_cert=(cert, key), time_factor=0.000001)
-    answer = await setup.dispatch("email")
+    answer = await setup.dispatch("esign")
     await setup.sandbox.wait_for_webhooks(WAIT)
     record = setup.sandbox.get_dispatch(answer.json()["dispatchId"])
     assert record is not None
     assert set(record.webhooks[0].outcomes) == {"tls_error"}
     assert setup.sandbox.stats().webhooks_given_up == 1
     assert setup.receiver.deliveries == []
+
+
+async def test_request_log_keeps_an_attempt_whose_client_gave_up_and_its_retry(
+    start: Start,
+) -> None:
+    setup = await start(faults=Faults(timeout_rate=1.0, timeout_delay=0.5))
+    body = {**BODIES["esign"], "webhookUrl": setup.callback}
+    with pytest.raises(httpx.ReadTimeout):
+        await setup.client.post(
+            "/api/esign",
+            params={"async": "true"},
+            json=body,
+            headers={"X-Request-ID": "req-gave-up", "X-Idempotency-Key": "job-e2e"},
+            timeout=0.1,
+        )
+    setup.sandbox.faults.timeout_rate = 0.0
+    retry = await setup.client.post(
+        "/api/esign",
+        params={"async": "true"},
+        json=body,
+        headers={"X-Request-ID": "req-retry", "X-Idempotency-Key": "job-e2e"},
+    )
+    assert retry.status_code == 202
+    async with asyncio.timeout(WAIT):
+        while setup.sandbox.requests[0].status is None:
+            await asyncio.sleep(0.05)
+    answer = await setup.client.get("/_sandbox/requests", params={"idempotencyKey": "job-e2e"})
+    logged = [
+        (r["requestId"], r["status"], r["dispatchId"], r["replayed"])
+        for r in answer.json()["requests"]
+    ]
+    dispatch_id = retry.json()["dispatchId"]
+    assert logged == [
+        ("req-gave-up", 202, dispatch_id, False),
+        ("req-retry", 202, dispatch_id, True),
+    ]
 
 
 async def test_the_sandbox_itself_serves_https(start: Start) -> None:

@@ -1,10 +1,10 @@
 """The sandbox's REST rules, in process: auth, paths, content type, the CompositeRequest checks,
-sync and async answers, idempotency, and the side door."""
+sync and async answers, idempotency, the request log, and the side door."""
 
 from __future__ import annotations
 
 import asyncio
-import copy
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,43 +12,14 @@ import httpx
 import pytest
 
 from dispatcher_gateway.sandbox import Sandbox, SandboxSettings
-
-EMAIL = "sandbox@example.com"
-PASSWORD = "sandbox-test-password"
-CALLBACK = "https://127.0.0.1:9/webhooks/dispatcher/token"
-
-BLOCKS: dict[str, dict[str, Any]] = {
-    "email": {
-        "from": {"email": "noreply@example.com"},
-        "to": [{"email": "ada@example.com"}],
-        "subject": "Hello",
-        "body": {"text": "Hi Ada"},
-    },
-    "sms": {"to": ["+33600000000"], "text": "Hi"},
-    "postal": {
-        "to": {
-            "name": "Ada Lovelace",
-            "addressLine1": "1 rue de la Paix",
-            "city": "Paris",
-            "postalCode": "75002",
-            "country": "FR",
-        }
-    },
-    "esign": {"documentName": "Contract", "signers": [{"email": "ada@example.com"}]},
-}
-
-
-def valid_body(*services: str, **top: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"template": {"id": 1, "data": {"name": "Ada"}}}
-    for service in services:
-        if service in BLOCKS:
-            body[service] = copy.deepcopy(BLOCKS[service])
-    body.update(top)
-    return body
-
-
-def ok_transport(request: httpx.Request) -> httpx.Response:
-    return httpx.Response(200)
+from tests.support.sandbox import (
+    CALLBACK,
+    EMAIL,
+    PASSWORD,
+    assert_error,
+    ok_transport,
+    valid_body,
+)
 
 
 @pytest.fixture
@@ -73,19 +44,6 @@ async def client(sandbox: Sandbox) -> AsyncIterator[httpx.AsyncClient]:
         auth=(EMAIL, PASSWORD),
     ) as client:
         yield client
-
-
-def assert_error(
-    response: httpx.Response, status: int, code: str, field: str | None = None
-) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "message", "details", "timestamp", "path", "requestId"}
-    assert body["error"] == code
-    assert body["path"] == response.request.url.path
-    assert body["requestId"] == response.headers["X-Request-ID"]
-    if field is not None:
-        assert body["details"]["field"] == field
 
 
 # auth
@@ -319,6 +277,23 @@ async def test_sync_dispatch_answers_200_with_the_result(client: httpx.AsyncClie
     assert body["result"]["messageId"].startswith("msg_")
 
 
+@pytest.mark.parametrize(
+    ("service", "provider", "status", "fields"),
+    [
+        ("esign", "universign", "sent", {"documentId"}),
+        ("esign", "signaturit", "sent", {"documentId"}),
+        ("postal", "mysendingbox", "created", {"letterId", "trackingNumber"}),
+    ],
+)
+async def test_sync_answer_of_a_provider_that_calls_back_is_its_immediate_answer(
+    client: httpx.AsyncClient, service: str, provider: str, status: str, fields: set[str]
+) -> None:
+    response = await client.post(f"/api/{service}", json=valid_body(service, providerName=provider))
+    assert response.status_code == 200
+    result = response.json()["result"]
+    assert (result["status"], set(result)) == (status, {"status", *fields})
+
+
 async def test_chain_answers_for_the_delivering_service(client: httpx.AsyncClient) -> None:
     response = await client.post("/api/file/email", json=valid_body("email"))
     assert response.status_code == 200
@@ -347,6 +322,54 @@ async def test_sync_dispatch_takes_the_sync_delay(settings: SandboxSettings) -> 
         await slow.close()
     assert response.status_code == 200
     assert elapsed >= 0.2
+
+
+async def test_sync_delay_range_draws_each_answers_time_between_its_bounds() -> None:
+    low, high = 0.05, 0.4
+    slow = Sandbox(
+        SandboxSettings(email=EMAIL, password=PASSWORD, sync_delay=low, sync_delay_max=high, seed=5)
+    )
+    loop = asyncio.get_running_loop()
+
+    async def timed(client: httpx.AsyncClient) -> float:
+        started = loop.time()
+        response = await client.post("/api/sms", json=valid_body("sms"))
+        assert response.status_code == 200
+        return loop.time() - started
+
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(slow.app), base_url="http://s", auth=(EMAIL, PASSWORD)
+        ) as client:
+            elapsed = await asyncio.gather(*(timed(client) for _ in range(8)))
+    finally:
+        await slow.close()
+    assert min(elapsed) >= low
+    # Above the range only by the machine's own slowness.
+    assert max(elapsed) < high + 0.5
+    assert max(elapsed) - min(elapsed) > 0.05
+
+
+async def test_sync_delay_range_spares_async_answers() -> None:
+    sandbox = Sandbox(
+        SandboxSettings(email=EMAIL, password=PASSWORD, sync_delay=2.0, sync_delay_max=3.0),
+        webhook_transport=httpx.MockTransport(ok_transport),
+    )
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(sandbox.app), base_url="http://s", auth=(EMAIL, PASSWORD)
+        ) as client:
+            response = await asyncio.wait_for(
+                client.post(
+                    "/api/sms",
+                    params={"async": "true"},
+                    json=valid_body("sms", webhookUrl=CALLBACK),
+                ),
+                timeout=1.0,
+            )
+    finally:
+        await sandbox.close()
+    assert response.status_code == 202
 
 
 # async
@@ -463,6 +486,121 @@ async def test_requests_without_a_key_are_distinct_dispatches(
     assert sandbox.stats().dispatches == 2
 
 
+# the request log
+
+
+async def test_request_log_records_an_accepted_async_dispatch(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    before = time.time()
+    answer = await client.post(
+        "/api/postal?async=true",
+        json=valid_body("postal", webhookUrl=CALLBACK),
+        headers={"X-Request-ID": "req-async-1", "X-Idempotency-Key": "job-log-1"},
+    )
+    [entry] = sandbox.requests
+    assert (entry.request_id, entry.idempotency_key, entry.path, entry.mode) == (
+        "req-async-1",
+        "job-log-1",
+        "/api/postal",
+        "async",
+    )
+    assert (entry.status, entry.dispatch_id, entry.replayed) == (
+        202,
+        answer.json()["dispatchId"],
+        False,
+    )
+    assert before <= entry.received_at <= time.time()
+
+
+async def test_request_log_records_the_request_id_the_sandbox_made_up(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    answer = await client.post("/api/sms", json=valid_body("sms"))
+    [entry] = sandbox.requests
+    assert (entry.request_id, entry.mode, entry.status) == (
+        answer.headers["X-Request-ID"],
+        "sync",
+        200,
+    )
+    assert entry.idempotency_key == ""
+
+
+async def test_request_log_records_a_refused_request_without_a_dispatch(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    await client.post("/api/sms", json=valid_body(), headers={"X-Request-ID": "req-bad"})
+    [entry] = sandbox.requests
+    assert (entry.request_id, entry.status, entry.dispatch_id) == ("req-bad", 400, None)
+
+
+async def test_request_log_records_an_auth_failure_on_a_dispatch_path(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    await client.post(
+        "/api/esign?async=true",
+        json=valid_body("esign"),
+        auth=(EMAIL, "wrong"),
+        headers={"X-Request-ID": "req-401", "X-Idempotency-Key": "job-401"},
+    )
+    [entry] = sandbox.requests
+    assert (entry.request_id, entry.idempotency_key, entry.mode, entry.status) == (
+        "req-401",
+        "job-401",
+        "async",
+        401,
+    )
+
+
+async def test_request_log_records_a_replay_under_its_own_request_id(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    body = valid_body("esign", webhookUrl=CALLBACK)
+    for request_id in ("req-first", "req-retry"):
+        await client.post(
+            "/api/esign?async=true",
+            json=body,
+            headers={"X-Request-ID": request_id, "X-Idempotency-Key": "job-r"},
+        )
+    first, retry = sandbox.requests
+    assert (first.request_id, retry.request_id) == ("req-first", "req-retry")
+    assert retry.dispatch_id == first.dispatch_id
+    assert (first.replayed, retry.replayed) == (False, True)
+
+
+async def test_request_log_leaves_out_requests_that_do_not_dispatch(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    await client.post("/api/sms/validate", json=valid_body("sms"))
+    await client.get("/api/v1/templates")
+    await client.get("/_sandbox/stats")
+    assert sandbox.requests == []
+
+
+async def test_request_log_is_read_over_http_by_idempotency_key(
+    client: httpx.AsyncClient,
+) -> None:
+    for key in ("job-a", "job-b", "job-a"):
+        await client.post("/api/sms", json=valid_body("sms"), headers={"X-Idempotency-Key": key})
+    every = (await client.get("/_sandbox/requests")).json()["requests"]
+    only_a = (await client.get("/_sandbox/requests", params={"idempotencyKey": "job-a"})).json()
+    assert [r["idempotencyKey"] for r in every] == ["job-a", "job-b", "job-a"]
+    assert [r["requestId"] for r in only_a["requests"]] == [
+        every[0]["requestId"],
+        every[2]["requestId"],
+    ]
+    assert set(every[0]) == {
+        "requestId",
+        "idempotencyKey",
+        "path",
+        "mode",
+        "receivedAt",
+        "status",
+        "dispatchId",
+        "replayed",
+    }
+
+
 # validate, templates, config
 
 
@@ -522,17 +660,22 @@ async def test_config_names_the_user_and_defaults_without_the_password(
 
 
 async def test_dispatch_record_shows_what_was_received(client: httpx.AsyncClient) -> None:
-    body = valid_body("email", webhookUrl=CALLBACK, metadata={"order": "A-1"})
+    body = valid_body("postal", webhookUrl=CALLBACK, metadata={"order": "A-1"})
     answer = await client.post(
-        "/api/file/email?async=true", json=body, headers={"X-Idempotency-Key": "job-9"}
+        "/api/file/postal?async=true", json=body, headers={"X-Idempotency-Key": "job-9"}
     )
     dispatch_id = answer.json()["dispatchId"]
     record = (await client.get(f"/_sandbox/dispatches/{dispatch_id}")).json()
     assert record["body"] == body
-    assert record["services"] == ["file", "email"]
+    assert record["services"] == ["file", "postal"]
     assert record["idempotencyKey"] == "job-9"
     assert record["callbackUrl"] == CALLBACK
-    assert [w["event"] for w in record["webhooks"]] == ["dispatch_completed"]
+    assert (record["callbackService"], record["callbackProvider"]) == ("postal", "mysendingbox")
+    assert [w["event"] for w in record["webhooks"]] == [
+        "letter_created",
+        "letter_in_transit",
+        "letter_delivered",
+    ]
 
 
 async def test_unknown_dispatch_record_is_404(client: httpx.AsyncClient) -> None:

@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from dispatcher_gateway.sandbox import Faults, Sandbox, SandboxSettings
-
-from .test_sandbox_api import CALLBACK, EMAIL, PASSWORD, assert_error, ok_transport, valid_body
+from tests.support.sandbox import CALLBACK, EMAIL, PASSWORD, assert_error, ok_transport, valid_body
 
 
 @pytest.fixture
@@ -58,6 +57,20 @@ async def test_error_rate_answers_a_5xx_error_body_and_dispatches_nothing(
     assert sandbox.stats().dispatches == 0
 
 
+async def test_request_log_records_each_5xx_with_its_request_id(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    sandbox.faults.error_rate = 1.0
+    answers = [
+        await client.post("/api/sms", json=valid_body("sms"), headers={"X-Request-ID": f"req-{i}"})
+        for i in range(3)
+    ]
+    assert [(e.request_id, e.status) for e in sandbox.requests] == [
+        (f"req-{i}", a.status_code) for i, a in enumerate(answers)
+    ]
+    assert all(500 <= a.status_code < 600 for a in answers)
+
+
 async def test_faults_spare_validate(client: httpx.AsyncClient, sandbox: Sandbox) -> None:
     sandbox.faults.update({"error_rate": 1.0, "rate_limit_rate": 1.0, "latency": 5.0})
     response = await asyncio.wait_for(
@@ -93,6 +106,15 @@ async def test_rate_limit_rate_answers_429_with_retry_after_seconds(
     assert_error(response, 429, "rate_limited")
     assert response.headers["Retry-After"] == "2"
     assert sandbox.stats().dispatches == 0
+
+
+async def test_request_log_records_a_429_with_its_request_id(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    sandbox.faults.rate_limit_rate = 1.0
+    await client.post("/api/sms", json=valid_body("sms"), headers={"X-Request-ID": "req-429"})
+    [entry] = sandbox.requests
+    assert (entry.request_id, entry.status, entry.dispatch_id) == ("req-429", 429, None)
 
 
 async def test_retry_after_as_an_http_date(client: httpx.AsyncClient, sandbox: Sandbox) -> None:
@@ -137,6 +159,18 @@ async def test_timeout_rate_accepts_at_once_but_answers_late(
     assert sandbox.stats().dispatches == 1
     response = await task
     assert response.status_code == 200
+
+
+async def test_request_log_shows_a_held_back_answer_as_still_to_come(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    sandbox.faults.update({"timeout_rate": 1.0, "timeout_delay": 0.5})
+    task = asyncio.create_task(client.post("/api/sms", json=valid_body("sms")))
+    await asyncio.sleep(0.1)
+    [entry] = sandbox.requests
+    assert entry.status is None
+    await task
+    assert (entry.status, entry.dispatch_id) == (200, sandbox.dispatches[0].dispatch_id)
 
 
 async def test_a_retry_after_a_timeout_gets_the_same_dispatch(
@@ -221,6 +255,10 @@ async def test_faults_are_changed_over_http(client: httpx.AsyncClient, sandbox: 
         {"duplicate_deliveries": 0},
         {"duplicate_deliveries": 1.5},
         {"shuffle": 1},
+        {"webhook_loss_rate": 1.5},
+        {"webhook_loss_rate": True},
+        {"late_progress_rate": -0.1},
+        {"late_progress_rate": "often"},
         {"bogus": 1},
     ],
 )
@@ -230,6 +268,20 @@ async def test_bad_faults_are_refused_and_nothing_changes(
     response = await client.put("/_sandbox/faults", json={"timeout_delay": 9, **changes})
     assert_error(response, 400, "invalid_field")
     assert sandbox.faults == Faults()
+
+
+async def test_the_webhook_faults_are_changed_over_http(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    response = await client.put(
+        "/_sandbox/faults", json={"webhook_loss_rate": 0.1, "late_progress_rate": 1}
+    )
+    assert response.status_code == 200
+    assert (response.json()["webhook_loss_rate"], response.json()["late_progress_rate"]) == (
+        0.1,
+        1.0,
+    )
+    assert (sandbox.faults.webhook_loss_rate, sandbox.faults.late_progress_rate) == (0.1, 1.0)
 
 
 async def test_faults_are_read_over_http(client: httpx.AsyncClient, sandbox: Sandbox) -> None:
@@ -267,3 +319,38 @@ def test_settings_scale_the_retry_schedule_and_the_answer_timeout() -> None:
 
 def test_the_answer_timeout_has_a_floor() -> None:
     assert SandboxSettings(time_factor=0.0001, answer_timeout_floor=0.5).answer_timeout == 0.5
+
+
+def test_settings_call_back_for_esign_and_postal_providers_by_default() -> None:
+    settings = SandboxSettings()
+    assert settings.callback_services == {"esign", "postal"}
+    assert settings.callback_providers == {"universign", "signaturit", "mysendingbox"}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"callback_services": frozenset({"fax"})},
+        {"callback_providers": frozenset({"yousign"})},
+        {"callback_providers": frozenset({"lob"})},
+    ],
+)
+def test_settings_refuse_callbacks_the_sandbox_has_no_events_for(
+    changes: dict[str, frozenset[str]],
+) -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        SandboxSettings(**changes)  # type: ignore[arg-type]
+
+
+def test_settings_refuse_one_string_as_the_callback_services() -> None:
+    with pytest.raises(TypeError):
+        SandboxSettings(callback_services="esign")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"sync_delay": -1.0}, {"sync_delay": 2.0, "sync_delay_max": 1.0}],
+)
+def test_settings_refuse_a_sync_delay_range_that_is_not_one(changes: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="sync_delay"):
+        SandboxSettings(**changes)  # type: ignore[arg-type]

@@ -3,19 +3,25 @@ webhooks with retries, fault injection, and statistics (see DISPATCHER_API.md)."
 
 from .app import Sandbox, serve_sandbox
 from .catalog import DEFAULT_PROVIDERS, PROVIDERS, SERVICES, TEMPLATES, Template
-from .records import DispatchRecord, SandboxStats, WebhookRecord
+from .events import CALLBACK_PROVIDERS, CALLBACK_SERVICES, EVENT_SEQUENCES, EventSequence
+from .records import DispatchRecord, RequestRecord, SandboxStats, WebhookRecord
 from .settings import ANSWER_TIMEOUT, RETRY_SCHEDULE, Faults, SandboxSettings
 from .signing import signature_headers
 
 __all__ = [
     "ANSWER_TIMEOUT",
+    "CALLBACK_PROVIDERS",
+    "CALLBACK_SERVICES",
     "DEFAULT_PROVIDERS",
+    "EVENT_SEQUENCES",
     "PROVIDERS",
     "RETRY_SCHEDULE",
     "SERVICES",
     "TEMPLATES",
     "DispatchRecord",
+    "EventSequence",
     "Faults",
+    "RequestRecord",
     "Sandbox",
     "SandboxSettings",
     "SandboxStats",

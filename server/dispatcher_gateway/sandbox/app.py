@@ -32,18 +32,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..httpserver import HttpServer, start_http
-from .catalog import (
-    DEFAULT_PROVIDERS,
-    PROVIDERS,
-    SERVICES,
-    TEMPLATES,
-    new_id,
-    plan_events,
-    provider_result,
-)
+from .catalog import DEFAULT_PROVIDERS, PROVIDERS, SERVICES, TEMPLATES, new_id, provider_result
 from .delivery import WebhookSender, iso_now
 from .errors import ApiError, invalid
-from .records import DispatchRecord, SandboxStats, WebhookRecord
+from .events import callback_target, plan_events
+from .records import DispatchRecord, RequestRecord, SandboxStats, WebhookRecord
 from .settings import Faults, SandboxSettings
 from .validation import CheckedRequest, check_request
 
@@ -89,6 +82,7 @@ class _Answer:
     status: int
     body: JSON | None = None
     error: ApiError | None = None
+    dispatch_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -99,7 +93,8 @@ class _Remembered:
 
 class Sandbox:
     """A stand-in for the Docs-Dispatcher API. Serve `app` (see serve_sandbox), read `stats()`,
-    change `faults`, and `await close()` to cancel the webhook deliveries it owns."""
+    `requests` and `dispatches`, change `faults`, and `await close()` to cancel the webhook
+    deliveries it owns."""
 
     def __init__(
         self,
@@ -115,7 +110,7 @@ class Sandbox:
         )
         self._records: dict[str, DispatchRecord] = {}
         self._idempotency: dict[str, _Remembered] = {}
-        self._requests = 0
+        self._request_log: list[RequestRecord] = []
         self._by_status: collections.Counter[int] = collections.Counter()
         self._arrivals: collections.deque[float] = collections.deque()
         self._max_in_window = 0
@@ -139,7 +134,7 @@ class Sandbox:
         counters = self._sender.counters
         return SandboxStats(
             dispatches=len(self._records),
-            dispatch_requests=self._requests,
+            dispatch_requests=len(self._request_log),
             by_status=dict(self._by_status),
             max_in_window=self._max_in_window,
             webhooks_sent=counters.sent,
@@ -156,6 +151,12 @@ class Sandbox:
     def dispatches(self) -> list[DispatchRecord]:
         return list(self._records.values())
 
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """Every dispatch request received, in the order they arrived, whatever they were
+        answered (429s, 5xx faults and auth failures included)."""
+        return list(self._request_log)
+
     async def wait_for_webhooks(self, timeout: float) -> None:
         """Until every webhook delivery is answered 2xx or given up; TimeoutError otherwise."""
         await self._sender.wait_idle(timeout)
@@ -167,15 +168,16 @@ class Sandbox:
 
     # bookkeeping the edge middleware calls
 
-    def _note_arrival(self) -> None:
+    def _note_arrival(self, entry: RequestRecord) -> None:
         now = time.monotonic()
-        self._requests += 1
+        self._request_log.append(entry)
         self._arrivals.append(now)
         while self._arrivals and self._arrivals[0] <= now - self.settings.rate_window:
             self._arrivals.popleft()
         self._max_in_window = max(self._max_in_window, len(self._arrivals))
 
-    def _note_status(self, status: int) -> None:
+    def _note_status(self, entry: RequestRecord, status: int) -> None:
+        entry.status = status
         self._by_status[status] += 1
 
     def _authorized(self, header: str | None) -> bool:
@@ -208,6 +210,7 @@ class Sandbox:
             Route("/_sandbox/stats", self._side_stats, methods=["GET"]),
             Route("/_sandbox/faults", self._side_faults, methods=["GET", "PUT"]),
             Route("/_sandbox/dispatches", self._side_dispatches, methods=["GET"]),
+            Route("/_sandbox/requests", self._side_requests, methods=["GET"]),
             Route("/_sandbox/dispatches/{dispatch_id}", self._side_dispatch, methods=["GET"]),
         ]
         return Starlette(
@@ -314,6 +317,8 @@ class Sandbox:
         else:
             answer = await self._process(request, body, checked, run_async, key)
 
+        state = request.scope["state"]
+        state["dispatch_id"], state["replayed"] = answer.dispatch_id, replayed
         if answer_late:
             await self._pause(faults.timeout_delay)
         return _respond(answer, request, replayed=replayed)
@@ -349,27 +354,56 @@ class Sandbox:
             record.status = "failed"
             record.error = failure.body(path=record.path, request_id=record.request_id)
 
+        dispatch_id = record.dispatch_id
         if run_async:
-            planned = plan_events(
-                checked.service, checked.provider, body, result, failure=record.error, now=iso_now()
-            )
-            record.webhooks = [WebhookRecord(new_id("wh"), p.event, p.data) for p in planned]
-            self._sender.schedule(record, record.webhooks)
-            return _Answer(202, {"dispatchId": record.dispatch_id, "status": "queued"})
+            self._plan_webhooks(record, checked, body, result)
+            queued = {"dispatchId": dispatch_id, "status": "queued"}
+            return _Answer(202, queued, dispatch_id=dispatch_id)
 
-        await self._pause(self.settings.sync_delay)
+        await self._pause(self._sync_delay())
         if failure is not None:
-            return _Answer(failure.status, error=failure)
+            return _Answer(failure.status, error=failure, dispatch_id=dispatch_id)
         return _Answer(
             200,
             {
-                "dispatchId": record.dispatch_id,
+                "dispatchId": dispatch_id,
                 "status": "completed",
                 "service": checked.service,
                 "provider": checked.provider,
                 "result": result,
             },
+            dispatch_id=dispatch_id,
         )
+
+    def _plan_webhooks(
+        self, record: DispatchRecord, checked: CheckedRequest, body: JSON, result: JSON
+    ) -> None:
+        """The webhooks an async dispatch sends, if its chain calls back, and their delivery."""
+        target = callback_target(
+            checked.services,
+            checked.provider_for,
+            callback_services=self.settings.callback_services,
+            callback_providers=self.settings.callback_providers,
+        )
+        if target is None:
+            return
+        service, provider = target
+        record.callback_service, record.callback_provider = service, provider
+        if service != checked.service:
+            result = provider_result(service, provider, body)
+        planned = plan_events(
+            provider, body, result, failure=record.error, rng=self._rng, now=iso_now()
+        )
+        record.webhooks = [WebhookRecord(new_id("wh"), p.event, p.data) for p in planned]
+        if self._roll(self._faults.webhook_loss_rate):
+            record.webhooks_lost = True
+            return
+        progress = [w for w, p in zip(record.webhooks, planned, strict=True) if p.progress]
+        if progress and self._roll(self._faults.late_progress_rate):
+            again = progress[-1]
+            late = WebhookRecord(new_id("wh"), again.event, again.data, repeats=again.webhook_id)
+            record.webhooks.append(late)
+        self._sender.schedule(record, record.webhooks)
 
     def _enforce_rate_limit(self) -> None:
         limit = self.settings.rate_limit
@@ -377,6 +411,12 @@ class Sandbox:
             return
         wait = self._arrivals[0] + self.settings.rate_window - time.monotonic()
         raise _rate_limited(max(wait, 0.0), http_date=False)
+
+    def _sync_delay(self) -> float:
+        low, high = self.settings.sync_delay, self.settings.sync_delay_max
+        if high is None or high <= low:
+            return low
+        return self._rng.uniform(low, high)
 
     def _roll(self, rate: float) -> bool:
         return rate > 0 and self._rng.random() < rate
@@ -414,6 +454,11 @@ class Sandbox:
             }
         )
 
+    async def _side_requests(self, request: Request) -> Response:
+        key = request.query_params.get("idempotencyKey")
+        entries = [r for r in self._request_log if key is None or r.idempotency_key == key]
+        return JSONResponse({"requests": [r.to_json() for r in entries]})
+
     async def _side_dispatch(self, request: Request) -> Response:
         record = self._records.get(request.path_params["dispatch_id"])
         if record is None:
@@ -423,7 +468,7 @@ class Sandbox:
 
 class _Edge:
     """Every request: its X-Request-ID (echoed), Basic Auth outside the open paths, and the
-    dispatch statistics, which count every dispatch POST whatever stops it."""
+    request log and dispatch statistics, which count every dispatch POST whatever stops it."""
 
     def __init__(self, app: ASGIApp, sandbox: Sandbox) -> None:
         self.app = app
@@ -437,16 +482,26 @@ class _Edge:
         given = request.headers.get(HEADER_REQUEST_ID, "")
         ok = len(given) <= MAX_REQUEST_ID and _PRINTABLE.fullmatch(given)
         request_id = given if ok else f"req_{secrets.token_hex(8)}"
-        scope.setdefault("state", {})["request_id"] = request_id
-        counted = is_dispatch_request(scope["method"], scope["path"])
-        if counted:
-            self.sandbox._note_arrival()
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        entry: RequestRecord | None = None
+        if is_dispatch_request(scope["method"], scope["path"]):
+            entry = RequestRecord(
+                request_id=request_id,
+                idempotency_key=request.headers.get(HEADER_IDEMPOTENCY_KEY, ""),
+                path=scope["path"],
+                mode="async" if _asks_async(request) else "sync",
+                received_at=time.time(),
+            )
+            self.sandbox._note_arrival(entry)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 MutableHeaders(scope=message)[HEADER_REQUEST_ID] = request_id
-                if counted:
-                    self.sandbox._note_status(int(message["status"]))
+                if entry is not None:
+                    entry.dispatch_id = state.get("dispatch_id")
+                    entry.replayed = bool(state.get("replayed"))
+                    self.sandbox._note_status(entry, int(message["status"]))
             await send(message)
 
         path: str = scope["path"]
@@ -460,7 +515,13 @@ class _Edge:
             )
             await _error_response(error, path, request_id)(scope, receive, send_with_id)
             return
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            if entry is not None and entry.status is None:
+                # Starlette's outermost middleware answers what escapes with a bare 500.
+                self.sandbox._note_status(entry, 500)
+            raise
 
 
 def _request_id(request: Request) -> str:
@@ -506,6 +567,11 @@ def _services(segments: list[str], path: str) -> tuple[str, ...]:
     if not known or len(set(segments)) != len(segments):
         raise ApiError(404, "endpoint_not_found", f"No endpoint {path[:200]}")
     return tuple(segments)
+
+
+def _asks_async(request: Request) -> bool:
+    """What the request asked for, as the request log shows it, even when refused."""
+    return request.query_params.get("async", "").lower() == "true"
 
 
 def _async_mode(request: Request) -> bool:

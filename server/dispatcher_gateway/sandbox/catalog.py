@@ -1,5 +1,5 @@
-"""What the sandbox's account holds and its providers do: services, providers, templates, the
-webhook events each service sends, and the provider answers it makes up."""
+"""What the sandbox's account holds and its providers do: services, providers, templates, and
+the provider answers it makes up (the webhooks they send are in events.py)."""
 
 from __future__ import annotations
 
@@ -74,8 +74,8 @@ documentation, the sandbox does not refuse a template used with another service.
 
 
 def primary_service(services: Sequence[str]) -> str:
-    """The service a chain's result and webhooks are about: the last one that delivers
-    (email in file/email), or the last one when none does."""
+    """The service a chain's answer is about: the last one that delivers (email in
+    file/email), or the last one when none does."""
     for service in reversed(services):
         if service not in GENERATORS:
             return service
@@ -87,7 +87,9 @@ def new_id(prefix: str) -> str:
 
 
 def provider_result(service: str, provider: str, body: Mapping[str, Any]) -> JSON:
-    """A plausible provider answer for a dispatch that went through."""
+    """A plausible provider answer for a dispatch that went through: its immediate answer, so
+    for esign a document sent for signature and for postal a letter created; what becomes of
+    them later comes by webhook, if at all."""
     block = body.get(service)
     block = block if isinstance(block, dict) else {}
     if service == "email":
@@ -108,75 +110,3 @@ def provider_result(service: str, provider: str, body: Mapping[str, Any]) -> JSO
     if service == "invoicing":
         return {"status": "created", "invoiceId": new_id("inv"), "provider": provider}
     return {"status": "generated", "fileId": new_id("file"), "contentType": "application/pdf"}
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedEvent:
-    event: str
-    data: JSON
-
-
-def plan_events(
-    service: str,
-    provider: str,
-    body: Mapping[str, Any],
-    result: JSON,
-    *,
-    failure: JSON | None,
-    now: str,
-) -> list[PlannedEvent]:
-    """The webhook events of one async dispatch, in the order they happen. `failure` (an error
-    body) makes the last one a failure event carrying it."""
-    if service == "esign":
-        return _esign_events(provider, body, result, failure=failure, now=now)
-    if service == "postal":
-        letter = {
-            "letterId": result.get("letterId"),
-            "trackingNumber": result.get("trackingNumber"),
-        }
-        steps = [
-            PlannedEvent("letter_created", {**letter, "status": "created"}),
-            PlannedEvent("letter_in_transit", {**letter, "status": "in_transit"}),
-        ]
-        if failure is None:
-            steps.append(PlannedEvent("letter_delivered", {**letter, "status": "delivered"}))
-        else:
-            steps.append(PlannedEvent("letter_returned", {**letter, **failure}))
-        return steps
-    if failure is None:
-        return [PlannedEvent("dispatch_completed", result)]
-    return [PlannedEvent("dispatch_failed", failure)]
-
-
-def _esign_events(
-    provider: str,
-    body: Mapping[str, Any],
-    result: JSON,
-    *,
-    failure: JSON | None,
-    now: str,
-) -> list[PlannedEvent]:
-    block = body.get("esign")
-    signers = block.get("signers") if isinstance(block, dict) else None
-    emails = [
-        str(s.get("email")) for s in (signers or []) if isinstance(s, dict) and s.get("email")
-    ]
-    document = {"documentId": result.get("documentId")}
-    universign = provider == "universign"
-    if failure is not None:
-        declined = "transaction_failed" if universign else "document_declined"
-        return [PlannedEvent(declined, {**document, **failure})]
-    steps = [
-        PlannedEvent(
-            "signer_signed",
-            {**document, "signer": {"email": email, "status": "signed", "signedAt": now}},
-        )
-        for email in emails
-    ]
-    done = {
-        **document,
-        "status": "completed",
-        "signers": [{"email": e, "status": "signed", "signedAt": now} for e in emails],
-    }
-    steps.append(PlannedEvent("transaction_completed" if universign else "document_signed", done))
-    return steps

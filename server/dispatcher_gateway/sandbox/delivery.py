@@ -80,15 +80,17 @@ class WebhookSender:
         self._closed = False
 
     def schedule(self, record: DispatchRecord, webhooks: Sequence[WebhookRecord]) -> None:
-        """Deliver a dispatch's events, each `duplicate_deliveries` times. The faults are read
-        now, so a change affects the dispatches that come after it."""
+        """Deliver a dispatch's events, each `duplicate_deliveries` times; a late repeat of a
+        progress event stays after the others, shuffled or not. The faults are read now, so a
+        change affects the dispatches that come after it."""
         if self._closed or record.callback_url is None:
             return
         faults = self._faults()
         copies = faults.duplicate_deliveries
-        order = list(webhooks)
+        order = [w for w in webhooks if w.repeats is None]
         if faults.shuffle:
             self._rng.shuffle(order)
+        order += [w for w in webhooks if w.repeats is not None]
         self._add_pending(len(order) * copies)
         self._spawn(self._send_in_order(record, order, copies), record.dispatch_id)
 
@@ -196,8 +198,8 @@ def _envelope(record: DispatchRecord, webhook: WebhookRecord) -> bytes:
         "event": webhook.event,
         "timestamp": iso_now(),
         "dispatchId": record.dispatch_id,
-        "service": record.service,
-        "provider": record.provider,
+        "service": record.callback_service,
+        "provider": record.callback_provider,
         "data": webhook.data,
     }
     return json.dumps(envelope, separators=(",", ":")).encode()

@@ -1,5 +1,5 @@
-"""What the sandbox remembers: each dispatch it accepted and each webhook it owes, and the
-statistics tests read."""
+"""What the sandbox remembers: each dispatch request it received, each dispatch it accepted and
+each webhook it owes, and the statistics tests read."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ class WebhookRecord:
     given_up: int = 0
     outcomes: list[int | str] = field(default_factory=list)
     """Each attempt's HTTP status, or the name of what stopped it (timeout, TLS, refused)."""
+    repeats: str | None = None
+    """The webhook id of the progress event this one sends again after the end (the
+    `late_progress_rate` fault); None for every event planned in order."""
 
     def to_json(self) -> JSON:
         return {
@@ -34,6 +37,7 @@ class WebhookRecord:
             "delivered": self.delivered,
             "givenUp": self.given_up,
             "outcomes": list(self.outcomes),
+            "repeats": self.repeats,
         }
 
 
@@ -43,7 +47,7 @@ class DispatchRecord:
     path: str
     services: tuple[str, ...]
     service: str
-    """The chain's primary service, the one its result and webhooks are about."""
+    """The chain's primary service, the one its answer is about."""
     provider: str
     mode: str
     body: JSON
@@ -52,10 +56,17 @@ class DispatchRecord:
     request_id: str
     received_at: float
     callback_url: str | None
+    callback_service: str | None = None
+    """The service whose provider calls back, with `callback_provider`: None for a sync
+    dispatch, and for an async one that is never called back."""
+    callback_provider: str | None = None
     status: str = "queued"
     result: JSON | None = None
     error: JSON | None = None
     webhooks: list[WebhookRecord] = field(default_factory=list)
+    """The events it sends, in the order planned (none unless it calls back)."""
+    webhooks_lost: bool = False
+    """Its webhooks were planned but never sent (the `webhook_loss_rate` fault)."""
 
     def to_json(self) -> JSON:
         return {
@@ -71,9 +82,48 @@ class DispatchRecord:
             "requestId": self.request_id,
             "receivedAt": self.received_at,
             "callbackUrl": self.callback_url,
+            "callbackService": self.callback_service,
+            "callbackProvider": self.callback_provider,
             "result": self.result,
             "error": self.error,
             "webhooks": [w.to_json() for w in self.webhooks],
+            "webhooksLost": self.webhooks_lost,
+        }
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One dispatch request (POST /api/{service...}) as received, whatever it was answered:
+    refused by a fault, by Basic Auth, by validation, or accepted."""
+
+    request_id: str
+    """The X-Request-ID it was answered with: the caller's, or one the sandbox made up."""
+    idempotency_key: str
+    """The X-Idempotency-Key header as sent; empty when there was none."""
+    path: str
+    mode: str
+    """"async" when it asked for ?async=true, else "sync"."""
+    received_at: float
+    """Wall-clock seconds (time.time()) when it arrived."""
+    status: int | None = None
+    """The HTTP status it was answered; None while the answer is still to come (held back by
+    `timeout_rate`, or by the sync delay)."""
+    dispatch_id: str | None = None
+    """The dispatch it was answered about (a replay names the key's first dispatch); None when
+    it was refused before one was made."""
+    replayed: bool = False
+    """Answered from an earlier request with the same idempotency key."""
+
+    def to_json(self) -> JSON:
+        return {
+            "requestId": self.request_id,
+            "idempotencyKey": self.idempotency_key,
+            "path": self.path,
+            "mode": self.mode,
+            "receivedAt": self.received_at,
+            "status": self.status,
+            "dispatchId": self.dispatch_id,
+            "replayed": self.replayed,
         }
 
 

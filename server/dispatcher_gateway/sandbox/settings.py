@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .catalog import SERVICES
+from .events import CALLBACK_PROVIDERS, CALLBACK_SERVICES, EVENT_SEQUENCES
+
 RETRY_SCHEDULE: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 """Seconds before each retry of a webhook (modelled on Svix, DISPATCHER_API.md "Retries")."""
 
@@ -43,7 +46,17 @@ class Faults:
     shuffle: bool = False
     """Send the events of one dispatch in random order."""
     fail_rate: float = 0.0
-    """Fraction of dispatches that end in failure (a failure event, or a 417 when sync)."""
+    """Fraction of dispatches that end in failure: a 417 when sync; when async, an end picked
+    among the provider's failure events if it calls back (nothing to see if it does not)."""
+    webhook_loss_rate: float = 0.0
+    """Fraction of the async dispatches that call back whose webhooks never come: not one
+    attempt is made (DispatchRecord.webhooks_lost; the planned events stay in its record)."""
+    late_progress_rate: float = 0.0
+    """Fraction of the async dispatches that call back whose last progress event
+    (letter_in_transit, the last signer_signed) is sent again after the end, under a new
+    webhook id (WebhookRecord.repeats names the one it repeats). A dispatch that sent no
+    progress event gets no late one: Signaturit never sends one, nor does a failed Universign
+    transaction of a single signer."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -71,6 +84,8 @@ _FAULT_FIELDS: dict[str, str] = {
     "duplicate_deliveries": "count",
     "shuffle": "bool",
     "fail_rate": "rate",
+    "webhook_loss_rate": "rate",
+    "late_progress_rate": "rate",
 }
 
 
@@ -103,7 +118,10 @@ class SandboxSettings:
     callback_ca: str | None = None
     """A CA file to verify the HTTPS callbacks with; None trusts the system's store."""
     sync_delay: float = 0.0
-    """Seconds a synchronous dispatch takes."""
+    """Seconds a synchronous dispatch takes (the least it takes, with `sync_delay_max`)."""
+    sync_delay_max: float | None = None
+    """When set, each synchronous dispatch takes a time drawn uniformly between `sync_delay`
+    and this, with the sandbox's seeded dice; None: always `sync_delay`."""
     time_factor: float = 1.0
     """Multiplies the webhook retry schedule and the answer timeout (tests use e.g. 0.001)."""
     answer_timeout_floor: float = 0.5
@@ -120,6 +138,13 @@ class SandboxSettings:
     """Dispatch requests allowed per `rate_window` before 429s, as production enforces
     (100 a minute); 0 enforces nothing and only measures."""
     callback_field: str = DEFAULT_CALLBACK_FIELD
+    callback_services: frozenset[str] = CALLBACK_SERVICES
+    """Services whose async dispatches call back (esign and postal, DISPATCHER_API.md
+    "Webhooks"). An async dispatch of any other service is answered 202 and never called back."""
+    callback_providers: frozenset[str] = CALLBACK_PROVIDERS
+    """Providers that call back (universign, signaturit, mysendingbox), among those of
+    events.EVENT_SEQUENCES. An async dispatch through any other provider (yousign, lob) is
+    answered 202 and never called back."""
     seed: int | None = None
     """Seeds the fault dice, for reproducible runs."""
     faults: Faults = field(default_factory=Faults)
@@ -132,10 +157,26 @@ class SandboxSettings:
             raise ValueError("at least one webhook secret is needed, and none may be empty")
         if self.signature_scheme not in ("dispatcher", "standard"):
             raise ValueError("signature_scheme must be 'dispatcher' or 'standard'")
+        if self.sync_delay < 0:
+            raise ValueError("sync_delay must not be negative")
+        if self.sync_delay_max is not None and self.sync_delay_max < self.sync_delay:
+            raise ValueError("sync_delay_max must not be below sync_delay")
         if self.time_factor <= 0:
             raise ValueError("time_factor must be positive")
         if self.rate_window <= 0:
             raise ValueError("rate_window must be positive")
+        for name, known in (
+            ("callback_services", SERVICES),
+            ("callback_providers", tuple(EVENT_SEQUENCES)),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise TypeError(f"{name} must be a set of strings, not one string")
+            value = frozenset(value)
+            unknown = sorted(value - set(known))
+            if unknown:
+                raise ValueError(f"{name}: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+            object.__setattr__(self, name, value)
 
     @property
     def retry_delays(self) -> tuple[float, ...]:

@@ -35,6 +35,11 @@ class CheckedRequest:
     template: Template
     callback_url: str | None
 
+    def provider_for(self, service: str) -> str:
+        """The provider a service of the chain goes through: the request's provider is the
+        primary service's; any other service of the chain uses the company default."""
+        return self.provider if service == self.service else DEFAULT_PROVIDERS[service]
+
 
 def check_request(
     body: Any,
