@@ -132,7 +132,7 @@ async def test_cli_dispatch_watch_shows_the_job_to_its_end(process: GatewayProce
     assert lines[0].startswith("job job_")
     assert lines[0].endswith(": queued")
     types = [line.split()[2] for line in lines[1:]]
-    assert types == ["queued", "submitted", "dispatch_completed"]
+    assert types == ["queued", "dispatch_completed"]
     assert lines[-1].endswith("succeeded  (terminal)")
 
 

@@ -71,6 +71,22 @@ async def test_request_log_records_each_5xx_with_its_request_id(
     assert all(500 <= a.status_code < 600 for a in answers)
 
 
+async def test_refuse_next_answers_the_next_requests_in_order_then_processes(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    sandbox.faults.update({"refuse_next": [503, 429, 502]})
+    statuses = [(await client.post("/api/sms", json=valid_body("sms"))).status_code for _ in "1234"]
+    assert statuses == [503, 429, 502, 200]
+    assert [r.status for r in sandbox.requests] == statuses
+    assert sandbox.faults.refuse_next == []
+    assert sandbox.stats().dispatches == 1
+
+
+def test_refuse_next_takes_only_the_statuses_of_a_refusal() -> None:
+    with pytest.raises(ValueError, match="refuse_next"):
+        Faults().update({"refuse_next": [200]})
+
+
 async def test_faults_spare_validate(client: httpx.AsyncClient, sandbox: Sandbox) -> None:
     sandbox.faults.update({"error_rate": 1.0, "rate_limit_rate": 1.0, "latency": 5.0})
     response = await asyncio.wait_for(

@@ -267,10 +267,11 @@ class Gateway:
             raise
         # The upstream did it: that is recorded even if the caller is gone by now.
         if calls_back:
-            recorded = await asyncio.shield(self.submitted(job, answer))
-        else:
-            recorded = await asyncio.shield(self.completed(job, answer))
-        if recorded is None:  # recorded already (by the outbox, or a webhook): read it back
+            await asyncio.shield(self.submitted(job, answer))
+            # Its webhooks may have moved it on already.
+            return await self.get_job(job.client, job.job_id)
+        recorded = await asyncio.shield(self.completed(job, answer))
+        if recorded is None:  # recorded already (by the outbox): read it back
             return await self.get_job(job.client, job.job_id)
         # Nothing but this call writes a sync job's events this early (the outbox waits out the
         # call's time), so the job after this one is what the store now holds.
@@ -456,9 +457,14 @@ class Gateway:
         job_id: str = "",
         live_only: bool = False,
     ) -> AsyncGenerator[JobEvent, None]:
+        # Streams carry what happens to jobs; the record of each upstream request is an
+        # operator's, read with the job (GetJob). Cursors skip it: they need not be contiguous.
+        def shown(event: JobEvent) -> bool:
+            return event.type not in states.INFORMATIONAL and matches(event)
+
         # Listen before reading the store: whatever is committed after this point arrives live,
         # whatever before is in the store; the overlap is skipped by cursor. No gap, no repeat.
-        sub = self.hub.subscribe(client, matches)
+        sub = self.hub.subscribe(client, shown)
         try:
             last = parse_cursor(after)
             if live_only:
@@ -473,7 +479,7 @@ class Gateway:
                     )
                     for event in page:
                         last = int(event.cursor)
-                        if matches(event):
+                        if shown(event):
                             yield event
                     if len(page) < REPLAY_PAGE:
                         break
@@ -481,7 +487,7 @@ class Gateway:
                 # have come from a replica behind the hub's (see core/hub.py).
                 for event in self.hub.recent(client, last):
                     last = int(event.cursor)
-                    if matches(event):
+                    if shown(event):
                         yield event
             while True:
                 event = await sub.get()

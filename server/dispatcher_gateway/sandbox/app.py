@@ -103,7 +103,9 @@ class Sandbox:
         webhook_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.settings = settings
-        self._faults = dataclasses.replace(settings.faults)
+        self._faults = dataclasses.replace(
+            settings.faults, refuse_next=list(settings.faults.refuse_next)
+        )
         self._rng = random.Random(settings.seed)
         self._sender = WebhookSender(
             settings, lambda: self._faults, self._rng, transport=webhook_transport
@@ -268,6 +270,12 @@ class Sandbox:
         faults = self._faults
         await self._pause(faults.latency)
         self._enforce_rate_limit()
+        if faults.refuse_next:
+            status = faults.refuse_next.pop(0)
+            if status == 429:
+                raise _rate_limited(faults.retry_after, http_date=faults.retry_after_http_date)
+            _, code, message = next(e for e in SERVER_ERRORS if e[0] == status)
+            raise ApiError(status, code, message)
         if self._roll(faults.rate_limit_rate):
             raise _rate_limited(faults.retry_after, http_date=faults.retry_after_http_date)
         if self._roll(faults.error_rate):

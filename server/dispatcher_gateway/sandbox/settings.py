@@ -57,6 +57,9 @@ class Faults:
     webhook id (WebhookRecord.repeats names the one it repeats). A dispatch that sent no
     progress event gets no late one: Signaturit never sends one, nor does a failed Universign
     transaction of a single signer."""
+    refuse_next: list[int] = field(default_factory=list)
+    """Statuses (429, 500, 502 or 503) the next dispatch requests are answered with, one each,
+    in order, before any other fault: a retry sequence a test can count on."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -86,10 +89,19 @@ _FAULT_FIELDS: dict[str, str] = {
     "fail_rate": "rate",
     "webhook_loss_rate": "rate",
     "late_progress_rate": "rate",
+    "refuse_next": "statuses",
 }
+
+REFUSALS = frozenset({429, 500, 502, 503})
 
 
 def _check_fault(name: str, kind: str, value: Any) -> Any:
+    if kind == "statuses":
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v in REFUSALS for v in value
+        ):
+            raise ValueError(f"{name} must be a list of {', '.join(map(str, sorted(REFUSALS)))}")
+        return list(value)
     if kind == "bool":
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false")
