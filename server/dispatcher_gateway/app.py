@@ -105,6 +105,7 @@ class GatewayApp:
             self.store,
             s.retry,
             submit_timeout=s.submit_timeout,
+            sync_timeout=s.sync_timeout,
             sync_concurrency=s.sync_concurrency,
         )
         self.gateway.on_queued = self.outbox.wake

@@ -51,6 +51,8 @@ class Settings:
     """Which jobs end by webhook, and how long one is waited for."""
     sync_concurrency: int = 100
     """Background sync calls (jobs that end by the upstream's answer) in flight at once."""
+    sync_timeout: float = 120.0
+    """Seconds a background sync call waits for the upstream's answer before it is retried."""
     max_stream_age: float = 30 * 60.0
     stream_backlog: int = 1000
     nats_replicas: int = 1
@@ -289,6 +291,7 @@ class _Reader:
             submit_timeout=self.seconds("GATEWAY_SUBMIT_TIMEOUT", 30.0),
             callbacks=self.callbacks(),
             sync_concurrency=self.parsed("GATEWAY_SYNC_CONCURRENCY", positive_int, 100),
+            sync_timeout=self.seconds("GATEWAY_SYNC_TIMEOUT", 120.0),
             max_stream_age=self.seconds("GATEWAY_MAX_STREAM_AGE", 30 * 60.0),
             stream_backlog=self.parsed("GATEWAY_STREAM_BACKLOG", positive_int, 1000),
             nats_replicas=self.parsed("GATEWAY_NATS_REPLICAS", _replicas, 1),

@@ -58,6 +58,7 @@ class OutboxWorker:
         policy: RetryPolicy,
         *,
         submit_timeout: float = SUBMIT_TIMEOUT,
+        sync_timeout: float = UPSTREAM_TIMEOUT,
         sync_concurrency: int = SYNC_CONCURRENCY,
         async_concurrency: int = ASYNC_CONCURRENCY,
     ) -> None:
@@ -73,10 +74,11 @@ class OutboxWorker:
         """Calls of each kind that may start now: a slow sync answer never holds up a 202."""
         self._slot_freed = asyncio.Event()
         self.submit_timeout = submit_timeout
+        self.sync_timeout = sync_timeout
         rate = gateway.rate.rate
         # Leasing no more than the rate admits in one window bounds how long a lease waits.
         self._batch = min(LEASE_BATCH, rate.limit)
-        self.visibility = rate.window + max(submit_timeout, UPSTREAM_TIMEOUT) + LEASE_MARGIN
+        self.visibility = rate.window + max(submit_timeout, sync_timeout) + LEASE_MARGIN
 
     def wake(self) -> None:
         """Something was queued: look now rather than at the next poll."""
@@ -237,7 +239,7 @@ class OutboxWorker:
                     spec_of(job),
                     idempotency_key=job.job_id,
                     callback_url=self.gateway.callback_url(job.job_id) if calls_back else None,
-                    timeout=self.submit_timeout if calls_back else UPSTREAM_TIMEOUT,
+                    timeout=self.submit_timeout if calls_back else self.sync_timeout,
                 )
             )
         except UpstreamError as exc:
