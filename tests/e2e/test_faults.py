@@ -1,5 +1,8 @@
-"""Nothing lost, nothing sent twice: N async dispatches through a faulty upstream, duplicated and
-shuffled webhooks, and a gateway killed with SIGKILL twice mid-run, restarted on the same store."""
+"""Nothing lost, nothing sent twice: N async dispatches of the seven services (and chains) through
+a faulty upstream that calls back as documented (esign and postal only), slow sync answers,
+duplicated, shuffled and lost webhooks, and a gateway killed with SIGKILL twice mid-run,
+restarted on the same store. Every job ends once: by webhook, by the background sync answer, by
+its error, or `callback_overdue` when its webhooks never come."""
 
 from __future__ import annotations
 
@@ -27,7 +30,17 @@ RATE_LIMIT, RATE_WINDOW = 100, 3.0
 CONCURRENCY = 20
 KILLS_AT = (N // 3, 2 * N // 3)
 RUN_TIMEOUT = 240.0
-SERVICES = (pb.SERVICE_EMAIL, pb.SERVICE_POSTAL, pb.SERVICE_ESIGN, pb.SERVICE_SMS)
+SERVICES: tuple[tuple[int, ...], ...] = (
+    (pb.SERVICE_EMAIL,),
+    (pb.SERVICE_POSTAL,),
+    (pb.SERVICE_ESIGN,),
+    (pb.SERVICE_SMS,),
+    (pb.SERVICE_INVOICING,),
+    (pb.SERVICE_FILE,),
+    (pb.SERVICE_UPLOAD,),
+    (pb.SERVICE_FILE, pb.SERVICE_EMAIL),
+    (pb.SERVICE_FILE, pb.SERVICE_ESIGN),
+)
 FAULTS = {
     "error_rate": 0.2,  # 5xx
     "timeout_rate": 0.1,  # accepted, but the answer comes after the gateway gave up waiting
@@ -36,7 +49,17 @@ FAULTS = {
     "retry_after": 1.0,
     "duplicate_deliveries": 3,
     "shuffle": True,
+    "fail_rate": 0.05,  # the provider refuses: a failure event, or a 417 when sync
+    "webhook_loss_rate": 0.05,  # Dispatcher never calls back
+    "late_progress_rate": 0.1,  # a progress event again after the end
 }
+SYNC_DELAY_MAX = 2.0
+"""Sync answers take up to this long (the upstream's 2-30 s, scaled down)."""
+SYNC_TIMEOUT = 3.0
+"""Over the slowest sync answer, under one held back by `timeout_rate`."""
+CALLBACK_DEADLINE = 30.0
+"""Longer than the sandbox's scaled retries take through a kill (5 s, 5 min, 30 min ... scaled
+by 0.005: 0.03, 1.5, 9 s), so only the lost webhooks make a job overdue."""
 RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
@@ -69,7 +92,8 @@ class Subscriber:
 
 async def dispatch_until_accepted(target: str, index: int) -> str:
     """One dispatch, retried across gateway deaths with the same idempotency key."""
-    request = request_for(SERVICES[index % len(SERVICES)])
+    service, *chain = SERVICES[index % len(SERVICES)]
+    request = request_for(service, chain=tuple(chain))
     request.idempotency_key = f"fault-suite-{index}"
     while True:
         try:
@@ -86,7 +110,15 @@ async def dispatch_until_accepted(target: str, index: int) -> str:
 @pytest.mark.timeout(RUN_TIMEOUT + 120)
 @pytest.mark.parametrize(
     "sandbox_options",
-    [{"time_factor": 0.005, "rate_window": RATE_WINDOW, "seed": 7}],
+    [
+        {
+            "time_factor": 0.005,
+            "rate_window": RATE_WINDOW,
+            "seed": 7,
+            "sync_delay": 0.0,
+            "sync_delay_max": SYNC_DELAY_MAX,
+        }
+    ],
 )
 async def test_nothing_lost_nothing_twice_under_faults(
     sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path
@@ -96,6 +128,8 @@ async def test_nothing_lost_nothing_twice_under_faults(
     env |= {
         "GATEWAY_UPSTREAM_RATE": f"{RATE_LIMIT}/{RATE_WINDOW:g}s",
         "GATEWAY_SUBMIT_TIMEOUT": "1",
+        "GATEWAY_SYNC_TIMEOUT": f"{SYNC_TIMEOUT:g}",
+        "GATEWAY_CALLBACK_DEADLINES": f"esign={CALLBACK_DEADLINE:g},postal={CALLBACK_DEADLINE:g}",
         "GATEWAY_BREAKER_OPEN_FOR": "1",
         "GATEWAY_RETRY_BASE": "0.05",
         "GATEWAY_RETRY_MAX_DELAY": "1",
@@ -138,10 +172,15 @@ async def test_nothing_lost_nothing_twice_under_faults(
         async with grpc.aio.insecure_channel(target) as channel:
             stub = pb_grpc.DispatchServiceStub(channel)
             states = collections.Counter()
+            ends: collections.Counter[str] = collections.Counter()
             token = ""
             while True:
                 page = await stub.ListJobs(pb.ListJobsRequest(page_size=1000, page_token=token))
                 states.update(pb.JobState.Name(j.state) for j in page.jobs)
+                ends.update(
+                    j.error.code if j.error.code in ("callback_overdue",) else j.last_event
+                    for j in page.jobs
+                )
                 token = page.next_page_token
                 if not token:
                     break
@@ -167,7 +206,7 @@ async def test_nothing_lost_nothing_twice_under_faults(
             f"(retries {stats.dispatch_requests - N}), by status={stats.by_status}, "
             f"max in {RATE_WINDOW:g} s={stats.max_in_window}/{RATE_LIMIT}, "
             f"webhooks sent={stats.webhooks_sent} failed={stats.webhooks_failed}; "
-            f"states={dict(states)}; webhook outcomes={dict(outcomes)}"
+            f"states={dict(states)}; ended by={dict(ends)}; webhook outcomes={dict(outcomes)}"
         )
         # Every job ended, and the subscriber saw each end exactly once, in cursor order.
         assert sum(states.values()) == N
@@ -176,6 +215,11 @@ async def test_nothing_lost_nothing_twice_under_faults(
         assert subscriber.cursors == sorted(set(subscriber.cursors))
         # The upstream dispatched each job once, and never saw more than the configured rate.
         assert stats.dispatches == N
+        keys = collections.Counter(d.idempotency_key for d in sandbox.sandbox.dispatches)
+        assert set(keys) == job_ids
+        assert set(keys.values()) == {1}
+        # Each way of ending happened: the case under test was not missed.
+        assert {"dispatch_completed", "callback_overdue", "document_signed"} <= set(ends)
         assert stats.max_in_window <= RATE_LIMIT
         assert kills == 2
     finally:

@@ -87,6 +87,8 @@ async def test_three_replicas_on_a_nats_cluster_lose_nothing_and_share_the_rate(
                 "GATEWAY_PUBLIC_URL": f"https://127.0.0.1:{balancer.port}",
                 "GATEWAY_UPSTREAM_RATE": f"{RATE_LIMIT}/{RATE_WINDOW:g}s",
                 "GATEWAY_SUBMIT_TIMEOUT": f"{SUBMIT_TIMEOUT:g}",
+                # Email and SMS are sent in sync mode (they never call back): as short.
+                "GATEWAY_SYNC_TIMEOUT": f"{SUBMIT_TIMEOUT:g}",
             },
             tmp_path / f"gateway-{i}.log",
             int(env["GATEWAY_ADMIN_ADDR"].rpartition(":")[2]),
@@ -207,6 +209,101 @@ async def test_three_replicas_on_a_nats_cluster_lose_nothing_and_share_the_rate(
         assert stats.max_in_window <= RATE_LIMIT
     finally:
         await cancel(*dispatching, *following)
+        for gateway in gateways:
+            await gateway.close()
+        await balancer.close()
+
+
+OVERDUE_JOBS = 12
+DEADLINE = 2.0
+"""Seconds a job waits for its terminal webhook: the sandbox calls back after LATE."""
+LATE = 5.0
+
+
+@pytest.mark.timeout(RUN_TIMEOUT)
+@pytest.mark.parametrize(
+    "sandbox_options", [{"seed": 5, "webhook_keepalive": False, "event_delay": LATE}]
+)
+async def test_a_job_whose_webhook_is_overdue_ends_once_across_three_replicas(
+    sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path, start_nats_server: NatsFactory
+) -> None:
+    nats = start_nats_server(nodes=3)
+    envs = [gateway_env(sandbox, tls, tmp_path) for _ in range(REPLICAS)]
+    balancer = Balancer(
+        [("127.0.0.1", int(env["GATEWAY_WEBHOOK_ADDR"].rpartition(":")[2])) for env in envs]
+    )
+    await balancer.start()
+    gateways = [
+        GatewayProcess(
+            env
+            | {
+                "GATEWAY_STORE": nats.url,
+                "GATEWAY_NATS_REPLICAS": "3",
+                "GATEWAY_PUBLIC_URL": f"https://127.0.0.1:{balancer.port}",
+                "GATEWAY_CALLBACK_DEADLINES": f"esign={DEADLINE:g},postal={DEADLINE:g}",
+            },
+            tmp_path / f"gateway-{i}.log",
+            int(env["GATEWAY_ADMIN_ADDR"].rpartition(":")[2]),
+        )
+        for i, env in enumerate(envs)
+    ]
+    targets = [gateway.env["GATEWAY_GRPC_ADDR"] for gateway in gateways]
+    dispatcher = Dispatcher(targets)
+    subscribers = [Subscriber(targets[i:] + targets[:i]) for i in range(REPLICAS)]
+    following: list[asyncio.Task[None]] = []
+    try:
+        await start(gateways[0])
+        await asyncio.gather(*(start(gateway) for gateway in gateways[1:]))
+        following = [asyncio.create_task(s.run()) for s in subscribers]
+        job_ids = set()
+        for index in range(OVERDUE_JOBS):
+            service = (pb.SERVICE_ESIGN, pb.SERVICE_POSTAL)[index % 2]
+            request = request_for(service)
+            request.idempotency_key = f"overdue-{index}"
+            job_ids.add(await dispatcher.until_accepted(request))
+
+        def late_ends(subscriber: Subscriber) -> set[str]:
+            return {
+                e.job_id
+                for e, _ in subscriber.events
+                if e.type in ("document_signed", "letter_delivered")
+            }
+
+        async with asyncio.timeout(RUN_TIMEOUT - 30):
+            while not all(late_ends(s) >= job_ids for s in subscribers):
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)  # a second end, were one to slip through, lands now
+
+        overdue_by = collections.Counter(
+            gateway.env["GATEWAY_GRPC_ADDR"]
+            for gateway in gateways
+            for line in gateway.log_path.read_text().splitlines()
+            if "no terminal webhook came" in line
+        )
+        print(
+            f"\noverdue: jobs={len(job_ids)}, replicas={REPLICAS}, deadline={DEADLINE:g} s, "
+            f"webhooks after {LATE:g} s; overdue failures by replica={dict(overdue_by)}; "
+            f"events per subscriber={[len(s.events) for s in subscribers]}"
+        )
+        for subscriber in subscribers:
+            ends = {e.job_id: e for e, _ in subscriber.events if e.terminal}
+            assert set(subscriber.terminal) == job_ids
+            assert set(subscriber.terminal.values()) == {1}
+            assert {(e.type, e.state) for e in ends.values()} == {("failed", pb.JOB_STATE_FAILED)}
+            assert {e.data["code"] for e in ends.values()} == {"callback_overdue"}
+            failed = collections.Counter(
+                e.job_id for e, _ in subscriber.events if e.type == "failed"
+            )
+            assert set(failed.values()) == {1}
+            late = [
+                e for e, _ in subscriber.events if e.type in ("document_signed", "letter_delivered")
+            ]
+            assert len(late) == len(job_ids)
+            assert not any(e.terminal for e in late)
+            assert {e.state for e in late} == {pb.JOB_STATE_FAILED}
+        assert sum(overdue_by.values()) == len(job_ids)
+    finally:
+        await cancel(*following)
         for gateway in gateways:
             await gateway.close()
         await balancer.close()
