@@ -136,6 +136,44 @@ async def test_cli_dispatch_watch_shows_the_job_to_its_end(process: GatewayProce
     assert lines[-1].endswith("succeeded  (terminal)")
 
 
+async def test_cli_jobs_shows_a_job_with_its_upstream_attempts(
+    process: GatewayProcess, sandbox: RunningSandbox
+) -> None:
+    sandbox.sandbox.faults.update({"refuse_next": [503], "retry_after": 0.0})
+    code, out, err = await run_cli(
+        "dispatch",
+        "--target",
+        target(process),
+        "--service",
+        "sms",
+        "--to",
+        "+33600000000",
+        "--text",
+        "Hi",
+        "--template",
+        "2",
+        "--watch",
+    )
+    assert code == 0, err
+    job_id = out.splitlines()[0].split()[1].rstrip(":")
+
+    code, out, err = await run_cli("jobs", "--target", target(process), job_id)
+
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"job        {job_id}"
+    assert "service    sms (async)" in lines
+    assert "attempts   2" in lines
+    sent = [r for r in sandbox.sandbox.requests if r.idempotency_key == job_id]
+    assert [r.status for r in sent] == [503, 200]
+    first, second = lines[-2:]
+    for line, request in zip((first, second), sent, strict=True):
+        assert "POST /api/sms" in line
+        assert f" {request.status} " in line
+        assert f"request {request.request_id}" in line
+    assert first.endswith("service_unavailable")
+
+
 async def test_cli_refuses_bad_input_with_a_clear_error(process: GatewayProcess) -> None:
     code, _, err = await run_cli(
         "dispatch", "--target", target(process), "--service", "email", "--template", "0"

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher_gateway.config import ConfigError, Settings
+from dispatcher_gateway.core.model import Service
 
 GOOD = {
     "DISPATCHER_BASE_URL": "https://api.docs-dispatcher.io",
@@ -98,3 +99,49 @@ def test_tls_cert_without_key_is_refused(tmp_path: Path) -> None:
     assert problems({**GOOD, "GATEWAY_TLS_CERT_FILE": str(cert)}) == [
         "GATEWAY_TLS_CERT_FILE: set together with GATEWAY_TLS_KEY_FILE, or neither"
     ]
+
+
+def test_callbacks_default_to_esign_and_postal_from_their_providers() -> None:
+    callbacks = Settings.from_env(GOOD).callbacks
+    assert {s.value for s in callbacks.services} == {"esign", "postal"}
+    assert callbacks.providers == {"universign", "signaturit", "mysendingbox"}
+    assert callbacks.deadlines[Service.ESIGN] == 20 * 86400
+
+
+def test_callback_settings_are_read() -> None:
+    settings = Settings.from_env(
+        {
+            **GOOD,
+            "GATEWAY_CALLBACK_SERVICES": "esign, postal,email",
+            "GATEWAY_CALLBACK_PROVIDERS": "Universign,sendgrid",
+            "GATEWAY_CALLBACK_DEADLINES": "esign=14d,email=12h,postal=90",
+            "GATEWAY_SYNC_CONCURRENCY": "20",
+            "GATEWAY_SYNC_TIMEOUT": "60",
+        }
+    )
+    callbacks = settings.callbacks
+    assert {s.value for s in callbacks.services} == {"esign", "postal", "email"}
+    assert callbacks.providers == {"universign", "sendgrid"}
+    assert callbacks.deadlines == {
+        Service.ESIGN: 14 * 86400,
+        Service.EMAIL: 12 * 3600,
+        Service.POSTAL: 90,
+    }
+    assert (settings.sync_concurrency, settings.sync_timeout) == (20, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("GATEWAY_CALLBACK_SERVICES", "esign,fax", "unknown service 'fax'"),
+        ("GATEWAY_CALLBACK_DEADLINES", "esign", "expected SERVICE=DURATION"),
+        ("GATEWAY_CALLBACK_DEADLINES", "esign=soon", "expected a duration"),
+        ("GATEWAY_CALLBACK_DEADLINES", "esign=-1d", "must be a positive duration"),
+        ("GATEWAY_CALLBACK_DEADLINES", "esign=40d", "must be shorter than"),
+        ("GATEWAY_SYNC_CONCURRENCY", "0", "positive whole number"),
+    ],
+)
+def test_bad_callback_settings_are_one_line_each(name: str, value: str, message: str) -> None:
+    [line] = problems({**GOOD, name: value})
+    assert line.startswith(f"{name}: ")
+    assert message in line
