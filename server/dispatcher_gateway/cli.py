@@ -213,6 +213,10 @@ def _build_request(args: argparse.Namespace) -> pb.DispatchRequest:
     if "sms" in services:
         request.sms.to.extend(args.to)
         request.sms.text = args.text
+    if "esign" in services:
+        # --to names the signers, --subject the document.
+        request.esign.document_name = args.subject or "Document"
+        request.esign.signers.extend(pb.Signer(email=a) for a in args.to)
     return request
 
 
