@@ -28,7 +28,12 @@ from dispatcher_gateway.core.model import (
     Service,
     UpstreamFailure,
 )
-from dispatcher_gateway.core.outbox import IDLE_POLL, SYNC_CALL_GRACE, OutboxWorker
+from dispatcher_gateway.core.outbox import (
+    IDLE_POLL,
+    SLOT_FRESHNESS,
+    SYNC_CALL_GRACE,
+    OutboxWorker,
+)
 from dispatcher_gateway.core.retry import RateLimit, RetryPolicy
 from dispatcher_gateway.core.service import Gateway, RateGate
 from dispatcher_gateway.core.tokens import CallbackTokens
@@ -404,3 +409,27 @@ async def test_a_job_that_ends_by_webhook_in_time_is_not_overdue(tmp_path: Path)
             "letter_delivered",
         ]
         assert await h.store.lease(limit=10, visibility=60.0) == []
+
+
+async def test_a_rate_slot_gone_stale_before_its_request_leaves_is_taken_again(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path) as h:
+        gate = h.gateway.rate
+        taken: list[float] = []
+        real_wait = gate.wait
+
+        async def stalled_wait(budget: float | None = None) -> float:
+            at = await real_wait(budget)
+            taken.append(at)
+            if len(taken) == 1:
+                # The process stalls (CPU starved, a long GC) after its first slot is taken.
+                time.sleep(SLOT_FRESHNESS * 2)
+            return at
+
+        gate.wait = stalled_wait  # type: ignore[method-assign]
+        job_id = await h.queue(Service.ESIGN)
+        await h.settled(job_id, states=(JobState.SUBMITTED,))
+        assert len(taken) == 2  # the stale slot is not spent; a fresh one is
+        [call] = h.upstream.calls
+        assert call.at >= taken[1]  # sent on the fresh slot (the loop's clock is monotonic)
