@@ -88,6 +88,11 @@ UPSTREAM_CALLS = REGISTRY.counter(
     "Dispatch calls to the upstream, by outcome (accepted, retried, failed).",
     ("outcome",),
 )
+CALLBACKS_OVERDUE = REGISTRY.counter(
+    "dispatcher_gateway_callbacks_overdue_total",
+    "Jobs failed callback_overdue: no terminal webhook within their service's deadline.",
+    ("service",),
+)
 WEBHOOKS = REGISTRY.counter(
     "dispatcher_gateway_webhooks_total",
     "Webhooks verified and handed to the store, by outcome (recorded, duplicate).",

@@ -14,6 +14,7 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.core.callbacks import CallbackRules
 from dispatcher_gateway.core.model import Service
+from dispatcher_gateway.metrics import CALLBACKS_OVERDUE
 
 from .conftest import GatewayFactory, RunningSandbox, request_for
 
@@ -119,6 +120,7 @@ async def test_a_job_whose_webhook_comes_too_late_ends_overdue_and_the_late_end_
     gateways: GatewayFactory, sandbox: RunningSandbox
 ) -> None:
     await gateways.start(callbacks=CallbackRules(deadlines={Service.POSTAL: 0.5}))
+    overdue_before = CALLBACKS_OVERDUE.value("postal")
     async with grpc.aio.insecure_channel(gateways.target) as channel:
         stub = pb_grpc.DispatchServiceStub(channel)
         job_id = (await stub.Dispatch(request_for(pb.SERVICE_POSTAL), timeout=10)).job.job_id
@@ -144,3 +146,4 @@ async def test_a_job_whose_webhook_comes_too_late_ends_overdue_and_the_late_end_
     assert events[2].data["code"] == "callback_overdue"
     assert job.state == pb.JOB_STATE_FAILED
     assert job.error.code == "callback_overdue"
+    assert CALLBACKS_OVERDUE.value("postal") == overdue_before + 1

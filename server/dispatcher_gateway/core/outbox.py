@@ -15,7 +15,7 @@ import collections
 import contextlib
 import logging
 
-from ..metrics import UPSTREAM_CALLS
+from ..metrics import CALLBACKS_OVERDUE, UPSTREAM_CALLS
 from ..store.base import Store
 from . import states
 from .errors import StoreUnavailable, UpstreamError
@@ -216,7 +216,7 @@ class OutboxWorker:
         )
         if await self.gateway.fail(job, failure) is not None:
             log.warning("outbox: %s: %s", job.job_id, failure.message)
-            UPSTREAM_CALLS.inc("overdue")
+            CALLBACKS_OVERDUE.inc(job.service.value)
         await self.store.ack(lease)
 
     async def _submit(self, lease: Lease, job: Job, kind: Mode, taken: float) -> None:
