@@ -272,7 +272,10 @@ class OutboxWorker:
             return
         UPSTREAM_CALLS.inc("accepted")
         if calls_back:
-            await self.gateway.submitted(job, answer)
+            recorded = await self.gateway.submitted(job, answer)
+            if recorded is not None and recorded.state.terminal:
+                await self.store.ack(lease)  # its webhooks came before the 202
+                return
             # The entry stays, due at the job's deadline.
             await self._retry_later(lease, self.gateway.callbacks.deadline(job.services))
         else:
