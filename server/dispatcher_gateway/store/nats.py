@@ -16,8 +16,11 @@ configured number of replicas:
   KV <prefix>_secrets         name → 32 random bytes, create-only.
 
 Streams and buckets missing at open() are created; existing ones are left as they are (change
-their replicas with the nats CLI). Jobs, their list index and idempotency keys are kept
-`event_max_age` after their last write, like the events.
+their replicas with the nats CLI). open() returns once each of them answers a write (a probe the
+stream refuses, as it expects another stream) and a read through this client's server: a new
+replicated stream names its leader before that leader's interest in its subjects has reached
+every server, and a publish made in between finds no responders. Jobs, their list index and
+idempotency keys are kept `event_max_age` after their last write, like the events.
 
 Client and job ids become subject tokens and KV keys through `_token`, which keeps [A-Za-z0-9-]
 and writes every other byte as _XX, so any id is safe and distinct ids stay distinct.
@@ -141,9 +144,11 @@ TAIL_HEARTBEAT: Final = 1.0
 """Idle heartbeat of a tail's pull request; three missed mean the tail is lost."""
 EPHEMERAL_IDLE: Final = 60.0
 """A read consumer left behind by a dead process is removed by the server after this."""
-LEADER_WAIT: Final = 10.0
-"""Seconds open() waits for replicated streams to elect their leaders (new ones, or after a
-restart of the cluster); calls made before that fail as unavailable."""
+OPEN_WAIT: Final = 30.0
+"""Seconds open() keeps creating what is missing and waiting for every stream and bucket to
+answer, on a cluster that is settling (new, or restarted): a replicated stream takes a round of
+the cluster's consensus to create and then elects its leader, several seconds each on a busy
+machine; calls made before that fail as unavailable."""
 LEADER_POLL: Final = 0.05
 CAS_ATTEMPTS: Final = 1000
 CAS_JITTER: Final = 0.005
@@ -164,6 +169,15 @@ RATE_KEY: Final = "upstream"
 API_PREFIX: Final = "$JS.API"
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ_HEADER: Final = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_STREAM_HEADER: Final = "Nats-Expected-Stream"
+NO_STREAM: Final = "-"
+"""A stream name none of ours has (they all hold '_'): a publish that expects it is refused by
+the stream that gets it, which stores nothing (open()'s probe)."""
+STREAM_MISMATCH: Final = 10060
+"""JetStream's error code for a publish whose expected stream is another one."""
+NO_SUITABLE_PEERS: Final = 10005
+"""JetStream's error code for a stream it cannot place: on a settling cluster, a peer not yet
+known to be up."""
 KV_OPERATION_HEADER: Final = b"KV-Operation:"
 WRONG_LAST_SEQUENCE: Final = (10071, 10164)
 """JetStream's error codes for a compare-and-set that found another revision."""
@@ -530,6 +544,27 @@ class NatsStore:
             raise StoreUnavailable(f"NATS JetStream unreachable: {type(exc).__name__}") from exc
 
     async def _provision(self) -> None:
+        """Create what is missing, then wait until all of it answers. On a cluster that is
+        settling, a step may time out, find nobody answering, or a peer not yet known to be up:
+        the steps are tried again (each is idempotent) until OPEN_WAIT has passed."""
+        deadline = time.monotonic() + OPEN_WAIT
+        while True:
+            try:
+                await self._create_missing()
+                await self._wait_until_answering(deadline)
+                return
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(f"NATS JetStream is not ready: {exc}") from exc
+            except nats.js.errors.APIError as exc:
+                settling = (exc.code or 0) >= 500 or exc.err_code == NO_SUITABLE_PEERS
+                if not settling:
+                    raise
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(f"NATS JetStream is not ready: {exc}") from exc
+            await asyncio.sleep(LEADER_POLL)
+
+    async def _create_missing(self) -> None:
         js = self._jetstream()
         await self._ensure_stream(
             api.StreamConfig(
@@ -584,21 +619,52 @@ class NatsStore:
                         storage=api.StorageType.FILE,
                     )
                 )
-        await self._wait_for_leaders(
-            [self.events_stream, self.outbox_stream, *(f"KV_{bucket}" for bucket in self._kv)]
-        )
 
-    async def _wait_for_leaders(self, streams: list[str]) -> None:
+    async def _wait_until_answering(self, deadline: float) -> None:
+        """Wait until every stream and bucket answers a write and a read through this client's
+        server (see the module doc), and the outbox consumer has a leader."""
         js = self._jetstream()
-        deadline = time.monotonic() + LEADER_WAIT
-        for stream in streams:
-            while True:
-                info = await js.stream_info(stream)
-                if info.cluster is None or info.cluster.leader:
-                    break
+        probes = {
+            self.events_stream: f"{self._events_subject}.{NO_STREAM}",
+            self.outbox_stream: self._outbox_subject,
+            **{f"KV_{bucket}": f"$KV.{bucket}.{NO_STREAM}" for bucket in self._kv},
+        }
+        for stream, subject in probes.items():
+            while not await self._answers(stream, subject):
                 if time.monotonic() > deadline:
-                    raise StoreUnavailable(f"stream {stream} has no leader")
+                    raise StoreUnavailable(f"stream {stream} does not answer")
                 await asyncio.sleep(LEADER_POLL)
+        while True:
+            info = await js.consumer_info(self.outbox_stream, "worker")
+            if info.cluster is None or info.cluster.leader:
+                return
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(f"the consumer of {self.outbox_stream} has no leader")
+            await asyncio.sleep(LEADER_POLL)
+
+    async def _answers(self, stream: str, subject: str) -> bool:
+        """Whether `stream` answers a publish on `subject` (refused: it expects another stream)
+        and a read of the subject's last message."""
+        not_yet = (
+            nats.errors.NoRespondersError,
+            nats.errors.TimeoutError,
+            nats.js.errors.ServiceUnavailableError,
+            nats.js.errors.ServerError,
+        )
+        try:
+            await self._api(subject, b"", {EXPECTED_STREAM_HEADER: NO_STREAM})
+        except not_yet:
+            return False
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != STREAM_MISMATCH:
+                raise
+        else:
+            raise RuntimeError(f"stream {stream} stored a probe that expected another stream")
+        try:
+            await self._msg_get(stream, subject)
+        except not_yet:
+            return False
+        return True
 
     async def _ensure_stream(self, config: api.StreamConfig) -> None:
         js = self._jetstream()
