@@ -74,9 +74,14 @@ visibility ran out, when another worker may hold the entry) is dropped. `attempt
 message's deliveries before this one: a lease that ran out counts, as a crashed worker may have
 submitted.
 
-Reads (read_events, tail, list_jobs) use ephemeral pull consumers with ack none; read_events and
-list_jobs take what is there now (no_wait) and delete their consumer; tail long-polls and checks
-the consumer sequence and heartbeats, starting over after its last event on any gap. (Not
+Reads (read_events, tail, list_jobs) use ephemeral pull consumers with ack none. read_events and
+list_jobs are read-your-writes: they first ask the stream's leader for the sequence of its last
+message on their subject, then pull (no_wait) until their consumer has delivered it, and delete
+the consumer. The consumer sits on any replica of the stream, and one that lags behind the leader
+would otherwise end the read short, losing events for its reader. A pull that nobody answers (a
+consumer whose leader is moving, or so new that its interest has not reached this client's
+server) is made again until `timeout`. tail long-polls and checks the consumer sequence and
+heartbeats, starting over after its last event on any gap. (Not
 nats-py's ordered consumer: its heartbeat and reset tasks outlive a reader that was cancelled, and
 its resets fail silently while NATS is away.) A tail holds a subscription and a server-side
 consumer between reads: close it (aclose) when done; one dropped without closing is removed by
@@ -150,6 +155,8 @@ answer, on a cluster that is settling (new, or restarted): a replicated stream t
 the cluster's consensus to create and then elects its leader, several seconds each on a busy
 machine; calls made before that fail as unavailable."""
 LEADER_POLL: Final = 0.05
+CATCH_UP_POLL: Final = 0.01
+"""Seconds between pulls of a read whose replica has not yet stored what the leader holds."""
 CAS_ATTEMPTS: Final = 1000
 CAS_JITTER: Final = 0.005
 CLAIM_POLL: Final = 0.01
@@ -183,6 +190,7 @@ WRONG_LAST_SEQUENCE: Final = (10071, 10164)
 """JetStream's error codes for a compare-and-set that found another revision."""
 STATUS_HEADER: Final = "Status"
 HEARTBEAT_STATUS: Final = "100"
+NO_RESPONDERS_STATUS: Final = "503"
 _PREFIX_RE: Final = re.compile(r"^[A-Za-z0-9-]+$")
 _SAFE: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
 
@@ -369,9 +377,10 @@ class NatsStore:
                 deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
                 headers_only=True,
             )
-            # $KV.<bucket>.<client>.<created>.<job>
+            # $KV.<bucket>.<client>.<created>.<job>; a key written again (a retried create) is
+            # delivered again once the consumer has caught up.
             entries = sorted(
-                (_parse_index_key(msg.subject.split(".", 3)[3]) for msg in msgs), reverse=True
+                {_parse_index_key(msg.subject.split(".", 3)[3]) for msg in msgs}, reverse=True
             )
             if start is not None:
                 entries = [e for e in entries if e < start]
@@ -850,27 +859,43 @@ class NatsStore:
     async def _pull(
         self, stream: str, consumer: str, request: dict[str, Any], batch: int
     ) -> list[Msg]:
-        """One pull request answered at once (no_wait): the messages there are, up to `batch`."""
+        """One pull request answered at once (no_wait): the messages there are, up to `batch`.
+        While the consumer has no leader (it is moving to another node), or its leader's interest
+        has not yet reached this client's server (a new consumer), nobody answers: the request is
+        made again until `timeout`, then the store is unavailable."""
         nc = self._client()
+        deadline = time.monotonic() + self._timeout
         sub = await nc.subscribe(nc.new_inbox())
         try:
-            await nc.publish(
-                f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
-                _dumps(request),
-                reply=sub.subject,
-            )
-            msgs: list[Msg] = []
-            while len(msgs) < batch:
-                msg = await sub.next_msg(timeout=self._timeout)
-                status = _status(msg)
-                if status == HEARTBEAT_STATUS:
-                    continue
-                if status is not None:
-                    break
-                msgs.append(msg)
-            return msgs
+            while True:
+                msgs = await self._pull_once(sub, stream, consumer, request, batch)
+                if msgs is not None:
+                    return msgs
+                if time.monotonic() > deadline:
+                    raise nats.errors.NoRespondersError
+                await asyncio.sleep(LEADER_POLL)
         finally:
             await sub.unsubscribe()
+
+    async def _pull_once(
+        self, sub: Subscription, stream: str, consumer: str, request: dict[str, Any], batch: int
+    ) -> list[Msg] | None:
+        """The messages one pull request gets; None when nobody answered it."""
+        await self._client().publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", _dumps(request), reply=sub.subject
+        )
+        msgs: list[Msg] = []
+        while len(msgs) < batch:
+            msg = await sub.next_msg(timeout=self._timeout)
+            status = _status(msg)
+            if status == HEARTBEAT_STATUS:
+                continue
+            if status == NO_RESPONDERS_STATUS:
+                return None
+            if status is not None:
+                break
+            msgs.append(msg)
+        return msgs
 
     async def _read_consumer(
         self,
@@ -878,18 +903,25 @@ class NatsStore:
         *,
         filter_subject: str,
         deliver_policy: api.DeliverPolicy,
-        opt_start_seq: int | None = None,
+        opt_start_seq: int = 0,
         headers_only: bool | None = None,
         limit: int | None = None,
     ) -> list[Msg]:
-        """What an ephemeral consumer sees now, up to `limit` messages."""
+        """What an ephemeral consumer sees, up to `limit` messages: at least every message on
+        `filter_subject` that the stream's leader holds when the read starts. The consumer sits
+        on any replica of the stream, and one that lags behind the leader sees less at first: it
+        is read until it delivers the leader's last message on the subject (a replay that stops
+        short loses events for its reader)."""
+        last = await self._last_seq_on(stream, filter_subject)
+        if last < opt_start_seq or last == 0:
+            return []
         js = self._jetstream()
         info = await js.add_consumer(
             stream,
             api.ConsumerConfig(
                 ack_policy=api.AckPolicy.NONE,
                 deliver_policy=deliver_policy,
-                opt_start_seq=opt_start_seq,
+                opt_start_seq=opt_start_seq or None,
                 filter_subject=filter_subject,
                 headers_only=headers_only,
                 mem_storage=True,
@@ -900,18 +932,27 @@ class NatsStore:
         assert info.name is not None
         try:
             msgs: list[Msg] = []
-            remaining = info.num_pending or 0
-            while remaining and (limit is None or len(msgs) < limit):
-                want = min(READ_BATCH, remaining if limit is None else limit - len(msgs))
+            deadline = time.monotonic() + self._timeout
+            while limit is None or len(msgs) < limit:
+                if msgs and msgs[-1].metadata.sequence.stream >= last:
+                    break
+                want = READ_BATCH if limit is None else min(READ_BATCH, limit - len(msgs))
                 got = await self._pull(stream, info.name, {"batch": want, "no_wait": True}, want)
                 if not got:
-                    break
+                    if time.monotonic() > deadline:
+                        raise StoreUnavailable(f"a replica of {stream} did not catch up")
+                    await asyncio.sleep(CATCH_UP_POLL)
                 msgs.extend(got)
-                remaining = got[-1].metadata.num_pending
             return msgs
         finally:
             with contextlib.suppress(*_UNREACHABLE, nats.js.errors.NotFoundError):
                 await js.delete_consumer(stream, info.name)
+
+    async def _last_seq_on(self, stream: str, subject: str) -> int:
+        """The sequence of the stream's last message on `subject` (wildcards allowed), 0 when
+        there is none; answered by the stream's leader, so it counts every acknowledged write."""
+        found = await self._msg_get(stream, subject)
+        return 0 if found is None else found[1]
 
 
 class _Tail(AsyncIterator[JobEvent]):
