@@ -33,6 +33,9 @@ FAST = 0.5
 """The request timeout of stores in these tests: failures show at once."""
 RECOVERY = 15.0
 """The longest a store may take to answer again once NATS is back."""
+SHORT_LEASE = 0.1
+LEASE_GRACE = 30.0
+"""A lease grace no test waits out."""
 
 
 class Crash(Exception):
@@ -331,6 +334,26 @@ async def test_a_create_whose_claimer_died_before_writing_the_job_is_completed_i
     assert stored == retry.replace(job_id=first.job_id)
     assert await store.list_jobs(CLIENT, limit=10) == ([stored], "")
     assert len(await store.read_events(client=CLIENT, job_id=first.job_id)) == 1
+
+
+# The outbox lease
+
+
+async def test_an_entry_whose_lease_ran_out_is_handed_out_again_only_after_the_lease_grace(
+    nats_server: NatsEndpoint,
+) -> None:
+    store = new_store(nats_server.servers, lease_grace=LEASE_GRACE)
+    await store.open()
+    try:
+        await create(store, enqueue=True)
+        await store.lease(limit=10, visibility=SHORT_LEASE)
+
+        await asyncio.sleep(SHORT_LEASE * 2)
+
+        # An ack sent just before the lease ran out may still be on its way.
+        assert await store.lease(limit=10, visibility=30.0) == []
+    finally:
+        await store.close()
 
 
 # Ids of any shape

@@ -66,13 +66,17 @@ first event and the enqueue flag pending, then publish them (the outbox entry wi
 "enqueue.<job>"). A retry finds the job, flushes what is pending and returns it.
 
 The outbox lease. The consumer's ack_wait is fixed (CLAIM_WAIT) and only covers the instant
-between a pull and what follows it: every pulled message is at once nak'ed with delay =
-`visibility`, which sets that one message's redelivery deadline, so each call's visibility is
-honoured per message. ack acks; retry_later naks with the delay. JetStream accepts an ack for any
-delivery of a message, so a lease remembers its deadline and a stale ack or retry (after the
-visibility ran out, when another worker may hold the entry) is dropped. `attempts` is the
-message's deliveries before this one: a lease that ran out counts, as a crashed worker may have
-submitted.
+between a pull and what follows it: every pulled message is at once nak'ed with a delay, which
+sets that one message's redelivery deadline, so each call's visibility is honoured per message.
+ack acks; retry_later naks with the delay. JetStream accepts an ack or a nak for any delivery of
+a message, the one a later worker holds included, so the lease rule of the contract is kept here:
+a lease remembers when its visibility runs out by the store's clock, and whether it was ended,
+and an ack or retry on a lease that is not current is not sent. The server's deadline is set
+`lease_grace` (by default the request timeout) after the lease's visibility: an ack or retry
+sent while the lease was current reaches the server before the entry can be handed out again,
+unless it is held up on the way for longer than that (its call would have failed as
+unavailable). `attempts` is the message's deliveries before this one: a lease that ran out
+counts, as a crashed worker may have submitted.
 
 Reads (read_events, tail, list_jobs) use ephemeral pull consumers with ack none. read_events and
 list_jobs are read-your-writes: they first ask the stream's leader for the sequence of its last
@@ -125,7 +129,7 @@ from nats.js.kv import KeyValue
 
 from ..core.errors import FieldViolation, InvalidArgument, NotFound, StoreUnavailable
 from ..core.model import JSON, Job, JobEvent, JobState, Lease, Mode, Service, UpstreamFailure
-from .base import Apply
+from .base import Apply, Clock
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +238,11 @@ class NatsStore:
         duplicate_window: float = DUPLICATE_WINDOW,
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        lease_grace: float | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
+        """`clock` decides when outbox leases run out; `lease_grace` (default: `timeout`) is how
+        much later the server hands their entries out again (see the module doc)."""
         if not _PREFIX_RE.match(prefix):
             raise ValueError("prefix must be letters, digits and '-'")
         if replicas < 1:
@@ -247,6 +255,8 @@ class NatsStore:
         self._duplicate_window = min(duplicate_window, event_max_age)
         self._timeout = timeout
         self._connect_timeout = connect_timeout
+        self._lease_grace = timeout if lease_grace is None else lease_grace
+        self._clock = clock
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._kv: dict[str, KeyValue] = {}
@@ -408,8 +418,11 @@ class NatsStore:
             msgs = await self._pull(
                 self.outbox_stream, "worker", {"batch": limit, "no_wait": True}, limit
             )
-            expires = time.monotonic() + visibility
-            await asyncio.gather(*(self._nak(msg.reply, visibility) for msg in msgs))
+            # Read before the naks are sent: the server's deadlines come after it.
+            expires = self._clock() + visibility
+            await asyncio.gather(
+                *(self._nak(msg.reply, visibility + self._lease_grace) for msg in msgs)
+            )
             return [
                 Lease(
                     job_id=msg.data.decode(),
@@ -421,17 +434,19 @@ class NatsStore:
 
     async def ack(self, lease: Lease) -> None:
         handle = _handle_of(lease)
-        if handle.stale:
+        if not handle.current(self._clock()):
             return
         with self._unavailable():
             await self._client().request(handle.reply, b"+ACK", timeout=self._timeout)
+        handle.ended = True
 
     async def retry_later(self, lease: Lease, delay: float) -> None:
         handle = _handle_of(lease)
-        if handle.stale:
+        if not handle.current(self._clock()):
             return
         with self._unavailable():
             await self._nak(handle.reply, delay)
+        handle.ended = True
 
     # Events
 
@@ -1070,16 +1085,20 @@ class _Tail(AsyncIterator[JobEvent]):
                 await js.delete_consumer(self._store.events_stream, consumer)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, slots=True)
 class _OutboxHandle:
+    """One lease of one outbox entry: one delivery of its message."""
+
     reply: str
     """The delivery's ack subject."""
     expires: float
-    """time.monotonic() when the lease's visibility runs out (a little before the server's)."""
+    """The store's clock when the lease's visibility runs out (the server's deadline is later by
+    the lease grace)."""
+    ended: bool = False
+    """Acked or retried: the lease is over."""
 
-    @property
-    def stale(self) -> bool:
-        return time.monotonic() >= self.expires
+    def current(self, now: float) -> bool:
+        return not self.ended and now < self.expires
 
 
 @dataclass(frozen=True, slots=True)
