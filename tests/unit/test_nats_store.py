@@ -5,6 +5,7 @@ crash cut short."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import StoreUnavailable
-from dispatcher_gateway.core.model import JobState
+from dispatcher_gateway.core.model import JobEvent, JobState
 from dispatcher_gateway.store.nats import DEFAULT_TIMEOUT, NatsStore
 from tests.contract.builders import (
     CLIENT,
@@ -36,6 +37,9 @@ RECOVERY = 15.0
 SHORT_LEASE = 0.1
 LEASE_GRACE = 30.0
 """A lease grace no test waits out."""
+PLACEMENTS = 20
+"""Tails opened at most to get one whose consumer sits on a given kind of node (each lands on
+one of three at random)."""
 
 
 class Crash(Exception):
@@ -232,6 +236,44 @@ async def test_a_cluster_store_keeps_working_with_one_node_stopped(
         assert [lease.job_id for lease in await store.lease(limit=10, visibility=30.0)] == [
             job.job_id
         ]
+    finally:
+        await store.close()
+
+
+async def consumer_node(store: NatsStore, tail: AsyncIterator[JobEvent]) -> str:
+    """The node holding the tail's consumer (a replica of the events stream, picked at random)."""
+    name = tail._consumer  # type: ignore[attr-defined]
+    info = await store._jetstream().consumer_info(store.events_stream, name)
+    assert info.cluster is not None
+    assert info.cluster.leader is not None
+    return info.cluster.leader
+
+
+async def test_a_tail_goes_on_when_the_node_holding_its_consumer_stops(
+    start_nats_server: NatsFactory,
+) -> None:
+    cluster = start_nats_server(nodes=3)
+    connected = cluster.nodes[0]
+    store = new_store([connected.url], replicas=3, timeout=DEFAULT_TIMEOUT)
+    await store.open()
+    try:
+        job = await create(store)
+        async with contextlib.AsyncExitStack() as tails:
+            # Another node than the store's: stopping that one makes no reconnect, which would
+            # start the tail over anyway. A third of the tails land on the store's node.
+            for _ in range(PLACEMENTS):
+                tail = await tails.enter_async_context(tailing(store, ""))
+                await take(tail, 1)
+                holder = await consumer_node(store, tail)
+                if holder != connected.name:
+                    break
+            next(node for node in cluster.nodes if node.name == holder).stop()
+            await until_answers(lambda: append(store, job))
+            await until_answers(store.check)
+
+            [event] = await take(tail, 1)
+
+        assert event.type == "letter_created"
     finally:
         await store.close()
 

@@ -972,9 +972,10 @@ class NatsStore:
 
 class _Tail(AsyncIterator[JobEvent]):
     """Every event after a sequence, without end, through an ephemeral pull consumer with ack
-    none. A gap in the consumer sequence, missed heartbeats or a reconnect start a new consumer
-    after the last event delivered; if that fails, __anext__ raises StoreUnavailable (the caller
-    reopens the tail from its last cursor). Holds no task: cancelling __anext__ leaves nothing."""
+    none. A gap in the consumer sequence, missed heartbeats, a reconnect or a pull nobody answers
+    (the node holding the consumer stopped) start a new consumer after the last event delivered;
+    if that fails, __anext__ raises StoreUnavailable (the caller reopens the tail from its last
+    cursor). Holds no task: cancelling __anext__ leaves nothing."""
 
     def __init__(self, store: NatsStore, after: int) -> None:
         self._store = store
@@ -985,6 +986,7 @@ class _Tail(AsyncIterator[JobEvent]):
         self._delivered = 0
         self._outstanding = 0
         self._reconnects = -1
+        self._unanswered = False
 
     async def __anext__(self) -> JobEvent:
         while not self._buffer:
@@ -998,6 +1000,10 @@ class _Tail(AsyncIterator[JobEvent]):
     async def _fill(self) -> None:
         nc = self._store._client()
         if self._sub is None or nc.stats["reconnects"] != self._reconnects:
+            if self._unanswered:
+                # Not at once: a new consumer's interest may take a moment to reach this server.
+                self._unanswered = False
+                await asyncio.sleep(LEADER_POLL)
             await self._restart()
         assert self._sub is not None
         if self._outstanding == 0:
@@ -1016,6 +1022,12 @@ class _Tail(AsyncIterator[JobEvent]):
     def _take(self, msg: Msg) -> None:
         status = _status(msg)
         if status == HEARTBEAT_STATUS:
+            return
+        if status == NO_RESPONDERS_STATUS:
+            # Nobody serves the consumer (asking again would spin): start over elsewhere.
+            self._outstanding = 0
+            self._unanswered = True
+            self._sub_lost()
             return
         if status is not None:
             # The request ended (expired, or the server gave up on it): make another.
