@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from dispatcher_gateway.core import states
@@ -17,10 +17,27 @@ StoreFactory = Callable[[], Store]
 """Makes an unopened store; every store one factory makes sees the same data, so a test can
 close a store and open another over what the first one wrote."""
 
+Elapse = Callable[[float], Awaitable[None]]
+"""Lets time pass for the test's stores: their clock moves on at once, and real time passes too
+for a backend whose server keeps the outbox's times by a timer of its own."""
+
 CLIENT = "billing"
 OTHER_CLIENT = "crm"
 WAIT = 5.0
 """The longest a test waits for something that should happen at once."""
+
+
+class ManualClock:
+    """A store's clock that stands still until the test moves it; starts at the real time."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def new_job(

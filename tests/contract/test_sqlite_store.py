@@ -147,22 +147,6 @@ async def test_an_empty_dedupe_key_dedupes_nothing(tmp_path: Path) -> None:
     assert second is not None
 
 
-async def test_a_stale_retry_later_is_ignored(tmp_path: Path) -> None:
-    async with opened(lambda: SqliteStore(tmp_path / "gateway.db")) as store:
-        await create(store, enqueue=True)
-        [stale] = await store.lease(limit=10, visibility=0.1)
-        await asyncio.sleep(0.15)
-        [current] = await store.lease(limit=10, visibility=30.0)
-
-        await store.retry_later(stale, 0.0)
-
-        assert await store.lease(limit=10, visibility=30.0) == []
-        await store.retry_later(current, 0.0)
-        [again] = await store.lease(limit=10, visibility=30.0)
-
-    assert again.attempts == 1
-
-
 async def test_a_malformed_cursor_is_an_invalid_argument(tmp_path: Path) -> None:
     async with opened(lambda: SqliteStore(tmp_path / "gateway.db")) as store:
         with pytest.raises(InvalidArgument, match="cursor"):

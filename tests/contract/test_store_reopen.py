@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from dispatcher_gateway.core import states
 
 from .builders import (
     CLIENT,
+    Elapse,
     StoreFactory,
     append,
     create,
@@ -81,12 +80,14 @@ async def test_outbox_entries_and_attempts_survive_reopening(new_store: StoreFac
     assert (again.job_id, again.attempts) == (job.job_id, 1)
 
 
-async def test_a_lease_taken_before_reopening_still_expires(new_store: StoreFactory) -> None:
+async def test_a_lease_taken_before_reopening_still_expires(
+    new_store: StoreFactory, elapse: Elapse
+) -> None:
     async with opened(new_store) as store:
         job = await create(store, enqueue=True)
         await store.lease(limit=10, visibility=0.2)
 
-    await asyncio.sleep(0.3)
+    await elapse(0.3)
     async with opened(new_store) as store:
         assert [lease.job_id for lease in await store.lease(limit=10, visibility=30.0)] == [
             job.job_id

@@ -2,20 +2,19 @@
 holds a write in flight before it stores it: a second publish of the same message id is answered
 "in process", and a create that lost to it reads back nothing. The store waits for the first
 write rather than failing the call (both seen as webhooks answered 500 by the e2e replicas
-test)."""
+test). And one replica reading at once what another wrote: a read's consumer may sit on a replica
+of the stream that lags behind its leader, and the read still ends at the leader's last event."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import StoreUnavailable
-from dispatcher_gateway.core.model import JobEvent
 from dispatcher_gateway.store.nats import NatsStore
 from tests.contract.builders import CLIENT, append, create, event_for, new_job, queued_event
 from tests.support.nats_server import NatsFactory
@@ -74,17 +73,6 @@ async def one_store_per_node(start_nats_server: NatsFactory) -> AsyncIterator[li
             await store.close()
 
 
-async def settled_events(store: NatsStore, job_id: str, count: int) -> list[JobEvent]:
-    """The job's events once there are at least `count`: a read consumer may sit on a replica
-    of the stream that has not yet stored what the leader acknowledged."""
-    deadline = time.monotonic() + RECOVERY
-    while True:
-        events = await store.read_events(client=CLIENT, job_id=job_id)
-        if len(events) >= count or time.monotonic() > deadline:
-            return events
-        await asyncio.sleep(0.05)
-
-
 async def test_replicas_flushing_the_same_event_at_once_all_succeed_and_publish_it_once(
     start_nats_server: NatsFactory,
 ) -> None:
@@ -103,7 +91,7 @@ async def test_replicas_flushing_the_same_event_at_once_all_succeed_and_publish_
             )
 
             assert all(j is not None and j.state.terminal for j in read)
-            events = await settled_events(writer, job.job_id, 2)
+            events = await writer.read_events(client=CLIENT, job_id=job.job_id)
             assert [e.type for e in events] == [states.QUEUED, states.COMPLETED]
 
 
@@ -135,3 +123,26 @@ async def test_replicas_asking_for_a_new_secret_at_once_get_the_same_one(
             )
 
             assert len(set(secrets)) == 1
+
+
+async def test_what_one_replica_wrote_every_replica_reads_at_once(
+    start_nats_server: NatsFactory,
+) -> None:
+    async with one_store_per_node(start_nats_server) as stores:
+        writer = stores[0]
+        for _ in range(JOBS):
+            job = await create(writer)
+            await append(writer, job, states.COMPLETED)
+
+            # A read's consumer sits on any replica of the stream, lagging or not.
+            read = await asyncio.gather(
+                *(
+                    s.read_events(client=CLIENT, job_id=job.job_id)
+                    for s in stores
+                    for _ in range(READERS_PER_REPLICA)
+                )
+            )
+            listed = await asyncio.gather(*(s.list_jobs(CLIENT, limit=1) for s in stores))
+
+            assert [len(events) for events in read] == [2] * len(read)
+            assert [[j.job_id for j in jobs] for jobs, _ in listed] == [[job.job_id]] * len(stores)

@@ -5,6 +5,7 @@ crash cut short."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import StoreUnavailable
-from dispatcher_gateway.core.model import JobState
+from dispatcher_gateway.core.model import JobEvent, JobState
 from dispatcher_gateway.store.nats import DEFAULT_TIMEOUT, NatsStore
 from tests.contract.builders import (
     CLIENT,
@@ -33,6 +34,12 @@ FAST = 0.5
 """The request timeout of stores in these tests: failures show at once."""
 RECOVERY = 15.0
 """The longest a store may take to answer again once NATS is back."""
+SHORT_LEASE = 0.1
+LEASE_GRACE = 30.0
+"""A lease grace no test waits out."""
+PLACEMENTS = 20
+"""Tails opened at most to get one whose consumer sits on a given kind of node (each lands on
+one of three at random)."""
 
 
 class Crash(Exception):
@@ -233,6 +240,44 @@ async def test_a_cluster_store_keeps_working_with_one_node_stopped(
         await store.close()
 
 
+async def consumer_node(store: NatsStore, tail: AsyncIterator[JobEvent]) -> str:
+    """The node holding the tail's consumer (a replica of the events stream, picked at random)."""
+    name = tail._consumer  # type: ignore[attr-defined]
+    info = await store._jetstream().consumer_info(store.events_stream, name)
+    assert info.cluster is not None
+    assert info.cluster.leader is not None
+    return info.cluster.leader
+
+
+async def test_a_tail_goes_on_when_the_node_holding_its_consumer_stops(
+    start_nats_server: NatsFactory,
+) -> None:
+    cluster = start_nats_server(nodes=3)
+    connected = cluster.nodes[0]
+    store = new_store([connected.url], replicas=3, timeout=DEFAULT_TIMEOUT)
+    await store.open()
+    try:
+        job = await create(store)
+        async with contextlib.AsyncExitStack() as tails:
+            # Another node than the store's: stopping that one makes no reconnect, which would
+            # start the tail over anyway. A third of the tails land on the store's node.
+            for _ in range(PLACEMENTS):
+                tail = await tails.enter_async_context(tailing(store, ""))
+                await take(tail, 1)
+                holder = await consumer_node(store, tail)
+                if holder != connected.name:
+                    break
+            next(node for node in cluster.nodes if node.name == holder).stop()
+            await until_answers(lambda: append(store, job))
+            await until_answers(store.check)
+
+            [event] = await take(tail, 1)
+
+        assert event.type == "letter_created"
+    finally:
+        await store.close()
+
+
 # A crash part way, completed by a retry
 
 
@@ -331,6 +376,26 @@ async def test_a_create_whose_claimer_died_before_writing_the_job_is_completed_i
     assert stored == retry.replace(job_id=first.job_id)
     assert await store.list_jobs(CLIENT, limit=10) == ([stored], "")
     assert len(await store.read_events(client=CLIENT, job_id=first.job_id)) == 1
+
+
+# The outbox lease
+
+
+async def test_an_entry_whose_lease_ran_out_is_handed_out_again_only_after_the_lease_grace(
+    nats_server: NatsEndpoint,
+) -> None:
+    store = new_store(nats_server.servers, lease_grace=LEASE_GRACE)
+    await store.open()
+    try:
+        await create(store, enqueue=True)
+        await store.lease(limit=10, visibility=SHORT_LEASE)
+
+        await asyncio.sleep(SHORT_LEASE * 2)
+
+        # An ack sent just before the lease ran out may still be on its way.
+        assert await store.lease(limit=10, visibility=30.0) == []
+    finally:
+        await store.close()
 
 
 # Ids of any shape

@@ -8,6 +8,10 @@ from typing import Protocol
 
 from ..core.model import Job, JobEvent, Lease
 
+Clock = Callable[[], float]
+"""Seconds, as time.time or time.monotonic give them. A store takes one (by default the real one)
+and decides with it when an outbox lease has run out; tests move a clock of their own."""
+
 Apply = Callable[[Job, JobEvent], tuple[Job, JobEvent]]
 """Folds an event into its job: returns the job after it and the event as it is to be recorded.
 
@@ -54,16 +58,29 @@ class Store(Protocol):
         this is the last page)."""
 
     # Outbox
+    #
+    # A lease is current from lease() until the first of: its ack, its retry_later, the end of
+    # its visibility by the store's clock. ack and retry_later take effect only while their lease
+    # is current; otherwise they do nothing, and the entry is handed out again once the visibility
+    # has run out (the worker's submission is then repeated under the same idempotency key, which
+    # is harmless). So a worker whose lease ran out never ends the lease of the worker after it.
+    # An entry is not handed out while a lease of it is current; a backend whose server times the
+    # visibility itself (NatsStore) hands the entry out again a little later than the store's
+    # clock says the lease ran out (its lease grace), never sooner.
 
     async def lease(self, *, limit: int, visibility: float) -> list[Lease]:
-        """Up to `limit` due entries, oldest first, hidden from other workers for `visibility`
-        seconds; an entry not acked nor retried by then is handed out again."""
+        """Up to `limit` due entries, oldest first, each leased for `visibility` seconds: hidden
+        from other workers while the lease is current, handed out again once it has run out.
+        `Lease.attempts` is how many times the entry was handed out before, whether those leases
+        ended by retry_later or ran out (a worker that vanished may have submitted)."""
 
     async def ack(self, lease: Lease) -> None:
-        """Done with the entry: it is never handed out again."""
+        """Done with the entry: it is never handed out again. Does nothing unless the lease is
+        current (see above)."""
 
     async def retry_later(self, lease: Lease, delay: float) -> None:
-        """Hand the entry out again after `delay` seconds, with `attempts` one higher."""
+        """End the lease, and hand the entry out again after `delay` seconds. Does nothing
+        unless the lease is current (see above)."""
 
     # Events
 

@@ -16,8 +16,11 @@ configured number of replicas:
   KV <prefix>_secrets         name → 32 random bytes, create-only.
 
 Streams and buckets missing at open() are created; existing ones are left as they are (change
-their replicas with the nats CLI). Jobs, their list index and idempotency keys are kept
-`event_max_age` after their last write, like the events.
+their replicas with the nats CLI). open() returns once each of them answers a write (a probe the
+stream refuses, as it expects another stream) and a read through this client's server: a new
+replicated stream names its leader before that leader's interest in its subjects has reached
+every server, and a publish made in between finds no responders. Jobs, their list index and
+idempotency keys are kept `event_max_age` after their last write, like the events.
 
 Client and job ids become subject tokens and KV keys through `_token`, which keeps [A-Za-z0-9-]
 and writes every other byte as _XX, so any id is safe and distinct ids stay distinct.
@@ -63,17 +66,26 @@ first event and the enqueue flag pending, then publish them (the outbox entry wi
 "enqueue.<job>"). A retry finds the job, flushes what is pending and returns it.
 
 The outbox lease. The consumer's ack_wait is fixed (CLAIM_WAIT) and only covers the instant
-between a pull and what follows it: every pulled message is at once nak'ed with delay =
-`visibility`, which sets that one message's redelivery deadline, so each call's visibility is
-honoured per message. ack acks; retry_later naks with the delay. JetStream accepts an ack for any
-delivery of a message, so a lease remembers its deadline and a stale ack or retry (after the
-visibility ran out, when another worker may hold the entry) is dropped. `attempts` is the
-message's deliveries before this one: a lease that ran out counts, as a crashed worker may have
-submitted.
+between a pull and what follows it: every pulled message is at once nak'ed with a delay, which
+sets that one message's redelivery deadline, so each call's visibility is honoured per message.
+ack acks; retry_later naks with the delay. JetStream accepts an ack or a nak for any delivery of
+a message, the one a later worker holds included, so the lease rule of the contract is kept here:
+a lease remembers when its visibility runs out by the store's clock, and whether it was ended,
+and an ack or retry on a lease that is not current is not sent. The server's deadline is set
+`lease_grace` (by default the request timeout) after the lease's visibility: an ack or retry
+sent while the lease was current reaches the server before the entry can be handed out again,
+unless it is held up on the way for longer than that (its call would have failed as
+unavailable). `attempts` is the message's deliveries before this one: a lease that ran out
+counts, as a crashed worker may have submitted.
 
-Reads (read_events, tail, list_jobs) use ephemeral pull consumers with ack none; read_events and
-list_jobs take what is there now (no_wait) and delete their consumer; tail long-polls and checks
-the consumer sequence and heartbeats, starting over after its last event on any gap. (Not
+Reads (read_events, tail, list_jobs) use ephemeral pull consumers with ack none. read_events and
+list_jobs are read-your-writes: they first ask the stream's leader for the sequence of its last
+message on their subject, then pull (no_wait) until their consumer has delivered it, and delete
+the consumer. The consumer sits on any replica of the stream, and one that lags behind the leader
+would otherwise end the read short, losing events for its reader. A pull that nobody answers (a
+consumer whose leader is moving, or so new that its interest has not reached this client's
+server) is made again until `timeout`. tail long-polls and checks the consumer sequence and
+heartbeats, starting over after its last event on any gap. (Not
 nats-py's ordered consumer: its heartbeat and reset tasks outlive a reader that was cancelled, and
 its resets fail silently while NATS is away.) A tail holds a subscription and a server-side
 consumer between reads: close it (aclose) when done; one dropped without closing is removed by
@@ -117,7 +129,7 @@ from nats.js.kv import KeyValue
 
 from ..core.errors import FieldViolation, InvalidArgument, NotFound, StoreUnavailable
 from ..core.model import JSON, Job, JobEvent, JobState, Lease, Mode, Service, UpstreamFailure
-from .base import Apply
+from .base import Apply, Clock
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +153,14 @@ TAIL_HEARTBEAT: Final = 1.0
 """Idle heartbeat of a tail's pull request; three missed mean the tail is lost."""
 EPHEMERAL_IDLE: Final = 60.0
 """A read consumer left behind by a dead process is removed by the server after this."""
-LEADER_WAIT: Final = 10.0
-"""Seconds open() waits for replicated streams to elect their leaders (new ones, or after a
-restart of the cluster); calls made before that fail as unavailable."""
+OPEN_WAIT: Final = 30.0
+"""Seconds open() keeps creating what is missing and waiting for every stream and bucket to
+answer, on a cluster that is settling (new, or restarted): a replicated stream takes a round of
+the cluster's consensus to create and then elects its leader, several seconds each on a busy
+machine; calls made before that fail as unavailable."""
 LEADER_POLL: Final = 0.05
+CATCH_UP_POLL: Final = 0.01
+"""Seconds between pulls of a read whose replica has not yet stored what the leader holds."""
 CAS_ATTEMPTS: Final = 1000
 CAS_JITTER: Final = 0.005
 CLAIM_POLL: Final = 0.01
@@ -164,11 +180,21 @@ RATE_KEY: Final = "upstream"
 API_PREFIX: Final = "$JS.API"
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ_HEADER: Final = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_STREAM_HEADER: Final = "Nats-Expected-Stream"
+NO_STREAM: Final = "-"
+"""A stream name none of ours has (they all hold '_'): a publish that expects it is refused by
+the stream that gets it, which stores nothing (open()'s probe)."""
+STREAM_MISMATCH: Final = 10060
+"""JetStream's error code for a publish whose expected stream is another one."""
+NO_SUITABLE_PEERS: Final = 10005
+"""JetStream's error code for a stream it cannot place: on a settling cluster, a peer not yet
+known to be up."""
 KV_OPERATION_HEADER: Final = b"KV-Operation:"
 WRONG_LAST_SEQUENCE: Final = (10071, 10164)
 """JetStream's error codes for a compare-and-set that found another revision."""
 STATUS_HEADER: Final = "Status"
 HEARTBEAT_STATUS: Final = "100"
+NO_RESPONDERS_STATUS: Final = "503"
 _PREFIX_RE: Final = re.compile(r"^[A-Za-z0-9-]+$")
 _SAFE: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
 
@@ -212,7 +238,11 @@ class NatsStore:
         duplicate_window: float = DUPLICATE_WINDOW,
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        lease_grace: float | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
+        """`clock` decides when outbox leases run out; `lease_grace` (default: `timeout`) is how
+        much later the server hands their entries out again (see the module doc)."""
         if not _PREFIX_RE.match(prefix):
             raise ValueError("prefix must be letters, digits and '-'")
         if replicas < 1:
@@ -225,6 +255,8 @@ class NatsStore:
         self._duplicate_window = min(duplicate_window, event_max_age)
         self._timeout = timeout
         self._connect_timeout = connect_timeout
+        self._lease_grace = timeout if lease_grace is None else lease_grace
+        self._clock = clock
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._kv: dict[str, KeyValue] = {}
@@ -355,9 +387,10 @@ class NatsStore:
                 deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
                 headers_only=True,
             )
-            # $KV.<bucket>.<client>.<created>.<job>
+            # $KV.<bucket>.<client>.<created>.<job>; a key written again (a retried create) is
+            # delivered again once the consumer has caught up.
             entries = sorted(
-                (_parse_index_key(msg.subject.split(".", 3)[3]) for msg in msgs), reverse=True
+                {_parse_index_key(msg.subject.split(".", 3)[3]) for msg in msgs}, reverse=True
             )
             if start is not None:
                 entries = [e for e in entries if e < start]
@@ -385,8 +418,11 @@ class NatsStore:
             msgs = await self._pull(
                 self.outbox_stream, "worker", {"batch": limit, "no_wait": True}, limit
             )
-            expires = time.monotonic() + visibility
-            await asyncio.gather(*(self._nak(msg.reply, visibility) for msg in msgs))
+            # Read before the naks are sent: the server's deadlines come after it.
+            expires = self._clock() + visibility
+            await asyncio.gather(
+                *(self._nak(msg.reply, visibility + self._lease_grace) for msg in msgs)
+            )
             return [
                 Lease(
                     job_id=msg.data.decode(),
@@ -398,17 +434,19 @@ class NatsStore:
 
     async def ack(self, lease: Lease) -> None:
         handle = _handle_of(lease)
-        if handle.stale:
+        if not handle.current(self._clock()):
             return
         with self._unavailable():
             await self._client().request(handle.reply, b"+ACK", timeout=self._timeout)
+        handle.ended = True
 
     async def retry_later(self, lease: Lease, delay: float) -> None:
         handle = _handle_of(lease)
-        if handle.stale:
+        if not handle.current(self._clock()):
             return
         with self._unavailable():
             await self._nak(handle.reply, delay)
+        handle.ended = True
 
     # Events
 
@@ -530,6 +568,27 @@ class NatsStore:
             raise StoreUnavailable(f"NATS JetStream unreachable: {type(exc).__name__}") from exc
 
     async def _provision(self) -> None:
+        """Create what is missing, then wait until all of it answers. On a cluster that is
+        settling, a step may time out, find nobody answering, or a peer not yet known to be up:
+        the steps are tried again (each is idempotent) until OPEN_WAIT has passed."""
+        deadline = time.monotonic() + OPEN_WAIT
+        while True:
+            try:
+                await self._create_missing()
+                await self._wait_until_answering(deadline)
+                return
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(f"NATS JetStream is not ready: {exc}") from exc
+            except nats.js.errors.APIError as exc:
+                settling = (exc.code or 0) >= 500 or exc.err_code == NO_SUITABLE_PEERS
+                if not settling:
+                    raise
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(f"NATS JetStream is not ready: {exc}") from exc
+            await asyncio.sleep(LEADER_POLL)
+
+    async def _create_missing(self) -> None:
         js = self._jetstream()
         await self._ensure_stream(
             api.StreamConfig(
@@ -584,21 +643,52 @@ class NatsStore:
                         storage=api.StorageType.FILE,
                     )
                 )
-        await self._wait_for_leaders(
-            [self.events_stream, self.outbox_stream, *(f"KV_{bucket}" for bucket in self._kv)]
-        )
 
-    async def _wait_for_leaders(self, streams: list[str]) -> None:
+    async def _wait_until_answering(self, deadline: float) -> None:
+        """Wait until every stream and bucket answers a write and a read through this client's
+        server (see the module doc), and the outbox consumer has a leader."""
         js = self._jetstream()
-        deadline = time.monotonic() + LEADER_WAIT
-        for stream in streams:
-            while True:
-                info = await js.stream_info(stream)
-                if info.cluster is None or info.cluster.leader:
-                    break
+        probes = {
+            self.events_stream: f"{self._events_subject}.{NO_STREAM}",
+            self.outbox_stream: self._outbox_subject,
+            **{f"KV_{bucket}": f"$KV.{bucket}.{NO_STREAM}" for bucket in self._kv},
+        }
+        for stream, subject in probes.items():
+            while not await self._answers(stream, subject):
                 if time.monotonic() > deadline:
-                    raise StoreUnavailable(f"stream {stream} has no leader")
+                    raise StoreUnavailable(f"stream {stream} does not answer")
                 await asyncio.sleep(LEADER_POLL)
+        while True:
+            info = await js.consumer_info(self.outbox_stream, "worker")
+            if info.cluster is None or info.cluster.leader:
+                return
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(f"the consumer of {self.outbox_stream} has no leader")
+            await asyncio.sleep(LEADER_POLL)
+
+    async def _answers(self, stream: str, subject: str) -> bool:
+        """Whether `stream` answers a publish on `subject` (refused: it expects another stream)
+        and a read of the subject's last message."""
+        not_yet = (
+            nats.errors.NoRespondersError,
+            nats.errors.TimeoutError,
+            nats.js.errors.ServiceUnavailableError,
+            nats.js.errors.ServerError,
+        )
+        try:
+            await self._api(subject, b"", {EXPECTED_STREAM_HEADER: NO_STREAM})
+        except not_yet:
+            return False
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != STREAM_MISMATCH:
+                raise
+        else:
+            raise RuntimeError(f"stream {stream} stored a probe that expected another stream")
+        try:
+            await self._msg_get(stream, subject)
+        except not_yet:
+            return False
+        return True
 
     async def _ensure_stream(self, config: api.StreamConfig) -> None:
         js = self._jetstream()
@@ -784,27 +874,43 @@ class NatsStore:
     async def _pull(
         self, stream: str, consumer: str, request: dict[str, Any], batch: int
     ) -> list[Msg]:
-        """One pull request answered at once (no_wait): the messages there are, up to `batch`."""
+        """One pull request answered at once (no_wait): the messages there are, up to `batch`.
+        While the consumer has no leader (it is moving to another node), or its leader's interest
+        has not yet reached this client's server (a new consumer), nobody answers: the request is
+        made again until `timeout`, then the store is unavailable."""
         nc = self._client()
+        deadline = time.monotonic() + self._timeout
         sub = await nc.subscribe(nc.new_inbox())
         try:
-            await nc.publish(
-                f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
-                _dumps(request),
-                reply=sub.subject,
-            )
-            msgs: list[Msg] = []
-            while len(msgs) < batch:
-                msg = await sub.next_msg(timeout=self._timeout)
-                status = _status(msg)
-                if status == HEARTBEAT_STATUS:
-                    continue
-                if status is not None:
-                    break
-                msgs.append(msg)
-            return msgs
+            while True:
+                msgs = await self._pull_once(sub, stream, consumer, request, batch)
+                if msgs is not None:
+                    return msgs
+                if time.monotonic() > deadline:
+                    raise nats.errors.NoRespondersError
+                await asyncio.sleep(LEADER_POLL)
         finally:
             await sub.unsubscribe()
+
+    async def _pull_once(
+        self, sub: Subscription, stream: str, consumer: str, request: dict[str, Any], batch: int
+    ) -> list[Msg] | None:
+        """The messages one pull request gets; None when nobody answered it."""
+        await self._client().publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", _dumps(request), reply=sub.subject
+        )
+        msgs: list[Msg] = []
+        while len(msgs) < batch:
+            msg = await sub.next_msg(timeout=self._timeout)
+            status = _status(msg)
+            if status == HEARTBEAT_STATUS:
+                continue
+            if status == NO_RESPONDERS_STATUS:
+                return None
+            if status is not None:
+                break
+            msgs.append(msg)
+        return msgs
 
     async def _read_consumer(
         self,
@@ -812,18 +918,25 @@ class NatsStore:
         *,
         filter_subject: str,
         deliver_policy: api.DeliverPolicy,
-        opt_start_seq: int | None = None,
+        opt_start_seq: int = 0,
         headers_only: bool | None = None,
         limit: int | None = None,
     ) -> list[Msg]:
-        """What an ephemeral consumer sees now, up to `limit` messages."""
+        """What an ephemeral consumer sees, up to `limit` messages: at least every message on
+        `filter_subject` that the stream's leader holds when the read starts. The consumer sits
+        on any replica of the stream, and one that lags behind the leader sees less at first: it
+        is read until it delivers the leader's last message on the subject (a replay that stops
+        short loses events for its reader)."""
+        last = await self._last_seq_on(stream, filter_subject)
+        if last < opt_start_seq or last == 0:
+            return []
         js = self._jetstream()
         info = await js.add_consumer(
             stream,
             api.ConsumerConfig(
                 ack_policy=api.AckPolicy.NONE,
                 deliver_policy=deliver_policy,
-                opt_start_seq=opt_start_seq,
+                opt_start_seq=opt_start_seq or None,
                 filter_subject=filter_subject,
                 headers_only=headers_only,
                 mem_storage=True,
@@ -834,25 +947,35 @@ class NatsStore:
         assert info.name is not None
         try:
             msgs: list[Msg] = []
-            remaining = info.num_pending or 0
-            while remaining and (limit is None or len(msgs) < limit):
-                want = min(READ_BATCH, remaining if limit is None else limit - len(msgs))
+            deadline = time.monotonic() + self._timeout
+            while limit is None or len(msgs) < limit:
+                if msgs and msgs[-1].metadata.sequence.stream >= last:
+                    break
+                want = READ_BATCH if limit is None else min(READ_BATCH, limit - len(msgs))
                 got = await self._pull(stream, info.name, {"batch": want, "no_wait": True}, want)
                 if not got:
-                    break
+                    if time.monotonic() > deadline:
+                        raise StoreUnavailable(f"a replica of {stream} did not catch up")
+                    await asyncio.sleep(CATCH_UP_POLL)
                 msgs.extend(got)
-                remaining = got[-1].metadata.num_pending
             return msgs
         finally:
             with contextlib.suppress(*_UNREACHABLE, nats.js.errors.NotFoundError):
                 await js.delete_consumer(stream, info.name)
 
+    async def _last_seq_on(self, stream: str, subject: str) -> int:
+        """The sequence of the stream's last message on `subject` (wildcards allowed), 0 when
+        there is none; answered by the stream's leader, so it counts every acknowledged write."""
+        found = await self._msg_get(stream, subject)
+        return 0 if found is None else found[1]
+
 
 class _Tail(AsyncIterator[JobEvent]):
     """Every event after a sequence, without end, through an ephemeral pull consumer with ack
-    none. A gap in the consumer sequence, missed heartbeats or a reconnect start a new consumer
-    after the last event delivered; if that fails, __anext__ raises StoreUnavailable (the caller
-    reopens the tail from its last cursor). Holds no task: cancelling __anext__ leaves nothing."""
+    none. A gap in the consumer sequence, missed heartbeats, a reconnect or a pull nobody answers
+    (the node holding the consumer stopped) start a new consumer after the last event delivered;
+    if that fails, __anext__ raises StoreUnavailable (the caller reopens the tail from its last
+    cursor). Holds no task: cancelling __anext__ leaves nothing."""
 
     def __init__(self, store: NatsStore, after: int) -> None:
         self._store = store
@@ -863,6 +986,7 @@ class _Tail(AsyncIterator[JobEvent]):
         self._delivered = 0
         self._outstanding = 0
         self._reconnects = -1
+        self._unanswered = False
 
     async def __anext__(self) -> JobEvent:
         while not self._buffer:
@@ -876,6 +1000,10 @@ class _Tail(AsyncIterator[JobEvent]):
     async def _fill(self) -> None:
         nc = self._store._client()
         if self._sub is None or nc.stats["reconnects"] != self._reconnects:
+            if self._unanswered:
+                # Not at once: a new consumer's interest may take a moment to reach this server.
+                self._unanswered = False
+                await asyncio.sleep(LEADER_POLL)
             await self._restart()
         assert self._sub is not None
         if self._outstanding == 0:
@@ -894,6 +1022,12 @@ class _Tail(AsyncIterator[JobEvent]):
     def _take(self, msg: Msg) -> None:
         status = _status(msg)
         if status == HEARTBEAT_STATUS:
+            return
+        if status == NO_RESPONDERS_STATUS:
+            # Nobody serves the consumer (asking again would spin): start over elsewhere.
+            self._outstanding = 0
+            self._unanswered = True
+            self._sub_lost()
             return
         if status is not None:
             # The request ended (expired, or the server gave up on it): make another.
@@ -963,16 +1097,20 @@ class _Tail(AsyncIterator[JobEvent]):
                 await js.delete_consumer(self._store.events_stream, consumer)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, slots=True)
 class _OutboxHandle:
+    """One lease of one outbox entry: one delivery of its message."""
+
     reply: str
     """The delivery's ack subject."""
     expires: float
-    """time.monotonic() when the lease's visibility runs out (a little before the server's)."""
+    """The store's clock when the lease's visibility runs out (the server's deadline is later by
+    the lease grace)."""
+    ended: bool = False
+    """Acked or retried: the lease is over."""
 
-    @property
-    def stale(self) -> bool:
-        return time.monotonic() >= self.expires
+    def current(self, now: float) -> bool:
+        return not self.ended and now < self.expires
 
 
 @dataclass(frozen=True, slots=True)

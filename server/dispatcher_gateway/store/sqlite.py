@@ -45,7 +45,7 @@ from typing import Any, Final, TypeVar
 
 from ..core.errors import FieldViolation, InvalidArgument, NotFound, StoreUnavailable
 from ..core.model import Job, JobEvent, JobState, Lease, Mode, Service, UpstreamFailure
-from .base import Apply
+from .base import Apply, Clock
 
 T = TypeVar("T")
 
@@ -224,8 +224,9 @@ def _insert_many(table: str, columns: list[str], rows: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _LeaseHandle:
-    """Names one lease of one outbox entry: a stale ack or retry (another worker leased the entry
-    since) carries an old token and changes nothing."""
+    """Names one lease of one outbox entry. The row holds the token and `leased_until` of its
+    current lease, if any: an ack or retry_later changes the row only while both match (same
+    token, not yet run out by the store's clock). The row's `attempts` counts its leases so far."""
 
     entry_id: int
     token: str
@@ -314,10 +315,14 @@ class SqliteStore:
         *,
         dedupe_ttl: float = DEFAULT_DEDUPE_TTL,
         synchronous: str = "FULL",
+        clock: Clock = time.time,
     ) -> None:
+        """`clock` times the outbox (when entries are due, when leases run out); the file keeps
+        its readings, so it must be a wall clock like time.time."""
         if synchronous.upper() not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}")
         self._path = Path(path)
+        self._clock = clock
         self._dedupe_ttl = dedupe_ttl
         self._synchronous = synchronous.upper()
         self._prune_interval = min(DEDUPE_PRUNE_INTERVAL, dedupe_ttl)
@@ -405,7 +410,9 @@ class SqliteStore:
                 return existing, False
             self._insert_events(conn, [first_event], now)
             if enqueue:
-                conn.execute("INSERT INTO outbox (job_id, due_at) VALUES (?, ?)", (job.job_id, now))
+                conn.execute(
+                    "INSERT INTO outbox (job_id, due_at) VALUES (?, ?)", (job.job_id, self._clock())
+                )
             return job, True
 
         batch = None if job.idempotency_key else _NewJob(job, first_event, enqueue)
@@ -452,7 +459,7 @@ class SqliteStore:
 
     async def lease(self, *, limit: int, visibility: float) -> list[Lease]:
         def take(conn: sqlite3.Connection) -> list[Lease]:
-            now = time.time()
+            now = self._clock()
             rows = conn.execute(
                 "SELECT entry_id, job_id, attempts FROM outbox"
                 " WHERE due_at <= ? AND leased_until <= ? ORDER BY due_at, entry_id LIMIT ?",
@@ -462,7 +469,8 @@ class SqliteStore:
             for row in rows:
                 handle = _LeaseHandle(row["entry_id"], secrets.token_hex(LEASE_TOKEN_BYTES))
                 conn.execute(
-                    "UPDATE outbox SET leased_until = ?, lease_token = ? WHERE entry_id = ?",
+                    "UPDATE outbox SET leased_until = ?, lease_token = ?, attempts = attempts + 1"
+                    " WHERE entry_id = ?",
                     (now + visibility, handle.token, handle.entry_id),
                 )
                 leases.append(Lease(job_id=row["job_id"], attempts=row["attempts"], handle=handle))
@@ -474,22 +482,24 @@ class SqliteStore:
         handle = _handle_of(lease)
         await self._run(
             lambda conn: conn.execute(
-                "DELETE FROM outbox WHERE entry_id = ? AND lease_token = ?",
-                (handle.entry_id, handle.token),
+                "DELETE FROM outbox WHERE entry_id = ? AND lease_token = ? AND leased_until > ?",
+                (handle.entry_id, handle.token, self._clock()),
             ),
             write=True,
         )
 
     async def retry_later(self, lease: Lease, delay: float) -> None:
         handle = _handle_of(lease)
-        await self._run(
-            lambda conn: conn.execute(
-                "UPDATE outbox SET due_at = ?, attempts = attempts + 1, leased_until = 0,"
-                " lease_token = '' WHERE entry_id = ? AND lease_token = ?",
-                (time.time() + delay, handle.entry_id, handle.token),
-            ),
-            write=True,
-        )
+
+        def retry(conn: sqlite3.Connection) -> None:
+            now = self._clock()
+            conn.execute(
+                "UPDATE outbox SET due_at = ?, leased_until = 0, lease_token = ''"
+                " WHERE entry_id = ? AND lease_token = ? AND leased_until > ?",
+                (now + delay, handle.entry_id, handle.token, now),
+            )
+
+        await self._run(retry, write=True)
 
     # Events
 
@@ -701,7 +711,8 @@ class SqliteStore:
             [p[c] for p in jobs for c in _JOB_COLUMNS],
         )
         self._insert_events(conn, [n.first_event for n in new], now)
-        queued = [(n.job.job_id, now) for n in new if n.enqueue]
+        due = self._clock()
+        queued = [(n.job.job_id, due) for n in new if n.enqueue]
         if queued:
             conn.execute(
                 _insert_many("outbox", ["job_id", "due_at"], len(queued)),
