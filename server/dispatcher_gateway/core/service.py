@@ -311,23 +311,28 @@ class Gateway:
 
     async def submitted(self, job: Job, answer: UpstreamAnswer) -> JobEvent | None:
         """Record an async request's acceptance (202), and the attempt that got it (once)."""
-        await self.record_attempt(job, answer.attempt)
         body = answer.body
         dispatch_id = str(body.get("dispatchId", ""))
         event = self._event(job, states.SUBMITTED, body, self.clock(), dispatch_id=dispatch_id)
-        return await self.store.append_event(
-            event, dedupe_key=f"{job.job_id}:submitted", apply=states.apply_event
-        )
+        return await self._record_answer(job, answer, event, f"{job.job_id}:submitted")
 
     async def completed(self, job: Job, answer: UpstreamAnswer) -> JobEvent | None:
         """Record a sync request's answer, the job's end, and the attempt that got it (once)."""
-        await self.record_attempt(job, answer.attempt)
         body = answer.body
         dispatch_id = str(body.get("dispatchId", ""))
         event = self._event(job, states.COMPLETED, body, self.clock(), dispatch_id=dispatch_id)
-        return await self.store.append_event(
-            event, dedupe_key=f"{job.job_id}:sync", apply=states.apply_event
+        return await self._record_answer(job, answer, event, f"{job.job_id}:sync")
+
+    async def _record_answer(
+        self, job: Job, answer: UpstreamAnswer, event: JobEvent, dedupe_key: str
+    ) -> JobEvent | None:
+        # Both appends at once, the attempt's first: the store can commit them together (one
+        # flush to disk on the sync call's path, not two).
+        _, recorded = await asyncio.gather(
+            self.record_attempt(job, answer.attempt),
+            self.store.append_event(event, dedupe_key=dedupe_key, apply=states.apply_event),
         )
+        return recorded
 
     async def record_attempt(self, job: Job, attempt: UpstreamAttempt | None) -> None:
         """Record one request sent upstream for the job (once per request id)."""
