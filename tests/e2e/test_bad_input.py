@@ -16,11 +16,14 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from google.protobuf import json_format
 from google.rpc import error_details_pb2
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.app import GatewayApp
+from dispatcher_gateway.core.eventdata import MAX_DEPTH
+from dispatcher_gateway.rpc.convert import event_to_pb
 from dispatcher_gateway.store import sqlite as sqlite_store
 from dispatcher_gateway.webhooks import DEFAULT_MAX_BODY, STORE_RETRY_AFTER, sign_dispatcher
 
@@ -331,6 +334,58 @@ async def test_malformed_json_is_400(
         )
         assert response.status_code == 400, body
         assert response.json()["error"] == "bad_request"
+
+
+def nested(depth: int) -> dict[str, object]:
+    data: dict[str, object] = {"leaf": "x"}
+    for _ in range(depth - 1):
+        data = {"k": data}
+    return data
+
+
+async def test_a_webhook_nested_beyond_what_clients_decode_is_400_and_not_stored(
+    gateways: GatewayFactory,
+    gateway: GatewayApp,
+    stub: pb_grpc.DispatchServiceStub,
+    https: httpx.AsyncClient,
+) -> None:
+    job_id = await sync_job(stub)
+    url = url_for(gateways, gateway, job_id)
+    # 34 levels: beyond clients' protobuf parsers; 600: beyond the gateway's own recursion.
+    for depth in (MAX_DEPTH + 1, 34, 600):
+        body = json.dumps({"event": "late_progress", "data": nested(depth)}).encode()
+        response = await https.post(url, content=body, headers=signed(body))
+        assert response.status_code == 400, depth
+        assert response.json()["error"] == "invalid_argument"
+    assert await events_of(gateway, job_id, "late_progress") == []
+
+
+async def test_the_deepest_webhook_accepted_reaches_a_subscriber(
+    gateways: GatewayFactory,
+    gateway: GatewayApp,
+    stub: pb_grpc.DispatchServiceStub,
+    https: httpx.AsyncClient,
+) -> None:
+    job_id = await sync_job(stub)
+    data = nested(MAX_DEPTH)
+    body = json.dumps({"event": "late_progress", "data": data}).encode()
+    response = await https.post(
+        url_for(gateways, gateway, job_id), content=body, headers=signed(body)
+    )
+    assert response.status_code == 200
+
+    async def first_late_progress() -> pb.JobEvent:
+        async for event in stub.Subscribe(pb.SubscribeRequest(job_ids=[job_id])):
+            if event.type == "late_progress":
+                return event
+        raise AssertionError("the stream ended")
+
+    event = await asyncio.wait_for(first_late_progress(), STREAM_TIMEOUT)
+    assert json_format.MessageToDict(event.data) == data
+    events = await gateway.store.read_events(client="anonymous", job_id=job_id)
+    [stored] = [e for e in events if e.type == "late_progress"]
+    decoded = pb.JobEvent.FromString(event_to_pb(stored).SerializeToString())
+    assert json_format.MessageToDict(decoded.data) == data
 
 
 async def test_a_duplicate_is_200_and_one_event(

@@ -45,5 +45,6 @@ class WebhookSink(Protocol):
 
         Returns True when it was new, False for a duplicate (same `webhook_id`). Raises
         NotFound for a token that names no job, InvalidArgument for an envelope without an
-        `event`, StoreUnavailable when nothing could be written.
+        `event` or whose `data` no client could decode (core/eventdata.py), StoreUnavailable
+        when nothing could be written.
         """

@@ -27,6 +27,7 @@ from .errors import (
     RateLimited,
     UpstreamError,
 )
+from .eventdata import data_problem
 from .hub import EventHub
 from .model import (
     JSON,
@@ -380,6 +381,11 @@ class Gateway:
             raise InvalidArgument([FieldViolation("event", "a non-empty string is required")])
         data = envelope.get("data")
         payload: JSON = data if isinstance(data, dict) else {"data": data}
+        # Refused before the 200: once accepted, an event no client can decode could never be
+        # delivered, and Dispatcher would not send it again.
+        problem = data_problem(payload)
+        if problem is not None:
+            raise InvalidArgument([FieldViolation("data", f"{problem}: no client could decode it")])
         # One store call: the job's own fields (client, service, metadata) are placeholders here,
         # filled in by `_from_job` from the job the store reads inside the append.
         event = JobEvent(
