@@ -22,7 +22,9 @@ from google.rpc import error_details_pb2
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.app import GatewayApp
+from dispatcher_gateway.core import states
 from dispatcher_gateway.core.eventdata import MAX_DEPTH
+from dispatcher_gateway.core.model import JobEvent
 from dispatcher_gateway.rpc.convert import event_to_pb
 from dispatcher_gateway.store import sqlite as sqlite_store
 from dispatcher_gateway.webhooks import DEFAULT_MAX_BODY, STORE_RETRY_AFTER, sign_dispatcher
@@ -386,6 +388,41 @@ async def test_the_deepest_webhook_accepted_reaches_a_subscriber(
     [stored] = [e for e in events if e.type == "late_progress"]
     decoded = pb.JobEvent.FromString(event_to_pb(stored).SerializeToString())
     assert json_format.MessageToDict(decoded.data) == data
+
+
+async def test_an_undecodable_event_stored_before_the_limit_is_streamed_as_an_error(
+    gateway: GatewayApp, stub: pb_grpc.DispatchServiceStub
+) -> None:
+    job_id = await sync_job(stub)
+    job = await gateway.gateway.get_job("anonymous", job_id)
+    # As record_webhook stored it before it refused such data: 600 levels made the gateway's own
+    # conversion fail with RecursionError, and every resumed stream with it.
+    poisoned = JobEvent(
+        job_id=job_id,
+        client=job.client,
+        service=job.service,
+        type="late_progress",
+        state=job.state,
+        data=nested(600),
+        metadata=job.metadata,
+        event_time=time.time(),
+    )
+    await gateway.store.append_event(poisoned, dedupe_key=None, apply=states.apply_event)
+    body = envelope()
+    await gateway.gateway.record_webhook(
+        gateway.gateway.tokens.token(job_id), json.loads(body), webhook_id="wh-after"
+    )
+
+    async def types() -> list[str]:
+        seen: list[str] = []
+        async for event in stub.Subscribe(pb.SubscribeRequest(job_ids=[job_id])):
+            seen.append(event.type)
+            if event.type == "late_progress":
+                return seen
+        return seen
+
+    seen = await asyncio.wait_for(types(), STREAM_TIMEOUT)
+    assert seen[-2:] == [states.UNDELIVERABLE, "late_progress"]
 
 
 async def test_a_duplicate_is_200_and_one_event(

@@ -103,6 +103,26 @@ def _from_job(job: Job, event: JobEvent) -> tuple[Job, JobEvent]:
     return states.apply_event(job, event)
 
 
+def _deliverable(event: JobEvent) -> JobEvent:
+    """The event, or a stand-in for it when no client could decode its data: a stream that
+    stopped at it would stop there again on every resume."""
+    problem = data_problem(event.data)
+    if problem is None:
+        return event
+    log.error(
+        "event %s (%s) of job %s cannot be streamed: its data %s; sent as %s",
+        event.cursor,
+        event.type,
+        event.job_id,
+        problem,
+        states.UNDELIVERABLE,
+    )
+    error = f"the event's data {problem}: no client could decode it"
+    return event.replace(
+        type=states.UNDELIVERABLE, data={"error": error, "original_type": event.type}
+    )
+
+
 class RateGate:
     """Waits for a slot of the account's rate limit, shared through the store."""
 
@@ -486,7 +506,7 @@ class Gateway:
                     for event in page:
                         last = int(event.cursor)
                         if shown(event):
-                            yield event
+                            yield _deliverable(event)
                     if len(page) < REPLAY_PAGE:
                         break
                 # What the hub delivered just before we subscribed, should the store's answer
@@ -494,14 +514,14 @@ class Gateway:
                 for event in self.hub.recent(client, last):
                     last = int(event.cursor)
                     if shown(event):
-                        yield event
+                        yield _deliverable(event)
             while True:
                 event = await sub.get()
                 position = int(event.cursor)
                 if position <= last:
                     continue
                 last = position
-                yield event
+                yield _deliverable(event)
         finally:
             self.hub.unsubscribe(sub)
 
