@@ -59,6 +59,9 @@ class Settings:
     """R1 or R3: the replicas of every JetStream stream and bucket the gateway creates."""
     event_retention: float = 30 * 24 * 3600.0
     """Seconds events are kept (NATS): how far back a cursor can resume."""
+    webhook_require_timestamp: bool = True
+    """Refuse a webhook signed in Dispatcher's scheme without X-Webhook-Timestamp: its signature
+    could be replayed for ever. Off only for a sender that cannot send one."""
     token_key: bytes | None = field(default=None, repr=False)
     """The callback token key; default: one made once and kept in the store."""
     log_level: str = "INFO"
@@ -131,6 +134,15 @@ def _deadlines(text: str) -> dict[Service, float]:
         [service] = _services(name)
         deadlines[service] = parse_duration(duration)
     return deadlines
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"true or false, got {text!r}")
 
 
 def _replicas(text: str) -> int:
@@ -296,6 +308,9 @@ class _Reader:
             stream_backlog=self.parsed("GATEWAY_STREAM_BACKLOG", positive_int, 1000),
             nats_replicas=self.parsed("GATEWAY_NATS_REPLICAS", _replicas, 1),
             event_retention=self.seconds("GATEWAY_EVENT_RETENTION", 30 * 24 * 3600.0),
+            webhook_require_timestamp=self.parsed(
+                "GATEWAY_WEBHOOK_REQUIRE_TIMESTAMP", _boolean, True
+            ),
             token_key=token_key.encode() if token_key else None,
             log_level=level,
         )

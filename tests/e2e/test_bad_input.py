@@ -296,7 +296,10 @@ async def test_a_bad_or_missing_signature_is_401_with_no_detail(
         "not-the-secret", body, timestamp=int(time.time())
     )
     tampered = envelope(event="dispatch_failed")  # sent with the signature of `body`
-    for content, headers in ((body, missing), (body, wrong_secret), (tampered, signed(body))):
+    # Signed over the body alone, which DISPATCHER_API.md allows: it could be replayed for ever.
+    untimed = {"content-type": "application/json"} | sign_dispatcher(WEBHOOK_SECRET, body)
+    variants = ((body, missing), (body, wrong_secret), (tampered, signed(body)), (body, untimed))
+    for content, headers in variants:
         response = await https.post(
             url_for(gateways, gateway, job_id), content=content, headers=headers
         )
@@ -304,6 +307,20 @@ async def test_a_bad_or_missing_signature_is_401_with_no_detail(
         assert response.json() == {"error": "unauthorized"}
     assert await events_of(gateway, job_id, "late_progress") == []
     assert await events_of(gateway, job_id, "dispatch_failed") == []
+
+
+async def test_an_untimed_signature_is_accepted_when_timestamps_are_not_required(
+    gateways: GatewayFactory, https: httpx.AsyncClient
+) -> None:
+    app = await gateways.start(webhook_require_timestamp=False)
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        job_id = await sync_job(pb_grpc.DispatchServiceStub(channel))
+    body = envelope()
+    headers = {"content-type": "application/json"} | sign_dispatcher(WEBHOOK_SECRET, body)
+
+    response = await https.post(url_for(gateways, app, job_id), content=body, headers=headers)
+
+    assert (response.status_code, response.json()) == (200, {"status": "recorded"})
 
 
 async def test_an_unknown_job_token_is_404(

@@ -145,3 +145,12 @@ def test_bad_callback_settings_are_one_line_each(name: str, value: str, message:
     [line] = problems({**GOOD, name: value})
     assert line.startswith(f"{name}: ")
     assert message in line
+
+
+def test_webhook_timestamps_are_required_unless_switched_off() -> None:
+    assert Settings.from_env(GOOD).webhook_require_timestamp is True
+    off = {**GOOD, "GATEWAY_WEBHOOK_REQUIRE_TIMESTAMP": "false"}
+    assert Settings.from_env(off).webhook_require_timestamp is False
+    assert problems({**GOOD, "GATEWAY_WEBHOOK_REQUIRE_TIMESTAMP": "sometimes"}) == [
+        "GATEWAY_WEBHOOK_REQUIRE_TIMESTAMP: true or false, got 'sometimes'"
+    ]

@@ -211,6 +211,18 @@ async def test_bad_signature_is_401_with_no_detail(
     assert sink.recorded == []
 
 
+async def test_a_signature_without_a_timestamp_is_401_with_no_detail(
+    client: httpx.AsyncClient, sink: FakeSink
+) -> None:
+    headers = sign_dispatcher(SECRET, BODY, webhook_id="wh_1")
+
+    response = await post(client, BODY, headers)
+
+    assert response.status_code == 401
+    assert response.json() == {"error": "unauthorized"}
+    assert sink.recorded == []
+
+
 async def test_unknown_token_is_404(client: httpx.AsyncClient) -> None:
     response = await post(client, BODY, signed(BODY), token="job_unknown.bWFj")
 

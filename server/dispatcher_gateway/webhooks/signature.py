@@ -46,6 +46,7 @@ class WebhookVerifier:
         *,
         tolerance: float = TIMESTAMP_TOLERANCE,
         clock: Callable[[], float] = time.time,
+        require_timestamp: bool = True,
     ) -> None:
         if isinstance(secrets, str):
             raise TypeError("secrets must be a sequence of strings, not one string")
@@ -57,9 +58,15 @@ class WebhookVerifier:
         self._standard_keys = self._keys + [k for k in (_whsec_key(s) for s in secrets) if k]
         self._tolerance = tolerance
         self._clock = clock
+        # Dispatcher's scheme makes the timestamp optional; a signature without one could be
+        # replayed for ever (and past the store's dedupe window, recorded again).
+        self._require_timestamp = require_timestamp
 
     def __repr__(self) -> str:
-        return f"WebhookVerifier(<{len(self._keys)} secrets>, tolerance={self._tolerance:g})"
+        return (
+            f"WebhookVerifier(<{len(self._keys)} secrets>, tolerance={self._tolerance:g}, "
+            f"require_timestamp={self._require_timestamp})"
+        )
 
     def verify(self, body: bytes, headers: Mapping[str, str]) -> str:
         """Check the signature; return the webhook id (stable across the upstream's retries)."""
@@ -79,6 +86,8 @@ class WebhookVerifier:
     def _verify_ours(self, body: bytes, headers: Mapping[str, str]) -> None:
         timestamp = headers.get(HEADER_TIMESTAMP.lower())
         if timestamp is None:
+            if self._require_timestamp:
+                raise WebhookVerificationError("missing timestamp")
             content = body
         else:
             self._check_timestamp(timestamp)
