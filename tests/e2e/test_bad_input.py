@@ -459,6 +459,26 @@ async def test_a_duplicate_is_200_and_one_event(
     assert len(await events_of(gateway, job_id, "late_progress")) == 1
 
 
+async def test_a_replay_under_a_new_id_or_none_is_a_duplicate(
+    gateways: GatewayFactory,
+    gateway: GatewayApp,
+    stub: pb_grpc.DispatchServiceStub,
+    https: httpx.AsyncClient,
+) -> None:
+    job_id = await sync_job(stub)
+    body = envelope()
+    url = url_for(gateways, gateway, job_id)
+    captured = signed(body, "wh_original")
+    first = await https.post(url, content=body, headers=captured)
+    # X-Webhook-Id is not under Dispatcher's signature: a replayer may change it or leave it out.
+    new_id = captured | {"X-Webhook-Id": "wh_replayed"}
+    no_id = {k: v for k, v in captured.items() if k != "X-Webhook-Id"}
+    replays = [await https.post(url, content=body, headers=h) for h in (new_id, no_id)]
+    assert first.json() == {"status": "recorded"}
+    assert [(r.status_code, r.json()["status"]) for r in replays] == [(200, "duplicate")] * 2
+    assert len(await events_of(gateway, job_id, "late_progress")) == 1
+
+
 async def test_store_down_is_503_so_dispatcher_retries_and_the_retry_lands_once(
     gateways: GatewayFactory,
     https: httpx.AsyncClient,

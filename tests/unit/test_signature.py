@@ -52,13 +52,31 @@ def test_a_signature_without_a_timestamp_is_refused() -> None:
 def test_signature_over_the_raw_body_when_a_timestamp_is_not_required() -> None:
     headers = sign_dispatcher(SECRET, BODY, webhook_id="wh_1")
 
-    assert verifier(require_timestamp=False).verify(BODY, headers) == "wh_1"
+    assert verifier(require_timestamp=False).verify(BODY, headers).id == "wh_1"
 
 
 def test_signature_over_timestamp_and_body() -> None:
     headers = sign_dispatcher(SECRET, BODY, timestamp=NOW, webhook_id="wh_2")
 
-    assert verifier().verify(BODY, headers) == "wh_2"
+    assert verifier().verify(BODY, headers).id == "wh_2"
+
+
+def test_the_signed_id_is_the_body_hash_whatever_id_or_timestamp_comes_with_it() -> None:
+    """Dispatcher's scheme does not sign X-Webhook-Id: a replay under another id (or none) is the
+    same webhook; so is a retry, signed again with a later timestamp."""
+    body_hash = "sha256:" + hashlib.sha256(BODY).hexdigest()
+    deliveries = [
+        sign_dispatcher(SECRET, BODY, timestamp=NOW, webhook_id="wh_1"),
+        sign_dispatcher(SECRET, BODY, timestamp=NOW, webhook_id="wh_replayed"),
+        sign_dispatcher(SECRET, BODY, timestamp=NOW),
+        sign_dispatcher(SECRET, BODY, timestamp=NOW + 5, webhook_id="wh_1"),
+    ]
+
+    assert {verifier().verify(BODY, h).signed_id for h in deliveries} == {body_hash}
+    other = BODY.replace(b"disp_1", b"disp_2")
+    assert verifier().verify(other, sign_dispatcher(SECRET, other, timestamp=NOW)).signed_id != (
+        body_hash
+    )
 
 
 def test_a_body_signature_does_not_pass_once_a_timestamp_is_added() -> None:
@@ -169,16 +187,16 @@ def test_a_missing_signature_is_refused() -> None:
 def test_without_an_id_header_the_id_is_the_body_hash() -> None:
     headers = sign_dispatcher(SECRET, BODY, timestamp=NOW)
 
-    assert verifier().verify(BODY, headers) == "sha256:" + hashlib.sha256(BODY).hexdigest()
+    assert verifier().verify(BODY, headers).id == "sha256:" + hashlib.sha256(BODY).hexdigest()
 
 
 def test_an_oversized_id_is_replaced_by_its_stable_hash() -> None:
     long_id = "x" * 1000
     headers = sign_dispatcher(SECRET, BODY, timestamp=NOW, webhook_id=long_id)
 
-    first = verifier().verify(BODY, headers)
+    first = verifier().verify(BODY, headers).id
 
-    assert first == verifier().verify(BODY, headers)
+    assert first == verifier().verify(BODY, headers).id
     assert first.startswith("sha256:")
     assert len(first) < 100
 
@@ -217,13 +235,19 @@ def test_the_specifications_test_vector_verifies() -> None:
         "webhook-signature": VECTOR_SIGNATURE,
     }
 
-    assert v.verify(VECTOR_BODY, headers) == VECTOR_ID
+    assert v.verify(VECTOR_BODY, headers).id == VECTOR_ID
 
 
 def test_standard_scheme_with_a_raw_utf8_secret() -> None:
     headers = sign_standard(SECRET, BODY, timestamp=NOW, webhook_id="msg_1")
 
-    assert verifier().verify(BODY, headers) == "msg_1"
+    assert verifier().verify(BODY, headers).id == "msg_1"
+
+
+def test_standard_scheme_the_signed_id_is_its_id_which_it_signs() -> None:
+    headers = sign_standard(SECRET, BODY, timestamp=NOW, webhook_id="msg_1")
+
+    assert verifier().verify(BODY, headers).signed_id == "msg_1"
 
 
 def test_standard_scheme_whsec_secret_keyed_by_its_utf8_bytes() -> None:

@@ -3,6 +3,7 @@ bad webhook input gets, and the happy path."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -110,7 +111,8 @@ async def test_a_signed_webhook_is_recorded(client: httpx.AsyncClient, sink: Fak
 
     assert response.status_code == 200
     assert response.json() == {"status": "recorded"}
-    assert sink.recorded == [(TOKEN, ENVELOPE, "wh_42")]
+    # Recorded under what the signature covers: X-Webhook-Id is not signed in this scheme.
+    assert sink.recorded == [(TOKEN, ENVELOPE, "sha256:" + hashlib.sha256(BODY).hexdigest())]
 
 
 async def test_a_standard_webhooks_signature_is_accepted(
@@ -161,6 +163,22 @@ async def test_duplicate_is_200(client: httpx.AsyncClient, sink: FakeSink) -> No
 
     assert response.status_code == 200
     assert response.json() == {"status": "duplicate"}
+    assert len(sink.recorded) == 1
+
+
+@pytest.mark.parametrize("replay_id", ["wh_new", None], ids=["new-id", "no-id"])
+async def test_a_replay_under_another_id_is_a_duplicate(
+    client: httpx.AsyncClient, sink: FakeSink, replay_id: str | None
+) -> None:
+    captured = signed(BODY, "wh_1")
+    await post(client, BODY, captured)
+    replayed = {k: v for k, v in captured.items() if k != "X-Webhook-Id"}
+    if replay_id is not None:
+        replayed["X-Webhook-Id"] = replay_id
+
+    response = await post(client, BODY, replayed)
+
+    assert (response.status_code, response.json()) == (200, {"status": "duplicate"})
     assert len(sink.recorded) == 1
 
 

@@ -11,6 +11,7 @@ from .app import (
 from .signature import (
     MAX_WEBHOOK_ID_LENGTH,
     TIMESTAMP_TOLERANCE,
+    VerifiedWebhook,
     WebhookVerificationError,
     WebhookVerifier,
     sign_dispatcher,
@@ -25,6 +26,7 @@ __all__ = [
     "WEBHOOK_PATH",
     "MalformedWebhook",
     "PayloadTooLarge",
+    "VerifiedWebhook",
     "WebhookVerificationError",
     "WebhookVerifier",
     "create_webhook_app",

@@ -90,10 +90,11 @@ def create_webhook_app(
         webhook_id = event = "-"
         try:
             body = await _read_capped(request, max_body)
-            webhook_id = verifier.verify(body, request.headers)
+            verified = verifier.verify(body, request.headers)
+            webhook_id = verified.id
             envelope = _parse(body)
             event = envelope["event"][:_EVENT_LOG_LENGTH]
-            recorded = await sink.record_webhook(token, envelope, webhook_id=webhook_id)
+            recorded = await sink.record_webhook(token, envelope, webhook_id=verified.signed_id)
         except Exception as exc:
             refusal = _refusal_for(exc)
             logger.log(

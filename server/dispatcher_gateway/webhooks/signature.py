@@ -12,6 +12,7 @@ import hmac
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 TIMESTAMP_TOLERANCE = 300.0
 """Seconds a signed timestamp may be away from now, either way, before the webhook is refused."""
@@ -37,6 +38,17 @@ _PRINTABLE_ID = re.compile(r"[\x21-\x7e]+")
 class WebhookVerificationError(Exception):
     """The webhook is not provably from the upstream. The message is a fixed phrase: it never
     carries a secret, a signature or anything else taken from the request."""
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedWebhook:
+    id: str
+    """The id its sender gave it (bounded; the body's hash when it gave none): for logs."""
+    signed_id: str
+    """What makes two deliveries one webhook, taken only from what the signature covers, so that
+    a replay under another id is still a duplicate: the Standard Webhooks scheme signs its id;
+    Dispatcher's signs only the body (and timestamp), so there it is the body's hash. Not the
+    timestamp: a retry is signed again with a fresh one (it must be, to pass the tolerance)."""
 
 
 class WebhookVerifier:
@@ -68,20 +80,19 @@ class WebhookVerifier:
             f"require_timestamp={self._require_timestamp})"
         )
 
-    def verify(self, body: bytes, headers: Mapping[str, str]) -> str:
-        """Check the signature; return the webhook id (stable across the upstream's retries)."""
+    def verify(self, body: bytes, headers: Mapping[str, str]) -> VerifiedWebhook:
+        """Check the signature; return the webhook's ids (stable across the upstream's retries)."""
         lowered = {k.lower(): v for k, v in headers.items()}
+        body_hash = "sha256:" + hashlib.sha256(body).hexdigest()
         if HEADER_SIGNATURE.lower() in lowered:
             self._verify_ours(body, lowered)
-            webhook_id = lowered.get(HEADER_ID.lower()) or lowered.get(STANDARD_ID)
-        elif STANDARD_SIGNATURE in lowered:
+            given = lowered.get(HEADER_ID.lower()) or lowered.get(STANDARD_ID)
+            return VerifiedWebhook(_bounded_id(given) if given else body_hash, body_hash)
+        if STANDARD_SIGNATURE in lowered:
             self._verify_standard(body, lowered)
-            webhook_id = lowered[STANDARD_ID]
-        else:
-            raise WebhookVerificationError("missing signature")
-        if not webhook_id:
-            return "sha256:" + hashlib.sha256(body).hexdigest()
-        return _bounded_id(webhook_id)
+            signed = _bounded_id(lowered[STANDARD_ID])
+            return VerifiedWebhook(signed, signed)
+        raise WebhookVerificationError("missing signature")
 
     def _verify_ours(self, body: bytes, headers: Mapping[str, str]) -> None:
         timestamp = headers.get(HEADER_TIMESTAMP.lower())
