@@ -479,6 +479,30 @@ async def test_a_replay_under_a_new_id_or_none_is_a_duplicate(
     assert len(await events_of(gateway, job_id, "late_progress")) == 1
 
 
+async def test_one_jobs_webhook_posted_to_another_jobs_callback_is_not_recorded_there(
+    gateways: GatewayFactory,
+    gateway: GatewayApp,
+    stub: pb_grpc.DispatchServiceStub,
+    https: httpx.AsyncClient,
+) -> None:
+    mine, other = await sync_job(stub), await sync_job(stub)
+    their_dispatch = (await gateway.gateway.get_job("anonymous", other)).dispatch_id
+    assert their_dispatch
+    body = envelope(dispatchId=their_dispatch)
+
+    # Unseen, it is refused like an unknown callback; once recorded on its own job, a copy sent
+    # to another job's callback is that webhook again: a duplicate, recorded nowhere.
+    wrong = await https.post(url_for(gateways, gateway, mine), content=body, headers=signed(body))
+    right = await https.post(url_for(gateways, gateway, other), content=body, headers=signed(body))
+    again = await https.post(url_for(gateways, gateway, mine), content=body, headers=signed(body))
+
+    assert (wrong.status_code, wrong.json()) == (404, {"error": "not_found"})
+    assert (right.status_code, right.json()) == (200, {"status": "recorded"})
+    assert (again.status_code, again.json()) == (200, {"status": "duplicate"})
+    assert await events_of(gateway, mine, "late_progress") == []
+    assert len(await events_of(gateway, other, "late_progress")) == 1
+
+
 async def test_store_down_is_503_so_dispatcher_retries_and_the_retry_lands_once(
     gateways: GatewayFactory,
     https: httpx.AsyncClient,

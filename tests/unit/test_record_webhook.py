@@ -10,9 +10,9 @@ import pytest
 from google.protobuf import json_format
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
-from dispatcher_gateway.core.errors import InvalidArgument
+from dispatcher_gateway.core.errors import InvalidArgument, NotFound
 from dispatcher_gateway.core.eventdata import MAX_DEPTH
-from dispatcher_gateway.core.model import JSON
+from dispatcher_gateway.core.model import JSON, JobState
 from dispatcher_gateway.rpc.convert import event_to_pb
 
 from ..support.gateway import Harness, gateway_harness
@@ -71,3 +71,40 @@ async def test_the_deepest_webhook_accepted_reaches_a_client_intact(harness: Har
     [_, event] = await harness.gateway.store.read_events(client="anonymous", job_id=job_id)
     decoded = pb.JobEvent.FromString(event_to_pb(event).SerializeToString())
     assert json_format.MessageToDict(decoded.data) == data
+
+
+async def test_a_webhook_naming_another_dispatch_is_not_found_and_not_stored(
+    harness: Harness,
+) -> None:
+    job_id = await harness.job()
+    assert await harness.webhook(job_id, "signer_signed", "wh-1", dispatchId="disp_mine")
+
+    with pytest.raises(NotFound):
+        await harness.webhook(job_id, "document_signed", "wh-2", dispatchId="disp_other")
+
+    assert await stored_types(harness, job_id) == ["queued", "signer_signed"]
+    job = await harness.gateway.get_job("anonymous", job_id)
+    assert (job.state, job.dispatch_id) == (JobState.IN_PROGRESS, "disp_mine")
+
+
+async def test_a_webhook_naming_the_jobs_dispatch_or_none_is_recorded(harness: Harness) -> None:
+    job_id = await harness.job()
+    assert await harness.webhook(job_id, "signer_signed", "wh-1", dispatchId="disp_mine")
+
+    assert await harness.webhook(job_id, "signer_signed", "wh-2")
+    assert await harness.webhook(job_id, "document_signed", "wh-3", dispatchId="disp_mine")
+
+    assert await stored_types(harness, job_id) == [
+        "queued",
+        *["signer_signed"] * 2,
+        "document_signed",
+    ]
+
+
+async def test_a_webhook_before_the_202_gives_the_job_its_dispatch(harness: Harness) -> None:
+    job_id = await harness.job()
+    assert (await harness.gateway.get_job("anonymous", job_id)).dispatch_id == ""
+
+    assert await harness.webhook(job_id, "signer_signed", "wh-1", dispatchId="disp_early")
+
+    assert (await harness.gateway.get_job("anonymous", job_id)).dispatch_id == "disp_early"

@@ -91,9 +91,22 @@ def _event_time(envelope: JSON, default: float) -> float:
     return default
 
 
+class _OtherDispatch(NotFound):
+    """A webhook naming a dispatch that is not its job's: one job's webhook posted to another
+    job's callback URL. Answered like an unknown callback, nothing stored."""
+
+
 def _from_job(job: Job, event: JobEvent) -> tuple[Job, JobEvent]:
     """`states.apply_event` for an event that knows only its job's id: the job's client,
-    service and metadata (and dispatch id, if the event has none) are taken from the job."""
+    service and metadata (and dispatch id, if the event has none) are taken from the job.
+
+    An event naming another dispatch than the job's is refused. A job with none yet takes the
+    event's: its webhook may come before the 202 that names it."""
+    if job.dispatch_id and event.dispatch_id and event.dispatch_id != job.dispatch_id:
+        raise _OtherDispatch(
+            f"webhook for dispatch {event.dispatch_id!r} sent to the callback of job "
+            f"{job.job_id}, dispatch {job.dispatch_id!r}"
+        )
     event = event.replace(
         client=job.client,
         service=job.service,
@@ -423,6 +436,8 @@ class Gateway:
             stored = await self.store.append_event(
                 event, dedupe_key=f"wh:{webhook_id}", apply=_from_job
             )
+        except _OtherDispatch:
+            raise
         except NotFound:
             raise NotFound("no such callback") from None
         WEBHOOKS.inc("recorded" if stored is not None else "duplicate")
