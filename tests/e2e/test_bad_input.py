@@ -340,6 +340,23 @@ async def test_an_unknown_job_token_is_404(
         assert response.json() == {"error": "not_found"}
 
 
+async def test_a_body_not_declared_json_is_415(
+    gateways: GatewayFactory,
+    gateway: GatewayApp,
+    stub: pb_grpc.DispatchServiceStub,
+    https: httpx.AsyncClient,
+) -> None:
+    job_id = await sync_job(stub)
+    body = envelope()
+    url = url_for(gateways, gateway, job_id)
+    form = signed(body) | {"content-type": "application/x-www-form-urlencoded"}
+    undeclared = {k: v for k, v in signed(body).items() if k != "content-type"}
+    for headers in (form, undeclared):
+        response = await https.post(url, content=body, headers=headers)
+        assert (response.status_code, response.json()) == (415, {"error": "unsupported_media_type"})
+    assert await events_of(gateway, job_id, "late_progress") == []
+
+
 async def test_malformed_json_is_400(
     gateways: GatewayFactory,
     gateway: GatewayApp,

@@ -71,7 +71,7 @@ async def client(sink: FakeSink) -> AsyncIterator[httpx.AsyncClient]:
     verifier = WebhookVerifier([SECRET], clock=lambda: NOW)
     app = create_webhook_app(sink, verifier, max_body=MAX_BODY)
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="https://gateway.test"
+        transport=httpx.ASGITransport(app=app), base_url="https://gateway.test", headers=JSON_TYPE
     ) as http:
         yield http
 
@@ -101,6 +101,7 @@ class CountingBody:
 
 
 BODY = json.dumps(ENVELOPE).encode()
+JSON_TYPE = {"Content-Type": "application/json"}
 
 
 # The happy path
@@ -207,6 +208,37 @@ async def test_oversized_by_stream_is_413_reading_no_more_than_the_cap(
     assert sink.recorded == []
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""],
+    ids=["text", "form", "multipart", "none"],
+)
+async def test_a_body_that_is_not_declared_json_is_415_without_reading_it(
+    client: httpx.AsyncClient, sink: FakeSink, content_type: str
+) -> None:
+    del client.headers["Content-Type"]
+    body = CountingBody(BODY, 1)
+    headers = signed(BODY) | ({"Content-Type": content_type} if content_type else {})
+
+    response = await client.post(f"/webhooks/dispatcher/{TOKEN}", content=body, headers=headers)
+
+    assert (response.status_code, response.json()) == (415, {"error": "unsupported_media_type"})
+    assert body.pulled == 0
+    assert sink.recorded == []
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json; charset=utf-8", "Application/JSON", "application/cloud+json"],
+)
+async def test_json_media_types_with_parameters_are_accepted(
+    client: httpx.AsyncClient, content_type: str
+) -> None:
+    response = await post(client, BODY, signed(BODY) | {"Content-Type": content_type})
+
+    assert response.status_code == 200
+
+
 async def test_missing_signature_is_401_with_no_detail(
     client: httpx.AsyncClient, sink: FakeSink
 ) -> None:
@@ -272,7 +304,7 @@ async def test_json_nested_beyond_the_parsers_depth_is_400(sink: FakeSink) -> No
     body = b"[" * depth + b"]" * depth
     app = create_webhook_app(sink, WebhookVerifier([SECRET], clock=lambda: NOW))
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="https://gateway.test"
+        transport=httpx.ASGITransport(app=app), base_url="https://gateway.test", headers=JSON_TYPE
     ) as http:
         response = await post(http, body, signed(body))
 

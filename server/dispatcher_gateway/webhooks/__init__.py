@@ -6,6 +6,7 @@ from .app import (
     WEBHOOK_PATH,
     MalformedWebhook,
     PayloadTooLarge,
+    UnsupportedMediaType,
     create_webhook_app,
 )
 from .signature import (
@@ -26,6 +27,7 @@ __all__ = [
     "WEBHOOK_PATH",
     "MalformedWebhook",
     "PayloadTooLarge",
+    "UnsupportedMediaType",
     "VerifiedWebhook",
     "WebhookVerificationError",
     "WebhookVerifier",
