@@ -14,6 +14,8 @@ from .core.model import Service
 from .core.retry import RateLimit, RetryPolicy
 
 DEFAULT_STORE = "data/gateway.db"
+MIN_WEBHOOK_SECRET_LENGTH = 16
+"""Characters: a shorter HMAC secret could be guessed offline from one captured webhook."""
 T = TypeVar("T")
 
 
@@ -257,6 +259,11 @@ class _Reader:
         email = self.raw("DISPATCHER_EMAIL", required=True) or ""
         password = self.raw("DISPATCHER_PASSWORD", secret=True, required=True) or ""
         secrets = self.raw("DISPATCHER_WEBHOOK_SECRET", secret=True, required=True) or ""
+        if any(len(secret) < MIN_WEBHOOK_SECRET_LENGTH for secret in secrets.split()):
+            self.problem(
+                "DISPATCHER_WEBHOOK_SECRET",
+                f"each secret must be at least {MIN_WEBHOOK_SECRET_LENGTH} characters",
+            )
         public_url = self.url("GATEWAY_PUBLIC_URL", allow_loopback_http=False)
         cert = self.file("GATEWAY_TLS_CERT_FILE")
         key = self.file("GATEWAY_TLS_KEY_FILE")
