@@ -2,7 +2,8 @@
 that port 0 works and the caller learns the real port before the first request.
 
 TLS is set up here, not by uvicorn: AEAD suites only, TLS 1.2 and later, and a handshake timeout,
-which uvicorn does not pass to asyncio (whose default is 60 s)."""
+which uvicorn does not pass to asyncio (whose default is 60 s). Each request is held to the
+listener's `Limits` (httplimits.py)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from dataclasses import dataclass
 import uvicorn
 from starlette.types import ASGIApp
 
+from .httplimits import LimitedProtocol, Limits
+
 SHUTDOWN_GRACE = 5
 """Seconds in-flight requests get to finish when a server stops."""
 IDLE_CHECK_AFTER = 0.25
-TLS_HANDSHAKE_TIMEOUT = 10.0
-"""Seconds a connection has to complete its TLS handshake before it is closed."""
 TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 """TLS 1.2 suites: forward-secret key exchange with an AEAD cipher, no CBC (uvicorn's default,
 "TLSv1", allows CBC suites). TLS 1.3's own suites are all AEAD."""
@@ -145,23 +146,26 @@ async def start_http(
     certfile: str | None = None,
     keyfile: str | None = None,
     access_log: bool = False,
-    tls_handshake_timeout: float = TLS_HANDSHAKE_TIMEOUT,
+    limits: Limits | None = None,
 ) -> HttpServer:
-    """Serve `app` on host:port (0 = any free port), HTTPS when a certificate is given."""
+    """Serve `app` on host:port (0 = any free port), HTTPS when a certificate is given, each
+    connection held to `limits` (default: `Limits()`)."""
+    limits = limits or Limits()
     tls = tls_context(certfile, keyfile) if certfile else None
     sock = bind(host, port)
     config = uvicorn.Config(
         app,
         access_log=access_log,
         # The C parser (a dependency), not the pure-Python h11: h11 held the GIL 17% of the
-        # time under webhook load.
-        http="httptools",
+        # time under webhook load. With the limits uvicorn's httptools protocol lacks.
+        http=LimitedProtocol.holding_to(limits),
+        ws="none",
         log_config=None,
         lifespan="off",
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
         server_header=False,
     )
-    server = _Server(config, tls=tls, handshake_timeout=tls_handshake_timeout)
+    server = _Server(config, tls=tls, handshake_timeout=limits.tls_handshake_timeout)
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"http:{host}:{port}")
     while not server.started:
         if task.done():

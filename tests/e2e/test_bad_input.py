@@ -279,6 +279,25 @@ async def test_an_oversized_webhook_is_413(
     assert await events_of(gateway, job_id, "late_progress") == []
 
 
+async def test_64_kib_of_headers_is_431(
+    gateways: GatewayFactory,
+    gateway: GatewayApp,
+    stub: pb_grpc.DispatchServiceStub,
+    https: httpx.AsyncClient,
+) -> None:
+    job_id = await sync_job(stub)
+    body = envelope()
+    headers = signed(body) | {"x-padding": "a" * 64 * 1024}
+
+    response = await https.post(url_for(gateways, gateway, job_id), content=body, headers=headers)
+
+    assert (response.status_code, response.json()) == (
+        431,
+        {"error": "request_header_fields_too_large"},
+    )
+    assert await events_of(gateway, job_id, "late_progress") == []
+
+
 # Variants of one row share one gateway: starting one per variant would cost more than the test.
 
 
