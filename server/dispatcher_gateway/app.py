@@ -120,7 +120,8 @@ class GatewayApp:
         await self.grpc.start()
 
         webhook_host, webhook_port = split_addr(s.webhook_addr)
-        webhooks = create_webhook_app(self.gateway, WebhookVerifier(s.webhook_secrets))
+        verifier = WebhookVerifier(s.webhook_secrets, require_timestamp=s.webhook_require_timestamp)
+        webhooks = create_webhook_app(self.gateway, verifier)
         webhook = await start_http(
             webhooks, webhook_host, webhook_port, certfile=s.tls_cert_file, keyfile=s.tls_key_file
         )

@@ -14,6 +14,8 @@ from .core.model import Service
 from .core.retry import RateLimit, RetryPolicy
 
 DEFAULT_STORE = "data/gateway.db"
+MIN_WEBHOOK_SECRET_LENGTH = 16
+"""Characters: a shorter HMAC secret could be guessed offline from one captured webhook."""
 T = TypeVar("T")
 
 
@@ -59,6 +61,9 @@ class Settings:
     """R1 or R3: the replicas of every JetStream stream and bucket the gateway creates."""
     event_retention: float = 30 * 24 * 3600.0
     """Seconds events are kept (NATS): how far back a cursor can resume."""
+    webhook_require_timestamp: bool = True
+    """Refuse a webhook signed in Dispatcher's scheme without X-Webhook-Timestamp: its signature
+    could be replayed for ever. Off only for a sender that cannot send one."""
     token_key: bytes | None = field(default=None, repr=False)
     """The callback token key; default: one made once and kept in the store."""
     log_level: str = "INFO"
@@ -131,6 +136,15 @@ def _deadlines(text: str) -> dict[Service, float]:
         [service] = _services(name)
         deadlines[service] = parse_duration(duration)
     return deadlines
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"true or false, got {text!r}")
 
 
 def _replicas(text: str) -> int:
@@ -245,6 +259,11 @@ class _Reader:
         email = self.raw("DISPATCHER_EMAIL", required=True) or ""
         password = self.raw("DISPATCHER_PASSWORD", secret=True, required=True) or ""
         secrets = self.raw("DISPATCHER_WEBHOOK_SECRET", secret=True, required=True) or ""
+        if any(len(secret) < MIN_WEBHOOK_SECRET_LENGTH for secret in secrets.split()):
+            self.problem(
+                "DISPATCHER_WEBHOOK_SECRET",
+                f"each secret must be at least {MIN_WEBHOOK_SECRET_LENGTH} characters",
+            )
         public_url = self.url("GATEWAY_PUBLIC_URL", allow_loopback_http=False)
         cert = self.file("GATEWAY_TLS_CERT_FILE")
         key = self.file("GATEWAY_TLS_KEY_FILE")
@@ -296,6 +315,9 @@ class _Reader:
             stream_backlog=self.parsed("GATEWAY_STREAM_BACKLOG", positive_int, 1000),
             nats_replicas=self.parsed("GATEWAY_NATS_REPLICAS", _replicas, 1),
             event_retention=self.seconds("GATEWAY_EVENT_RETENTION", 30 * 24 * 3600.0),
+            webhook_require_timestamp=self.parsed(
+                "GATEWAY_WEBHOOK_REQUIRE_TIMESTAMP", _boolean, True
+            ),
             token_key=token_key.encode() if token_key else None,
             log_level=level,
         )

@@ -1,28 +1,88 @@
 """Run an ASGI app with uvicorn as a task on the running event loop, on a socket bound first, so
-that port 0 works and the caller learns the real port before the first request."""
+that port 0 works and the caller learns the real port before the first request.
+
+TLS is set up here, not by uvicorn: AEAD suites only, TLS 1.2 and later, and a handshake timeout,
+which uvicorn does not pass to asyncio (whose default is 60 s). Each request is held to the
+listener's `Limits` (httplimits.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
 from starlette.types import ASGIApp
 
+from .httplimits import LimitedProtocol, Limits
+
 SHUTDOWN_GRACE = 5
 """Seconds in-flight requests get to finish when a server stops."""
 IDLE_CHECK_AFTER = 0.25
+TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+"""TLS 1.2 suites: forward-secret key exchange with an AEAD cipher, no CBC (uvicorn's default,
+"TLSv1", allows CBC suites). TLS 1.3's own suites are all AEAD."""
+
+
+def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    """The listeners' TLS: 1.2 or later, AEAD suites only, no renegotiation."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS_CIPHERS)
+    context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.load_cert_chain(certfile, keyfile)
+    return context
 
 
 class _Server(uvicorn.Server):
-    """uvicorn, minus its signal handlers: the process that embeds it owns SIGTERM and SIGINT."""
+    """uvicorn, minus its signal handlers (the process that embeds it owns SIGTERM and SIGINT),
+    serving bound sockets with a TLS context and handshake timeout of ours."""
+
+    def __init__(
+        self, config: uvicorn.Config, *, tls: ssl.SSLContext | None, handshake_timeout: float
+    ) -> None:
+        super().__init__(config)
+        self.tls = tls
+        self.handshake_timeout = handshake_timeout
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's own startup for sockets given, but for `ssl_handshake_timeout`, which it
+        does not pass to `create_server`: without it a peer that never finishes (or starts) its
+        handshake holds a connection for asyncio's 60 s."""
+        if not sockets:
+            raise ValueError("serve() needs the bound sockets")
+        await self.lifespan.startup()
+        config = self.config
+        protocol = config.http_protocol_class
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return protocol(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
+
+        loop = asyncio.get_running_loop()
+        handshake_timeout = self.handshake_timeout if self.tls is not None else None
+        self.servers = [
+            await loop.create_server(
+                create_protocol,
+                sock=sock,
+                ssl=self.tls,
+                backlog=config.backlog,
+                ssl_handshake_timeout=handshake_timeout,
+            )
+            for sock in sockets
+        ]
+        self.started = True
 
 
 @dataclass
@@ -86,23 +146,26 @@ async def start_http(
     certfile: str | None = None,
     keyfile: str | None = None,
     access_log: bool = False,
+    limits: Limits | None = None,
 ) -> HttpServer:
-    """Serve `app` on host:port (0 = any free port), HTTPS when a certificate is given."""
+    """Serve `app` on host:port (0 = any free port), HTTPS when a certificate is given, each
+    connection held to `limits` (default: `Limits()`)."""
+    limits = limits or Limits()
+    tls = tls_context(certfile, keyfile) if certfile else None
     sock = bind(host, port)
     config = uvicorn.Config(
         app,
-        ssl_certfile=certfile,
-        ssl_keyfile=keyfile,
         access_log=access_log,
         # The C parser (a dependency), not the pure-Python h11: h11 held the GIL 17% of the
-        # time under webhook load.
-        http="httptools",
+        # time under webhook load. With the limits uvicorn's httptools protocol lacks.
+        http=LimitedProtocol.holding_to(limits),
+        ws="none",
         log_config=None,
         lifespan="off",
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
         server_header=False,
     )
-    server = _Server(config)
+    server = _Server(config, tls=tls, handshake_timeout=limits.tls_handshake_timeout)
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"http:{host}:{port}")
     while not server.started:
         if task.done():
@@ -110,4 +173,4 @@ async def start_http(
             raise RuntimeError("HTTP server stopped before it started")
         await asyncio.sleep(0.01)
     bound_port = sock.getsockname()[1]
-    return HttpServer(server, task, sock, host, bound_port, certfile is not None)
+    return HttpServer(server, task, sock, host, bound_port, tls is not None)

@@ -92,4 +92,4 @@ def signed_webhook(seq: int, *, secret: str = WEBHOOK_SECRET) -> tuple[bytes, di
         timestamp=int(time.time()),
         body=body,
     )
-    return body, headers
+    return body, {"Content-Type": "application/json", **headers}

@@ -27,7 +27,6 @@ class RawConnection:
         lines = [
             f"POST {path} HTTP/1.1",
             f"host: {self.host}:{self.port}",
-            "content-type: application/json",
             f"content-length: {len(body)}",
             *(f"{name}: {value}" for name, value in headers.items()),
         ]

@@ -16,11 +16,16 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from google.protobuf import json_format
 from google.rpc import error_details_pb2
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.app import GatewayApp
+from dispatcher_gateway.core import states
+from dispatcher_gateway.core.eventdata import MAX_DEPTH
+from dispatcher_gateway.core.model import JobEvent
+from dispatcher_gateway.rpc.convert import event_to_pb
 from dispatcher_gateway.store import sqlite as sqlite_store
 from dispatcher_gateway.webhooks import DEFAULT_MAX_BODY, STORE_RETRY_AFTER, sign_dispatcher
 
@@ -274,6 +279,25 @@ async def test_an_oversized_webhook_is_413(
     assert await events_of(gateway, job_id, "late_progress") == []
 
 
+async def test_64_kib_of_headers_is_431(
+    gateways: GatewayFactory,
+    gateway: GatewayApp,
+    stub: pb_grpc.DispatchServiceStub,
+    https: httpx.AsyncClient,
+) -> None:
+    job_id = await sync_job(stub)
+    body = envelope()
+    headers = signed(body) | {"x-padding": "a" * 64 * 1024}
+
+    response = await https.post(url_for(gateways, gateway, job_id), content=body, headers=headers)
+
+    assert (response.status_code, response.json()) == (
+        431,
+        {"error": "request_header_fields_too_large"},
+    )
+    assert await events_of(gateway, job_id, "late_progress") == []
+
+
 # Variants of one row share one gateway: starting one per variant would cost more than the test.
 
 
@@ -291,7 +315,10 @@ async def test_a_bad_or_missing_signature_is_401_with_no_detail(
         "not-the-secret", body, timestamp=int(time.time())
     )
     tampered = envelope(event="dispatch_failed")  # sent with the signature of `body`
-    for content, headers in ((body, missing), (body, wrong_secret), (tampered, signed(body))):
+    # Signed over the body alone, which DISPATCHER_API.md allows: it could be replayed for ever.
+    untimed = {"content-type": "application/json"} | sign_dispatcher(WEBHOOK_SECRET, body)
+    variants = ((body, missing), (body, wrong_secret), (tampered, signed(body)), (body, untimed))
+    for content, headers in variants:
         response = await https.post(
             url_for(gateways, gateway, job_id), content=content, headers=headers
         )
@@ -299,6 +326,20 @@ async def test_a_bad_or_missing_signature_is_401_with_no_detail(
         assert response.json() == {"error": "unauthorized"}
     assert await events_of(gateway, job_id, "late_progress") == []
     assert await events_of(gateway, job_id, "dispatch_failed") == []
+
+
+async def test_an_untimed_signature_is_accepted_when_timestamps_are_not_required(
+    gateways: GatewayFactory, https: httpx.AsyncClient
+) -> None:
+    app = await gateways.start(webhook_require_timestamp=False)
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        job_id = await sync_job(pb_grpc.DispatchServiceStub(channel))
+    body = envelope()
+    headers = {"content-type": "application/json"} | sign_dispatcher(WEBHOOK_SECRET, body)
+
+    response = await https.post(url_for(gateways, app, job_id), content=body, headers=headers)
+
+    assert (response.status_code, response.json()) == (200, {"status": "recorded"})
 
 
 async def test_an_unknown_job_token_is_404(
@@ -318,6 +359,23 @@ async def test_an_unknown_job_token_is_404(
         assert response.json() == {"error": "not_found"}
 
 
+async def test_a_body_not_declared_json_is_415(
+    gateways: GatewayFactory,
+    gateway: GatewayApp,
+    stub: pb_grpc.DispatchServiceStub,
+    https: httpx.AsyncClient,
+) -> None:
+    job_id = await sync_job(stub)
+    body = envelope()
+    url = url_for(gateways, gateway, job_id)
+    form = signed(body) | {"content-type": "application/x-www-form-urlencoded"}
+    undeclared = {k: v for k, v in signed(body).items() if k != "content-type"}
+    for headers in (form, undeclared):
+        response = await https.post(url, content=body, headers=headers)
+        assert (response.status_code, response.json()) == (415, {"error": "unsupported_media_type"})
+    assert await events_of(gateway, job_id, "late_progress") == []
+
+
 async def test_malformed_json_is_400(
     gateways: GatewayFactory,
     gateway: GatewayApp,
@@ -331,6 +389,93 @@ async def test_malformed_json_is_400(
         )
         assert response.status_code == 400, body
         assert response.json()["error"] == "bad_request"
+
+
+def nested(depth: int) -> dict[str, object]:
+    data: dict[str, object] = {"leaf": "x"}
+    for _ in range(depth - 1):
+        data = {"k": data}
+    return data
+
+
+async def test_a_webhook_nested_beyond_what_clients_decode_is_400_and_not_stored(
+    gateways: GatewayFactory,
+    gateway: GatewayApp,
+    stub: pb_grpc.DispatchServiceStub,
+    https: httpx.AsyncClient,
+) -> None:
+    job_id = await sync_job(stub)
+    url = url_for(gateways, gateway, job_id)
+    # 34 levels: beyond clients' protobuf parsers; 600: beyond the gateway's own recursion.
+    for depth in (MAX_DEPTH + 1, 34, 600):
+        body = json.dumps({"event": "late_progress", "data": nested(depth)}).encode()
+        response = await https.post(url, content=body, headers=signed(body))
+        assert response.status_code == 400, depth
+        assert response.json()["error"] == "invalid_argument"
+    assert await events_of(gateway, job_id, "late_progress") == []
+
+
+async def test_the_deepest_webhook_accepted_reaches_a_subscriber(
+    gateways: GatewayFactory,
+    gateway: GatewayApp,
+    stub: pb_grpc.DispatchServiceStub,
+    https: httpx.AsyncClient,
+) -> None:
+    job_id = await sync_job(stub)
+    data = nested(MAX_DEPTH)
+    body = json.dumps({"event": "late_progress", "data": data}).encode()
+    response = await https.post(
+        url_for(gateways, gateway, job_id), content=body, headers=signed(body)
+    )
+    assert response.status_code == 200
+
+    async def first_late_progress() -> pb.JobEvent:
+        async for event in stub.Subscribe(pb.SubscribeRequest(job_ids=[job_id])):
+            if event.type == "late_progress":
+                return event
+        raise AssertionError("the stream ended")
+
+    event = await asyncio.wait_for(first_late_progress(), STREAM_TIMEOUT)
+    assert json_format.MessageToDict(event.data) == data
+    events = await gateway.store.read_events(client="anonymous", job_id=job_id)
+    [stored] = [e for e in events if e.type == "late_progress"]
+    decoded = pb.JobEvent.FromString(event_to_pb(stored).SerializeToString())
+    assert json_format.MessageToDict(decoded.data) == data
+
+
+async def test_an_undecodable_event_stored_before_the_limit_is_streamed_as_an_error(
+    gateway: GatewayApp, stub: pb_grpc.DispatchServiceStub
+) -> None:
+    job_id = await sync_job(stub)
+    job = await gateway.gateway.get_job("anonymous", job_id)
+    # As record_webhook stored it before it refused such data: 600 levels made the gateway's own
+    # conversion fail with RecursionError, and every resumed stream with it.
+    poisoned = JobEvent(
+        job_id=job_id,
+        client=job.client,
+        service=job.service,
+        type="late_progress",
+        state=job.state,
+        data=nested(600),
+        metadata=job.metadata,
+        event_time=time.time(),
+    )
+    await gateway.store.append_event(poisoned, dedupe_key=None, apply=states.apply_event)
+    body = envelope()
+    await gateway.gateway.record_webhook(
+        gateway.gateway.tokens.token(job_id), json.loads(body), webhook_id="wh-after"
+    )
+
+    async def types() -> list[str]:
+        seen: list[str] = []
+        async for event in stub.Subscribe(pb.SubscribeRequest(job_ids=[job_id])):
+            seen.append(event.type)
+            if event.type == "late_progress":
+                return seen
+        return seen
+
+    seen = await asyncio.wait_for(types(), STREAM_TIMEOUT)
+    assert seen[-2:] == [states.UNDELIVERABLE, "late_progress"]
 
 
 async def test_a_duplicate_is_200_and_one_event(
@@ -348,6 +493,50 @@ async def test_a_duplicate_is_200_and_one_event(
     assert [a.status_code for a in answers] == [200, 200, 200]
     assert [a.json()["status"] for a in answers] == ["recorded", "duplicate", "duplicate"]
     assert len(await events_of(gateway, job_id, "late_progress")) == 1
+
+
+async def test_a_replay_under_a_new_id_or_none_is_a_duplicate(
+    gateways: GatewayFactory,
+    gateway: GatewayApp,
+    stub: pb_grpc.DispatchServiceStub,
+    https: httpx.AsyncClient,
+) -> None:
+    job_id = await sync_job(stub)
+    body = envelope()
+    url = url_for(gateways, gateway, job_id)
+    captured = signed(body, "wh_original")
+    first = await https.post(url, content=body, headers=captured)
+    # X-Webhook-Id is not under Dispatcher's signature: a replayer may change it or leave it out.
+    new_id = captured | {"X-Webhook-Id": "wh_replayed"}
+    no_id = {k: v for k, v in captured.items() if k != "X-Webhook-Id"}
+    replays = [await https.post(url, content=body, headers=h) for h in (new_id, no_id)]
+    assert first.json() == {"status": "recorded"}
+    assert [(r.status_code, r.json()["status"]) for r in replays] == [(200, "duplicate")] * 2
+    assert len(await events_of(gateway, job_id, "late_progress")) == 1
+
+
+async def test_one_jobs_webhook_posted_to_another_jobs_callback_is_not_recorded_there(
+    gateways: GatewayFactory,
+    gateway: GatewayApp,
+    stub: pb_grpc.DispatchServiceStub,
+    https: httpx.AsyncClient,
+) -> None:
+    mine, other = await sync_job(stub), await sync_job(stub)
+    their_dispatch = (await gateway.gateway.get_job("anonymous", other)).dispatch_id
+    assert their_dispatch
+    body = envelope(dispatchId=their_dispatch)
+
+    # Unseen, it is refused like an unknown callback; once recorded on its own job, a copy sent
+    # to another job's callback is that webhook again: a duplicate, recorded nowhere.
+    wrong = await https.post(url_for(gateways, gateway, mine), content=body, headers=signed(body))
+    right = await https.post(url_for(gateways, gateway, other), content=body, headers=signed(body))
+    again = await https.post(url_for(gateways, gateway, mine), content=body, headers=signed(body))
+
+    assert (wrong.status_code, wrong.json()) == (404, {"error": "not_found"})
+    assert (right.status_code, right.json()) == (200, {"status": "recorded"})
+    assert (again.status_code, again.json()) == (200, {"status": "duplicate"})
+    assert await events_of(gateway, mine, "late_progress") == []
+    assert len(await events_of(gateway, other, "late_progress")) == 1
 
 
 async def test_store_down_is_503_so_dispatcher_retries_and_the_retry_lands_once(

@@ -164,7 +164,7 @@ async def test_webhook_signatures_verify_over_https(start: Start) -> None:
     await setup.sandbox.wait_for_webhooks(WAIT)
     [delivery] = setup.receiver.deliveries
     for secret in SECRETS:
-        webhook_id = WebhookVerifier([secret]).verify(delivery.body, delivery.headers)
+        webhook_id = WebhookVerifier([secret]).verify(delivery.body, delivery.headers).id
         assert webhook_id == delivery.webhook_id
     assert json.loads(delivery.body)["dispatchId"] == answer.json()["dispatchId"]
 
@@ -174,7 +174,7 @@ async def test_standard_webhooks_signatures_verify_over_https(start: Start) -> N
     await setup.dispatch("esign")
     await setup.sandbox.wait_for_webhooks(WAIT)
     [delivery] = setup.receiver.deliveries
-    webhook_id = WebhookVerifier([SECRETS[1]]).verify(delivery.body, delivery.headers)
+    webhook_id = WebhookVerifier([SECRETS[1]]).verify(delivery.body, delivery.headers).id
     assert webhook_id == delivery.headers["webhook-id"]
 
 

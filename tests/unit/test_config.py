@@ -9,7 +9,7 @@ GOOD = {
     "DISPATCHER_BASE_URL": "https://api.docs-dispatcher.io",
     "DISPATCHER_EMAIL": "ops@example.com",
     "DISPATCHER_PASSWORD": "hunter2-not-logged",
-    "DISPATCHER_WEBHOOK_SECRET": "whsec-one whsec-two",
+    "DISPATCHER_WEBHOOK_SECRET": "whsec-one-0123456 whsec-two-0123456",
     "GATEWAY_PUBLIC_URL": "https://gateway.example.com",
 }
 
@@ -22,7 +22,7 @@ def problems(env: dict[str, str]) -> list[str]:
 
 def test_good_environment() -> None:
     settings = Settings.from_env(GOOD)
-    assert settings.webhook_secrets == ("whsec-one", "whsec-two")
+    assert settings.webhook_secrets == ("whsec-one-0123456", "whsec-two-0123456")
     assert settings.grpc_addr == "0.0.0.0:50051"
     assert settings.upstream_rate.limit == 100
 
@@ -145,3 +145,20 @@ def test_bad_callback_settings_are_one_line_each(name: str, value: str, message:
     [line] = problems({**GOOD, name: value})
     assert line.startswith(f"{name}: ")
     assert message in line
+
+
+def test_webhook_timestamps_are_required_unless_switched_off() -> None:
+    assert Settings.from_env(GOOD).webhook_require_timestamp is True
+    off = {**GOOD, "GATEWAY_WEBHOOK_REQUIRE_TIMESTAMP": "false"}
+    assert Settings.from_env(off).webhook_require_timestamp is False
+    assert problems({**GOOD, "GATEWAY_WEBHOOK_REQUIRE_TIMESTAMP": "sometimes"}) == [
+        "GATEWAY_WEBHOOK_REQUIRE_TIMESTAMP: true or false, got 'sometimes'"
+    ]
+
+
+@pytest.mark.parametrize("secrets", ["short", "long-enough-secret-1 short"])
+def test_a_webhook_secret_shorter_than_16_characters_is_one_line(secrets: str) -> None:
+    assert problems({**GOOD, "DISPATCHER_WEBHOOK_SECRET": secrets}) == [
+        "DISPATCHER_WEBHOOK_SECRET: each secret must be at least 16 characters"
+    ]
+    assert Settings.from_env({**GOOD, "DISPATCHER_WEBHOOK_SECRET": "x" * 16})

@@ -21,8 +21,15 @@ NOW = 1_800_000_000
 BODY = b'{"event":"dispatch_completed","dispatchId":"disp_1","data":{}}'
 
 
-def verifier(*secrets: str, tolerance: float = TIMESTAMP_TOLERANCE) -> WebhookVerifier:
-    return WebhookVerifier(secrets or (SECRET,), tolerance=tolerance, clock=lambda: NOW)
+def verifier(
+    *secrets: str, tolerance: float = TIMESTAMP_TOLERANCE, require_timestamp: bool = True
+) -> WebhookVerifier:
+    return WebhookVerifier(
+        secrets or (SECRET,),
+        tolerance=tolerance,
+        clock=lambda: NOW,
+        require_timestamp=require_timestamp,
+    )
 
 
 def refused(v: WebhookVerifier, body: bytes, headers: dict[str, str]) -> str:
@@ -34,22 +41,55 @@ def refused(v: WebhookVerifier, body: bytes, headers: dict[str, str]) -> str:
 # Dispatcher's scheme
 
 
-def test_signature_over_the_raw_body() -> None:
+def test_a_signature_without_a_timestamp_is_refused() -> None:
+    """Hardened beyond DISPATCHER_API.md, where the timestamp is optional: a signature over the
+    body alone never expires, so a captured webhook could be replayed for ever."""
     headers = sign_dispatcher(SECRET, BODY, webhook_id="wh_1")
 
-    assert verifier().verify(BODY, headers) == "wh_1"
+    assert refused(verifier(), BODY, headers) == "missing timestamp"
+
+
+def test_signature_over_the_raw_body_when_a_timestamp_is_not_required() -> None:
+    headers = sign_dispatcher(SECRET, BODY, webhook_id="wh_1")
+
+    assert verifier(require_timestamp=False).verify(BODY, headers).id == "wh_1"
 
 
 def test_signature_over_timestamp_and_body() -> None:
     headers = sign_dispatcher(SECRET, BODY, timestamp=NOW, webhook_id="wh_2")
 
-    assert verifier().verify(BODY, headers) == "wh_2"
+    assert verifier().verify(BODY, headers).id == "wh_2"
+
+
+def test_the_signed_id_is_the_body_hash_whatever_id_or_timestamp_comes_with_it() -> None:
+    """Dispatcher's scheme does not sign X-Webhook-Id: a replay under another id (or none) is the
+    same webhook; so is a retry, signed again with a later timestamp."""
+    body_hash = "sha256:" + hashlib.sha256(BODY).hexdigest()
+    deliveries = [
+        sign_dispatcher(SECRET, BODY, timestamp=NOW, webhook_id="wh_1"),
+        sign_dispatcher(SECRET, BODY, timestamp=NOW, webhook_id="wh_replayed"),
+        sign_dispatcher(SECRET, BODY, timestamp=NOW),
+        sign_dispatcher(SECRET, BODY, timestamp=NOW + 5, webhook_id="wh_1"),
+    ]
+
+    assert {verifier().verify(BODY, h).signed_id for h in deliveries} == {body_hash}
+    other = BODY.replace(b"disp_1", b"disp_2")
+    assert verifier().verify(other, sign_dispatcher(SECRET, other, timestamp=NOW)).signed_id != (
+        body_hash
+    )
 
 
 def test_a_body_signature_does_not_pass_once_a_timestamp_is_added() -> None:
     headers = sign_dispatcher(SECRET, BODY) | {"X-Webhook-Timestamp": str(NOW)}
 
-    refused(verifier(), BODY, headers)
+    refused(verifier(require_timestamp=False), BODY, headers)
+
+
+def test_a_timestamped_signature_does_not_pass_without_its_timestamp() -> None:
+    headers = sign_dispatcher(SECRET, BODY, timestamp=NOW)
+    del headers["X-Webhook-Timestamp"]
+
+    refused(verifier(require_timestamp=False), BODY, headers)
 
 
 def test_header_names_are_case_insensitive() -> None:
@@ -77,17 +117,19 @@ def test_the_wrong_secret_is_refused() -> None:
 
 
 def test_one_matching_signature_among_several_is_enough() -> None:
-    good = sign_dispatcher(SECRET, BODY)["X-Webhook-Signature"]
-    other = sign_dispatcher("next-secret", BODY)["X-Webhook-Signature"]
+    good = sign_dispatcher(SECRET, BODY, timestamp=NOW)
+    other = sign_dispatcher("next-secret", BODY, timestamp=NOW)["X-Webhook-Signature"]
+    both = good["X-Webhook-Signature"]
 
-    verifier().verify(BODY, {"X-Webhook-Signature": f"{other} {good}"})
+    verifier().verify(BODY, good | {"X-Webhook-Signature": f"{other} {both}"})
 
 
 def test_several_signatures_none_matching_are_refused() -> None:
-    one = sign_dispatcher("a-secret", BODY)["X-Webhook-Signature"]
-    two = sign_dispatcher("b-secret", BODY)["X-Webhook-Signature"]
+    one = sign_dispatcher("a-secret", BODY, timestamp=NOW)
+    two = sign_dispatcher("b-secret", BODY, timestamp=NOW)["X-Webhook-Signature"]
+    headers = one | {"X-Webhook-Signature": f"{one['X-Webhook-Signature']} {two}"}
 
-    refused(verifier(), BODY, {"X-Webhook-Signature": f"{one} {two}"})
+    assert refused(verifier(), BODY, headers) == "no signature matches"
 
 
 def test_any_configured_secret_verifies_during_rotation() -> None:
@@ -133,7 +175,9 @@ def test_a_malformed_timestamp_is_refused(value: str) -> None:
     ["", "sha256=", "sha256=zz", "md5=abcd", "sha256=" + "ab" * 16, "v1,AAAA"],
 )
 def test_an_unreadable_signature_header_is_refused(header: str) -> None:
-    refused(verifier(), BODY, {"X-Webhook-Signature": header})
+    headers = {"X-Webhook-Signature": header, "X-Webhook-Timestamp": str(NOW)}
+
+    assert refused(verifier(), BODY, headers) == "no readable signature"
 
 
 def test_a_missing_signature_is_refused() -> None:
@@ -143,16 +187,16 @@ def test_a_missing_signature_is_refused() -> None:
 def test_without_an_id_header_the_id_is_the_body_hash() -> None:
     headers = sign_dispatcher(SECRET, BODY, timestamp=NOW)
 
-    assert verifier().verify(BODY, headers) == "sha256:" + hashlib.sha256(BODY).hexdigest()
+    assert verifier().verify(BODY, headers).id == "sha256:" + hashlib.sha256(BODY).hexdigest()
 
 
 def test_an_oversized_id_is_replaced_by_its_stable_hash() -> None:
     long_id = "x" * 1000
-    headers = sign_dispatcher(SECRET, BODY, webhook_id=long_id)
+    headers = sign_dispatcher(SECRET, BODY, timestamp=NOW, webhook_id=long_id)
 
-    first = verifier().verify(BODY, headers)
+    first = verifier().verify(BODY, headers).id
 
-    assert first == verifier().verify(BODY, headers)
+    assert first == verifier().verify(BODY, headers).id
     assert first.startswith("sha256:")
     assert len(first) < 100
 
@@ -191,13 +235,19 @@ def test_the_specifications_test_vector_verifies() -> None:
         "webhook-signature": VECTOR_SIGNATURE,
     }
 
-    assert v.verify(VECTOR_BODY, headers) == VECTOR_ID
+    assert v.verify(VECTOR_BODY, headers).id == VECTOR_ID
 
 
 def test_standard_scheme_with_a_raw_utf8_secret() -> None:
     headers = sign_standard(SECRET, BODY, timestamp=NOW, webhook_id="msg_1")
 
-    assert verifier().verify(BODY, headers) == "msg_1"
+    assert verifier().verify(BODY, headers).id == "msg_1"
+
+
+def test_standard_scheme_the_signed_id_is_its_id_which_it_signs() -> None:
+    headers = sign_standard(SECRET, BODY, timestamp=NOW, webhook_id="msg_1")
+
+    assert verifier().verify(BODY, headers).signed_id == "msg_1"
 
 
 def test_standard_scheme_whsec_secret_keyed_by_its_utf8_bytes() -> None:

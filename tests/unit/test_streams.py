@@ -3,73 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import NotFound, ShuttingDown, SlowConsumer
-from dispatcher_gateway.core.hub import EventHub
-from dispatcher_gateway.core.model import DispatchSpec, EventFilter, JobEvent, Mode, Service
-from dispatcher_gateway.core.retry import RateLimit
-from dispatcher_gateway.core.service import Gateway, RateGate
-from dispatcher_gateway.core.tokens import CallbackTokens
-from dispatcher_gateway.store.sqlite import SqliteStore
+from dispatcher_gateway.core.eventdata import MAX_DEPTH, data_problem
+from dispatcher_gateway.core.model import JSON, EventFilter, JobEvent
 
-from ..support.upstream import ScriptedUpstream
-
-
-@dataclass
-class Harness:
-    gateway: Gateway
-    hub: EventHub
-    tokens: CallbackTokens
-
-    async def job(self, client: str = "anonymous") -> str:
-        spec = DispatchSpec((Service.EMAIL,), Mode.ASYNC, {"template": {"id": 1}})
-        return (await self.gateway.submit(client, spec, budget=None)).job_id
-
-    async def webhook(self, job_id: str, event: str, webhook_id: str) -> bool:
-        return await self.gateway.record_webhook(
-            self.tokens.token(job_id), {"event": event, "data": {}}, webhook_id=webhook_id
-        )
+from ..support.gateway import Harness, gateway_harness, take
 
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    store = SqliteStore(tmp_path / "s.db")
-    await store.open()
-    hub = EventHub(backlog=50)
-    tokens = CallbackTokens(b"k" * 32)
-    gateway = Gateway(
-        store,
-        ScriptedUpstream(),
-        tokens,
-        public_url="https://gw.example",
-        rate=RateGate(store, RateLimit(1000, 1.0)),
-        hub=hub,
-    )
-    follower = asyncio.create_task(hub.follow(store))
-    await asyncio.sleep(0.05)
-    try:
-        yield Harness(gateway, hub, tokens)
-    finally:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
-        await store.close()
-
-
-async def take(stream: AsyncIterator[JobEvent], count: int) -> list[JobEvent]:
-    out: list[JobEvent] = []
-    async with asyncio.timeout(10):
-        async for event in stream:
-            out.append(event)
-            if len(out) == count:
-                break
-    return out
+    async with gateway_harness(tmp_path) as harness:
+        yield harness
 
 
 async def test_subscribe_replays_then_follows_with_no_gap_and_no_repeat(harness: Harness) -> None:
@@ -176,3 +127,85 @@ async def test_an_event_a_lagging_replica_does_not_return_yet_still_reaches_a_ne
     async with asyncio.timeout(5):
         watched = [e async for e in harness.gateway.watch("anonymous", job_id)]
     assert [e.type for e in watched] == ["queued", "dispatch_completed"]
+
+
+async def store_undecodable(harness: Harness, job_id: str, event_type: str) -> JobEvent:
+    """An event whose data no client could decode, appended the way webhooks were recorded
+    before record_webhook refused such data."""
+    data: JSON = {"leaf": 1}
+    for _ in range(MAX_DEPTH):
+        data = {"k": data}
+    job = await harness.gateway.get_job("anonymous", job_id)
+    event = JobEvent(
+        job_id=job_id,
+        client=job.client,
+        service=job.service,
+        type=event_type,
+        state=states.state_for(event_type),
+        data=data,
+        metadata=job.metadata,
+        event_time=0.0,
+    )
+    stored = await harness.gateway.store.append_event(
+        event, dedupe_key=None, apply=states.apply_event
+    )
+    assert stored is not None
+    return stored
+
+
+def assert_stands_in_for(sent: JobEvent, stored: JobEvent) -> None:
+    assert sent.type == states.UNDELIVERABLE
+    assert sent.data["original_type"] == stored.type
+    assert "nests deeper than" in sent.data["error"]
+    assert (sent.cursor, sent.job_id, sent.state, sent.terminal) == (
+        stored.cursor,
+        stored.job_id,
+        stored.state,
+        stored.terminal,
+    )
+    assert data_problem(sent.data) is None
+
+
+async def test_a_replayed_event_no_client_could_decode_is_sent_as_an_error_and_the_stream_goes_on(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = await harness.job()
+    poisoned = await store_undecodable(harness, job_id, "letter_in_transit")
+    await harness.webhook(job_id, "dispatch_completed", "wh-after")
+
+    with caplog.at_level(logging.ERROR, logger="dispatcher_gateway.core"):
+        events = await take(harness.gateway.subscribe("anonymous", "", EventFilter()), 3)
+
+    assert [e.type for e in events] == ["queued", states.UNDELIVERABLE, "dispatch_completed"]
+    assert_stands_in_for(events[1], poisoned)
+    assert any(poisoned.cursor in r.getMessage() for r in caplog.records)
+    # A subscriber resuming from just before it meets the same stand-in, not a broken stream.
+    again = await take(harness.gateway.subscribe("anonymous", events[0].cursor, EventFilter()), 2)
+    assert [e.type for e in again] == [states.UNDELIVERABLE, "dispatch_completed"]
+
+
+async def test_a_live_event_no_client_could_decode_is_sent_as_an_error(harness: Harness) -> None:
+    job_id = await harness.job()
+    stream = harness.gateway.subscribe("anonymous", "", EventFilter())
+    await take(stream, 1)  # caught up: what follows comes live
+
+    poisoned = await store_undecodable(harness, job_id, "letter_in_transit")
+    await harness.webhook(job_id, "dispatch_completed", "wh-after")
+
+    events = await take(stream, 2)
+    assert [e.type for e in events] == [states.UNDELIVERABLE, "dispatch_completed"]
+    assert_stands_in_for(events[0], poisoned)
+
+
+async def test_watch_ends_at_an_undecodable_terminal_event_sent_as_an_error(
+    harness: Harness,
+) -> None:
+    job_id = await harness.job()
+    poisoned = await store_undecodable(harness, job_id, "document_signed")
+    assert poisoned.terminal
+
+    async with asyncio.timeout(5):
+        events = [e async for e in harness.gateway.watch("anonymous", job_id)]
+
+    assert [e.type for e in events] == ["queued", states.UNDELIVERABLE]
+    assert_stands_in_for(events[1], poisoned)

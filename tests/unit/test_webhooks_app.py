@@ -3,6 +3,7 @@ bad webhook input gets, and the happy path."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -70,7 +71,7 @@ async def client(sink: FakeSink) -> AsyncIterator[httpx.AsyncClient]:
     verifier = WebhookVerifier([SECRET], clock=lambda: NOW)
     app = create_webhook_app(sink, verifier, max_body=MAX_BODY)
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="https://gateway.test"
+        transport=httpx.ASGITransport(app=app), base_url="https://gateway.test", headers=JSON_TYPE
     ) as http:
         yield http
 
@@ -100,6 +101,7 @@ class CountingBody:
 
 
 BODY = json.dumps(ENVELOPE).encode()
+JSON_TYPE = {"Content-Type": "application/json"}
 
 
 # The happy path
@@ -110,7 +112,8 @@ async def test_a_signed_webhook_is_recorded(client: httpx.AsyncClient, sink: Fak
 
     assert response.status_code == 200
     assert response.json() == {"status": "recorded"}
-    assert sink.recorded == [(TOKEN, ENVELOPE, "wh_42")]
+    # Recorded under what the signature covers: X-Webhook-Id is not signed in this scheme.
+    assert sink.recorded == [(TOKEN, ENVELOPE, "sha256:" + hashlib.sha256(BODY).hexdigest())]
 
 
 async def test_a_standard_webhooks_signature_is_accepted(
@@ -164,6 +167,22 @@ async def test_duplicate_is_200(client: httpx.AsyncClient, sink: FakeSink) -> No
     assert len(sink.recorded) == 1
 
 
+@pytest.mark.parametrize("replay_id", ["wh_new", None], ids=["new-id", "no-id"])
+async def test_a_replay_under_another_id_is_a_duplicate(
+    client: httpx.AsyncClient, sink: FakeSink, replay_id: str | None
+) -> None:
+    captured = signed(BODY, "wh_1")
+    await post(client, BODY, captured)
+    replayed = {k: v for k, v in captured.items() if k != "X-Webhook-Id"}
+    if replay_id is not None:
+        replayed["X-Webhook-Id"] = replay_id
+
+    response = await post(client, BODY, replayed)
+
+    assert (response.status_code, response.json()) == (200, {"status": "duplicate"})
+    assert len(sink.recorded) == 1
+
+
 async def test_oversized_by_content_length_is_413_without_reading_the_body(
     client: httpx.AsyncClient, sink: FakeSink
 ) -> None:
@@ -189,6 +208,37 @@ async def test_oversized_by_stream_is_413_reading_no_more_than_the_cap(
     assert sink.recorded == []
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""],
+    ids=["text", "form", "multipart", "none"],
+)
+async def test_a_body_that_is_not_declared_json_is_415_without_reading_it(
+    client: httpx.AsyncClient, sink: FakeSink, content_type: str
+) -> None:
+    del client.headers["Content-Type"]
+    body = CountingBody(BODY, 1)
+    headers = signed(BODY) | ({"Content-Type": content_type} if content_type else {})
+
+    response = await client.post(f"/webhooks/dispatcher/{TOKEN}", content=body, headers=headers)
+
+    assert (response.status_code, response.json()) == (415, {"error": "unsupported_media_type"})
+    assert body.pulled == 0
+    assert sink.recorded == []
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json; charset=utf-8", "Application/JSON", "application/cloud+json"],
+)
+async def test_json_media_types_with_parameters_are_accepted(
+    client: httpx.AsyncClient, content_type: str
+) -> None:
+    response = await post(client, BODY, signed(BODY) | {"Content-Type": content_type})
+
+    assert response.status_code == 200
+
+
 async def test_missing_signature_is_401_with_no_detail(
     client: httpx.AsyncClient, sink: FakeSink
 ) -> None:
@@ -203,6 +253,18 @@ async def test_bad_signature_is_401_with_no_detail(
     client: httpx.AsyncClient, sink: FakeSink
 ) -> None:
     headers = sign_dispatcher("not-the-secret", BODY, timestamp=NOW, webhook_id="wh_1")
+
+    response = await post(client, BODY, headers)
+
+    assert response.status_code == 401
+    assert response.json() == {"error": "unauthorized"}
+    assert sink.recorded == []
+
+
+async def test_a_signature_without_a_timestamp_is_401_with_no_detail(
+    client: httpx.AsyncClient, sink: FakeSink
+) -> None:
+    headers = sign_dispatcher(SECRET, BODY, webhook_id="wh_1")
 
     response = await post(client, BODY, headers)
 
@@ -242,7 +304,7 @@ async def test_json_nested_beyond_the_parsers_depth_is_400(sink: FakeSink) -> No
     body = b"[" * depth + b"]" * depth
     app = create_webhook_app(sink, WebhookVerifier([SECRET], clock=lambda: NOW))
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="https://gateway.test"
+        transport=httpx.ASGITransport(app=app), base_url="https://gateway.test", headers=JSON_TYPE
     ) as http:
         response = await post(http, body, signed(body))
 

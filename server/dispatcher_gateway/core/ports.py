@@ -43,7 +43,10 @@ class WebhookSink(Protocol):
     async def record_webhook(self, token: str, envelope: JSON, *, webhook_id: str) -> bool:
         """Record one webhook for the job its callback token names, durably, before returning.
 
-        Returns True when it was new, False for a duplicate (same `webhook_id`). Raises
-        NotFound for a token that names no job, InvalidArgument for an envelope without an
-        `event`, StoreUnavailable when nothing could be written.
+        `webhook_id` is what makes two deliveries the same webhook, taken from what its signature
+        covers, so that a replay under another id is the same webhook. Returns True when it was
+        new, False for a duplicate (same `webhook_id`). Raises NotFound for a token that names no
+        job, or an envelope whose `dispatchId` is not the job's; InvalidArgument for an envelope
+        without an `event` or whose `data` no client could decode (core/eventdata.py);
+        StoreUnavailable when nothing could be written.
         """

@@ -27,6 +27,7 @@ from .errors import (
     RateLimited,
     UpstreamError,
 )
+from .eventdata import data_problem
 from .hub import EventHub
 from .model import (
     JSON,
@@ -90,9 +91,22 @@ def _event_time(envelope: JSON, default: float) -> float:
     return default
 
 
+class _OtherDispatch(NotFound):
+    """A webhook naming a dispatch that is not its job's: one job's webhook posted to another
+    job's callback URL. Answered like an unknown callback, nothing stored."""
+
+
 def _from_job(job: Job, event: JobEvent) -> tuple[Job, JobEvent]:
     """`states.apply_event` for an event that knows only its job's id: the job's client,
-    service and metadata (and dispatch id, if the event has none) are taken from the job."""
+    service and metadata (and dispatch id, if the event has none) are taken from the job.
+
+    An event naming another dispatch than the job's is refused. A job with none yet takes the
+    event's: its webhook may come before the 202 that names it."""
+    if job.dispatch_id and event.dispatch_id and event.dispatch_id != job.dispatch_id:
+        raise _OtherDispatch(
+            f"webhook for dispatch {event.dispatch_id!r} sent to the callback of job "
+            f"{job.job_id}, dispatch {job.dispatch_id!r}"
+        )
     event = event.replace(
         client=job.client,
         service=job.service,
@@ -100,6 +114,26 @@ def _from_job(job: Job, event: JobEvent) -> tuple[Job, JobEvent]:
         dispatch_id=event.dispatch_id or job.dispatch_id,
     )
     return states.apply_event(job, event)
+
+
+def _deliverable(event: JobEvent) -> JobEvent:
+    """The event, or a stand-in for it when no client could decode its data: a stream that
+    stopped at it would stop there again on every resume."""
+    problem = data_problem(event.data)
+    if problem is None:
+        return event
+    log.error(
+        "event %s (%s) of job %s cannot be streamed: its data %s; sent as %s",
+        event.cursor,
+        event.type,
+        event.job_id,
+        problem,
+        states.UNDELIVERABLE,
+    )
+    error = f"the event's data {problem}: no client could decode it"
+    return event.replace(
+        type=states.UNDELIVERABLE, data={"error": error, "original_type": event.type}
+    )
 
 
 class RateGate:
@@ -385,6 +419,11 @@ class Gateway:
             raise InvalidArgument([FieldViolation("event", "a non-empty string is required")])
         data = envelope.get("data")
         payload: JSON = data if isinstance(data, dict) else {"data": data}
+        # Refused before the 200: once accepted, an event no client can decode could never be
+        # delivered, and Dispatcher would not send it again.
+        problem = data_problem(payload)
+        if problem is not None:
+            raise InvalidArgument([FieldViolation("data", f"{problem}: no client could decode it")])
         # One store call: the job's own fields (client, service, metadata) are placeholders here,
         # filled in by `_from_job` from the job the store reads inside the append.
         event = JobEvent(
@@ -402,6 +441,8 @@ class Gateway:
             stored = await self.store.append_event(
                 event, dedupe_key=f"wh:{webhook_id}", apply=_from_job
             )
+        except _OtherDispatch:
+            raise
         except NotFound:
             raise NotFound("no such callback") from None
         WEBHOOKS.inc("recorded" if stored is not None else "duplicate")
@@ -485,7 +526,7 @@ class Gateway:
                     for event in page:
                         last = int(event.cursor)
                         if shown(event):
-                            yield event
+                            yield _deliverable(event)
                     if len(page) < REPLAY_PAGE:
                         break
                 # What the hub delivered just before we subscribed, should the store's answer
@@ -493,14 +534,14 @@ class Gateway:
                 for event in self.hub.recent(client, last):
                     last = int(event.cursor)
                     if shown(event):
-                        yield event
+                        yield _deliverable(event)
             while True:
                 event = await sub.get()
                 position = int(event.cursor)
                 if position <= last:
                     continue
                 last = position
-                yield event
+                yield _deliverable(event)
         finally:
             self.hub.unsubscribe(sub)
 

@@ -13,6 +13,10 @@ ATTEMPT = "upstream_attempt"
 # The event that records the upstream's answer to a sync request: the job's end.
 COMPLETED = "dispatch_completed"
 
+UNDELIVERABLE = "undeliverable_event"
+"""What a stream sends in place of a stored event whose data no client could decode (one stored
+before core/eventdata.py refused such data): same cursor, job, state and terminal flag."""
+
 OVERDUE = "callback_overdue"
 """The error code of a job whose terminal webhook did not come within its service's deadline."""
 

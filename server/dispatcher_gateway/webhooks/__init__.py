@@ -6,11 +6,13 @@ from .app import (
     WEBHOOK_PATH,
     MalformedWebhook,
     PayloadTooLarge,
+    UnsupportedMediaType,
     create_webhook_app,
 )
 from .signature import (
     MAX_WEBHOOK_ID_LENGTH,
     TIMESTAMP_TOLERANCE,
+    VerifiedWebhook,
     WebhookVerificationError,
     WebhookVerifier,
     sign_dispatcher,
@@ -25,6 +27,8 @@ __all__ = [
     "WEBHOOK_PATH",
     "MalformedWebhook",
     "PayloadTooLarge",
+    "UnsupportedMediaType",
+    "VerifiedWebhook",
     "WebhookVerificationError",
     "WebhookVerifier",
     "create_webhook_app",

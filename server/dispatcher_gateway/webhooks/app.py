@@ -1,4 +1,5 @@
-"""The Starlette app that receives Dispatcher's callbacks: size cap, signature, parse, record.
+"""The Starlette app that receives Dispatcher's callbacks: media type, size cap, signature, parse,
+record.
 
 Every status it answers comes from one table, `_REFUSALS`. A 2xx tells Dispatcher to stop
 retrying, so it is sent only once the webhook is durably recorded (or known to be a duplicate);
@@ -41,6 +42,10 @@ class PayloadTooLarge(Exception):
     """The body is larger than the receiver accepts."""
 
 
+class UnsupportedMediaType(Exception):
+    """The body is declared as something other than JSON (or not declared at all)."""
+
+
 class MalformedWebhook(Exception):
     """The body is not a JSON object with a string `event`; the message is the short reason."""
 
@@ -62,6 +67,7 @@ _UNAVAILABLE = _Refusal(
 # The one table from errors to HTTP statuses (DESIGN.md, "What bad input gets"); first match wins.
 _REFUSALS: tuple[tuple[type[Exception], _Refusal], ...] = (
     (PayloadTooLarge, _Refusal(413, "payload_too_large", logging.WARNING)),
+    (UnsupportedMediaType, _Refusal(415, "unsupported_media_type", logging.WARNING)),
     # No detail: a forger learns nothing from the answer; the log line says what failed.
     (WebhookVerificationError, _Refusal(401, "unauthorized", logging.WARNING)),
     (MalformedWebhook, _Refusal(400, "bad_request", logging.WARNING, explain=True)),
@@ -89,11 +95,13 @@ def create_webhook_app(
         token: str = request.path_params["token"]
         webhook_id = event = "-"
         try:
+            _check_media_type(request.headers.get("content-type", ""))
             body = await _read_capped(request, max_body)
-            webhook_id = verifier.verify(body, request.headers)
+            verified = verifier.verify(body, request.headers)
+            webhook_id = verified.id
             envelope = _parse(body)
             event = envelope["event"][:_EVENT_LOG_LENGTH]
-            recorded = await sink.record_webhook(token, envelope, webhook_id=webhook_id)
+            recorded = await sink.record_webhook(token, envelope, webhook_id=verified.signed_id)
         except Exception as exc:
             refusal = _refusal_for(exc)
             logger.log(
@@ -126,6 +134,15 @@ def create_webhook_app(
         return JSONResponse({"status": outcome})
 
     return Starlette(routes=[Route(WEBHOOK_PATH, receive_webhook, methods=["POST"])])
+
+
+def _check_media_type(content_type: str) -> None:
+    """application/json, or a structured `+json` type, with any parameters (charset)."""
+    media_type = content_type.partition(";")[0].strip().lower()
+    kind, _, subtype = media_type.partition("/")
+    if kind != "application" or not (subtype == "json" or subtype.endswith("+json")):
+        shown = media_type[:_EVENT_LOG_LENGTH] or "none"
+        raise UnsupportedMediaType(f"Content-Type {shown!r} is not JSON")
 
 
 async def _read_capped(request: Request, limit: int) -> bytes:

@@ -12,6 +12,7 @@ import hmac
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 TIMESTAMP_TOLERANCE = 300.0
 """Seconds a signed timestamp may be away from now, either way, before the webhook is refused."""
@@ -39,6 +40,17 @@ class WebhookVerificationError(Exception):
     carries a secret, a signature or anything else taken from the request."""
 
 
+@dataclass(frozen=True, slots=True)
+class VerifiedWebhook:
+    id: str
+    """The id its sender gave it (bounded; the body's hash when it gave none): for logs."""
+    signed_id: str
+    """What makes two deliveries one webhook, taken only from what the signature covers, so that
+    a replay under another id is still a duplicate: the Standard Webhooks scheme signs its id;
+    Dispatcher's signs only the body (and timestamp), so there it is the body's hash. Not the
+    timestamp: a retry is signed again with a fresh one (it must be, to pass the tolerance)."""
+
+
 class WebhookVerifier:
     def __init__(
         self,
@@ -46,6 +58,7 @@ class WebhookVerifier:
         *,
         tolerance: float = TIMESTAMP_TOLERANCE,
         clock: Callable[[], float] = time.time,
+        require_timestamp: bool = True,
     ) -> None:
         if isinstance(secrets, str):
             raise TypeError("secrets must be a sequence of strings, not one string")
@@ -57,28 +70,35 @@ class WebhookVerifier:
         self._standard_keys = self._keys + [k for k in (_whsec_key(s) for s in secrets) if k]
         self._tolerance = tolerance
         self._clock = clock
+        # Dispatcher's scheme makes the timestamp optional; a signature without one could be
+        # replayed for ever (and past the store's dedupe window, recorded again).
+        self._require_timestamp = require_timestamp
 
     def __repr__(self) -> str:
-        return f"WebhookVerifier(<{len(self._keys)} secrets>, tolerance={self._tolerance:g})"
+        return (
+            f"WebhookVerifier(<{len(self._keys)} secrets>, tolerance={self._tolerance:g}, "
+            f"require_timestamp={self._require_timestamp})"
+        )
 
-    def verify(self, body: bytes, headers: Mapping[str, str]) -> str:
-        """Check the signature; return the webhook id (stable across the upstream's retries)."""
+    def verify(self, body: bytes, headers: Mapping[str, str]) -> VerifiedWebhook:
+        """Check the signature; return the webhook's ids (stable across the upstream's retries)."""
         lowered = {k.lower(): v for k, v in headers.items()}
+        body_hash = "sha256:" + hashlib.sha256(body).hexdigest()
         if HEADER_SIGNATURE.lower() in lowered:
             self._verify_ours(body, lowered)
-            webhook_id = lowered.get(HEADER_ID.lower()) or lowered.get(STANDARD_ID)
-        elif STANDARD_SIGNATURE in lowered:
+            given = lowered.get(HEADER_ID.lower()) or lowered.get(STANDARD_ID)
+            return VerifiedWebhook(_bounded_id(given) if given else body_hash, body_hash)
+        if STANDARD_SIGNATURE in lowered:
             self._verify_standard(body, lowered)
-            webhook_id = lowered[STANDARD_ID]
-        else:
-            raise WebhookVerificationError("missing signature")
-        if not webhook_id:
-            return "sha256:" + hashlib.sha256(body).hexdigest()
-        return _bounded_id(webhook_id)
+            signed = _bounded_id(lowered[STANDARD_ID])
+            return VerifiedWebhook(signed, signed)
+        raise WebhookVerificationError("missing signature")
 
     def _verify_ours(self, body: bytes, headers: Mapping[str, str]) -> None:
         timestamp = headers.get(HEADER_TIMESTAMP.lower())
         if timestamp is None:
+            if self._require_timestamp:
+                raise WebhookVerificationError("missing timestamp")
             content = body
         else:
             self._check_timestamp(timestamp)

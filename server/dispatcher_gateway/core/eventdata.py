@@ -1,0 +1,58 @@
+"""What an event's data may hold: nothing a client could fail to decode.
+
+Clients receive an event as a protobuf JobEvent whose `data` is a google.protobuf.Struct, and
+each level of JSON nesting costs up to three protobuf levels there (an object: Struct, its map
+entry, Value; an array two: ListValue, Value). The protobuf parsers of C++, Java, C# and Python
+(upb) refuse a message nested more than 100 levels deep by default (Go's limit is 10,000), so
+data nested 34 levels deep already reaches no client. MAX_DEPTH keeps a JobEvent's data within
+72 levels (73 for a Job's result inside a ListJobsResponse), leaving a quarter of the parsers'
+budget to clients that carry an event inside messages of their own. Dispatcher's documented
+envelopes nest three levels.
+
+MAX_VALUES bounds the encoded size: a number costs 2 bytes of JSON in an array and 11 in a
+Struct, so a 1 MiB webhook of numbers would become an event over the 4 MiB a gRPC client
+receives by default. With at most 10,000 values an event is at most ~120 KB larger than its JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from .model import JSON
+
+MAX_DEPTH = 24
+"""Arrays and objects nested in an event's data, the data itself counting as one."""
+MAX_VALUES = 10_000
+"""Values (members of objects and items of arrays, at any depth) in an event's data."""
+
+
+def data_problem(data: JSON) -> str | None:
+    """Why no client could be sent an event with this data, or None when every client can.
+
+    Iterative, so that data nested deeper than Python's recursion limit is measured too, and
+    stops at the first problem, so that its cost is bounded by MAX_VALUES."""
+    values = 0
+    pending: list[tuple[object, int]] = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        children: Collection[object]
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list):
+            children = value
+        elif isinstance(value, int) and not isinstance(value, bool):
+            # A Struct holds numbers as doubles: an integer beyond a double's range has none.
+            try:
+                float(value)
+            except OverflowError:
+                return "holds an integer too large for a double"
+            continue
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            return f"nests deeper than {MAX_DEPTH} levels"
+        values += len(children)
+        if values > MAX_VALUES:
+            return f"holds more than {MAX_VALUES} values"
+        pending.extend((child, depth + 1) for child in children)
+    return None

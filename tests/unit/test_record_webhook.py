@@ -1,0 +1,110 @@
+"""Gateway.record_webhook over the real SQLite store: what it refuses before the 200, so that
+nothing it accepts can fail to reach a client, and what binds a webhook to its job."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from google.protobuf import json_format
+
+from dispatcher.gateway.v1 import gateway_pb2 as pb
+from dispatcher_gateway.core.errors import InvalidArgument, NotFound
+from dispatcher_gateway.core.eventdata import MAX_DEPTH
+from dispatcher_gateway.core.model import JSON, JobState
+from dispatcher_gateway.rpc.convert import event_to_pb
+
+from ..support.gateway import Harness, gateway_harness
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with gateway_harness(tmp_path) as harness:
+        yield harness
+
+
+def nested(depth: int) -> JSON:
+    data: JSON = {"leaf": "x"}
+    for _ in range(depth - 1):
+        data = {"k": data}
+    return data
+
+
+async def stored_types(harness: Harness, job_id: str) -> list[str]:
+    events = await harness.gateway.store.read_events(client="anonymous", job_id=job_id)
+    return [e.type for e in events]
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 34, 600, 5000])
+async def test_data_nested_beyond_the_limit_is_refused_and_nothing_is_stored(
+    harness: Harness, depth: int
+) -> None:
+    job_id = await harness.job()
+
+    with pytest.raises(InvalidArgument, match="data: nests deeper than"):
+        await harness.webhook(job_id, "document_signed", "wh-deep", data=nested(depth))
+
+    assert await stored_types(harness, job_id) == ["queued"]
+    # Refused, not remembered: the same id with data that can be delivered is recorded.
+    assert await harness.webhook(job_id, "document_signed", "wh-deep", data={"ok": True})
+
+
+async def test_data_that_is_not_an_object_is_measured_as_stored(harness: Harness) -> None:
+    job_id = await harness.job()
+    deep: object = 1
+    for _ in range(MAX_DEPTH):
+        deep = [deep]
+
+    with pytest.raises(InvalidArgument):
+        await harness.gateway.record_webhook(
+            harness.tokens.token(job_id), {"event": "x", "data": deep}, webhook_id="wh-list"
+        )
+
+
+async def test_the_deepest_webhook_accepted_reaches_a_client_intact(harness: Harness) -> None:
+    job_id = await harness.job()
+    data = nested(MAX_DEPTH)
+
+    assert await harness.webhook(job_id, "document_signed", "wh-deepest", data=data)
+
+    [_, event] = await harness.gateway.store.read_events(client="anonymous", job_id=job_id)
+    decoded = pb.JobEvent.FromString(event_to_pb(event).SerializeToString())
+    assert json_format.MessageToDict(decoded.data) == data
+
+
+async def test_a_webhook_naming_another_dispatch_is_not_found_and_not_stored(
+    harness: Harness,
+) -> None:
+    job_id = await harness.job()
+    assert await harness.webhook(job_id, "signer_signed", "wh-1", dispatchId="disp_mine")
+
+    with pytest.raises(NotFound):
+        await harness.webhook(job_id, "document_signed", "wh-2", dispatchId="disp_other")
+
+    assert await stored_types(harness, job_id) == ["queued", "signer_signed"]
+    job = await harness.gateway.get_job("anonymous", job_id)
+    assert (job.state, job.dispatch_id) == (JobState.IN_PROGRESS, "disp_mine")
+
+
+async def test_a_webhook_naming_the_jobs_dispatch_or_none_is_recorded(harness: Harness) -> None:
+    job_id = await harness.job()
+    assert await harness.webhook(job_id, "signer_signed", "wh-1", dispatchId="disp_mine")
+
+    assert await harness.webhook(job_id, "signer_signed", "wh-2")
+    assert await harness.webhook(job_id, "document_signed", "wh-3", dispatchId="disp_mine")
+
+    assert await stored_types(harness, job_id) == [
+        "queued",
+        *["signer_signed"] * 2,
+        "document_signed",
+    ]
+
+
+async def test_a_webhook_before_the_202_gives_the_job_its_dispatch(harness: Harness) -> None:
+    job_id = await harness.job()
+    assert (await harness.gateway.get_job("anonymous", job_id)).dispatch_id == ""
+
+    assert await harness.webhook(job_id, "signer_signed", "wh-1", dispatchId="disp_early")
+
+    assert (await harness.gateway.get_job("anonymous", job_id)).dispatch_id == "disp_early"
