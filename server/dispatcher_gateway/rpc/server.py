@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
+from .interceptor import CallGuard
 from .servicer import DispatchServicer
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["DispatchService"].full_name
@@ -31,6 +32,7 @@ def create_server(
     servicer: DispatchServicer, health_servicer: health.aio.HealthServicer, limits: GrpcLimits
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
+        interceptors=[CallGuard()],
         options=[
             ("grpc.server.max_pending_requests", limits.max_pending_requests),
             ("grpc.server.max_pending_requests_hard_limit", limits.max_pending_requests_hard_limit),
@@ -38,7 +40,7 @@ def create_server(
             ("grpc.max_receive_message_length", limits.max_receive_message_length),
             # Two gateways must never share a port by accident.
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     pb_grpc.add_DispatchServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

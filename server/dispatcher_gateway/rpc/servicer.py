@@ -22,6 +22,8 @@ from ..core.service import Gateway
 from .auth import Authenticator, Unauthenticated
 from .convert import (
     attempt_to_pb,
+    check_job_id,
+    check_page_token,
     dict_to_struct,
     event_to_pb,
     failure_to_pb,
@@ -150,6 +152,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
 
     @_unary
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
+        check_job_id(request.job_id)
         job = await self.gateway.get_job(self._client(context), request.job_id)
         message = job_to_pb(job)
         message.attempts.extend(attempt_to_pb(a) for a in await self.gateway.attempts(job))
@@ -157,6 +160,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
 
     @_unary
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
+        check_page_token(request.page_token)
         jobs, next_token = await self.gateway.list_jobs(
             self._client(context), request.page_size, request.page_token
         )
@@ -173,9 +177,11 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: Context
     ) -> AsyncGenerator[pb.JobEvent, None]:
-        stream = self._stream(
-            context, lambda client: self.gateway.watch(client, request.job_id), ""
-        )
+        def events(client: str) -> AsyncGenerator[JobEvent, None]:
+            check_job_id(request.job_id)
+            return self.gateway.watch(client, request.job_id)
+
+        stream = self._stream(context, events, "")
         async with contextlib.aclosing(stream) as messages:
             async for message in messages:
                 yield message
