@@ -98,6 +98,8 @@ async def _serve(args: argparse.Namespace) -> int:
             "GATEWAY_ADMIN_ADDR": "127.0.0.1:9090",
             "GATEWAY_TLS_CERT_FILE": cert_file,
             "GATEWAY_TLS_KEY_FILE": key_file,
+            # For trying the gateway out on this machine: said in the banner below.
+            "GATEWAY_ALLOW_ANONYMOUS": "true",
         }
         # The sandbox's credentials are made for this run; the rest can be overridden.
         env = {**defaults, **{k: v for k, v in env.items() if not k.startswith("DISPATCHER_")}}
@@ -119,9 +121,17 @@ async def _serve(args: argparse.Namespace) -> int:
     listeners = await app.start()
     if sandbox is not None:
         target = settings.grpc_addr.replace("0.0.0.0", "127.0.0.1")
+        transport = "TLS" if settings.grpc_tls_cert_file else "plaintext"
+        access = (
+            "ANONYMOUS ACCESS ON: a caller without credentials is the client 'anonymous'"
+            if settings.allow_anonymous
+            else "callers must authenticate"
+        )
         print(
             f"\ndispatcher-gateway is running in sandbox mode (store: {settings.store}).\n"
-            f"  gRPC       {target}  (dispatcher.gateway.v1.DispatchService, reflection on)\n"
+            f"  gRPC       {target}  (dispatcher.gateway.v1.DispatchService, {transport}, "
+            "reflection on)\n"
+            f"  access     {access}\n"
             f"  webhooks   {listeners.webhook.url}/webhooks/dispatcher/{{token}}\n"
             f"  admin      {listeners.admin.url}/readyz\n"
             f"  sandbox    {sandbox_server.url}  (stats: {sandbox_server.url}/_sandbox/stats)\n\n"

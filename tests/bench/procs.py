@@ -136,6 +136,7 @@ def gateway(
         "GATEWAY_STORE": store,
         "GATEWAY_TOKEN_KEY": TOKEN_KEY,
         "GATEWAY_UPSTREAM_RATE": rate,
+        "GATEWAY_ALLOW_ANONYMOUS": "true",
     }
     with running(
         "gateway", ["-m", "dispatcher_gateway", "serve"], env, addrs.readyz, folder

@@ -24,6 +24,7 @@ from google.rpc import error_details_pb2
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.app import GatewayApp
+from dispatcher_gateway.rpc.clients import client_line
 from dispatcher_gateway.store import sqlite as sqlite_store
 from dispatcher_gateway.webhooks import DEFAULT_MAX_BODY, STORE_RETRY_AFTER, sign_dispatcher
 
@@ -263,9 +264,10 @@ async def test_an_unexpected_failure_is_internal_never_unknown_with_its_text(
 async def authed(gateways: GatewayFactory, tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
     tokens = tmp_path / "client-tokens"
     tokens.write_text(
-        "# CLIENT TOKEN\n" + "".join(f"{name} {token}\n" for name, token in CLIENTS.items())
+        "# CLIENT sha256:HEX\n"
+        + "".join(f"{client_line(name, token)}\n" for name, token in CLIENTS.items())
     )
-    await gateways.start(client_tokens_file=str(tokens))
+    await gateways.start(client_tokens_file=str(tokens), allow_anonymous=False)
     async with grpc.aio.insecure_channel(gateways.target) as channel:
         yield channel
 

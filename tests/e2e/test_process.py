@@ -41,6 +41,7 @@ def gateway_env(sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path) -> dict[
         "GATEWAY_TLS_CERT_FILE": tls.cert,
         "GATEWAY_TLS_KEY_FILE": tls.key,
         "GATEWAY_UPSTREAM_RATE": "6000/min",
+        "GATEWAY_ALLOW_ANONYMOUS": "true",
     }
 
 
@@ -197,3 +198,6 @@ async def test_bad_configuration_is_one_line_per_value(tmp_path: Path) -> None:
     lines = err.decode().splitlines()
     assert "config: GATEWAY_PUBLIC_URL: must be https, got http scheme" in lines
     assert "config: DISPATCHER_PASSWORD: required (or DISPATCHER_PASSWORD_FILE)" in lines
+    # Nobody could call: refused, not started with every caller anonymous.
+    assert any(line.startswith("config: GATEWAY_CLIENT_TOKENS_FILE: no caller") for line in lines)
+    assert any(line.startswith("config: GATEWAY_GRPC_ADDR: 0.0.0.0:50051 is") for line in lines)

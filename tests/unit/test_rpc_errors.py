@@ -24,6 +24,7 @@ from dispatcher_gateway.core.errors import (
     UpstreamError,
 )
 from dispatcher_gateway.core.model import UpstreamFailure
+from dispatcher_gateway.rpc.auth import PermissionDenied, Unauthenticated
 from dispatcher_gateway.rpc.errors import UPSTREAM_DOMAIN, to_status
 
 Code = grpc.StatusCode
@@ -169,3 +170,16 @@ def test_refused_credentials_are_internal_logged_loudly_and_not_blamed_on_the_ca
     assert any(
         r.levelno == logging.ERROR and "credentials" in r.getMessage() for r in caplog.records
     )
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (Unauthenticated("unknown bearer token"), Code.UNAUTHENTICATED),
+        (PermissionDenied("client 'a' may not use service sms"), Code.PERMISSION_DENIED),
+    ],
+    ids=["unauthenticated", "permission-denied"],
+)
+def test_who_may_call_what(error: GatewayError, code: grpc.StatusCode) -> None:
+    status = to_status(error)
+    assert (status.code, status.details) == (code, str(error))  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ from ..core.errors import (
     StoreUnavailable,
     UpstreamError,
 )
+from .auth import PermissionDenied, Unauthenticated
 
 log = logging.getLogger("dispatcher_gateway.rpc")
 
@@ -48,6 +49,8 @@ _DOMAIN: dict[type[GatewayError], grpc.StatusCode] = {
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     SlowConsumer: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 

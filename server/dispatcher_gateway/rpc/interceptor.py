@@ -2,6 +2,8 @@
 
 - a request that does not decode (malformed, or nested deeper than protobuf decodes) is
   INVALID_ARGUMENT, where grpc would answer UNKNOWN with the decoder's exception;
+- a DispatchService caller is authenticated (auth.Authenticator) and known to the handler as
+  `auth.caller()`; without credentials the call is UNAUTHENTICATED;
 - an exception no handler expected is INTERNAL with a generic message and one log line, where
   grpc would answer UNKNOWN with the exception's text and log its traceback.
 """
@@ -18,6 +20,7 @@ from typing import Any, NoReturn, TypeAlias
 import grpc
 
 from ..core.errors import GatewayError
+from .auth import Authenticator, set_caller
 from .errors import to_status
 from .throttled_log import ThrottledLog, one_line
 
@@ -59,7 +62,11 @@ def _decoding(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 
 
 class CallGuard(grpc.aio.ServerInterceptor):
-    def __init__(self) -> None:
+    def __init__(self, auth: Authenticator, *, authenticated: frozenset[str]) -> None:
+        """`authenticated`: the full names of the services whose callers must be known (health
+        and reflection answer anyone)."""
+        self.auth = auth
+        self.authenticated = authenticated
         self.log = ThrottledLog(log)
         self._guarded: dict[str, Handler] = {}
 
@@ -77,6 +84,8 @@ class CallGuard(grpc.aio.ServerInterceptor):
         return guarded
 
     def _guard(self, method: str, handler: Handler) -> Handler:
+        service = method.lstrip("/").partition("/")[0]
+        authenticate = service in self.authenticated
         decode = _decoding(handler.request_deserializer)
         for kind, make in _KINDS:
             behaviour = getattr(handler, kind)
@@ -85,20 +94,20 @@ class CallGuard(grpc.aio.ServerInterceptor):
             streaming = handler.request_streaming
             guarded: Callable[[Any, Context], Any]
             if inspect.isasyncgenfunction(behaviour):
-                guarded = self._generator(method, behaviour, streaming)
+                guarded = self._generator(method, behaviour, authenticate, streaming)
             elif inspect.iscoroutinefunction(behaviour):
-                guarded = self._coroutine(method, behaviour, streaming)
+                guarded = self._coroutine(method, behaviour, authenticate, streaming)
             else:  # synchronous handlers: this server registers none
                 return handler
             return make(guarded, decode, handler.response_serializer)
         return handler
 
     def _coroutine(
-        self, method: str, behaviour: Any, streaming: bool
+        self, method: str, behaviour: Any, authenticate: bool, streaming: bool
     ) -> Callable[[Any, Context], Awaitable[Any]]:
         async def guarded(request: Any, context: Context) -> Any:
             try:
-                request = await self._admit(method, request, context, streaming)
+                request = await self._admit(method, request, context, authenticate, streaming)
                 return await behaviour(request, context)
             except Exception as exc:
                 await self._unexpected(method, exc, context)
@@ -106,11 +115,11 @@ class CallGuard(grpc.aio.ServerInterceptor):
         return guarded
 
     def _generator(
-        self, method: str, behaviour: Any, streaming: bool
+        self, method: str, behaviour: Any, authenticate: bool, streaming: bool
     ) -> Callable[[Any, Context], AsyncIterator[Any]]:
         async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
             try:
-                request = await self._admit(method, request, context, streaming)
+                request = await self._admit(method, request, context, authenticate, streaming)
                 async for response in behaviour(request, context):
                     yield response
             except Exception as exc:
@@ -118,12 +127,16 @@ class CallGuard(grpc.aio.ServerInterceptor):
 
         return guarded
 
-    async def _admit(self, method: str, request: Any, context: Context, streaming: bool) -> Any:
-        """The request the handler is given, once it decoded."""
+    async def _admit(
+        self, method: str, request: Any, context: Context, authenticate: bool, streaming: bool
+    ) -> Any:
+        """The request the handler is given, once it decoded and its caller is known."""
         if streaming:
             request = self._decoded(method, request, context)
         elif isinstance(request, Undecodable):
             await self._undecodable(method, request, context)
+        if authenticate:
+            await self._authenticate(method, context)
         return request
 
     async def _decoded(
@@ -133,6 +146,22 @@ class CallGuard(grpc.aio.ServerInterceptor):
             if isinstance(request, Undecodable):
                 await self._undecodable(method, request, context)
             yield request
+
+    async def _authenticate(self, method: str, context: Context) -> None:
+        try:
+            client = self.auth.client(context.invocation_metadata(), context.auth_context())
+        except GatewayError as exc:
+            self.log.log(
+                logging.INFO,
+                "refused",
+                "%s refused for %s: %s",
+                method,
+                one_line(context.peer()),
+                exc,
+            )
+            await _abort(context, exc)
+        # Each call runs in a task of its own, so the caller set here is this call's alone.
+        set_caller(client)
 
     async def _undecodable(self, method: str, request: Undecodable, context: Context) -> NoReturn:
         self.log.log(

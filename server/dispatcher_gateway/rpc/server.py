@@ -1,4 +1,5 @@
-"""The gRPC server: DispatchService next to grpc.health.v1 and server reflection."""
+"""The gRPC server: DispatchService next to grpc.health.v1 and server reflection, behind
+the CallGuard interceptor."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
+from .auth import Authenticator
 from .interceptor import CallGuard
 from .servicer import DispatchServicer
 
@@ -29,10 +31,16 @@ class GrpcLimits:
 
 
 def create_server(
-    servicer: DispatchServicer, health_servicer: health.aio.HealthServicer, limits: GrpcLimits
+    servicer: DispatchServicer,
+    health_servicer: health.aio.HealthServicer,
+    limits: GrpcLimits,
+    *,
+    auth: Authenticator,
 ) -> grpc.aio.Server:
+    """DispatchService (callers authenticated), health and reflection (anyone may ask)."""
+    guard = CallGuard(auth, authenticated=frozenset({SERVICE_NAME}))
     server = grpc.aio.server(
-        interceptors=[CallGuard()],
+        interceptors=[guard],
         options=[
             ("grpc.server.max_pending_requests", limits.max_pending_requests),
             ("grpc.server.max_pending_requests_hard_limit", limits.max_pending_requests_hard_limit),

@@ -19,7 +19,7 @@ from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from ..core.errors import GatewayError, ShuttingDown, SlowConsumer, UpstreamError
 from ..core.model import JobEvent
 from ..core.service import Gateway
-from .auth import Authenticator, Unauthenticated
+from .auth import authorize, caller
 from .convert import (
     attempt_to_pb,
     check_job_id,
@@ -88,9 +88,6 @@ def _unary(
             return await method(self, request, context)
         except GatewayError as exc:
             await abort(context, exc)
-        except Unauthenticated as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-            raise AssertionError("unreachable") from exc
         finally:
             self._end()
 
@@ -98,11 +95,10 @@ def _unary(
 
 
 class DispatchServicer(pb_grpc.DispatchServiceServicer):
-    def __init__(
-        self, gateway: Gateway, auth: Authenticator, *, max_stream_age: float = MAX_STREAM_AGE
-    ) -> None:
+    def __init__(self, gateway: Gateway, *, max_stream_age: float = MAX_STREAM_AGE) -> None:
+        """Callers are authenticated before a method runs (interceptor.CallGuard): each method
+        finds its caller with `auth.caller()`."""
         self.gateway = gateway
-        self.auth = auth
         self.max_stream_age = max_stream_age
         self.in_flight = 0
         """DispatchService calls running now. A drain waits for them (its streams end at once
@@ -126,22 +122,20 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         if not self.in_flight:
             self.idle.set()
 
-    def _client(self, context: Context) -> str:
-        return self.auth.client(context.invocation_metadata())
-
     @_unary
     async def Dispatch(self, request: pb.DispatchRequest, context: Context) -> pb.DispatchResponse:
-        client = self._client(context)
+        client = caller()
         spec = spec_from_request(request)
-        job = await self.gateway.submit(client, spec, budget=context.time_remaining())
+        authorize(client, spec.services, spec.mode)
+        job = await self.gateway.submit(client.name, spec, budget=context.time_remaining())
         response = pb.DispatchResponse()
         fill_job(response.job, job)
         return response
 
     @_unary
     async def Validate(self, request: pb.DispatchRequest, context: Context) -> pb.ValidateResponse:
-        self._client(context)
         spec = spec_from_request(request)
+        authorize(caller(), spec.services)
         try:
             answer = await self.gateway.validate(spec)
         except UpstreamError as exc:
@@ -153,7 +147,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
     @_unary
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
         check_job_id(request.job_id)
-        job = await self.gateway.get_job(self._client(context), request.job_id)
+        job = await self.gateway.get_job(caller().name, request.job_id)
         message = job_to_pb(job)
         message.attempts.extend(attempt_to_pb(a) for a in await self.gateway.attempts(job))
         return message
@@ -162,7 +156,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
         check_page_token(request.page_token)
         jobs, next_token = await self.gateway.list_jobs(
-            self._client(context), request.page_size, request.page_token
+            caller().name, request.page_size, request.page_token
         )
         return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs], next_page_token=next_token)
 
@@ -170,7 +164,6 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
     async def ListTemplates(
         self, request: pb.ListTemplatesRequest, context: Context
     ) -> pb.ListTemplatesResponse:
-        self._client(context)
         templates = await self.gateway.templates()
         return pb.ListTemplatesResponse(templates=[template_to_pb(t) for t in templates])
 
@@ -214,13 +207,11 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         self._begin()
         try:
             self.refuse_if_draining()
-            client = self._client(context)
+            client = caller().name
             async with asyncio.timeout(age), contextlib.aclosing(events(client)) as stream:
                 async for event in stream:
                     yield self._messages.message(event)
                     last = event.cursor
-        except Unauthenticated as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         except TimeoutError:
             await abort(
                 context,

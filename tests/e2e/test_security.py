@@ -1,0 +1,272 @@
+"""Who may call the gateway, and over what, on real gRPC channels: TLS and mTLS with trustme
+certificates, clients known by a token's hash or a certificate, per-client authorization, tokens
+and certificates renewed without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import trustme
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from dispatcher.gateway.v1 import gateway_pb2 as pb
+from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from dispatcher_gateway.app import GatewayApp
+from dispatcher_gateway.rpc.clients import client_line
+from tests.support.pki import Pki
+
+from .conftest import GatewayFactory, email_request, free_port, request_for
+
+CALL_TIMEOUT = 10.0
+STREAM_TIMEOUT = 10.0
+ALICE, BOB = "alice.clients.example", "bob.clients.example"
+CAROL, CAROL_NEXT = "dgw_carol-token-0123456789abcdef", "dgw_carol-token-fedcba9876543210"
+RELEASE_TIMEOUT = 5.0
+"""Seconds the gateway gets to let go of what a call held after its client went away."""
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def refused(call: object) -> grpc.aio.AioRpcError:
+    """The error a unary call, or a whole stream, ends with."""
+
+    async def run() -> None:
+        if isinstance(call, grpc.aio.UnaryStreamCall | grpc.aio.StreamStreamCall):
+            async with asyncio.timeout(STREAM_TIMEOUT):
+                while await call.read() is not grpc.aio.EOF:
+                    pass
+        else:
+            await call  # type: ignore[misc]
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await run()
+    return info.value
+
+
+def retry_info(error: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    found = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            found.append(info)
+    [info] = found
+    return info
+
+
+def rotate(path: Path, text: str) -> None:
+    """As a deployment does: a new file renamed over the old one."""
+    fresh = path.with_suffix(".new")
+    fresh.write_text(text)
+    fresh.replace(path)
+
+
+@dataclass
+class Secured:
+    app: GatewayApp
+    pki: Pki
+    clients: Path
+    target: str
+    """TLS: bearer-token clients (and health, for anyone)."""
+    mtls_target: str
+    """mTLS: certificate clients."""
+
+
+CLIENTS_FILE = (
+    f"alice cert:{ALICE}\n"
+    f"bob cert:{BOB}\n"
+    f"{client_line('carol', CAROL, ['services=email', 'sync=false'])}\n"
+)
+
+
+@pytest.fixture
+async def secured(gateways: GatewayFactory, tmp_path: Path) -> Secured:
+    pki = Pki(tmp_path / "pki")
+    clients = tmp_path / "clients"
+    clients.write_text(CLIENTS_FILE)
+    mtls_addr = f"127.0.0.1:{free_port()}"
+    app = await gateways.start(
+        allow_anonymous=False,
+        client_tokens_file=str(clients),
+        grpc_tls_cert_file=str(pki.cert_file),
+        grpc_tls_key_file=str(pki.key_file),
+        grpc_client_ca_file=str(pki.client_ca_file),
+        grpc_mtls_addr=mtls_addr,
+    )
+    assert app.listeners is not None
+    assert app.listeners.mtls_port == int(mtls_addr.rpartition(":")[2])
+    return Secured(app, pki, clients, gateways.target, mtls_addr)
+
+
+# TLS and mTLS
+
+
+async def test_a_certificate_is_its_client_whoever_presents_it(secured: Secured) -> None:
+    async with secured.pki.channel(
+        secured.mtls_target, secured.pki.client_certificate(ALICE)
+    ) as channel:
+        alice = pb_grpc.DispatchServiceStub(channel)
+        job = (await alice.Dispatch(email_request(), timeout=CALL_TIMEOUT)).job
+        mine = await alice.GetJob(pb.GetJobRequest(job_id=job.job_id), timeout=CALL_TIMEOUT)
+        assert mine.job_id == job.job_id
+    # Someone holding bob's certificate and key is bob to the gateway, whoever they are: they
+    # see bob's jobs, and alice's job does not exist for them.
+    async with secured.pki.channel(
+        secured.mtls_target, secured.pki.client_certificate(BOB)
+    ) as channel:
+        as_bob = pb_grpc.DispatchServiceStub(channel)
+        get = await refused(as_bob.GetJob(pb.GetJobRequest(job_id=job.job_id), timeout=10))
+        watch = await refused(as_bob.WatchJob(pb.WatchJobRequest(job_id=job.job_id)))
+        assert get.code() == watch.code() == grpc.StatusCode.NOT_FOUND
+        listed = await as_bob.ListJobs(pb.ListJobsRequest(), timeout=CALL_TIMEOUT)
+        assert list(listed.jobs) == []
+        bobs = (await as_bob.Dispatch(email_request(), timeout=CALL_TIMEOUT)).job
+    stored = await secured.app.store.get_job(bobs.job_id)
+    assert stored is not None
+    assert stored.client == "bob"
+
+
+async def test_without_a_certificate_or_a_token_a_caller_is_unauthenticated(
+    secured: Secured,
+) -> None:
+    async with secured.pki.channel(secured.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        for call in (
+            stub.Dispatch(email_request(), timeout=CALL_TIMEOUT),
+            stub.GetJob(pb.GetJobRequest(job_id="job_x"), timeout=CALL_TIMEOUT),
+            stub.ListTemplates(pb.ListTemplatesRequest(), timeout=CALL_TIMEOUT),
+            stub.Subscribe(pb.SubscribeRequest()),
+        ):
+            error = await refused(call)
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "no credentials" in (error.details() or "")
+        # Health answers anyone: load balancers and probes carry no credentials.
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    # The mTLS port takes no connection without a certificate its CA signed.
+    async with secured.pki.channel(secured.mtls_target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        error = await refused(stub.ListJobs(pb.ListJobsRequest(), timeout=CALL_TIMEOUT))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_certificate_from_another_ca_is_refused_at_the_handshake(
+    secured: Secured,
+) -> None:
+    forged = secured.pki.client_certificate(ALICE, ca=trustme.CA())
+    async with secured.pki.channel(secured.mtls_target, forged) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        error = await refused(stub.ListJobs(pb.ListJobsRequest(), timeout=CALL_TIMEOUT))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_plaintext_is_refused_on_a_tls_port(secured: Secured) -> None:
+    async with grpc.aio.insecure_channel(secured.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        error = await refused(
+            stub.ListJobs(pb.ListJobsRequest(), timeout=CALL_TIMEOUT, metadata=bearer(CAROL))
+        )
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_renewed_server_certificate_serves_new_connections_without_restart(
+    secured: Secured,
+) -> None:
+    before = secured.pki.server_ca
+    secured.pki.renew_server_certificate(trustme.CA())
+    async with secured.pki.channel(secured.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    secured.pki.server_ca = before
+    async with secured.pki.channel(secured.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        error = await refused(health.Check(health_pb2.HealthCheckRequest(), timeout=10))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# Tokens
+
+
+async def test_a_rotated_token_works_at_once_and_the_old_one_is_refused(secured: Secured) -> None:
+    async with secured.pki.channel(secured.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        job = (await stub.Dispatch(email_request(), timeout=10, metadata=bearer(CAROL))).job
+        rotate(
+            secured.clients,
+            CLIENTS_FILE.replace(client_line("carol", CAROL), client_line("carol", CAROL_NEXT)),
+        )
+        again = await stub.GetJob(
+            pb.GetJobRequest(job_id=job.job_id), timeout=CALL_TIMEOUT, metadata=bearer(CAROL_NEXT)
+        )
+        assert again.job_id == job.job_id
+        old = await refused(
+            stub.GetJob(
+                pb.GetJobRequest(job_id=job.job_id), timeout=CALL_TIMEOUT, metadata=bearer(CAROL)
+            )
+        )
+        assert old.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert CAROL not in (old.details() or "")
+
+
+async def test_a_clients_file_listing_a_token_twice_is_refused_and_the_last_good_one_kept(
+    secured: Secured, caplog: pytest.LogCaptureFixture
+) -> None:
+    doubled = CLIENTS_FILE + client_line("mallory", CAROL) + "\n"
+    async with secured.pki.channel(secured.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        with caplog.at_level(logging.INFO, logger="dispatcher_gateway.rpc"):
+            rotate(secured.clients, doubled)
+            for _ in range(3):
+                listed = await stub.ListJobs(
+                    pb.ListJobsRequest(), timeout=CALL_TIMEOUT, metadata=bearer(CAROL)
+                )
+                assert list(listed.jobs) == []
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "line 4: the token hash of 'carol' is used again" in line
+    assert "keeping the previous version" in line
+
+
+async def test_a_client_may_be_limited_to_some_services_and_to_async(secured: Secured) -> None:
+    async with secured.pki.channel(secured.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        carol = bearer(CAROL)
+        sms = await refused(stub.Dispatch(request_for(pb.SERVICE_SMS), timeout=10, metadata=carol))
+        chain = request_for(pb.SERVICE_FILE, chain=(pb.SERVICE_EMAIL,))
+        chained = await refused(stub.Dispatch(chain, timeout=CALL_TIMEOUT, metadata=carol))
+        sync = await refused(
+            stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=10, metadata=carol)
+        )
+        validate = await refused(
+            stub.Validate(request_for(pb.SERVICE_SMS), timeout=CALL_TIMEOUT, metadata=carol)
+        )
+        allowed = await stub.Dispatch(email_request(), timeout=CALL_TIMEOUT, metadata=carol)
+    for error in (sms, chained, sync, validate):
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert sms.details() == "client 'carol' may not use service sms"
+    assert chained.details() == "client 'carol' may not use service file"
+    assert sync.details() == "client 'carol' may not dispatch with MODE_SYNC (sync=false)"
+    assert allowed.job.state == pb.JOB_STATE_QUEUED
+
+
+# Defaults
+
+
+async def test_nobody_is_anonymous_unless_switched_on(gateways: GatewayFactory) -> None:
+    await gateways.start(allow_anonymous=False)
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        error = await refused(stub.Dispatch(email_request(), timeout=CALL_TIMEOUT))
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
