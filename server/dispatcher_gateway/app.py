@@ -26,7 +26,8 @@ from .httpserver import HttpServer, start_http
 from .metrics import REGISTRY
 from .rpc.auth import Authenticator
 from .rpc.clients import ClientsFile
-from .rpc.server import GrpcLimits, create_server, set_serving
+from .rpc.limits import ClientLimits
+from .rpc.server import create_server, set_serving
 from .rpc.servicer import DispatchServicer
 from .rpc.tls import CertificateFiles
 from .store.base import Store
@@ -117,8 +118,10 @@ class GatewayApp:
             ClientsFile(s.client_tokens_file) if s.client_tokens_file else None,
             allow_anonymous=s.allow_anonymous,
         )
-        self.servicer = DispatchServicer(self.gateway, max_stream_age=s.max_stream_age)
-        self.grpc = create_server(self.servicer, self.health, GrpcLimits(), auth=auth)
+        limits = ClientLimits(s.client_quotas)
+        self.hub.observe(limits.observe)
+        self.servicer = DispatchServicer(self.gateway, limits, max_stream_age=s.max_stream_age)
+        self.grpc = create_server(self.servicer, self.health, s.grpc_limits, auth=auth)
         grpc_port, mtls_port = self._grpc_ports()
         await self.grpc.start()
 

@@ -13,6 +13,8 @@ from .core.callbacks import DEFAULT_DEADLINE, CallbackRules
 from .core.model import Service
 from .core.retry import RateLimit, RetryPolicy
 from .rpc.clients import load_clients
+from .rpc.limits import ClientQuotas
+from .rpc.server import GrpcLimits
 from .rpc.tls import check_certificate
 
 DEFAULT_STORE = "data/gateway.db"
@@ -52,6 +54,8 @@ class Settings:
     grpc_mtls_addr: str = "0.0.0.0:50052"
     grpc_plaintext: bool = False
     """gRPC without TLS on an address other hosts reach: only behind a proxy that adds it."""
+    grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)
+    client_quotas: ClientQuotas = field(default_factory=ClientQuotas)
     breaker_threshold: int = 5
     """Consecutive upstream failures that open the circuit."""
     breaker_open_for: float = 10.0
@@ -382,6 +386,29 @@ class _Reader:
             grpc_client_ca_file=client_ca,
             grpc_mtls_addr=self.addr("GATEWAY_GRPC_MTLS_ADDR", "0.0.0.0:50052"),
             grpc_plaintext=plaintext,
+            grpc_limits=GrpcLimits(
+                min_ping_interval=self.seconds(
+                    "GATEWAY_GRPC_MIN_PING_INTERVAL", GrpcLimits().min_ping_interval
+                ),
+                permit_ping_without_calls=self.flag("GATEWAY_GRPC_PERMIT_PING_WITHOUT_CALLS"),
+                max_connection_age=self.seconds(
+                    "GATEWAY_GRPC_MAX_CONNECTION_AGE", GrpcLimits().max_connection_age
+                ),
+                max_connection_age_grace=self.seconds(
+                    "GATEWAY_GRPC_MAX_CONNECTION_AGE_GRACE", GrpcLimits().max_connection_age_grace
+                ),
+            ),
+            client_quotas=ClientQuotas(
+                max_streams=self.parsed(
+                    "GATEWAY_CLIENT_MAX_STREAMS", positive_int, ClientQuotas().max_streams
+                ),
+                max_queued=self.parsed(
+                    "GATEWAY_CLIENT_MAX_QUEUED", positive_int, ClientQuotas().max_queued
+                ),
+                dispatch_rate=self.parsed(
+                    "GATEWAY_CLIENT_DISPATCH_RATE", RateLimit.parse, ClientQuotas().dispatch_rate
+                ),
+            ),
             breaker_threshold=self.parsed("GATEWAY_BREAKER_THRESHOLD", positive_int, 5),
             breaker_open_for=self.seconds("GATEWAY_BREAKER_OPEN_FOR", 10.0),
             submit_timeout=self.seconds("GATEWAY_SUBMIT_TIMEOUT", 30.0),

@@ -1,6 +1,7 @@
-"""Who may call the gateway, and over what, on real gRPC channels: TLS and mTLS with trustme
-certificates, clients known by a token's hash or a certificate, per-client authorization, tokens
-and certificates renewed without a restart."""
+"""Who may call the gateway, over what, and how much, on real gRPC channels: TLS and mTLS with
+trustme certificates, clients known by a token's hash or a certificate, per-client
+authorization and limits, tokens and certificates renewed without a restart, and the listener's
+keepalive and connection age."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ from grpc_status import rpc_status
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.app import GatewayApp
+from dispatcher_gateway.core.retry import RateLimit
 from dispatcher_gateway.rpc.clients import client_line
+from dispatcher_gateway.rpc.limits import ClientQuotas
+from dispatcher_gateway.rpc.server import GrpcLimits
 from tests.support.pki import Pki
 
 from .conftest import GatewayFactory, email_request, free_port, request_for
@@ -270,3 +274,117 @@ async def test_nobody_is_anonymous_unless_switched_on(gateways: GatewayFactory) 
         stub = pb_grpc.DispatchServiceStub(channel)
         error = await refused(stub.Dispatch(email_request(), timeout=CALL_TIMEOUT))
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# Per-client limits
+
+
+async def test_dispatches_beyond_a_clients_rate_are_resource_exhausted_with_retry_info(
+    gateways: GatewayFactory,
+) -> None:
+    await gateways.start(client_quotas=ClientQuotas(dispatch_rate=RateLimit(2, 60.0)))
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        for _ in range(2):
+            await stub.Dispatch(email_request(), timeout=CALL_TIMEOUT)
+        error = await refused(stub.Dispatch(email_request(), timeout=CALL_TIMEOUT))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert 25_000 <= retry_info(error).retry_delay.ToMilliseconds() <= 30_000
+
+
+async def test_streams_beyond_a_clients_limit_are_refused_until_one_ends(
+    gateways: GatewayFactory,
+) -> None:
+    app = await gateways.start(client_quotas=ClientQuotas(max_streams=2))
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        await stub.Dispatch(email_request(), timeout=CALL_TIMEOUT)
+        streams = [stub.Subscribe(pb.SubscribeRequest()) for _ in range(2)]
+        for stream in streams:
+            await asyncio.wait_for(stream.read(), STREAM_TIMEOUT)
+        error = await refused(stub.WatchJob(pb.WatchJobRequest(job_id="job_x")))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert retry_info(error).retry_delay.ToMilliseconds() > 0
+        streams.pop().cancel()
+        async with asyncio.timeout(RELEASE_TIMEOUT):
+            while app.servicer.in_flight > 1:
+                await asyncio.sleep(0.02)
+        third = stub.Subscribe(pb.SubscribeRequest())
+        assert isinstance(await asyncio.wait_for(third.read(), STREAM_TIMEOUT), pb.JobEvent)
+        third.cancel()
+        streams[0].cancel()
+
+
+async def test_queued_jobs_beyond_a_clients_limit_are_refused_until_they_move_on(
+    gateways: GatewayFactory,
+) -> None:
+    # An upstream nobody answers: the jobs stay queued.
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    await gateways.start(dispatcher_base_url=unreachable, client_quotas=ClientQuotas(max_queued=2))
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        for _ in range(2):
+            await stub.Dispatch(email_request(), timeout=CALL_TIMEOUT)
+        error = await refused(stub.Dispatch(email_request(), timeout=CALL_TIMEOUT))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "2 jobs waiting to be sent upstream" in (error.details() or "")
+    assert retry_info(error).retry_delay.ToMilliseconds() > 0
+
+
+async def test_a_job_sent_upstream_frees_its_place_in_the_clients_queue(
+    gateways: GatewayFactory,
+) -> None:
+    app = await gateways.start(client_quotas=ClientQuotas(max_queued=1))
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        job = (await stub.Dispatch(email_request(), timeout=CALL_TIMEOUT)).job
+        events = stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id))
+        async with asyncio.timeout(STREAM_TIMEOUT):
+            async for event in events:
+                if event.terminal:
+                    break
+        events.cancel()
+        # The hub tells the limits on its own tail, which may come a moment after the stream.
+        async with asyncio.timeout(RELEASE_TIMEOUT):
+            while app.servicer.limits.waiting("anonymous"):
+                await asyncio.sleep(0.02)
+        await stub.Dispatch(email_request(), timeout=CALL_TIMEOUT)
+
+
+# The listener
+
+
+async def test_an_old_connection_is_sent_away_and_its_stream_told_to_resume(
+    gateways: GatewayFactory,
+) -> None:
+    await gateways.start(
+        grpc_limits=GrpcLimits(max_connection_age=1.0, max_connection_age_grace=0.5)
+    )
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        await stub.Dispatch(email_request(), timeout=CALL_TIMEOUT)
+        stream = stub.Subscribe(pb.SubscribeRequest())
+        first = await asyncio.wait_for(stream.read(), STREAM_TIMEOUT)
+        assert isinstance(first, pb.JobEvent)
+        error = await refused(stream)
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        # The channel connects again by itself: the caller resumes from its cursor.
+        resumed = stub.Subscribe(pb.SubscribeRequest(after_cursor=first.cursor))
+        assert isinstance(await asyncio.wait_for(resumed.read(), STREAM_TIMEOUT), pb.JobEvent)
+        resumed.cancel()
+
+
+async def test_a_client_pinging_more_often_than_allowed_is_sent_away(
+    gateways: GatewayFactory,
+) -> None:
+    await gateways.start()  # at most one ping in 30 s without data
+    pinging = [
+        ("grpc.keepalive_time_ms", 100),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    async with grpc.aio.insecure_channel(gateways.target, options=pinging) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        error = await refused(stub.Subscribe(pb.SubscribeRequest(live_only=True)))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "Too many pings" in (error.details() or "")

@@ -1,5 +1,6 @@
 """The gRPC listener's settings: TLS and mTLS files, who may call (one of a clients file, client
-certificates, or anonymous access said outright); each bad combination one line."""
+certificates, or anonymous access said outright), per-client limits, keepalive and connection
+age; each bad combination one line."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import trustme
 
 from dispatcher_gateway.config import ConfigError, Settings
+from dispatcher_gateway.core.retry import RateLimit
 from dispatcher_gateway.rpc.clients import hash_token
 
 BASE = {
@@ -151,3 +153,52 @@ def test_a_bad_clients_file_is_refused_naming_its_line(tmp_path: Path) -> None:
     ]
     path.write_text(f"alice {hash_token('a')}\nbob {hash_token('b')}\n")
     assert Settings.from_env(env).client_tokens_file == str(path)
+
+
+def test_limits_keepalive_and_connection_age() -> None:
+    defaults = Settings.from_env({**BASE, **LOCAL})
+    assert defaults.client_quotas.max_streams == 1000
+    assert defaults.client_quotas.max_queued == 10_000
+    assert defaults.client_quotas.dispatch_rate == RateLimit(100, 1.0)
+    options = dict(defaults.grpc_limits.options())
+    assert options["grpc.http2.min_recv_ping_interval_without_data_ms"] == 30_000
+    assert options["grpc.keepalive_permit_without_calls"] == 0
+    assert options["grpc.max_connection_age_ms"] == 1_800_000
+    assert options["grpc.max_connection_age_grace_ms"] == 1_800_000
+
+    settings = Settings.from_env(
+        {
+            **BASE,
+            **LOCAL,
+            "GATEWAY_CLIENT_MAX_STREAMS": "10",
+            "GATEWAY_CLIENT_MAX_QUEUED": "20",
+            "GATEWAY_CLIENT_DISPATCH_RATE": "600/min",
+            "GATEWAY_GRPC_MIN_PING_INTERVAL": "10",
+            "GATEWAY_GRPC_PERMIT_PING_WITHOUT_CALLS": "true",
+            "GATEWAY_GRPC_MAX_CONNECTION_AGE": "600",
+            "GATEWAY_GRPC_MAX_CONNECTION_AGE_GRACE": "60",
+        }
+    )
+    quotas = settings.client_quotas
+    assert (quotas.max_streams, quotas.max_queued) == (10, 20)
+    assert quotas.dispatch_rate == RateLimit(600, 60.0)
+    options = dict(settings.grpc_limits.options())
+    assert options["grpc.http2.min_recv_ping_interval_without_data_ms"] == 10_000
+    assert options["grpc.keepalive_permit_without_calls"] == 1
+    assert options["grpc.max_connection_age_ms"] == 600_000
+    assert options["grpc.max_connection_age_grace_ms"] == 60_000
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GATEWAY_CLIENT_MAX_STREAMS", "0"),
+        ("GATEWAY_CLIENT_MAX_QUEUED", "many"),
+        ("GATEWAY_CLIENT_DISPATCH_RATE", "fast"),
+        ("GATEWAY_GRPC_MIN_PING_INTERVAL", "-1"),
+        ("GATEWAY_GRPC_MAX_CONNECTION_AGE", "never"),
+    ],
+)
+def test_a_bad_limit_is_one_line_naming_it(name: str, value: str) -> None:
+    [line] = problems({**BASE, **LOCAL, name: value})
+    assert line.startswith(f"{name}: ")

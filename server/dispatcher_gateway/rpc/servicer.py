@@ -17,7 +17,7 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
 from ..core.errors import GatewayError, ShuttingDown, SlowConsumer, UpstreamError
-from ..core.model import JobEvent
+from ..core.model import JobEvent, JobState
 from ..core.service import Gateway
 from .auth import authorize, caller
 from .convert import (
@@ -34,6 +34,7 @@ from .convert import (
     template_to_pb,
 )
 from .errors import to_status
+from .limits import ClientLimits
 
 log = logging.getLogger("dispatcher_gateway.rpc")
 
@@ -95,10 +96,17 @@ def _unary(
 
 
 class DispatchServicer(pb_grpc.DispatchServiceServicer):
-    def __init__(self, gateway: Gateway, *, max_stream_age: float = MAX_STREAM_AGE) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        limits: ClientLimits | None = None,
+        *,
+        max_stream_age: float = MAX_STREAM_AGE,
+    ) -> None:
         """Callers are authenticated before a method runs (interceptor.CallGuard): each method
         finds its caller with `auth.caller()`."""
         self.gateway = gateway
+        self.limits = limits or ClientLimits()
         self.max_stream_age = max_stream_age
         self.in_flight = 0
         """DispatchService calls running now. A drain waits for them (its streams end at once
@@ -125,9 +133,13 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
     @_unary
     async def Dispatch(self, request: pb.DispatchRequest, context: Context) -> pb.DispatchResponse:
         client = caller()
+        self.limits.take_dispatch(client.name)
         spec = spec_from_request(request)
         authorize(client, spec.services, spec.mode)
+        self.limits.check_queue(client.name)
         job = await self.gateway.submit(client.name, spec, budget=context.time_remaining())
+        if job.state is JobState.QUEUED:
+            self.limits.queued(client.name, job.job_id)
         response = pb.DispatchResponse()
         fill_job(response.job, job)
         return response
@@ -208,10 +220,11 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         try:
             self.refuse_if_draining()
             client = caller().name
-            async with asyncio.timeout(age), contextlib.aclosing(events(client)) as stream:
-                async for event in stream:
-                    yield self._messages.message(event)
-                    last = event.cursor
+            with self.limits.stream(client):
+                async with asyncio.timeout(age), contextlib.aclosing(events(client)) as stream:
+                    async for event in stream:
+                        yield self._messages.message(event)
+                        last = event.cursor
         except TimeoutError:
             await abort(
                 context,

@@ -35,7 +35,8 @@ class DispatchServiceStub:
 
     Every call needs credentials: `authorization: Bearer TOKEN`, or a client certificate on the
     gateway's mTLS port. Without them it is UNAUTHENTICATED; outside what the caller's client may
-    do (its services, MODE_SYNC) it is PERMISSION_DENIED.
+    do (its services, MODE_SYNC) it is PERMISSION_DENIED; beyond the client's own limits (Dispatch
+    calls a second, jobs waiting to be sent upstream, open streams) RESOURCE_EXHAUSTED.
     """
 
     def __init__(self, channel):
@@ -91,7 +92,8 @@ class DispatchServiceServicer:
 
     Every call needs credentials: `authorization: Bearer TOKEN`, or a client certificate on the
     gateway's mTLS port. Without them it is UNAUTHENTICATED; outside what the caller's client may
-    do (its services, MODE_SYNC) it is PERMISSION_DENIED.
+    do (its services, MODE_SYNC) it is PERMISSION_DENIED; beyond the client's own limits (Dispatch
+    calls a second, jobs waiting to be sent upstream, open streams) RESOURCE_EXHAUSTED.
     """
 
     def Dispatch(self, request, context):
@@ -205,7 +207,8 @@ class DispatchService:
 
     Every call needs credentials: `authorization: Bearer TOKEN`, or a client certificate on the
     gateway's mTLS port. Without them it is UNAUTHENTICATED; outside what the caller's client may
-    do (its services, MODE_SYNC) it is PERMISSION_DENIED.
+    do (its services, MODE_SYNC) it is PERMISSION_DENIED; beyond the client's own limits (Dispatch
+    calls a second, jobs waiting to be sent upstream, open streams) RESOURCE_EXHAUSTED.
     """
 
     @staticmethod

@@ -36,7 +36,8 @@ class DispatchServiceStub:
 
     Every call needs credentials: `authorization: Bearer TOKEN`, or a client certificate on the
     gateway's mTLS port. Without them it is UNAUTHENTICATED; outside what the caller's client may
-    do (its services, MODE_SYNC) it is PERMISSION_DENIED.
+    do (its services, MODE_SYNC) it is PERMISSION_DENIED; beyond the client's own limits (Dispatch
+    calls a second, jobs waiting to be sent upstream, open streams) RESOURCE_EXHAUSTED.
     """
 
     @_typing.overload
@@ -77,7 +78,8 @@ class DispatchServiceAsyncStub(DispatchServiceStub):
 
     Every call needs credentials: `authorization: Bearer TOKEN`, or a client certificate on the
     gateway's mTLS port. Without them it is UNAUTHENTICATED; outside what the caller's client may
-    do (its services, MODE_SYNC) it is PERMISSION_DENIED.
+    do (its services, MODE_SYNC) it is PERMISSION_DENIED; beyond the client's own limits (Dispatch
+    calls a second, jobs waiting to be sent upstream, open streams) RESOURCE_EXHAUSTED.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -114,7 +116,8 @@ class DispatchServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every call needs credentials: `authorization: Bearer TOKEN`, or a client certificate on the
     gateway's mTLS port. Without them it is UNAUTHENTICATED; outside what the caller's client may
-    do (its services, MODE_SYNC) it is PERMISSION_DENIED.
+    do (its services, MODE_SYNC) it is PERMISSION_DENIED; beyond the client's own limits (Dispatch
+    calls a second, jobs waiting to be sent upstream, open streams) RESOURCE_EXHAUSTED.
     """
 
     @_abc_1.abstractmethod
