@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from .config import Settings, split_addr
+from .config import Settings, is_loopback, split_addr
 from .core.breaker import CircuitBreaker
 from .core.errors import ShuttingDown, StoreUnavailable
 from .core.hub import EventHub
@@ -121,7 +121,9 @@ class GatewayApp:
         limits = ClientLimits(s.client_quotas)
         self.hub.observe(limits.observe)
         self.servicer = DispatchServicer(self.gateway, limits, max_stream_age=s.max_stream_age)
-        self.grpc = create_server(self.servicer, self.health, s.grpc_limits, auth=auth)
+        self.grpc = create_server(
+            self.servicer, self.health, s.grpc_limits, auth=auth, reflection=s.grpc_reflection
+        )
         grpc_port, mtls_port = self._grpc_ports()
         await self.grpc.start()
 
@@ -242,7 +244,11 @@ class GatewayApp:
             try:
                 await asyncio.wait_for(self.store.check(), READY_CHECK_TIMEOUT)
             except (StoreUnavailable, TimeoutError) as exc:
-                store = f"unavailable: {exc}" if str(exc) else "unavailable"
+                store = "unavailable"
+                # The store's own words name hosts and paths: for operators on the machine.
+                peer = request.client.host if request.client else ""
+                if str(exc) and (self.settings.readyz_details or is_loopback(peer)):
+                    store = f"unavailable: {exc}"
             ready = store == "ok" and not self.draining
             body = {
                 "ready": ready,

@@ -100,6 +100,7 @@ async def _serve(args: argparse.Namespace) -> int:
             "GATEWAY_TLS_KEY_FILE": key_file,
             # For trying the gateway out on this machine: said in the banner below.
             "GATEWAY_ALLOW_ANONYMOUS": "true",
+            "GATEWAY_GRPC_REFLECTION": "true",
         }
         # The sandbox's credentials are made for this run; the rest can be overridden.
         env = {**defaults, **{k: v for k, v in env.items() if not k.startswith("DISPATCHER_")}}
@@ -122,6 +123,7 @@ async def _serve(args: argparse.Namespace) -> int:
     if sandbox is not None:
         target = settings.grpc_addr.replace("0.0.0.0", "127.0.0.1")
         transport = "TLS" if settings.grpc_tls_cert_file else "plaintext"
+        reflection = "reflection on" if settings.grpc_reflection else "reflection off"
         access = (
             "ANONYMOUS ACCESS ON: a caller without credentials is the client 'anonymous'"
             if settings.allow_anonymous
@@ -130,7 +132,7 @@ async def _serve(args: argparse.Namespace) -> int:
         print(
             f"\ndispatcher-gateway is running in sandbox mode (store: {settings.store}).\n"
             f"  gRPC       {target}  (dispatcher.gateway.v1.DispatchService, {transport}, "
-            "reflection on)\n"
+            f"{reflection})\n"
             f"  access     {access}\n"
             f"  webhooks   {listeners.webhook.url}/webhooks/dispatcher/{{token}}\n"
             f"  admin      {listeners.admin.url}/readyz\n"

@@ -54,8 +54,11 @@ class Settings:
     grpc_mtls_addr: str = "0.0.0.0:50052"
     grpc_plaintext: bool = False
     """gRPC without TLS on an address other hosts reach: only behind a proxy that adds it."""
+    grpc_reflection: bool = False
     grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)
     client_quotas: ClientQuotas = field(default_factory=ClientQuotas)
+    readyz_details: bool = False
+    """/readyz says why the store is unavailable to any caller, not only to loopback ones."""
     breaker_threshold: int = 5
     """Consecutive upstream failures that open the circuit."""
     breaker_open_for: float = 10.0
@@ -386,6 +389,7 @@ class _Reader:
             grpc_client_ca_file=client_ca,
             grpc_mtls_addr=self.addr("GATEWAY_GRPC_MTLS_ADDR", "0.0.0.0:50052"),
             grpc_plaintext=plaintext,
+            grpc_reflection=self.flag("GATEWAY_GRPC_REFLECTION"),
             grpc_limits=GrpcLimits(
                 min_ping_interval=self.seconds(
                     "GATEWAY_GRPC_MIN_PING_INTERVAL", GrpcLimits().min_ping_interval
@@ -409,6 +413,7 @@ class _Reader:
                     "GATEWAY_CLIENT_DISPATCH_RATE", RateLimit.parse, ClientQuotas().dispatch_rate
                 ),
             ),
+            readyz_details=self.flag("GATEWAY_READYZ_DETAILS"),
             breaker_threshold=self.parsed("GATEWAY_BREAKER_THRESHOLD", positive_int, 5),
             breaker_open_for=self.seconds("GATEWAY_BREAKER_OPEN_FOR", 10.0),
             submit_timeout=self.seconds("GATEWAY_SUBMIT_TIMEOUT", 30.0),

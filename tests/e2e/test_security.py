@@ -11,15 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import trustme
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.app import GatewayApp
+from dispatcher_gateway.core.errors import StoreUnavailable
 from dispatcher_gateway.core.retry import RateLimit
 from dispatcher_gateway.rpc.clients import client_line
 from dispatcher_gateway.rpc.limits import ClientQuotas
@@ -276,6 +279,15 @@ async def test_nobody_is_anonymous_unless_switched_on(gateways: GatewayFactory) 
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_reflection_is_off_unless_switched_on(gateways: GatewayFactory) -> None:
+    await gateways.start()
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        error = await refused(reflection.ServerReflectionInfo(iter([request])))
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
 # Per-client limits
 
 
@@ -388,3 +400,26 @@ async def test_a_client_pinging_more_often_than_allowed_is_sent_away(
         error = await refused(stub.Subscribe(pb.SubscribeRequest(live_only=True)))
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert "Too many pings" in (error.details() or "")
+
+
+# The admin port
+
+
+@pytest.mark.parametrize("details", [False, True], ids=["default", "READYZ_DETAILS"])
+async def test_readyz_tells_why_the_store_is_down_to_loopback_callers_or_when_asked(
+    gateways: GatewayFactory, monkeypatch: pytest.MonkeyPatch, details: bool
+) -> None:
+    app = await gateways.start(readyz_details=details)
+    why = "nats://10.0.0.5:4222: connection refused"
+
+    async def down() -> None:
+        raise StoreUnavailable(why)
+
+    monkeypatch.setattr(app.store, "check", down)
+    admin = app._admin_app()
+    for peer, told in (("127.0.0.1", True), ("::1", True), ("203.0.113.9", details)):
+        transport = httpx.ASGITransport(app=admin, client=(peer, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            answer = await http.get("/readyz")
+        assert answer.status_code == 503
+        assert answer.json()["store"] == (f"unavailable: {why}" if told else "unavailable")

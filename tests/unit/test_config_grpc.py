@@ -160,6 +160,8 @@ def test_limits_keepalive_and_connection_age() -> None:
     assert defaults.client_quotas.max_streams == 1000
     assert defaults.client_quotas.max_queued == 10_000
     assert defaults.client_quotas.dispatch_rate == RateLimit(100, 1.0)
+    assert not defaults.grpc_reflection
+    assert not defaults.readyz_details
     options = dict(defaults.grpc_limits.options())
     assert options["grpc.http2.min_recv_ping_interval_without_data_ms"] == 30_000
     assert options["grpc.keepalive_permit_without_calls"] == 0
@@ -177,6 +179,8 @@ def test_limits_keepalive_and_connection_age() -> None:
             "GATEWAY_GRPC_PERMIT_PING_WITHOUT_CALLS": "true",
             "GATEWAY_GRPC_MAX_CONNECTION_AGE": "600",
             "GATEWAY_GRPC_MAX_CONNECTION_AGE_GRACE": "60",
+            "GATEWAY_GRPC_REFLECTION": "true",
+            "GATEWAY_READYZ_DETAILS": "yes",
         }
     )
     quotas = settings.client_quotas
@@ -187,6 +191,8 @@ def test_limits_keepalive_and_connection_age() -> None:
     assert options["grpc.keepalive_permit_without_calls"] == 1
     assert options["grpc.max_connection_age_ms"] == 600_000
     assert options["grpc.max_connection_age_grace_ms"] == 60_000
+    assert settings.grpc_reflection
+    assert settings.readyz_details
 
 
 @pytest.mark.parametrize(
@@ -197,6 +203,8 @@ def test_limits_keepalive_and_connection_age() -> None:
         ("GATEWAY_CLIENT_DISPATCH_RATE", "fast"),
         ("GATEWAY_GRPC_MIN_PING_INTERVAL", "-1"),
         ("GATEWAY_GRPC_MAX_CONNECTION_AGE", "never"),
+        ("GATEWAY_READYZ_DETAILS", "maybe"),
+        ("GATEWAY_GRPC_REFLECTION", "on-ish"),
     ],
 )
 def test_a_bad_limit_is_one_line_naming_it(name: str, value: str) -> None:

@@ -1,5 +1,5 @@
-"""The gRPC server: DispatchService next to grpc.health.v1 and server reflection, behind
-the CallGuard interceptor."""
+"""The gRPC server: DispatchService next to grpc.health.v1 and (if switched on) server
+reflection, behind the CallGuard interceptor."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection as reflection_service
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
@@ -69,15 +69,18 @@ def create_server(
     limits: GrpcLimits,
     *,
     auth: Authenticator,
+    reflection: bool = False,
 ) -> grpc.aio.Server:
-    """DispatchService (callers authenticated), health and reflection (anyone may ask)."""
+    """DispatchService (callers authenticated), health (anyone may ask) and, if asked for,
+    reflection."""
     guard = CallGuard(auth, authenticated=frozenset({SERVICE_NAME}))
     server = grpc.aio.server(interceptors=[guard], options=limits.options())
     pb_grpc.add_DispatchServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if reflection:
+        reflection_service.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection_service.SERVICE_NAME), server
+        )
     return server
 
 
