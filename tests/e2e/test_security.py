@@ -22,11 +22,13 @@ from grpc_status import rpc_status
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.app import GatewayApp
+from dispatcher_gateway.cli import TOKEN_ENV
 from dispatcher_gateway.core.errors import StoreUnavailable
 from dispatcher_gateway.core.retry import RateLimit
 from dispatcher_gateway.rpc.clients import client_line
 from dispatcher_gateway.rpc.limits import ClientQuotas
 from dispatcher_gateway.rpc.server import GrpcLimits
+from tests.support.cli import run_cli
 from tests.support.pki import Pki
 
 from .conftest import GatewayFactory, email_request, free_port, request_for
@@ -423,3 +425,33 @@ async def test_readyz_tells_why_the_store_is_down_to_loopback_callers_or_when_as
             answer = await http.get("/readyz")
         assert answer.status_code == 503
         assert answer.json()["store"] == (f"unavailable: {why}" if told else "unavailable")
+
+
+# The command line
+
+
+async def test_the_cli_calls_over_tls_with_a_token_or_a_client_certificate(
+    secured: Secured,
+) -> None:
+    ca = str(secured.pki.server_ca_file)
+    code, out, err = await run_cli(
+        "dispatch", "--target", secured.target, "--ca", ca, "--to", "ada@example.com",
+        env={TOKEN_ENV: CAROL},
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.startswith("job job_")
+    code, out, err = await run_cli("jobs", "--target", secured.target, "--ca", ca)
+    assert (code, err) == (1, "error: UNAUTHENTICATED: no credentials: send 'authorization: "
+                           "Bearer TOKEN' or a client certificate\n")  # fmt: skip
+    cert, key = secured.pki.client_certificate_files(ALICE)
+    code, out, err = await run_cli(
+        "dispatch", "--target", secured.mtls_target, "--ca", ca, "--cert", str(cert),
+        "--key", str(key), "--to", "ada@example.com",
+    )  # fmt: skip
+    assert code == 0, err
+    job_id = out.split()[1].rstrip(":")
+    code, out, err = await run_cli(
+        "jobs", "--target", secured.mtls_target, "--ca", ca, "--cert", str(cert), "--key", str(key)
+    )
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines()] == [job_id]
