@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from .config import Settings, split_addr
+from .config import Settings, is_loopback, split_addr
 from .core.breaker import CircuitBreaker
 from .core.errors import ShuttingDown, StoreUnavailable
 from .core.hub import EventHub
@@ -25,8 +25,11 @@ from .core.tokens import CallbackTokens
 from .httpserver import HttpServer, start_http
 from .metrics import REGISTRY
 from .rpc.auth import Authenticator
-from .rpc.server import GrpcLimits, create_server, set_serving
+from .rpc.clients import ClientsFile
+from .rpc.limits import ClientLimits
+from .rpc.server import create_server, set_serving
 from .rpc.servicer import DispatchServicer
+from .rpc.tls import CertificateFiles
 from .store.base import Store
 from .upstream import DispatcherClient
 from .webhooks import WebhookVerifier, create_webhook_app
@@ -66,6 +69,8 @@ class Listeners:
     grpc_port: int
     webhook: HttpServer
     admin: HttpServer
+    mtls_port: int | None = None
+    """The port certificate clients call (with GATEWAY_GRPC_CLIENT_CA_FILE)."""
 
 
 class GatewayApp:
@@ -109,14 +114,17 @@ class GatewayApp:
             sync_concurrency=s.sync_concurrency,
         )
         self.gateway.on_queued = self.outbox.wake
-        auth = (
-            Authenticator.from_file(s.client_tokens_file)
-            if s.client_tokens_file
-            else Authenticator()
+        auth = Authenticator(
+            ClientsFile(s.client_tokens_file) if s.client_tokens_file else None,
+            allow_anonymous=s.allow_anonymous,
         )
-        self.servicer = DispatchServicer(self.gateway, auth, max_stream_age=s.max_stream_age)
-        self.grpc = create_server(self.servicer, self.health, GrpcLimits())
-        grpc_port = self.grpc.add_insecure_port(s.grpc_addr)
+        limits = ClientLimits(s.client_quotas)
+        self.hub.observe(limits.observe)
+        self.servicer = DispatchServicer(self.gateway, limits, max_stream_age=s.max_stream_age)
+        self.grpc = create_server(
+            self.servicer, self.health, s.grpc_limits, auth=auth, reflection=s.grpc_reflection
+        )
+        grpc_port, mtls_port = self._grpc_ports()
         await self.grpc.start()
 
         webhook_host, webhook_port = split_addr(s.webhook_addr)
@@ -144,16 +152,34 @@ class GatewayApp:
         ]
         await set_serving(self.health, True)
         self._store_watch = asyncio.create_task(self._watch_store(), name="store-watch")
-        self.listeners = Listeners(grpc_port, webhook, admin)
+        self.listeners = Listeners(grpc_port, webhook, admin, mtls_port)
         log.info(
-            "gateway ready: gRPC on %s (port %d), webhooks on %s, admin on %s, store %s",
+            "gateway ready: gRPC on %s (port %d, %s), webhooks on %s, admin on %s, store %s",
             s.grpc_addr,
             grpc_port,
+            "plaintext"
+            if mtls_port is None and s.grpc_tls_cert_file is None
+            else "TLS" + (f"; mTLS on port {mtls_port}" if mtls_port is not None else ""),
             webhook.url,
             admin.url,
             type(self.store).__name__,
         )
+        if s.allow_anonymous:
+            log.warning("anonymous access is on: a call without credentials is 'anonymous'")
         return self.listeners
+
+    def _grpc_ports(self) -> tuple[int, int | None]:
+        """The gRPC port, over TLS when a certificate is configured; and with a client CA, the
+        port of certificate clients (mTLS)."""
+        s = self.settings
+        if s.grpc_tls_cert_file is None or s.grpc_tls_key_file is None:
+            return self.grpc.add_insecure_port(s.grpc_addr), None
+        tls = CertificateFiles(s.grpc_tls_cert_file, s.grpc_tls_key_file)
+        port = self.grpc.add_secure_port(s.grpc_addr, tls.credentials())
+        if s.grpc_client_ca_file is None:
+            return port, None
+        mtls = CertificateFiles(s.grpc_tls_cert_file, s.grpc_tls_key_file, s.grpc_client_ca_file)
+        return port, self.grpc.add_secure_port(s.grpc_mtls_addr, mtls.credentials())
 
     async def drain(self, grace: float = DRAIN_GRACE) -> None:
         """SIGTERM: not serving, refuse new calls, finish in-flight ones, end streams with a
@@ -219,7 +245,11 @@ class GatewayApp:
             try:
                 await asyncio.wait_for(self.store.check(), READY_CHECK_TIMEOUT)
             except (StoreUnavailable, TimeoutError) as exc:
-                store = f"unavailable: {exc}" if str(exc) else "unavailable"
+                store = "unavailable"
+                # The store's own words name hosts and paths: for operators on the machine.
+                peer = request.client.host if request.client else ""
+                if str(exc) and (self.settings.readyz_details or is_loopback(peer)):
+                    store = f"unavailable: {exc}"
             ready = store == "ok" and not self.draining
             body = {
                 "ready": ready,

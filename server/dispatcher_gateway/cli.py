@@ -1,4 +1,4 @@
-"""dispatcher-gateway serve | sandbox | dispatch | watch | jobs | templates"""
+"""dispatcher-gateway serve | sandbox | dispatch | watch | jobs | templates | token"""
 
 from __future__ import annotations
 
@@ -20,9 +20,13 @@ from google.protobuf import json_format
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, is_loopback
+from .rpc.clients import client_line, new_token
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+TOKEN_ENV = "DISPATCHER_GATEWAY_TOKEN"  # noqa: S105 (a variable's name)
+"""Where client commands find their bearer token when --token is not given (an argument is
+visible to every user of the machine in the process list; the environment is not)."""
 RESUME_DELAY = 1.0
 """Seconds `watch` waits before resuming a stream the server ended."""
 SANDBOX_TLS_DIR = Path("data/sandbox-tls")
@@ -98,6 +102,9 @@ async def _serve(args: argparse.Namespace) -> int:
             "GATEWAY_ADMIN_ADDR": "127.0.0.1:9090",
             "GATEWAY_TLS_CERT_FILE": cert_file,
             "GATEWAY_TLS_KEY_FILE": key_file,
+            # For trying the gateway out on this machine: said in the banner below.
+            "GATEWAY_ALLOW_ANONYMOUS": "true",
+            "GATEWAY_GRPC_REFLECTION": "true",
         }
         # The sandbox's credentials are made for this run; the rest can be overridden.
         env = {**defaults, **{k: v for k, v in env.items() if not k.startswith("DISPATCHER_")}}
@@ -119,9 +126,18 @@ async def _serve(args: argparse.Namespace) -> int:
     listeners = await app.start()
     if sandbox is not None:
         target = settings.grpc_addr.replace("0.0.0.0", "127.0.0.1")
+        transport = "TLS" if settings.grpc_tls_cert_file else "plaintext"
+        reflection = "reflection on" if settings.grpc_reflection else "reflection off"
+        access = (
+            "ANONYMOUS ACCESS ON: a caller without credentials is the client 'anonymous'"
+            if settings.allow_anonymous
+            else "callers must authenticate"
+        )
         print(
             f"\ndispatcher-gateway is running in sandbox mode (store: {settings.store}).\n"
-            f"  gRPC       {target}  (dispatcher.gateway.v1.DispatchService, reflection on)\n"
+            f"  gRPC       {target}  (dispatcher.gateway.v1.DispatchService, {transport}, "
+            f"{reflection})\n"
+            f"  access     {access}\n"
             f"  webhooks   {listeners.webhook.url}/webhooks/dispatcher/{{token}}\n"
             f"  admin      {listeners.admin.url}/readyz\n"
             f"  sandbox    {sandbox_server.url}  (stats: {sandbox_server.url}/_sandbox/stats)\n\n"
@@ -233,6 +249,52 @@ def _print_event(event: pb.JobEvent, as_json: bool) -> None:
         print(_event_line(event), flush=True)
 
 
+class _Connection:
+    """A client command's channel to the gateway, and the metadata its calls carry."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        token = args.token or os.environ.get(TOKEN_ENV, "")
+        if bool(args.cert) != bool(args.key):
+            raise SystemExit("--cert and --key go together")
+        tls = bool(args.tls or args.ca or args.cert)
+        host = args.target.rpartition(":")[0].strip("[]")
+        if token and not tls and not is_loopback(host):
+            raise SystemExit(
+                f"refusing to send a bearer token in clear to {args.target}: add --tls or --ca"
+            )
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        if tls:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(args.ca),
+                private_key=_read(args.key),
+                certificate_chain=_read(args.cert),
+            )
+            self.channel = grpc.aio.secure_channel(args.target, credentials)
+        else:
+            self.channel = grpc.aio.insecure_channel(args.target)
+
+    async def __aenter__(self) -> _Connection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.channel.close()
+
+    @property
+    def stub(self) -> pb_grpc.DispatchServiceAsyncStub:
+        return pb_grpc.DispatchServiceStub(self.channel)
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"cannot read {path}: {exc.strerror}") from None
+
+
 def _rpc_error(exc: grpc.aio.AioRpcError) -> int:
     print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
     return 1
@@ -240,10 +302,10 @@ def _rpc_error(exc: grpc.aio.AioRpcError) -> int:
 
 async def _dispatch(args: argparse.Namespace) -> int:
     request = _build_request(args)
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        stub = pb_grpc.DispatchServiceStub(channel)
+    async with _Connection(args) as connection:
+        stub, metadata = connection.stub, connection.metadata
         try:
-            response = await stub.Dispatch(request, timeout=args.timeout)
+            response = await stub.Dispatch(request, timeout=args.timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             return _rpc_error(exc)
         job = response.job
@@ -254,7 +316,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if not args.watch:
             return 0
         try:
-            async for event in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id)):
+            watched = stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), metadata=metadata)
+            async for event in watched:
                 _print_event(event, args.json)
         except grpc.aio.AioRpcError as exc:
             return _rpc_error(exc)
@@ -263,12 +326,12 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
 async def _watch(args: argparse.Namespace) -> int:
     after = args.after
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        stub = pb_grpc.DispatchServiceStub(channel)
+    async with _Connection(args) as connection:
+        stub = connection.stub
         while True:
             request = pb.SubscribeRequest(after_cursor=after, job_ids=args.job)
             try:
-                async for event in stub.Subscribe(request):
+                async for event in stub.Subscribe(request, metadata=connection.metadata):
                     _print_event(event, args.json)
                     after = event.cursor
             except grpc.aio.AioRpcError as exc:
@@ -287,17 +350,20 @@ async def _watch(args: argparse.Namespace) -> int:
 
 
 async def _jobs(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        stub = pb_grpc.DispatchServiceStub(channel)
+    async with _Connection(args) as connection:
+        stub, metadata = connection.stub, connection.metadata
         try:
             if args.job_id:
-                job = await stub.GetJob(pb.GetJobRequest(job_id=args.job_id), timeout=10)
+                request = pb.GetJobRequest(job_id=args.job_id)
+                job = await stub.GetJob(request, timeout=10, metadata=metadata)
                 if args.json:
                     print(json_format.MessageToJson(job, indent=None))
                 else:
                     print(_job_text(job))
                 return 0
-            page = await stub.ListJobs(pb.ListJobsRequest(page_size=args.limit), timeout=10)
+            page = await stub.ListJobs(
+                pb.ListJobsRequest(page_size=args.limit), timeout=10, metadata=metadata
+            )
         except grpc.aio.AioRpcError as exc:
             return _rpc_error(exc)
         for job in page.jobs:
@@ -335,14 +401,39 @@ def _job_text(job: pb.Job) -> str:
 
 
 async def _templates(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        stub = pb_grpc.DispatchServiceStub(channel)
+    async with _Connection(args) as connection:
         try:
-            answer = await stub.ListTemplates(pb.ListTemplatesRequest(), timeout=30)
+            answer = await connection.stub.ListTemplates(
+                pb.ListTemplatesRequest(), timeout=30, metadata=connection.metadata
+            )
         except grpc.aio.AioRpcError as exc:
             return _rpc_error(exc)
         for template in answer.templates:
             print(f"{template.id:>4}  {template.name}  ({', '.join(template.services)})")
+    return 0
+
+
+async def _token(args: argparse.Namespace) -> int:
+    options = []
+    if args.services:
+        options.append(f"services={args.services}")
+    if not args.sync:
+        options.append("sync=false")
+    if args.action == "new":
+        token = new_token()
+        line = client_line(args.client, token, options)
+        print(
+            f"token for {args.client} (give it to them; the gateway keeps only its hash):\n"
+            f"  {token}\n"
+            "line for GATEWAY_CLIENT_TOKENS_FILE:\n"
+            f"  {line}"
+        )
+        return 0
+    token = sys.stdin.readline().strip()
+    if not token:
+        print("token hash: give the token on standard input", file=sys.stderr)
+        return 2
+    print(client_line(args.client, token, options))
     return 0
 
 
@@ -382,6 +473,11 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text)
         command.add_argument("--target", default=DEFAULT_TARGET, help="the gateway's gRPC address")
         command.add_argument("--json", action="store_true", help="print JSON lines")
+        command.add_argument("--token", default="", help=f"bearer token (better: set {TOKEN_ENV})")
+        command.add_argument("--tls", action="store_true", help="TLS, trusting the system's CAs")
+        command.add_argument("--ca", help="TLS, trusting this CA file")
+        command.add_argument("--cert", help="client certificate file (mTLS), with --key")
+        command.add_argument("--key", help="the client certificate's key file")
         return command
 
     dispatch = client("dispatch", "dispatch one request")
@@ -411,6 +507,20 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("--limit", type=int, default=20)
 
     client("templates", "list the account's templates")
+
+    token = commands.add_parser(
+        "token", help="make a client's bearer token, or hash one, for the clients file"
+    )
+    token.add_argument(
+        "action",
+        choices=["new", "hash"],
+        help="new: make a random token; hash: the line for a token read from standard input",
+    )
+    token.add_argument("client", help="the client's name")
+    token.add_argument("--services", help="only these services, such as email,sms")
+    token.add_argument(
+        "--no-sync", dest="sync", action="store_false", help="MODE_ASYNC only (sync=false)"
+    )
     return parser
 
 
@@ -421,6 +531,7 @@ _COMMANDS: dict[str, Any] = {
     "watch": _watch,
     "jobs": _jobs,
     "templates": _templates,
+    "token": _token,
 }
 
 

@@ -12,6 +12,10 @@ from urllib.parse import urlsplit
 from .core.callbacks import DEFAULT_DEADLINE, CallbackRules
 from .core.model import Service
 from .core.retry import RateLimit, RetryPolicy
+from .rpc.clients import load_clients
+from .rpc.limits import ClientQuotas
+from .rpc.server import GrpcLimits
+from .rpc.tls import check_certificate
 
 DEFAULT_STORE = "data/gateway.db"
 MIN_WEBHOOK_SECRET_LENGTH = 16
@@ -43,6 +47,20 @@ class Settings:
     upstream_rate: RateLimit = field(default_factory=RateLimit)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     client_tokens_file: str | None = None
+    allow_anonymous: bool = False
+    """A call without credentials is the client `anonymous` (for local use: `serve --sandbox`)."""
+    grpc_tls_cert_file: str | None = None
+    grpc_tls_key_file: str | None = None
+    grpc_client_ca_file: str | None = None
+    """mTLS: certificate clients connect to grpc_mtls_addr with a certificate this CA signed."""
+    grpc_mtls_addr: str = "0.0.0.0:50052"
+    grpc_plaintext: bool = False
+    """gRPC without TLS on an address other hosts reach: only behind a proxy that adds it."""
+    grpc_reflection: bool = False
+    grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)
+    client_quotas: ClientQuotas = field(default_factory=ClientQuotas)
+    readyz_details: bool = False
+    """/readyz says why the store is unavailable to any caller, not only to loopback ones."""
     breaker_threshold: int = 5
     """Consecutive upstream failures that open the circuit."""
     breaker_open_for: float = 10.0
@@ -138,13 +156,10 @@ def _deadlines(text: str) -> dict[Service, float]:
     return deadlines
 
 
-def _boolean(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(f"true or false, got {text!r}")
+_FLAGS = {
+    **dict.fromkeys(("true", "1", "yes", "on"), True),
+    **dict.fromkeys(("false", "0", "no", "off"), False),
+}
 
 
 def _replicas(text: str) -> int:
@@ -205,6 +220,65 @@ class _Reader:
         if parts.username or parts.password:
             self.problem(name, "must not carry credentials; use DISPATCHER_EMAIL/PASSWORD")
         return value.rstrip("/")
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        value = (self.raw(name) or str(default)).strip().lower()
+        if value not in _FLAGS:
+            self.problem(name, f"true or false, got {value!r}")
+            return default
+        return _FLAGS[value]
+
+    def check_grpc_security(
+        self,
+        grpc_addr: str,
+        cert: str | None,
+        key: str | None,
+        client_ca: str | None,
+        clients: str | None,
+        *,
+        plaintext: bool,
+        anonymous: bool,
+    ) -> None:
+        """The gRPC listener's TLS and who may call it, checked together."""
+        if (cert is None) != (key is None):
+            self.problem(
+                "GATEWAY_GRPC_TLS_CERT_FILE",
+                "set together with GATEWAY_GRPC_TLS_KEY_FILE, or neither",
+            )
+        elif cert is not None and key is not None and Path(cert).is_file() and Path(key).is_file():
+            try:
+                ca = client_ca if client_ca is not None and Path(client_ca).is_file() else None
+                check_certificate(cert, key, ca)
+            except ValueError as exc:
+                self.problem("GATEWAY_GRPC_TLS_CERT_FILE", str(exc))
+        if client_ca is not None and cert is None:
+            self.problem(
+                "GATEWAY_GRPC_CLIENT_CA_FILE",
+                "mTLS needs GATEWAY_GRPC_TLS_CERT_FILE and GATEWAY_GRPC_TLS_KEY_FILE",
+            )
+        if plaintext and cert is not None:
+            self.problem("GATEWAY_GRPC_PLAINTEXT", "set, and so is GATEWAY_GRPC_TLS_CERT_FILE")
+        host = grpc_addr.rpartition(":")[0].strip("[]")
+        if cert is None and not plaintext and not is_loopback(host):
+            self.problem(
+                "GATEWAY_GRPC_ADDR",
+                f"{grpc_addr} is reachable from other hosts, and gRPC has no TLS: set "
+                "GATEWAY_GRPC_TLS_CERT_FILE and GATEWAY_GRPC_TLS_KEY_FILE, or "
+                "GATEWAY_GRPC_PLAINTEXT=true if a proxy in front of it terminates TLS",
+            )
+        if clients is not None and Path(clients).is_file():
+            try:
+                load_clients(clients)
+            except ValueError as exc:
+                self.problem("GATEWAY_CLIENT_TOKENS_FILE", f"{clients}: {exc}")
+        anonymous_refused = any(p.startswith("GATEWAY_ALLOW_ANONYMOUS:") for p in self.problems)
+        if clients is None and client_ca is None and not anonymous and not anonymous_refused:
+            self.problem(
+                "GATEWAY_CLIENT_TOKENS_FILE",
+                "no caller could authenticate: set GATEWAY_CLIENT_TOKENS_FILE (bearer tokens), "
+                "GATEWAY_GRPC_CLIENT_CA_FILE (client certificates), or "
+                "GATEWAY_ALLOW_ANONYMOUS=true (every caller is 'anonymous': for local use only)",
+            )
 
     def file(self, name: str) -> str | None:
         value = self.raw(name)
@@ -278,6 +352,23 @@ class _Reader:
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             self.problem("GATEWAY_LOG_LEVEL", f"one of DEBUG, INFO, WARNING, ERROR; got {level!r}")
 
+        grpc_addr = self.addr("GATEWAY_GRPC_ADDR", "0.0.0.0:50051")
+        grpc_cert = self.file("GATEWAY_GRPC_TLS_CERT_FILE")
+        grpc_key = self.file("GATEWAY_GRPC_TLS_KEY_FILE")
+        client_ca = self.file("GATEWAY_GRPC_CLIENT_CA_FILE")
+        clients = self.file("GATEWAY_CLIENT_TOKENS_FILE")
+        plaintext = self.flag("GATEWAY_GRPC_PLAINTEXT")
+        anonymous = self.flag("GATEWAY_ALLOW_ANONYMOUS")
+        self.check_grpc_security(
+            grpc_addr,
+            grpc_cert,
+            grpc_key,
+            client_ca,
+            clients,
+            plaintext=plaintext,
+            anonymous=anonymous,
+        )
+
         def positive_int(text: str) -> int:
             value = int(text)
             if value <= 0:
@@ -291,7 +382,7 @@ class _Reader:
             # Two (or more) secrets, separated by white space, while one is being rotated.
             webhook_secrets=tuple(secrets.split()),
             public_url=public_url,
-            grpc_addr=self.addr("GATEWAY_GRPC_ADDR", "0.0.0.0:50051"),
+            grpc_addr=grpc_addr,
             webhook_addr=self.addr("GATEWAY_WEBHOOK_ADDR", "0.0.0.0:8443"),
             admin_addr=self.addr("GATEWAY_ADMIN_ADDR", "0.0.0.0:9090"),
             store=self.raw("GATEWAY_STORE") or DEFAULT_STORE,
@@ -304,7 +395,38 @@ class _Reader:
                 cap=self.seconds("GATEWAY_RETRY_MAX_DELAY", RetryPolicy().cap),
                 give_up_after=self.seconds("GATEWAY_GIVE_UP_AFTER", RetryPolicy().give_up_after),
             ),
-            client_tokens_file=self.file("GATEWAY_CLIENT_TOKENS_FILE"),
+            client_tokens_file=clients,
+            allow_anonymous=anonymous,
+            grpc_tls_cert_file=grpc_cert,
+            grpc_tls_key_file=grpc_key,
+            grpc_client_ca_file=client_ca,
+            grpc_mtls_addr=self.addr("GATEWAY_GRPC_MTLS_ADDR", "0.0.0.0:50052"),
+            grpc_plaintext=plaintext,
+            grpc_reflection=self.flag("GATEWAY_GRPC_REFLECTION"),
+            grpc_limits=GrpcLimits(
+                min_ping_interval=self.seconds(
+                    "GATEWAY_GRPC_MIN_PING_INTERVAL", GrpcLimits().min_ping_interval
+                ),
+                permit_ping_without_calls=self.flag("GATEWAY_GRPC_PERMIT_PING_WITHOUT_CALLS"),
+                max_connection_age=self.seconds(
+                    "GATEWAY_GRPC_MAX_CONNECTION_AGE", GrpcLimits().max_connection_age
+                ),
+                max_connection_age_grace=self.seconds(
+                    "GATEWAY_GRPC_MAX_CONNECTION_AGE_GRACE", GrpcLimits().max_connection_age_grace
+                ),
+            ),
+            client_quotas=ClientQuotas(
+                max_streams=self.parsed(
+                    "GATEWAY_CLIENT_MAX_STREAMS", positive_int, ClientQuotas().max_streams
+                ),
+                max_queued=self.parsed(
+                    "GATEWAY_CLIENT_MAX_QUEUED", positive_int, ClientQuotas().max_queued
+                ),
+                dispatch_rate=self.parsed(
+                    "GATEWAY_CLIENT_DISPATCH_RATE", RateLimit.parse, ClientQuotas().dispatch_rate
+                ),
+            ),
+            readyz_details=self.flag("GATEWAY_READYZ_DETAILS"),
             breaker_threshold=self.parsed("GATEWAY_BREAKER_THRESHOLD", positive_int, 5),
             breaker_open_for=self.seconds("GATEWAY_BREAKER_OPEN_FOR", 10.0),
             submit_timeout=self.seconds("GATEWAY_SUBMIT_TIMEOUT", 30.0),
@@ -315,9 +437,7 @@ class _Reader:
             stream_backlog=self.parsed("GATEWAY_STREAM_BACKLOG", positive_int, 1000),
             nats_replicas=self.parsed("GATEWAY_NATS_REPLICAS", _replicas, 1),
             event_retention=self.seconds("GATEWAY_EVENT_RETENTION", 30 * 24 * 3600.0),
-            webhook_require_timestamp=self.parsed(
-                "GATEWAY_WEBHOOK_REQUIRE_TIMESTAMP", _boolean, True
-            ),
+            webhook_require_timestamp=self.flag("GATEWAY_WEBHOOK_REQUIRE_TIMESTAMP", default=True),
             token_key=token_key.encode() if token_key else None,
             log_level=level,
         )

@@ -116,6 +116,9 @@ class GatewayFactory:
             tls_key_file=self.tls.key,
             upstream_rate=RateLimit(6000, 60.0),
             retry=RetryPolicy(base=0.05, cap=0.5, give_up_after=60.0),
+            # Most tests are about something else than who calls: tests/e2e/test_security.py
+            # starts gateways without it.
+            allow_anonymous=True,
         )
         return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 

@@ -5,7 +5,9 @@ Dispatcher signs them."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import logging
 import sqlite3
 import ssl
 import time
@@ -16,7 +18,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from google.rpc import error_details_pb2
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
@@ -25,11 +27,12 @@ from dispatcher_gateway.app import GatewayApp
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.eventdata import MAX_DEPTH
 from dispatcher_gateway.core.model import JobEvent
+from dispatcher_gateway.rpc.clients import client_line
 from dispatcher_gateway.rpc.convert import event_to_pb
 from dispatcher_gateway.store import sqlite as sqlite_store
 from dispatcher_gateway.webhooks import DEFAULT_MAX_BODY, STORE_RETRY_AFTER, sign_dispatcher
 
-from .conftest import WEBHOOK_SECRET, GatewayFactory, TlsFiles, email_request
+from .conftest import WEBHOOK_SECRET, GatewayFactory, RunningSandbox, TlsFiles, email_request
 from .test_gateway import status_details
 
 CALL_TIMEOUT = 10.0
@@ -107,6 +110,157 @@ async def test_same_idempotency_key_with_another_body_fails_precondition(
     assert first.job.job_id in (error.details() or "")
 
 
+@pytest.mark.parametrize(
+    "cursor",
+    ["²", "٣", "\uff11", "9223372036854775808", "9" * 30, "9" * 5000, "-1", " 1"],
+    ids=[
+        "superscript",
+        "arabic-indic",
+        "fullwidth",
+        "2**63",
+        "30-digits",
+        "5000-digits",
+        "neg",
+        "sp",
+    ],
+)
+async def test_a_cursor_of_other_digits_or_beyond_64_bits_is_invalid_argument(
+    stub: pb_grpc.DispatchServiceStub, cursor: str
+) -> None:
+    error = await error_of(stub.Subscribe(pb.SubscribeRequest(after_cursor=cursor)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "after_cursor: not a cursor this gateway issued"
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        base64.urlsafe_b64encode(b"[" * 2000 + b"]" * 2000).decode(),
+        base64.urlsafe_b64encode(b"[" * 150 + b"]" * 150).decode(),
+        "%%% not base64 %%%",
+        "x" * 100_000,
+    ],
+    ids=["nested-2000", "nested-150", "not-base64", "100k"],
+)
+async def test_a_page_token_the_gateway_never_issued_is_invalid_argument(
+    stub: pb_grpc.DispatchServiceStub, token: str
+) -> None:
+    error = await error_of(stub.ListJobs(pb.ListJobsRequest(page_token=token), timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "page_token: is not a token this server issued"
+
+
+def nested_struct(levels: int) -> struct_pb2.Struct:
+    top = struct_pb2.Struct()
+    inner = top
+    for _ in range(levels - 1):
+        inner = inner.fields["a"].struct_value
+    inner.fields["leaf"].string_value = "x"
+    return top
+
+
+async def test_a_request_that_does_not_decode_is_invalid_argument_logged_in_one_line(
+    gateways: GatewayFactory,
+    stub: pb_grpc.DispatchServiceStub,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    deep = email_request()
+    deep.extra.CopyFrom(nested_struct(34))
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        raw = channel.unary_unary("/dispatcher.gateway.v1.DispatchService/Dispatch")
+        with caplog.at_level(logging.INFO, logger="dispatcher_gateway.rpc"):
+            errors = [
+                await error_of(stub.Dispatch(deep, timeout=CALL_TIMEOUT)),
+                await error_of(stub.Validate(deep, timeout=CALL_TIMEOUT)),
+                await error_of(raw(b"\xff\xff\xff\xff", timeout=CALL_TIMEOUT)),
+            ]
+    for error in errors:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (error.details() or "").startswith("the request could not be decoded")
+    lines = [r for r in caplog.records if "did not decode" in r.getMessage()]
+    assert len(lines) == 3
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in lines)
+    # 32 levels still decode, and go upstream as given.
+    shallow = email_request()
+    shallow.extra.update({"deep": nested_struct(31)})
+    await stub.Validate(shallow, timeout=CALL_TIMEOUT)
+
+
+async def test_lines_about_bad_input_are_rate_limited(
+    gateways: GatewayFactory, gateway: GatewayApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        raw = channel.unary_unary("/dispatcher.gateway.v1.DispatchService/GetJob")
+        with caplog.at_level(logging.INFO, logger="dispatcher_gateway.rpc"):
+            for _ in range(50):
+                error = await error_of(raw(b"\x0a\xff", timeout=CALL_TIMEOUT))
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len([r for r in caplog.records if "did not decode" in r.getMessage()]) == 10
+
+
+@pytest.mark.parametrize("mode", [pb.MODE_SYNC, pb.MODE_ASYNC])
+async def test_a_callback_url_in_extra_is_refused_in_every_mode(
+    stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox, mode: int
+) -> None:
+    request = email_request(mode=mode)
+    request.extra.update({"webhookUrl": "https://anywhere/"})
+    error = await error_of(stub.Dispatch(request, timeout=CALL_TIMEOUT))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (bad_request,) = status_details(error)
+    assert isinstance(bad_request, error_details_pb2.BadRequest)
+    assert [v.field for v in bad_request.field_violations] == ["extra.webhookUrl"]
+    assert sandbox.sandbox.requests == []
+
+
+async def test_a_huge_job_id_is_invalid_argument_and_not_echoed(
+    stub: pb_grpc.DispatchServiceStub,
+) -> None:
+    huge = "job_" + "x" * 10_000
+    for call in (
+        stub.GetJob(pb.GetJobRequest(job_id=huge), timeout=CALL_TIMEOUT),
+        stub.WatchJob(pb.WatchJobRequest(job_id=huge)),
+        stub.Subscribe(pb.SubscribeRequest(job_ids=[huge])),
+    ):
+        error = await error_of(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "xxxxxxxx" not in (error.details() or "")
+        assert len(error.details() or "") < 100
+
+
+async def test_an_unexpected_failure_is_internal_never_unknown_with_its_text(
+    stub: pb_grpc.DispatchServiceStub,
+    gateway: GatewayApp,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret = "connection to 10.1.2.3 failed: password=hunter2"
+
+    async def templates() -> list[object]:
+        raise KeyError(secret)
+
+    async def subscribe(*args: object, **kwargs: object) -> AsyncIterator[object]:
+        raise ValueError(secret)
+        yield  # an async generator, as the real one
+
+    monkeypatch.setattr(gateway.gateway, "templates", templates)
+    monkeypatch.setattr(gateway.gateway, "subscribe", subscribe)
+    with caplog.at_level(logging.DEBUG):
+        errors = [
+            await error_of(stub.ListTemplates(pb.ListTemplatesRequest(), timeout=CALL_TIMEOUT)),
+            await error_of(stub.Subscribe(pb.SubscribeRequest())),
+        ]
+    for error in errors:
+        assert error.code() == grpc.StatusCode.INTERNAL
+        assert (error.details() or "").startswith("internal error in the gateway (ref ")
+        assert "hunter2" not in str(error.trailing_metadata()) + (error.details() or "")
+    lines = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(lines) == 2
+    for line, kind in zip(lines, ("KeyError", "ValueError"), strict=True):
+        assert line.exc_info is None
+        assert "\n" not in line.getMessage()
+        assert kind in line.getMessage()
+
+
 # Clients and their jobs
 
 
@@ -114,9 +268,10 @@ async def test_same_idempotency_key_with_another_body_fails_precondition(
 async def authed(gateways: GatewayFactory, tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
     tokens = tmp_path / "client-tokens"
     tokens.write_text(
-        "# CLIENT TOKEN\n" + "".join(f"{name} {token}\n" for name, token in CLIENTS.items())
+        "# CLIENT sha256:HEX\n"
+        + "".join(f"{client_line(name, token)}\n" for name, token in CLIENTS.items())
     )
-    await gateways.start(client_tokens_file=str(tokens))
+    await gateways.start(client_tokens_file=str(tokens), allow_anonymous=False)
     async with grpc.aio.insecure_channel(gateways.target) as channel:
         yield channel
 

@@ -259,10 +259,11 @@ async def test_validate_good_and_bad(stub: pb_grpc.DispatchServiceStub) -> None:
     assert bad.error.http_status == 400
 
 
-async def test_health_and_reflection(gateways: GatewayFactory, gateway: GatewayApp) -> None:
+async def test_health_and_reflection(gateways: GatewayFactory) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+    await gateways.start(grpc_reflection=True)
     async with grpc.aio.insecure_channel(gateways.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         answer = await health.Check(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from tests.support.cli import run_cli
 
 from .conftest import (
     SANDBOX_EMAIL,
@@ -23,7 +26,7 @@ from .conftest import (
     email_request,
     free_port,
 )
-from .procs import GatewayProcess
+from .procs import START_TIMEOUT, GatewayProcess
 
 
 def gateway_env(sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path) -> dict[str, str]:
@@ -41,6 +44,7 @@ def gateway_env(sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path) -> dict[
         "GATEWAY_TLS_CERT_FILE": tls.cert,
         "GATEWAY_TLS_KEY_FILE": tls.key,
         "GATEWAY_UPSTREAM_RATE": "6000/min",
+        "GATEWAY_ALLOW_ANONYMOUS": "true",
     }
 
 
@@ -96,20 +100,6 @@ async def test_sigterm_drains(process: GatewayProcess) -> None:
         assert response.job.state == pb.JOB_STATE_SUCCEEDED
         assert await exited == 0
     assert "drained" in process.log()
-
-
-async def run_cli(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
-    cli = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dispatcher_gateway",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(cli.communicate(), timeout)
-    assert cli.returncode is not None
-    return cli.returncode, out.decode(), err.decode()
 
 
 async def test_cli_dispatch_watch_shows_the_job_to_its_end(process: GatewayProcess) -> None:
@@ -197,3 +187,47 @@ async def test_bad_configuration_is_one_line_per_value(tmp_path: Path) -> None:
     lines = err.decode().splitlines()
     assert "config: GATEWAY_PUBLIC_URL: must be https, got http scheme" in lines
     assert "config: DISPATCHER_PASSWORD: required (or DISPATCHER_PASSWORD_FILE)" in lines
+    # Nobody could call: refused, not started with every caller anonymous.
+    assert any(line.startswith("config: GATEWAY_CLIENT_TOKENS_FILE: no caller") for line in lines)
+    assert any(line.startswith("config: GATEWAY_GRPC_ADDR: 0.0.0.0:50051 is") for line in lines)
+
+
+async def test_sandbox_mode_lets_anonymous_callers_in_and_says_so(tmp_path: Path) -> None:
+    grpc_addr = f"127.0.0.1:{free_port()}"
+    env = {
+        **os.environ,
+        "GATEWAY_GRPC_ADDR": grpc_addr,
+        "GATEWAY_WEBHOOK_ADDR": f"127.0.0.1:{free_port()}",
+        "GATEWAY_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
+    }
+    log = tmp_path / "serve.log"
+    with log.open("wb") as errors:
+        serve = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "dispatcher_gateway",
+            "serve",
+            "--sandbox",
+            cwd=tmp_path,  # its store and local CA go under data/
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=errors,
+        )
+    try:
+        assert serve.stdout is not None
+        banner: list[str] = []
+        async with asyncio.timeout(START_TIMEOUT):
+            while not banner or not banner[-1].startswith("In another terminal"):
+                line = await serve.stdout.readline()
+                assert line, f"serve --sandbox exited: {log.read_text()}"
+                banner.append(line.decode().rstrip())
+        [access] = [line for line in banner if line.strip().startswith("access")]
+        assert "ANONYMOUS ACCESS ON" in access
+        assert "reflection on" in "\n".join(banner)
+        async with grpc.aio.insecure_channel(grpc_addr) as channel:
+            stub = pb_grpc.DispatchServiceStub(channel)
+            listed = await stub.ListJobs(pb.ListJobsRequest(), timeout=10)
+            assert list(listed.jobs) == []
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(serve.wait(), START_TIMEOUT)

@@ -23,6 +23,8 @@ from .test_gateway import status_details
 
 CALL_TIMEOUT = 10.0
 WRONG_PASSWORD = "not-the-sandbox-password-4f2a"
+UPSTREAM_SAID = "Invalid or missing credentials"
+"""The sandbox's 401 message; the real upstream's names the account and the caller's address."""
 
 
 def sync(**changes: object) -> pb.DispatchRequest:
@@ -146,12 +148,20 @@ async def test_refused_credentials_are_internal_logged_loudly_without_the_passwo
                 with pytest.raises(grpc.aio.AioRpcError) as info:
                     await call
                 errors.append(info.value)
+        job = await the_only_job(stub)
+        job = await stub.GetJob(pb.GetJobRequest(job_id=job.job_id), timeout=CALL_TIMEOUT)
     for error in errors:
         assert error.code() == grpc.StatusCode.INTERNAL
         assert "credentials" in (error.details() or "")
         assert error_info(error).metadata["http_status"] == "401"
+        assert error_info(error).reason == "upstream_credentials_refused"
         trailers = str(error.trailing_metadata()) + str(error.details())
         assert WRONG_PASSWORD not in trailers
+        # What the upstream said of the account is the operators', in the log.
+        assert UPSTREAM_SAID not in trailers
+    assert job.error.message == "the gateway's upstream credentials were refused"
+    assert UPSTREAM_SAID not in str(job)
     loud = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("credentials" in r.getMessage() for r in loud)
+    assert any(UPSTREAM_SAID in r.getMessage() for r in loud)
     assert WRONG_PASSWORD not in caplog.text

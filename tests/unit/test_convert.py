@@ -215,3 +215,52 @@ def test_fill_job_writes_into_a_response_as_job_to_pb_builds() -> None:
     response = pb.DispatchResponse()
     fill_job(response.job, job())
     assert response == pb.DispatchResponse(job=job_to_pb(job()))
+
+
+@pytest.mark.parametrize("mode", [pb.MODE_ASYNC, pb.MODE_SYNC])
+@pytest.mark.parametrize(
+    "field",
+    ["webhookUrl", "callbackUrl", "async", "idempotencyKey", "requestId", "WEBHOOK_URL", "api-key"],
+)
+def test_fields_the_gateway_owns_are_refused_in_extra_in_every_mode(field: str, mode: int) -> None:
+    request = email_request(mode=mode)
+    request.extra.update({field: "https://anywhere/", "harmless": 1})
+    with pytest.raises(InvalidArgument) as info:
+        spec_from_request(request)
+    [violation] = info.value.violations
+    assert violation.field == f"extra.{field}"
+    assert "set by the gateway" in violation.description
+
+
+def test_other_extra_fields_go_upstream() -> None:
+    request = email_request()
+    request.extra.update({"documentType": "INVOICE", "webhookUrls": "not ours"})
+    body = spec_from_request(request).body
+    assert (body["documentType"], body["webhookUrls"]) == ("INVOICE", "not ours")
+
+
+def test_a_flood_of_violations_is_cut_to_a_few() -> None:
+    request = email_request()
+    request.email.to.extend(pb.EmailAddress(email="nobody") for _ in range(5000))
+    with pytest.raises(InvalidArgument) as info:
+        spec_from_request(request)
+    violations = info.value.violations
+    assert len(violations) == 11
+    assert violations[-1].description == "and 4990 more, not listed"
+    assert len(str(info.value)) < 1000
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"job_ids": ["j" * 129]},
+        {"job_ids": ["job_x"] * 1001},
+        {"metadata": {"k": "v" * 513}},
+        {"metadata": {f"k{n}": "v" for n in range(65)}},
+    ],
+    ids=["long-id", "many-ids", "long-value", "many-pairs"],
+)
+def test_subscribe_filters_are_bounded(changes: dict[str, object]) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        filter_from_request(pb.SubscribeRequest(**changes))  # type: ignore[arg-type]
+    assert len(str(info.value)) < 300

@@ -24,6 +24,7 @@ from dispatcher_gateway.core.errors import (
     UpstreamError,
 )
 from dispatcher_gateway.core.model import UpstreamFailure
+from dispatcher_gateway.rpc.auth import PermissionDenied, Unauthenticated
 from dispatcher_gateway.rpc.errors import UPSTREAM_DOMAIN, to_status
 
 Code = grpc.StatusCode
@@ -162,10 +163,33 @@ def test_invalid_argument_lists_every_violation() -> None:
 def test_refused_credentials_are_internal_logged_loudly_and_not_blamed_on_the_caller(
     http_status: int, caplog: pytest.LogCaptureFixture
 ) -> None:
+    said = "Bad credentials for account ops@example.com from 203.0.113.7"
+    body = {"error": "unauthorized", "message": said, "path": "/api/email"}
+    error = upstream(http_status, code="unauthorized", body=body)
+    error.failure = UpstreamFailure("unauthorized", said, http_status, body)
     with caplog.at_level(logging.ERROR, logger="dispatcher_gateway.rpc"):
-        status = to_status(upstream(http_status, code="unauthorized"))
+        status = to_status(error)
     assert status.code == Code.INTERNAL
     assert "misconfigured" in status.details  # type: ignore[attr-defined]
     assert any(
         r.levelno == logging.ERROR and "credentials" in r.getMessage() for r in caplog.records
     )
+    # The upstream's words name the account and the gateway's address: not for callers.
+    (info,) = details(status)
+    assert isinstance(info, error_details_pb2.ErrorInfo)
+    assert info.reason == "upstream_credentials_refused"
+    assert dict(info.metadata) == {"http_status": str(http_status)}
+    assert "203.0.113.7" not in str(status)
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (Unauthenticated("unknown bearer token"), Code.UNAUTHENTICATED),
+        (PermissionDenied("client 'a' may not use service sms"), Code.PERMISSION_DENIED),
+    ],
+    ids=["unauthenticated", "permission-denied"],
+)
+def test_who_may_call_what(error: GatewayError, code: grpc.StatusCode) -> None:
+    status = to_status(error)
+    assert (status.code, status.details) == (code, str(error))  # type: ignore[attr-defined]

@@ -493,6 +493,27 @@ async def test_refused_credentials_are_logged_at_error(
     assert "credentials were refused" in errors[0].getMessage()
 
 
+@pytest.mark.parametrize("status", [401, 403])
+async def test_what_the_upstream_says_of_refused_credentials_stays_in_the_log(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    said = "Bad credentials for account gateway@example.com from 203.0.113.7"
+    body = {"error": "unauthorized", "message": said, "requestId": "req_1"}
+    client = make_client(Recorder(httpx.Response(status, json=body)))
+
+    with caplog.at_level(logging.ERROR):
+        exc = await failure_of(client)
+
+    assert exc.failure.message == "the gateway's upstream credentials were refused"
+    assert exc.failure.code == "upstream_credentials_refused"
+    assert (exc.failure.http_status, exc.failure.details) == (status, {})
+    assert "203.0.113.7" not in str(exc) + repr(exc.failure)
+    assert exc.attempt is not None
+    assert exc.attempt.error_code == "upstream_credentials_refused"
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert said in line
+
+
 async def test_one_debug_line_per_request(
     make_client: MakeClient, caplog: pytest.LogCaptureFixture
 ) -> None:

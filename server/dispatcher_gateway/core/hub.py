@@ -84,6 +84,11 @@ class EventHub:
         self._recent: collections.deque[tuple[float, JobEvent]] = collections.deque(
             maxlen=RECENT_MAX
         )
+        self._observers: list[Callable[[JobEvent], None]] = []
+
+    def observe(self, observer: Callable[[JobEvent], None]) -> None:
+        """Call `observer` with every event published, whoever's it is (it must be quick)."""
+        self._observers.append(observer)
 
     def subscribe(self, client: str, matches: Callable[[JobEvent], bool]) -> Subscription:
         sub = Subscription(client, matches, self.backlog)
@@ -119,6 +124,8 @@ class EventHub:
         while recent and recent[0][0] < now - RECENT_WINDOW:
             recent.popleft()
         recent.append((now, event))
+        for observer in self._observers:
+            observer(event)
         for sub in tuple(self._by_client.get(event.client, ())):
             sub.offer(event)
             if sub.closed:

@@ -61,6 +61,7 @@ DEADLINE_SLACK = 0.05
 """Seconds: a sync call cancelled this close to its deadline was cancelled by the deadline."""
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+MAX_CURSOR = 2**63 - 1
 
 
 def new_job_id() -> str:
@@ -69,10 +70,13 @@ def new_job_id() -> str:
 
 
 def parse_cursor(cursor: str) -> int:
-    """Cursors are opaque to clients; both stores make them decimal sequence numbers."""
+    """Cursors are opaque to clients; both stores make them decimal sequence numbers, within
+    a signed 64-bit integer. (str.isdigit alone would let through digits such as '²', which
+    int() refuses.)"""
     if not cursor:
         return 0
-    if not cursor.isdigit():
+    digits = cursor.isascii() and cursor.isdigit() and len(cursor) <= len(str(MAX_CURSOR))
+    if not digits or int(cursor) > MAX_CURSOR:
         raise InvalidArgument([FieldViolation("after_cursor", "not a cursor this gateway issued")])
     return int(cursor)
 
@@ -464,8 +468,11 @@ class Gateway:
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         try:
             return await self.store.list_jobs(client, limit=size, page_token=page_token)
-        except ValueError as exc:
-            raise InvalidArgument([FieldViolation("page_token", str(exc))]) from exc
+        # What a store's decoder raised on a token it never issued: its text is not for callers.
+        except (ValueError, RecursionError) as exc:
+            raise InvalidArgument(
+                [FieldViolation("page_token", "is not a token this server issued")]
+            ) from exc
 
     # Streams
 

@@ -27,6 +27,40 @@ MAX_IDEMPOTENCY_KEY = 256
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_LENGTH = 512
 """Characters in one metadata key or value."""
+MAX_JOB_ID = 128
+"""Characters of a job id in a request: the gateway's are 36; longer is refused unread (and
+never echoed back: a message that large would not fit in the status)."""
+MAX_PAGE_TOKEN = 512
+"""Characters of a page token: the gateway's are about 100."""
+MAX_FILTER_JOB_IDS = 1000
+MAX_VIOLATIONS = 10
+"""Field violations listed in one answer: they travel in the status trailers, twice (message
+and details), and a client refuses trailers much over 8 KiB."""
+
+GATEWAY_OWNED_FIELDS = frozenset(
+    {
+        # Where the upstream calls back, and whether it does: the gateway's alone.
+        "webhookUrl",
+        "callbackUrl",
+        "webhook",
+        "callback",
+        "async",
+        # What identifies the request upstream (the job id is its idempotency key).
+        "idempotencyKey",
+        "requestId",
+        "dispatchId",
+        # The account and its credentials.
+        "accountId",
+        "userId",
+        "companyId",
+        "apiKey",
+        "authorization",
+        "credentials",
+    }
+)
+"""Top-level upstream body fields a caller's `extra` may not carry, in any mode: they route,
+authenticate or identify the request, and the gateway owns them. Compared ignoring case, `_` and
+`-`, as a lenient upstream parser might."""
 
 _SERVICE_TO_PB = {s: pb.Service.Value(f"SERVICE_{s.name}") for s in Service}
 _SERVICE_FROM_PB = {v: k for k, v in _SERVICE_TO_PB.items()}
@@ -96,13 +130,23 @@ def _postal_address(message: pb.PostalAddress) -> JSON:
 class _Violations:
     def __init__(self) -> None:
         self.items: list[FieldViolation] = []
+        self.unlisted = 0
 
     def add(self, field: str, description: str) -> None:
-        self.items.append(FieldViolation(field, description))
+        if len(self.items) < MAX_VIOLATIONS:
+            self.items.append(FieldViolation(field, description))
+        else:
+            self.unlisted += 1
 
     def require(self, ok: bool, field: str, description: str) -> None:
         if not ok:
             self.add(field, description)
+
+    def error(self) -> InvalidArgument:
+        items = self.items
+        if self.unlisted:
+            items = [*items, FieldViolation("", f"and {self.unlisted} more, not listed")]
+        return InvalidArgument(items)
 
 
 def _email_block(req: pb.DispatchRequest, v: _Violations) -> JSON:
@@ -225,6 +269,9 @@ def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
         mode = Mode.ASYNC
 
     body: JSON = struct_to_dict(req.extra) if req.HasField("extra") else {}
+    for key in body:
+        if _normalized(key) in _OWNED:
+            v.add(f"extra.{key[:64]}", "set by the gateway; not accepted in extra")
     if req.provider_name:
         body["providerName"] = req.provider_name
     template = req.template
@@ -257,12 +304,39 @@ def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
         len(idempotency_key) <= MAX_IDEMPOTENCY_KEY, "idempotency_key", _IDEMPOTENCY_KEY_LENGTH
     )
     if v.items:
-        raise InvalidArgument(v.items)
+        raise v.error()
     return DispatchSpec(tuple(services), mode, body, metadata, idempotency_key)
+
+
+def _normalized(key: str) -> str:
+    return key.lower().replace("_", "").replace("-", "")
+
+
+_OWNED = frozenset(_normalized(f) for f in GATEWAY_OWNED_FIELDS)
+
+
+def check_job_id(job_id: str, field: str = "job_id") -> None:
+    if len(job_id) > MAX_JOB_ID:
+        raise InvalidArgument([FieldViolation(field, f"at most {MAX_JOB_ID} characters")])
+
+
+def check_page_token(page_token: str) -> None:
+    if len(page_token) > MAX_PAGE_TOKEN:
+        raise InvalidArgument([FieldViolation("page_token", "is not a token this server issued")])
 
 
 def filter_from_request(req: pb.SubscribeRequest) -> EventFilter:
     v = _Violations()
+    v.require(
+        len(req.job_ids) <= MAX_FILTER_JOB_IDS, "job_ids", f"at most {MAX_FILTER_JOB_IDS} ids"
+    )
+    for i, job_id in enumerate(req.job_ids[:MAX_FILTER_JOB_IDS]):
+        v.require(len(job_id) <= MAX_JOB_ID, f"job_ids[{i}]", f"at most {MAX_JOB_ID} characters")
+    metadata = req.metadata
+    v.require(len(metadata) <= MAX_METADATA_ENTRIES, "metadata", _METADATA_COUNT)
+    for key, text in list(metadata.items())[:MAX_METADATA_ENTRIES]:
+        if len(key) > MAX_METADATA_LENGTH or len(text) > MAX_METADATA_LENGTH:
+            v.add(f"metadata[{key[:40]}]", _METADATA_LENGTH)
     services = set()
     for i, value in enumerate(req.services):
         service = service_from_pb(value)
@@ -271,7 +345,7 @@ def filter_from_request(req: pb.SubscribeRequest) -> EventFilter:
         else:
             services.add(service)
     if v.items:
-        raise InvalidArgument(v.items)
+        raise v.error()
     return EventFilter(frozenset(req.job_ids), frozenset(services), dict(req.metadata))
 
 

@@ -21,8 +21,11 @@ from ..core.errors import (
     StoreUnavailable,
     UpstreamError,
 )
+from .auth import PermissionDenied, Unauthenticated
 
 log = logging.getLogger("dispatcher_gateway.rpc")
+
+_CREDENTIALS_REFUSED = (401, 403)
 
 UPSTREAM_DOMAIN = "docs-dispatcher.io"
 """google.rpc.ErrorInfo.domain of errors that came from the upstream."""
@@ -48,6 +51,8 @@ _DOMAIN: dict[type[GatewayError], grpc.StatusCode] = {
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     SlowConsumer: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 
@@ -84,21 +89,24 @@ def to_status(exc: GatewayError, *, message: str | None = None) -> grpc.Status:
     if isinstance(exc, UpstreamError):
         code = upstream_code(exc)
         failure = exc.failure
-        if failure.http_status in (401, 403):
+        reason = failure.code or "upstream_error"
+        metadata = {"http_status": str(failure.http_status), "message": failure.message}
+        if failure.http_status in _CREDENTIALS_REFUSED:
+            # What the upstream said (the account, the address the gateway calls from) is
+            # logged by the upstream client; the caller learns it is not their problem.
             log.error(
                 "the upstream refused the gateway's own credentials (%d %s): check "
                 "DISPATCHER_EMAIL / DISPATCHER_PASSWORD",
                 failure.http_status,
                 failure.code,
             )
-            text = "the gateway is misconfigured: the upstream refused its credentials"
-        metadata = {"http_status": str(failure.http_status), "message": failure.message}
-        if failure.details:
+            text = "the gateway is misconfigured: its upstream credentials were refused"
+            reason = "upstream_credentials_refused"
+            metadata = {"http_status": str(failure.http_status)}
+        elif failure.details:
             metadata["body"] = json.dumps(failure.details, sort_keys=True)[:4096]
         details.append(
-            error_details_pb2.ErrorInfo(
-                reason=failure.code or "upstream_error", domain=UPSTREAM_DOMAIN, metadata=metadata
-            )
+            error_details_pb2.ErrorInfo(reason=reason, domain=UPSTREAM_DOMAIN, metadata=metadata)
         )
         field = failure.details.get("details", {}) if failure.details else {}
         if (

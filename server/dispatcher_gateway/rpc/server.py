@@ -1,4 +1,5 @@
-"""The gRPC server: DispatchService next to grpc.health.v1 and server reflection."""
+"""The gRPC server: DispatchService next to grpc.health.v1 and (if switched on) server
+reflection, behind the CallGuard interceptor."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection as reflection_service
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
+from .auth import Authenticator
+from .interceptor import CallGuard
 from .servicer import DispatchServicer
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["DispatchService"].full_name
@@ -25,26 +28,59 @@ class GrpcLimits:
     max_pending_requests_hard_limit: int = 40_000
     max_concurrent_streams: int = 20_000
     max_receive_message_length: int = 4 << 20
+    keepalive_time: float = 120.0
+    """Seconds between the server's pings on a connection with calls: a client gone without a
+    word (its streams counting against its limit) is found out within this and the timeout."""
+    keepalive_timeout: float = 20.0
+    min_ping_interval: float = 30.0
+    """A client pinging more often than this (without data) is sent GOAWAY after two strikes."""
+    permit_ping_without_calls: bool = False
+    max_connection_age: float = 1800.0
+    """Seconds before a connection is asked to go (GOAWAY), so that clients spread over
+    replicas again and no connection lives for ever."""
+    max_connection_age_grace: float = 1800.0
+    """Seconds its calls then have to finish: as long as a stream's own maximum age, so that
+    streams end with their resumable status rather than a cut connection."""
 
-
-def create_server(
-    servicer: DispatchServicer, health_servicer: health.aio.HealthServicer, limits: GrpcLimits
-) -> grpc.aio.Server:
-    server = grpc.aio.server(
-        options=[
-            ("grpc.server.max_pending_requests", limits.max_pending_requests),
-            ("grpc.server.max_pending_requests_hard_limit", limits.max_pending_requests_hard_limit),
-            ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
-            ("grpc.max_receive_message_length", limits.max_receive_message_length),
+    def options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.server.max_pending_requests", self.max_pending_requests),
+            ("grpc.server.max_pending_requests_hard_limit", self.max_pending_requests_hard_limit),
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.max_receive_message_length", self.max_receive_message_length),
+            ("grpc.keepalive_time_ms", _ms(self.keepalive_time)),
+            ("grpc.keepalive_timeout_ms", _ms(self.keepalive_timeout)),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", _ms(self.min_ping_interval)),
+            ("grpc.keepalive_permit_without_calls", int(self.permit_ping_without_calls)),
+            ("grpc.max_connection_age_ms", _ms(self.max_connection_age)),
+            ("grpc.max_connection_age_grace_ms", _ms(self.max_connection_age_grace)),
             # Two gateways must never share a port by accident.
             ("grpc.so_reuseport", 0),
         ]
-    )
+
+
+def _ms(seconds: float) -> int:
+    return min(round(seconds * 1000), 2**31 - 1)
+
+
+def create_server(
+    servicer: DispatchServicer,
+    health_servicer: health.aio.HealthServicer,
+    limits: GrpcLimits,
+    *,
+    auth: Authenticator,
+    reflection: bool = False,
+) -> grpc.aio.Server:
+    """DispatchService (callers authenticated), health (anyone may ask) and, if asked for,
+    reflection."""
+    guard = CallGuard(auth, authenticated=frozenset({SERVICE_NAME}))
+    server = grpc.aio.server(interceptors=[guard], options=limits.options())
     pb_grpc.add_DispatchServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if reflection:
+        reflection_service.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection_service.SERVICE_NAME), server
+        )
     return server
 
 

@@ -17,11 +17,13 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
 from ..core.errors import GatewayError, ShuttingDown, SlowConsumer, UpstreamError
-from ..core.model import JobEvent
+from ..core.model import JobEvent, JobState
 from ..core.service import Gateway
-from .auth import Authenticator, Unauthenticated
+from .auth import authorize, caller
 from .convert import (
     attempt_to_pb,
+    check_job_id,
+    check_page_token,
     dict_to_struct,
     event_to_pb,
     failure_to_pb,
@@ -32,6 +34,7 @@ from .convert import (
     template_to_pb,
 )
 from .errors import to_status
+from .limits import ClientLimits
 
 log = logging.getLogger("dispatcher_gateway.rpc")
 
@@ -86,9 +89,6 @@ def _unary(
             return await method(self, request, context)
         except GatewayError as exc:
             await abort(context, exc)
-        except Unauthenticated as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-            raise AssertionError("unreachable") from exc
         finally:
             self._end()
 
@@ -97,10 +97,16 @@ def _unary(
 
 class DispatchServicer(pb_grpc.DispatchServiceServicer):
     def __init__(
-        self, gateway: Gateway, auth: Authenticator, *, max_stream_age: float = MAX_STREAM_AGE
+        self,
+        gateway: Gateway,
+        limits: ClientLimits | None = None,
+        *,
+        max_stream_age: float = MAX_STREAM_AGE,
     ) -> None:
+        """Callers are authenticated before a method runs (interceptor.CallGuard): each method
+        finds its caller with `auth.caller()`."""
         self.gateway = gateway
-        self.auth = auth
+        self.limits = limits or ClientLimits()
         self.max_stream_age = max_stream_age
         self.in_flight = 0
         """DispatchService calls running now. A drain waits for them (its streams end at once
@@ -124,22 +130,24 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         if not self.in_flight:
             self.idle.set()
 
-    def _client(self, context: Context) -> str:
-        return self.auth.client(context.invocation_metadata())
-
     @_unary
     async def Dispatch(self, request: pb.DispatchRequest, context: Context) -> pb.DispatchResponse:
-        client = self._client(context)
+        client = caller()
+        self.limits.take_dispatch(client.name)
         spec = spec_from_request(request)
-        job = await self.gateway.submit(client, spec, budget=context.time_remaining())
+        authorize(client, spec.services, spec.mode)
+        self.limits.check_queue(client.name)
+        job = await self.gateway.submit(client.name, spec, budget=context.time_remaining())
+        if job.state is JobState.QUEUED:
+            self.limits.queued(client.name, job.job_id)
         response = pb.DispatchResponse()
         fill_job(response.job, job)
         return response
 
     @_unary
     async def Validate(self, request: pb.DispatchRequest, context: Context) -> pb.ValidateResponse:
-        self._client(context)
         spec = spec_from_request(request)
+        authorize(caller(), spec.services)
         try:
             answer = await self.gateway.validate(spec)
         except UpstreamError as exc:
@@ -150,15 +158,17 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
 
     @_unary
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
-        job = await self.gateway.get_job(self._client(context), request.job_id)
+        check_job_id(request.job_id)
+        job = await self.gateway.get_job(caller().name, request.job_id)
         message = job_to_pb(job)
         message.attempts.extend(attempt_to_pb(a) for a in await self.gateway.attempts(job))
         return message
 
     @_unary
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
+        check_page_token(request.page_token)
         jobs, next_token = await self.gateway.list_jobs(
-            self._client(context), request.page_size, request.page_token
+            caller().name, request.page_size, request.page_token
         )
         return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs], next_page_token=next_token)
 
@@ -166,16 +176,17 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
     async def ListTemplates(
         self, request: pb.ListTemplatesRequest, context: Context
     ) -> pb.ListTemplatesResponse:
-        self._client(context)
         templates = await self.gateway.templates()
         return pb.ListTemplatesResponse(templates=[template_to_pb(t) for t in templates])
 
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: Context
     ) -> AsyncGenerator[pb.JobEvent, None]:
-        stream = self._stream(
-            context, lambda client: self.gateway.watch(client, request.job_id), ""
-        )
+        def events(client: str) -> AsyncGenerator[JobEvent, None]:
+            check_job_id(request.job_id)
+            return self.gateway.watch(client, request.job_id)
+
+        stream = self._stream(context, events, "")
         async with contextlib.aclosing(stream) as messages:
             async for message in messages:
                 yield message
@@ -208,13 +219,12 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         self._begin()
         try:
             self.refuse_if_draining()
-            client = self._client(context)
-            async with asyncio.timeout(age), contextlib.aclosing(events(client)) as stream:
-                async for event in stream:
-                    yield self._messages.message(event)
-                    last = event.cursor
-        except Unauthenticated as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            client = caller().name
+            with self.limits.stream(client):
+                async with asyncio.timeout(age), contextlib.aclosing(events(client)) as stream:
+                    async for event in stream:
+                        yield self._messages.message(event)
+                        last = event.cursor
         except TimeoutError:
             await abort(
                 context,

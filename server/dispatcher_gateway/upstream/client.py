@@ -43,6 +43,10 @@ VALIDATE_SUFFIX = "/validate"
 CODE_TIMEOUT = "upstream_timeout"
 CODE_UNREACHABLE = "upstream_unreachable"
 CODE_BAD_RESPONSE = "upstream_bad_response"
+CODE_CREDENTIALS_REFUSED = "upstream_credentials_refused"
+CREDENTIALS_REFUSED = "the gateway's upstream credentials were refused"
+MAX_LOGGED_MESSAGE = 500
+"""Characters of the upstream's error message kept in a log line."""
 
 _CREDENTIALS_REFUSED = (401, 403)
 
@@ -279,14 +283,20 @@ class DispatcherClient:
         failure = UpstreamFailure(code=code, message=message, http_status=status, details=details)
         if status in _CREDENTIALS_REFUSED:
             logger.error(
-                "the gateway's Dispatcher credentials were refused: %s %s -> %d %s "
+                "the gateway's Dispatcher credentials were refused: %s %s -> %d %s: %s "
                 "(request id %s, user %s)",
                 method,
                 path,
                 status,
                 failure.code,
+                " ".join(message.split())[:MAX_LOGGED_MESSAGE],
                 request_id,
                 self._email,
+            )
+            # What the upstream said names the account and where the gateway calls from: for
+            # the log above, not for callers (nor for the job's error, which callers read).
+            failure = UpstreamFailure(
+                code=CODE_CREDENTIALS_REFUSED, message=CREDENTIALS_REFUSED, http_status=status
             )
         retryable = status == 429 or status >= 500
         retry_after = parse_retry_after(response.headers.get("Retry-After"), now=time.time())

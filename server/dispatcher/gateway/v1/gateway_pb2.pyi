@@ -456,7 +456,11 @@ class DispatchRequest(_message.Message):
     def invoicing(self) -> Global___InvoicingOptions: ...
     @_builtins.property
     def extra(self) -> _struct_pb2.Struct:
-        """Anything else, merged into the upstream request body (typed options win on conflict)."""
+        """Anything else, merged into the upstream request body (typed options win on conflict).
+        Fields the gateway owns upstream (webhookUrl, callbackUrl, async, idempotencyKey,
+        requestId, dispatchId and the account's; the README lists them) are INVALID_ARGUMENT in
+        every mode. Nested at most 32 levels deep: deeper does not decode (INVALID_ARGUMENT).
+        """
 
     def __init__(
         self,

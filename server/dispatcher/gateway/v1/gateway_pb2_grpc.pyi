@@ -33,6 +33,11 @@ class DispatchServiceStub:
     INVALID_ARGUMENT carries google.rpc.BadRequest field violations; errors that came from the
     upstream carry google.rpc.ErrorInfo (reason = the upstream's error code) with the upstream's
     HTTP status and message in its metadata; RESOURCE_EXHAUSTED carries google.rpc.RetryInfo.
+
+    Every call needs credentials: `authorization: Bearer TOKEN`, or a client certificate on the
+    gateway's mTLS port. Without them it is UNAUTHENTICATED; outside what the caller's client may
+    do (its services, MODE_SYNC) it is PERMISSION_DENIED; beyond the client's own limits (Dispatch
+    calls a second, jobs waiting to be sent upstream, open streams) RESOURCE_EXHAUSTED.
     """
 
     @_typing.overload
@@ -70,6 +75,11 @@ class DispatchServiceAsyncStub(DispatchServiceStub):
     INVALID_ARGUMENT carries google.rpc.BadRequest field violations; errors that came from the
     upstream carry google.rpc.ErrorInfo (reason = the upstream's error code) with the upstream's
     HTTP status and message in its metadata; RESOURCE_EXHAUSTED carries google.rpc.RetryInfo.
+
+    Every call needs credentials: `authorization: Bearer TOKEN`, or a client certificate on the
+    gateway's mTLS port. Without them it is UNAUTHENTICATED; outside what the caller's client may
+    do (its services, MODE_SYNC) it is PERMISSION_DENIED; beyond the client's own limits (Dispatch
+    calls a second, jobs waiting to be sent upstream, open streams) RESOURCE_EXHAUSTED.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -103,6 +113,11 @@ class DispatchServiceServicer(metaclass=_abc_1.ABCMeta):
     INVALID_ARGUMENT carries google.rpc.BadRequest field violations; errors that came from the
     upstream carry google.rpc.ErrorInfo (reason = the upstream's error code) with the upstream's
     HTTP status and message in its metadata; RESOURCE_EXHAUSTED carries google.rpc.RetryInfo.
+
+    Every call needs credentials: `authorization: Bearer TOKEN`, or a client certificate on the
+    gateway's mTLS port. Without them it is UNAUTHENTICATED; outside what the caller's client may
+    do (its services, MODE_SYNC) it is PERMISSION_DENIED; beyond the client's own limits (Dispatch
+    calls a second, jobs waiting to be sent upstream, open streams) RESOURCE_EXHAUSTED.
     """
 
     @_abc_1.abstractmethod
