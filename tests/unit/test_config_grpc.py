@@ -18,7 +18,7 @@ BASE = {
     "DISPATCHER_BASE_URL": "https://api.docs-dispatcher.io",
     "DISPATCHER_EMAIL": "ops@example.com",
     "DISPATCHER_PASSWORD": "hunter2-not-logged",
-    "DISPATCHER_WEBHOOK_SECRET": "whsec-one whsec-two",
+    "DISPATCHER_WEBHOOK_SECRET": "whsec-one-0123456 whsec-two-0123456",
     "GATEWAY_PUBLIC_URL": "https://gateway.example.com",
 }
 LOCAL = {"GATEWAY_GRPC_ADDR": "127.0.0.1:50051", "GATEWAY_ALLOW_ANONYMOUS": "true"}
