@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,12 +67,16 @@ def free_port() -> int:
 
 @dataclass
 class NatsNode:
-    """One nats-server process; its ports and storage stay the same across restarts."""
+    """One nats-server process; its ports and storage stay the same across restarts.
+
+    The client and monitoring ports are picked by the server at its first start (no port taken
+    between our look and its bind); the cluster port is picked here, since the other nodes' routes
+    name it before it starts."""
 
     name: str
     store_dir: Path
-    client_port: int = field(default_factory=free_port)
-    monitor_port: int = field(default_factory=free_port)
+    client_port: int = 0
+    monitor_port: int = 0
     cluster_port: int = field(default_factory=free_port)
     routes: list[int] = field(default_factory=list)
     """The other nodes' cluster ports; empty for a single node."""
@@ -87,8 +93,9 @@ class NatsNode:
     def config(self) -> str:
         lines = [
             f'server_name: "{self.name}"',
-            f'listen: "{HOST}:{self.client_port}"',
-            f'http: "{HOST}:{self.monitor_port}"',
+            f'listen: "{HOST}:{self.client_port or -1}"',
+            f'http: "{HOST}:{self.monitor_port or -1}"',
+            f'ports_file_dir: "{self.store_dir}"',
             f'jetstream {{ store_dir: "{self.store_dir / "js"}" }}',
         ]
         if self.routes:
@@ -114,6 +121,25 @@ class NatsNode:
                 stdin=subprocess.DEVNULL,
             )
         _running.add(self.process)
+        if not (self.client_port and self.monitor_port):
+            self._read_ports(self.process)
+
+    def _read_ports(self, process: subprocess.Popen[bytes]) -> None:
+        """The ports the server bound, from the file it writes once it listens."""
+        ports_file = self.store_dir / f"{Path(nats_server_binary()).name}_{process.pid}.ports"
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            # Possibly seen before it is whole: read until it parses.
+            with contextlib.suppress(OSError, ValueError):
+                ports = json.loads(ports_file.read_text())
+                break
+            if process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: see {self.store_dir / 'nats.log'}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} wrote no ports file in {READY_TIMEOUT} s")
+            time.sleep(POLL)
+        self.client_port = urllib.parse.urlsplit(ports["nats"][0]).port or 0
+        self.monitor_port = urllib.parse.urlsplit(ports["monitoring"][0]).port or 0
 
     def stop(self) -> None:
         """A clean shutdown (SIGTERM), as an orchestrator would do."""
