@@ -239,6 +239,21 @@ def test_other_extra_fields_go_upstream() -> None:
     assert (body["documentType"], body["webhookUrls"]) == ("INVOICE", "not ours")
 
 
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_a_number_json_cannot_carry_is_a_field_violation(number: float) -> None:
+    # Found by tests/fuzz: a Struct holds NaN and the infinities, the upstream's JSON cannot;
+    # such a request was INTERNAL.
+    request = email_request()
+    request.extra.update({"deep": [{"n": number}]})
+    request.template.data.update({"n": number})
+    with pytest.raises(InvalidArgument) as info:
+        spec_from_request(request)
+    assert [(v.field, v.description) for v in info.value.violations] == [
+        ("extra", "holds NaN or an infinite number, which JSON cannot carry"),
+        ("template.data", "holds NaN or an infinite number, which JSON cannot carry"),
+    ]
+
+
 def test_a_flood_of_violations_is_cut_to_a_few() -> None:
     request = email_request()
     request.email.to.extend(pb.EmailAddress(email="nobody") for _ in range(5000))

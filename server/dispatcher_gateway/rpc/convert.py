@@ -268,7 +268,7 @@ def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
         v.add("mode", "unknown mode")
         mode = Mode.ASYNC
 
-    body: JSON = struct_to_dict(req.extra) if req.HasField("extra") else {}
+    body: JSON = _struct_field(req.extra, "extra", v) if req.HasField("extra") else {}
     for key in body:
         if _normalized(key) in _OWNED:
             v.add(f"extra.{key[:64]}", "set by the gateway; not accepted in extra")
@@ -277,7 +277,7 @@ def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
     template = req.template
     template_id = template.id
     v.require(template_id > 0, "template.id", "required: a positive template id")
-    body["template"] = {"id": template_id, "data": struct_to_dict(template.data)}
+    body["template"] = {"id": template_id, "data": _struct_field(template.data, "template.data", v)}
     for service in services:
         if service not in _BLOCKS:
             continue
@@ -306,6 +306,15 @@ def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
     if v.items:
         raise v.error()
     return DispatchSpec(tuple(services), mode, body, metadata, idempotency_key)
+
+
+def _struct_field(message: struct_pb2.Struct, field: str, v: _Violations) -> JSON:
+    try:
+        return struct_to_dict(message)
+    except ValueError:
+        # NaN and the infinities: a Struct holds them, the JSON body sent upstream cannot.
+        v.add(field, "holds NaN or an infinite number, which JSON cannot carry")
+        return {}
 
 
 def _normalized(key: str) -> str:
