@@ -468,8 +468,9 @@ class Gateway:
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         try:
             return await self.store.list_jobs(client, limit=size, page_token=page_token)
-        # What a store's decoder raised on a token it never issued: its text is not for callers.
-        except (ValueError, RecursionError) as exc:
+        # What a store's decoder raised on a token it never issued (OverflowError: a time no
+        # float holds): its text is not for callers.
+        except (ValueError, RecursionError, OverflowError) as exc:
             raise InvalidArgument(
                 [FieldViolation("page_token", "is not a token this server issued")]
             ) from exc
