@@ -1,4 +1,5 @@
 import pytest
+from google.protobuf import json_format
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher_gateway.core.errors import InvalidArgument
@@ -8,6 +9,7 @@ from dispatcher_gateway.rpc.convert import (
     filter_from_request,
     job_to_pb,
     spec_from_request,
+    timestamp,
 )
 
 
@@ -279,3 +281,19 @@ def test_subscribe_filters_are_bounded(changes: dict[str, object]) -> None:
     with pytest.raises(InvalidArgument) as info:
         filter_from_request(pb.SubscribeRequest(**changes))  # type: ignore[arg-type]
     assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        (-0.5, "1969-12-31T23:59:59.500Z"),
+        (-1e-17, "1969-12-31T23:59:59.999999999Z"),
+        (1770985800.25, "2026-02-13T12:30:00.250Z"),
+    ],
+)
+def test_a_time_before_1970_is_a_valid_timestamp(seconds: float, expected: str) -> None:
+    # Found by tests/fuzz: truncated, -0.5 s became nanos=-500000000, which the JSON form (and
+    # every client checking its Timestamps) refuses.
+    stamp = timestamp(seconds)
+    assert 0 <= stamp.nanos <= 999_999_999
+    assert json_format.MessageToJson(stamp) == f'"{expected}"'

@@ -3,6 +3,7 @@ nothing it accepts can fail to reach a client, and what binds a webhook to its j
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -71,6 +72,44 @@ async def test_the_deepest_webhook_accepted_reaches_a_client_intact(harness: Har
     [_, event] = await harness.gateway.store.read_events(client="anonymous", job_id=job_id)
     decoded = pb.JobEvent.FromString(event_to_pb(event).SerializeToString())
     assert json_format.MessageToDict(decoded.data) == data
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "not a time", "2026-13-01"],
+)
+async def test_a_time_no_client_could_read_is_replaced_by_the_arrival(
+    harness: Harness, stamp: str
+) -> None:
+    # Found by tests/fuzz: year 0 or 10000 in UTC made an event every JSON client refuses.
+    job_id = await harness.job()
+    before = time.time()
+
+    assert await harness.webhook(job_id, "signer_signed", "wh-1", timestamp=stamp)
+
+    [_, event] = await harness.gateway.store.read_events(client="anonymous", job_id=job_id)
+    assert before <= event.event_time <= time.time()
+    json_format.MessageToJson(event_to_pb(event))
+
+
+@pytest.mark.parametrize(
+    ("stamp", "seconds"),
+    [
+        ("2026-02-13T12:30:00Z", 1770985800.0),
+        ("2026-02-13T12:30:00", 1770985800.0),
+        ("2026-02-13T13:30:00+01:00", 1770985800.0),
+        ("0001-01-01T00:00:00Z", -62135596800.0),
+    ],
+)
+async def test_the_webhooks_own_time_is_kept_a_time_without_zone_in_utc(
+    harness: Harness, stamp: str, seconds: float
+) -> None:
+    job_id = await harness.job()
+
+    assert await harness.webhook(job_id, "signer_signed", "wh-1", timestamp=stamp)
+
+    [_, event] = await harness.gateway.store.read_events(client="anonymous", job_id=job_id)
+    assert event.event_time == seconds
 
 
 async def test_a_webhook_naming_another_dispatch_is_not_found_and_not_stored(

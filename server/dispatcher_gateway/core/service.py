@@ -11,7 +11,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from ..metrics import DISPATCHES, WEBHOOKS
@@ -62,6 +62,12 @@ DEADLINE_SLACK = 0.05
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 MAX_CURSOR = 2**63 - 1
+EARLIEST_EVENT_TIME = -62_135_596_800.0
+"""0001-01-01T00:00:00Z. From then until END_OF_EVENT_TIMES: the times RFC 3339 writes, and so
+the ones every client's google.protobuf.Timestamp holds (its JSON form refuses any other, even
+"0001-01-01T00:00:00+01:00", which is in year 0 in UTC)."""
+END_OF_EVENT_TIMES = 253_402_300_800.0
+"""10000-01-01T00:00:00Z, the first time beyond them."""
 
 
 def new_job_id() -> str:
@@ -86,13 +92,19 @@ def spec_of(job: Job) -> DispatchSpec:
 
 
 def _event_time(envelope: JSON, default: float) -> float:
+    """When the webhook says its event happened; `default` (its arrival) when it says nothing a
+    client could be sent. A time without a zone is UTC, whatever the replica's own zone."""
     stamp = envelope.get("timestamp")
-    if isinstance(stamp, str):
-        try:
-            return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            pass
-    return default
+    if not isinstance(stamp, str):
+        return default
+    try:
+        parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return default
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    when = parsed.timestamp()
+    return when if EARLIEST_EVENT_TIME <= when < END_OF_EVENT_TIMES else default
 
 
 class _OtherDispatch(NotFound):

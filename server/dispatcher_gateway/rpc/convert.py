@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ from ..core.model import (
     UpstreamFailure,
 )
 
+MAX_NANOS = 999_999_999
 MAX_IDEMPOTENCY_KEY = 256
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_LENGTH = 512
@@ -104,8 +106,9 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
 
 
 def _set_time(stamp: timestamp_pb2.Timestamp, seconds: float) -> None:
-    whole = int(seconds)
-    stamp.seconds, stamp.nanos = whole, int((seconds - whole) * 1e9)
+    # Floored, not truncated: a Timestamp's nanos are never negative, even before 1970.
+    whole = math.floor(seconds)
+    stamp.seconds, stamp.nanos = whole, min(int((seconds - whole) * 1e9), MAX_NANOS)
 
 
 def _address(message: pb.EmailAddress) -> JSON:
