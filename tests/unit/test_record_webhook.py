@@ -3,6 +3,7 @@ nothing it accepts can fail to reach a client, and what binds a webhook to its j
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -61,6 +62,18 @@ async def test_data_that_is_not_an_object_is_measured_as_stored(harness: Harness
         await harness.gateway.record_webhook(
             harness.tokens.token(job_id), {"event": "x", "data": deep}, webhook_id="wh-list"
         )
+
+
+async def test_a_number_json_parses_as_an_infinity_is_refused(harness: Harness) -> None:
+    job_id = await harness.job()
+    envelope = json.loads('{"event": "signer_signed", "data": {"n": [1e400]}}')
+
+    with pytest.raises(InvalidArgument, match="data: holds a number too large for a double"):
+        await harness.gateway.record_webhook(
+            harness.tokens.token(job_id), envelope, webhook_id="wh-inf"
+        )
+
+    assert await stored_types(harness, job_id) == ["queued"]
 
 
 async def test_the_deepest_webhook_accepted_reaches_a_client_intact(harness: Harness) -> None:
