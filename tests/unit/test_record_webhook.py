@@ -12,9 +12,10 @@ import pytest
 from google.protobuf import json_format
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
+from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import InvalidArgument, NotFound
 from dispatcher_gateway.core.eventdata import MAX_DEPTH
-from dispatcher_gateway.core.model import JSON, JobState
+from dispatcher_gateway.core.model import JSON, JobEvent, JobState, Mode, Service, UpstreamAttempt
 from dispatcher_gateway.rpc.convert import event_to_pb
 
 from ..support.gateway import Harness, gateway_harness
@@ -74,6 +75,36 @@ async def test_a_number_json_parses_as_an_infinity_is_refused(harness: Harness) 
         )
 
     assert await stored_types(harness, job_id) == ["queued"]
+
+
+@pytest.mark.parametrize("event", sorted(states.OWN_EVENTS))
+async def test_an_event_type_the_gateway_records_itself_is_refused(
+    harness: Harness, event: str
+) -> None:
+    job_id = await harness.job()
+
+    with pytest.raises(InvalidArgument, match="is an event the gateway records itself"):
+        await harness.webhook(job_id, event, "wh-own", data={"time": {"not": "a time"}})
+
+    assert await stored_types(harness, job_id) == ["queued"]
+
+
+async def test_an_upstream_attempt_recorded_from_a_webhook_before_is_left_out(
+    harness: Harness,
+) -> None:
+    # Found by tests/fuzz: a webhook named upstream_attempt, with data that is no attempt, made
+    # every GetJob of its job INTERNAL. Such records may be in a store from before the refusal.
+    job_id = await harness.job()
+    job = await harness.gateway.get_job("anonymous", job_id)
+    good = UpstreamAttempt(time.time(), "POST /api/email", Mode.SYNC, 200, 0.01, "req_1")
+    await harness.gateway.record_attempt(job, good)
+    for forged in ({"time": {"not": "a time"}}, {"time": 1e300}, {"mode": "x"}, {"latency": -1}):
+        event = JobEvent(
+            job_id, "anonymous", Service.EMAIL, states.ATTEMPT, JobState.QUEUED, forged, {}, 0.0
+        )
+        await harness.gateway.store.append_event(event, dedupe_key=None, apply=states.apply_event)
+
+    assert await harness.gateway.attempts(job) == [good]
 
 
 async def test_the_deepest_webhook_accepted_reaches_a_client_intact(harness: Harness) -> None:

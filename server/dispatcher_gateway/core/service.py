@@ -68,6 +68,9 @@ the ones every client's google.protobuf.Timestamp holds (its JSON form refuses a
 "0001-01-01T00:00:00+01:00", which is in year 0 in UTC)."""
 END_OF_EVENT_TIMES = 253_402_300_800.0
 """10000-01-01T00:00:00Z, the first time beyond them."""
+MAX_HTTP_STATUS = 999
+MAX_ATTEMPT_LATENCY = 86_400.0
+"""Seconds: no request the gateway sends waits a day for its answer."""
 
 
 def new_job_id() -> str:
@@ -105,6 +108,20 @@ def _event_time(envelope: JSON, default: float) -> float:
         parsed = parsed.replace(tzinfo=UTC)
     when = parsed.timestamp()
     return when if EARLIEST_EVENT_TIME <= when < END_OF_EVENT_TIMES else default
+
+
+def _attempt_from(data: JSON) -> UpstreamAttempt | None:
+    """The attempt an event's data records, if it is one a client can be sent."""
+    try:
+        attempt = UpstreamAttempt.from_json(data)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    sane = (
+        EARLIEST_EVENT_TIME <= attempt.time < END_OF_EVENT_TIMES
+        and 0 <= attempt.http_status <= MAX_HTTP_STATUS
+        and 0 <= attempt.latency <= MAX_ATTEMPT_LATENCY
+    )
+    return attempt if sane else None
 
 
 class _OtherDispatch(NotFound):
@@ -398,12 +415,24 @@ class Gateway:
         await self.fail(job, exc.failure)
 
     async def attempts(self, job: Job) -> list[UpstreamAttempt]:
-        """The requests sent upstream for the job so far, oldest first."""
-        return [
-            UpstreamAttempt.from_json(e.data)
-            async for e in self.events_of(job)
-            if e.type == states.ATTEMPT
-        ]
+        """The requests sent upstream for the job so far, oldest first.
+
+        A record that does not read as one is left out (and logged): a webhook could once be
+        recorded under this type, and one unreadable record must not make the job unreadable."""
+        found = []
+        async for event in self.events_of(job):
+            if event.type != states.ATTEMPT:
+                continue
+            attempt = _attempt_from(event.data)
+            if attempt is None:
+                log.warning(
+                    "job %s: event %s is not an upstream attempt the gateway recorded; left out",
+                    job.job_id,
+                    event.cursor,
+                )
+                continue
+            found.append(attempt)
+        return found
 
     async def events_of(self, job: Job) -> AsyncGenerator[JobEvent, None]:
         """The job's events recorded so far, oldest first."""
@@ -433,6 +462,10 @@ class Gateway:
         event_type = envelope.get("event")
         if not isinstance(event_type, str) or not event_type:
             raise InvalidArgument([FieldViolation("event", "a non-empty string is required")])
+        if event_type in states.OWN_EVENTS:
+            raise InvalidArgument(
+                [FieldViolation("event", f"{event_type!r} is an event the gateway records itself")]
+            )
         data = envelope.get("data")
         payload: JSON = data if isinstance(data, dict) else {"data": data}
         # Refused before the 200: once accepted, an event no client can decode could never be

@@ -23,6 +23,11 @@ OVERDUE = "callback_overdue"
 INFORMATIONAL = frozenset({ATTEMPT})
 """Events recorded and streamed that leave the job as it is."""
 
+OWN_EVENTS = frozenset({QUEUED, SUBMITTED, FAILED, ATTEMPT, UNDELIVERABLE})
+"""Event types the gateway records itself, which no webhook may carry: an `upstream_attempt`
+would stand among the requests GetJob reports, a `failed` among the gateway's own failures.
+(`dispatch_completed` is the upstream's word too, in its async-flow recipe.)"""
+
 EVENT_STATES: dict[str, JobState] = {
     QUEUED: JobState.QUEUED,
     SUBMITTED: JobState.SUBMITTED,
