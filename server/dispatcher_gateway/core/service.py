@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -68,6 +69,7 @@ the ones every client's google.protobuf.Timestamp holds (its JSON form refuses a
 "0001-01-01T00:00:00+01:00", which is in year 0 in UTC)."""
 END_OF_EVENT_TIMES = 253_402_300_800.0
 """10000-01-01T00:00:00Z, the first time beyond them."""
+UNDELIVERABLE_MARK = "undeliverable, not kept"
 MAX_HTTP_STATUS = 999
 MAX_ATTEMPT_LATENCY = 86_400.0
 """Seconds: no request the gateway sends waits a day for its answer."""
@@ -122,6 +124,36 @@ def _attempt_from(data: JSON) -> UpstreamAttempt | None:
         and 0 <= attempt.latency <= MAX_ATTEMPT_LATENCY
     )
     return attempt if sane else None
+
+
+def deliverable_answer(body: JSON) -> JSON:
+    """The upstream's answer, or in its place a small marker when no client could be sent it
+    (core/eventdata.py): recorded as it came, a sync answer would be the job's result, and make
+    every GetJob and ListJobs that carries the job fail, not only its event."""
+    problem = data_problem(body)
+    if problem is None:
+        return body
+    log.error("an answer of the upstream %s: kept as %s", problem, UNDELIVERABLE_MARK)
+    return {"error": f"the upstream's answer {problem}: {UNDELIVERABLE_MARK}"}
+
+
+def deliverable_failure(failure: UpstreamFailure) -> UpstreamFailure:
+    """The failure, its details (the upstream's error body) replaced by a small marker when no
+    client could be sent them, as they are in the job's error and the event that records it."""
+    problem = data_problem(failure.to_json())
+    if problem is None:
+        return failure
+    log.error("an error body of the upstream %s: kept as %s", problem, UNDELIVERABLE_MARK)
+    details = {"error": f"the upstream's error body {problem}: {UNDELIVERABLE_MARK}"}
+    return dataclasses.replace(failure, details=details)
+
+
+def _dispatch_id(body: JSON) -> str:
+    """The dispatch id an answer names: a string (or number), nothing else."""
+    value = body.get("dispatchId")
+    if not value or isinstance(value, bool) or not isinstance(value, str | int | float):
+        return ""
+    return str(value)
 
 
 class _OtherDispatch(NotFound):
@@ -365,12 +397,15 @@ class Gateway:
                 self.breaker.failure()
             else:
                 self.breaker.success()
+            # Callers read the failure (the status's details), and it becomes the job's error.
+            exc.failure = deliverable_failure(exc.failure)
             raise
         self.breaker.success()
         return result
 
     async def fail(self, job: Job, failure: UpstreamFailure) -> JobEvent | None:
         """Record the gateway's own terminal failure of a job (once)."""
+        failure = deliverable_failure(failure)
         event = self._event(job, states.FAILED, failure.to_json(), self.clock())
         return await self.store.append_event(
             event, dedupe_key=f"{job.job_id}:failed", apply=states.apply_event
@@ -378,15 +413,16 @@ class Gateway:
 
     async def submitted(self, job: Job, answer: UpstreamAnswer) -> JobEvent | None:
         """Record an async request's acceptance (202), and the attempt that got it (once)."""
-        body = answer.body
-        dispatch_id = str(body.get("dispatchId", ""))
+        body = deliverable_answer(answer.body)
+        dispatch_id = _dispatch_id(answer.body)
         event = self._event(job, states.SUBMITTED, body, self.clock(), dispatch_id=dispatch_id)
         return await self._record_answer(job, answer, event, f"{job.job_id}:submitted")
 
     async def completed(self, job: Job, answer: UpstreamAnswer) -> JobEvent | None:
-        """Record a sync request's answer, the job's end, and the attempt that got it (once)."""
-        body = answer.body
-        dispatch_id = str(body.get("dispatchId", ""))
+        """Record a sync request's answer, the job's end, and the attempt that got it (once).
+        Its body becomes the job's result, which GetJob and ListJobs send."""
+        body = deliverable_answer(answer.body)
+        dispatch_id = _dispatch_id(answer.body)
         event = self._event(job, states.COMPLETED, body, self.clock(), dispatch_id=dispatch_id)
         return await self._record_answer(job, answer, event, f"{job.job_id}:sync")
 
@@ -448,7 +484,12 @@ class Gateway:
             after = page[-1].cursor
 
     async def validate(self, spec: DispatchSpec) -> JSON:
-        return await self.upstream.validate(spec, timeout=SMALL_CALL_TIMEOUT)
+        try:
+            answer = await self.upstream.validate(spec, timeout=SMALL_CALL_TIMEOUT)
+        except UpstreamError as exc:
+            exc.failure = deliverable_failure(exc.failure)
+            raise
+        return deliverable_answer(answer)
 
     async def templates(self) -> list[JSON]:
         return await self.upstream.templates(timeout=SMALL_CALL_TIMEOUT)
@@ -484,7 +525,7 @@ class Gateway:
             data=payload,
             metadata={},
             event_time=_event_time(envelope, self.clock()),
-            dispatch_id=str(envelope.get("dispatchId") or ""),
+            dispatch_id=_dispatch_id(envelope),
         )
         try:
             stored = await self.store.append_event(
