@@ -5,6 +5,7 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher_gateway.core.errors import InvalidArgument
 from dispatcher_gateway.core.model import Job, JobState, Mode, Service, UpstreamFailure
 from dispatcher_gateway.rpc.convert import (
+    failure_to_pb,
     fill_job,
     filter_from_request,
     job_to_pb,
@@ -297,3 +298,10 @@ def test_a_time_before_1970_is_a_valid_timestamp(seconds: float, expected: str) 
     stamp = timestamp(seconds)
     assert 0 <= stamp.nanos <= 999_999_999
     assert json_format.MessageToJson(stamp) == f'"{expected}"'
+
+
+def test_an_http_status_no_int32_holds_is_sent_as_none() -> None:
+    # Such a status could be recorded from a webhook before core checked it.
+    failure = UpstreamFailure("failed", "", http_status=10**12)
+    assert failure_to_pb(failure).http_status == 0
+    assert failure_to_pb(UpstreamFailure("failed", "", http_status=404)).http_status == 404

@@ -25,6 +25,7 @@ from ..core.model import (
 )
 
 MAX_NANOS = 999_999_999
+MAX_INT32 = 2**31 - 1
 MAX_IDEMPOTENCY_KEY = 256
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_LENGTH = 512
@@ -362,10 +363,13 @@ def filter_from_request(req: pb.SubscribeRequest) -> EventFilter:
 
 
 def failure_to_pb(failure: UpstreamFailure) -> pb.UpstreamError:
+    status = failure.http_status
     return pb.UpstreamError(
         code=failure.code,
         message=failure.message,
-        http_status=failure.http_status,
+        # A job's error recorded from a webhook before states.failure_from checked it may hold
+        # any number there: one an int32 cannot hold would make every read of the job fail.
+        http_status=status if 0 <= status <= MAX_INT32 else 0,
         details=dict_to_struct(failure.details),
     )
 
