@@ -505,8 +505,10 @@ async def test_an_unknown_job_token_is_404(
     forged = "job_nope.AAAAAAAAAAAAAAAAAAAAAA"
     # A token the gateway's key really made, for a job it never had.
     unknown_job = gateway.gateway.tokens.token("job_never_created")
+    # A MAC that is not ASCII (U+0080, percent-encoded): found by tests/fuzz, it was a 500.
+    not_ascii = "job_nope.%C2%80"
     body = envelope()
-    for token in (forged, unknown_job):
+    for token in (forged, unknown_job, not_ascii):
         response = await https.post(
             f"{gateways.webhook_url}/webhooks/dispatcher/{token}",
             content=body,
