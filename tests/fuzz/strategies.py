@@ -89,6 +89,7 @@ INTEGERS = st.one_of(
 )
 FLOATS = st.floats(allow_nan=False, allow_infinity=False)
 JSON_SCALARS = st.one_of(st.none(), st.booleans(), INTEGERS, FLOATS, TEXT, ANY_TEXT)
+JSON_KEYS = st.one_of(TEXT, ANY_TEXT)
 
 
 def nest(levels: int, leaf: Any, kind: str) -> Any:
@@ -100,7 +101,10 @@ def nest(levels: int, leaf: Any, kind: str) -> Any:
     return value
 
 
-def json_values(scalars: st.SearchStrategy[Any] = JSON_SCALARS) -> st.SearchStrategy[Any]:
+def json_values(
+    scalars: st.SearchStrategy[Any] = JSON_SCALARS,
+    keys: st.SearchStrategy[str] = JSON_KEYS,
+) -> st.SearchStrategy[Any]:
     """JSON as Python's json module gives it: small and odd, deep (around the gateway's limit,
     beyond clients' parsers, up to 600 levels; raw bodies go deeper), wide (around the 10,000
     values an event may hold)."""
@@ -108,7 +112,7 @@ def json_values(scalars: st.SearchStrategy[Any] = JSON_SCALARS) -> st.SearchStra
         scalars,
         lambda inner: st.one_of(
             st.lists(inner, max_size=4),
-            st.dictionaries(st.one_of(TEXT, ANY_TEXT), inner, max_size=4),
+            st.dictionaries(keys, inner, max_size=4),
         ),
         max_leaves=12,
     )
@@ -389,6 +393,8 @@ ENUM_VALUES = st.integers(-(2**31), 2**31 - 1)
 SERVICES = mostly(st.sampled_from(list(pb.Service.values())[1:]), ENUM_VALUES)
 MODES = mostly(st.sampled_from(list(pb.Mode.values())), ENUM_VALUES)
 INT64 = mostly(st.integers(1, 3), st.one_of(st.integers(-(2**63), 2**63 - 1), st.just(0)))
+# What a client can put in a Struct: no lone surrogates (protobuf strings are UTF-8), but NaN and
+# the infinities.
 STRUCT_SCALARS = st.one_of(
     st.none(),
     st.booleans(),
@@ -406,8 +412,8 @@ def struct_of(value: Any) -> struct_pb2.Struct:
 
 STRUCTS = st.one_of(
     st.just({}),
-    json_values(STRUCT_SCALARS).filter(lambda v: not _too_deep_for_python(v)),
-    st.dictionaries(TEXT, json_values(STRUCT_SCALARS), max_size=3).filter(
+    json_values(STRUCT_SCALARS, TEXT).filter(lambda v: not _too_deep_for_python(v)),
+    st.dictionaries(TEXT, json_values(STRUCT_SCALARS, TEXT), max_size=3).filter(
         lambda v: not _too_deep_for_python(v)
     ),
 ).map(struct_of)
