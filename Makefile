@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 PROTO := protos/dispatcher/gateway/v1/gateway.proto
 GEN := server/dispatcher/gateway/v1
 
-.PHONY: run test check lint fmt types proto proto-check buf-lint pytest bench clean
+.PHONY: run test check lint fmt types proto proto-check buf-lint pytest fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ buf-lint: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+# tests/fuzz for longer than `make test` gives it: FUZZ_BUDGET seconds (10 minutes) of fuzzing
+# shared by the edges, no cap on examples; the figures print at the end.
+FUZZ_BUDGET ?= 600
+fuzz: $(STAMP)
+	FUZZ_BUDGET=$(FUZZ_BUDGET) $(BIN)/pytest tests/fuzz
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'

@@ -12,7 +12,35 @@ from pathlib import Path
 
 import httpx
 
+from .conftest import (
+    SANDBOX_EMAIL,
+    SANDBOX_PASSWORD,
+    WEBHOOK_SECRET,
+    RunningSandbox,
+    TlsFiles,
+    free_port,
+)
+
 START_TIMEOUT = 30.0
+
+
+def gateway_env(sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path) -> dict[str, str]:
+    webhook_port = free_port()
+    return {
+        "DISPATCHER_BASE_URL": sandbox.url,
+        "DISPATCHER_EMAIL": SANDBOX_EMAIL,
+        "DISPATCHER_PASSWORD": SANDBOX_PASSWORD,
+        "DISPATCHER_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "GATEWAY_PUBLIC_URL": f"https://127.0.0.1:{webhook_port}",
+        "GATEWAY_GRPC_ADDR": f"127.0.0.1:{free_port()}",
+        "GATEWAY_WEBHOOK_ADDR": f"127.0.0.1:{webhook_port}",
+        "GATEWAY_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
+        "GATEWAY_STORE": str(tmp_path / "gateway.db"),
+        "GATEWAY_TLS_CERT_FILE": tls.cert,
+        "GATEWAY_TLS_KEY_FILE": tls.key,
+        "GATEWAY_UPSTREAM_RATE": "6000/min",
+        "GATEWAY_ALLOW_ANONYMOUS": "true",
+    }
 
 
 @dataclass

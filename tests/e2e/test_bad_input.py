@@ -137,10 +137,12 @@ async def test_a_cursor_of_other_digits_or_beyond_64_bits_is_invalid_argument(
     [
         base64.urlsafe_b64encode(b"[" * 2000 + b"]" * 2000).decode(),
         base64.urlsafe_b64encode(b"[" * 150 + b"]" * 150).decode(),
+        # Shaped like the store's own, with a time no float holds: found by tests/fuzz.
+        base64.urlsafe_b64encode(b"[1" + b"0" * 309 + b', "job_x"]').decode(),
         "%%% not base64 %%%",
         "x" * 100_000,
     ],
-    ids=["nested-2000", "nested-150", "not-base64", "100k"],
+    ids=["nested-2000", "nested-150", "time-beyond-a-double", "not-base64", "100k"],
 )
 async def test_a_page_token_the_gateway_never_issued_is_invalid_argument(
     stub: pb_grpc.DispatchServiceStub, token: str
@@ -503,8 +505,10 @@ async def test_an_unknown_job_token_is_404(
     forged = "job_nope.AAAAAAAAAAAAAAAAAAAAAA"
     # A token the gateway's key really made, for a job it never had.
     unknown_job = gateway.gateway.tokens.token("job_never_created")
+    # A MAC that is not ASCII (U+0080, percent-encoded): found by tests/fuzz, it was a 500.
+    not_ascii = "job_nope.%C2%80"
     body = envelope()
-    for token in (forged, unknown_job):
+    for token in (forged, unknown_job, not_ascii):
         response = await https.post(
             f"{gateways.webhook_url}/webhooks/dispatcher/{token}",
             content=body,

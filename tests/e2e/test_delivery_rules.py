@@ -25,8 +25,8 @@ from dispatcher_gateway.core.model import JobEvent
 from dispatcher_gateway.core.retry import RateLimit
 
 from .conftest import GatewayFactory, RunningSandbox, TlsFiles, email_request, request_for
+from .procs import gateway_env
 from .test_gateway import status_details
-from .test_process import gateway_env
 
 CALL_TIMEOUT = 10.0
 WAIT_TIMEOUT = 15.0

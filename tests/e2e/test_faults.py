@@ -20,8 +20,7 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
 from .conftest import RunningSandbox, TlsFiles, request_for
-from .procs import GatewayProcess
-from .test_process import gateway_env
+from .procs import GatewayProcess, gateway_env
 
 log = logging.getLogger(__name__)
 

@@ -17,35 +17,8 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.support.cli import run_cli
 
-from .conftest import (
-    SANDBOX_EMAIL,
-    SANDBOX_PASSWORD,
-    WEBHOOK_SECRET,
-    RunningSandbox,
-    TlsFiles,
-    email_request,
-    free_port,
-)
-from .procs import START_TIMEOUT, GatewayProcess
-
-
-def gateway_env(sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path) -> dict[str, str]:
-    webhook_port = free_port()
-    return {
-        "DISPATCHER_BASE_URL": sandbox.url,
-        "DISPATCHER_EMAIL": SANDBOX_EMAIL,
-        "DISPATCHER_PASSWORD": SANDBOX_PASSWORD,
-        "DISPATCHER_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "GATEWAY_PUBLIC_URL": f"https://127.0.0.1:{webhook_port}",
-        "GATEWAY_GRPC_ADDR": f"127.0.0.1:{free_port()}",
-        "GATEWAY_WEBHOOK_ADDR": f"127.0.0.1:{webhook_port}",
-        "GATEWAY_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
-        "GATEWAY_STORE": str(tmp_path / "gateway.db"),
-        "GATEWAY_TLS_CERT_FILE": tls.cert,
-        "GATEWAY_TLS_KEY_FILE": tls.key,
-        "GATEWAY_UPSTREAM_RATE": "6000/min",
-        "GATEWAY_ALLOW_ANONYMOUS": "true",
-    }
+from .conftest import RunningSandbox, TlsFiles, email_request, free_port
+from .procs import START_TIMEOUT, GatewayProcess, gateway_env
 
 
 @pytest.fixture

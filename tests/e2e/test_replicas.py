@@ -23,8 +23,7 @@ from tests.support.nats_server import NatsFactory
 
 from .clients import Dispatcher, Subscriber, cancel
 from .conftest import RunningSandbox, TlsFiles, request_for
-from .procs import GatewayProcess
-from .test_process import gateway_env
+from .procs import GatewayProcess, gateway_env
 
 log = logging.getLogger(__name__)
 

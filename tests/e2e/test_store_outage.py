@@ -18,8 +18,7 @@ from tests.support.nats_server import NatsFactory
 
 from .clients import RETRYABLE, Dispatcher, HealthLog, Subscriber, cancel
 from .conftest import RunningSandbox, TlsFiles, request_for
-from .procs import GatewayProcess
-from .test_process import gateway_env
+from .procs import GatewayProcess, gateway_env
 
 OUTAGE = 10.0
 """Seconds NATS is away."""

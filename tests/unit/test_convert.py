@@ -1,13 +1,16 @@
 import pytest
+from google.protobuf import json_format
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher_gateway.core.errors import InvalidArgument
 from dispatcher_gateway.core.model import Job, JobState, Mode, Service, UpstreamFailure
 from dispatcher_gateway.rpc.convert import (
+    failure_to_pb,
     fill_job,
     filter_from_request,
     job_to_pb,
     spec_from_request,
+    timestamp,
 )
 
 
@@ -239,6 +242,21 @@ def test_other_extra_fields_go_upstream() -> None:
     assert (body["documentType"], body["webhookUrls"]) == ("INVOICE", "not ours")
 
 
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_a_number_json_cannot_carry_is_a_field_violation(number: float) -> None:
+    # Found by tests/fuzz: a Struct holds NaN and the infinities, the upstream's JSON cannot;
+    # such a request was INTERNAL.
+    request = email_request()
+    request.extra.update({"deep": [{"n": number}]})
+    request.template.data.update({"n": number})
+    with pytest.raises(InvalidArgument) as info:
+        spec_from_request(request)
+    assert [(v.field, v.description) for v in info.value.violations] == [
+        ("extra", "holds NaN or an infinite number, which JSON cannot carry"),
+        ("template.data", "holds NaN or an infinite number, which JSON cannot carry"),
+    ]
+
+
 def test_a_flood_of_violations_is_cut_to_a_few() -> None:
     request = email_request()
     request.email.to.extend(pb.EmailAddress(email="nobody") for _ in range(5000))
@@ -264,3 +282,26 @@ def test_subscribe_filters_are_bounded(changes: dict[str, object]) -> None:
     with pytest.raises(InvalidArgument) as info:
         filter_from_request(pb.SubscribeRequest(**changes))  # type: ignore[arg-type]
     assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        (-0.5, "1969-12-31T23:59:59.500Z"),
+        (-1e-17, "1969-12-31T23:59:59.999999999Z"),
+        (1770985800.25, "2026-02-13T12:30:00.250Z"),
+    ],
+)
+def test_a_time_before_1970_is_a_valid_timestamp(seconds: float, expected: str) -> None:
+    # Found by tests/fuzz: truncated, -0.5 s became nanos=-500000000, which the JSON form (and
+    # every client checking its Timestamps) refuses.
+    stamp = timestamp(seconds)
+    assert 0 <= stamp.nanos <= 999_999_999
+    assert json_format.MessageToJson(stamp) == f'"{expected}"'
+
+
+def test_an_http_status_no_int32_holds_is_sent_as_none() -> None:
+    # Such a status could be recorded from a webhook before core checked it.
+    failure = UpstreamFailure("failed", "", http_status=10**12)
+    assert failure_to_pb(failure).http_status == 0
+    assert failure_to_pb(UpstreamFailure("failed", "", http_status=404)).http_status == 404

@@ -106,3 +106,15 @@ def test_more_values_than_the_limit_are_refused_however_they_are_spread() -> Non
 def test_an_integer_beyond_a_double_is_refused() -> None:
     assert data_problem({"n": [10**400]}) == "holds an integer too large for a double"
     assert data_problem({"n": 2**64, "b": True, "f": 1e308}) is None
+
+
+@pytest.mark.parametrize("number", [float("inf"), float("-inf"), float("nan")])
+def test_a_number_that_is_not_finite_is_refused(number: float) -> None:
+    # Found by tests/fuzz: JSON's 1e400 parses as an infinity, which the JSON form of a JobEvent
+    # cannot write.
+    data: JSON = {"n": [number]}
+    with pytest.raises(json_format.SerializeToJsonError):
+        json_format.MessageToJson(event_to_pb(event_with(data)))
+
+    assert data_problem(data) == "holds a number too large for a double, or NaN"
+    assert data_problem({"n": -1.7976931348623157e308, "tiny": 5e-324}) is None

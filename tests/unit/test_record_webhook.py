@@ -3,6 +3,8 @@ nothing it accepts can fail to reach a client, and what binds a webhook to its j
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,9 +12,10 @@ import pytest
 from google.protobuf import json_format
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
+from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import InvalidArgument, NotFound
 from dispatcher_gateway.core.eventdata import MAX_DEPTH
-from dispatcher_gateway.core.model import JSON, JobState
+from dispatcher_gateway.core.model import JSON, JobEvent, JobState, Mode, Service, UpstreamAttempt
 from dispatcher_gateway.rpc.convert import event_to_pb
 
 from ..support.gateway import Harness, gateway_harness
@@ -62,6 +65,48 @@ async def test_data_that_is_not_an_object_is_measured_as_stored(harness: Harness
         )
 
 
+async def test_a_number_json_parses_as_an_infinity_is_refused(harness: Harness) -> None:
+    job_id = await harness.job()
+    envelope = json.loads('{"event": "signer_signed", "data": {"n": [1e400]}}')
+
+    with pytest.raises(InvalidArgument, match="data: holds a number too large for a double"):
+        await harness.gateway.record_webhook(
+            harness.tokens.token(job_id), envelope, webhook_id="wh-inf"
+        )
+
+    assert await stored_types(harness, job_id) == ["queued"]
+
+
+@pytest.mark.parametrize("event", sorted(states.OWN_EVENTS))
+async def test_an_event_type_the_gateway_records_itself_is_refused(
+    harness: Harness, event: str
+) -> None:
+    job_id = await harness.job()
+
+    with pytest.raises(InvalidArgument, match="is an event the gateway records itself"):
+        await harness.webhook(job_id, event, "wh-own", data={"time": {"not": "a time"}})
+
+    assert await stored_types(harness, job_id) == ["queued"]
+
+
+async def test_an_upstream_attempt_recorded_from_a_webhook_before_is_left_out(
+    harness: Harness,
+) -> None:
+    # Found by tests/fuzz: a webhook named upstream_attempt, with data that is no attempt, made
+    # every GetJob of its job INTERNAL. Such records may be in a store from before the refusal.
+    job_id = await harness.job()
+    job = await harness.gateway.get_job("anonymous", job_id)
+    good = UpstreamAttempt(time.time(), "POST /api/email", Mode.SYNC, 200, 0.01, "req_1")
+    await harness.gateway.record_attempt(job, good)
+    for forged in ({"time": {"not": "a time"}}, {"time": 1e300}, {"mode": "x"}, {"latency": -1}):
+        event = JobEvent(
+            job_id, "anonymous", Service.EMAIL, states.ATTEMPT, JobState.QUEUED, forged, {}, 0.0
+        )
+        await harness.gateway.store.append_event(event, dedupe_key=None, apply=states.apply_event)
+
+    assert await harness.gateway.attempts(job) == [good]
+
+
 async def test_the_deepest_webhook_accepted_reaches_a_client_intact(harness: Harness) -> None:
     job_id = await harness.job()
     data = nested(MAX_DEPTH)
@@ -71,6 +116,44 @@ async def test_the_deepest_webhook_accepted_reaches_a_client_intact(harness: Har
     [_, event] = await harness.gateway.store.read_events(client="anonymous", job_id=job_id)
     decoded = pb.JobEvent.FromString(event_to_pb(event).SerializeToString())
     assert json_format.MessageToDict(decoded.data) == data
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "not a time", "2026-13-01"],
+)
+async def test_a_time_no_client_could_read_is_replaced_by_the_arrival(
+    harness: Harness, stamp: str
+) -> None:
+    # Found by tests/fuzz: year 0 or 10000 in UTC made an event every JSON client refuses.
+    job_id = await harness.job()
+    before = time.time()
+
+    assert await harness.webhook(job_id, "signer_signed", "wh-1", timestamp=stamp)
+
+    [_, event] = await harness.gateway.store.read_events(client="anonymous", job_id=job_id)
+    assert before <= event.event_time <= time.time()
+    json_format.MessageToJson(event_to_pb(event))
+
+
+@pytest.mark.parametrize(
+    ("stamp", "seconds"),
+    [
+        ("2026-02-13T12:30:00Z", 1770985800.0),
+        ("2026-02-13T12:30:00", 1770985800.0),
+        ("2026-02-13T13:30:00+01:00", 1770985800.0),
+        ("0001-01-01T00:00:00Z", -62135596800.0),
+    ],
+)
+async def test_the_webhooks_own_time_is_kept_a_time_without_zone_in_utc(
+    harness: Harness, stamp: str, seconds: float
+) -> None:
+    job_id = await harness.job()
+
+    assert await harness.webhook(job_id, "signer_signed", "wh-1", timestamp=stamp)
+
+    [_, event] = await harness.gateway.store.read_events(client="anonymous", job_id=job_id)
+    assert event.event_time == seconds
 
 
 async def test_a_webhook_naming_another_dispatch_is_not_found_and_not_stored(

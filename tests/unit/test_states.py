@@ -1,3 +1,5 @@
+import pytest
+
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.model import Job, JobEvent, JobState, Mode, Service
 
@@ -91,3 +93,31 @@ def test_failure_reads_the_gateways_own_failure() -> None:
     job, _ = states.apply_event(make_job(), make_event(states.FAILED, data))
     assert job.error is not None
     assert job.error.http_status == 503
+
+
+@pytest.mark.parametrize(
+    ("written", "status"),
+    [
+        (404, 404),
+        (404.0, 404),
+        ("404", 404),
+        (":", 0),
+        ("4O4", 0),
+        ("٤٠٤", 0),
+        (10**12, 0),
+        (10**400, 0),
+        (1e300, 0),
+        (float("inf"), 0),
+        (True, 0),
+        ([404], 0),
+        ({"s": 404}, 0),
+        (None, 0),
+        (42, 0),
+    ],
+)
+def test_a_failures_http_status_is_a_status_or_none(written: object, status: int) -> None:
+    # Found by tests/fuzz: a webhook's {"http_status": ":"} made its record fail (ValueError, a
+    # 500 that Dispatcher retries for 28 h), and 10**12 a job whose every read failed.
+    job, _ = states.apply_event(make_job(), make_event("letter_failed", {"http_status": written}))
+    assert job.error is not None
+    assert job.error.http_status == status

@@ -15,7 +15,21 @@ def test_token_under_another_key_is_refused() -> None:
     assert CallbackTokens(KEY).job_id(token) is None
 
 
-@pytest.mark.parametrize("token", ["", "job_abc", "job_abc.", ".mac", "job_abd.AAAA"])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "job_abc",
+        "job_abc.",
+        ".mac",
+        "job_abd.AAAA",
+        # Found by tests/fuzz: hmac.compare_digest raised TypeError on a non-ASCII MAC, and the
+        # webhook was answered 500 (with a traceback in the log) to anyone who sent one.
+        "0.\x80",
+        "job_abc.é" * 3,
+        "\ud800.AAAA",
+    ],
+)
 def test_malformed_or_forged_token_is_refused(token: str) -> None:
     assert CallbackTokens(KEY).job_id(token) is None
 

@@ -9,6 +9,9 @@ data nested 34 levels deep already reaches no client. MAX_DEPTH keeps a JobEvent
 budget to clients that carry an event inside messages of their own. Dispatcher's documented
 envelopes nest three levels.
 
+Numbers must be finite: a Struct holds an infinity or NaN, but the JSON form of a message
+(grpcurl, every language's JSON mapping) has no way to write one, and refuses the message.
+
 MAX_VALUES bounds the encoded size: a number costs 2 bytes of JSON in an array and 11 in a
 Struct, so a 1 MiB webhook of numbers would become an event over the 4 MiB a gRPC client
 receives by default. With at most 10,000 values an event is at most ~120 KB larger than its JSON.
@@ -16,6 +19,7 @@ receives by default. With at most 10,000 values an event is at most ~120 KB larg
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 
 from .model import JSON
@@ -46,6 +50,11 @@ def data_problem(data: JSON) -> str | None:
                 float(value)
             except OverflowError:
                 return "holds an integer too large for a double"
+            continue
+        elif isinstance(value, float):
+            # JSON's 1e400 parses as an infinity: a Struct holds it, its JSON form cannot.
+            if not math.isfinite(value):
+                return "holds a number too large for a double, or NaN"
             continue
         else:
             continue

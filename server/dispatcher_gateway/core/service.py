@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from ..metrics import DISPATCHES, WEBHOOKS
@@ -62,6 +63,16 @@ DEADLINE_SLACK = 0.05
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 MAX_CURSOR = 2**63 - 1
+EARLIEST_EVENT_TIME = -62_135_596_800.0
+"""0001-01-01T00:00:00Z. From then until END_OF_EVENT_TIMES: the times RFC 3339 writes, and so
+the ones every client's google.protobuf.Timestamp holds (its JSON form refuses any other, even
+"0001-01-01T00:00:00+01:00", which is in year 0 in UTC)."""
+END_OF_EVENT_TIMES = 253_402_300_800.0
+"""10000-01-01T00:00:00Z, the first time beyond them."""
+UNDELIVERABLE_MARK = "undeliverable, not kept"
+MAX_HTTP_STATUS = 999
+MAX_ATTEMPT_LATENCY = 86_400.0
+"""Seconds: no request the gateway sends waits a day for its answer."""
 
 
 def new_job_id() -> str:
@@ -86,13 +97,63 @@ def spec_of(job: Job) -> DispatchSpec:
 
 
 def _event_time(envelope: JSON, default: float) -> float:
+    """When the webhook says its event happened; `default` (its arrival) when it says nothing a
+    client could be sent. A time without a zone is UTC, whatever the replica's own zone."""
     stamp = envelope.get("timestamp")
-    if isinstance(stamp, str):
-        try:
-            return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            pass
-    return default
+    if not isinstance(stamp, str):
+        return default
+    try:
+        parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return default
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    when = parsed.timestamp()
+    return when if EARLIEST_EVENT_TIME <= when < END_OF_EVENT_TIMES else default
+
+
+def _attempt_from(data: JSON) -> UpstreamAttempt | None:
+    """The attempt an event's data records, if it is one a client can be sent."""
+    try:
+        attempt = UpstreamAttempt.from_json(data)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    sane = (
+        EARLIEST_EVENT_TIME <= attempt.time < END_OF_EVENT_TIMES
+        and 0 <= attempt.http_status <= MAX_HTTP_STATUS
+        and 0 <= attempt.latency <= MAX_ATTEMPT_LATENCY
+    )
+    return attempt if sane else None
+
+
+def deliverable_answer(body: JSON) -> JSON:
+    """The upstream's answer, or in its place a small marker when no client could be sent it
+    (core/eventdata.py): recorded as it came, a sync answer would be the job's result, and make
+    every GetJob and ListJobs that carries the job fail, not only its event."""
+    problem = data_problem(body)
+    if problem is None:
+        return body
+    log.error("an answer of the upstream %s: kept as %s", problem, UNDELIVERABLE_MARK)
+    return {"error": f"the upstream's answer {problem}: {UNDELIVERABLE_MARK}"}
+
+
+def deliverable_failure(failure: UpstreamFailure) -> UpstreamFailure:
+    """The failure, its details (the upstream's error body) replaced by a small marker when no
+    client could be sent them, as they are in the job's error and the event that records it."""
+    problem = data_problem(failure.to_json())
+    if problem is None:
+        return failure
+    log.error("an error body of the upstream %s: kept as %s", problem, UNDELIVERABLE_MARK)
+    details = {"error": f"the upstream's error body {problem}: {UNDELIVERABLE_MARK}"}
+    return dataclasses.replace(failure, details=details)
+
+
+def _dispatch_id(body: JSON) -> str:
+    """The dispatch id an answer names: a string (or number), nothing else."""
+    value = body.get("dispatchId")
+    if not value or isinstance(value, bool) or not isinstance(value, str | int | float):
+        return ""
+    return str(value)
 
 
 class _OtherDispatch(NotFound):
@@ -336,12 +397,15 @@ class Gateway:
                 self.breaker.failure()
             else:
                 self.breaker.success()
+            # Callers read the failure (the status's details), and it becomes the job's error.
+            exc.failure = deliverable_failure(exc.failure)
             raise
         self.breaker.success()
         return result
 
     async def fail(self, job: Job, failure: UpstreamFailure) -> JobEvent | None:
         """Record the gateway's own terminal failure of a job (once)."""
+        failure = deliverable_failure(failure)
         event = self._event(job, states.FAILED, failure.to_json(), self.clock())
         return await self.store.append_event(
             event, dedupe_key=f"{job.job_id}:failed", apply=states.apply_event
@@ -349,15 +413,16 @@ class Gateway:
 
     async def submitted(self, job: Job, answer: UpstreamAnswer) -> JobEvent | None:
         """Record an async request's acceptance (202), and the attempt that got it (once)."""
-        body = answer.body
-        dispatch_id = str(body.get("dispatchId", ""))
+        body = deliverable_answer(answer.body)
+        dispatch_id = _dispatch_id(answer.body)
         event = self._event(job, states.SUBMITTED, body, self.clock(), dispatch_id=dispatch_id)
         return await self._record_answer(job, answer, event, f"{job.job_id}:submitted")
 
     async def completed(self, job: Job, answer: UpstreamAnswer) -> JobEvent | None:
-        """Record a sync request's answer, the job's end, and the attempt that got it (once)."""
-        body = answer.body
-        dispatch_id = str(body.get("dispatchId", ""))
+        """Record a sync request's answer, the job's end, and the attempt that got it (once).
+        Its body becomes the job's result, which GetJob and ListJobs send."""
+        body = deliverable_answer(answer.body)
+        dispatch_id = _dispatch_id(answer.body)
         event = self._event(job, states.COMPLETED, body, self.clock(), dispatch_id=dispatch_id)
         return await self._record_answer(job, answer, event, f"{job.job_id}:sync")
 
@@ -386,12 +451,24 @@ class Gateway:
         await self.fail(job, exc.failure)
 
     async def attempts(self, job: Job) -> list[UpstreamAttempt]:
-        """The requests sent upstream for the job so far, oldest first."""
-        return [
-            UpstreamAttempt.from_json(e.data)
-            async for e in self.events_of(job)
-            if e.type == states.ATTEMPT
-        ]
+        """The requests sent upstream for the job so far, oldest first.
+
+        A record that does not read as one is left out (and logged): a webhook could once be
+        recorded under this type, and one unreadable record must not make the job unreadable."""
+        found = []
+        async for event in self.events_of(job):
+            if event.type != states.ATTEMPT:
+                continue
+            attempt = _attempt_from(event.data)
+            if attempt is None:
+                log.warning(
+                    "job %s: event %s is not an upstream attempt the gateway recorded; left out",
+                    job.job_id,
+                    event.cursor,
+                )
+                continue
+            found.append(attempt)
+        return found
 
     async def events_of(self, job: Job) -> AsyncGenerator[JobEvent, None]:
         """The job's events recorded so far, oldest first."""
@@ -407,7 +484,12 @@ class Gateway:
             after = page[-1].cursor
 
     async def validate(self, spec: DispatchSpec) -> JSON:
-        return await self.upstream.validate(spec, timeout=SMALL_CALL_TIMEOUT)
+        try:
+            answer = await self.upstream.validate(spec, timeout=SMALL_CALL_TIMEOUT)
+        except UpstreamError as exc:
+            exc.failure = deliverable_failure(exc.failure)
+            raise
+        return deliverable_answer(answer)
 
     async def templates(self) -> list[JSON]:
         return await self.upstream.templates(timeout=SMALL_CALL_TIMEOUT)
@@ -421,6 +503,10 @@ class Gateway:
         event_type = envelope.get("event")
         if not isinstance(event_type, str) or not event_type:
             raise InvalidArgument([FieldViolation("event", "a non-empty string is required")])
+        if event_type in states.OWN_EVENTS:
+            raise InvalidArgument(
+                [FieldViolation("event", f"{event_type!r} is an event the gateway records itself")]
+            )
         data = envelope.get("data")
         payload: JSON = data if isinstance(data, dict) else {"data": data}
         # Refused before the 200: once accepted, an event no client can decode could never be
@@ -439,7 +525,7 @@ class Gateway:
             data=payload,
             metadata={},
             event_time=_event_time(envelope, self.clock()),
-            dispatch_id=str(envelope.get("dispatchId") or ""),
+            dispatch_id=_dispatch_id(envelope),
         )
         try:
             stored = await self.store.append_event(
@@ -468,8 +554,9 @@ class Gateway:
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         try:
             return await self.store.list_jobs(client, limit=size, page_token=page_token)
-        # What a store's decoder raised on a token it never issued: its text is not for callers.
-        except (ValueError, RecursionError) as exc:
+        # What a store's decoder raised on a token it never issued (OverflowError: a time no
+        # float holds): its text is not for callers.
+        except (ValueError, RecursionError, OverflowError) as exc:
             raise InvalidArgument(
                 [FieldViolation("page_token", "is not a token this server issued")]
             ) from exc

@@ -23,6 +23,11 @@ OVERDUE = "callback_overdue"
 INFORMATIONAL = frozenset({ATTEMPT})
 """Events recorded and streamed that leave the job as it is."""
 
+OWN_EVENTS = frozenset({QUEUED, SUBMITTED, FAILED, ATTEMPT, UNDELIVERABLE})
+"""Event types the gateway records itself, which no webhook may carry: an `upstream_attempt`
+would stand among the requests GetJob reports, a `failed` among the gateway's own failures.
+(`dispatch_completed` is the upstream's word too, in its async-flow recipe.)"""
+
 EVENT_STATES: dict[str, JobState] = {
     QUEUED: JobState.QUEUED,
     SUBMITTED: JobState.SUBMITTED,
@@ -96,6 +101,18 @@ def failure_from(data: JSON) -> UpstreamFailure:
     return UpstreamFailure(
         code=str(data.get("code") or inner or data.get("status") or "failed"),
         message=str(data.get("message") or data.get("reason") or ""),
-        http_status=int(data.get("http_status") or 0),
+        http_status=_http_status(data.get("http_status")),
         details=details if isinstance(details, dict) else {},
     )
+
+
+def _http_status(value: object) -> int:
+    """An HTTP status (100-599) as a webhook's data may write it (404, 404.0, "404"); 0 for
+    anything else, which names none."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) == 3:
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+        return value
+    return 0

@@ -21,7 +21,9 @@ class CallbackTokens:
         self._key = key
 
     def _mac(self, job_id: str) -> str:
-        digest = hmac.new(self._key, job_id.encode(), hashlib.sha256).digest()[:_MAC_BYTES]
+        # surrogatepass: a job id read from a URL may hold anything, and must only not match.
+        data = job_id.encode("utf-8", "surrogatepass")
+        digest = hmac.new(self._key, data, hashlib.sha256).digest()[:_MAC_BYTES]
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def token(self, job_id: str) -> str:
@@ -30,6 +32,9 @@ class CallbackTokens:
     def job_id(self, token: str) -> str | None:
         """The job id the token names, or None when the token is not one of ours."""
         job_id, sep, mac = token.rpartition(".")
-        if not sep or not job_id or not hmac.compare_digest(mac, self._mac(job_id)):
+        # compare_digest refuses (TypeError) a str that is not ASCII: ours always is.
+        if not sep or not job_id or not mac.isascii():
+            return None
+        if not hmac.compare_digest(mac, self._mac(job_id)):
             return None
         return job_id

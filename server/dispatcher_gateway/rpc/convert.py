@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,8 @@ from ..core.model import (
     UpstreamFailure,
 )
 
+MAX_NANOS = 999_999_999
+MAX_INT32 = 2**31 - 1
 MAX_IDEMPOTENCY_KEY = 256
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_LENGTH = 512
@@ -104,8 +107,9 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
 
 
 def _set_time(stamp: timestamp_pb2.Timestamp, seconds: float) -> None:
-    whole = int(seconds)
-    stamp.seconds, stamp.nanos = whole, int((seconds - whole) * 1e9)
+    # Floored, not truncated: a Timestamp's nanos are never negative, even before 1970.
+    whole = math.floor(seconds)
+    stamp.seconds, stamp.nanos = whole, min(int((seconds - whole) * 1e9), MAX_NANOS)
 
 
 def _address(message: pb.EmailAddress) -> JSON:
@@ -268,7 +272,7 @@ def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
         v.add("mode", "unknown mode")
         mode = Mode.ASYNC
 
-    body: JSON = struct_to_dict(req.extra) if req.HasField("extra") else {}
+    body: JSON = _struct_field(req.extra, "extra", v) if req.HasField("extra") else {}
     for key in body:
         if _normalized(key) in _OWNED:
             v.add(f"extra.{key[:64]}", "set by the gateway; not accepted in extra")
@@ -277,7 +281,7 @@ def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
     template = req.template
     template_id = template.id
     v.require(template_id > 0, "template.id", "required: a positive template id")
-    body["template"] = {"id": template_id, "data": struct_to_dict(template.data)}
+    body["template"] = {"id": template_id, "data": _struct_field(template.data, "template.data", v)}
     for service in services:
         if service not in _BLOCKS:
             continue
@@ -306,6 +310,15 @@ def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
     if v.items:
         raise v.error()
     return DispatchSpec(tuple(services), mode, body, metadata, idempotency_key)
+
+
+def _struct_field(message: struct_pb2.Struct, field: str, v: _Violations) -> JSON:
+    try:
+        return struct_to_dict(message)
+    except ValueError:
+        # NaN and the infinities: a Struct holds them, the JSON body sent upstream cannot.
+        v.add(field, "holds NaN or an infinite number, which JSON cannot carry")
+        return {}
 
 
 def _normalized(key: str) -> str:
@@ -350,10 +363,13 @@ def filter_from_request(req: pb.SubscribeRequest) -> EventFilter:
 
 
 def failure_to_pb(failure: UpstreamFailure) -> pb.UpstreamError:
+    status = failure.http_status
     return pb.UpstreamError(
         code=failure.code,
         message=failure.message,
-        http_status=failure.http_status,
+        # A job's error recorded from a webhook before states.failure_from checked it may hold
+        # any number there: one an int32 cannot hold would make every read of the job fail.
+        http_status=status if 0 <= status <= MAX_INT32 else 0,
         details=dict_to_struct(failure.details),
     )
 
