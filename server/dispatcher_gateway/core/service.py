@@ -126,24 +126,24 @@ def _attempt_from(data: JSON) -> UpstreamAttempt | None:
     return attempt if sane else None
 
 
-def deliverable_answer(body: JSON) -> JSON:
+def deliverable_answer(body: JSON, what: str) -> JSON:
     """The upstream's answer, or in its place a small marker when no client could be sent it
     (core/eventdata.py): recorded as it came, a sync answer would be the job's result, and make
     every GetJob and ListJobs that carries the job fail, not only its event."""
     problem = data_problem(body)
     if problem is None:
         return body
-    log.error("an answer of the upstream %s: kept as %s", problem, UNDELIVERABLE_MARK)
+    log.error("the upstream's answer (%s) %s: kept as %r", what, problem, UNDELIVERABLE_MARK)
     return {"error": f"the upstream's answer {problem}: {UNDELIVERABLE_MARK}"}
 
 
-def deliverable_failure(failure: UpstreamFailure) -> UpstreamFailure:
+def deliverable_failure(failure: UpstreamFailure, what: str) -> UpstreamFailure:
     """The failure, its details (the upstream's error body) replaced by a small marker when no
     client could be sent them, as they are in the job's error and the event that records it."""
     problem = data_problem(failure.to_json())
     if problem is None:
         return failure
-    log.error("an error body of the upstream %s: kept as %s", problem, UNDELIVERABLE_MARK)
+    log.error("the upstream's error body (%s) %s: kept as %r", what, problem, UNDELIVERABLE_MARK)
     details = {"error": f"the upstream's error body {problem}: {UNDELIVERABLE_MARK}"}
     return dataclasses.replace(failure, details=details)
 
@@ -398,14 +398,14 @@ class Gateway:
             else:
                 self.breaker.success()
             # Callers read the failure (the status's details), and it becomes the job's error.
-            exc.failure = deliverable_failure(exc.failure)
+            exc.failure = deliverable_failure(exc.failure, "a dispatch")
             raise
         self.breaker.success()
         return result
 
     async def fail(self, job: Job, failure: UpstreamFailure) -> JobEvent | None:
         """Record the gateway's own terminal failure of a job (once)."""
-        failure = deliverable_failure(failure)
+        failure = deliverable_failure(failure, f"job {job.job_id}")
         event = self._event(job, states.FAILED, failure.to_json(), self.clock())
         return await self.store.append_event(
             event, dedupe_key=f"{job.job_id}:failed", apply=states.apply_event
@@ -413,7 +413,7 @@ class Gateway:
 
     async def submitted(self, job: Job, answer: UpstreamAnswer) -> JobEvent | None:
         """Record an async request's acceptance (202), and the attempt that got it (once)."""
-        body = deliverable_answer(answer.body)
+        body = deliverable_answer(answer.body, f"job {job.job_id}, 202")
         dispatch_id = _dispatch_id(answer.body)
         event = self._event(job, states.SUBMITTED, body, self.clock(), dispatch_id=dispatch_id)
         return await self._record_answer(job, answer, event, f"{job.job_id}:submitted")
@@ -421,7 +421,7 @@ class Gateway:
     async def completed(self, job: Job, answer: UpstreamAnswer) -> JobEvent | None:
         """Record a sync request's answer, the job's end, and the attempt that got it (once).
         Its body becomes the job's result, which GetJob and ListJobs send."""
-        body = deliverable_answer(answer.body)
+        body = deliverable_answer(answer.body, f"job {job.job_id}")
         dispatch_id = _dispatch_id(answer.body)
         event = self._event(job, states.COMPLETED, body, self.clock(), dispatch_id=dispatch_id)
         return await self._record_answer(job, answer, event, f"{job.job_id}:sync")
@@ -487,9 +487,9 @@ class Gateway:
         try:
             answer = await self.upstream.validate(spec, timeout=SMALL_CALL_TIMEOUT)
         except UpstreamError as exc:
-            exc.failure = deliverable_failure(exc.failure)
+            exc.failure = deliverable_failure(exc.failure, "a validation")
             raise
-        return deliverable_answer(answer)
+        return deliverable_answer(answer, "a validation")
 
     async def templates(self) -> list[JSON]:
         return await self.upstream.templates(timeout=SMALL_CALL_TIMEOUT)
