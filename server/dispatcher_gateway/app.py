@@ -20,7 +20,8 @@ from .core.breaker import CircuitBreaker
 from .core.errors import ShuttingDown, StoreUnavailable
 from .core.hub import EventHub
 from .core.outbox import OutboxWorker
-from .core.service import Gateway, RateGate
+from .core.rate import RateGate
+from .core.service import Gateway
 from .core.tokens import CallbackTokens
 from .httpserver import HttpServer, start_http
 from .metrics import REGISTRY

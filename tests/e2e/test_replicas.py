@@ -60,6 +60,37 @@ async def start(gateway: GatewayProcess) -> None:
             log.warning("replica exited at start-up; starting it again")
 
 
+async def replicas(
+    sandbox: RunningSandbox,
+    tls: TlsFiles,
+    tmp_path: Path,
+    nats_url: str,
+    settings: dict[str, str],
+) -> tuple[list[GatewayProcess], Balancer]:
+    """REPLICAS gateway processes (not started) on the NATS cluster, behind one balancer that
+    takes the webhooks: one public URL for all, as Dispatcher calls back through the Service."""
+    envs = [gateway_env(sandbox, tls, tmp_path) for _ in range(REPLICAS)]
+    balancer = Balancer(
+        [("127.0.0.1", int(env["GATEWAY_WEBHOOK_ADDR"].rpartition(":")[2])) for env in envs]
+    )
+    await balancer.start()
+    gateways = [
+        GatewayProcess(
+            env
+            | {
+                "GATEWAY_STORE": nats_url,
+                "GATEWAY_NATS_REPLICAS": "3",
+                "GATEWAY_PUBLIC_URL": f"https://127.0.0.1:{balancer.port}",
+                **settings,
+            },
+            tmp_path / f"gateway-{i}.log",
+            int(env["GATEWAY_ADMIN_ADDR"].rpartition(":")[2]),
+        )
+        for i, env in enumerate(envs)
+    ]
+    return gateways, balancer
+
+
 @pytest.mark.timeout(RUN_TIMEOUT + 60)
 @pytest.mark.parametrize(
     # A connection per webhook: the balancer sends each one to a random replica.
@@ -71,29 +102,18 @@ async def test_three_replicas_on_a_nats_cluster_lose_nothing_and_share_the_rate(
 ) -> None:
     started = time.monotonic()
     nats = start_nats_server(nodes=3)
-    envs = [gateway_env(sandbox, tls, tmp_path) for _ in range(REPLICAS)]
-    balancer = Balancer(
-        [("127.0.0.1", int(env["GATEWAY_WEBHOOK_ADDR"].rpartition(":")[2])) for env in envs]
+    gateways, balancer = await replicas(
+        sandbox,
+        tls,
+        tmp_path,
+        nats.url,
+        {
+            "GATEWAY_UPSTREAM_RATE": f"{RATE_LIMIT}/{RATE_WINDOW:g}s",
+            "GATEWAY_SUBMIT_TIMEOUT": f"{SUBMIT_TIMEOUT:g}",
+            # Email and SMS are sent in sync mode (they never call back): as short.
+            "GATEWAY_SYNC_TIMEOUT": f"{SUBMIT_TIMEOUT:g}",
+        },
     )
-    await balancer.start()
-    gateways = [
-        GatewayProcess(
-            env
-            | {
-                "GATEWAY_STORE": nats.url,
-                "GATEWAY_NATS_REPLICAS": "3",
-                # One public URL for all: Dispatcher calls back through the Service.
-                "GATEWAY_PUBLIC_URL": f"https://127.0.0.1:{balancer.port}",
-                "GATEWAY_UPSTREAM_RATE": f"{RATE_LIMIT}/{RATE_WINDOW:g}s",
-                "GATEWAY_SUBMIT_TIMEOUT": f"{SUBMIT_TIMEOUT:g}",
-                # Email and SMS are sent in sync mode (they never call back): as short.
-                "GATEWAY_SYNC_TIMEOUT": f"{SUBMIT_TIMEOUT:g}",
-            },
-            tmp_path / f"gateway-{i}.log",
-            int(env["GATEWAY_ADMIN_ADDR"].rpartition(":")[2]),
-        )
-        for i, env in enumerate(envs)
-    ]
     targets = [gateway.env["GATEWAY_GRPC_ADDR"] for gateway in gateways]
     dispatcher = Dispatcher(targets)
     # Subscriber i starts on replica i; the dispatcher's round robin sends two jobs in three
@@ -227,25 +247,13 @@ async def test_a_job_whose_webhook_is_overdue_ends_once_across_three_replicas(
     sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path, start_nats_server: NatsFactory
 ) -> None:
     nats = start_nats_server(nodes=3)
-    envs = [gateway_env(sandbox, tls, tmp_path) for _ in range(REPLICAS)]
-    balancer = Balancer(
-        [("127.0.0.1", int(env["GATEWAY_WEBHOOK_ADDR"].rpartition(":")[2])) for env in envs]
+    gateways, balancer = await replicas(
+        sandbox,
+        tls,
+        tmp_path,
+        nats.url,
+        {"GATEWAY_CALLBACK_DEADLINES": f"esign={DEADLINE:g},postal={DEADLINE:g}"},
     )
-    await balancer.start()
-    gateways = [
-        GatewayProcess(
-            env
-            | {
-                "GATEWAY_STORE": nats.url,
-                "GATEWAY_NATS_REPLICAS": "3",
-                "GATEWAY_PUBLIC_URL": f"https://127.0.0.1:{balancer.port}",
-                "GATEWAY_CALLBACK_DEADLINES": f"esign={DEADLINE:g},postal={DEADLINE:g}",
-            },
-            tmp_path / f"gateway-{i}.log",
-            int(env["GATEWAY_ADMIN_ADDR"].rpartition(":")[2]),
-        )
-        for i, env in enumerate(envs)
-    ]
     targets = [gateway.env["GATEWAY_GRPC_ADDR"] for gateway in gateways]
     dispatcher = Dispatcher(targets)
     subscribers = [Subscriber(targets[i:] + targets[:i]) for i in range(REPLICAS)]

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from dispatcher_gateway.core.hub import EventHub
 from dispatcher_gateway.core.model import JSON, DispatchSpec, JobEvent, Mode, Service
+from dispatcher_gateway.core.rate import RateGate
 from dispatcher_gateway.core.retry import RateLimit
-from dispatcher_gateway.core.service import Gateway, RateGate
+from dispatcher_gateway.core.service import Gateway
 from dispatcher_gateway.core.tokens import CallbackTokens
 from dispatcher_gateway.store.sqlite import SqliteStore
 

@@ -34,8 +34,9 @@ from dispatcher_gateway.core.outbox import (
     SYNC_CALL_GRACE,
     OutboxWorker,
 )
+from dispatcher_gateway.core.rate import RateGate
 from dispatcher_gateway.core.retry import RateLimit, RetryPolicy
-from dispatcher_gateway.core.service import Gateway, RateGate
+from dispatcher_gateway.core.service import Gateway
 from dispatcher_gateway.core.tokens import CallbackTokens
 from dispatcher_gateway.store.sqlite import SqliteStore
 

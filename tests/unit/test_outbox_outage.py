@@ -18,7 +18,8 @@ from dispatcher_gateway.core.errors import StoreUnavailable
 from dispatcher_gateway.core.hub import EventHub
 from dispatcher_gateway.core.model import DispatchSpec, JobState, Mode, Service
 from dispatcher_gateway.core.outbox import OutboxWorker
-from dispatcher_gateway.core.service import Gateway, RateGate
+from dispatcher_gateway.core.rate import RateGate
+from dispatcher_gateway.core.service import Gateway
 from dispatcher_gateway.core.tokens import CallbackTokens
 from dispatcher_gateway.store.sqlite import SqliteStore
 

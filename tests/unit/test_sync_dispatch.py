@@ -21,8 +21,9 @@ from dispatcher_gateway.core.model import (
     Service,
     UpstreamFailure,
 )
+from dispatcher_gateway.core.rate import RateGate
 from dispatcher_gateway.core.retry import RateLimit
-from dispatcher_gateway.core.service import Gateway, RateGate
+from dispatcher_gateway.core.service import Gateway
 from dispatcher_gateway.core.tokens import CallbackTokens
 from dispatcher_gateway.store.sqlite import SqliteStore
 

@@ -43,7 +43,7 @@ from .model import (
     UpstreamFailure,
 )
 from .ports import Upstream, UpstreamAnswer
-from .retry import RateLimit
+from .rate import RateGate
 from .tokens import CallbackTokens
 
 log = logging.getLogger("dispatcher_gateway.core")
@@ -56,8 +56,6 @@ SMALL_CALL_TIMEOUT = 30.0
 REPLAY_PAGE = 500
 """Events read from the store at a time while a stream catches up."""
 HTTP_TOO_MANY_REQUESTS = 429
-RATE_MARGIN, RATE_MARGIN_MIN = 0.01, 1.0
-"""The rate window is widened by 1% and at least 1 s, against arrival-time jitter."""
 DEADLINE_SLACK = 0.05
 """Seconds: a sync call cancelled this close to its deadline was cancelled by the deadline."""
 MAX_PAGE_SIZE = 1000
@@ -199,38 +197,6 @@ def _deliverable(event: JobEvent) -> JobEvent:
     return event.replace(
         type=states.UNDELIVERABLE, data={"error": error, "original_type": event.type}
     )
-
-
-class RateGate:
-    """Waits for a slot of the account's rate limit, shared through the store."""
-
-    def __init__(self, store: Store, rate: RateLimit) -> None:
-        self._store = store
-        self.rate = rate
-
-    async def take(self) -> float:
-        """Take a slot now if there is one: 0.0, else the seconds until one frees."""
-        # A little wider than the account's window: requests reach the upstream a few ms after
-        # their slot is taken, not all equally late, and the upstream counts arrivals.
-        window = self.rate.window + max(RATE_MARGIN_MIN, self.rate.window * RATE_MARGIN)
-        return await self._store.acquire_rate(limit=self.rate.limit, window=window)
-
-    async def wait(self, budget: float | None = None) -> float:
-        """Take a slot, waiting for one at most `budget` seconds (None: as long as it takes).
-        Returns the loop's time when it was taken."""
-        loop = asyncio.get_running_loop()
-        give_up = None if budget is None else loop.time() + budget
-        while True:
-            wait = await self.take()
-            if wait <= 0:
-                return loop.time()
-            if give_up is not None and loop.time() + wait > give_up:
-                raise RateLimited(
-                    f"the account's upstream rate limit ({self.rate.limit} per "
-                    f"{self.rate.window:g} s) is used up; retry in {wait:.1f} s",
-                    retry_after=wait,
-                )
-            await asyncio.sleep(wait)
 
 
 class Gateway:
