@@ -20,6 +20,7 @@ from .core.breaker import CircuitBreaker
 from .core.errors import ShuttingDown, StoreUnavailable
 from .core.hub import EventHub
 from .core.outbox import OutboxWorker
+from .core.ports import Store
 from .core.rate import RateGate
 from .core.service import Gateway
 from .core.tokens import CallbackTokens
@@ -31,7 +32,6 @@ from .rpc.limits import ClientLimits
 from .rpc.server import create_server, set_serving
 from .rpc.servicer import DispatchServicer
 from .rpc.tls import CertificateFiles
-from .store.base import Store
 from .upstream import DispatcherClient
 from .webhooks import WebhookVerifier, create_webhook_app
 

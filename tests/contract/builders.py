@@ -11,7 +11,7 @@ from typing import Any
 
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.model import JSON, Job, JobEvent, JobState, Mode, Service
-from dispatcher_gateway.store import Store
+from dispatcher_gateway.core.ports import Store
 
 StoreFactory = Callable[[], Store]
 """Makes an unopened store; every store one factory makes sees the same data, so a test can

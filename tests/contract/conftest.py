@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher_gateway.store import SqliteStore, Store
+from dispatcher_gateway.core.ports import Store
+from dispatcher_gateway.store import SqliteStore
 from dispatcher_gateway.store.nats import NatsStore
 from tests.support.nats_server import NatsEndpoint
 

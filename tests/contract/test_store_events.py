@@ -9,7 +9,7 @@ import pytest
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import NotFound
 from dispatcher_gateway.core.model import Job, JobEvent, JobState
-from dispatcher_gateway.store import Store
+from dispatcher_gateway.core.ports import Store
 
 from .builders import CLIENT, OTHER_CLIENT, append, create, event_for, new_job
 

@@ -6,7 +6,7 @@ import asyncio
 
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.model import JobState, UpstreamFailure
-from dispatcher_gateway.store import Store
+from dispatcher_gateway.core.ports import Store
 
 from .builders import CLIENT, OTHER_CLIENT, append, create, new_job, queued_event
 

@@ -4,7 +4,7 @@ retry_later take effect only while their lease is current). Time passes by the t
 
 from __future__ import annotations
 
-from dispatcher_gateway.store import Store
+from dispatcher_gateway.core.ports import Store
 
 from .builders import Elapse, ManualClock, create
 

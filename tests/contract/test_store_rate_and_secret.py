@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from dispatcher_gateway.core.errors import StoreUnavailable
-from dispatcher_gateway.store import Store
+from dispatcher_gateway.core.ports import Store
 
 from .builders import StoreFactory, opened
 

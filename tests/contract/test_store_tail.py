@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from dispatcher_gateway.core.model import JobEvent
-from dispatcher_gateway.store import Store
+from dispatcher_gateway.core.ports import Store
 
 from .builders import CLIENT, OTHER_CLIENT, append, create, eventually, tailing, take
 

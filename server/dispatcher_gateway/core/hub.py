@@ -17,9 +17,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from ..store.base import Store
 from .errors import ShuttingDown, SlowConsumer, StoreUnavailable
 from .model import JobEvent
+from .ports import Store
 
 log = logging.getLogger("dispatcher_gateway.hub")
 

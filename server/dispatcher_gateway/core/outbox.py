@@ -16,10 +16,10 @@ import contextlib
 import logging
 
 from ..metrics import CALLBACKS_OVERDUE, UPSTREAM_CALLS
-from ..store.base import Store
 from . import states
 from .errors import StoreUnavailable, UpstreamError
 from .model import Job, JobState, Lease, Mode, UpstreamFailure
+from .ports import Store
 from .retry import RetryPolicy
 from .service import UPSTREAM_TIMEOUT, Gateway, spec_of
 

@@ -1,12 +1,121 @@
-"""What core needs from the edges, as protocols: the upstream API, and what it offers the
-webhook receiver. The implementations live in upstream/ and core/service.py."""
+"""What core needs from the edges, as protocols: durable storage (the Store contract), the
+upstream API, and what it offers the webhook receiver. Store backends live in store/, the upstream
+client in upstream/; one contract test suite (tests/contract) runs against every backend."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .model import JSON, DispatchSpec, UpstreamAttempt
+from .model import JSON, DispatchSpec, Job, JobEvent, Lease, UpstreamAttempt
+
+Clock = Callable[[], float]
+"""Seconds, as time.time or time.monotonic give them. A store takes one (by default the real one)
+and decides with it when an outbox lease has run out; tests move a clock of their own."""
+
+Apply = Callable[[Job, JobEvent], tuple[Job, JobEvent]]
+"""Folds an event into its job: returns the job after it and the event as it is to be recorded.
+
+The job it is given may have an empty body ({}): the request never changes after the create, so a
+store need not load it, and only what an event may change (state, times, dispatch id, result,
+error, last event) is kept of the job returned."""
+
+
+class Store(Protocol):
+    """Every method raises core.errors.StoreUnavailable when the backend cannot be reached, and
+    writes nothing partial that a retry of the same call would not complete."""
+
+    async def open(self) -> None:
+        """Connect, and create what is missing (tables, streams, buckets)."""
+
+    async def close(self) -> None: ...
+
+    async def check(self) -> None:
+        """Raise StoreUnavailable unless the backend answers now (readiness)."""
+
+    async def secret(self, name: str) -> bytes:
+        """A random 32-byte key made the first time it is asked for, then the same for every
+        replica and after every restart (the callback token key)."""
+
+    # Jobs
+
+    async def create_job(
+        self, job: Job, first_event: JobEvent, *, enqueue: bool
+    ) -> tuple[Job, bool]:
+        """Store a new job with its first event, and put it on the outbox when `enqueue`.
+
+        When `job.idempotency_key` is not empty and the same client already has a job under that
+        key, nothing is written and that job is returned with False. Concurrent calls with the same
+        (client, key) create exactly one job. A crash part way must leave either nothing, or a job
+        that a retry of this call completes (event appended, outbox entry present) and returns.
+        """
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def list_jobs(
+        self, client: str, *, limit: int, page_token: str = ""
+    ) -> tuple[list[Job], str]:
+        """The client's jobs, newest first; returns the page and the next page's token ('' when
+        this is the last page)."""
+
+    # Outbox
+    #
+    # A lease is current from lease() until the first of: its ack, its retry_later, the end of
+    # its visibility by the store's clock. ack and retry_later take effect only while their lease
+    # is current; otherwise they do nothing, and the entry is handed out again once the visibility
+    # has run out (the worker's submission is then repeated under the same idempotency key, which
+    # is harmless). So a worker whose lease ran out never ends the lease of the worker after it.
+    # An entry is not handed out while a lease of it is current; a backend whose server times the
+    # visibility itself (NatsStore) hands the entry out again a little later than the store's
+    # clock says the lease ran out (its lease grace), never sooner.
+
+    async def lease(self, *, limit: int, visibility: float) -> list[Lease]:
+        """Up to `limit` due entries, oldest first, each leased for `visibility` seconds: hidden
+        from other workers while the lease is current, handed out again once it has run out.
+        `Lease.attempts` is how many times the entry was handed out before, whether those leases
+        ended by retry_later or ran out (a worker that vanished may have submitted)."""
+
+    async def ack(self, lease: Lease) -> None:
+        """Done with the entry: it is never handed out again. Does nothing unless the lease is
+        current (see above)."""
+
+    async def retry_later(self, lease: Lease, delay: float) -> None:
+        """End the lease, and hand the entry out again after `delay` seconds. Does nothing
+        unless the lease is current (see above)."""
+
+    # Events
+
+    async def append_event(
+        self, event: JobEvent, *, dedupe_key: str | None, apply: Apply
+    ) -> JobEvent | None:
+        """Append an event to its job's log and update the job, atomically.
+
+        `apply(job, event)` gives the job after the event and the event as recorded; the store then
+        sets the event's cursor and record time and returns it. Returns None, writing nothing,
+        when an event with the same `dedupe_key` was appended before (kept at least 72 h).
+        Raises core.errors.NotFound when the job does not exist.
+        """
+
+    async def read_events(
+        self, *, client: str, after: str = "", job_id: str = "", limit: int = 1000
+    ) -> list[JobEvent]:
+        """The client's events after the cursor `after` ('' = from the start), in cursor order,
+        only those of `job_id` when given."""
+
+    def tail(self, *, after: str) -> AsyncIterator[JobEvent]:
+        """Every event of every client appended after the cursor `after` ('' = from the start),
+        in cursor order, without end: events appended by other replicas included."""
+
+    async def last_cursor(self) -> str:
+        """The cursor of the newest event ('' when there is none)."""
+
+    # Rate limit
+
+    async def acquire_rate(self, *, limit: int, window: float) -> float:
+        """Take one slot of a sliding-window limit shared by every replica: at most `limit`
+        acquisitions in any `window` seconds. Returns 0.0 when taken, else the seconds until a
+        slot frees (nothing taken)."""
 
 
 @dataclass(frozen=True, slots=True)

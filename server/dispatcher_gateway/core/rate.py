@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from ..store.base import Store
 from .errors import RateLimited
+from .ports import Store
 from .retry import RateLimit
 
 RATE_MARGIN, RATE_MARGIN_MIN = 0.01, 1.0

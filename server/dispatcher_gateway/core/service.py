@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from ..metrics import DISPATCHES, WEBHOOKS
-from ..store.base import Store
 from . import states
 from .breaker import CircuitBreaker
 from .callbacks import CallbackRules
@@ -42,7 +41,7 @@ from .model import (
     UpstreamAttempt,
     UpstreamFailure,
 )
-from .ports import Upstream, UpstreamAnswer
+from .ports import Store, Upstream, UpstreamAnswer
 from .rate import RateGate
 from .tokens import CallbackTokens
 

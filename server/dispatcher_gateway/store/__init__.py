@@ -1,6 +1,5 @@
-"""Durable storage: the `Store` contract and its backends."""
+"""Durable storage: the backends of the `Store` contract (core/ports.py)."""
 
-from .base import Apply, Clock, Store
 from .sqlite import SqliteStore
 
-__all__ = ["Apply", "Clock", "SqliteStore", "Store"]
+__all__ = ["SqliteStore"]

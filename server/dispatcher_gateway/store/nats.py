@@ -129,7 +129,7 @@ from nats.js.kv import KeyValue
 
 from ..core.errors import FieldViolation, InvalidArgument, NotFound, StoreUnavailable
 from ..core.model import JSON, Job, JobEvent, JobState, Lease, Mode, Service, UpstreamFailure
-from .base import Apply, Clock
+from ..core.ports import Apply, Clock
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from typing import Any, Final, TypeVar
 
 from ..core.errors import FieldViolation, InvalidArgument, NotFound, StoreUnavailable
 from ..core.model import Job, JobEvent, JobState, Lease, Mode, Service, UpstreamFailure
-from .base import Apply, Clock
+from ..core.ports import Apply, Clock
 
 T = TypeVar("T")
 
