@@ -8,8 +8,9 @@ import secrets
 import sys
 from typing import Any
 
+from ..sandbox import SandboxSettings
 from .logs import configure_logging
-from .serve import SANDBOX_EMAIL, stop_on_signals
+from .serve import stop_on_signals
 
 SANDBOX_PORT = 8080
 
@@ -18,22 +19,30 @@ def add_command(commands: Any) -> None:
     sandbox = commands.add_parser("sandbox", help="run the sandbox alone")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=SANDBOX_PORT)
-    sandbox.add_argument("--email", default=SANDBOX_EMAIL)
+    sandbox.add_argument("--email", default=SandboxSettings.email)
     sandbox.add_argument("--callback-ca", help="CA file to verify the HTTPS callbacks with")
     sandbox.add_argument(
-        "--sync-delay", type=float, default=0.0, help="seconds a sync answer takes (the least)"
+        "--sync-delay",
+        type=float,
+        default=SandboxSettings.sync_delay,
+        help="seconds a sync answer takes (the least)",
     )
     sandbox.add_argument(
         "--sync-delay-max",
         type=float,
         help="with it, each sync answer takes a random time between --sync-delay and this",
     )
-    sandbox.add_argument("--time-factor", type=float, default=1.0, help="scales webhook retries")
+    sandbox.add_argument(
+        "--time-factor",
+        type=float,
+        default=SandboxSettings.time_factor,
+        help="scales webhook retries",
+    )
     sandbox.set_defaults(run=run)
 
 
 async def run(args: argparse.Namespace) -> int:
-    from ..sandbox import SandboxSettings, serve_sandbox
+    from ..sandbox import serve_sandbox
 
     configure_logging("INFO")
     password = os.environ.get("SANDBOX_PASSWORD") or secrets.token_urlsafe(16)

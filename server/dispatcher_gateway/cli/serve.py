@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, Settings
+from ..sandbox import SandboxSettings
 from .connection import on_loopback
 from .logs import configure_logging
 
 SANDBOX_TLS_DIR = Path("data/sandbox-tls")
-SANDBOX_EMAIL = "sandbox@example.com"
 SANDBOX_EVENT_DELAY = 0.5
 """Seconds before the sandbox sends a dispatch's first webhook."""
 
@@ -75,12 +75,11 @@ async def run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     sandbox = None
     if args.sandbox:
-        from ..sandbox import SandboxSettings, serve_sandbox
+        from ..sandbox import serve_sandbox
 
         ca_file, cert_file, key_file = sandbox_tls()
         password, secret = secrets.token_urlsafe(16), secrets.token_urlsafe(24)
         sandbox_settings = SandboxSettings(
-            email=SANDBOX_EMAIL,
             password=password,
             webhook_secrets=(secret,),
             callback_ca=ca_file,
@@ -91,7 +90,7 @@ async def run(args: argparse.Namespace) -> int:
         webhook_port = webhook_addr.rpartition(":")[2]
         defaults = {
             "DISPATCHER_BASE_URL": sandbox_server.url,
-            "DISPATCHER_EMAIL": SANDBOX_EMAIL,
+            "DISPATCHER_EMAIL": sandbox_settings.email,
             "DISPATCHER_PASSWORD": password,
             "DISPATCHER_WEBHOOK_SECRET": secret,
             "GATEWAY_PUBLIC_URL": f"https://127.0.0.1:{webhook_port}",
