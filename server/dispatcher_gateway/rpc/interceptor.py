@@ -120,7 +120,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
                 with self._counted(checked):
                     return await behaviour(request, context)
             except Exception as exc:
-                await self._unexpected(method, exc, context)
+                await self._report(method, exc, context)
 
         return guarded
 
@@ -134,7 +134,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
                     async for response in behaviour(request, context):
                         yield response
             except Exception as exc:
-                await self._unexpected(method, exc, context)
+                await self._report(method, exc, context)
 
         return guarded
 
@@ -189,7 +189,8 @@ class CallGuard(grpc.aio.ServerInterceptor):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE)
         raise AssertionError("unreachable: abort raises")
 
-    async def _unexpected(self, method: str, exc: Exception, context: Context) -> NoReturn:
+    async def _report(self, method: str, exc: Exception, context: Context) -> NoReturn:
+        """The call's status for what it raised: a domain error's own, INTERNAL for the rest."""
         if isinstance(exc, grpc.aio.AbortError):
             raise exc
         if isinstance(exc, GatewayError):
