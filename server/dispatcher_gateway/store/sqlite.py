@@ -315,8 +315,8 @@ class SqliteStore:
         synchronous: str = "FULL",
         clock: Clock = time.time,
     ) -> None:
-        """`clock` times the outbox (when entries are due, when leases run out); the file keeps
-        its readings, so it must be a wall clock like time.time."""
+        """`clock` times the outbox (when entries are due, when leases run out) and the rate
+        limit; the file keeps its readings, so it must be a wall clock like time.time."""
         if synchronous.upper() not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}")
         self._path = Path(path)
@@ -550,7 +550,7 @@ class SqliteStore:
             raise ValueError("limit must be at least 1")
 
         def take(conn: sqlite3.Connection) -> float:
-            now = time.time()
+            now = self._clock()
             conn.execute("DELETE FROM rate_log WHERE taken_at <= ?", (now - window,))
             count, oldest = conn.execute("SELECT count(*), min(taken_at) FROM rate_log").fetchone()
             if count < limit:
