@@ -27,17 +27,8 @@ JOB_COLUMNS: Final = [
     "error",
     "last_event",
 ]
-JOB_STATE_COLUMNS: Final = [
-    "job_id",
-    "state",
-    "updated_at",
-    "dispatch_id",
-    "result",
-    "error",
-    "last_event",
-]
-"""The job id, and what an event may change; the request (client, services, mode, body,
-metadata, idempotency key and hash) and the creation time are fixed when the job is created."""
+JOB_STATE_COLUMNS: Final = ["job_id", *codec.JOB_STATE_FIELDS]
+"""The job id, and what an event may change (in this order in UPDATE_JOBS)."""
 EVENT_COLUMNS: Final = [
     "job_id",
     "client",

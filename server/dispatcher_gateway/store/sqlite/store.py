@@ -150,9 +150,7 @@ class SqliteStore:
     async def list_jobs(
         self, client: str, *, limit: int, page_token: str = ""
     ) -> tuple[list[Job], str]:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        start = codec.decode_page_token(page_token) if page_token else None
+        start = codec.page_start(limit, page_token)
 
         def page(conn: sqlite3.Connection) -> list[Job]:
             if start is None:
