@@ -57,6 +57,13 @@ class Faults:
     webhook id (WebhookRecord.repeats names the one it repeats). A dispatch that sent no
     progress event gets no late one: Signaturit never sends one, nor does a failed Universign
     transaction of a single signer."""
+    ignore_idempotency_key: bool = False
+    """The upstream breaks an assumption: it ignores X-Idempotency-Key, so a request repeated
+    under a key makes a new dispatch (no replay, no 409), as if it carried no key."""
+    omit_webhook_id: bool = False
+    """The upstream breaks an assumption: webhooks come without their id header (X-Webhook-Id;
+    `webhook-id` in the Standard Webhooks scheme, which signs it, so there the receiver cannot
+    verify them). Read at each attempt."""
     refuse_next: list[int] = field(default_factory=list)
     """Statuses (429, 500, 502 or 503) the next dispatch requests are answered with, one each,
     in order, before any other fault: a retry sequence a test can count on."""
@@ -89,6 +96,8 @@ _FAULT_FIELDS: dict[str, str] = {
     "fail_rate": "rate",
     "webhook_loss_rate": "rate",
     "late_progress_rate": "rate",
+    "ignore_idempotency_key": "bool",
+    "omit_webhook_id": "bool",
     "refuse_next": "statuses",
 }
 
