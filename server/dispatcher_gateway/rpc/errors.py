@@ -30,7 +30,7 @@ _CREDENTIALS_REFUSED = (401, 403)
 UPSTREAM_DOMAIN = "docs-dispatcher.io"
 """google.rpc.ErrorInfo.domain of errors that came from the upstream."""
 
-# google/rpc/code.proto's HTTP mapping, as DESIGN.md fixes it for upstream answers.
+# google/rpc/code.proto's HTTP mapping, as docs/design.md fixes it for upstream answers.
 _UPSTREAM_HTTP: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     # The gateway's own credentials or permissions: the caller cannot fix them.

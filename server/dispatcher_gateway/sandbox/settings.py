@@ -11,13 +11,13 @@ from .catalog import SERVICES
 from .events import CALLBACK_PROVIDERS, CALLBACK_SERVICES, EVENT_SEQUENCES
 
 RETRY_SCHEDULE: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
-"""Seconds before each retry of a webhook (modelled on Svix, DISPATCHER_API.md "Retries")."""
+"""Seconds before each retry of a webhook (modelled on Svix, docs/upstream.md "Retries")."""
 
 ANSWER_TIMEOUT = 15.0
 """Seconds a receiver has to answer one webhook attempt before it counts as failed."""
 
 DEFAULT_CALLBACK_FIELD = "webhookUrl"
-"""The body field that carries the callback URL ([ours] in DISPATCHER_API.md)."""
+"""The body field that carries the callback URL (assumed in docs/upstream.md)."""
 
 SignatureScheme = Literal["dispatcher", "standard"]
 
@@ -160,7 +160,7 @@ class SandboxSettings:
     (100 a minute); 0 enforces nothing and only measures."""
     callback_field: str = DEFAULT_CALLBACK_FIELD
     callback_services: frozenset[str] = CALLBACK_SERVICES
-    """Services whose async dispatches call back (esign and postal, DISPATCHER_API.md
+    """Services whose async dispatches call back (esign and postal, docs/upstream.md
     "Webhooks"). An async dispatch of any other service is answered 202 and never called back."""
     callback_providers: frozenset[str] = CALLBACK_PROVIDERS
     """Providers that call back (universign, signaturit, mysendingbox), among those of
