@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +117,7 @@ class Stream:
                 self.events.append(event)
                 self.seen.notify_all()
 
-    async def until(self, done: Any) -> None:
+    async def until(self, done: Callable[[list[pb.JobEvent]], bool]) -> None:
         async with self.seen:
             await self.seen.wait_for(lambda: done(self.events))
 
@@ -209,7 +210,6 @@ async def test_what_the_gateway_still_guarantees_when_the_upstream_breaks_an_ass
     sent = collections.defaultdict(list)
     for request in upstream.requests:
         sent[request.idempotency_key].append(request)
-    replayed = sum(r.replayed for j in job_ids for r in sent[j])
     bound = {job.dispatch_id for job in jobs.values()}
     late_repeats = sum(
         1
@@ -233,7 +233,7 @@ async def test_what_the_gateway_still_guarantees_when_the_upstream_breaks_an_ass
         f"\nupstream {variant.name}: {N} jobs, {len(upstream.requests)} requests upstream, "
         f"{sum(dispatches[j] for j in job_ids)} dispatches, double sends {double_sends} "
         f"(requests without an answer {in_doubt}, of which followed by another processed "
-        f"{could_be_doubles}; replays of a key {replayed}); stream: {len(events)} events, "
+        f"{could_be_doubles}); stream: {len(events)} events, "
         f"double events {double_events} (progress events repeated by the upstream "
         f"{late_repeats}); jobs ended by {dict(ends)}"
     )
@@ -258,8 +258,6 @@ async def test_what_the_gateway_still_guarantees_when_the_upstream_breaks_an_ass
     # The faults did their work: the case under test was not missed.
     assert in_doubt > 0
     assert could_be_doubles > 0
-    if variant.keys_honoured:
-        assert replayed > 0
     if variant.webhooks_verify:
         assert late_repeats == PER_SERVICE  # one per postal job
         assert "callback_overdue" not in ends
