@@ -1,4 +1,4 @@
-"""DESIGN.md's "What bad input gets", one test per row, against a real in-process gateway: gRPC
+"""docs/design.md's "What bad input gets", one test per row, against a real in-process gateway: gRPC
 calls on a real channel, webhooks posted over real HTTPS with the test CA and signed as
 Dispatcher signs them."""
 
@@ -472,7 +472,7 @@ async def test_a_bad_or_missing_signature_is_401_with_no_detail(
         "not-the-secret", body, timestamp=int(time.time())
     )
     tampered = envelope(event="dispatch_failed")  # sent with the signature of `body`
-    # Signed over the body alone, which DISPATCHER_API.md allows: it could be replayed for ever.
+    # Signed over the body alone, which docs/upstream.md allows: it could be replayed for ever.
     untimed = {"content-type": "application/json"} | sign_dispatcher(WEBHOOK_SECRET, body)
     variants = ((body, missing), (body, wrong_secret), (tampered, signed(body)), (body, untimed))
     for content, headers in variants:

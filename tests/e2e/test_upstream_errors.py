@@ -1,4 +1,4 @@
-"""Upstream errors reach the caller as DESIGN.md maps them (google/rpc/code.proto's HTTP mapping),
+"""Upstream errors reach callers as docs/design.md maps them (google/rpc/code.proto's HTTP mapping),
 with the upstream's error body carried as google.rpc.ErrorInfo: the sandbox as a real server,
 driven into each error by its faults, a bad request, or the gateway's own wrong password.
 

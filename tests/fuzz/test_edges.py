@@ -132,7 +132,7 @@ def _mac(secret: str, content: bytes) -> bytes:
 
 
 def webhook_headers(webhook: WebhookInput, now: int) -> list[tuple[str, bytes]]:
-    """The headers `webhook` is sent with, signed now (DISPATCHER_API.md "Signature")."""
+    """The headers `webhook` is sent with, signed now (docs/upstream.md "Signature")."""
     signing = webhook.signing
     secrets = [WEBHOOK_SECRET if s == "right" else WRONG_SECRET for s in signing.secrets]
     signed = webhook.body + b" " if signing.tamper else webhook.body

@@ -1,5 +1,5 @@
 """rpc/errors.to_status: every domain error and every upstream answer to its gRPC status, with the
-google.rpc details DESIGN.md promises."""
+google.rpc details docs/design.md promises."""
 
 from __future__ import annotations
 

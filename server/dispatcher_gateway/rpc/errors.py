@@ -30,8 +30,9 @@ _CREDENTIALS_REFUSED = (401, 403)
 UPSTREAM_DOMAIN = "docs-dispatcher.io"
 """google.rpc.ErrorInfo.domain of errors that came from the upstream."""
 
-# Upstream answers: google/rpc/code.proto's HTTP mapping; and whether the answer is a verdict on
-# the request itself (its content), which Validate reports as `valid=false` rather than an error.
+# Upstream answers: google/rpc/code.proto's HTTP mapping, as docs/design.md fixes it; and
+# whether the answer is a verdict on the request itself (its content), which Validate reports as
+# `valid=false` rather than an error.
 _UPSTREAM_HTTP: dict[int, tuple[grpc.StatusCode, bool]] = {
     400: (grpc.StatusCode.INVALID_ARGUMENT, True),
     # The gateway's own credentials or permissions: the caller cannot fix them.

@@ -1,4 +1,4 @@
-"""The httpx client for the Docs-Dispatcher REST API (see DISPATCHER_API.md).
+"""The httpx client for the Docs-Dispatcher REST API (see docs/upstream.md).
 
 It sends one request per call and classifies what came back; it neither retries (the outbox
 does, with the same idempotency key) nor rate-limits (core does, for every replica at once).
@@ -31,7 +31,7 @@ UPSTREAM_TIMEOUT_CAP = 120.0
 """Seconds: the upstream's documented timeout for a synchronous dispatch; waiting longer is moot."""
 
 DEFAULT_CALLBACK_FIELD = "webhookUrl"
-"""The body field that carries the callback URL ([ours] in DISPATCHER_API.md)."""
+"""The body field that carries the callback URL (assumed in docs/upstream.md)."""
 
 DEFAULT_MAX_CONNECTIONS = 100
 MAX_REQUEST_ID = 200

@@ -64,7 +64,7 @@ _UNAVAILABLE = _Refusal(
     503, "unavailable", logging.WARNING, headers={"Retry-After": str(STORE_RETRY_AFTER)}
 )
 
-# The one table from errors to HTTP statuses (DESIGN.md, "What bad input gets"); first match wins.
+# One table from errors to HTTP statuses (docs/design.md, "What bad input gets"); first match wins.
 _REFUSALS: tuple[tuple[type[Exception], _Refusal], ...] = (
     (PayloadTooLarge, _Refusal(413, "payload_too_large", logging.WARNING)),
     (UnsupportedMediaType, _Refusal(415, "unsupported_media_type", logging.WARNING)),
