@@ -54,7 +54,7 @@ CONCURRENCY = 20
 UPSTREAM_TIMEOUT = 1.5
 """The gateway's wait for an answer, async or sync: far above what the sandbox takes to answer
 on loopback, far below how long it holds back a lost answer (`timeout_delay`), so a request
-without an answer is one the sandbox processed."""
+without an answer is, but on a stalled machine, one the sandbox processed."""
 FAULTS: dict[str, Any] = {
     "timeout_rate": 0.15,  # processed, answered after the gateway stopped waiting
     "timeout_delay": 2 * UPSTREAM_TIMEOUT,
