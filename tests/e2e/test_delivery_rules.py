@@ -23,10 +23,9 @@ from dispatcher_gateway.app import GatewayApp
 from dispatcher_gateway.config import Settings
 from dispatcher_gateway.core.model import JobEvent
 from dispatcher_gateway.core.retry import RateLimit
-
-from .conftest import GatewayFactory, RunningSandbox, TlsFiles, email_request, request_for
-from .procs import gateway_env
-from .test_gateway import status_details
+from tests.support.loopback import GatewayFactory, RunningSandbox, TlsFiles
+from tests.support.process import gateway_env
+from tests.support.requests import email_request, request_for, status_details
 
 CALL_TIMEOUT = 10.0
 WAIT_TIMEOUT = 15.0

@@ -8,13 +8,12 @@ import asyncio
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.app import GatewayApp
-
-from .conftest import GatewayFactory, RunningSandbox, email_request, request_for
+from tests.support.loopback import GatewayFactory, RunningSandbox
+from tests.support.requests import email_request, request_for, status_details
 
 STREAM_TIMEOUT = 20.0
 
@@ -42,23 +41,6 @@ async def watch(stub: pb_grpc.DispatchServiceStub, job_id: str) -> list[pb.JobEv
         return [e async for e in stub.WatchJob(pb.WatchJobRequest(job_id=job_id))]
 
     return await asyncio.wait_for(collect(), STREAM_TIMEOUT)
-
-
-def status_details(exc: grpc.aio.AioRpcError) -> list[object]:
-    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
-    assert status is not None
-    found: list[object] = []
-    for detail in status.details:
-        for kind in (
-            error_details_pb2.BadRequest,
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.RetryInfo,
-        ):
-            if detail.Is(kind.DESCRIPTOR):
-                message = kind()
-                detail.Unpack(message)
-                found.append(message)
-    return found
 
 
 # Webhooks come a little after the 202, so that the events' order is the one asserted.

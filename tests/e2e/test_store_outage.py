@@ -14,11 +14,11 @@ import grpc
 import pytest
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
+from tests.support.clients import RETRYABLE, Dispatcher, HealthLog, Subscriber, cancel
+from tests.support.loopback import RunningSandbox, TlsFiles
 from tests.support.nats_server import NatsFactory
-
-from .clients import RETRYABLE, Dispatcher, HealthLog, Subscriber, cancel
-from .conftest import RunningSandbox, TlsFiles, request_for
-from .procs import GatewayProcess, gateway_env
+from tests.support.process import gateway_env, gateway_process
+from tests.support.requests import request_for
 
 OUTAGE = 10.0
 """Seconds NATS is away."""
@@ -51,7 +51,7 @@ async def test_a_nats_outage_under_load_loses_nothing_acknowledged(
         "GATEWAY_SUBMIT_TIMEOUT": "2",
     }
     admin_port = int(env["GATEWAY_ADMIN_ADDR"].rpartition(":")[2])
-    gateway = GatewayProcess(env, tmp_path / "gateway.log", admin_port)
+    gateway = gateway_process(env, tmp_path / "gateway.log")
     target = env["GATEWAY_GRPC_ADDR"]
     await gateway.start()
 
@@ -143,8 +143,7 @@ async def test_a_nats_outage_under_load_loses_nothing_acknowledged(
         assert set(health.readyz_between(restarted + SETTLE_GRACE, ended)) == {200}
         # By itself: the same process all along.
         assert gateway.starts == 1
-        assert gateway.process is not None
-        assert gateway.process.returncode is None
+        assert gateway.returncode is None
     finally:
         sending = False
         await cancel(*senders, *background)
