@@ -39,7 +39,7 @@ def target(process: ServerProcess) -> str:
 
 
 @pytest.mark.parametrize("sandbox_options", [{"sync_delay": 1.5}])
-async def test_sigterm_drains(process: ServerProcess) -> None:
+async def test_sigterm_drains(process: ServerProcess, sandbox: RunningSandbox) -> None:
     async with grpc.aio.insecure_channel(target(process)) as channel:
         stub = pb_grpc.DispatchServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
@@ -50,7 +50,9 @@ async def test_sigterm_drains(process: ServerProcess) -> None:
         in_flight = asyncio.ensure_future(
             stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=20)
         )
-        await asyncio.sleep(0.5)  # the sync call is now waiting on the sandbox
+        async with asyncio.timeout(START_TIMEOUT):  # the sync call now waits on the sandbox
+            while not sandbox.sandbox.stats().dispatch_requests:
+                await asyncio.sleep(0.01)
         exited = asyncio.ensure_future(process.terminate())
 
         # Health turns NOT_SERVING first.
