@@ -62,24 +62,21 @@ async def the_only_job(stub: pb_grpc.DispatchServiceStub) -> pb.Job:
 async def first_try_refused_then_accepted(
     stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox
 ) -> float:
-    """Dispatch async while the sandbox answers 429; lift the fault after the first 429. Returns
-    the seconds between that 429 and the try the sandbox accepted."""
+    """Dispatch async while the sandbox refuses the first try with a 429. Returns the seconds
+    between that try's arrival and the next one's, both as the sandbox saw them."""
     response = await stub.Dispatch(email_request(), timeout=CALL_TIMEOUT)
-    await eventually(lambda: sandbox.sandbox.stats().by_status.get(429))
-    refused_at = time.time()
-    sandbox.sandbox.faults.update({"rate_limit_rate": 0.0})
     events = await events_until_terminal(stub, response.job.job_id)
     assert events[-1].state == pb.JOB_STATE_SUCCEEDED
-    assert sandbox.sandbox.stats().by_status[429] == 1
-    (record,) = sandbox.sandbox.dispatches
-    return record.received_at - refused_at
+    refused, accepted = sandbox.sandbox.requests
+    assert (refused.status, accepted.status) == (429, 200)
+    return accepted.received_at - refused.received_at
 
 
 async def test_retry_after_in_seconds_is_honoured(
     stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox
 ) -> None:
     # The gateway's own backoff would try again within 0.05 s.
-    sandbox.sandbox.faults.update({"rate_limit_rate": 1.0, "retry_after": 1.0})
+    sandbox.sandbox.faults.update({"refuse_next": [429], "retry_after": 1.0})
     assert await first_try_refused_then_accepted(stub, sandbox) >= 0.95
 
 
@@ -88,7 +85,7 @@ async def test_retry_after_as_an_http_date_is_honoured(
 ) -> None:
     # An HTTP date has whole seconds: "now + 2 s" means at least 1 s from now.
     sandbox.sandbox.faults.update(
-        {"rate_limit_rate": 1.0, "retry_after": 2.0, "retry_after_http_date": True}
+        {"refuse_next": [429], "retry_after": 2.0, "retry_after_http_date": True}
     )
     assert await first_try_refused_then_accepted(stub, sandbox) >= 0.95
 
@@ -215,12 +212,13 @@ async def test_a_caller_that_goes_away_cancels_the_upstream_call_and_the_job_say
 async def test_a_sync_call_waits_for_its_rate_slot_within_its_deadline(
     gateways: GatewayFactory,
 ) -> None:
-    # One a 0.2 s window, widened by the gate's 1 s margin: the second waits about 1.2 s.
+    # One a 0.2 s window, widened by the gate's 1 s margin: the second slot comes 1.2 s after
+    # the first, which is taken after `started`, however long the first call takes.
     await gateways.start(upstream_rate=RateLimit(1, 0.2))
     async with grpc.aio.insecure_channel(gateways.target) as channel:
         stub = pb_grpc.DispatchServiceStub(channel)
-        await stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=CALL_TIMEOUT)
         started = time.monotonic()
+        await stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=CALL_TIMEOUT)
         second = await stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=CALL_TIMEOUT)
         assert second.job.state == pb.JOB_STATE_SUCCEEDED
         assert time.monotonic() - started >= 1.0
@@ -261,7 +259,10 @@ async def test_async_jobs_beyond_the_rate_are_queued_never_refused(
     assert [r.idempotency_key for r in sandbox.sandbox.dispatches] == [
         a.job.job_id for a in accepted
     ]
-    assert all(b - a >= 1.0 for a, b in itertools.pairwise(arrivals))
+    # Never two within the upstream's window. The gate spaces its slots 1.2 s apart (the window
+    # and a margin against jitter); arrivals keep that spacing less the jitter, which a loaded
+    # machine may stretch: the window is what the upstream is promised.
+    assert all(b - a >= 0.2 for a, b in itertools.pairwise(arrivals))
 
 
 # Streams
