@@ -31,9 +31,8 @@ from dispatcher_gateway.rpc.clients import client_line
 from dispatcher_gateway.rpc.convert import event_to_pb
 from dispatcher_gateway.store import sqlite as sqlite_store
 from dispatcher_gateway.webhooks import DEFAULT_MAX_BODY, STORE_RETRY_AFTER, sign_dispatcher
-
-from .conftest import WEBHOOK_SECRET, GatewayFactory, RunningSandbox, TlsFiles, email_request
-from .test_gateway import status_details
+from tests.support.loopback import WEBHOOK_SECRET, GatewayFactory, RunningSandbox, TlsFiles
+from tests.support.requests import email_request, status_details
 
 CALL_TIMEOUT = 10.0
 STREAM_TIMEOUT = 10.0

@@ -29,9 +29,9 @@ from dispatcher_gateway.rpc.clients import client_line
 from dispatcher_gateway.rpc.limits import ClientQuotas
 from dispatcher_gateway.rpc.server import GrpcLimits
 from tests.support.cli import run_cli
+from tests.support.loopback import GatewayFactory, free_port
 from tests.support.pki import Pki
-
-from .conftest import GatewayFactory, email_request, free_port, request_for
+from tests.support.requests import email_request, request_for
 
 CALL_TIMEOUT = 10.0
 STREAM_TIMEOUT = 10.0

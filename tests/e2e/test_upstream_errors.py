@@ -17,9 +17,8 @@ from google.rpc import error_details_pb2
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.rpc.errors import UPSTREAM_DOMAIN
-
-from .conftest import GatewayFactory, RunningSandbox, email_request
-from .test_gateway import status_details
+from tests.support.loopback import GatewayFactory, RunningSandbox
+from tests.support.requests import email_request, status_details
 
 CALL_TIMEOUT = 10.0
 WRONG_PASSWORD = "not-the-sandbox-password-4f2a"

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
-from tests.e2e.conftest import WEBHOOK_SECRET, request_for
+from tests.support.loopback import WEBHOOK_SECRET
+from tests.support.requests import request_for
 
 from .budget import LONG_MAX_EXAMPLES, Budget, EdgeReport, fuzz
 from .strategies import (

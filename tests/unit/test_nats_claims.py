@@ -13,8 +13,7 @@ from dispatcher_gateway.core.errors import StoreUnavailable
 from dispatcher_gateway.store.nats import CLAIMER_GRACE, DEFAULT_TIMEOUT
 from tests.contract.builders import new_job, queued_event
 from tests.support.nats_server import NatsEndpoint
-
-from .test_nats_store import new_store
+from tests.support.nats_store import new_store
 
 CALLER_DEADLINE = DEFAULT_TIMEOUT * 0.6
 """Shorter than the store's timeout, as a caller's deadline can be."""

@@ -18,8 +18,7 @@ from dispatcher_gateway.core.errors import StoreUnavailable
 from dispatcher_gateway.store.nats import NatsStore
 from tests.contract.builders import CLIENT, append, create, event_for, new_job, queued_event
 from tests.support.nats_server import NatsFactory
-
-from .test_nats_store import RECOVERY, Crash, crash_once, new_store, until_answers
+from tests.support.nats_store import RECOVERY, Crash, crash_once, new_store, until_answers
 
 REPLICAS = 3
 READERS_PER_REPLICA = 3

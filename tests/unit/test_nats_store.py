@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 from unittest.mock import ANY
 
 import nats
@@ -29,26 +27,14 @@ from tests.contract.builders import (
     take,
 )
 from tests.support.nats_server import NatsCluster, NatsEndpoint, NatsFactory
+from tests.support.nats_store import FAST, RECOVERY, Crash, crash_once, new_store, until_answers
 
-FAST = 0.5
-"""The request timeout of stores in these tests: failures show at once."""
-RECOVERY = 15.0
-"""The longest a store may take to answer again once NATS is back."""
 SHORT_LEASE = 0.1
 LEASE_GRACE = 30.0
 """A lease grace no test waits out."""
 PLACEMENTS = 20
 """Tails opened at most to get one whose consumer sits on a given kind of node (each lands on
 one of three at random)."""
-
-
-class Crash(Exception):
-    """Stands for the process dying at that point."""
-
-
-def new_store(servers: list[str], **options: Any) -> NatsStore:
-    options.setdefault("timeout", FAST)
-    return NatsStore(servers, prefix=f"t{uuid.uuid4().hex[:12]}", **options)
 
 
 @pytest.fixture
@@ -73,27 +59,6 @@ async def stream_replicas(servers: list[str], names: list[str]) -> dict[str, int
 def every_stream(store: NatsStore) -> list[str]:
     buckets = ["jobs", "jobs_by_client", "idempotency", "seen", "rate", "secrets"]
     return [store.events_stream, store.outbox_stream] + [f"KV_{store.bucket(b)}" for b in buckets]
-
-
-async def until_answers(call: Callable[[], Awaitable[object]]) -> None:
-    async with asyncio.timeout(RECOVERY):
-        while True:
-            try:
-                await call()
-                return
-            except StoreUnavailable:
-                await asyncio.sleep(0.1)
-
-
-def crash_once(target: object, name: str) -> None:
-    """Make `target.name` raise Crash on its next call, then behave again."""
-    original = getattr(target, name)
-
-    async def crashing(*args: Any, **kwargs: Any) -> Any:
-        setattr(target, name, original)
-        raise Crash
-
-    setattr(target, name, crashing)
 
 
 # What open() creates

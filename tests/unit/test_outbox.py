@@ -26,7 +26,6 @@ from dispatcher_gateway.core.model import (
     JobState,
     Mode,
     Service,
-    UpstreamFailure,
 )
 from dispatcher_gateway.core.outbox import (
     IDLE_POLL,
@@ -40,21 +39,9 @@ from dispatcher_gateway.core.service import Gateway
 from dispatcher_gateway.core.tokens import CallbackTokens
 from dispatcher_gateway.store.sqlite import SqliteStore
 
-from ..support.upstream import ScriptedUpstream
+from ..support.upstream import FAST, UNLIMITED, ScriptedUpstream, failure
 
-FAST = RetryPolicy(base=0.01, cap=0.02, give_up_after=60.0)
-"""Retries within 20 ms: a wait much longer than that can only be the upstream's Retry-After."""
 WAIT_TIMEOUT = 10.0
-
-
-def failure(status: int, code: str, *, retry_after: float | None = None) -> UpstreamError:
-    body = {"error": code, "message": f"{code} happened", "details": {"field": "email.to"}}
-    return UpstreamError(
-        UpstreamFailure(code, f"{code} happened", status, body if status else {}),
-        retryable=status in (0, 429) or status >= 500,
-        timeout=code == "upstream_timeout",
-        retry_after=retry_after,
-    )
 
 
 RETRIED = {
@@ -98,9 +85,6 @@ class Harness:
     async def event_types(self, job_id: str) -> list[str]:
         events = await self.store.read_events(client="anonymous", job_id=job_id)
         return [e.type for e in events]
-
-
-UNLIMITED = RateLimit(1000, 1.0)
 
 
 @contextlib.asynccontextmanager

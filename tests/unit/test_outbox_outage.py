@@ -23,8 +23,7 @@ from dispatcher_gateway.core.service import Gateway
 from dispatcher_gateway.core.tokens import CallbackTokens
 from dispatcher_gateway.store.sqlite import SqliteStore
 
-from ..support.upstream import ScriptedUpstream
-from .test_outbox import FAST, UNLIMITED, failure
+from ..support.upstream import FAST, UNLIMITED, ScriptedUpstream, failure
 
 RECOVERY = 3.0
 """Seconds a job may take to go out once the store is back: well under the lease visibility
