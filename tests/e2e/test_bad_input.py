@@ -396,7 +396,7 @@ def signed(body: bytes, webhook_id: str | None = None) -> dict[str, str]:
 
 
 def url_for(gateways: GatewayFactory, app: GatewayApp, job_id: str) -> str:
-    return f"{gateways.webhook_url}/webhooks/dispatcher/{app.gateway.tokens.token(job_id)}"
+    return f"{gateways.webhook_url}/webhooks/dispatcher/{app.gateway.caller.tokens.token(job_id)}"
 
 
 async def events_of(app: GatewayApp, job_id: str, event_type: str) -> list[str]:

@@ -67,6 +67,7 @@ class ScriptedUpstream:
                 outcome.failure,
                 retryable=outcome.retryable,
                 timeout=outcome.timeout,
+                refused=outcome.refused,
                 retry_after=outcome.retry_after,
                 attempt=dataclasses.replace(attempt, error_code=outcome.failure.code),
             )

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from dispatcher_gateway.core import states
-from dispatcher_gateway.core.breaker import CircuitBreaker
 from dispatcher_gateway.core.callbacks import CallbackRules
 from dispatcher_gateway.core.errors import UpstreamError
-from dispatcher_gateway.core.hub import EventHub
+from dispatcher_gateway.core.gateway import Gateway
 from dispatcher_gateway.core.model import (
     DispatchSpec,
     Job,
@@ -26,36 +25,29 @@ from dispatcher_gateway.core.model import (
     JobState,
     Mode,
     Service,
-    UpstreamFailure,
 )
 from dispatcher_gateway.core.outbox import (
     IDLE_POLL,
     SLOT_FRESHNESS,
     SYNC_CALL_GRACE,
-    OutboxWorker,
 )
-from dispatcher_gateway.core.rate import RateGate
 from dispatcher_gateway.core.retry import RateLimit, RetryPolicy
-from dispatcher_gateway.core.service import Gateway
-from dispatcher_gateway.core.tokens import CallbackTokens
 from dispatcher_gateway.store.sqlite import SqliteStore
 
+from ..support.core import (
+    FAST,
+    NEVER_OPENS,
+    TOKENS,
+    UNLIMITED,
+    build_core,
+    running_outbox,
+)
+from ..support.core import (
+    upstream_failure as failure,
+)
 from ..support.upstream import ScriptedUpstream
 
-FAST = RetryPolicy(base=0.01, cap=0.02, give_up_after=60.0)
-"""Retries within 20 ms: a wait much longer than that can only be the upstream's Retry-After."""
 WAIT_TIMEOUT = 10.0
-
-
-def failure(status: int, code: str, *, retry_after: float | None = None) -> UpstreamError:
-    body = {"error": code, "message": f"{code} happened", "details": {"field": "email.to"}}
-    return UpstreamError(
-        UpstreamFailure(code, f"{code} happened", status, body if status else {}),
-        retryable=status in (0, 429) or status >= 500,
-        timeout=code == "upstream_timeout",
-        retry_after=retry_after,
-    )
-
 
 RETRIED = {
     "connection failure": failure(0, "upstream_unreachable"),
@@ -84,7 +76,7 @@ class Harness:
 
     async def queue(self, service: Service = Service.ESIGN) -> str:
         spec = DispatchSpec((service,), Mode.ASYNC, {"template": {"id": 1, "data": {}}})
-        return (await self.gateway.submit("anonymous", spec, budget=None)).job_id
+        return (await self.gateway.dispatches.submit("anonymous", spec, budget=None)).job_id
 
     async def settled(self, job_id: str, *, states: tuple[JobState, ...]) -> Job:
         async with asyncio.timeout(WAIT_TIMEOUT):
@@ -100,9 +92,6 @@ class Harness:
         return [e.type for e in events]
 
 
-UNLIMITED = RateLimit(1000, 1.0)
-
-
 @contextlib.asynccontextmanager
 async def running(
     tmp_path: Path,
@@ -114,28 +103,19 @@ async def running(
     store = SqliteStore(tmp_path / "outbox.db")
     await store.open()
     upstream = ScriptedUpstream()
-    gateway = Gateway(
+    gateway = build_core(
         store,
         upstream,
-        CallbackTokens(b"k" * 32),
-        public_url="https://gw.example",
-        rate=RateGate(store, rate),
-        hub=EventHub(),
-        # The breaker has its own tests; here it must not pause the rules under test.
-        breaker=CircuitBreaker(threshold=1_000_000),
+        rate=rate,
+        retry=policy,
+        breaker_threshold=NEVER_OPENS,
         callbacks=callbacks,
+        sync_concurrency=sync_concurrency,
     )
-    worker = OutboxWorker(
-        gateway, store, policy, submit_timeout=5.0, sync_concurrency=sync_concurrency
-    )
-    gateway.on_queued = worker.wake
-    task = asyncio.create_task(worker.run())
     try:
-        yield Harness(store, upstream, gateway)
+        async with running_outbox(gateway):
+            yield Harness(store, upstream, gateway)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         await store.close()
 
 
@@ -270,7 +250,7 @@ async def test_a_job_is_sent_async_only_when_its_service_and_provider_call_back(
             {"providerName": provider} if provider else {}
         )
         spec = DispatchSpec(services, Mode.ASYNC, body)
-        job_id = (await h.gateway.submit("anonymous", spec, budget=None)).job_id
+        job_id = (await h.gateway.dispatches.submit("anonymous", spec, budget=None)).job_id
         ended = JobState.SUBMITTED if mode is Mode.ASYNC else JobState.SUCCEEDED
         await h.settled(job_id, states=(ended,))
         assert [c.mode for c in h.upstream.calls] == [mode]
@@ -286,7 +266,7 @@ async def test_background_sync_calls_are_retried_with_the_same_key_then_end_the_
         assert job.state is JobState.SUCCEEDED
         assert h.upstream.keys == [job_id] * 3
         assert {c.mode for c in h.upstream.calls} == {Mode.SYNC}
-        attempts = await h.gateway.attempts(job)
+        attempts = await h.gateway.reads.attempts(job)
         assert [(a.http_status, a.error_code) for a in attempts] == [
             (503, "service_unavailable"),
             (429, "rate_limited"),
@@ -353,7 +333,7 @@ async def test_a_sync_job_whose_caller_never_recorded_an_answer_is_sent_by_the_o
         now = time.time()
         await h.store.create_job(*sync_job("job_fresh", now), enqueue=True)
         await h.store.create_job(*sync_job("job_orphan", now - SYNC_CALL_GRACE), enqueue=True)
-        h.gateway.on_queued()
+        h.gateway.outbox.wake()
         ended = await h.settled("job_orphan", states=(JobState.SUCCEEDED, JobState.FAILED))
         assert ended.state is JobState.SUCCEEDED
         await asyncio.sleep(IDLE_POLL * 1.5)
@@ -377,9 +357,9 @@ async def test_a_job_whose_webhook_never_comes_fails_callback_overdue_once(
         job = await h.settled(job_id, states=(JobState.FAILED,))
         assert job.error is not None
         assert job.error.code == states.OVERDUE
-        token = h.gateway.tokens.token(job_id)
+        token = TOKENS.token(job_id)
         late = {"event": "document_signed", "dispatchId": job.dispatch_id, "data": {}}
-        assert await h.gateway.record_webhook(token, late, webhook_id="wh-late")
+        assert await h.gateway.webhooks.record_webhook(token, late, webhook_id="wh-late")
         await asyncio.sleep(0.5)
         events = await h.store.read_events(client="anonymous", job_id=job_id)
         assert [(e.type, e.terminal) for e in events] == [
@@ -398,9 +378,9 @@ async def test_a_job_that_ends_by_webhook_in_time_is_not_overdue(tmp_path: Path)
     async with running(tmp_path, callbacks=SHORT_DEADLINE) as h:
         job_id = await h.queue(Service.POSTAL)
         await h.settled(job_id, states=(JobState.SUBMITTED,))
-        token = h.gateway.tokens.token(job_id)
+        token = TOKENS.token(job_id)
         for n, event in enumerate(["letter_created", "letter_delivered"]):
-            await h.gateway.record_webhook(token, {"event": event}, webhook_id=f"wh-{n}")
+            await h.gateway.webhooks.record_webhook(token, {"event": event}, webhook_id=f"wh-{n}")
         await asyncio.sleep(0.6)
         assert await h.event_types(job_id) == [
             "queued",
@@ -416,7 +396,7 @@ async def test_a_rate_slot_gone_stale_before_its_request_leaves_is_taken_again(
     tmp_path: Path,
 ) -> None:
     async with running(tmp_path) as h:
-        gate = h.gateway.rate
+        gate = h.gateway.caller.rate
         taken: list[float] = []
         real_wait = gate.wait
 

@@ -13,18 +13,14 @@ from typing import Any
 
 import pytest
 
-from dispatcher_gateway.core.breaker import CircuitBreaker
 from dispatcher_gateway.core.errors import StoreUnavailable
-from dispatcher_gateway.core.hub import EventHub
+from dispatcher_gateway.core.gateway import Gateway
 from dispatcher_gateway.core.model import DispatchSpec, JobState, Mode, Service
-from dispatcher_gateway.core.outbox import OutboxWorker
-from dispatcher_gateway.core.rate import RateGate
-from dispatcher_gateway.core.service import Gateway
-from dispatcher_gateway.core.tokens import CallbackTokens
 from dispatcher_gateway.store.sqlite import SqliteStore
 
+from ..support.core import NEVER_OPENS, build_core, running_outbox
+from ..support.core import upstream_failure as failure
 from ..support.upstream import ScriptedUpstream
-from .test_outbox import FAST, UNLIMITED, failure
 
 RECOVERY = 3.0
 """Seconds a job may take to go out once the store is back: well under the lease visibility
@@ -65,7 +61,7 @@ class Harness:
 
     async def queue(self) -> str:
         spec = DispatchSpec((Service.EMAIL,), Mode.ASYNC, {"template": {"id": 1, "data": {}}})
-        return (await self.gateway.submit("anonymous", spec, budget=None)).job_id
+        return (await self.gateway.dispatches.submit("anonymous", spec, budget=None)).job_id
 
     async def until(self, condition: Callable[[], Awaitable[bool]], timeout: float) -> None:
         async with asyncio.timeout(timeout):
@@ -84,24 +80,11 @@ async def running(tmp_path: Path) -> AsyncIterator[Harness]:
     await inner.open()
     store = FlakyStore(inner)
     upstream = ScriptedUpstream()
-    gateway = Gateway(
-        store,  # type: ignore[arg-type]
-        upstream,
-        CallbackTokens(b"k" * 32),
-        public_url="https://gw.example",
-        rate=RateGate(store, UNLIMITED),  # type: ignore[arg-type]
-        hub=EventHub(),
-        breaker=CircuitBreaker(threshold=1_000_000),
-    )
-    worker = OutboxWorker(gateway, store, FAST, submit_timeout=5.0)  # type: ignore[arg-type]
-    gateway.on_queued = worker.wake
-    task = asyncio.create_task(worker.run())
+    gateway = build_core(store, upstream, breaker_threshold=NEVER_OPENS)
     try:
-        yield Harness(store, upstream, gateway, task)
+        async with running_outbox(gateway) as task:
+            yield Harness(store, upstream, gateway, task)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         await inner.close()
 
 

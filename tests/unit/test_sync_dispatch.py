@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from dispatcher_gateway.core.errors import UpstreamError
-from dispatcher_gateway.core.hub import EventHub
 from dispatcher_gateway.core.model import (
     JSON,
     DispatchSpec,
@@ -21,12 +20,9 @@ from dispatcher_gateway.core.model import (
     Service,
     UpstreamFailure,
 )
-from dispatcher_gateway.core.rate import RateGate
-from dispatcher_gateway.core.retry import RateLimit
-from dispatcher_gateway.core.service import Gateway
-from dispatcher_gateway.core.tokens import CallbackTokens
 from dispatcher_gateway.store.sqlite import SqliteStore
 
+from ..support.core import build_core
 from ..support.upstream import ScriptedUpstream
 
 APPEND_DELAY = 0.2
@@ -62,17 +58,10 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 async def cancelled_while_recording(store: SqliteStore, outcome: JSON | UpstreamError) -> Job:
     """Run a sync dispatch, cancel it while its outcome is being appended, return the job."""
     slow = SlowAppends(store)
-    gateway = Gateway(
-        slow,  # type: ignore[arg-type]
-        ScriptedUpstream(script=[outcome]),
-        CallbackTokens(b"k" * 32),
-        public_url="https://gw.example",
-        rate=RateGate(store, RateLimit(1000, 1.0)),
-        hub=EventHub(),
-    )
+    gateway = build_core(slow, ScriptedUpstream(script=[outcome]))
     spec = DispatchSpec((Service.EMAIL,), Mode.SYNC, {"template": {"id": 1, "data": {}}})
     # The job's first event is appended too: wait for the second append, the outcome.
-    call = asyncio.create_task(gateway.submit("anonymous", spec, budget=10.0))
+    call = asyncio.create_task(gateway.dispatches.submit("anonymous", spec, budget=10.0))
     async with asyncio.timeout(WAIT_TIMEOUT):
         while True:
             await slow.appending.wait()

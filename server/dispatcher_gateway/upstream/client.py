@@ -300,7 +300,9 @@ class DispatcherClient:
             )
         retryable = status == 429 or status >= 500
         retry_after = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
-        return UpstreamError(failure, retryable=retryable, retry_after=retry_after)
+        return UpstreamError(
+            failure, retryable=retryable, refused=status < 500, retry_after=retry_after
+        )
 
     @staticmethod
     def _log_no_answer(method: str, path: str, request_id: str, started: float, why: str) -> None:
