@@ -23,7 +23,8 @@ from .tokens import CallbackTokens
 T = TypeVar("T")
 
 UPSTREAM_TIMEOUT = 120.0
-"""Seconds: the upstream's own limit on a sync dispatch, so no call waits longer."""
+"""Seconds: the upstream's documented limit on a sync dispatch, so no call waits longer (and
+the upstream client caps every call's timeout at it)."""
 SMALL_CALL_TIMEOUT = 30.0
 """Seconds for a validation or the templates."""
 

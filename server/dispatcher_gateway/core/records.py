@@ -138,8 +138,9 @@ class JobRecords:
     async def attempts(self, job: Job) -> list[UpstreamAttempt]:
         """The requests sent upstream for the job so far, oldest first.
 
-        A record that does not read as one is left out (and logged): a webhook could once be
-        recorded under this type, and one unreadable record must not make the job unreadable."""
+        A record that does not read as one is left out (and logged): a store may hold a webhook
+        recorded under this type by an older gateway, and one unreadable record must not make
+        the job unreadable."""
         found = []
         async for event in self.events_of(job):
             if event.type != states.ATTEMPT:
