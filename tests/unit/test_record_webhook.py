@@ -1,4 +1,4 @@
-"""Gateway.record_webhook over the real SQLite store: what it refuses before the 200, so that
+"""WebhookRecorder.record_webhook over the real SQLite store: what it refuses before the 200, so that
 nothing it accepts can fail to reach a client, and what binds a webhook to its job."""
 
 from __future__ import annotations

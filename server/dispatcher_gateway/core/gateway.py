@@ -40,6 +40,8 @@ class OutboxLimits:
 
 @dataclass(frozen=True)
 class Gateway:
+    """Core's parts, each built once: no part is wired to another after construction."""
+
     caller: UpstreamCaller
     records: JobRecords
     outbox: OutboxWorker
