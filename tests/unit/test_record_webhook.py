@@ -1,5 +1,5 @@
-"""WebhookRecorder.record_webhook over the real SQLite store: what it refuses before the 200, so that
-nothing it accepts can fail to reach a client, and what binds a webhook to its job."""
+"""WebhookRecorder.record_webhook over the real SQLite store: what it refuses before the 200, so
+that nothing it accepts can fail to reach a client, and what binds a webhook to its job."""
 
 from __future__ import annotations
 

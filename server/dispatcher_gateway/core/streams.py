@@ -1,7 +1,5 @@
 """Event streams: a job's events until its end (watch), and a client's events without end
 (subscribe), each first from the store, then live from the hub, with no gap and no repeat.
-
-Cursors are opaque to clients; every store makes them decimal sequence numbers.
 """
 
 from __future__ import annotations
@@ -14,26 +12,20 @@ from . import states
 from .errors import FieldViolation, InvalidArgument
 from .eventdata import data_problem
 from .hub import EventHub
-from .model import EventFilter, JobEvent
+from .model import EventFilter, JobEvent, cursor_value
 from .ports import Store
 from .reads import JobReads
 from .records import REPLAY_PAGE
 
 log = logging.getLogger("dispatcher_gateway.core")
 
-MAX_CURSOR = 2**63 - 1
-"""Cursors fit a signed 64-bit integer."""
-
 
 def parse_cursor(cursor: str) -> int:
-    """The sequence number a cursor names ('' is 0). (str.isdigit alone would let through digits
-    such as '²', which int() refuses.)"""
-    if not cursor:
-        return 0
-    digits = cursor.isascii() and cursor.isdigit() and len(cursor) <= len(str(MAX_CURSOR))
-    if not digits or int(cursor) > MAX_CURSOR:
+    """A client's cursor (model.cursor_value says what one is)."""
+    value = cursor_value(cursor)
+    if value is None:
         raise InvalidArgument([FieldViolation("after_cursor", "not a cursor this gateway issued")])
-    return int(cursor)
+    return value
 
 
 def _deliverable(event: JobEvent) -> JobEvent:
