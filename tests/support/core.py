@@ -1,6 +1,6 @@
 """Core built the way app.py builds it (core.gateway.Gateway.build), over a store a test gives
-(the real SQLite store, or one wrapped to misbehave) and a scripted upstream: the one builder
-core's unit tests use, so that none wires the parts by hand."""
+(the in-memory store, which passes the whole contract suite, or one wrapped to misbehave) and a
+scripted upstream: the one builder core's unit tests use, so that none wires the parts by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from dispatcher_gateway.core.breaker import CircuitBreaker
@@ -27,7 +26,7 @@ from dispatcher_gateway.core.model import (
 from dispatcher_gateway.core.ports import Store
 from dispatcher_gateway.core.retry import RateLimit, RetryPolicy
 from dispatcher_gateway.core.tokens import CallbackTokens
-from dispatcher_gateway.store.sqlite import SqliteStore
+from dispatcher_gateway.store.memory import MemoryStore
 
 from .upstream import ScriptedUpstream
 
@@ -99,7 +98,7 @@ async def running_outbox(gateway: Gateway) -> AsyncIterator[asyncio.Task[None]]:
 @dataclass
 class Harness:
     gateway: Gateway
-    store: SqliteStore
+    store: MemoryStore
     upstream: ScriptedUpstream
     hub: EventHub
 
@@ -117,9 +116,9 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def gateway_harness(folder: Path) -> AsyncIterator[Harness]:
-    """Core over a real SQLite store, its hub following the store; no outbox running."""
-    store = SqliteStore(folder / "s.db")
+async def gateway_harness() -> AsyncIterator[Harness]:
+    """Core over an in-memory store, its hub following the store; no outbox running."""
+    store = MemoryStore()
     await store.open()
     hub = EventHub(backlog=50)
     upstream = ScriptedUpstream()

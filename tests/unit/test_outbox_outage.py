@@ -8,7 +8,6 @@ import collections
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from dispatcher_gateway.core.errors import StoreUnavailable
 from dispatcher_gateway.core.gateway import Gateway
 from dispatcher_gateway.core.model import DispatchSpec, JobState, Mode, Service
-from dispatcher_gateway.store.sqlite import SqliteStore
+from dispatcher_gateway.store.memory import MemoryStore
 
 from ..support.core import NEVER_OPENS, build_core, running_outbox
 from ..support.core import upstream_failure as failure
@@ -29,10 +28,10 @@ WAIT_TIMEOUT = 10.0
 
 
 class FlakyStore:
-    """A real SqliteStore whose calls named in `down` raise StoreUnavailable, as while NATS is
+    """A real store whose calls named in `down` raise StoreUnavailable, as while NATS is
     away; counts each call's failures and successes."""
 
-    def __init__(self, inner: SqliteStore) -> None:
+    def __init__(self, inner: MemoryStore) -> None:
         self.inner = inner
         self.down: set[str] = set()
         self.failed: collections.Counter[str] = collections.Counter()
@@ -75,8 +74,8 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def running(tmp_path: Path) -> AsyncIterator[Harness]:
-    inner = SqliteStore(tmp_path / "outbox.db")
+async def running() -> AsyncIterator[Harness]:
+    inner = MemoryStore()
     await inner.open()
     store = FlakyStore(inner)
     upstream = ScriptedUpstream()
@@ -96,9 +95,9 @@ CALLS = ("lease", "get_job", "acquire_rate", "append_event", "ack", "retry_later
 
 @pytest.mark.parametrize("call", CALLS)
 async def test_the_worker_outlives_an_outage_and_sends_the_job_once_the_store_answers(
-    tmp_path: Path, call: str
+    call: str,
 ) -> None:
-    async with running(tmp_path) as h:
+    async with running() as h:
         if call == "retry_later":
             h.upstream.script = [failure(503, "service_unavailable")]
         h.store.down = {call}

@@ -1,4 +1,4 @@
-"""WebhookRecorder.record_webhook over the real SQLite store: what it refuses before the 200, so
+"""WebhookRecorder.record_webhook over the in-memory store: what it refuses before the 200, so
 that nothing it accepts can fail to reach a client, and what binds a webhook to its job."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
@@ -22,8 +21,8 @@ from ..support.core import TOKENS, Harness, gateway_harness
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with gateway_harness(tmp_path) as harness:
+async def harness() -> AsyncIterator[Harness]:
+    async with gateway_harness() as harness:
         yield harness
 
 

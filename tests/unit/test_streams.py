@@ -1,11 +1,10 @@
-"""Replay-then-live streams over the real SQLite store: no gap, no repeat, bounded memory."""
+"""Replay-then-live streams over the in-memory store: no gap, no repeat, bounded memory."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +17,8 @@ from ..support.core import Harness, gateway_harness, take
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with gateway_harness(tmp_path) as harness:
+async def harness() -> AsyncIterator[Harness]:
+    async with gateway_harness() as harness:
         yield harness
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from dispatcher_gateway.core.model import (
     Service,
     UpstreamFailure,
 )
-from dispatcher_gateway.store.sqlite import SqliteStore
+from dispatcher_gateway.store.memory import MemoryStore
 
 from ..support.core import build_core
 from ..support.upstream import ScriptedUpstream
@@ -32,7 +31,7 @@ WAIT_TIMEOUT = 5.0
 class SlowAppends:
     """The real store, but every event append takes a while before it starts."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: MemoryStore) -> None:
         self._store = store
         self.appending = asyncio.Event()
 
@@ -46,8 +45,8 @@ class SlowAppends:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "sync.db")
+async def store() -> AsyncIterator[MemoryStore]:
+    store = MemoryStore()
     await store.open()
     try:
         yield store
@@ -55,7 +54,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
         await store.close()
 
 
-async def cancelled_while_recording(store: SqliteStore, outcome: JSON | UpstreamError) -> Job:
+async def cancelled_while_recording(store: MemoryStore, outcome: JSON | UpstreamError) -> Job:
     """Run a sync dispatch, cancel it while its outcome is being appended, return the job."""
     slow = SlowAppends(store)
     gateway = build_core(slow, ScriptedUpstream(script=[outcome]))
@@ -79,7 +78,7 @@ async def cancelled_while_recording(store: SqliteStore, outcome: JSON | Upstream
 
 
 async def test_an_upstream_failure_is_recorded_though_the_call_is_cancelled(
-    store: SqliteStore,
+    store: MemoryStore,
 ) -> None:
     failure = UpstreamFailure("upstream_timeout", "no answer within 1 s")
     job = await cancelled_while_recording(store, UpstreamError(failure, retryable=True))
@@ -89,7 +88,7 @@ async def test_an_upstream_failure_is_recorded_though_the_call_is_cancelled(
 
 
 async def test_an_upstream_success_is_recorded_though_the_call_is_cancelled(
-    store: SqliteStore,
+    store: MemoryStore,
 ) -> None:
     job = await cancelled_while_recording(store, {"dispatchId": "disp_1", "status": "completed"})
     assert job.state is JobState.SUCCEEDED

@@ -6,7 +6,6 @@ of a sync job is its result, its error body the job's error details)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,8 +52,8 @@ UNREADABLE: list[Any] = [
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with gateway_harness(tmp_path) as harness:
+async def harness() -> AsyncIterator[Harness]:
+    async with gateway_harness() as harness:
         yield harness
 
 

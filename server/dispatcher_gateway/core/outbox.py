@@ -44,6 +44,8 @@ IDLE_POLL = 1.0
 """Seconds between looks at an idle outbox (for other replicas' jobs and retries come due)."""
 BUSY_DELAY = 1.0
 """Seconds an entry waits when every call of its kind is taken."""
+STORE_RETRY = 1.0
+"""Seconds before the worker tries again a store that failed it part way through a batch."""
 DUE_MARGIN = 0.005
 """Seconds added to a retry's delay before looking for it: the store's clock is not the loop's."""
 SYNC_CALL_GRACE = UPSTREAM_TIMEOUT + LEASE_MARGIN
@@ -118,6 +120,9 @@ class OutboxWorker:
                         # answers again, not a whole visibility later.
                         log.warning("outbox: store unavailable (%s); retrying", exc)
                         self._stranded.extend(leases[i:])
+                        # Not at once: the store may answer the hand-back and the lease and
+                        # fail this call again, and the worker would go round without pause.
+                        await asyncio.sleep(STORE_RETRY)
                         break
         finally:
             await self.stop()
