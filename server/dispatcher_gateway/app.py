@@ -26,6 +26,7 @@ from .httpserver import HttpServer, start_http
 from .metrics import REGISTRY, Counts
 from .rpc.auth import Authenticator
 from .rpc.clients import ClientsFile
+from .rpc.drain import Drain
 from .rpc.limits import ClientLimits
 from .rpc.server import create_server, set_serving
 from .rpc.servicer import DispatchServicer
@@ -118,8 +119,14 @@ class GatewayApp:
         limits = ClientLimits(s.client_quotas)
         self.hub.observe(limits.observe)
         self.servicer = DispatchServicer(self.gateway, limits, max_stream_age=s.max_stream_age)
+        self.calls = Drain()
         self.grpc = create_server(
-            self.servicer, self.health, s.grpc_limits, auth=auth, reflection=s.grpc_reflection
+            self.servicer,
+            self.health,
+            s.grpc_limits,
+            auth=auth,
+            drain=self.calls,
+            reflection=s.grpc_reflection,
         )
         grpc_port, mtls_port = self._grpc_ports()
         await self.grpc.start()
@@ -194,10 +201,10 @@ class GatewayApp:
         # Refuse new calls with UNAVAILABLE (clients retry it, elsewhere), end our streams with
         # their resumable status, and let unary calls in flight finish. Then stop the server,
         # without waiting the whole grace for streams nothing else ends (a health Watch).
-        self.servicer.draining = True
+        self.calls.start()
         self.hub.close(ShuttingDown("the gateway is shutting down"))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.servicer.idle.wait(), grace)
+            await asyncio.wait_for(self.calls.idle.wait(), grace)
         await asyncio.sleep(STATUS_FLUSH)
         await self.grpc.stop(0)
         for task in self._tasks:

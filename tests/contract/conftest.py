@@ -6,11 +6,13 @@ Where a store test lives:
   (the `store` and `new_store` fixtures are parametrised over BACKENDS). A test here may use
   nothing but the protocol, the `clock`, `elapse` and what `Backend` declares.
 - tests/contract/test_<backend>_<topic>.py: what one backend alone promises or does (its file,
-  its server, its batching), e.g. test_sqlite_store.py, test_sqlite_engine.py; it makes the
-  stores it needs itself.
+  its server, its batching): test_sqlite_store.py, test_sqlite_tail.py, test_sqlite_engine.py;
+  it makes the stores it needs itself.
 - tests/contract/test_codec.py: the codec every backend shares (store/codec.py).
-Time: a test lets time pass with `elapse` (or `clock.advance`), never by sleeping and never by
-asserting on how long something took, so a slow machine cannot fail it.
+Time: the outbox's and the rate limit's time passes with `elapse` (or `clock.advance`), and no
+assertion depends on how long something took, so a slow machine cannot fail a test. (A short
+sleep before appending gives a tail time to start waiting, so that the live path is the one
+taken; the test holds either way.)
 """
 
 from __future__ import annotations

@@ -309,6 +309,6 @@ async def test_a_client_that_goes_away_leaves_no_stream_behind(
     for stream in streams:
         stream.cancel()
     async with asyncio.timeout(5):
-        while gateway.hub.streams or gateway.servicer.in_flight:
+        while gateway.hub.streams or gateway.calls.in_flight:
             await asyncio.sleep(0.02)
     assert len(asyncio.all_tasks()) <= tasks_before

@@ -321,7 +321,7 @@ async def test_streams_beyond_a_clients_limit_are_refused_until_one_ends(
         assert retry_info(error).retry_delay.ToMilliseconds() > 0
         streams.pop().cancel()
         async with asyncio.timeout(RELEASE_TIMEOUT):
-            while app.servicer.in_flight > 1:
+            while app.calls.in_flight > 1:
                 await asyncio.sleep(0.02)
         third = stub.Subscribe(pb.SubscribeRequest())
         assert isinstance(await asyncio.wait_for(third.read(), STREAM_TIMEOUT), pb.JobEvent)

@@ -114,9 +114,7 @@ class MemoryStore:
     async def list_jobs(
         self, client: str, *, limit: int, page_token: str = ""
     ) -> tuple[list[Job], str]:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        start = codec.decode_page_token(page_token) if page_token else None
+        start = codec.page_start(limit, page_token)
         self._ensure_open()
         jobs = [job for job in map(self._job, self._jobs) if job.client == client]
         jobs.sort(key=lambda job: (job.created_at, job.job_id), reverse=True)
@@ -175,15 +173,7 @@ class MemoryStore:
             raise NotFound(f"job {event.job_id} not found")
         job = self._job(event.job_id)
         after, recorded = apply(job, event.replace(record_time=now))
-        # What an event may change; the request and the creation time stay as created.
-        job = job.replace(
-            state=after.state,
-            updated_at=after.updated_at,
-            dispatch_id=after.dispatch_id,
-            result=after.result,
-            error=after.error,
-            last_event=after.last_event,
-        )
+        job = job.replace(**{name: getattr(after, name) for name in codec.JOB_STATE_FIELDS})
         self._jobs[job.job_id] = codec.dumps(codec.job_to_json(job))
         if dedupe_key:
             self._dedupe[dedupe_key] = now
