@@ -292,11 +292,11 @@ async def test_a_slow_subscriber_is_ended_and_resumes_from_the_store(
         job_id = await sync_job(stub)
         stream = stub.Subscribe(pb.SubscribeRequest())
         received = [await stream.read(), await stream.read()]  # caught up, now live
-        token = app.gateway.tokens.token(job_id)
+        token = app.gateway.caller.tokens.token(job_id)
         # The reader stops reading; events keep coming, enough to fill every buffer on the way.
         for n in range(100):
             envelope = {"event": "progress", "data": {"n": n, "padding": big}}
-            await app.gateway.record_webhook(token, envelope, webhook_id=f"wh-{n}")
+            await app.gateway.webhooks.record_webhook(token, envelope, webhook_id=f"wh-{n}")
             if app.hub.streams == 0:
                 break
         assert app.hub.streams == 0, "the slow stream was never ended"

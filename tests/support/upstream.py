@@ -29,6 +29,7 @@ def failure(status: int, code: str, *, retry_after: float | None = None) -> Upst
         UpstreamFailure(code, f"{code} happened", status, body if status else {}),
         retryable=status in (0, 429) or status >= 500,
         timeout=code == "upstream_timeout",
+        refused=0 < status < 500,
         retry_after=retry_after,
     )
 
@@ -83,6 +84,7 @@ class ScriptedUpstream:
                 outcome.failure,
                 retryable=outcome.retryable,
                 timeout=outcome.timeout,
+                refused=outcome.refused,
                 retry_after=outcome.retry_after,
                 attempt=dataclasses.replace(attempt, error_code=outcome.failure.code),
             )

@@ -17,8 +17,8 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
 from ..core.errors import ShuttingDown, SlowConsumer, UpstreamError
+from ..core.gateway import Gateway
 from ..core.model import JobEvent, JobState
-from ..core.service import Gateway
 from .auth import authorize, caller
 from .convert import (
     attempt_to_pb,
@@ -88,7 +88,9 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         spec = spec_from_request(request)
         authorize(client, spec.services, spec.mode)
         self.limits.check_queue(client.name)
-        job = await self.gateway.submit(client.name, spec, budget=context.time_remaining())
+        job = await self.gateway.dispatches.submit(
+            client.name, spec, budget=context.time_remaining()
+        )
         if job.state is JobState.QUEUED:
             self.limits.queued(client.name, job.job_id)
         response = pb.DispatchResponse()
@@ -99,7 +101,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         spec = spec_from_request(request)
         authorize(caller(), spec.services)
         try:
-            answer = await self.gateway.validate(spec)
+            answer = await self.gateway.dispatches.validate(spec)
         except UpstreamError as exc:
             if not refuses_request(exc):
                 raise
@@ -108,14 +110,14 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
         check_job_id(request.job_id)
-        job = await self.gateway.get_job(caller().name, request.job_id)
+        job = await self.gateway.reads.get_job(caller().name, request.job_id)
         message = job_to_pb(job)
-        message.attempts.extend(attempt_to_pb(a) for a in await self.gateway.attempts(job))
+        message.attempts.extend(attempt_to_pb(a) for a in await self.gateway.reads.attempts(job))
         return message
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
         check_page_token(request.page_token)
-        jobs, next_token = await self.gateway.list_jobs(
+        jobs, next_token = await self.gateway.reads.list_jobs(
             caller().name, request.page_size, request.page_token
         )
         return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs], next_page_token=next_token)
@@ -123,7 +125,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
     async def ListTemplates(
         self, request: pb.ListTemplatesRequest, context: Context
     ) -> pb.ListTemplatesResponse:
-        templates = await self.gateway.templates()
+        templates = await self.gateway.dispatches.templates()
         return pb.ListTemplatesResponse(templates=[template_to_pb(t) for t in templates])
 
     async def WatchJob(
@@ -131,7 +133,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
     ) -> AsyncGenerator[pb.JobEvent, None]:
         def events(client: str) -> AsyncGenerator[JobEvent, None]:
             check_job_id(request.job_id)
-            return self.gateway.watch(client, request.job_id)
+            return self.gateway.streams.watch(client, request.job_id)
 
         stream = self._stream(context, events, "")
         async with contextlib.aclosing(stream) as messages:
@@ -142,7 +144,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         self, request: pb.SubscribeRequest, context: Context
     ) -> AsyncGenerator[pb.JobEvent, None]:
         def events(client: str) -> AsyncGenerator[JobEvent, None]:
-            return self.gateway.subscribe(
+            return self.gateway.streams.subscribe(
                 client,
                 request.after_cursor,
                 filter_from_request(request),

@@ -21,13 +21,14 @@ from typing import Any
 
 import httpx
 
+from ..core.caller import UPSTREAM_TIMEOUT
 from ..core.errors import UpstreamError
 from ..core.model import JSON, DispatchSpec, Mode, UpstreamAttempt, UpstreamFailure
 from ..core.ports import UpstreamAnswer
 
 logger = logging.getLogger("dispatcher_gateway.upstream")
 
-UPSTREAM_TIMEOUT_CAP = 120.0
+UPSTREAM_TIMEOUT_CAP = UPSTREAM_TIMEOUT
 """Seconds: the upstream's documented timeout for a synchronous dispatch; waiting longer is moot."""
 
 DEFAULT_CALLBACK_FIELD = "webhookUrl"
@@ -300,7 +301,9 @@ class DispatcherClient:
             )
         retryable = status == 429 or status >= 500
         retry_after = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
-        return UpstreamError(failure, retryable=retryable, retry_after=retry_after)
+        return UpstreamError(
+            failure, retryable=retryable, refused=status < 500, retry_after=retry_after
+        )
 
     @staticmethod
     def _log_no_answer(method: str, path: str, request_id: str, started: float, why: str) -> None:

@@ -121,8 +121,8 @@ def create_webhook_app(
             return JSONResponse(content, status_code=refusal.status, headers=refusal.headers)
 
         outcome = "recorded" if recorded else "duplicate"
-        # A recorded webhook is in the store and counted in /metrics: its line is DEBUG (at
-        # hundreds a second INFO lines cost 5% of the CPU). A duplicate is worth seeing.
+        # A recorded webhook is in the store and counted in /metrics: its line is DEBUG (a line
+        # for every webhook would cost CPU in proportion to the load). A duplicate is worth seeing.
         logger.log(
             logging.DEBUG if recorded else logging.INFO,
             "webhook token=%s… event=%r id=%r: %s",
