@@ -60,6 +60,10 @@ class Dispatches:
         within `budget` seconds, the answer recorded as the job's events, the job returned. A job
         that ends by webhook (esign, postal) is sent in async mode even then: the sync answer is
         the upstream's acceptance (SUBMITTED), its end comes later by webhook."""
+        # The caller's deadline runs from its call's arrival, store writes included.
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
+        budget = UPSTREAM_TIMEOUT if budget is None else min(budget, UPSTREAM_TIMEOUT)
         now = self.clock()
         job = Job(
             job_id=new_job_id(),
@@ -97,20 +101,20 @@ class Dispatches:
         if spec.mode is Mode.ASYNC:
             self.queued()
             return stored
-        return await self._dispatch_sync(stored, budget, slot=slot)
+        return await self._dispatch_sync(stored, arrived, budget, slot=slot)
 
-    async def _dispatch_sync(self, job: Job, budget: float | None, *, slot: bool) -> Job:
-        """Send a stored sync job upstream and record the answer; `slot`: a rate slot is
-        already taken for it."""
+    async def _dispatch_sync(self, job: Job, arrived: float, budget: float, *, slot: bool) -> Job:
+        """Send a stored sync job upstream and record the answer, within `budget` seconds of
+        the call's arrival (`arrived`, by the loop's clock); `slot`: a rate slot is already
+        taken for it."""
         loop = asyncio.get_running_loop()
-        budget = UPSTREAM_TIMEOUT if budget is None else min(budget, UPSTREAM_TIMEOUT)
-        started = loop.time()
+        deadline = arrived + budget
         sent = False
         try:
             self.caller.check_breaker()
             if not slot:
-                await self.caller.wait_slot(budget)
-            remaining = budget - (loop.time() - started)
+                await self.caller.wait_slot(deadline - loop.time())
+            remaining = deadline - loop.time()
             sent = True
             calls_back = self.callbacks.calls_back(spec_of(job))
             answer = await self.caller.dispatch(job, calls_back=calls_back, timeout=remaining)
@@ -127,7 +131,7 @@ class Dispatches:
             # gRPC cancels the call when its deadline passes or its caller goes away. Record
             # which, and what is known of the upstream's side: a request sent may have been
             # processed (a sync dispatch has no webhook to tell), one never sent was not.
-            elapsed = loop.time() - started
+            elapsed = loop.time() - arrived
             if elapsed >= budget - DEADLINE_SLACK:
                 code, why = "deadline_exceeded", f"the caller's deadline ({budget:.3g} s) passed"
             else:
