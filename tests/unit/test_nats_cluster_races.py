@@ -18,8 +18,7 @@ from dispatcher_gateway.core.errors import StoreUnavailable
 from dispatcher_gateway.store.nats import NatsStore
 from tests.contract.builders import CLIENT, append, create, event_for, new_job, queued_event
 from tests.support.nats_server import NatsFactory
-
-from .test_nats_store import RECOVERY, Crash, crash_once, new_store, until_answers
+from tests.support.nats_store import RECOVERY, Crash, crash_once, new_store, until_answers
 
 REPLICAS = 3
 READERS_PER_REPLICA = 3
@@ -81,7 +80,7 @@ async def test_replicas_flushing_the_same_event_at_once_all_succeed_and_publish_
         for n in range(JOBS):
             job = await create(writer)
             # The append commits, then its writer dies before publishing: the event is pending.
-            crash_once(writer, "_settle")
+            crash_once(writer.journal, "settle")
             with pytest.raises(Crash):
                 await append(writer, job, states.COMPLETED, dedupe_key=f"wh-{n}")
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+import os
+from collections.abc import AsyncIterator
 from unittest.mock import ANY
 
 import nats
@@ -18,6 +17,7 @@ from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import StoreUnavailable
 from dispatcher_gateway.core.model import JobEvent, JobState
 from dispatcher_gateway.store.nats import DEFAULT_TIMEOUT, NatsStore
+from dispatcher_gateway.store.nats.tail import Tail
 from tests.contract.builders import (
     CLIENT,
     append,
@@ -29,26 +29,14 @@ from tests.contract.builders import (
     take,
 )
 from tests.support.nats_server import NatsCluster, NatsEndpoint, NatsFactory
+from tests.support.nats_store import FAST, RECOVERY, Crash, crash_once, new_store, until_answers
 
-FAST = 0.5
-"""The request timeout of stores in these tests: failures show at once."""
-RECOVERY = 15.0
-"""The longest a store may take to answer again once NATS is back."""
 SHORT_LEASE = 0.1
 LEASE_GRACE = 30.0
 """A lease grace no test waits out."""
 PLACEMENTS = 20
 """Tails opened at most to get one whose consumer sits on a given kind of node (each lands on
 one of three at random)."""
-
-
-class Crash(Exception):
-    """Stands for the process dying at that point."""
-
-
-def new_store(servers: list[str], **options: Any) -> NatsStore:
-    options.setdefault("timeout", FAST)
-    return NatsStore(servers, prefix=f"t{uuid.uuid4().hex[:12]}", **options)
 
 
 @pytest.fixture
@@ -75,33 +63,13 @@ def every_stream(store: NatsStore) -> list[str]:
     return [store.events_stream, store.outbox_stream] + [f"KV_{store.bucket(b)}" for b in buckets]
 
 
-async def until_answers(call: Callable[[], Awaitable[object]]) -> None:
-    async with asyncio.timeout(RECOVERY):
-        while True:
-            try:
-                await call()
-                return
-            except StoreUnavailable:
-                await asyncio.sleep(0.1)
-
-
-def crash_once(target: object, name: str) -> None:
-    """Make `target.name` raise Crash on its next call, then behave again."""
-    original = getattr(target, name)
-
-    async def crashing(*args: Any, **kwargs: Any) -> Any:
-        setattr(target, name, original)
-        raise Crash
-
-    setattr(target, name, crashing)
-
-
 # What open() creates
 
 
-async def test_open_creates_every_stream_and_bucket_with_one_replica(store: NatsStore) -> None:
-    assert store._nc is not None
-    replicas = await stream_replicas(store._servers, every_stream(store))
+async def test_open_creates_every_stream_and_bucket_with_one_replica(
+    nats_server: NatsEndpoint, store: NatsStore
+) -> None:
+    replicas = await stream_replicas(nats_server.servers, every_stream(store))
 
     assert set(replicas.values()) == {1}
 
@@ -217,6 +185,59 @@ async def test_a_tail_fails_as_unavailable_while_nats_is_stopped(
         await store.close()
 
 
+def sockets_to(port: int) -> int:
+    """How many sockets of this process are connected to loopback `port`, in any state (one a
+    closed peer left half-open counts until the process closes it)."""
+    ours = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own descriptor
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                ours.add(target.removeprefix("socket:[").removesuffix("]"))
+    with open("/proc/self/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if int(row[2].split(":")[1], 16) == port and row[9] in ours)
+
+
+async def until_disconnected(store: NatsStore) -> None:
+    """Until the store's client knows NATS is gone (and reconnects)."""
+    async with asyncio.timeout(RECOVERY):
+        while True:
+            try:
+                await store.check()
+            except StoreUnavailable as exc:
+                if "not connected" in str(exc):
+                    return
+            await asyncio.sleep(0.01)
+
+
+async def test_a_close_while_nats_is_stopped_ends_at_once_and_releases_the_socket(
+    start_nats_server: NatsFactory,
+) -> None:
+    cluster, store = await single_node_store(start_nats_server)
+    port = cluster.nodes[0].client_port
+    job = await create(store)
+    assert sockets_to(port) == 1
+    async with tailing(store, "") as tail:
+        await take(tail, 1)
+        cluster.stop()
+        await until_disconnected(store)
+        # Calls that would subscribe or publish while the client reconnects.
+        with pytest.raises(StoreUnavailable):
+            await store.lease(limit=1, visibility=1.0)
+        with pytest.raises(StoreUnavailable):
+            await append(store, job)
+        with pytest.raises(StoreUnavailable):
+            await anext(tail)
+
+        async with asyncio.timeout(FAST):
+            await store.close()
+
+    assert sockets_to(port) == 0
+    with pytest.raises(StoreUnavailable):
+        await store.check()
+
+
 async def test_a_cluster_store_keeps_working_with_one_node_stopped(
     start_nats_server: NatsFactory,
 ) -> None:
@@ -240,13 +261,17 @@ async def test_a_cluster_store_keeps_working_with_one_node_stopped(
         await store.close()
 
 
-async def consumer_node(store: NatsStore, tail: AsyncIterator[JobEvent]) -> str:
+async def consumer_node(servers: list[str], store: NatsStore, tail: AsyncIterator[JobEvent]) -> str:
     """The node holding the tail's consumer (a replica of the events stream, picked at random)."""
-    name = tail._consumer  # type: ignore[attr-defined]
-    info = await store._jetstream().consumer_info(store.events_stream, name)
+    assert isinstance(tail, Tail)
+    nc = await nats.connect(servers=servers)
+    try:
+        info = await nc.jetstream().consumer_info(store.events_stream, tail.consumer)
+    finally:
+        await nc.close()
     assert info.cluster is not None
     assert info.cluster.leader is not None
-    return info.cluster.leader
+    return str(info.cluster.leader)
 
 
 async def test_a_tail_goes_on_when_the_node_holding_its_consumer_stops(
@@ -264,7 +289,7 @@ async def test_a_tail_goes_on_when_the_node_holding_its_consumer_stops(
             for _ in range(PLACEMENTS):
                 tail = await tails.enter_async_context(tailing(store, ""))
                 await take(tail, 1)
-                holder = await consumer_node(store, tail)
+                holder = await consumer_node(cluster.urls, store, tail)
                 if holder != connected.name:
                     break
             next(node for node in cluster.nodes if node.name == holder).stop()
@@ -285,7 +310,7 @@ async def test_a_retried_append_completes_one_that_crashed_after_its_commit(
     store: NatsStore,
 ) -> None:
     job = await create(store)
-    crash_once(store, "_settle")
+    crash_once(store.journal, "settle")
     with pytest.raises(Crash):
         await append(store, job, states.COMPLETED, dedupe_key="wh-1")
 
@@ -302,7 +327,7 @@ async def test_an_append_that_crashed_after_publishing_is_not_published_twice(
     store: NatsStore,
 ) -> None:
     job = await create(store)
-    crash_once(store, "_record_seen")
+    crash_once(store.journal, "record_seen")
     with pytest.raises(Crash):
         await append(store, job, states.COMPLETED, dedupe_key="wh-1")
 
@@ -316,7 +341,7 @@ async def test_an_append_that_crashed_after_publishing_is_not_published_twice(
 
 async def test_the_next_append_publishes_a_crashed_ones_event_first(store: NatsStore) -> None:
     job = await create(store)
-    crash_once(store, "_settle")
+    crash_once(store.journal, "settle")
     with pytest.raises(Crash):
         await append(store, job, "letter_created")
 
@@ -329,7 +354,7 @@ async def test_the_next_append_publishes_a_crashed_ones_event_first(store: NatsS
 
 async def test_get_job_publishes_what_a_crashed_append_left(store: NatsStore) -> None:
     job = await create(store)
-    crash_once(store, "_settle")
+    crash_once(store.journal, "settle")
     with pytest.raises(Crash):
         await append(store, job, states.COMPLETED)
 
@@ -347,7 +372,7 @@ async def test_a_retried_create_completes_one_that_crashed_after_its_commit(
     store: NatsStore,
 ) -> None:
     first = new_job(key="order-1")
-    crash_once(store, "_settle")
+    crash_once(store.journal, "settle")
     with pytest.raises(Crash):
         await store.create_job(first, queued_event(first), enqueue=True)
     retry = new_job(key="order-1")
@@ -365,7 +390,7 @@ async def test_a_create_whose_claimer_died_before_writing_the_job_is_completed_i
     store: NatsStore,
 ) -> None:
     first = new_job(key="order-1")
-    crash_once(store._kv[store.bucket("jobs")], "create")
+    crash_once(store.journal, "create")
     with pytest.raises(Crash):
         await store.create_job(first, queued_event(first), enqueue=True)
     retry = new_job(key="order-1")
