@@ -12,6 +12,22 @@ from typing import Any
 
 JSON = dict[str, Any]
 
+MAX_CURSOR = 2**63 - 1
+"""Cursors fit a signed 64-bit integer (SQLite's INTEGER, JetStream's sequence)."""
+
+
+def cursor_value(cursor: str) -> int | None:
+    """The sequence number a cursor stands for: 0 for '' ("before the first event"), None for
+    what is not a cursor. Cursors are opaque to clients; every store makes them the decimal
+    string of a sequence number. The one rule, for core's checks of clients' cursors and for the
+    stores. (str.isdigit alone would let through digits such as '²', which int() refuses.)"""
+    if not cursor:
+        return 0
+    if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= len(str(MAX_CURSOR))):
+        return None
+    value = int(cursor)
+    return value if value <= MAX_CURSOR else None
+
 
 class Service(enum.StrEnum):
     """An upstream service, named as in the upstream's URL path."""

@@ -40,6 +40,7 @@ from .model import (
     Service,
     UpstreamAttempt,
     UpstreamFailure,
+    cursor_value,
 )
 from .ports import Store, Upstream, UpstreamAnswer
 from .rate import RateGate
@@ -59,7 +60,6 @@ DEADLINE_SLACK = 0.05
 """Seconds: a sync call cancelled this close to its deadline was cancelled by the deadline."""
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
-MAX_CURSOR = 2**63 - 1
 EARLIEST_EVENT_TIME = -62_135_596_800.0
 """0001-01-01T00:00:00Z. From then until END_OF_EVENT_TIMES: the times RFC 3339 writes, and so
 the ones every client's google.protobuf.Timestamp holds (its JSON form refuses any other, even
@@ -78,15 +78,11 @@ def new_job_id() -> str:
 
 
 def parse_cursor(cursor: str) -> int:
-    """Cursors are opaque to clients; both stores make them decimal sequence numbers, within
-    a signed 64-bit integer. (str.isdigit alone would let through digits such as '²', which
-    int() refuses.)"""
-    if not cursor:
-        return 0
-    digits = cursor.isascii() and cursor.isdigit() and len(cursor) <= len(str(MAX_CURSOR))
-    if not digits or int(cursor) > MAX_CURSOR:
+    """A client's cursor (model.cursor_value says what one is)."""
+    value = cursor_value(cursor)
+    if value is None:
         raise InvalidArgument([FieldViolation("after_cursor", "not a cursor this gateway issued")])
-    return int(cursor)
+    return value
 
 
 def spec_of(job: Job) -> DispatchSpec:

@@ -27,8 +27,6 @@ core may compare cursors with int(). '' stands for "before the first event".
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import concurrent.futures
 import contextlib
 import json
@@ -43,14 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from ..core.errors import FieldViolation, InvalidArgument, NotFound, StoreUnavailable
-from ..core.model import Job, JobEvent, JobState, Lease, Mode, Service, UpstreamFailure
+from ..core.errors import NotFound, StoreUnavailable
+from ..core.model import Job, JobEvent, Lease
 from ..core.ports import Apply, Clock
+from . import codec
+from .codec import DEFAULT_DEDUPE_TTL, SECRET_BYTES
 
 T = TypeVar("T")
 
 SCHEMA_VERSION: Final = 1
-DEFAULT_DEDUPE_TTL: Final = 72 * 3600.0
 # Pruning costs a scan of the old keys; doing it on every append would tax the hot path.
 DEDUPE_PRUNE_INTERVAL: Final = 600.0
 # Bounds how long the first write of a group waits for the others to be applied.
@@ -62,7 +61,6 @@ TAIL_BATCH: Final = 500
 # Commits in this process wake tails at once; the poll catches writers in other processes.
 TAIL_POLL_INTERVAL: Final = 1.0
 BUSY_TIMEOUT_MS: Final = 5000
-SECRET_BYTES: Final = 32
 LEASE_TOKEN_BYTES: Final = 16
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
@@ -430,7 +428,7 @@ class SqliteStore:
     ) -> tuple[list[Job], str]:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        start = _decode_page_token(page_token) if page_token else None
+        start = codec.decode_page_token(page_token) if page_token else None
 
         def page(conn: sqlite3.Connection) -> list[Job]:
             if start is None:
@@ -453,7 +451,7 @@ class SqliteStore:
         if len(jobs) <= limit:
             return jobs, ""
         jobs = jobs[:limit]
-        return jobs, _encode_page_token(jobs[-1])
+        return jobs, codec.encode_page_token(jobs[-1])
 
     # Outbox
 
@@ -517,7 +515,7 @@ class SqliteStore:
     async def read_events(
         self, *, client: str, after: str = "", job_id: str = "", limit: int = 1000
     ) -> list[JobEvent]:
-        seq = _parse_cursor(after)
+        seq = codec.parse_cursor(after)
 
         def read(conn: sqlite3.Connection) -> list[JobEvent]:
             if job_id:
@@ -536,7 +534,7 @@ class SqliteStore:
         return await self._run(read)
 
     def tail(self, *, after: str) -> AsyncIterator[JobEvent]:
-        return _Tail(self, _parse_cursor(after))
+        return _Tail(self, codec.parse_cursor(after))
 
     async def last_cursor(self) -> str:
         def last(conn: sqlite3.Connection) -> str:
@@ -992,29 +990,6 @@ def _handle_of(lease: Lease) -> _LeaseHandle:
     return lease.handle
 
 
-def _parse_cursor(cursor: str) -> int:
-    if not cursor:
-        return 0
-    if not cursor.isdecimal():
-        raise InvalidArgument([FieldViolation("cursor", "is not a cursor this server issued")])
-    return int(cursor)
-
-
-def _encode_page_token(last: Job) -> str:
-    raw = json.dumps([last.created_at, last.job_id], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def _decode_page_token(token: str) -> tuple[float, str]:
-    try:
-        created_at, job_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if isinstance(created_at, int | float) and isinstance(job_id, str):
-            return float(created_at), job_id
-    except (binascii.Error, ValueError, TypeError):
-        pass
-    raise InvalidArgument([FieldViolation("page_token", "is not a token this server issued")])
-
-
 def _find_job(conn: sqlite3.Connection, job: Job) -> Job | None:
     """The job a create of `job` would duplicate: the client's job under the same idempotency
     key, or a job with the same id (a retry of a create that did commit)."""
@@ -1029,91 +1004,43 @@ def _find_job(conn: sqlite3.Connection, job: Job) -> Job | None:
     return None if row is None else _job_from_row(row)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+_JSON_JOB_COLUMNS: Final = ("services", "body", "metadata", "result", "error")
+"""The job's columns that hold JSON text (NULL for a None result or error)."""
+_JSON_EVENT_COLUMNS: Final = ("data", "metadata")
 
 
 def _job_params(job: Job) -> dict[str, Any]:
-    return {
-        "job_id": job.job_id,
-        "client": job.client,
-        "services": _dumps([s.value for s in job.services]),
-        "mode": job.mode.value,
-        "state": job.state.value,
-        "body": _dumps(job.body),
-        "metadata": _dumps(dict(job.metadata)),
-        "idempotency_key": job.idempotency_key,
-        "request_hash": job.request_hash,
-        "created_at": job.created_at,
-        "updated_at": job.updated_at,
-        "dispatch_id": job.dispatch_id,
-        "result": None if job.result is None else _dumps(job.result),
-        "error": None if job.error is None else _dumps(job.error.to_json()),
-        "last_event": job.last_event,
-    }
+    params = codec.job_to_json(job)
+    for column in _JSON_JOB_COLUMNS:
+        if params[column] is not None:
+            params[column] = codec.dumps(params[column])
+    return params
 
 
 def _job_state_params(job: Job) -> dict[str, Any]:
     """A job's row in _UPDATE_JOBS (by _JOB_STATE_COLUMNS)."""
-    return {
-        "job_id": job.job_id,
-        "state": job.state.value,
-        "updated_at": job.updated_at,
-        "dispatch_id": job.dispatch_id,
-        "result": None if job.result is None else _dumps(job.result),
-        "error": None if job.error is None else _dumps(job.error.to_json()),
-        "last_event": job.last_event,
-    }
+    params = _job_params(job)
+    return {column: params[column] for column in _JOB_STATE_COLUMNS}
 
 
 def _job_from_row(row: sqlite3.Row) -> Job:
-    return Job(
-        job_id=row["job_id"],
-        client=row["client"],
-        services=tuple(Service(s) for s in json.loads(row["services"])),
-        mode=Mode(row["mode"]),
-        state=JobState(row["state"]),
-        body=json.loads(row["body"]),
-        metadata=json.loads(row["metadata"]),
-        idempotency_key=row["idempotency_key"],
-        request_hash=row["request_hash"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        dispatch_id=row["dispatch_id"],
-        result=None if row["result"] is None else json.loads(row["result"]),
-        error=None if row["error"] is None else UpstreamFailure.from_json(json.loads(row["error"])),
-        last_event=row["last_event"],
-    )
+    data = {column: row[column] for column in _JOB_COLUMNS}
+    for column in _JSON_JOB_COLUMNS:
+        if data[column] is not None:
+            data[column] = json.loads(data[column])
+    return codec.job_from_json(data)
 
 
 def _event_params(event: JobEvent) -> dict[str, Any]:
-    return {
-        "job_id": event.job_id,
-        "client": event.client,
-        "service": event.service.value,
-        "type": event.type,
-        "state": event.state.value,
-        "data": _dumps(event.data),
-        "metadata": _dumps(dict(event.metadata)),
-        "event_time": event.event_time,
-        "dispatch_id": event.dispatch_id,
-        "terminal": int(event.terminal),
-        "record_time": event.record_time,
-    }
+    params = codec.event_to_json(event)
+    for column in _JSON_EVENT_COLUMNS:
+        params[column] = codec.dumps(params[column])
+    params["terminal"] = int(event.terminal)
+    return params
 
 
 def _event_from_row(row: sqlite3.Row) -> JobEvent:
-    return JobEvent(
-        job_id=row["job_id"],
-        client=row["client"],
-        service=Service(row["service"]),
-        type=row["type"],
-        state=JobState(row["state"]),
-        data=json.loads(row["data"]),
-        metadata=json.loads(row["metadata"]),
-        event_time=row["event_time"],
-        dispatch_id=row["dispatch_id"],
-        terminal=bool(row["terminal"]),
-        cursor=str(row["seq"]),
-        record_time=row["record_time"],
-    )
+    data = {column: row[column] for column in _EVENT_COLUMNS}
+    for column in _JSON_EVENT_COLUMNS:
+        data[column] = json.loads(data[column])
+    return codec.event_from_json(data, str(row["seq"]))

@@ -1,0 +1,155 @@
+"""What every store backend writes the same way: jobs and events as JSON, cursors, page tokens,
+and the constants of the contract they share.
+
+A job or an event is stored as the JSON object `job_to_json` / `event_to_json` give (the NATS
+backend stores it as it is; the SQLite backend spreads its keys over a row's columns), so adding
+a field to `Job` or `JobEvent` is one change here. The decoders read what the backends of the
+previous release wrote, which is the same objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Final
+
+from ..core.errors import FieldViolation, InvalidArgument
+from ..core.model import (
+    JSON,
+    Job,
+    JobEvent,
+    JobState,
+    Mode,
+    Service,
+    UpstreamFailure,
+    cursor_value,
+)
+
+DEFAULT_DEDUPE_TTL: Final = 72 * 3600.0
+"""How long an append's dedupe key is remembered: the contract's "at least 72 h"."""
+SECRET_BYTES: Final = 32
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, as every backend stores it."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+# Jobs and events
+
+
+def job_to_json(job: Job) -> JSON:
+    return {
+        "job_id": job.job_id,
+        "client": job.client,
+        "services": [s.value for s in job.services],
+        "mode": job.mode.value,
+        "state": job.state.value,
+        "body": job.body,
+        "metadata": dict(job.metadata),
+        "idempotency_key": job.idempotency_key,
+        "request_hash": job.request_hash,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "dispatch_id": job.dispatch_id,
+        "result": job.result,
+        "error": None if job.error is None else job.error.to_json(),
+        "last_event": job.last_event,
+    }
+
+
+def job_from_json(data: JSON) -> Job:
+    return Job(
+        job_id=data["job_id"],
+        client=data["client"],
+        services=tuple(Service(s) for s in data["services"]),
+        mode=Mode(data["mode"]),
+        state=JobState(data["state"]),
+        body=data["body"],
+        metadata=data["metadata"],
+        idempotency_key=data["idempotency_key"],
+        request_hash=data["request_hash"],
+        created_at=data["created_at"],
+        updated_at=data["updated_at"],
+        dispatch_id=data["dispatch_id"],
+        result=data["result"],
+        error=None if data["error"] is None else UpstreamFailure.from_json(data["error"]),
+        last_event=data["last_event"],
+    )
+
+
+def event_to_json(event: JobEvent) -> JSON:
+    """The event without its cursor, which is where the backend stored it (a row's sequence
+    number, a stream message's)."""
+    return {
+        "job_id": event.job_id,
+        "client": event.client,
+        "service": event.service.value,
+        "type": event.type,
+        "state": event.state.value,
+        "data": event.data,
+        "metadata": dict(event.metadata),
+        "event_time": event.event_time,
+        "dispatch_id": event.dispatch_id,
+        "terminal": event.terminal,
+        "record_time": event.record_time,
+    }
+
+
+def event_from_json(data: JSON, cursor: str = "") -> JobEvent:
+    return JobEvent(
+        job_id=data["job_id"],
+        client=data["client"],
+        service=Service(data["service"]),
+        type=data["type"],
+        state=JobState(data["state"]),
+        data=data["data"],
+        metadata=data["metadata"],
+        event_time=data["event_time"],
+        dispatch_id=data["dispatch_id"],
+        terminal=bool(data["terminal"]),
+        cursor=cursor,
+        record_time=data["record_time"],
+    )
+
+
+# Cursors
+
+
+def parse_cursor(cursor: str) -> int:
+    """The sequence number a cursor stands for, 0 for '' ("before the first event"). Every
+    backend's cursor is the decimal string of an event's sequence number; the rule of what is one
+    is core's (`cursor_value`), the rule the gateway checks clients' cursors with."""
+    value = cursor_value(cursor)
+    if value is None:
+        raise InvalidArgument([FieldViolation("cursor", "is not a cursor this server issued")])
+    return value
+
+
+# Page tokens
+
+
+def encode_page_token(last: Job) -> str:
+    """The token of the page after `last`: where list_jobs (newest first) resumes."""
+    raw = dumps([last.created_at, last.job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_page_token(token: str) -> tuple[float, str]:
+    """(created_at, job_id) of the last job of the page before. Reads the tokens of the previous
+    release too: base64 (SQLite) and hex (NATS) of the same JSON pair. A base64 token never reads
+    as hex, as its first character is 'W' (the JSON's '['), which hex does not use. Anything else
+    is InvalidArgument."""
+    for decode in (_from_base64, bytes.fromhex):
+        try:
+            created_at, job_id = json.loads(decode(token))
+            if isinstance(created_at, int | float) and isinstance(job_id, str):
+                return float(created_at), job_id
+        # OverflowError: an integer no float holds.
+        except (ValueError, TypeError, RecursionError, OverflowError):
+            pass
+    raise InvalidArgument([FieldViolation("page_token", "is not a token this server issued")])
+
+
+def _from_base64(token: str) -> bytes:
+    return base64.urlsafe_b64decode(token.encode())

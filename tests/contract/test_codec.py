@@ -1,0 +1,243 @@
+"""The codec every backend shares (store/codec.py): it encodes as the backends of the previous
+release did, and reads what they stored, taken here as literal payloads: a NATS job envelope and
+event message, SQLite rows, both kinds of page token."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from dispatcher_gateway.core.errors import InvalidArgument
+from dispatcher_gateway.core.model import (
+    MAX_CURSOR,
+    Job,
+    JobEvent,
+    JobState,
+    Mode,
+    Service,
+    UpstreamFailure,
+    cursor_value,
+)
+from dispatcher_gateway.store import SqliteStore, codec
+
+JOB = Job(
+    job_id="job_0123456789abcdef0123456789abcdef",
+    client="billing",
+    services=(Service.FILE, Service.EMAIL),
+    mode=Mode.ASYNC,
+    state=JobState.FAILED,
+    body={"email": {"to": ["a@example.com"]}, "count": 3, "unicode": "é"},
+    metadata={"tenant": "acme"},
+    idempotency_key="order-1",
+    request_hash="hash-1",
+    created_at=1764000000.25,
+    updated_at=1764000100.5,
+    dispatch_id="disp-9",
+    result={"ok": False},
+    error=UpstreamFailure("E_LIMIT", "too many", 429, {"retry": "later"}),
+    last_event="letter_failed",
+)
+QUEUED_JOB = JOB.replace(
+    job_id="job_fedcba9876543210fedcba9876543210",
+    state=JobState.QUEUED,
+    idempotency_key="",
+    request_hash="",
+    dispatch_id="",
+    result=None,
+    error=None,
+    last_event="",
+)
+EVENT = JobEvent(
+    job_id=JOB.job_id,
+    client="billing",
+    service=Service.FILE,
+    type="letter_failed",
+    state=JobState.FAILED,
+    data={"reason": "x", "n": [1, 2.5, None]},
+    metadata={"tenant": "acme"},
+    event_time=1764000099.125,
+    dispatch_id="disp-9",
+    terminal=True,
+    record_time=1764000100.5,
+)
+
+# What the previous release's NatsStore wrote for JOB with EVENT pending (the jobs bucket), and
+# for EVENT (the events stream's message).
+NATS_ENVELOPE = (
+    b'{"job":{"job_id":"job_0123456789abcdef0123456789abcdef","client":"billing",'
+    b'"services":["file","email"],"mode":"async","state":"failed","body":{"email":{"to":'
+    b'["a@example.com"]},"count":3,"unicode":"\\u00e9"},"metadata":{"tenant":"acme"},'
+    b'"idempotency_key":"order-1","request_hash":"hash-1","created_at":1764000000.25,'
+    b'"updated_at":1764000100.5,"dispatch_id":"disp-9","result":{"ok":false},"error":'
+    b'{"code":"E_LIMIT","message":"too many","http_status":429,"details":{"retry":"later"}},'
+    b'"last_event":"letter_failed"},"pending":[{"id":"k-abc","event":{"job_id":'
+    b'"job_0123456789abcdef0123456789abcdef","client":"billing","service":"file","type":'
+    b'"letter_failed","state":"failed","data":{"reason":"x","n":[1,2.5,null]},"metadata":'
+    b'{"tenant":"acme"},"event_time":1764000099.125,"dispatch_id":"disp-9","terminal":true,'
+    b'"record_time":1764000100.5}}],"enqueue":true}'
+)
+NATS_EVENT = (
+    b'{"job_id":"job_0123456789abcdef0123456789abcdef","client":"billing","service":"file",'
+    b'"type":"letter_failed","state":"failed","data":{"reason":"x","n":[1,2.5,null]},'
+    b'"metadata":{"tenant":"acme"},"event_time":1764000099.125,"dispatch_id":"disp-9",'
+    b'"terminal":true,"record_time":1764000100.5}'
+)
+
+# What the previous release's SqliteStore wrote for JOB, QUEUED_JOB and EVENT.
+SQLITE_JOBS = [
+    (
+        "job_0123456789abcdef0123456789abcdef",
+        "billing",
+        '["file","email"]',
+        "async",
+        "failed",
+        '{"email":{"to":["a@example.com"]},"count":3,"unicode":"\\u00e9"}',
+        '{"tenant":"acme"}',
+        "order-1",
+        "hash-1",
+        1764000000.25,
+        1764000100.5,
+        "disp-9",
+        '{"ok":false}',
+        '{"code":"E_LIMIT","message":"too many","http_status":429,"details":{"retry":"later"}}',
+        "letter_failed",
+    ),
+    (
+        "job_fedcba9876543210fedcba9876543210",
+        "billing",
+        '["file","email"]',
+        "async",
+        "queued",
+        '{"email":{"to":["a@example.com"]},"count":3,"unicode":"\\u00e9"}',
+        '{"tenant":"acme"}',
+        "",
+        "",
+        1764000000.25,
+        1764000100.5,
+        "",
+        None,
+        None,
+        "",
+    ),
+]
+SQLITE_EVENT = (
+    7,
+    "job_0123456789abcdef0123456789abcdef",
+    "billing",
+    "file",
+    "letter_failed",
+    "failed",
+    '{"reason":"x","n":[1,2.5,null]}',
+    '{"tenant":"acme"}',
+    1764000099.125,
+    "disp-9",
+    1,
+    1764000100.5,
+)
+
+SQLITE_PAGE_TOKEN = "WzE3NjQwMDAwMDAuMjUsImpvYl8wMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZiJd"
+NATS_PAGE_TOKEN = (
+    "5b313736343030303030302e32352c226a6f625f3031323334353637383961626364656630313233343536373839"
+    "616263646566225d"
+)
+
+
+def test_a_job_round_trips_through_json_text() -> None:
+    for job in (JOB, QUEUED_JOB):
+        assert codec.job_from_json(json.loads(codec.dumps(codec.job_to_json(job)))) == job
+
+
+def test_an_event_round_trips_through_json_text_with_its_cursor_kept_apart() -> None:
+    encoded = codec.dumps(codec.event_to_json(EVENT.replace(cursor="9")))
+
+    assert "cursor" not in json.loads(encoded)
+    assert codec.event_from_json(json.loads(encoded), "9") == EVENT.replace(cursor="9")
+
+
+def test_jobs_and_events_encode_as_the_nats_backend_stored_them() -> None:
+    envelope = json.loads(NATS_ENVELOPE)
+
+    assert codec.job_to_json(JOB) == envelope["job"]
+    assert codec.event_to_json(EVENT) == envelope["pending"][0]["event"]
+    assert codec.dumps(codec.event_to_json(EVENT)).encode() == NATS_EVENT
+
+
+def test_what_the_nats_backend_stored_decodes() -> None:
+    envelope = json.loads(NATS_ENVELOPE)
+
+    assert codec.job_from_json(envelope["job"]) == JOB
+    assert codec.event_from_json(envelope["pending"][0]["event"]) == EVENT
+    assert codec.event_from_json(json.loads(NATS_EVENT), "7") == EVENT.replace(cursor="7")
+
+
+async def test_what_the_sqlite_backend_stored_reads_back(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    store = SqliteStore(path)
+    await store.open()  # the schema, as the previous release made it (version 1)
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", SQLITE_JOBS
+        )
+        conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", SQLITE_EVENT)
+    conn.close()
+
+    await store.open()
+    try:
+        assert await store.get_job(JOB.job_id) == JOB
+        assert await store.get_job(QUEUED_JOB.job_id) == QUEUED_JOB
+        assert await store.read_events(client="billing") == [EVENT.replace(cursor="7")]
+        assert await store.last_cursor() == "7"
+    finally:
+        await store.close()
+
+
+def test_page_tokens_are_base64_and_those_of_either_backend_are_read() -> None:
+    assert codec.encode_page_token(JOB) == SQLITE_PAGE_TOKEN
+    assert codec.decode_page_token(SQLITE_PAGE_TOKEN) == (JOB.created_at, JOB.job_id)
+    assert codec.decode_page_token(NATS_PAGE_TOKEN) == (JOB.created_at, JOB.job_id)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "not a token",
+        "zz",
+        codec.dumps([1.0, "job"]),  # the JSON itself, not encoded
+        bytes.fromhex("7b7d").hex(),  # hex of {}
+        codec.dumps({"a": 1, "b": 2}).encode().hex(),  # two keys: unpacks, but not a position
+        codec.dumps(["1.0", "job"]).encode().hex(),
+        codec.dumps([10**400, "job"]).encode().hex(),  # no float holds it
+        "[" * 300 + "]" * 300,
+        "\udc80",
+    ],
+)
+def test_a_page_token_no_backend_issued_is_invalid_argument(token: str) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        codec.decode_page_token(token)
+
+    assert [v.field for v in raised.value.violations] == ["page_token"]
+
+
+@pytest.mark.parametrize(
+    ("cursor", "value"),
+    [("", 0), ("0", 0), ("42", 42), ("007", 7), (str(MAX_CURSOR), MAX_CURSOR)],
+)
+def test_a_cursor_is_the_decimal_string_of_a_sequence_number(cursor: str, value: int) -> None:
+    assert cursor_value(cursor) == value
+    assert codec.parse_cursor(cursor) == value
+
+
+@pytest.mark.parametrize(
+    "cursor", ["²", "١٢", "-1", "+1", "1.0", " 1", "1 ", "0x10", "abc", str(MAX_CURSOR + 1)]
+)
+def test_what_is_not_a_cursor_is_refused_by_the_one_rule(cursor: str) -> None:
+    assert cursor_value(cursor) is None
+    with pytest.raises(InvalidArgument) as raised:
+        codec.parse_cursor(cursor)
+
+    assert [v.field for v in raised.value.violations] == ["cursor"]
