@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator
 from unittest.mock import ANY
@@ -16,7 +17,9 @@ import pytest
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import StoreUnavailable
 from dispatcher_gateway.core.model import JobEvent, JobState
+from dispatcher_gateway.store import codec
 from dispatcher_gateway.store.nats import DEFAULT_TIMEOUT, NatsStore
+from dispatcher_gateway.store.nats.commit import Envelope, Pending
 from dispatcher_gateway.store.nats.tail import Tail
 from tests.contract.builders import (
     CLIENT,
@@ -421,6 +424,24 @@ async def test_an_entry_whose_lease_ran_out_is_handed_out_again_only_after_the_l
         assert await store.lease(limit=10, visibility=30.0) == []
     finally:
         await store.close()
+
+
+# What the jobs bucket holds
+
+
+def test_an_envelope_is_the_job_its_pending_events_and_the_enqueue_flag_as_before() -> None:
+    job = new_job(key="order-1")
+    event = queued_event(job)
+    envelope = Envelope(job=job, pending=[Pending("k-abc", event)], enqueue=True)
+
+    stored = json.loads(envelope.encode())
+
+    assert stored == {
+        "job": codec.job_to_json(job),
+        "pending": [{"id": "k-abc", "event": codec.event_to_json(event)}],
+        "enqueue": True,
+    }
+    assert Envelope.decode(envelope.encode()) == envelope
 
 
 # Ids of any shape

@@ -52,8 +52,8 @@ from typing import Final
 from ...core.errors import NotFound, StoreUnavailable
 from ...core.model import Job, JobEvent
 from ...core.ports import Apply
-from . import codec
-from .jetstream import JetStream, KeyExists, dumps
+from .. import codec
+from .jetstream import JetStream, KeyExists
 from .names import Layout, dedupe_msg_id, enqueue_msg_id, random_msg_id, token
 
 CAS_ATTEMPTS: Final = 1000
@@ -79,7 +79,7 @@ class Envelope:
     enqueue: bool = False
 
     def encode(self) -> bytes:
-        return dumps(
+        return codec.dumps(
             {
                 "job": codec.job_to_json(self.job),
                 "pending": [
@@ -87,7 +87,7 @@ class Envelope:
                 ],
                 "enqueue": self.enqueue,
             }
-        )
+        ).encode()
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Envelope:
@@ -230,7 +230,9 @@ class Journal:
                         self._layout.events_stream, subject, pending.msg_id
                     )
                 if seq is None:
-                    seq = await wire.publish(subject, codec.event_to_bytes(event), pending.msg_id)
+                    seq = await wire.publish(
+                        subject, codec.dumps(codec.event_to_json(event)).encode(), pending.msg_id
+                    )
                 await self.record_seen(pending.msg_id, seq)
             self._settled.add(pending.msg_id)
             cursors[pending.msg_id] = str(seq)

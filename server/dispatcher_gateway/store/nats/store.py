@@ -33,12 +33,13 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+from nats.aio.msg import Msg
 from nats.js import api
 
 from ...core.errors import StoreUnavailable
 from ...core.model import Job, JobEvent, Lease
 from ...core.ports import Apply, Clock
-from . import codec
+from .. import codec
 from .commit import CAS_ATTEMPTS, CAS_JITTER, Journal
 from .jetstream import JetStream, KeyExists, dumps, unavailable
 from .names import OUTBOX_CONSUMER, Layout, index_key, parse_index_key, token
@@ -47,14 +48,12 @@ from .tail import Tail
 
 DEFAULT_PREFIX: Final = "dgw"
 DEFAULT_EVENT_MAX_AGE: Final = 30 * 24 * 3600.0
-DEFAULT_DEDUPE_TTL: Final = 72 * 3600.0
 DUPLICATE_WINDOW: Final = 2 * 3600.0
 """JetStream's duplicate window on Nats-Msg-Id: it covers the upstream's webhook retries (at
 5 s, 5 min and 30 min) and the outbox's redelivery."""
 DEFAULT_TIMEOUT: Final = 5.0
 """Every request to NATS; beyond it the store is unavailable."""
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
-SECRET_BYTES: Final = 32
 CLAIM_POLL: Final = 0.01
 CLAIMER_GRACE: Final = 1.0
 """Seconds a create that found its idempotency key claimed waits for the claimer's job before
@@ -75,7 +74,7 @@ class NatsStore:
         prefix: str = DEFAULT_PREFIX,
         replicas: int = 1,
         event_max_age: float = DEFAULT_EVENT_MAX_AGE,
-        dedupe_ttl: float = DEFAULT_DEDUPE_TTL,
+        dedupe_ttl: float = codec.DEFAULT_DEDUPE_TTL,
         duplicate_window: float = DUPLICATE_WINDOW,
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
@@ -144,7 +143,7 @@ class NatsStore:
     async def secret(self, name: str) -> bytes:
         with unavailable():
             value, _ = await self._create_or_read(
-                self.bucket("secrets"), token(name), os.urandom(SECRET_BYTES)
+                self.bucket("secrets"), token(name), os.urandom(codec.SECRET_BYTES)
             )
             return value
 
@@ -276,7 +275,7 @@ class NatsStore:
                 opt_start_seq=seq + 1,
                 limit=limit,
             )
-            return [codec.event_from_msg(msg) for msg in msgs]
+            return [_event_from_msg(msg) for msg in msgs]
 
     def tail(self, *, after: str) -> Tail:
         return Tail(
@@ -284,7 +283,7 @@ class NatsStore:
             stream=self.events_stream,
             subject=f"{self.layout.events_subject}.>",
             after=codec.parse_cursor(after),
-            decode=codec.event_from_msg,
+            decode=_event_from_msg,
         )
 
     async def last_cursor(self) -> str:
@@ -382,3 +381,8 @@ def _handle_of(lease: Lease) -> _OutboxHandle:
     if not isinstance(lease.handle, _OutboxHandle):
         raise TypeError("the lease was not handed out by a NatsStore")
     return lease.handle
+
+
+def _event_from_msg(msg: Msg) -> JobEvent:
+    """An event of the events stream; its cursor is the stream sequence."""
+    return codec.event_from_json(json.loads(msg.data), str(msg.metadata.sequence.stream))
