@@ -215,7 +215,7 @@ async def until_disconnected(store: NatsStore) -> None:
 
 
 async def test_a_close_while_nats_is_stopped_ends_at_once_and_releases_the_socket(
-    start_nats_server: NatsFactory,
+    start_nats_server: NatsFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     cluster, store = await single_node_store(start_nats_server)
     port = cluster.nodes[0].client_port
@@ -239,6 +239,8 @@ async def test_a_close_while_nats_is_stopped_ends_at_once_and_releases_the_socke
     assert sockets_to(port) == 0
     with pytest.raises(StoreUnavailable):
         await store.check()
+    # Nothing was queued for the dead socket (no subscription is made while reconnecting).
+    assert not [r for r in caplog.records if "close:" in r.getMessage()]
 
 
 async def test_a_cluster_store_keeps_working_with_one_node_stopped(

@@ -153,9 +153,18 @@ class JetStream:
         return cls(nc, timeout)
 
     async def close(self) -> None:
+        """Close the connection, also while it reconnects: nothing is left open, and no
+        reconnect is tried after."""
         nc = self._nc
-        if not nc.is_closed:
+        if nc.is_closed:
+            return
+        try:
             await nc.close()
+        except OSError as exc:
+            # A protocol line queued while connected but not yet written when the connection
+            # dropped: close() writes it to the socket the reconnect loop closed, and fails there.
+            # That socket is closed already and the client is marked closed: nothing is left.
+            log.warning("NATS: close: %s: %s", type(exc).__name__, exc)
 
     @property
     def is_connected(self) -> bool:
