@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 PROTO := protos/dispatcher/gateway/v1/gateway.proto
 GEN := server/dispatcher/gateway/v1
 
-.PHONY: run test check lint fmt types proto proto-check buf-lint pytest fuzz bench clean
+.PHONY: run test test-fast check lint fmt types proto proto-check buf-lint pytest fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ run: $(STAMP)
 	$(BIN)/dispatcher-gateway serve --sandbox
 
 test: check pytest
+
+# The inner loop: unit and contract tests on the fast backends, nothing marked slow (what starts
+# processes or servers, or needs NATS: tests/conftest.py says which). `make test` runs them all.
+test-fast: $(STAMP)
+	$(BIN)/pytest tests/unit tests/contract -m "not slow"
 
 check: lint types proto-check buf-lint
 

@@ -18,16 +18,15 @@ from starlette.routing import Route
 from .config import Settings, is_loopback, split_addr
 from .core.breaker import CircuitBreaker
 from .core.errors import ShuttingDown, StoreUnavailable
+from .core.gateway import Gateway, OutboxLimits
 from .core.hub import EventHub
-from .core.outbox import OutboxWorker
 from .core.ports import Store
-from .core.rate import RateGate
-from .core.service import Gateway
 from .core.tokens import CallbackTokens
 from .httpserver import HttpServer, start_http
-from .metrics import REGISTRY
+from .metrics import REGISTRY, Counts
 from .rpc.auth import Authenticator
 from .rpc.clients import ClientsFile
+from .rpc.drain import Drain
 from .rpc.limits import ClientLimits
 from .rpc.server import create_server, set_serving
 from .rpc.servicer import DispatchServicer
@@ -96,25 +95,23 @@ class GatewayApp:
             s.dispatcher_password,
             verify=s.dispatcher_ca_file or True,
         )
-        self.gateway = Gateway(
+        self.gateway = Gateway.build(
             self.store,
             self.upstream,
             CallbackTokens(key),
             public_url=s.public_url,
-            rate=RateGate(self.store, s.upstream_rate),
+            rate=s.upstream_rate,
             hub=self.hub,
+            retry=s.retry,
             breaker=CircuitBreaker(threshold=s.breaker_threshold, open_for=s.breaker_open_for),
             callbacks=s.callbacks,
+            outbox=OutboxLimits(
+                submit_timeout=s.submit_timeout,
+                sync_timeout=s.sync_timeout,
+                sync_concurrency=s.sync_concurrency,
+            ),
+            observer=Counts(),
         )
-        self.outbox = OutboxWorker(
-            self.gateway,
-            self.store,
-            s.retry,
-            submit_timeout=s.submit_timeout,
-            sync_timeout=s.sync_timeout,
-            sync_concurrency=s.sync_concurrency,
-        )
-        self.gateway.on_queued = self.outbox.wake
         auth = Authenticator(
             ClientsFile(s.client_tokens_file) if s.client_tokens_file else None,
             allow_anonymous=s.allow_anonymous,
@@ -122,15 +119,21 @@ class GatewayApp:
         limits = ClientLimits(s.client_quotas)
         self.hub.observe(limits.observe)
         self.servicer = DispatchServicer(self.gateway, limits, max_stream_age=s.max_stream_age)
+        self.calls = Drain()
         self.grpc = create_server(
-            self.servicer, self.health, s.grpc_limits, auth=auth, reflection=s.grpc_reflection
+            self.servicer,
+            self.health,
+            s.grpc_limits,
+            auth=auth,
+            drain=self.calls,
+            reflection=s.grpc_reflection,
         )
         grpc_port, mtls_port = self._grpc_ports()
         await self.grpc.start()
 
         webhook_host, webhook_port = split_addr(s.webhook_addr)
         verifier = WebhookVerifier(s.webhook_secrets, require_timestamp=s.webhook_require_timestamp)
-        webhooks = create_webhook_app(self.gateway, verifier)
+        webhooks = create_webhook_app(self.gateway.webhooks, verifier)
         webhook = await start_http(
             webhooks, webhook_host, webhook_port, certfile=s.tls_cert_file, keyfile=s.tls_key_file
         )
@@ -145,11 +148,11 @@ class GatewayApp:
         REGISTRY.gauge(
             "dispatcher_gateway_upstream_circuit_open",
             "1 while the upstream circuit breaker is open or probing.",
-            lambda: float(self.gateway.breaker.state.value != "closed"),
+            lambda: float(self.gateway.caller.breaker.state.value != "closed"),
         )
         self._tasks = [
             asyncio.create_task(self.hub.follow(self.store), name="hub"),
-            asyncio.create_task(self.outbox.run(), name="outbox"),
+            asyncio.create_task(self.gateway.outbox.run(), name="outbox"),
         ]
         await set_serving(self.health, True)
         self._store_watch = asyncio.create_task(self._watch_store(), name="store-watch")
@@ -198,10 +201,10 @@ class GatewayApp:
         # Refuse new calls with UNAVAILABLE (clients retry it, elsewhere), end our streams with
         # their resumable status, and let unary calls in flight finish. Then stop the server,
         # without waiting the whole grace for streams nothing else ends (a health Watch).
-        self.servicer.draining = True
+        self.calls.start()
         self.hub.close(ShuttingDown("the gateway is shutting down"))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.servicer.idle.wait(), grace)
+            await asyncio.wait_for(self.calls.idle.wait(), grace)
         await asyncio.sleep(STATUS_FLUSH)
         await self.grpc.stop(0)
         for task in self._tasks:
@@ -258,7 +261,7 @@ class GatewayApp:
                 "store": store,
                 "streams": self.hub.streams,
                 # Reported, not a reason to be unready: an open circuit still accepts and queues.
-                "upstream_circuit": self.gateway.breaker.describe(),
+                "upstream_circuit": self.gateway.caller.breaker.describe(),
             }
             return JSONResponse(body, status_code=200 if ready else 503)
 

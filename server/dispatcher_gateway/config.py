@@ -9,15 +9,31 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from .core.callbacks import DEFAULT_DEADLINE, CallbackRules
+from .core.breaker import FAILURE_THRESHOLD, OPEN_FOR
+from .core.callbacks import DAY, DEFAULT_DEADLINE, CallbackRules
+from .core.caller import UPSTREAM_TIMEOUT
+from .core.hub import DEFAULT_BACKLOG
 from .core.model import Service
+from .core.outbox import SUBMIT_TIMEOUT, SYNC_CONCURRENCY
 from .core.retry import RateLimit, RetryPolicy
 from .rpc.clients import load_clients
 from .rpc.limits import ClientQuotas
 from .rpc.server import GrpcLimits
 from .rpc.tls import check_certificate
 
+# Every default has one home: a setting's is its Settings field below, which takes core's own
+# where core has one (the breaker's, the outbox's, the hub's); _Reader reads them from there.
+# Other edges (rpc/, cli.py) take the ones they share from this module.
 DEFAULT_STORE = "data/gateway.db"
+ANY_HOST = "0.0.0.0"
+"""Listen on every interface by default: the gateway runs in a container behind a proxy."""
+GRPC_PORT = 50051
+GRPC_MTLS_PORT = 50052
+WEBHOOK_PORT = 8443
+ADMIN_PORT = 9090
+MAX_STREAM_AGE = 30 * 60.0
+"""Seconds before a stream is ended (jittered), so that clients spread over new replicas."""
+EVENT_RETENTION = 30 * DAY
 MIN_WEBHOOK_SECRET_LENGTH = 16
 """Characters: a shorter HMAC secret could be guessed offline from one captured webhook."""
 T = TypeVar("T")
@@ -36,9 +52,9 @@ class Settings:
     dispatcher_password: str = field(repr=False)
     webhook_secrets: tuple[str, ...] = field(repr=False)
     public_url: str
-    grpc_addr: str = "0.0.0.0:50051"
-    webhook_addr: str = "0.0.0.0:8443"
-    admin_addr: str = "0.0.0.0:9090"
+    grpc_addr: str = f"{ANY_HOST}:{GRPC_PORT}"
+    webhook_addr: str = f"{ANY_HOST}:{WEBHOOK_PORT}"
+    admin_addr: str = f"{ANY_HOST}:{ADMIN_PORT}"
     store: str = DEFAULT_STORE
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
@@ -53,7 +69,7 @@ class Settings:
     grpc_tls_key_file: str | None = None
     grpc_client_ca_file: str | None = None
     """mTLS: certificate clients connect to grpc_mtls_addr with a certificate this CA signed."""
-    grpc_mtls_addr: str = "0.0.0.0:50052"
+    grpc_mtls_addr: str = f"{ANY_HOST}:{GRPC_MTLS_PORT}"
     grpc_plaintext: bool = False
     """gRPC without TLS on an address other hosts reach: only behind a proxy that adds it."""
     grpc_reflection: bool = False
@@ -61,23 +77,23 @@ class Settings:
     client_quotas: ClientQuotas = field(default_factory=ClientQuotas)
     readyz_details: bool = False
     """/readyz says why the store is unavailable to any caller, not only to loopback ones."""
-    breaker_threshold: int = 5
+    breaker_threshold: int = FAILURE_THRESHOLD
     """Consecutive upstream failures that open the circuit."""
-    breaker_open_for: float = 10.0
+    breaker_open_for: float = OPEN_FOR
     """Seconds the circuit stays open before a probe (doubling after failed probes)."""
-    submit_timeout: float = 30.0
-    """Seconds an async submission waits for the upstream's 202 before it is retried."""
+    submit_timeout: float = SUBMIT_TIMEOUT
+    """Seconds an async submission waits for the upstream's acceptance before it is retried."""
     callbacks: CallbackRules = field(default_factory=CallbackRules)
     """Which jobs end by webhook, and how long one is waited for."""
-    sync_concurrency: int = 100
+    sync_concurrency: int = SYNC_CONCURRENCY
     """Background sync calls (jobs that end by the upstream's answer) in flight at once."""
-    sync_timeout: float = 120.0
+    sync_timeout: float = UPSTREAM_TIMEOUT
     """Seconds a background sync call waits for the upstream's answer before it is retried."""
-    max_stream_age: float = 30 * 60.0
-    stream_backlog: int = 1000
+    max_stream_age: float = MAX_STREAM_AGE
+    stream_backlog: int = DEFAULT_BACKLOG
     nats_replicas: int = 1
     """R1 or R3: the replicas of every JetStream stream and bucket the gateway creates."""
-    event_retention: float = 30 * 24 * 3600.0
+    event_retention: float = EVENT_RETENTION
     """Seconds events are kept (NATS): how far back a cursor can resume."""
     webhook_require_timestamp: bool = True
     """Refuse a webhook signed in Dispatcher's scheme without X-Webhook-Timestamp: its signature
@@ -89,6 +105,10 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         return _Reader(env).settings()
+
+
+_DEFAULTS = Settings("", "", "", (), "")
+"""Every setting's default, for _Reader: a value not set is this one."""
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -304,14 +324,14 @@ class _Reader:
         return self.parsed(name, parse, default)
 
     def callbacks(self) -> CallbackRules:
-        default = CallbackRules()
+        default = _DEFAULTS.callbacks
         services = self.parsed("GATEWAY_CALLBACK_SERVICES", _services, default.services)
         deadlines = {
             **default.deadlines,
             **self.parsed("GATEWAY_CALLBACK_DEADLINES", _deadlines, {}),
         }
         try:  # a bad value is reported where it is read
-            retention = float(self.env.get("GATEWAY_EVENT_RETENTION") or 30 * 24 * 3600.0)
+            retention = float(self.env.get("GATEWAY_EVENT_RETENTION") or _DEFAULTS.event_retention)
         except ValueError:
             retention = float("inf")
         for service in sorted(services):
@@ -348,11 +368,11 @@ class _Reader:
         token_key = self.raw("GATEWAY_TOKEN_KEY", secret=True)
         if token_key is not None and len(token_key) < 32:
             self.problem("GATEWAY_TOKEN_KEY", "must be at least 32 characters")
-        level = (self.raw("GATEWAY_LOG_LEVEL") or "INFO").upper()
+        level = (self.raw("GATEWAY_LOG_LEVEL") or _DEFAULTS.log_level).upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             self.problem("GATEWAY_LOG_LEVEL", f"one of DEBUG, INFO, WARNING, ERROR; got {level!r}")
 
-        grpc_addr = self.addr("GATEWAY_GRPC_ADDR", "0.0.0.0:50051")
+        grpc_addr = self.addr("GATEWAY_GRPC_ADDR", _DEFAULTS.grpc_addr)
         grpc_cert = self.file("GATEWAY_GRPC_TLS_CERT_FILE")
         grpc_key = self.file("GATEWAY_GRPC_TLS_KEY_FILE")
         client_ca = self.file("GATEWAY_GRPC_CLIENT_CA_FILE")
@@ -383,61 +403,74 @@ class _Reader:
             webhook_secrets=tuple(secrets.split()),
             public_url=public_url,
             grpc_addr=grpc_addr,
-            webhook_addr=self.addr("GATEWAY_WEBHOOK_ADDR", "0.0.0.0:8443"),
-            admin_addr=self.addr("GATEWAY_ADMIN_ADDR", "0.0.0.0:9090"),
-            store=self.raw("GATEWAY_STORE") or DEFAULT_STORE,
+            webhook_addr=self.addr("GATEWAY_WEBHOOK_ADDR", _DEFAULTS.webhook_addr),
+            admin_addr=self.addr("GATEWAY_ADMIN_ADDR", _DEFAULTS.admin_addr),
+            store=self.raw("GATEWAY_STORE") or _DEFAULTS.store,
             tls_cert_file=cert,
             tls_key_file=key,
             dispatcher_ca_file=self.file("DISPATCHER_CA_FILE"),
-            upstream_rate=self.parsed("GATEWAY_UPSTREAM_RATE", RateLimit.parse, RateLimit()),
+            upstream_rate=self.parsed(
+                "GATEWAY_UPSTREAM_RATE", RateLimit.parse, _DEFAULTS.upstream_rate
+            ),
             retry=RetryPolicy(
-                base=self.seconds("GATEWAY_RETRY_BASE", RetryPolicy().base),
-                cap=self.seconds("GATEWAY_RETRY_MAX_DELAY", RetryPolicy().cap),
-                give_up_after=self.seconds("GATEWAY_GIVE_UP_AFTER", RetryPolicy().give_up_after),
+                base=self.seconds("GATEWAY_RETRY_BASE", _DEFAULTS.retry.base),
+                cap=self.seconds("GATEWAY_RETRY_MAX_DELAY", _DEFAULTS.retry.cap),
+                give_up_after=self.seconds("GATEWAY_GIVE_UP_AFTER", _DEFAULTS.retry.give_up_after),
             ),
             client_tokens_file=clients,
             allow_anonymous=anonymous,
             grpc_tls_cert_file=grpc_cert,
             grpc_tls_key_file=grpc_key,
             grpc_client_ca_file=client_ca,
-            grpc_mtls_addr=self.addr("GATEWAY_GRPC_MTLS_ADDR", "0.0.0.0:50052"),
+            grpc_mtls_addr=self.addr("GATEWAY_GRPC_MTLS_ADDR", _DEFAULTS.grpc_mtls_addr),
             grpc_plaintext=plaintext,
             grpc_reflection=self.flag("GATEWAY_GRPC_REFLECTION"),
             grpc_limits=GrpcLimits(
                 min_ping_interval=self.seconds(
-                    "GATEWAY_GRPC_MIN_PING_INTERVAL", GrpcLimits().min_ping_interval
+                    "GATEWAY_GRPC_MIN_PING_INTERVAL", _DEFAULTS.grpc_limits.min_ping_interval
                 ),
                 permit_ping_without_calls=self.flag("GATEWAY_GRPC_PERMIT_PING_WITHOUT_CALLS"),
                 max_connection_age=self.seconds(
-                    "GATEWAY_GRPC_MAX_CONNECTION_AGE", GrpcLimits().max_connection_age
+                    "GATEWAY_GRPC_MAX_CONNECTION_AGE", _DEFAULTS.grpc_limits.max_connection_age
                 ),
                 max_connection_age_grace=self.seconds(
-                    "GATEWAY_GRPC_MAX_CONNECTION_AGE_GRACE", GrpcLimits().max_connection_age_grace
+                    "GATEWAY_GRPC_MAX_CONNECTION_AGE_GRACE",
+                    _DEFAULTS.grpc_limits.max_connection_age_grace,
                 ),
             ),
             client_quotas=ClientQuotas(
                 max_streams=self.parsed(
-                    "GATEWAY_CLIENT_MAX_STREAMS", positive_int, ClientQuotas().max_streams
+                    "GATEWAY_CLIENT_MAX_STREAMS", positive_int, _DEFAULTS.client_quotas.max_streams
                 ),
                 max_queued=self.parsed(
-                    "GATEWAY_CLIENT_MAX_QUEUED", positive_int, ClientQuotas().max_queued
+                    "GATEWAY_CLIENT_MAX_QUEUED", positive_int, _DEFAULTS.client_quotas.max_queued
                 ),
                 dispatch_rate=self.parsed(
-                    "GATEWAY_CLIENT_DISPATCH_RATE", RateLimit.parse, ClientQuotas().dispatch_rate
+                    "GATEWAY_CLIENT_DISPATCH_RATE",
+                    RateLimit.parse,
+                    _DEFAULTS.client_quotas.dispatch_rate,
                 ),
             ),
             readyz_details=self.flag("GATEWAY_READYZ_DETAILS"),
-            breaker_threshold=self.parsed("GATEWAY_BREAKER_THRESHOLD", positive_int, 5),
-            breaker_open_for=self.seconds("GATEWAY_BREAKER_OPEN_FOR", 10.0),
-            submit_timeout=self.seconds("GATEWAY_SUBMIT_TIMEOUT", 30.0),
+            breaker_threshold=self.parsed(
+                "GATEWAY_BREAKER_THRESHOLD", positive_int, _DEFAULTS.breaker_threshold
+            ),
+            breaker_open_for=self.seconds("GATEWAY_BREAKER_OPEN_FOR", _DEFAULTS.breaker_open_for),
+            submit_timeout=self.seconds("GATEWAY_SUBMIT_TIMEOUT", _DEFAULTS.submit_timeout),
             callbacks=self.callbacks(),
-            sync_concurrency=self.parsed("GATEWAY_SYNC_CONCURRENCY", positive_int, 100),
-            sync_timeout=self.seconds("GATEWAY_SYNC_TIMEOUT", 120.0),
-            max_stream_age=self.seconds("GATEWAY_MAX_STREAM_AGE", 30 * 60.0),
-            stream_backlog=self.parsed("GATEWAY_STREAM_BACKLOG", positive_int, 1000),
-            nats_replicas=self.parsed("GATEWAY_NATS_REPLICAS", _replicas, 1),
-            event_retention=self.seconds("GATEWAY_EVENT_RETENTION", 30 * 24 * 3600.0),
-            webhook_require_timestamp=self.flag("GATEWAY_WEBHOOK_REQUIRE_TIMESTAMP", default=True),
+            sync_concurrency=self.parsed(
+                "GATEWAY_SYNC_CONCURRENCY", positive_int, _DEFAULTS.sync_concurrency
+            ),
+            sync_timeout=self.seconds("GATEWAY_SYNC_TIMEOUT", _DEFAULTS.sync_timeout),
+            max_stream_age=self.seconds("GATEWAY_MAX_STREAM_AGE", _DEFAULTS.max_stream_age),
+            stream_backlog=self.parsed(
+                "GATEWAY_STREAM_BACKLOG", positive_int, _DEFAULTS.stream_backlog
+            ),
+            nats_replicas=self.parsed("GATEWAY_NATS_REPLICAS", _replicas, _DEFAULTS.nats_replicas),
+            event_retention=self.seconds("GATEWAY_EVENT_RETENTION", _DEFAULTS.event_retention),
+            webhook_require_timestamp=self.flag(
+                "GATEWAY_WEBHOOK_REQUIRE_TIMESTAMP", default=_DEFAULTS.webhook_require_timestamp
+            ),
             token_key=token_key.encode() if token_key else None,
             log_level=level,
         )

@@ -98,3 +98,19 @@ WEBHOOKS = REGISTRY.counter(
     "Webhooks verified and handed to the store, by outcome (recorded, duplicate).",
     ("outcome",),
 )
+
+
+class Counts:
+    """What core reports (a core.ports.Observer), counted in the process's metrics."""
+
+    def dispatch_accepted(self, service: str, mode: str) -> None:
+        DISPATCHES.inc(service, mode)
+
+    def upstream_dispatch(self, outcome: str) -> None:
+        UPSTREAM_CALLS.inc(outcome)
+
+    def callback_overdue(self, service: str) -> None:
+        CALLBACKS_OVERDUE.inc(service)
+
+    def webhook(self, outcome: str) -> None:
+        WEBHOOKS.inc(outcome)

@@ -13,6 +13,7 @@ import grpc
 
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.support.nats_server import start_nats
+from tests.support.process import ServerProcess
 
 from . import load, procs
 from .messages import (
@@ -360,7 +361,7 @@ def b4_streams(scale: Scale, folder: Path) -> Outcome:
 
 
 def _hold(
-    scale: Scale, server: procs.Server, addrs: procs.GatewayAddrs, trigger: dict[str, Any]
+    scale: Scale, server: ServerProcess, addrs: procs.GatewayAddrs, trigger: dict[str, Any]
 ) -> dict[str, Any]:
     idle = server.rss_mb()
     opened, go = procs.SPAWN.Event(), procs.SPAWN.Event()

@@ -13,7 +13,7 @@ from dispatcher_gateway.core.states import state_for
 from dispatcher_gateway.core.tokens import CallbackTokens
 from dispatcher_gateway.rpc.convert import event_to_pb, job_to_pb, spec_from_request
 from dispatcher_gateway.sandbox import signature_headers
-from tests.e2e.conftest import email_request
+from tests.support.requests import email_request
 
 WEBHOOK_SECRET = "bench-webhook-secret"
 TOKEN_KEY = "bench-callback-token-key-0123456789abcdef"

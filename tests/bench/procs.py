@@ -3,14 +3,11 @@ baselines, the sandbox, and the load generator's workers (multiprocessing, spawn
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
-import os
 import queue
-import signal
 import socket
-import subprocess
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -20,84 +17,26 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.conftest import free_port
+from tests.support.loopback import free_port
+from tests.support.process import GATEWAY, POLL, START_TIMEOUT, ServerProcess
 
 from .messages import SANDBOX_EMAIL, SANDBOX_PASSWORD, TOKEN_KEY, WEBHOOK_SECRET
 
 HOST = "127.0.0.1"
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
-POLL = 0.05
 SPAWN = multiprocessing.get_context("spawn")
-
-
-@dataclass
-class Server:
-    """A server process; `readyz` answers 200 once it serves."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    readyz: str
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def rss_mb(self) -> float:
-        """Resident memory now, from the kernel's own count."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError(f"no VmRSS for {self.name}")
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        with httpx.Client() as client:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"{self.name} exited {self.process.returncode}: {self.log()}"
-                    )
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get(self.readyz).status_code == 200:
-                        return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.name} not ready: {self.log()}")
-                time.sleep(POLL)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @contextlib.contextmanager
 def running(
     name: str, args: list[str], env: dict[str, str], readyz: str, folder: Path
-) -> Iterator[Server]:
-    log_path = folder / f"{name}.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, *args],
-            env={**os.environ, **env},
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-        )
-    server = Server(name, process, log_path, readyz)
+) -> Iterator[ServerProcess]:
+    server = ServerProcess(name, tuple(args), env, folder / f"{name}.log", readyz)
+    server.spawn()
     try:
-        server.wait_ready()
+        asyncio.run(server.ready())
         yield server
     finally:
-        server.stop()
+        asyncio.run(server.stop())
 
 
 @dataclass(frozen=True)
@@ -118,7 +57,7 @@ class GatewayAddrs:
 @contextlib.contextmanager
 def gateway(
     folder: Path, *, store: str, upstream: str | None = None, rate: str = "100/min"
-) -> Iterator[tuple[Server, GatewayAddrs]]:
+) -> Iterator[tuple[ServerProcess, GatewayAddrs]]:
     """The gateway as its own process, with its defaults but for loopback addresses, a plain HTTP
     webhook listener (TLS is the ingress's), and a fixed callback-token key. Without `upstream`
     the upstream is a closed port: async jobs stay queued, and at the default rate of 100/min the
@@ -143,14 +82,12 @@ def gateway(
         "GATEWAY_CLIENT_MAX_QUEUED": "10000000",
         "GATEWAY_CLIENT_MAX_STREAMS": "1000000",
     }
-    with running(
-        "gateway", ["-m", "dispatcher_gateway", "serve"], env, addrs.readyz, folder
-    ) as server:
+    with running("gateway", list(GATEWAY), env, addrs.readyz, folder) as server:
         yield server, addrs
 
 
 @contextlib.contextmanager
-def bare_grpc(folder: Path) -> Iterator[tuple[Server, GatewayAddrs]]:
+def bare_grpc(folder: Path) -> Iterator[tuple[ServerProcess, GatewayAddrs]]:
     addrs = GatewayAddrs(f"{HOST}:{free_port()}", 0, free_port())
     args = ["-m", "tests.bench.bare", "grpc", "--port", addrs.grpc.rpartition(":")[2]]
     args += ["--admin-port", str(addrs.admin_port)]
@@ -159,7 +96,7 @@ def bare_grpc(folder: Path) -> Iterator[tuple[Server, GatewayAddrs]]:
 
 
 @contextlib.contextmanager
-def bare_webhook(folder: Path) -> Iterator[tuple[Server, int]]:
+def bare_webhook(folder: Path) -> Iterator[tuple[ServerProcess, int]]:
     port = free_port()
     args = ["-m", "tests.bench.bare", "webhook", "--port", str(port)]
     with running("bare-webhook", args, {}, f"http://{HOST}:{port}/readyz", folder) as server:

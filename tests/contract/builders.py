@@ -7,7 +7,10 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.model import JSON, Job, JobEvent, JobState, Mode, Service
@@ -19,7 +22,22 @@ close a store and open another over what the first one wrote."""
 
 Elapse = Callable[[float], Awaitable[None]]
 """Lets time pass for the test's stores: their clock moves on at once, and real time passes too
-for a backend whose server keeps the outbox's times by a timer of its own."""
+for a backend whose server keeps the outbox's times by a timer of its own, or that times the rate
+limit by the real time."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    factory: Callable[[pytest.FixtureRequest, ManualClock], StoreFactory]
+    """Gives the test's store factory, its stores on the test's clock; it may ask the request
+    for fixtures of its own (e.g. a session-wide server)."""
+    server_lag: float | None = None
+    """For a backend whose server hands out leased and retried entries by its own real-time
+    timer: how long after the store's clock says so, at most. None: the store's clock alone
+    decides."""
+    wall_clock_rate: bool = False
+    """Whether the backend times the rate limit by the real time rather than its clock."""
+
 
 CLIENT = "billing"
 OTHER_CLIENT = "crm"

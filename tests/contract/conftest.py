@@ -1,36 +1,43 @@
-"""The store contract suite: every test here runs against every backend in BACKENDS, through the
-`Store` protocol only."""
+"""The store contract suite: every test in tests/contract/test_store_*.py runs against every
+backend in BACKENDS, through the `Store` protocol only.
+
+Where a store test lives:
+- tests/contract/test_store_<topic>.py: the contract (core/ports.py's `Store`), on every backend
+  (the `store` and `new_store` fixtures are parametrised over BACKENDS). A test here may use
+  nothing but the protocol, the `clock`, `elapse` and what `Backend` declares.
+- tests/contract/test_<backend>_<topic>.py: what one backend alone promises or does (its file,
+  its server, its batching): test_sqlite_store.py, test_sqlite_tail.py, test_sqlite_engine.py;
+  it makes the stores it needs itself.
+- tests/contract/test_codec.py: the codec every backend shares (store/codec.py).
+Time: the outbox's and the rate limit's time passes with `elapse` (or `clock.advance`), and no
+assertion depends on how long something took, so a slow machine cannot fail a test. (A short
+sleep before appending gives a tail time to start waiting, so that the live path is the one
+taken; the test holds either way.)
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from dispatcher_gateway.core.ports import Store
-from dispatcher_gateway.store import SqliteStore
+from dispatcher_gateway.store import MemoryStore, SqliteStore
 from dispatcher_gateway.store.nats import NatsStore
 from tests.support.nats_server import NatsEndpoint
 
-from .builders import Elapse, ManualClock, StoreFactory
+from .builders import Backend, Elapse, ManualClock, StoreFactory
 
 NATS_LEASE_GRACE = 0.1
 """The NATS stores' lease grace here: short, as a test that lets a lease run out waits it out."""
 
 
-@dataclass(frozen=True)
-class Backend:
-    factory: Callable[[pytest.FixtureRequest, ManualClock], StoreFactory]
-    """Gives the test's store factory, its stores on the test's clock; it may ask the request
-    for fixtures of its own (e.g. a session-wide server)."""
-    server_lag: float | None = None
-    """For a backend whose server hands out leased and retried entries by its own real-time
-    timer: how long after the store's clock says so, at most. None: the store's clock alone
-    decides."""
+def memory_backend(request: pytest.FixtureRequest, clock: ManualClock) -> StoreFactory:
+    store = MemoryStore(clock=clock)  # closed and opened again, it keeps what it holds
+    return lambda: store
 
 
 def sqlite_backend(request: pytest.FixtureRequest, clock: ManualClock) -> StoreFactory:
@@ -49,8 +56,9 @@ def nats_backend(request: pytest.FixtureRequest, clock: ManualClock) -> StoreFac
 
 # A backend plugs in with one entry: its name, and how the suite makes its stores.
 BACKENDS: dict[str, Backend] = {
+    "memory": Backend(memory_backend),
     "sqlite": Backend(sqlite_backend),
-    "nats": Backend(nats_backend, server_lag=NATS_LEASE_GRACE),
+    "nats": Backend(nats_backend, server_lag=NATS_LEASE_GRACE, wall_clock_rate=True),
 }
 
 
@@ -73,8 +81,8 @@ def new_store(request: pytest.FixtureRequest, backend: Backend, clock: ManualClo
 def elapse(backend: Backend, clock: ManualClock) -> Elapse:
     async def elapse(seconds: float) -> None:
         clock.advance(seconds)
-        if backend.server_lag is not None:
-            await asyncio.sleep(seconds + backend.server_lag)
+        if backend.server_lag is not None or backend.wall_clock_rate:
+            await asyncio.sleep(seconds + (backend.server_lag or 0.0))
 
     return elapse
 

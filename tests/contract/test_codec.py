@@ -1,6 +1,7 @@
 """The codec every backend shares (store/codec.py): it encodes as the backends of the previous
 release did, and reads what they stored, taken here as literal payloads: a NATS job envelope and
-event message, SQLite rows, both kinds of page token."""
+event message, SQLite rows, both kinds of page token; and the in-memory and SQLite backends
+record the same calls alike."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import InvalidArgument
 from dispatcher_gateway.core.model import (
     MAX_CURSOR,
@@ -21,7 +23,8 @@ from dispatcher_gateway.core.model import (
     UpstreamFailure,
     cursor_value,
 )
-from dispatcher_gateway.store import SqliteStore, codec
+from dispatcher_gateway.core.ports import Store
+from dispatcher_gateway.store import MemoryStore, SqliteStore, codec
 
 JOB = Job(
     job_id="job_0123456789abcdef0123456789abcdef",
@@ -241,3 +244,53 @@ def test_what_is_not_a_cursor_is_refused_by_the_one_rule(cursor: str) -> None:
         codec.parse_cursor(cursor)
 
     assert [v.field for v in raised.value.violations] == ["cursor"]
+
+
+async def _records(store: Store) -> tuple[list[Job | None], list[JobEvent]]:
+    """The same calls on `store`, and what it then holds, the record times (the store's) left
+    out."""
+    await store.open()
+    try:
+        first = JOB.replace(state=JobState.QUEUED, result=None, error=None, last_event="")
+        second = QUEUED_JOB
+        for job in (first, second):
+            await store.create_job(job, queued(job), enqueue=True)
+        for job, kind, key in [
+            (first, "letter_created", "wh-1"),
+            (first, states.FAILED, "wh-2"),
+            (second, "letter_created", None),
+            (first, states.FAILED, "wh-2"),
+        ]:
+            event = EVENT.replace(job_id=job.job_id, type=kind, state=states.state_for(kind))
+            await store.append_event(event, dedupe_key=key, apply=states.apply_event)
+        jobs = [await store.get_job(job.job_id) for job in (first, second)]
+        events = await store.read_events(client="billing")
+    finally:
+        await store.close()
+    at = {e.record_time for e in events}
+    return [
+        None if job is None else job.replace(updated_at=0.0 if job.updated_at in at else -1.0)
+        for job in jobs
+    ], [e.replace(record_time=0.0) for e in events]
+
+
+def queued(job: Job) -> JobEvent:
+    return EVENT.replace(
+        job_id=job.job_id,
+        type=states.QUEUED,
+        state=JobState.QUEUED,
+        data={},
+        dispatch_id="",
+        terminal=False,
+        record_time=0.0,
+    )
+
+
+async def test_the_memory_and_sqlite_backends_record_alike(tmp_path: Path) -> None:
+    in_memory = await _records(MemoryStore())
+    in_sqlite = await _records(SqliteStore(tmp_path / "gateway.db"))
+
+    assert in_memory == in_sqlite
+    jobs, events = in_memory
+    assert [e.cursor for e in events] == ["1", "2", "3", "4", "5"]
+    assert [job.state for job in jobs if job is not None] == [JobState.FAILED, JobState.IN_PROGRESS]

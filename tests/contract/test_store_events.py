@@ -21,7 +21,7 @@ async def test_append_returns_the_event_as_recorded(store: Store) -> None:
     recorded = await store.append_event(sent, dedupe_key="wh-1", apply=states.apply_event)
 
     assert recorded is not None
-    assert recorded.cursor
+    assert recorded.cursor == await store.last_cursor()
     assert recorded.record_time >= sent.event_time
     assert recorded.state is JobState.IN_PROGRESS
     assert recorded.replace(cursor="", record_time=0.0) == sent.replace(state=JobState.IN_PROGRESS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.model import JobState, UpstreamFailure
@@ -29,11 +30,13 @@ async def test_create_records_the_first_event_with_a_cursor(store: Store) -> Non
     job = new_job()
     first = queued_event(job)
 
+    before = time.time()
     await store.create_job(job, first, enqueue=False)
+    after = time.time()
 
     [recorded] = await store.read_events(client=CLIENT, job_id=job.job_id)
-    assert recorded.cursor
-    assert recorded.record_time > 0
+    assert recorded.cursor == await store.last_cursor()
+    assert before <= recorded.record_time <= after
     assert recorded.replace(cursor="", record_time=0.0) == first
 
 

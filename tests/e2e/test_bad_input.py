@@ -1,4 +1,4 @@
-"""DESIGN.md's "What bad input gets", one test per row, against a real in-process gateway: gRPC
+"""docs/design.md's "What bad input gets", one test per row, against a real in-process gateway: gRPC
 calls on a real channel, webhooks posted over real HTTPS with the test CA and signed as
 Dispatcher signs them."""
 
@@ -31,9 +31,8 @@ from dispatcher_gateway.rpc.clients import client_line
 from dispatcher_gateway.rpc.convert import event_to_pb
 from dispatcher_gateway.store import sqlite as sqlite_store
 from dispatcher_gateway.webhooks import DEFAULT_MAX_BODY, STORE_RETRY_AFTER, sign_dispatcher
-
-from .conftest import WEBHOOK_SECRET, GatewayFactory, RunningSandbox, TlsFiles, email_request
-from .test_gateway import status_details
+from tests.support.loopback import WEBHOOK_SECRET, GatewayFactory, RunningSandbox, TlsFiles
+from tests.support.requests import email_request, status_details
 
 CALL_TIMEOUT = 10.0
 STREAM_TIMEOUT = 10.0
@@ -244,8 +243,8 @@ async def test_an_unexpected_failure_is_internal_never_unknown_with_its_text(
         raise ValueError(secret)
         yield  # an async generator, as the real one
 
-    monkeypatch.setattr(gateway.gateway, "templates", templates)
-    monkeypatch.setattr(gateway.gateway, "subscribe", subscribe)
+    monkeypatch.setattr(gateway.gateway.dispatches, "templates", templates)
+    monkeypatch.setattr(gateway.gateway.streams, "subscribe", subscribe)
     with caplog.at_level(logging.DEBUG):
         errors = [
             await error_of(stub.ListTemplates(pb.ListTemplatesRequest(), timeout=CALL_TIMEOUT)),
@@ -396,7 +395,7 @@ def signed(body: bytes, webhook_id: str | None = None) -> dict[str, str]:
 
 
 def url_for(gateways: GatewayFactory, app: GatewayApp, job_id: str) -> str:
-    return f"{gateways.webhook_url}/webhooks/dispatcher/{app.gateway.tokens.token(job_id)}"
+    return f"{gateways.webhook_url}/webhooks/dispatcher/{app.gateway.caller.tokens.token(job_id)}"
 
 
 async def events_of(app: GatewayApp, job_id: str, event_type: str) -> list[str]:
@@ -472,7 +471,7 @@ async def test_a_bad_or_missing_signature_is_401_with_no_detail(
         "not-the-secret", body, timestamp=int(time.time())
     )
     tampered = envelope(event="dispatch_failed")  # sent with the signature of `body`
-    # Signed over the body alone, which DISPATCHER_API.md allows: it could be replayed for ever.
+    # Signed over the body alone, which docs/upstream.md allows: it could be replayed for ever.
     untimed = {"content-type": "application/json"} | sign_dispatcher(WEBHOOK_SECRET, body)
     variants = ((body, missing), (body, wrong_secret), (tampered, signed(body)), (body, untimed))
     for content, headers in variants:
@@ -504,7 +503,7 @@ async def test_an_unknown_job_token_is_404(
 ) -> None:
     forged = "job_nope.AAAAAAAAAAAAAAAAAAAAAA"
     # A token the gateway's key really made, for a job it never had.
-    unknown_job = gateway.gateway.tokens.token("job_never_created")
+    unknown_job = gateway.gateway.caller.tokens.token("job_never_created")
     # A MAC that is not ASCII (U+0080, percent-encoded): found by tests/fuzz, it was a 500.
     not_ascii = "job_nope.%C2%80"
     body = envelope()
@@ -606,7 +605,7 @@ async def test_an_undecodable_event_stored_before_the_limit_is_streamed_as_an_er
     gateway: GatewayApp, stub: pb_grpc.DispatchServiceStub
 ) -> None:
     job_id = await sync_job(stub)
-    job = await gateway.gateway.get_job("anonymous", job_id)
+    job = await gateway.gateway.reads.get_job("anonymous", job_id)
     # As record_webhook stored it before it refused such data: 600 levels made the gateway's own
     # conversion fail with RecursionError, and every resumed stream with it.
     poisoned = JobEvent(
@@ -621,8 +620,8 @@ async def test_an_undecodable_event_stored_before_the_limit_is_streamed_as_an_er
     )
     await gateway.store.append_event(poisoned, dedupe_key=None, apply=states.apply_event)
     body = envelope()
-    await gateway.gateway.record_webhook(
-        gateway.gateway.tokens.token(job_id), json.loads(body), webhook_id="wh-after"
+    await gateway.gateway.webhooks.record_webhook(
+        gateway.gateway.caller.tokens.token(job_id), json.loads(body), webhook_id="wh-after"
     )
 
     async def types() -> list[str]:
@@ -681,7 +680,7 @@ async def test_one_jobs_webhook_posted_to_another_jobs_callback_is_not_recorded_
     https: httpx.AsyncClient,
 ) -> None:
     mine, other = await sync_job(stub), await sync_job(stub)
-    their_dispatch = (await gateway.gateway.get_job("anonymous", other)).dispatch_id
+    their_dispatch = (await gateway.gateway.reads.get_job("anonymous", other)).dispatch_id
     assert their_dispatch
     body = envelope(dispatchId=their_dispatch)
 

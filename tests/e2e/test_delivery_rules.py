@@ -23,14 +23,16 @@ from dispatcher_gateway.app import GatewayApp
 from dispatcher_gateway.config import Settings
 from dispatcher_gateway.core.model import JobEvent
 from dispatcher_gateway.core.retry import RateLimit
-
-from .conftest import GatewayFactory, RunningSandbox, TlsFiles, email_request, request_for
-from .procs import gateway_env
-from .test_gateway import status_details
+from tests.support.loopback import GatewayFactory, RunningSandbox, TlsFiles
+from tests.support.process import gateway_env
+from tests.support.requests import email_request, request_for, status_details
 
 CALL_TIMEOUT = 10.0
 WAIT_TIMEOUT = 15.0
 POLL = 0.01
+UNANSWERED = 10 * WAIT_TIMEOUT
+"""A sync delay of the sandbox that no test waits out: its answer never comes while one runs
+(the sandbox answers a held request at once when it closes)."""
 RESUME_HINT = re.compile(r"after_cursor='(\d+)'")
 
 
@@ -60,24 +62,21 @@ async def the_only_job(stub: pb_grpc.DispatchServiceStub) -> pb.Job:
 async def first_try_refused_then_accepted(
     stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox
 ) -> float:
-    """Dispatch async while the sandbox answers 429; lift the fault after the first 429. Returns
-    the seconds between that 429 and the try the sandbox accepted."""
+    """Dispatch async while the sandbox refuses the first try with a 429. Returns the seconds
+    between that try's arrival and the next one's, both as the sandbox saw them."""
     response = await stub.Dispatch(email_request(), timeout=CALL_TIMEOUT)
-    await eventually(lambda: sandbox.sandbox.stats().by_status.get(429))
-    refused_at = time.time()
-    sandbox.sandbox.faults.update({"rate_limit_rate": 0.0})
     events = await events_until_terminal(stub, response.job.job_id)
     assert events[-1].state == pb.JOB_STATE_SUCCEEDED
-    assert sandbox.sandbox.stats().by_status[429] == 1
-    (record,) = sandbox.sandbox.dispatches
-    return record.received_at - refused_at
+    refused, accepted = sandbox.sandbox.requests
+    assert (refused.status, accepted.status) == (429, 200)
+    return accepted.received_at - refused.received_at
 
 
 async def test_retry_after_in_seconds_is_honoured(
     stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox
 ) -> None:
     # The gateway's own backoff would try again within 0.05 s.
-    sandbox.sandbox.faults.update({"rate_limit_rate": 1.0, "retry_after": 1.0})
+    sandbox.sandbox.faults.update({"refuse_next": [429], "retry_after": 1.0})
     assert await first_try_refused_then_accepted(stub, sandbox) >= 0.95
 
 
@@ -86,7 +85,7 @@ async def test_retry_after_as_an_http_date_is_honoured(
 ) -> None:
     # An HTTP date has whole seconds: "now + 2 s" means at least 1 s from now.
     sandbox.sandbox.faults.update(
-        {"rate_limit_rate": 1.0, "retry_after": 2.0, "retry_after_http_date": True}
+        {"refuse_next": [429], "retry_after": 2.0, "retry_after_http_date": True}
     )
     assert await first_try_refused_then_accepted(stub, sandbox) >= 0.95
 
@@ -166,11 +165,10 @@ async def test_the_breaker_opens_and_closes_and_readiness_stays_up(
 # Sync dispatch: deadline, cancellation, rate limit
 
 
-@pytest.mark.parametrize("sandbox_options", [{"sync_delay": 3.0}])
+@pytest.mark.parametrize("sandbox_options", [{"sync_delay": UNANSWERED}])
 async def test_a_sync_deadline_cancels_the_upstream_call_and_the_job_says_so(
     stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox
 ) -> None:
-    started = time.time()
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=0.5)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -181,15 +179,15 @@ async def test_a_sync_deadline_cancels_the_upstream_call_and_the_job_says_so(
         return job
 
     job = await asyncio.wait_for(failed(), WAIT_TIMEOUT)
-    # Recorded at the deadline, not when the upstream would have answered (3 s).
-    assert job.update_time.ToDatetime().timestamp() - started < 1.5
+    # Recorded at the deadline, not when the upstream answers: it has not.
+    assert sandbox.sandbox.stats().by_status == {}
     # Whichever noticed first, gRPC's deadline or the upstream call's own timeout (the rest of
     # the caller's budget), the job says the deadline passed with no answer.
     assert job.error.code in {"deadline_exceeded", "upstream_timeout"}, job.error
     assert sandbox.sandbox.stats().dispatch_requests == 1
 
 
-@pytest.mark.parametrize("sandbox_options", [{"sync_delay": 3.0}])
+@pytest.mark.parametrize("sandbox_options", [{"sync_delay": UNANSWERED}])
 async def test_a_caller_that_goes_away_cancels_the_upstream_call_and_the_job_says_so(
     stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox
 ) -> None:
@@ -204,7 +202,9 @@ async def test_a_caller_that_goes_away_cancels_the_upstream_call_and_the_job_say
             await asyncio.sleep(POLL)
         return job
 
-    job = await asyncio.wait_for(failed(), 1.5)
+    job = await asyncio.wait_for(failed(), WAIT_TIMEOUT)
+    # Recorded when the caller went away, not when the upstream answers: it has not.
+    assert sandbox.sandbox.stats().by_status == {}
     assert job.error.code == "cancelled"
     assert "may have" in job.error.message
 
@@ -212,12 +212,13 @@ async def test_a_caller_that_goes_away_cancels_the_upstream_call_and_the_job_say
 async def test_a_sync_call_waits_for_its_rate_slot_within_its_deadline(
     gateways: GatewayFactory,
 ) -> None:
-    # One a 0.2 s window, widened by the gate's 1 s margin: the second waits about 1.2 s.
+    # One a 0.2 s window, widened by the gate's 1 s margin: the second slot comes 1.2 s after
+    # the first, which is taken after `started`, however long the first call takes.
     await gateways.start(upstream_rate=RateLimit(1, 0.2))
     async with grpc.aio.insecure_channel(gateways.target) as channel:
         stub = pb_grpc.DispatchServiceStub(channel)
-        await stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=CALL_TIMEOUT)
         started = time.monotonic()
+        await stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=CALL_TIMEOUT)
         second = await stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=CALL_TIMEOUT)
         assert second.job.state == pb.JOB_STATE_SUCCEEDED
         assert time.monotonic() - started >= 1.0
@@ -258,7 +259,10 @@ async def test_async_jobs_beyond_the_rate_are_queued_never_refused(
     assert [r.idempotency_key for r in sandbox.sandbox.dispatches] == [
         a.job.job_id for a in accepted
     ]
-    assert all(b - a >= 1.0 for a, b in itertools.pairwise(arrivals))
+    # Never two within the upstream's window. The gate spaces its slots 1.2 s apart (the window
+    # and a margin against jitter); arrivals keep that spacing less the jitter, which a loaded
+    # machine may stretch: the window is what the upstream is promised.
+    assert all(b - a >= 0.2 for a, b in itertools.pairwise(arrivals))
 
 
 # Streams
@@ -288,11 +292,11 @@ async def test_a_slow_subscriber_is_ended_and_resumes_from_the_store(
         job_id = await sync_job(stub)
         stream = stub.Subscribe(pb.SubscribeRequest())
         received = [await stream.read(), await stream.read()]  # caught up, now live
-        token = app.gateway.tokens.token(job_id)
+        token = app.gateway.caller.tokens.token(job_id)
         # The reader stops reading; events keep coming, enough to fill every buffer on the way.
         for n in range(100):
             envelope = {"event": "progress", "data": {"n": n, "padding": big}}
-            await app.gateway.record_webhook(token, envelope, webhook_id=f"wh-{n}")
+            await app.gateway.webhooks.record_webhook(token, envelope, webhook_id=f"wh-{n}")
             if app.hub.streams == 0:
                 break
         assert app.hub.streams == 0, "the slow stream was never ended"
@@ -338,8 +342,9 @@ async def test_streams_end_at_their_maximum_age_with_a_jittered_resume_hint(
         hint = RESUME_HINT.search(error.details() or "")
         assert hint is not None
         assert hint.group(1) == seen[-1].cursor
+    # Not before (1 - jitter) times the maximum age; that the age and nothing else ended them,
+    # each status says.
     assert ages[0] >= max_age * 0.9 - 0.05
-    assert ages[-1] <= max_age + 0.5
     assert ages[-1] - ages[0] > 0.005  # jittered: they do not all reconnect at once
 
 

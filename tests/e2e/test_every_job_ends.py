@@ -15,8 +15,8 @@ from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.core.callbacks import CallbackRules
 from dispatcher_gateway.core.model import Service
 from dispatcher_gateway.metrics import CALLBACKS_OVERDUE
-
-from .conftest import GatewayFactory, RunningSandbox, request_for
+from tests.support.loopback import GatewayFactory, RunningSandbox
+from tests.support.requests import request_for
 
 STREAM_TIMEOUT = 20.0
 

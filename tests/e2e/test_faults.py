@@ -18,9 +18,9 @@ import pytest
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
-
-from .conftest import RunningSandbox, TlsFiles, request_for
-from .procs import GatewayProcess, gateway_env
+from tests.support.loopback import RunningSandbox, TlsFiles
+from tests.support.process import gateway_env, gateway_process
+from tests.support.requests import request_for
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,7 @@ async def test_nothing_lost_nothing_twice_under_faults(
         "GATEWAY_RETRY_BASE": "0.05",
         "GATEWAY_RETRY_MAX_DELAY": "1",
     }
-    admin_port = int(env["GATEWAY_ADMIN_ADDR"].rpartition(":")[2])
-    gateway = GatewayProcess(env, tmp_path / "gateway.log", admin_port)
+    gateway = gateway_process(env, tmp_path / "gateway.log")
     target = env["GATEWAY_GRPC_ADDR"]
     started = time.monotonic()
     await gateway.start()

@@ -8,15 +8,16 @@ import asyncio
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.app import GatewayApp
-
-from .conftest import GatewayFactory, RunningSandbox, email_request, request_for
+from dispatcher_gateway.core.model import JobEvent
+from tests.support.loopback import GatewayFactory, RunningSandbox
+from tests.support.requests import email_request, request_for, status_details
 
 STREAM_TIMEOUT = 20.0
+POLL = 0.02
 
 SERVICES = [
     pb.SERVICE_EMAIL,
@@ -44,28 +45,25 @@ async def watch(stub: pb_grpc.DispatchServiceStub, job_id: str) -> list[pb.JobEv
     return await asyncio.wait_for(collect(), STREAM_TIMEOUT)
 
 
-def status_details(exc: grpc.aio.AioRpcError) -> list[object]:
-    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
-    assert status is not None
-    found: list[object] = []
-    for detail in status.details:
-        for kind in (
-            error_details_pb2.BadRequest,
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.RetryInfo,
-        ):
-            if detail.Is(kind.DESCRIPTOR):
-                message = kind()
-                detail.Unpack(message)
-                found.append(message)
-    return found
+async def job_events(gateway: GatewayApp, job_id: str) -> list[JobEvent]:
+    """Every event the gateway stored for the job, its record of upstream requests included."""
+    return await gateway.store.read_events(client="anonymous", job_id=job_id)
 
 
-# Webhooks come a little after the 202, so that the events' order is the one asserted.
-@pytest.mark.parametrize("sandbox_options", [{"event_delay": 0.3}])
+async def called_back(gateway: GatewayApp, job_id: str, end: str) -> list[str]:
+    """The types of a called-back job's events as stored, once its 202 (`submitted`) and its
+    end are: the first webhook may come before the gateway has recorded the 202."""
+    async with asyncio.timeout(STREAM_TIMEOUT):
+        while True:
+            types = [e.type for e in await job_events(gateway, job_id)]
+            if {"submitted", end} <= set(types):
+                return [t for t in types if t != "upstream_attempt"]
+            await asyncio.sleep(POLL)
+
+
 @pytest.mark.parametrize("service", SERVICES, ids=lambda s: pb.Service.Name(s))
 async def test_async_dispatch_reaches_its_end(
-    stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox, service: int
+    stub: pb_grpc.DispatchServiceStub, gateway: GatewayApp, sandbox: RunningSandbox, service: int
 ) -> None:
     response = await stub.Dispatch(request_for(service, chain=()), timeout=10)
     assert response.job.state == pb.JOB_STATE_QUEUED
@@ -73,8 +71,10 @@ async def test_async_dispatch_reaches_its_end(
     types = [e.type for e in events]
     if service in CALLED_BACK:
         # Sent async; its end comes by webhook.
-        assert types[:2] == ["queued", "submitted"]
         assert types[-1] == TERMINAL_EVENT[service]
+        stored = await called_back(gateway, response.job.job_id, TERMINAL_EVENT[service])
+        assert stored[0] == "queued"
+        assert stored.count("submitted") == 1
     else:
         # Never called back: sent in sync mode in the background, the answer is its end.
         assert types == ["queued", "dispatch_completed"]
@@ -98,10 +98,12 @@ async def test_async_chain_file_then_email(stub: pb_grpc.DispatchServiceStub) ->
     assert events[-1].state == pb.JOB_STATE_SUCCEEDED
 
 
-@pytest.mark.parametrize("sandbox_options", [{"event_delay": 0.3}])
+# A called-back job's webhooks come a while after the 202, so that the answer can only have
+# come before its end (the sandbox has no way to hold them back until told).
+@pytest.mark.parametrize("sandbox_options", [{"event_delay": 1.0}])
 @pytest.mark.parametrize("service", SERVICES, ids=lambda s: pb.Service.Name(s))
 async def test_sync_dispatch_answers_with_the_result(
-    stub: pb_grpc.DispatchServiceStub, service: int
+    stub: pb_grpc.DispatchServiceStub, gateway: GatewayApp, service: int
 ) -> None:
     request = request_for(service)
     request.mode = pb.MODE_SYNC
@@ -112,8 +114,10 @@ async def test_sync_dispatch_answers_with_the_result(
         # A signature request sent is not a signed document: the call answers once the upstream
         # accepted it, and the job ends by its webhook, as an async one does.
         assert response.job.state == pb.JOB_STATE_SUBMITTED
-        assert [e.type for e in events][:2] == ["queued", "submitted"]
         assert events[-1].type == TERMINAL_EVENT[service]
+        stored = await called_back(gateway, response.job.job_id, TERMINAL_EVENT[service])
+        assert stored[0] == "queued"
+        assert stored.count("submitted") == 1
     else:
         assert response.job.state == pb.JOB_STATE_SUCCEEDED
         assert response.job.result.fields
@@ -156,26 +160,36 @@ async def test_webhook_delivered_five_times_is_one_event(
     sandbox.sandbox.faults.duplicate_deliveries = 5
     response = await stub.Dispatch(request_for(pb.SERVICE_ESIGN), timeout=10)
     events = await watch(stub, response.job.job_id)
-    await asyncio.sleep(0.5)  # the other four copies land after the first
+    await sandbox.sandbox.wait_for_webhooks(STREAM_TIMEOUT)  # the other copies land too
     stats = sandbox.sandbox.stats()
-    assert stats.webhooks_delivered >= 5
+    (record,) = sandbox.sandbox.dispatches
+    assert stats.webhooks_delivered == 5
+    assert [(w.event, w.outcomes) for w in record.webhooks] == [("document_signed", [200] * 5)]
     replay = await watch(stub, response.job.job_id)
     assert [e.type for e in replay] == [e.type for e in events]
     assert [e.type for e in replay].count("document_signed") == 1
 
 
 async def test_webhook_before_the_202_is_handled(
-    stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox
+    stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox, gateway: GatewayApp
 ) -> None:
     # The sandbox accepts the dispatch and sends its webhook at once, but holds the 202 back.
     sandbox.sandbox.faults.timeout_rate = 1.0
     sandbox.sandbox.faults.timeout_delay = 1.0
     response = await stub.Dispatch(request_for(pb.SERVICE_ESIGN), timeout=10)
-    events = await watch(stub, response.job.job_id)
+    job_id = response.job.job_id
+    events = await watch(stub, job_id)
     assert [e.type for e in events] == ["queued", "document_signed"]
     assert events[-1].state == pb.JOB_STATE_SUCCEEDED
     assert events[-1].dispatch_id.startswith("disp_")
-    await asyncio.sleep(1.5)  # the late 202 is recorded, and does not move the job back
+    # The late 202 is recorded (its attempt, then `submitted`), and does not move the job back.
+    async with asyncio.timeout(STREAM_TIMEOUT):
+        while len(stored := await job_events(gateway, job_id)) < 4:
+            await asyncio.sleep(POLL)
+    types = [e.type for e in stored]
+    assert types == ["queued", "document_signed", "upstream_attempt", "submitted"]
+    assert stored[2].data["http_status"] == 202
+    assert stored[3].state.value == "succeeded"
     job = await stub.GetJob(pb.GetJobRequest(job_id=response.job.job_id), timeout=10)
     assert job.state == pb.JOB_STATE_SUCCEEDED
     assert sandbox.sandbox.stats().dispatches == 1
@@ -278,23 +292,39 @@ async def test_health_and_reflection(gateways: GatewayFactory) -> None:
             break
 
 
+def sample(metrics: str, series: str) -> float:
+    """The value of one series (name and labels, as exposed) in a /metrics page; 0 if absent."""
+    for line in metrics.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == series:
+            return float(value)
+    return 0.0
+
+
 async def test_admin_probes_and_metrics(
-    stub: pb_grpc.DispatchServiceStub, gateway: GatewayApp
+    stub: pb_grpc.DispatchServiceStub, gateway: GatewayApp, sandbox: RunningSandbox
 ) -> None:
     import httpx
 
-    response = await stub.Dispatch(email_request(), timeout=10)
-    await watch(stub, response.job.job_id)
+    dispatches = 'dispatcher_gateway_dispatches_total{service="esign",mode="async"}'
+    recorded = 'dispatcher_gateway_webhooks_total{outcome="recorded"}'
     assert gateway.listeners is not None
     async with httpx.AsyncClient(base_url=gateway.listeners.admin.url) as admin:
+        before = (await admin.get("/metrics")).text
+        response = await stub.Dispatch(request_for(pb.SERVICE_ESIGN), timeout=10)
+        events = await watch(stub, response.job.job_id)
+        # Counted before the webhook is answered 200.
+        await sandbox.sandbox.wait_for_webhooks(STREAM_TIMEOUT)
         assert (await admin.get("/healthz")).status_code == 200
         ready = await admin.get("/readyz")
         assert ready.status_code == 200
         assert ready.json()["upstream_circuit"]["state"] == "closed"
-        metrics = (await admin.get("/metrics")).text
-    assert 'dispatcher_gateway_dispatches_total{service="email",mode="async"}' in metrics
-    assert 'dispatcher_gateway_webhooks_total{outcome="recorded"}' in metrics
-    assert "dispatcher_gateway_streams 0" in metrics
+        after = (await admin.get("/metrics")).text
+    # The counters are the process's (earlier tests counted too): this test's share is the change.
+    assert sample(after, dispatches) - sample(before, dispatches) == 1
+    assert [e.type for e in events][-1] == "document_signed"
+    assert sample(after, recorded) - sample(before, recorded) == 1
+    assert "dispatcher_gateway_streams 0" in after.splitlines()
 
 
 async def test_a_client_that_goes_away_leaves_no_stream_behind(
@@ -309,6 +339,6 @@ async def test_a_client_that_goes_away_leaves_no_stream_behind(
     for stream in streams:
         stream.cancel()
     async with asyncio.timeout(5):
-        while gateway.hub.streams or gateway.servicer.in_flight:
+        while gateway.hub.streams or gateway.calls.in_flight:
             await asyncio.sleep(0.02)
     assert len(asyncio.all_tasks()) <= tasks_before

@@ -17,8 +17,7 @@ from starlette.routing import Route
 
 from dispatcher_gateway.httplimits import MAX_HEADER_BYTES, Limits
 from dispatcher_gateway.httpserver import HttpServer, start_http
-
-from .conftest import TlsFiles
+from tests.support.loopback import TlsFiles
 
 HANDSHAKE_TIMEOUT = 0.5
 HEADER_TIMEOUT = 0.5

@@ -16,19 +16,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.support.cli import run_cli
-
-from .conftest import RunningSandbox, TlsFiles, email_request, free_port
-from .procs import START_TIMEOUT, GatewayProcess, gateway_env
+from tests.support.loopback import RunningSandbox, TlsFiles, free_port
+from tests.support.process import START_TIMEOUT, ServerProcess, gateway_env, gateway_process
+from tests.support.requests import email_request
 
 
 @pytest.fixture
 async def process(
     sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path
-) -> AsyncIterator[GatewayProcess]:
+) -> AsyncIterator[ServerProcess]:
     env = gateway_env(sandbox, tls, tmp_path)
-    gateway = GatewayProcess(
-        env, tmp_path / "gateway.log", int(env["GATEWAY_ADMIN_ADDR"].rpartition(":")[2])
-    )
+    gateway = gateway_process(env, tmp_path / "gateway.log")
     await gateway.start()
     try:
         yield gateway
@@ -36,12 +34,12 @@ async def process(
         await gateway.close()
 
 
-def target(process: GatewayProcess) -> str:
+def target(process: ServerProcess) -> str:
     return process.env["GATEWAY_GRPC_ADDR"]
 
 
 @pytest.mark.parametrize("sandbox_options", [{"sync_delay": 1.5}])
-async def test_sigterm_drains(process: GatewayProcess) -> None:
+async def test_sigterm_drains(process: ServerProcess, sandbox: RunningSandbox) -> None:
     async with grpc.aio.insecure_channel(target(process)) as channel:
         stub = pb_grpc.DispatchServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
@@ -52,7 +50,9 @@ async def test_sigterm_drains(process: GatewayProcess) -> None:
         in_flight = asyncio.ensure_future(
             stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=20)
         )
-        await asyncio.sleep(0.5)  # the sync call is now waiting on the sandbox
+        async with asyncio.timeout(START_TIMEOUT):  # the sync call now waits on the sandbox
+            while not sandbox.sandbox.stats().dispatch_requests:
+                await asyncio.sleep(0.01)
         exited = asyncio.ensure_future(process.terminate())
 
         # Health turns NOT_SERVING first.
@@ -75,7 +75,7 @@ async def test_sigterm_drains(process: GatewayProcess) -> None:
     assert "drained" in process.log()
 
 
-async def test_cli_dispatch_watch_shows_the_job_to_its_end(process: GatewayProcess) -> None:
+async def test_cli_dispatch_watch_shows_the_job_to_its_end(process: ServerProcess) -> None:
     code, out, err = await run_cli(
         "dispatch",
         "--target",
@@ -100,7 +100,7 @@ async def test_cli_dispatch_watch_shows_the_job_to_its_end(process: GatewayProce
 
 
 async def test_cli_jobs_shows_a_job_with_its_upstream_attempts(
-    process: GatewayProcess, sandbox: RunningSandbox
+    process: ServerProcess, sandbox: RunningSandbox
 ) -> None:
     sandbox.sandbox.faults.update({"refuse_next": [503], "retry_after": 0.0})
     code, out, err = await run_cli(
@@ -137,7 +137,7 @@ async def test_cli_jobs_shows_a_job_with_its_upstream_attempts(
     assert first.endswith("service_unavailable")
 
 
-async def test_cli_refuses_bad_input_with_a_clear_error(process: GatewayProcess) -> None:
+async def test_cli_refuses_bad_input_with_a_clear_error(process: ServerProcess) -> None:
     code, _, err = await run_cli(
         "dispatch", "--target", target(process), "--service", "email", "--template", "0"
     )

@@ -19,11 +19,11 @@ import pytest
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from tests.support.balancer import Balancer
+from tests.support.clients import Dispatcher, Subscriber, cancel
+from tests.support.loopback import RunningSandbox, TlsFiles
 from tests.support.nats_server import NatsFactory
-
-from .clients import Dispatcher, Subscriber, cancel
-from .conftest import RunningSandbox, TlsFiles, request_for
-from .procs import GatewayProcess, gateway_env
+from tests.support.process import ServerProcess, gateway_env, gateway_process
+from tests.support.requests import request_for
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ START_ATTEMPTS = 3
 SERVICES = (pb.SERVICE_EMAIL, pb.SERVICE_POSTAL, pb.SERVICE_ESIGN, pb.SERVICE_SMS)
 
 
-async def start(gateway: GatewayProcess) -> None:
+async def start(gateway: ServerProcess) -> None:
     """Start a replica as Kubernetes would: again if it exits at start-up (a new NATS cluster
     may refuse to place a replicated stream until its meta leader has seen every peer)."""
     for attempt in range(1, START_ATTEMPTS + 1):
@@ -66,7 +66,7 @@ async def replicas(
     tmp_path: Path,
     nats_url: str,
     settings: dict[str, str],
-) -> tuple[list[GatewayProcess], Balancer]:
+) -> tuple[list[ServerProcess], Balancer]:
     """REPLICAS gateway processes (not started) on the NATS cluster, behind one balancer that
     takes the webhooks: one public URL for all, as Dispatcher calls back through the Service."""
     envs = [gateway_env(sandbox, tls, tmp_path) for _ in range(REPLICAS)]
@@ -75,7 +75,7 @@ async def replicas(
     )
     await balancer.start()
     gateways = [
-        GatewayProcess(
+        gateway_process(
             env
             | {
                 "GATEWAY_STORE": nats_url,
@@ -84,7 +84,6 @@ async def replicas(
                 **settings,
             },
             tmp_path / f"gateway-{i}.log",
-            int(env["GATEWAY_ADMIN_ADDR"].rpartition(":")[2]),
         )
         for i, env in enumerate(envs)
     ]

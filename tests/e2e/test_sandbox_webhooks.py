@@ -23,8 +23,7 @@ from starlette.routing import Route
 from dispatcher_gateway.httpserver import HttpServer, start_http
 from dispatcher_gateway.sandbox import Faults, Sandbox, SandboxSettings, serve_sandbox
 from dispatcher_gateway.webhooks import WebhookVerifier
-
-from .conftest import TlsFiles
+from tests.support.loopback import TlsFiles
 
 EMAIL = "sandbox@example.com"
 PASSWORD = "sandbox-e2e-password"

@@ -29,9 +29,9 @@ from dispatcher_gateway.rpc.clients import client_line
 from dispatcher_gateway.rpc.limits import ClientQuotas
 from dispatcher_gateway.rpc.server import GrpcLimits
 from tests.support.cli import run_cli
+from tests.support.loopback import GatewayFactory, free_port
 from tests.support.pki import Pki
-
-from .conftest import GatewayFactory, email_request, free_port, request_for
+from tests.support.requests import email_request, request_for
 
 CALL_TIMEOUT = 10.0
 STREAM_TIMEOUT = 10.0
@@ -321,7 +321,7 @@ async def test_streams_beyond_a_clients_limit_are_refused_until_one_ends(
         assert retry_info(error).retry_delay.ToMilliseconds() > 0
         streams.pop().cancel()
         async with asyncio.timeout(RELEASE_TIMEOUT):
-            while app.servicer.in_flight > 1:
+            while app.calls.in_flight > 1:
                 await asyncio.sleep(0.02)
         third = stub.Subscribe(pb.SubscribeRequest())
         assert isinstance(await asyncio.wait_for(third.read(), STREAM_TIMEOUT), pb.JobEvent)

@@ -1,4 +1,4 @@
-"""Upstream errors reach the caller as DESIGN.md maps them (google/rpc/code.proto's HTTP mapping),
+"""Upstream errors reach callers as docs/design.md maps them (google/rpc/code.proto's HTTP mapping),
 with the upstream's error body carried as google.rpc.ErrorInfo: the sandbox as a real server,
 driven into each error by its faults, a bad request, or the gateway's own wrong password.
 
@@ -17,9 +17,8 @@ from google.rpc import error_details_pb2
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.rpc.errors import UPSTREAM_DOMAIN
-
-from .conftest import GatewayFactory, RunningSandbox, email_request
-from .test_gateway import status_details
+from tests.support.loopback import GatewayFactory, RunningSandbox
+from tests.support.requests import email_request, status_details
 
 CALL_TIMEOUT = 10.0
 WRONG_PASSWORD = "not-the-sandbox-password-4f2a"

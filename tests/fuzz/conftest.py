@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from dispatcher_gateway.rpc.clients import client_line
-from tests.e2e.conftest import RunningSandbox, TlsFiles, sandbox, sandbox_options, tls
-from tests.e2e.procs import GatewayProcess, gateway_env
+from tests.support.fixtures import sandbox, sandbox_options, tls
+from tests.support.loopback import RunningSandbox, TlsFiles
+from tests.support.process import gateway_env, gateway_process
 
 from .budget import REPORTS, Budget
 from .target import CLIENT, TOKEN, TOKEN_KEY, FuzzTarget
@@ -56,9 +57,7 @@ async def fuzz_target(
         # The fuzzer calls faster than a client is let to by default.
         "GATEWAY_CLIENT_DISPATCH_RATE": "100000/s",
     }
-    process = GatewayProcess(
-        env, tmp_path / "gateway.log", int(env["GATEWAY_ADMIN_ADDR"].rpartition(":")[2])
-    )
+    process = gateway_process(env, tmp_path / "gateway.log")
     await process.start()
     try:
         yield FuzzTarget(process, tls, env["GATEWAY_STORE"])

@@ -22,7 +22,7 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.eventdata import MAX_DEPTH, MAX_VALUES
 from dispatcher_gateway.webhooks import DEFAULT_MAX_BODY
-from tests.e2e.conftest import request_for
+from tests.support.requests import request_for
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")

@@ -25,8 +25,8 @@ from dispatcher_gateway.core import states
 from dispatcher_gateway.core.model import JobEvent
 from dispatcher_gateway.core.tokens import CallbackTokens
 from dispatcher_gateway.store.sqlite import SqliteStore
-from tests.e2e.conftest import TlsFiles
-from tests.e2e.procs import GatewayProcess
+from tests.support.loopback import TlsFiles
+from tests.support.process import ServerProcess
 
 CLIENT = "fuzz"
 TOKEN = "dgw_fuzz-token-0123456789abcdef"
@@ -68,7 +68,7 @@ class Known:
 
 @dataclass
 class FuzzTarget:
-    process: GatewayProcess
+    process: ServerProcess
     tls: TlsFiles
     store_path: str
     known: Known = field(default_factory=Known)
@@ -83,7 +83,7 @@ class FuzzTarget:
 
     @property
     def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.process.admin_port}"
+        return f"http://{self.process.env['GATEWAY_ADMIN_ADDR']}"
 
     @contextlib.contextmanager
     def stub(self) -> Iterator[pb_grpc.DispatchServiceStub]:
@@ -141,8 +141,7 @@ class FuzzTarget:
     # After: the property
 
     def check_healthy(self) -> None:
-        assert self.process.process is not None
-        assert self.process.process.returncode is None, self.process.log()
+        assert self.process.returncode is None, self.process.log()
         answer = httpx.get(f"{self.admin_url}/healthz", timeout=CALL_TIMEOUT)
         assert answer.status_code == 200
         with self.channel() as channel:

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
-from tests.e2e.conftest import WEBHOOK_SECRET, request_for
+from tests.support.loopback import WEBHOOK_SECRET
+from tests.support.requests import request_for
 
 from .budget import LONG_MAX_EXAMPLES, Budget, EdgeReport, fuzz
 from .strategies import (
@@ -132,7 +133,7 @@ def _mac(secret: str, content: bytes) -> bytes:
 
 
 def webhook_headers(webhook: WebhookInput, now: int) -> list[tuple[str, bytes]]:
-    """The headers `webhook` is sent with, signed now (DISPATCHER_API.md "Signature")."""
+    """The headers `webhook` is sent with, signed now (docs/upstream.md "Signature")."""
     signing = webhook.signing
     secrets = [WEBHOOK_SECRET if s == "right" else WRONG_SECRET for s in signing.secrets]
     signed = webhook.body + b" " if signing.tamper else webhook.body

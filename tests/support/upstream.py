@@ -11,10 +11,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dispatcher_gateway.core.errors import UpstreamError
-from dispatcher_gateway.core.model import JSON, DispatchSpec, Mode, UpstreamAttempt
+from dispatcher_gateway.core.model import JSON, DispatchSpec, Mode, UpstreamAttempt, UpstreamFailure
 from dispatcher_gateway.core.ports import UpstreamAnswer
+from dispatcher_gateway.core.retry import RateLimit, RetryPolicy
 
 Outcome = JSON | UpstreamError
+
+FAST = RetryPolicy(base=0.01, cap=0.02, give_up_after=60.0)
+"""Retries within 20 ms: a wait much longer than that can only be the upstream's Retry-After."""
+UNLIMITED = RateLimit(1000, 1.0)
+
+
+def failure(status: int, code: str, *, retry_after: float | None = None) -> UpstreamError:
+    """The error the upstream client raises for an answer of `status` (0: no answer)."""
+    body = {"error": code, "message": f"{code} happened", "details": {"field": "email.to"}}
+    return UpstreamError(
+        UpstreamFailure(code, f"{code} happened", status, body if status else {}),
+        retryable=status in (0, 429) or status >= 500,
+        timeout=code == "upstream_timeout",
+        refused=0 < status < 500,
+        retry_after=retry_after,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +84,7 @@ class ScriptedUpstream:
                 outcome.failure,
                 retryable=outcome.retryable,
                 timeout=outcome.timeout,
+                refused=outcome.refused,
                 retry_after=outcome.retry_after,
                 attempt=dataclasses.replace(attempt, error_code=outcome.failure.code),
             )

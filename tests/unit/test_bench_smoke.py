@@ -12,7 +12,7 @@ import pytest
 from tests.bench.benches import TINY, b1_dispatch, b2_webhooks, b3_latency, b4_streams, b5_sync
 from tests.bench.report import table, write_chart, write_json
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 
 
 def test_b1_dispatch_measures_gateway_baseline_and_generator(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from dispatcher_gateway.rpc.clients import (
     ClientsFile,
     client_line,
     hash_token,
+    load_clients,
     new_token,
     parse_clients,
 )
@@ -79,8 +80,8 @@ def test_two_hashes_on_one_line_while_a_token_is_rotated() -> None:
             "alice cert:a.example\nbob cert:a.example\n",
             "line 2: certificate identity 'a.example' of 'alice' is used again",
         ),
-        ("alice\n", "line 1: client 'alice' has no credential"),
-        ("alice services=email\n", "line 1: client 'alice' has no credential"),
+        ("alice\n", "line 1: the client has no credential"),
+        ("alice services=email\n", "line 1: the client has no credential"),
         ("alice sha256:abc\n", "line 1: sha256: must be followed by 64 lowercase hex digits"),
         (f"alice {hash_token(ALICE)} services=fax\n", "line 1: services= takes"),
         (f"alice {hash_token(ALICE)} sync=maybe\n", "line 1: sync= takes true or false"),
@@ -99,6 +100,22 @@ def test_a_plain_token_is_refused_and_never_echoed() -> None:
         parse_clients("alice alice-token-0123456789\n")
     assert "alice-token-0123456789" not in str(info.value)
     assert "dispatcher-gateway token hash" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "dgw_pasted-token-0123456789\n",
+        f"alice {hash_token(ALICE)}\n\ndgw_pasted-token-0123456789  # carol\n",
+        "carol dgw_pasted-token-0123456789 services=email\n",
+    ],
+    ids=["alone", "among-good-lines", "in-place-of-its-hash"],
+)
+def test_a_pasted_token_is_never_echoed_wherever_it_stands(text: str) -> None:
+    with pytest.raises(ValueError, match=r"^line \d: ") as info:
+        parse_clients(text)
+    assert "pasted-token" not in str(info.value)
+    assert "token hash` prints a token's line" in str(info.value)
 
 
 def test_what_a_client_may_not_do_is_named() -> None:
@@ -141,3 +158,30 @@ def test_a_bad_new_version_keeps_the_last_good_one_and_says_so_once(
     assert "line 2: client 'alice' is listed twice; keeping the previous version" in lines[0]
     assert "cannot read" in lines[1]
     assert all("\n" not in line for line in lines)
+
+
+def test_a_malformed_new_version_is_named_by_file_and_line_and_the_last_good_one_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "clients"
+    path.write_text(f"alice {hash_token(ALICE)}\n")
+    clients = ClientsFile(path)
+    with caplog.at_level(logging.INFO, logger="dispatcher_gateway.rpc"):
+        replace(path, f"alice {hash_token(ALICE)}\nbob {BOB}\n")
+        assert clients.current().by_token_hash == {hash_token(ALICE): Client("alice")}
+        replace(path, f"alice {hash_token(ALICE)}\nbob {hash_token(BOB)}\n")
+        assert set(clients.current().by_token_hash) == {hash_token(ALICE), hash_token(BOB)}
+    refused, reloaded = [r.getMessage() for r in caplog.records]
+    assert refused.startswith(f"clients file {path}: line 2: expected sha256:HEX")
+    assert refused.endswith("keeping the previous version (1 clients)")
+    assert BOB not in refused
+    assert reloaded == f"clients file {path} reloaded: 2 clients"
+
+
+def test_a_file_that_is_not_text_is_refused_without_its_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "clients"
+    path.write_bytes(b"alice \xff\xfe secret\n")
+    with pytest.raises(ValueError, match="cannot read") as info:
+        load_clients(path)
+    assert str(path) in str(info.value)
+    assert "secret" not in str(info.value)

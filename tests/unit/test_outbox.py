@@ -1,4 +1,4 @@
-"""The outbox's rules, on the real SQLite store with a scripted upstream: how each job is sent
+"""The outbox's rules, on the in-memory store with a scripted upstream: how each job is sent
 (async for a service that calls back, sync in the background for the rest), what is retried and
 what fails at once, the give-up age, Retry-After, jobs beyond the rate waiting in order, the
 callback deadline, and the attempts recorded."""
@@ -10,15 +10,13 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from dispatcher_gateway.core import states
-from dispatcher_gateway.core.breaker import CircuitBreaker
 from dispatcher_gateway.core.callbacks import CallbackRules
 from dispatcher_gateway.core.errors import UpstreamError
-from dispatcher_gateway.core.hub import EventHub
+from dispatcher_gateway.core.gateway import Gateway
 from dispatcher_gateway.core.model import (
     DispatchSpec,
     Job,
@@ -26,36 +24,24 @@ from dispatcher_gateway.core.model import (
     JobState,
     Mode,
     Service,
-    UpstreamFailure,
 )
 from dispatcher_gateway.core.outbox import (
     IDLE_POLL,
     SLOT_FRESHNESS,
     SYNC_CALL_GRACE,
-    OutboxWorker,
 )
-from dispatcher_gateway.core.rate import RateGate
 from dispatcher_gateway.core.retry import RateLimit, RetryPolicy
-from dispatcher_gateway.core.service import Gateway
-from dispatcher_gateway.core.tokens import CallbackTokens
-from dispatcher_gateway.store.sqlite import SqliteStore
+from dispatcher_gateway.store.memory import MemoryStore
 
-from ..support.upstream import ScriptedUpstream
+from ..support.core import (
+    NEVER_OPENS,
+    TOKENS,
+    build_core,
+    running_outbox,
+)
+from ..support.upstream import FAST, UNLIMITED, ScriptedUpstream, failure
 
-FAST = RetryPolicy(base=0.01, cap=0.02, give_up_after=60.0)
-"""Retries within 20 ms: a wait much longer than that can only be the upstream's Retry-After."""
 WAIT_TIMEOUT = 10.0
-
-
-def failure(status: int, code: str, *, retry_after: float | None = None) -> UpstreamError:
-    body = {"error": code, "message": f"{code} happened", "details": {"field": "email.to"}}
-    return UpstreamError(
-        UpstreamFailure(code, f"{code} happened", status, body if status else {}),
-        retryable=status in (0, 429) or status >= 500,
-        timeout=code == "upstream_timeout",
-        retry_after=retry_after,
-    )
-
 
 RETRIED = {
     "connection failure": failure(0, "upstream_unreachable"),
@@ -78,13 +64,13 @@ FINAL = {
 
 @dataclass
 class Harness:
-    store: SqliteStore
+    store: MemoryStore
     upstream: ScriptedUpstream
     gateway: Gateway
 
     async def queue(self, service: Service = Service.ESIGN) -> str:
         spec = DispatchSpec((service,), Mode.ASYNC, {"template": {"id": 1, "data": {}}})
-        return (await self.gateway.submit("anonymous", spec, budget=None)).job_id
+        return (await self.gateway.dispatches.submit("anonymous", spec, budget=None)).job_id
 
     async def settled(self, job_id: str, *, states: tuple[JobState, ...]) -> Job:
         async with asyncio.timeout(WAIT_TIMEOUT):
@@ -100,50 +86,37 @@ class Harness:
         return [e.type for e in events]
 
 
-UNLIMITED = RateLimit(1000, 1.0)
-
-
 @contextlib.asynccontextmanager
 async def running(
-    tmp_path: Path,
     policy: RetryPolicy = FAST,
     rate: RateLimit = UNLIMITED,
     callbacks: CallbackRules | None = None,
     sync_concurrency: int = 100,
 ) -> AsyncIterator[Harness]:
-    store = SqliteStore(tmp_path / "outbox.db")
+    store = MemoryStore()
     await store.open()
     upstream = ScriptedUpstream()
-    gateway = Gateway(
+    gateway = build_core(
         store,
         upstream,
-        CallbackTokens(b"k" * 32),
-        public_url="https://gw.example",
-        rate=RateGate(store, rate),
-        hub=EventHub(),
-        # The breaker has its own tests; here it must not pause the rules under test.
-        breaker=CircuitBreaker(threshold=1_000_000),
+        rate=rate,
+        retry=policy,
+        breaker_threshold=NEVER_OPENS,
         callbacks=callbacks,
+        sync_concurrency=sync_concurrency,
     )
-    worker = OutboxWorker(
-        gateway, store, policy, submit_timeout=5.0, sync_concurrency=sync_concurrency
-    )
-    gateway.on_queued = worker.wake
-    task = asyncio.create_task(worker.run())
     try:
-        yield Harness(store, upstream, gateway)
+        async with running_outbox(gateway):
+            yield Harness(store, upstream, gateway)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         await store.close()
 
 
 @pytest.mark.parametrize("error", RETRIED.values(), ids=RETRIED.keys())
 async def test_transient_failures_are_retried_with_the_same_idempotency_key(
-    tmp_path: Path, error: UpstreamError
+    error: UpstreamError,
 ) -> None:
-    async with running(tmp_path) as h:
+    async with running() as h:
         h.upstream.script = [error, error]
         job_id = await h.queue()
         job = await h.settled(job_id, states=(JobState.SUBMITTED, JobState.FAILED))
@@ -154,9 +127,9 @@ async def test_transient_failures_are_retried_with_the_same_idempotency_key(
 
 @pytest.mark.parametrize("error", FINAL.values(), ids=FINAL.keys())
 async def test_other_4xx_fail_the_job_at_once_with_the_upstreams_error(
-    tmp_path: Path, error: UpstreamError
+    error: UpstreamError,
 ) -> None:
-    async with running(tmp_path) as h:
+    async with running() as h:
         h.upstream.script = [error]
         job_id = await h.queue()
         job = await h.settled(job_id, states=(JobState.SUBMITTED, JobState.FAILED))
@@ -175,9 +148,9 @@ async def test_other_4xx_fail_the_job_at_once_with_the_upstreams_error(
         assert len(h.upstream.calls) == 1
 
 
-async def test_a_job_past_its_give_up_age_fails_with_its_last_error(tmp_path: Path) -> None:
+async def test_a_job_past_its_give_up_age_fails_with_its_last_error() -> None:
     policy = RetryPolicy(base=0.01, cap=0.02, give_up_after=0.3)
-    async with running(tmp_path, policy) as h:
+    async with running(policy) as h:
         early, last = failure(503, "service_unavailable"), failure(502, "bad_gateway")
         h.upstream.otherwise = lambda: early if len(h.upstream.calls) <= 3 else last
         job_id = await h.queue()
@@ -198,8 +171,8 @@ async def test_a_job_past_its_give_up_age_fails_with_its_last_error(tmp_path: Pa
         assert len(h.upstream.calls) == tries  # given up: never sent again
 
 
-async def test_retry_after_is_honoured_over_a_shorter_backoff(tmp_path: Path) -> None:
-    async with running(tmp_path) as h:
+async def test_retry_after_is_honoured_over_a_shorter_backoff() -> None:
+    async with running() as h:
         h.upstream.script = [failure(429, "rate_limited", retry_after=0.5)]
         job_id = await h.queue()
         await h.settled(job_id, states=(JobState.SUBMITTED,))
@@ -207,12 +180,10 @@ async def test_retry_after_is_honoured_over_a_shorter_backoff(tmp_path: Path) ->
         assert second - first >= 0.5
 
 
-async def test_async_jobs_beyond_the_rate_wait_in_order_and_are_never_refused(
-    tmp_path: Path,
-) -> None:
+async def test_async_jobs_beyond_the_rate_wait_in_order_and_are_never_refused() -> None:
     # The gate widens the window by at least 1 s: 2 per 1.1 s.
     rate = RateLimit(2, 0.1)
-    async with running(tmp_path, rate=rate) as h:
+    async with running(rate=rate) as h:
         jobs = [await h.queue() for _ in range(4)]
         for job_id in jobs:
             await h.settled(job_id, states=(JobState.SUBMITTED,))
@@ -222,10 +193,8 @@ async def test_async_jobs_beyond_the_rate_wait_in_order_and_are_never_refused(
             assert times[i + rate.limit] - times[i] >= 1.0
 
 
-async def test_a_retry_goes_out_when_its_backoff_ends_not_at_the_next_idle_poll(
-    tmp_path: Path,
-) -> None:
-    async with running(tmp_path) as h:
+async def test_a_retry_goes_out_when_its_backoff_ends_not_at_the_next_idle_poll() -> None:
+    async with running() as h:
         h.upstream.script = [failure(503, "service_unavailable")]
         job_id = await h.queue()
         await h.settled(job_id, states=(JobState.SUBMITTED,))
@@ -236,10 +205,8 @@ async def test_a_retry_goes_out_when_its_backoff_ends_not_at_the_next_idle_poll(
 # How each job is sent, and how it ends
 
 
-async def test_a_job_of_a_service_that_never_calls_back_ends_with_the_sync_answer(
-    tmp_path: Path,
-) -> None:
-    async with running(tmp_path) as h:
+async def test_a_job_of_a_service_that_never_calls_back_ends_with_the_sync_answer() -> None:
+    async with running() as h:
         job_id = await h.queue(Service.EMAIL)
         job = await h.settled(job_id, states=(JobState.SUCCEEDED, JobState.FAILED))
         assert job.state is JobState.SUCCEEDED
@@ -263,30 +230,28 @@ async def test_a_job_of_a_service_that_never_calls_back_ends_with_the_sync_answe
     ],
 )
 async def test_a_job_is_sent_async_only_when_its_service_and_provider_call_back(
-    tmp_path: Path, services: tuple[Service, ...], provider: str, mode: Mode
+    services: tuple[Service, ...], provider: str, mode: Mode
 ) -> None:
-    async with running(tmp_path) as h:
+    async with running() as h:
         body = {"template": {"id": 1, "data": {}}} | (
             {"providerName": provider} if provider else {}
         )
         spec = DispatchSpec(services, Mode.ASYNC, body)
-        job_id = (await h.gateway.submit("anonymous", spec, budget=None)).job_id
+        job_id = (await h.gateway.dispatches.submit("anonymous", spec, budget=None)).job_id
         ended = JobState.SUBMITTED if mode is Mode.ASYNC else JobState.SUCCEEDED
         await h.settled(job_id, states=(ended,))
         assert [c.mode for c in h.upstream.calls] == [mode]
 
 
-async def test_background_sync_calls_are_retried_with_the_same_key_then_end_the_job(
-    tmp_path: Path,
-) -> None:
-    async with running(tmp_path) as h:
+async def test_background_sync_calls_are_retried_with_the_same_key_then_end_the_job() -> None:
+    async with running() as h:
         h.upstream.script = [failure(503, "service_unavailable"), failure(429, "rate_limited")]
         job_id = await h.queue(Service.SMS)
         job = await h.settled(job_id, states=(JobState.SUCCEEDED, JobState.FAILED))
         assert job.state is JobState.SUCCEEDED
         assert h.upstream.keys == [job_id] * 3
         assert {c.mode for c in h.upstream.calls} == {Mode.SYNC}
-        attempts = await h.gateway.attempts(job)
+        attempts = await h.gateway.reads.attempts(job)
         assert [(a.http_status, a.error_code) for a in attempts] == [
             (503, "service_unavailable"),
             (429, "rate_limited"),
@@ -295,10 +260,8 @@ async def test_background_sync_calls_are_retried_with_the_same_key_then_end_the_
         assert [a.request_id for a in attempts] == [c.request_id for c in h.upstream.calls]
 
 
-async def test_a_background_sync_call_refused_fails_the_job_with_the_upstreams_error(
-    tmp_path: Path,
-) -> None:
-    async with running(tmp_path) as h:
+async def test_a_background_sync_call_refused_fails_the_job_with_the_upstreams_error() -> None:
+    async with running() as h:
         h.upstream.script = [failure(417, "provider_error")]
         job_id = await h.queue(Service.INVOICING)
         job = await h.settled(job_id, states=(JobState.SUCCEEDED, JobState.FAILED))
@@ -308,10 +271,8 @@ async def test_a_background_sync_call_refused_fails_the_job_with_the_upstreams_e
         assert len(h.upstream.calls) == 1
 
 
-async def test_slow_sync_calls_are_bounded_and_hold_up_no_async_submission(
-    tmp_path: Path,
-) -> None:
-    async with running(tmp_path, sync_concurrency=2) as h:
+async def test_slow_sync_calls_are_bounded_and_hold_up_no_async_submission() -> None:
+    async with running(sync_concurrency=2) as h:
         h.upstream.sync_gate = asyncio.Event()
         slow = [await h.queue(Service.EMAIL) for _ in range(5)]
         quick = await h.queue(Service.ESIGN)
@@ -346,14 +307,12 @@ def sync_job(job_id: str, created_at: float) -> tuple[Job, JobEvent]:
     return job, first
 
 
-async def test_a_sync_job_whose_caller_never_recorded_an_answer_is_sent_by_the_outbox(
-    tmp_path: Path,
-) -> None:
-    async with running(tmp_path) as h:
+async def test_a_sync_job_whose_caller_never_recorded_an_answer_is_sent_by_the_outbox() -> None:
+    async with running() as h:
         now = time.time()
         await h.store.create_job(*sync_job("job_fresh", now), enqueue=True)
         await h.store.create_job(*sync_job("job_orphan", now - SYNC_CALL_GRACE), enqueue=True)
-        h.gateway.on_queued()
+        h.gateway.outbox.wake()
         ended = await h.settled("job_orphan", states=(JobState.SUCCEEDED, JobState.FAILED))
         assert ended.state is JobState.SUCCEEDED
         await asyncio.sleep(IDLE_POLL * 1.5)
@@ -369,17 +328,15 @@ async def test_a_sync_job_whose_caller_never_recorded_an_answer_is_sent_by_the_o
 SHORT_DEADLINE = CallbackRules(deadlines={Service.ESIGN: 0.3, Service.POSTAL: 0.3})
 
 
-async def test_a_job_whose_webhook_never_comes_fails_callback_overdue_once(
-    tmp_path: Path,
-) -> None:
-    async with running(tmp_path, callbacks=SHORT_DEADLINE) as h:
+async def test_a_job_whose_webhook_never_comes_fails_callback_overdue_once() -> None:
+    async with running(callbacks=SHORT_DEADLINE) as h:
         job_id = await h.queue(Service.ESIGN)
         job = await h.settled(job_id, states=(JobState.FAILED,))
         assert job.error is not None
         assert job.error.code == states.OVERDUE
-        token = h.gateway.tokens.token(job_id)
+        token = TOKENS.token(job_id)
         late = {"event": "document_signed", "dispatchId": job.dispatch_id, "data": {}}
-        assert await h.gateway.record_webhook(token, late, webhook_id="wh-late")
+        assert await h.gateway.webhooks.record_webhook(token, late, webhook_id="wh-late")
         await asyncio.sleep(0.5)
         events = await h.store.read_events(client="anonymous", job_id=job_id)
         assert [(e.type, e.terminal) for e in events] == [
@@ -394,13 +351,13 @@ async def test_a_job_whose_webhook_never_comes_fails_callback_overdue_once(
         assert after.state is JobState.FAILED
 
 
-async def test_a_job_that_ends_by_webhook_in_time_is_not_overdue(tmp_path: Path) -> None:
-    async with running(tmp_path, callbacks=SHORT_DEADLINE) as h:
+async def test_a_job_that_ends_by_webhook_in_time_is_not_overdue() -> None:
+    async with running(callbacks=SHORT_DEADLINE) as h:
         job_id = await h.queue(Service.POSTAL)
         await h.settled(job_id, states=(JobState.SUBMITTED,))
-        token = h.gateway.tokens.token(job_id)
+        token = TOKENS.token(job_id)
         for n, event in enumerate(["letter_created", "letter_delivered"]):
-            await h.gateway.record_webhook(token, {"event": event}, webhook_id=f"wh-{n}")
+            await h.gateway.webhooks.record_webhook(token, {"event": event}, webhook_id=f"wh-{n}")
         await asyncio.sleep(0.6)
         assert await h.event_types(job_id) == [
             "queued",
@@ -412,11 +369,9 @@ async def test_a_job_that_ends_by_webhook_in_time_is_not_overdue(tmp_path: Path)
         assert await h.store.lease(limit=10, visibility=60.0) == []
 
 
-async def test_a_rate_slot_gone_stale_before_its_request_leaves_is_taken_again(
-    tmp_path: Path,
-) -> None:
-    async with running(tmp_path) as h:
-        gate = h.gateway.rate
+async def test_a_rate_slot_gone_stale_before_its_request_leaves_is_taken_again() -> None:
+    async with running() as h:
+        gate = h.gateway.caller.rate
         taken: list[float] = []
         real_wait = gate.wait
 

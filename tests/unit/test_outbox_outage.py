@@ -8,23 +8,17 @@ import collections
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dispatcher_gateway.core.breaker import CircuitBreaker
 from dispatcher_gateway.core.errors import StoreUnavailable
-from dispatcher_gateway.core.hub import EventHub
+from dispatcher_gateway.core.gateway import Gateway
 from dispatcher_gateway.core.model import DispatchSpec, JobState, Mode, Service
-from dispatcher_gateway.core.outbox import OutboxWorker
-from dispatcher_gateway.core.rate import RateGate
-from dispatcher_gateway.core.service import Gateway
-from dispatcher_gateway.core.tokens import CallbackTokens
-from dispatcher_gateway.store.sqlite import SqliteStore
+from dispatcher_gateway.store.memory import MemoryStore
 
-from ..support.upstream import ScriptedUpstream
-from .test_outbox import FAST, UNLIMITED, failure
+from ..support.core import NEVER_OPENS, build_core, running_outbox
+from ..support.upstream import ScriptedUpstream, failure
 
 RECOVERY = 3.0
 """Seconds a job may take to go out once the store is back: well under the lease visibility
@@ -33,10 +27,10 @@ WAIT_TIMEOUT = 10.0
 
 
 class FlakyStore:
-    """A real SqliteStore whose calls named in `down` raise StoreUnavailable, as while NATS is
+    """A real store whose calls named in `down` raise StoreUnavailable, as while NATS is
     away; counts each call's failures and successes."""
 
-    def __init__(self, inner: SqliteStore) -> None:
+    def __init__(self, inner: MemoryStore) -> None:
         self.inner = inner
         self.down: set[str] = set()
         self.failed: collections.Counter[str] = collections.Counter()
@@ -65,7 +59,7 @@ class Harness:
 
     async def queue(self) -> str:
         spec = DispatchSpec((Service.EMAIL,), Mode.ASYNC, {"template": {"id": 1, "data": {}}})
-        return (await self.gateway.submit("anonymous", spec, budget=None)).job_id
+        return (await self.gateway.dispatches.submit("anonymous", spec, budget=None)).job_id
 
     async def until(self, condition: Callable[[], Awaitable[bool]], timeout: float) -> None:
         async with asyncio.timeout(timeout):
@@ -79,29 +73,16 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def running(tmp_path: Path) -> AsyncIterator[Harness]:
-    inner = SqliteStore(tmp_path / "outbox.db")
+async def running() -> AsyncIterator[Harness]:
+    inner = MemoryStore()
     await inner.open()
     store = FlakyStore(inner)
     upstream = ScriptedUpstream()
-    gateway = Gateway(
-        store,  # type: ignore[arg-type]
-        upstream,
-        CallbackTokens(b"k" * 32),
-        public_url="https://gw.example",
-        rate=RateGate(store, UNLIMITED),  # type: ignore[arg-type]
-        hub=EventHub(),
-        breaker=CircuitBreaker(threshold=1_000_000),
-    )
-    worker = OutboxWorker(gateway, store, FAST, submit_timeout=5.0)  # type: ignore[arg-type]
-    gateway.on_queued = worker.wake
-    task = asyncio.create_task(worker.run())
+    gateway = build_core(store, upstream, breaker_threshold=NEVER_OPENS)
     try:
-        yield Harness(store, upstream, gateway, task)
+        async with running_outbox(gateway) as task:
+            yield Harness(store, upstream, gateway, task)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         await inner.close()
 
 
@@ -113,9 +94,9 @@ CALLS = ("lease", "get_job", "acquire_rate", "append_event", "ack", "retry_later
 
 @pytest.mark.parametrize("call", CALLS)
 async def test_the_worker_outlives_an_outage_and_sends_the_job_once_the_store_answers(
-    tmp_path: Path, call: str
+    call: str,
 ) -> None:
-    async with running(tmp_path) as h:
+    async with running() as h:
         if call == "retry_later":
             h.upstream.script = [failure(503, "service_unavailable")]
         h.store.down = {call}

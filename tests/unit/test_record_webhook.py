@@ -1,12 +1,11 @@
-"""Gateway.record_webhook over the real SQLite store: what it refuses before the 200, so that
-nothing it accepts can fail to reach a client, and what binds a webhook to its job."""
+"""WebhookRecorder.record_webhook over the in-memory store: what it refuses before the 200, so
+that nothing it accepts can fail to reach a client, and what binds a webhook to its job."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
@@ -18,12 +17,12 @@ from dispatcher_gateway.core.eventdata import MAX_DEPTH
 from dispatcher_gateway.core.model import JSON, JobEvent, JobState, Mode, Service, UpstreamAttempt
 from dispatcher_gateway.rpc.convert import event_to_pb
 
-from ..support.gateway import Harness, gateway_harness
+from ..support.core import TOKENS, Harness, gateway_harness
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with gateway_harness(tmp_path) as harness:
+async def harness() -> AsyncIterator[Harness]:
+    async with gateway_harness() as harness:
         yield harness
 
 
@@ -35,7 +34,7 @@ def nested(depth: int) -> JSON:
 
 
 async def stored_types(harness: Harness, job_id: str) -> list[str]:
-    events = await harness.gateway.store.read_events(client="anonymous", job_id=job_id)
+    events = await harness.store.read_events(client="anonymous", job_id=job_id)
     return [e.type for e in events]
 
 
@@ -60,8 +59,8 @@ async def test_data_that_is_not_an_object_is_measured_as_stored(harness: Harness
         deep = [deep]
 
     with pytest.raises(InvalidArgument):
-        await harness.gateway.record_webhook(
-            harness.tokens.token(job_id), {"event": "x", "data": deep}, webhook_id="wh-list"
+        await harness.gateway.webhooks.record_webhook(
+            TOKENS.token(job_id), {"event": "x", "data": deep}, webhook_id="wh-list"
         )
 
 
@@ -70,8 +69,8 @@ async def test_a_number_json_parses_as_an_infinity_is_refused(harness: Harness) 
     envelope = json.loads('{"event": "signer_signed", "data": {"n": [1e400]}}')
 
     with pytest.raises(InvalidArgument, match="data: holds a number too large for a double"):
-        await harness.gateway.record_webhook(
-            harness.tokens.token(job_id), envelope, webhook_id="wh-inf"
+        await harness.gateway.webhooks.record_webhook(
+            TOKENS.token(job_id), envelope, webhook_id="wh-inf"
         )
 
     assert await stored_types(harness, job_id) == ["queued"]
@@ -95,16 +94,16 @@ async def test_an_upstream_attempt_recorded_from_a_webhook_before_is_left_out(
     # Found by tests/fuzz: a webhook named upstream_attempt, with data that is no attempt, made
     # every GetJob of its job INTERNAL. Such records may be in a store from before the refusal.
     job_id = await harness.job()
-    job = await harness.gateway.get_job("anonymous", job_id)
+    job = await harness.gateway.reads.get_job("anonymous", job_id)
     good = UpstreamAttempt(time.time(), "POST /api/email", Mode.SYNC, 200, 0.01, "req_1")
-    await harness.gateway.record_attempt(job, good)
+    await harness.gateway.records.attempt(job, good)
     for forged in ({"time": {"not": "a time"}}, {"time": 1e300}, {"mode": "x"}, {"latency": -1}):
         event = JobEvent(
             job_id, "anonymous", Service.EMAIL, states.ATTEMPT, JobState.QUEUED, forged, {}, 0.0
         )
-        await harness.gateway.store.append_event(event, dedupe_key=None, apply=states.apply_event)
+        await harness.store.append_event(event, dedupe_key=None, apply=states.apply_event)
 
-    assert await harness.gateway.attempts(job) == [good]
+    assert await harness.gateway.reads.attempts(job) == [good]
 
 
 async def test_the_deepest_webhook_accepted_reaches_a_client_intact(harness: Harness) -> None:
@@ -113,7 +112,7 @@ async def test_the_deepest_webhook_accepted_reaches_a_client_intact(harness: Har
 
     assert await harness.webhook(job_id, "document_signed", "wh-deepest", data=data)
 
-    [_, event] = await harness.gateway.store.read_events(client="anonymous", job_id=job_id)
+    [_, event] = await harness.store.read_events(client="anonymous", job_id=job_id)
     decoded = pb.JobEvent.FromString(event_to_pb(event).SerializeToString())
     assert json_format.MessageToDict(decoded.data) == data
 
@@ -131,7 +130,7 @@ async def test_a_time_no_client_could_read_is_replaced_by_the_arrival(
 
     assert await harness.webhook(job_id, "signer_signed", "wh-1", timestamp=stamp)
 
-    [_, event] = await harness.gateway.store.read_events(client="anonymous", job_id=job_id)
+    [_, event] = await harness.store.read_events(client="anonymous", job_id=job_id)
     assert before <= event.event_time <= time.time()
     json_format.MessageToJson(event_to_pb(event))
 
@@ -152,7 +151,7 @@ async def test_the_webhooks_own_time_is_kept_a_time_without_zone_in_utc(
 
     assert await harness.webhook(job_id, "signer_signed", "wh-1", timestamp=stamp)
 
-    [_, event] = await harness.gateway.store.read_events(client="anonymous", job_id=job_id)
+    [_, event] = await harness.store.read_events(client="anonymous", job_id=job_id)
     assert event.event_time == seconds
 
 
@@ -166,7 +165,7 @@ async def test_a_webhook_naming_another_dispatch_is_not_found_and_not_stored(
         await harness.webhook(job_id, "document_signed", "wh-2", dispatchId="disp_other")
 
     assert await stored_types(harness, job_id) == ["queued", "signer_signed"]
-    job = await harness.gateway.get_job("anonymous", job_id)
+    job = await harness.gateway.reads.get_job("anonymous", job_id)
     assert (job.state, job.dispatch_id) == (JobState.IN_PROGRESS, "disp_mine")
 
 
@@ -186,8 +185,8 @@ async def test_a_webhook_naming_the_jobs_dispatch_or_none_is_recorded(harness: H
 
 async def test_a_webhook_before_the_202_gives_the_job_its_dispatch(harness: Harness) -> None:
     job_id = await harness.job()
-    assert (await harness.gateway.get_job("anonymous", job_id)).dispatch_id == ""
+    assert (await harness.gateway.reads.get_job("anonymous", job_id)).dispatch_id == ""
 
     assert await harness.webhook(job_id, "signer_signed", "wh-1", dispatchId="disp_early")
 
-    assert (await harness.gateway.get_job("anonymous", job_id)).dispatch_id == "disp_early"
+    assert (await harness.gateway.reads.get_job("anonymous", job_id)).dispatch_id == "disp_early"

@@ -1,5 +1,5 @@
 """rpc/errors.to_status: every domain error and every upstream answer to its gRPC status, with the
-google.rpc details DESIGN.md promises."""
+google.rpc details docs/design.md promises."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from dispatcher_gateway.core.errors import (
 )
 from dispatcher_gateway.core.model import UpstreamFailure
 from dispatcher_gateway.rpc.auth import PermissionDenied, Unauthenticated
-from dispatcher_gateway.rpc.errors import UPSTREAM_DOMAIN, to_status
+from dispatcher_gateway.rpc.errors import UPSTREAM_DOMAIN, refuses_request, to_status
 
 Code = grpc.StatusCode
 
@@ -193,3 +193,26 @@ def test_refused_credentials_are_internal_logged_loudly_and_not_blamed_on_the_ca
 def test_who_may_call_what(error: GatewayError, code: grpc.StatusCode) -> None:
     status = to_status(error)
     assert (status.code, status.details) == (code, str(error))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("error", "verdict"),
+    [
+        (upstream(400), True),
+        (upstream(404), True),
+        (upstream(415), True),
+        (upstream(417), True),
+        (upstream(401), False),
+        (upstream(403), False),
+        (upstream(409), False),
+        (upstream(422), False),
+        (upstream(429, retryable=True), False),
+        (upstream(503, retryable=True), False),
+        (upstream(0, retryable=True, timeout=True), False),
+    ],
+    ids=lambda v: str(v.failure.http_status) if isinstance(v, UpstreamError) else str(v),
+)
+def test_validate_answers_invalid_only_for_a_verdict_on_the_request(
+    error: UpstreamError, verdict: bool
+) -> None:
+    assert refuses_request(error) is verdict

@@ -252,6 +252,80 @@ async def test_a_failed_sync_dispatch_replays_its_failure(
     assert sandbox.stats().dispatches == 1
 
 
+# the upstream breaking the gateway's assumptions
+
+
+async def test_ignore_idempotency_key_makes_a_new_dispatch_for_each_request_under_a_key(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    sandbox.faults.ignore_idempotency_key = True
+    headers = {"X-Idempotency-Key": "job-ignored"}
+    first = await client.post("/api/sms", json=valid_body("sms"), headers=headers)
+    again = await client.post("/api/sms", json=valid_body("sms"), headers=headers)
+    other = await client.post("/api/email", json=valid_body("email"), headers=headers)
+    assert [r.status_code for r in (first, again, other)] == [200, 200, 200]
+    assert [r.headers.get("X-Idempotent-Replayed") for r in (first, again, other)] == [None] * 3
+    ids = [r.json()["dispatchId"] for r in (first, again, other)]
+    assert [d.dispatch_id for d in sandbox.dispatches] == ids
+    assert len(set(ids)) == 3
+    assert [d.idempotency_key for d in sandbox.dispatches] == ["job-ignored"] * 3
+    assert [(r.dispatch_id, r.replayed) for r in sandbox.requests] == [(i, False) for i in ids]
+
+
+async def test_a_key_honoured_again_replays_its_first_answer(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    headers = {"X-Idempotency-Key": "job-honoured"}
+    first = await client.post("/api/sms", json=valid_body("sms"), headers=headers)
+    again = await client.post("/api/sms", json=valid_body("sms"), headers=headers)
+    assert again.headers["X-Idempotent-Replayed"] == "true"
+    assert again.json()["dispatchId"] == first.json()["dispatchId"]
+    assert sandbox.stats().dispatches == 1
+
+
+@pytest.mark.parametrize(
+    ("scheme", "id_header"), [("dispatcher", "X-Webhook-Id"), ("standard", "webhook-id")]
+)
+async def test_omit_webhook_id_sends_webhooks_without_their_id_header(
+    scheme: str, id_header: str
+) -> None:
+    seen: list[httpx.Request] = []
+
+    def receiver(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        # The first attempt of each event fails: its retry must carry the same body.
+        first = sum(1 for r in seen if r.content == request.content) == 1
+        return httpx.Response(500 if first else 200)
+
+    settings = SandboxSettings(
+        email=EMAIL,
+        password=PASSWORD,
+        time_factor=0.0001,
+        seed=7,
+        signature_scheme=scheme,  # type: ignore[arg-type]
+        faults=Faults(omit_webhook_id=True),
+    )
+    sandbox = Sandbox(settings, webhook_transport=httpx.MockTransport(receiver))
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(sandbox.app),
+            base_url="http://sandbox.test",
+            auth=(EMAIL, PASSWORD),
+        ) as client:
+            body = valid_body("postal", webhookUrl=CALLBACK)
+            response = await client.post("/api/postal?async=true", json=body)
+            assert response.status_code == 202
+            await sandbox.wait_for_webhooks(5.0)
+    finally:
+        await sandbox.close()
+    [record] = sandbox.dispatches
+    assert len(seen) == 2 * len(record.webhooks) == 6
+    assert [id_header.lower() in r.headers for r in seen] == [False] * 6
+    assert all(r.headers["Content-Type"] == "application/json" for r in seen)
+    # Each event twice (its failed attempt, its retry), byte for byte the same body.
+    assert sorted({r.content for r in seen}) == sorted(w.body for w in record.webhooks)
+
+
 # control at run time
 
 
@@ -275,6 +349,8 @@ async def test_faults_are_changed_over_http(client: httpx.AsyncClient, sandbox: 
         {"webhook_loss_rate": True},
         {"late_progress_rate": -0.1},
         {"late_progress_rate": "often"},
+        {"ignore_idempotency_key": 1},
+        {"omit_webhook_id": "yes"},
         {"bogus": 1},
     ],
 )
@@ -298,6 +374,16 @@ async def test_the_webhook_faults_are_changed_over_http(
         1.0,
     )
     assert (sandbox.faults.webhook_loss_rate, sandbox.faults.late_progress_rate) == (0.1, 1.0)
+
+
+async def test_the_assumption_faults_are_changed_over_http(
+    client: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    changes = {"ignore_idempotency_key": True, "omit_webhook_id": True}
+    response = await client.put("/_sandbox/faults", json=changes)
+    assert response.status_code == 200
+    assert {k: response.json()[k] for k in changes} == changes
+    assert (sandbox.faults.ignore_idempotency_key, sandbox.faults.omit_webhook_id) == (True, True)
 
 
 async def test_faults_are_read_over_http(client: httpx.AsyncClient, sandbox: Sandbox) -> None:

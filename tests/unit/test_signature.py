@@ -42,7 +42,7 @@ def refused(v: WebhookVerifier, body: bytes, headers: dict[str, str]) -> str:
 
 
 def test_a_signature_without_a_timestamp_is_refused() -> None:
-    """Hardened beyond DISPATCHER_API.md, where the timestamp is optional: a signature over the
+    """Hardened beyond docs/upstream.md, where the timestamp is optional: a signature over the
     body alone never expires, so a captured webhook could be replayed for ever."""
     headers = sign_dispatcher(SECRET, BODY, webhook_id="wh_1")
 

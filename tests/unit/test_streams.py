@@ -1,11 +1,10 @@
-"""Replay-then-live streams over the real SQLite store: no gap, no repeat, bounded memory."""
+"""Replay-then-live streams over the in-memory store: no gap, no repeat, bounded memory."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -14,18 +13,18 @@ from dispatcher_gateway.core.errors import NotFound, ShuttingDown, SlowConsumer
 from dispatcher_gateway.core.eventdata import MAX_DEPTH, data_problem
 from dispatcher_gateway.core.model import JSON, EventFilter, JobEvent
 
-from ..support.gateway import Harness, gateway_harness, take
+from ..support.core import Harness, gateway_harness, take
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with gateway_harness(tmp_path) as harness:
+async def harness() -> AsyncIterator[Harness]:
+    async with gateway_harness() as harness:
         yield harness
 
 
 async def test_subscribe_replays_then_follows_with_no_gap_and_no_repeat(harness: Harness) -> None:
     jobs = [await harness.job() for _ in range(10)]
-    stream = harness.gateway.subscribe("anonymous", "", EventFilter())
+    stream = harness.gateway.streams.subscribe("anonymous", "", EventFilter())
 
     async def writer() -> None:
         for i, job_id in enumerate(jobs):
@@ -41,9 +40,11 @@ async def test_subscribe_replays_then_follows_with_no_gap_and_no_repeat(harness:
 async def test_resume_after_a_cursor_skips_what_was_seen(harness: Harness) -> None:
     for _ in range(3):
         await harness.job()
-    first = await take(harness.gateway.subscribe("anonymous", "", EventFilter()), 3)
+    first = await take(harness.gateway.streams.subscribe("anonymous", "", EventFilter()), 3)
     await harness.job()
-    rest = await take(harness.gateway.subscribe("anonymous", first[1].cursor, EventFilter()), 2)
+    rest = await take(
+        harness.gateway.streams.subscribe("anonymous", first[1].cursor, EventFilter()), 2
+    )
     assert rest[0].cursor == first[2].cursor
     assert int(rest[1].cursor) > int(first[2].cursor)
 
@@ -51,17 +52,17 @@ async def test_resume_after_a_cursor_skips_what_was_seen(harness: Harness) -> No
 async def test_streams_show_only_the_callers_jobs(harness: Harness) -> None:
     await harness.job("someone-else")
     mine = await harness.job("me")
-    events = await take(harness.gateway.subscribe("me", "", EventFilter()), 1)
+    events = await take(harness.gateway.streams.subscribe("me", "", EventFilter()), 1)
     assert [e.job_id for e in events] == [mine]
     with pytest.raises(NotFound):
-        await harness.gateway.get_job("me", (await harness.job("someone-else")))
+        await harness.gateway.reads.get_job("me", (await harness.job("someone-else")))
 
 
 async def test_watch_ends_after_the_terminal_event(harness: Harness) -> None:
     job_id = await harness.job()
     await harness.webhook(job_id, "dispatch_completed", "wh-1")
     async with asyncio.timeout(5):
-        events = [e async for e in harness.gateway.watch("anonymous", job_id)]
+        events = [e async for e in harness.gateway.streams.watch("anonymous", job_id)]
     assert [e.type for e in events] == ["queued", "dispatch_completed"]
 
 
@@ -75,7 +76,7 @@ async def test_duplicate_webhook_is_one_event(harness: Harness) -> None:
 
 async def test_slow_subscriber_is_ended_not_buffered_forever(harness: Harness) -> None:
     job_id = await harness.job()
-    stream = harness.gateway.subscribe("anonymous", "", EventFilter())
+    stream = harness.gateway.streams.subscribe("anonymous", "", EventFilter())
     await take(stream, 1)  # caught up; now live, and then it stops reading
     for i in range(80):  # more than the backlog of 50
         await harness.webhook(job_id, f"progress_{i}", f"wh-{i}")
@@ -87,7 +88,7 @@ async def test_slow_subscriber_is_ended_not_buffered_forever(harness: Harness) -
 
 async def test_drain_ends_streams_with_a_resumable_error(harness: Harness) -> None:
     await harness.job()
-    stream = harness.gateway.subscribe("anonymous", "", EventFilter())
+    stream = harness.gateway.streams.subscribe("anonymous", "", EventFilter())
     await take(stream, 1)
     harness.hub.close()
     with pytest.raises(ShuttingDown):
@@ -96,7 +97,7 @@ async def test_drain_ends_streams_with_a_resumable_error(harness: Harness) -> No
 
 async def test_a_client_that_goes_away_leaves_nothing_behind(harness: Harness) -> None:
     await harness.job()
-    stream = harness.gateway.subscribe("anonymous", "", EventFilter())
+    stream = harness.gateway.streams.subscribe("anonymous", "", EventFilter())
     await take(stream, 1)
     assert harness.hub.streams == 1
     await stream.aclose()  # type: ignore[attr-defined]  # what grpc does when the client leaves
@@ -110,7 +111,7 @@ async def test_an_event_a_lagging_replica_does_not_return_yet_still_reaches_a_ne
     # reads: an event the hub delivered just before the stream subscribed is then in neither.
     job_id = await harness.job()
     await harness.webhook(job_id, "dispatch_completed", "wh-1")
-    store = harness.gateway.store
+    store = harness.store
     async with asyncio.timeout(5):
         while not harness.hub.recent("anonymous", 0):
             await asyncio.sleep(0.01)
@@ -122,10 +123,10 @@ async def test_an_event_a_lagging_replica_does_not_return_yet_still_reaches_a_ne
         return [e for e in events if int(e.cursor) < int(completed.cursor)]
 
     monkeypatch.setattr(store, "read_events", behind)
-    events = await take(harness.gateway.subscribe("anonymous", "", EventFilter()), 2)
+    events = await take(harness.gateway.streams.subscribe("anonymous", "", EventFilter()), 2)
     assert [e.cursor for e in events] == [queued.cursor, completed.cursor]
     async with asyncio.timeout(5):
-        watched = [e async for e in harness.gateway.watch("anonymous", job_id)]
+        watched = [e async for e in harness.gateway.streams.watch("anonymous", job_id)]
     assert [e.type for e in watched] == ["queued", "dispatch_completed"]
 
 
@@ -135,7 +136,7 @@ async def store_undecodable(harness: Harness, job_id: str, event_type: str) -> J
     data: JSON = {"leaf": 1}
     for _ in range(MAX_DEPTH):
         data = {"k": data}
-    job = await harness.gateway.get_job("anonymous", job_id)
+    job = await harness.gateway.reads.get_job("anonymous", job_id)
     event = JobEvent(
         job_id=job_id,
         client=job.client,
@@ -146,9 +147,7 @@ async def store_undecodable(harness: Harness, job_id: str, event_type: str) -> J
         metadata=job.metadata,
         event_time=0.0,
     )
-    stored = await harness.gateway.store.append_event(
-        event, dedupe_key=None, apply=states.apply_event
-    )
+    stored = await harness.store.append_event(event, dedupe_key=None, apply=states.apply_event)
     assert stored is not None
     return stored
 
@@ -174,19 +173,21 @@ async def test_a_replayed_event_no_client_could_decode_is_sent_as_an_error_and_t
     await harness.webhook(job_id, "dispatch_completed", "wh-after")
 
     with caplog.at_level(logging.ERROR, logger="dispatcher_gateway.core"):
-        events = await take(harness.gateway.subscribe("anonymous", "", EventFilter()), 3)
+        events = await take(harness.gateway.streams.subscribe("anonymous", "", EventFilter()), 3)
 
     assert [e.type for e in events] == ["queued", states.UNDELIVERABLE, "dispatch_completed"]
     assert_stands_in_for(events[1], poisoned)
     assert any(poisoned.cursor in r.getMessage() for r in caplog.records)
     # A subscriber resuming from just before it meets the same stand-in, not a broken stream.
-    again = await take(harness.gateway.subscribe("anonymous", events[0].cursor, EventFilter()), 2)
+    again = await take(
+        harness.gateway.streams.subscribe("anonymous", events[0].cursor, EventFilter()), 2
+    )
     assert [e.type for e in again] == [states.UNDELIVERABLE, "dispatch_completed"]
 
 
 async def test_a_live_event_no_client_could_decode_is_sent_as_an_error(harness: Harness) -> None:
     job_id = await harness.job()
-    stream = harness.gateway.subscribe("anonymous", "", EventFilter())
+    stream = harness.gateway.streams.subscribe("anonymous", "", EventFilter())
     await take(stream, 1)  # caught up: what follows comes live
 
     poisoned = await store_undecodable(harness, job_id, "letter_in_transit")
@@ -205,7 +206,7 @@ async def test_watch_ends_at_an_undecodable_terminal_event_sent_as_an_error(
     assert poisoned.terminal
 
     async with asyncio.timeout(5):
-        events = [e async for e in harness.gateway.watch("anonymous", job_id)]
+        events = [e async for e in harness.gateway.streams.watch("anonymous", job_id)]
 
     assert [e.type for e in events] == ["queued", states.UNDELIVERABLE]
     assert_stands_in_for(events[1], poisoned)

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dispatcher_gateway.core.errors import UpstreamError
-from dispatcher_gateway.core.hub import EventHub
 from dispatcher_gateway.core.model import (
     JSON,
     DispatchSpec,
@@ -21,12 +19,9 @@ from dispatcher_gateway.core.model import (
     Service,
     UpstreamFailure,
 )
-from dispatcher_gateway.core.rate import RateGate
-from dispatcher_gateway.core.retry import RateLimit
-from dispatcher_gateway.core.service import Gateway
-from dispatcher_gateway.core.tokens import CallbackTokens
-from dispatcher_gateway.store.sqlite import SqliteStore
+from dispatcher_gateway.store.memory import MemoryStore
 
+from ..support.core import build_core
 from ..support.upstream import ScriptedUpstream
 
 APPEND_DELAY = 0.2
@@ -36,7 +31,7 @@ WAIT_TIMEOUT = 5.0
 class SlowAppends:
     """The real store, but every event append takes a while before it starts."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: MemoryStore) -> None:
         self._store = store
         self.appending = asyncio.Event()
 
@@ -50,8 +45,8 @@ class SlowAppends:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "sync.db")
+async def store() -> AsyncIterator[MemoryStore]:
+    store = MemoryStore()
     await store.open()
     try:
         yield store
@@ -59,20 +54,13 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
         await store.close()
 
 
-async def cancelled_while_recording(store: SqliteStore, outcome: JSON | UpstreamError) -> Job:
+async def cancelled_while_recording(store: MemoryStore, outcome: JSON | UpstreamError) -> Job:
     """Run a sync dispatch, cancel it while its outcome is being appended, return the job."""
     slow = SlowAppends(store)
-    gateway = Gateway(
-        slow,  # type: ignore[arg-type]
-        ScriptedUpstream(script=[outcome]),
-        CallbackTokens(b"k" * 32),
-        public_url="https://gw.example",
-        rate=RateGate(store, RateLimit(1000, 1.0)),
-        hub=EventHub(),
-    )
+    gateway = build_core(slow, ScriptedUpstream(script=[outcome]))
     spec = DispatchSpec((Service.EMAIL,), Mode.SYNC, {"template": {"id": 1, "data": {}}})
     # The job's first event is appended too: wait for the second append, the outcome.
-    call = asyncio.create_task(gateway.submit("anonymous", spec, budget=10.0))
+    call = asyncio.create_task(gateway.dispatches.submit("anonymous", spec, budget=10.0))
     async with asyncio.timeout(WAIT_TIMEOUT):
         while True:
             await slow.appending.wait()
@@ -90,7 +78,7 @@ async def cancelled_while_recording(store: SqliteStore, outcome: JSON | Upstream
 
 
 async def test_an_upstream_failure_is_recorded_though_the_call_is_cancelled(
-    store: SqliteStore,
+    store: MemoryStore,
 ) -> None:
     failure = UpstreamFailure("upstream_timeout", "no answer within 1 s")
     job = await cancelled_while_recording(store, UpstreamError(failure, retryable=True))
@@ -100,7 +88,7 @@ async def test_an_upstream_failure_is_recorded_though_the_call_is_cancelled(
 
 
 async def test_an_upstream_success_is_recorded_though_the_call_is_cancelled(
-    store: SqliteStore,
+    store: MemoryStore,
 ) -> None:
     job = await cancelled_while_recording(store, {"dispatchId": "disp_1", "status": "completed"})
     assert job.state is JobState.SUCCEEDED

@@ -6,7 +6,6 @@ of a sync job is its result, its error body the job's error details)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +27,7 @@ from dispatcher_gateway.core.model import (
 from dispatcher_gateway.core.ports import UpstreamAnswer
 from dispatcher_gateway.rpc.convert import failure_to_pb, job_to_pb
 
-from ..support.gateway import Harness, gateway_harness
+from ..support.core import Harness, gateway_harness
 from ..support.upstream import ScriptedUpstream
 
 SYNC_EMAIL = DispatchSpec((Service.EMAIL,), Mode.SYNC, {"template": {"id": 1, "data": {}}})
@@ -53,13 +52,13 @@ UNREADABLE: list[Any] = [
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with gateway_harness(tmp_path) as harness:
+async def harness() -> AsyncIterator[Harness]:
+    async with gateway_harness() as harness:
         yield harness
 
 
 def scripted(harness: Harness) -> ScriptedUpstream:
-    upstream = harness.gateway.upstream
+    upstream = harness.upstream
     assert isinstance(upstream, ScriptedUpstream)
     return upstream
 
@@ -81,9 +80,9 @@ async def test_a_sync_answer_no_client_could_read_becomes_a_marker_result(
 ) -> None:
     scripted(harness).script.append({"dispatchId": "disp_7", "status": "completed", "r": result})
 
-    answered = await harness.gateway.submit("anonymous", SYNC_EMAIL, budget=10.0)
+    answered = await harness.gateway.dispatches.submit("anonymous", SYNC_EMAIL, budget=10.0)
 
-    stored = await harness.gateway.get_job("anonymous", answered.job_id)
+    stored = await harness.gateway.reads.get_job("anonymous", answered.job_id)
     for job in (answered, stored):
         assert (job.state, job.dispatch_id) == (JobState.SUCCEEDED, "disp_7")
         assert job.result is not None
@@ -97,10 +96,10 @@ async def test_a_sync_answer_every_client_can_read_is_kept_as_it_came(harness: H
     answer = {"dispatchId": "disp_7", "status": "completed", "r": nested(MAX_DEPTH - 2)}
     scripted(harness).script.append(answer)
 
-    job = await harness.gateway.submit("anonymous", SYNC_EMAIL, budget=10.0)
+    job = await harness.gateway.dispatches.submit("anonymous", SYNC_EMAIL, budget=10.0)
 
     assert job.result == answer
-    assert_readable(await harness.gateway.get_job("anonymous", job.job_id))
+    assert_readable(await harness.gateway.reads.get_job("anonymous", job.job_id))
 
 
 @pytest.mark.parametrize("details", UNREADABLE)
@@ -111,9 +110,9 @@ async def test_an_error_body_no_client_could_read_becomes_a_marker(
     scripted(harness).script.append(UpstreamError(failure, retryable=False))
 
     with pytest.raises(UpstreamError) as raised:
-        await harness.gateway.submit("anonymous", SYNC_EMAIL, budget=10.0)
+        await harness.gateway.dispatches.submit("anonymous", SYNC_EMAIL, budget=10.0)
 
-    [job], _ = await harness.gateway.store.list_jobs("anonymous", limit=1)
+    [job], _ = await harness.store.list_jobs("anonymous", limit=1)
     assert job.state is JobState.FAILED
     for kept in (raised.value.failure, job.error):
         assert kept is not None
@@ -132,14 +131,16 @@ async def test_an_error_body_no_client_could_read_becomes_a_marker(
 async def test_an_acceptance_no_client_could_read_keeps_its_dispatch(
     harness: Harness, body: JSON
 ) -> None:
-    job = await harness.gateway.get_job("anonymous", await harness.job())
+    job = await harness.gateway.reads.get_job("anonymous", await harness.job())
 
-    await harness.gateway.submitted(job, UpstreamAnswer({"dispatchId": "disp_9", "b": body}, None))
+    await harness.gateway.records.submitted(
+        job, UpstreamAnswer({"dispatchId": "disp_9", "b": body}, None)
+    )
 
-    [_, event] = await harness.gateway.store.read_events(client="anonymous", job_id=job.job_id)
+    [_, event] = await harness.store.read_events(client="anonymous", job_id=job.job_id)
     assert event.dispatch_id == "disp_9"
     assert list(event.data) == ["error"]
-    assert (await harness.gateway.get_job("anonymous", job.job_id)).dispatch_id == "disp_9"
+    assert (await harness.gateway.reads.get_job("anonymous", job.job_id)).dispatch_id == "disp_9"
 
 
 @pytest.mark.parametrize("answer", UNREADABLE[:1])
@@ -151,6 +152,6 @@ async def test_a_validation_answer_no_client_could_read_becomes_a_marker(
 
     monkeypatch.setattr(scripted(harness), "validate", validate)
 
-    kept = await harness.gateway.validate(SYNC_EMAIL)
+    kept = await harness.gateway.dispatches.validate(SYNC_EMAIL)
 
     assert list(kept) == ["error"]

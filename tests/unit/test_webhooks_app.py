@@ -1,4 +1,4 @@
-"""The webhook receiver through httpx.ASGITransport: one test per row of DESIGN.md's list of what
+"""The webhook receiver through httpx.ASGITransport: one test per row of docs/design.md, on what
 bad webhook input gets, and the happy path."""
 
 from __future__ import annotations

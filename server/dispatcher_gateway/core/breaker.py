@@ -72,7 +72,7 @@ class CircuitBreaker:
             self._set(BreakerState.CLOSED)
 
     def failure(self) -> None:
-        """No answer, a timeout or a 5xx."""
+        """No answer, a timeout, or the upstream's own failure."""
         self.failures += 1
         if self.state is BreakerState.HALF_OPEN:
             self._probing = False

@@ -1,7 +1,7 @@
 """Which jobs end by webhook, and how long the gateway waits for one.
 
 Dispatcher calls back for some services and providers only (esign: Universign and Signaturit;
-postal: MySendingBox; see DISPATCHER_API.md "Webhooks"). A job that will be called back is
+postal: MySendingBox; see docs/upstream.md "Webhooks"). A job that will be called back is
 submitted in async mode with the callback URL and ends by its terminal webhook, or as overdue
 when none comes in time; every other job is submitted in sync mode, in the background, and the
 upstream's answer is its end. Both lists are settings, so the day Dispatcher calls back for

@@ -54,8 +54,10 @@ class SlowConsumer(GatewayError):
 class UpstreamError(GatewayError):
     """The upstream refused or failed a request.
 
-    `retryable` is true for what is safe to send again with the same idempotency key:
-    no answer, timeouts, 429 and 5xx. `timeout` marks no answer in time.
+    `retryable` is true for what is safe to send again with the same idempotency key: no
+    answer, a timeout, the upstream's own failure, or its rate limit. `timeout` marks no answer
+    in time. `refused` marks an answer that turned the request away (a client error, the rate
+    limit among them): the upstream is up, and the circuit breaker counts it as working.
     """
 
     def __init__(
@@ -64,12 +66,14 @@ class UpstreamError(GatewayError):
         *,
         retryable: bool,
         timeout: bool = False,
+        refused: bool = False,
         retry_after: float | None = None,
         attempt: UpstreamAttempt | None = None,
     ) -> None:
         self.failure = failure
         self.retryable = retryable
         self.timeout = timeout
+        self.refused = refused
         self.retry_after = retry_after
         self.attempt = attempt
         """The request that failed, when one was sent (dispatches only)."""

@@ -19,15 +19,20 @@ receives by default. With at most 10,000 values an event is at most ~120 KB larg
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from collections.abc import Collection
 
-from .model import JSON
+from .model import JSON, UpstreamFailure
+
+log = logging.getLogger("dispatcher_gateway.core")
 
 MAX_DEPTH = 24
 """Arrays and objects nested in an event's data, the data itself counting as one."""
 MAX_VALUES = 10_000
 """Values (members of objects and items of arrays, at any depth) in an event's data."""
+UNDELIVERABLE_MARK = "undeliverable, not kept"
 
 
 def data_problem(data: JSON) -> str | None:
@@ -65,3 +70,25 @@ def data_problem(data: JSON) -> str | None:
             return f"holds more than {MAX_VALUES} values"
         pending.extend((child, depth + 1) for child in children)
     return None
+
+
+def deliverable_answer(body: JSON, what: str) -> JSON:
+    """The upstream's answer, or in its place a small marker when no client could be sent it:
+    recorded as it came, a sync answer would be the job's result, and make every GetJob and
+    ListJobs that carries the job fail, not only its event."""
+    problem = data_problem(body)
+    if problem is None:
+        return body
+    log.error("the upstream's answer (%s) %s: kept as %r", what, problem, UNDELIVERABLE_MARK)
+    return {"error": f"the upstream's answer {problem}: {UNDELIVERABLE_MARK}"}
+
+
+def deliverable_failure(failure: UpstreamFailure, what: str) -> UpstreamFailure:
+    """The failure, its details (the upstream's error body) replaced by a small marker when no
+    client could be sent them, as they are in the job's error and the event that records it."""
+    problem = data_problem(failure.to_json())
+    if problem is None:
+        return failure
+    log.error("the upstream's error body (%s) %s: kept as %r", what, problem, UNDELIVERABLE_MARK)
+    details = {"error": f"the upstream's error body {problem}: {UNDELIVERABLE_MARK}"}
+    return dataclasses.replace(failure, details=details)

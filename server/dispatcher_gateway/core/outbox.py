@@ -14,14 +14,16 @@ import asyncio
 import collections
 import contextlib
 import logging
+from collections.abc import Callable
 
-from ..metrics import CALLBACKS_OVERDUE, UPSTREAM_CALLS
 from . import states
+from .callbacks import CallbackRules
+from .caller import UPSTREAM_TIMEOUT, UpstreamCaller, spec_of
 from .errors import StoreUnavailable, UpstreamError
 from .model import Job, JobState, Lease, Mode, UpstreamFailure
-from .ports import Store
+from .ports import NoObserver, Observer, Store
+from .records import JobRecords
 from .retry import RetryPolicy
-from .service import UPSTREAM_TIMEOUT, Gateway, spec_of
 
 log = logging.getLogger("dispatcher_gateway.outbox")
 
@@ -29,18 +31,21 @@ LEASE_MARGIN = 30.0
 """Added to the longest a lease can legitimately be held (a rate window, then the longest call)
 to get its visibility: a worker that died holding entries gives them back then."""
 SUBMIT_TIMEOUT = 30.0
-"""An async submission is answered in well under a second (documented: < 200 ms); past this,
-try again later."""
+"""Seconds an async submission waits for its acceptance: the upstream documents it as answered
+in well under a second, so past this it is tried again later."""
 SYNC_CONCURRENCY = 100
-"""Background sync calls awaiting the upstream at once. Answers take 2-30 s, so at the account's
-100 a minute about 50 are in flight: these many keep the rate with no call waiting for another."""
+"""Background sync calls awaiting the upstream at once. A sync answer can take tens of seconds,
+so at the account's default rate (100 a minute) dozens are in flight at once: these many keep
+the rate with no call waiting for another."""
 ASYNC_CONCURRENCY = 32
-"""Async submissions awaiting the upstream's 202 at once."""
+"""Async submissions awaiting the upstream's acceptance at once."""
 LEASE_BATCH = 50
 IDLE_POLL = 1.0
 """Seconds between looks at an idle outbox (for other replicas' jobs and retries come due)."""
 BUSY_DELAY = 1.0
 """Seconds an entry waits when every call of its kind is taken."""
+STORE_RETRY = 1.0
+"""Seconds before the worker tries again a store that failed it part way through a batch."""
 DUE_MARGIN = 0.005
 """Seconds added to a retry's delay before looking for it: the store's clock is not the loop's."""
 SYNC_CALL_GRACE = UPSTREAM_TIMEOUT + LEASE_MARGIN
@@ -53,29 +58,38 @@ slot is taken, so requests bunched by a stall cannot exceed the limit where the 
 class OutboxWorker:
     def __init__(
         self,
-        gateway: Gateway,
         store: Store,
+        caller: UpstreamCaller,
+        records: JobRecords,
         policy: RetryPolicy,
         *,
+        callbacks: CallbackRules,
+        clock: Callable[[], float],
+        observer: Observer | None = None,
         submit_timeout: float = SUBMIT_TIMEOUT,
         sync_timeout: float = UPSTREAM_TIMEOUT,
         sync_concurrency: int = SYNC_CONCURRENCY,
         async_concurrency: int = ASYNC_CONCURRENCY,
     ) -> None:
-        self.gateway = gateway
         self.store = store
+        self.caller = caller
+        self.records = records
         self.policy = policy
+        self.callbacks = callbacks
+        self.clock = clock
+        self.observer = observer or NoObserver()
         self._wakeup = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
         self._stranded: collections.deque[Lease] = collections.deque()
         """Leases an outage kept the worker from finishing, handed back when the store answers."""
         self._free = {Mode.ASYNC: async_concurrency, Mode.SYNC: sync_concurrency}
-        """Calls of each kind that may start now: a slow sync answer never holds up a 202."""
+        """Calls of each kind that may start now: a slow sync answer never holds up an
+        acceptance."""
         self._slot_freed = asyncio.Event()
         self.submit_timeout = submit_timeout
         self.sync_timeout = sync_timeout
-        rate = gateway.rate.rate
+        rate = caller.rate_limit
         # Leasing no more than the rate admits in one window bounds how long a lease waits.
         self._batch = min(LEASE_BATCH, rate.limit)
         self.visibility = rate.window + max(submit_timeout, sync_timeout) + LEASE_MARGIN
@@ -106,6 +120,9 @@ class OutboxWorker:
                         # answers again, not a whole visibility later.
                         log.warning("outbox: store unavailable (%s); retrying", exc)
                         self._stranded.extend(leases[i:])
+                        # Not at once: the store may answer the hand-back and the lease and
+                        # fail this call again, and the worker would go round without pause.
+                        await asyncio.sleep(STORE_RETRY)
                         break
         finally:
             await self.stop()
@@ -133,17 +150,17 @@ class OutboxWorker:
             # entry now stands for the job's deadline.
             await self._await_callback(lease, job)
             return
-        now = self.gateway.clock()
+        now = self.clock()
         if job.mode is Mode.SYNC and now < job.created_at + SYNC_CALL_GRACE:
             # Its caller is sending it now; the entry is the safety net should the call be lost.
             await self._retry_later(lease, job.created_at + SYNC_CALL_GRACE - now)
             return
-        paused = self.gateway.breaker.wait()
+        paused = self.caller.paused()
         if paused > 0:
             # The circuit is open: the entry waits in the outbox, not in memory.
             await self._retry_later(lease, paused)
             return
-        kind = Mode.ASYNC if self.gateway.calls_back(job) else Mode.SYNC
+        kind = Mode.ASYNC if self.callbacks.calls_back(spec_of(job)) else Mode.SYNC
         if self._free[kind] <= 0:
             # Every call of its kind is taken (slow answers): the entry waits in the outbox, and
             # the jobs behind it that are sent the other way go on.
@@ -153,11 +170,11 @@ class OutboxWorker:
         # request goes out right after its slot, with nothing between.
         self._free[kind] -= 1
         try:
-            taken = await self.gateway.rate.wait()
+            taken = await self.caller.wait_slot()
         except BaseException:
             self._release(kind)
             raise
-        self.gateway.breaker.calling()
+        self.caller.calling()
         task = asyncio.create_task(
             self._submit(lease, job, kind, taken), name=f"submit:{lease.job_id}"
         )
@@ -199,13 +216,13 @@ class OutboxWorker:
         """A job waiting for its terminal webhook: fail it `callback_overdue` once its deadline
         has passed, else look again then."""
         submitted_at = job.created_at
-        async for event in self.gateway.events_of(job):
+        async for event in self.records.events_of(job):
             if event.type == states.SUBMITTED:
                 submitted_at = event.record_time or event.event_time
                 break
-        deadline = self.gateway.callbacks.deadline(job.services)
+        deadline = self.callbacks.deadline(job.services)
         due = submitted_at + deadline
-        now = self.gateway.clock()
+        now = self.clock()
         if now < due:
             await self._retry_later(lease, due - now)
             return
@@ -214,15 +231,15 @@ class OutboxWorker:
             f"no terminal webhook came within {deadline:g} s of the job's submission "
             f"(dispatch {job.dispatch_id or 'unknown'}); one that comes later is still recorded",
         )
-        if await self.gateway.fail(job, failure) is not None:
+        if await self.records.fail(job, failure) is not None:
             log.warning("outbox: %s: %s", job.job_id, failure.message)
-            CALLBACKS_OVERDUE.inc(job.service.value)
+            self.observer.callback_overdue(job.service.value)
         await self.store.ack(lease)
 
     async def _submit(self, lease: Lease, job: Job, kind: Mode, taken: float) -> None:
         try:
             if asyncio.get_running_loop().time() - taken > SLOT_FRESHNESS:
-                await self.gateway.rate.wait()
+                await self.caller.wait_slot()
             await self._submit_and_record(lease, job, kind)
         except StoreUnavailable as exc:
             # Sent or not, the outcome could not be recorded: the entry goes back when the
@@ -234,17 +251,14 @@ class OutboxWorker:
     async def _submit_and_record(self, lease: Lease, job: Job, kind: Mode) -> None:
         calls_back = kind is Mode.ASYNC
         try:
-            answer = await self.gateway.call_upstream(
-                self.gateway.upstream.dispatch(
-                    spec_of(job),
-                    idempotency_key=job.job_id,
-                    callback_url=self.gateway.callback_url(job.job_id) if calls_back else None,
-                    timeout=self.submit_timeout if calls_back else self.sync_timeout,
-                )
+            answer = await self.caller.dispatch(
+                job,
+                calls_back=calls_back,
+                timeout=self.submit_timeout if calls_back else self.sync_timeout,
             )
         except UpstreamError as exc:
-            await self.gateway.record_attempt(job, exc.attempt)
-            age = self.gateway.clock() - job.created_at
+            await self.records.attempt(job, exc.attempt)
+            age = self.clock() - job.created_at
             if exc.retryable and age < self.policy.give_up_after:
                 delay = self.policy.delay(lease.attempts, exc.retry_after)
                 log.info(
@@ -254,7 +268,7 @@ class OutboxWorker:
                     lease.attempts + 1,
                     delay,
                 )
-                UPSTREAM_CALLS.inc("retried")
+                self.observer.upstream_dispatch("retried")
                 await self._retry_later(lease, delay)
                 return
             failure = exc.failure
@@ -266,18 +280,18 @@ class OutboxWorker:
                     failure.details,
                 )
             log.warning("outbox: %s failed: %s", job.job_id, failure.code)
-            UPSTREAM_CALLS.inc("failed")
-            await self.gateway.fail(job, failure)
+            self.observer.upstream_dispatch("failed")
+            await self.records.fail(job, failure)
             await self.store.ack(lease)
             return
-        UPSTREAM_CALLS.inc("accepted")
+        self.observer.upstream_dispatch("accepted")
         if calls_back:
-            recorded = await self.gateway.submitted(job, answer)
+            recorded = await self.records.submitted(job, answer)
             if recorded is not None and recorded.state.terminal:
-                await self.store.ack(lease)  # its webhooks came before the 202
+                await self.store.ack(lease)  # its webhooks came before its acceptance
                 return
             # The entry stays, due at the job's deadline.
-            await self._retry_later(lease, self.gateway.callbacks.deadline(job.services))
+            await self._retry_later(lease, self.callbacks.deadline(job.services))
         else:
-            await self.gateway.completed(job, answer)
+            await self.records.completed(job, answer)
             await self.store.ack(lease)

@@ -1,5 +1,6 @@
 """What core needs from the edges, as protocols: durable storage (the Store contract), the
-upstream API, and what it offers the webhook receiver. Store backends live in store/, the upstream
+upstream API, someone to tell what happened (the Observer: metrics.py counts it), and what it
+offers the webhook receiver. Store backends live in store/, the upstream
 client in upstream/; one contract test suite (tests/contract) runs against every backend."""
 
 from __future__ import annotations
@@ -159,3 +160,36 @@ class WebhookSink(Protocol):
         without an `event` or whose `data` no client could decode (core/eventdata.py);
         StoreUnavailable when nothing could be written.
         """
+
+
+class Observer(Protocol):
+    """Told what core did, for counting (metrics.py implements it at the edge). Each method is
+    called on the event loop and must return at once."""
+
+    def dispatch_accepted(self, service: str, mode: str) -> None:
+        """A dispatch request became a new job (not an idempotent replay)."""
+
+    def upstream_dispatch(self, outcome: str) -> None:
+        """The outbox's dispatch call ended: 'accepted', 'retried' or 'failed'."""
+
+    def callback_overdue(self, service: str) -> None:
+        """A job failed callback_overdue: no terminal webhook came within its deadline."""
+
+    def webhook(self, outcome: str) -> None:
+        """A verified webhook was handed to the store: 'recorded' or 'duplicate'."""
+
+
+class NoObserver:
+    """An Observer that counts nothing: core's default, and what unit tests use."""
+
+    def dispatch_accepted(self, service: str, mode: str) -> None:
+        pass
+
+    def upstream_dispatch(self, outcome: str) -> None:
+        pass
+
+    def callback_overdue(self, service: str) -> None:
+        pass
+
+    def webhook(self, outcome: str) -> None:
+        pass

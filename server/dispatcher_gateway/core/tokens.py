@@ -1,8 +1,8 @@
 """Per-job callback tokens: the last segment of the webhook URL the upstream calls back.
 
 A token is `{job_id}.{mac}` with mac an HMAC-SHA256 of the job id under the gateway's own key,
-so a webhook finds its job even before the 202 that names its dispatch id, and a forged webhook
-needs the token as well as the upstream's signature.
+so a webhook finds its job even before the acceptance that names its dispatch id, and a forged
+webhook needs the token as well as the upstream's signature.
 """
 
 from __future__ import annotations

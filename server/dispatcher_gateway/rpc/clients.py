@@ -155,7 +155,11 @@ def _parse_line(line: str) -> tuple[str, list[str], Client]:
                 "tokens are not accepted: `dispatcher-gateway token hash` prints a token's line)"
             )
     if not credentials:
-        raise ValueError(f"client {name!r} has no credential (sha256:HEX or cert:IDENTITY)")
+        # Not named: a line of one word may be a token pasted in place of its line.
+        raise ValueError(
+            "the client has no credential (sha256:HEX or cert:IDENTITY; plain tokens are not "
+            "accepted: `dispatcher-gateway token hash` prints a token's line)"
+        )
     return name, credentials, Client(name, services, sync)
 
 

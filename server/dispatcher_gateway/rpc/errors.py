@@ -30,17 +30,19 @@ _CREDENTIALS_REFUSED = (401, 403)
 UPSTREAM_DOMAIN = "docs-dispatcher.io"
 """google.rpc.ErrorInfo.domain of errors that came from the upstream."""
 
-# google/rpc/code.proto's HTTP mapping, as DESIGN.md fixes it for upstream answers.
-_UPSTREAM_HTTP: dict[int, grpc.StatusCode] = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
+# Upstream answers: google/rpc/code.proto's HTTP mapping, as docs/design.md fixes it; and
+# whether the answer is a verdict on the request itself (its content), which Validate reports as
+# `valid=false` rather than an error.
+_UPSTREAM_HTTP: dict[int, tuple[grpc.StatusCode, bool]] = {
+    400: (grpc.StatusCode.INVALID_ARGUMENT, True),
     # The gateway's own credentials or permissions: the caller cannot fix them.
-    401: grpc.StatusCode.INTERNAL,
-    403: grpc.StatusCode.INTERNAL,
-    404: grpc.StatusCode.NOT_FOUND,
-    409: grpc.StatusCode.ALREADY_EXISTS,
-    415: grpc.StatusCode.INVALID_ARGUMENT,
-    417: grpc.StatusCode.FAILED_PRECONDITION,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    401: (grpc.StatusCode.INTERNAL, False),
+    403: (grpc.StatusCode.INTERNAL, False),
+    404: (grpc.StatusCode.NOT_FOUND, True),
+    409: (grpc.StatusCode.ALREADY_EXISTS, False),
+    415: (grpc.StatusCode.INVALID_ARGUMENT, True),
+    417: (grpc.StatusCode.FAILED_PRECONDITION, True),
+    429: (grpc.StatusCode.RESOURCE_EXHAUSTED, False),
 }
 
 _DOMAIN: dict[type[GatewayError], grpc.StatusCode] = {
@@ -61,10 +63,17 @@ def upstream_code(exc: UpstreamError) -> grpc.StatusCode:
     if exc.timeout:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     if status in _UPSTREAM_HTTP:
-        return _UPSTREAM_HTTP[status]
+        return _UPSTREAM_HTTP[status][0]
     if status == 0 or status >= 500:
         return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.FAILED_PRECONDITION
+
+
+def refuses_request(exc: UpstreamError) -> bool:
+    """Whether the upstream refused the request for what it says (a verdict on it, final),
+    rather than failed to handle it."""
+    entry = _UPSTREAM_HTTP.get(exc.failure.http_status)
+    return entry is not None and entry[1] and not exc.retryable
 
 
 def _packed(*details: object) -> list[any_pb2.Any]:
@@ -82,9 +91,9 @@ def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
     return error_details_pb2.RetryInfo(retry_delay=delay)
 
 
-def to_status(exc: GatewayError, *, message: str | None = None) -> grpc.Status:
+def to_status(exc: GatewayError) -> grpc.Status:
     """The status (code, message and rich details) a domain error is reported with."""
-    text = message or str(exc)
+    text = str(exc)
     details: list[object] = []
     if isinstance(exc, UpstreamError):
         code = upstream_code(exc)

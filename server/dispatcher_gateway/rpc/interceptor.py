@@ -4,23 +4,31 @@
   INVALID_ARGUMENT, where grpc would answer UNKNOWN with the decoder's exception;
 - a DispatchService caller is authenticated (auth.Authenticator) and known to the handler as
   `auth.caller()`; without credentials the call is UNAUTHENTICATED;
+- a DispatchService call is counted while it runs, and refused UNAVAILABLE once the gateway
+  drains (drain.Drain);
+- a domain error a handler raises is the status errors.to_status gives it;
 - an exception no handler expected is INTERNAL with a generic message and one log line, where
   grpc would answer UNKNOWN with the exception's text and log its traceback.
+
+Handlers hold only their own logic: they raise domain errors, and read their caller.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import secrets
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
 from ..core.errors import GatewayError
 from .auth import Authenticator, set_caller
+from .drain import Drain
 from .errors import to_status
 from .throttled_log import ThrottledLog, one_line
 
@@ -62,11 +70,12 @@ def _decoding(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 
 
 class CallGuard(grpc.aio.ServerInterceptor):
-    def __init__(self, auth: Authenticator, *, authenticated: frozenset[str]) -> None:
-        """`authenticated`: the full names of the services whose callers must be known (health
-        and reflection answer anyone)."""
+    def __init__(self, auth: Authenticator, drain: Drain, *, services: frozenset[str]) -> None:
+        """`services`: the full names of the services whose callers must be known and whose
+        calls a drain counts and refuses (health and reflection answer anyone, at any time)."""
         self.auth = auth
-        self.authenticated = authenticated
+        self.drain = drain
+        self.services = services
         self.log = ThrottledLog(log)
         self._guarded: dict[str, Handler] = {}
 
@@ -85,7 +94,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
 
     def _guard(self, method: str, handler: Handler) -> Handler:
         service = method.lstrip("/").partition("/")[0]
-        authenticate = service in self.authenticated
+        checked = service in self.services
         decode = _decoding(handler.request_deserializer)
         for kind, make in _KINDS:
             behaviour = getattr(handler, kind)
@@ -94,38 +103,43 @@ class CallGuard(grpc.aio.ServerInterceptor):
             streaming = handler.request_streaming
             guarded: Callable[[Any, Context], Any]
             if inspect.isasyncgenfunction(behaviour):
-                guarded = self._generator(method, behaviour, authenticate, streaming)
+                guarded = self._generator(method, behaviour, checked, streaming)
             elif inspect.iscoroutinefunction(behaviour):
-                guarded = self._coroutine(method, behaviour, authenticate, streaming)
+                guarded = self._coroutine(method, behaviour, checked, streaming)
             else:  # synchronous handlers: this server registers none
                 return handler
             return make(guarded, decode, handler.response_serializer)
         return handler
 
     def _coroutine(
-        self, method: str, behaviour: Any, authenticate: bool, streaming: bool
+        self, method: str, behaviour: Any, checked: bool, streaming: bool
     ) -> Callable[[Any, Context], Awaitable[Any]]:
         async def guarded(request: Any, context: Context) -> Any:
             try:
-                request = await self._admit(method, request, context, authenticate, streaming)
-                return await behaviour(request, context)
+                request = await self._admit(method, request, context, checked, streaming)
+                with self._counted(checked):
+                    return await behaviour(request, context)
             except Exception as exc:
-                await self._unexpected(method, exc, context)
+                await self._report(method, exc, context)
 
         return guarded
 
     def _generator(
-        self, method: str, behaviour: Any, authenticate: bool, streaming: bool
+        self, method: str, behaviour: Any, checked: bool, streaming: bool
     ) -> Callable[[Any, Context], AsyncIterator[Any]]:
         async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
             try:
-                request = await self._admit(method, request, context, authenticate, streaming)
-                async for response in behaviour(request, context):
-                    yield response
+                request = await self._admit(method, request, context, checked, streaming)
+                with self._counted(checked):
+                    async for response in behaviour(request, context):
+                        yield response
             except Exception as exc:
-                await self._unexpected(method, exc, context)
+                await self._report(method, exc, context)
 
         return guarded
+
+    def _counted(self, checked: bool) -> AbstractContextManager[None]:
+        return self.drain.call() if checked else contextlib.nullcontext()
 
     async def _admit(
         self, method: str, request: Any, context: Context, authenticate: bool, streaming: bool
@@ -175,7 +189,8 @@ class CallGuard(grpc.aio.ServerInterceptor):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE)
         raise AssertionError("unreachable: abort raises")
 
-    async def _unexpected(self, method: str, exc: Exception, context: Context) -> NoReturn:
+    async def _report(self, method: str, exc: Exception, context: Context) -> NoReturn:
+        """The call's status for what it raised: a domain error's own, INTERNAL for the rest."""
         if isinstance(exc, grpc.aio.AbortError):
             raise exc
         if isinstance(exc, GatewayError):

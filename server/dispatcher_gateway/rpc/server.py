@@ -13,6 +13,7 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
 from .auth import Authenticator
+from .drain import Drain
 from .interceptor import CallGuard
 from .servicer import DispatchServicer
 
@@ -69,11 +70,12 @@ def create_server(
     limits: GrpcLimits,
     *,
     auth: Authenticator,
+    drain: Drain,
     reflection: bool = False,
 ) -> grpc.aio.Server:
-    """DispatchService (callers authenticated), health (anyone may ask) and, if asked for,
-    reflection."""
-    guard = CallGuard(auth, authenticated=frozenset({SERVICE_NAME}))
+    """DispatchService (callers authenticated, calls counted for `drain`), health (anyone may
+    ask) and, if asked for, reflection."""
+    guard = CallGuard(auth, drain, services=frozenset({SERVICE_NAME}))
     server = grpc.aio.server(interceptors=[guard], options=limits.options())
     pb_grpc.add_DispatchServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

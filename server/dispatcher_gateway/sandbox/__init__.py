@@ -1,10 +1,12 @@
 """A faithful local stand-in of the Docs-Dispatcher API: a real HTTP server, signed HTTPS
-webhooks with retries, fault injection, and statistics (see DISPATCHER_API.md)."""
+webhooks with retries, fault injection, and statistics (the API as docs/upstream.md states it).
+"""
 
-from .app import Sandbox, serve_sandbox
+from .app import Sandbox
 from .catalog import DEFAULT_PROVIDERS, PROVIDERS, SERVICES, TEMPLATES, Template
 from .events import CALLBACK_PROVIDERS, CALLBACK_SERVICES, EVENT_SEQUENCES, EventSequence
 from .records import DispatchRecord, RequestRecord, SandboxStats, WebhookRecord
+from .server import serve_sandbox
 from .settings import ANSWER_TIMEOUT, RETRY_SCHEDULE, Faults, SandboxSettings
 from .signing import signature_headers
 

@@ -18,7 +18,7 @@ import httpx
 
 from .records import DispatchRecord, WebhookRecord
 from .settings import Faults, SandboxSettings
-from .signing import signature_headers
+from .signing import HEADER_ID, STANDARD_ID, signature_headers
 
 logger = logging.getLogger("dispatcher_gateway.sandbox")
 
@@ -158,6 +158,9 @@ class WebhookSender:
             timestamp=int(time.time()),
             body=webhook.body,
         )
+        if self._faults().omit_webhook_id:
+            headers.pop(HEADER_ID, None)
+            headers.pop(STANDARD_ID, None)
         headers["Content-Type"] = "application/json"
         webhook.attempts += 1
         self.counters.sent += 1

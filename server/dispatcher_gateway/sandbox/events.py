@@ -1,4 +1,4 @@
-"""The webhooks of DISPATCHER_API.md "Webhooks": which providers call back, for which service,
+"""The webhooks of docs/upstream.md "Webhooks": which providers call back, for which service,
 and the events one async dispatch through them sends, in the order they happen."""
 
 from __future__ import annotations

@@ -11,13 +11,13 @@ from .catalog import SERVICES
 from .events import CALLBACK_PROVIDERS, CALLBACK_SERVICES, EVENT_SEQUENCES
 
 RETRY_SCHEDULE: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
-"""Seconds before each retry of a webhook (modelled on Svix, DISPATCHER_API.md "Retries")."""
+"""Seconds before each retry of a webhook (modelled on Svix, docs/upstream.md "Retries")."""
 
 ANSWER_TIMEOUT = 15.0
 """Seconds a receiver has to answer one webhook attempt before it counts as failed."""
 
 DEFAULT_CALLBACK_FIELD = "webhookUrl"
-"""The body field that carries the callback URL ([ours] in DISPATCHER_API.md)."""
+"""The body field that carries the callback URL (assumed in docs/upstream.md)."""
 
 SignatureScheme = Literal["dispatcher", "standard"]
 
@@ -57,6 +57,13 @@ class Faults:
     webhook id (WebhookRecord.repeats names the one it repeats). A dispatch that sent no
     progress event gets no late one: Signaturit never sends one, nor does a failed Universign
     transaction of a single signer."""
+    ignore_idempotency_key: bool = False
+    """The upstream breaks an assumption: it ignores X-Idempotency-Key, so a request repeated
+    under a key makes a new dispatch (no replay, no 409), as if it carried no key."""
+    omit_webhook_id: bool = False
+    """The upstream breaks an assumption: webhooks come without their id header (X-Webhook-Id;
+    `webhook-id` in the Standard Webhooks scheme, which signs it, so there the receiver cannot
+    verify them). Read at each attempt."""
     refuse_next: list[int] = field(default_factory=list)
     """Statuses (429, 500, 502 or 503) the next dispatch requests are answered with, one each,
     in order, before any other fault: a retry sequence a test can count on."""
@@ -89,6 +96,8 @@ _FAULT_FIELDS: dict[str, str] = {
     "fail_rate": "rate",
     "webhook_loss_rate": "rate",
     "late_progress_rate": "rate",
+    "ignore_idempotency_key": "bool",
+    "omit_webhook_id": "bool",
     "refuse_next": "statuses",
 }
 
@@ -151,7 +160,7 @@ class SandboxSettings:
     (100 a minute); 0 enforces nothing and only measures."""
     callback_field: str = DEFAULT_CALLBACK_FIELD
     callback_services: frozenset[str] = CALLBACK_SERVICES
-    """Services whose async dispatches call back (esign and postal, DISPATCHER_API.md
+    """Services whose async dispatches call back (esign and postal, docs/upstream.md
     "Webhooks"). An async dispatch of any other service is answered 202 and never called back."""
     callback_providers: frozenset[str] = CALLBACK_PROVIDERS
     """Providers that call back (universign, signaturit, mysendingbox), among those of

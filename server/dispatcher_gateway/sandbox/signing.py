@@ -1,4 +1,4 @@
-"""How the sandbox signs a webhook, in either scheme of DISPATCHER_API.md "Signature".
+"""How the sandbox signs a webhook, in either scheme of docs/upstream.md "Signature".
 
 Written apart from webhooks/signature.py on purpose: the tests check one against the other."""
 

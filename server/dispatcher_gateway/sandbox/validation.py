@@ -1,4 +1,4 @@
-"""The CompositeRequest rules of DISPATCHER_API.md "Request body": the first broken rule is the
+"""The CompositeRequest rules of docs/upstream.md "The request body": the first broken rule is the
 answer, as the upstream's error body carries one field."""
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ from ..core.model import (
 DEFAULT_DEDUPE_TTL: Final = 72 * 3600.0
 """How long an append's dedupe key is remembered: the contract's "at least 72 h"."""
 SECRET_BYTES: Final = 32
+JOB_STATE_FIELDS: Final = ("state", "updated_at", "dispatch_id", "result", "error", "last_event")
+"""What an event may change of its job (see `Apply`); the request (client, services, mode, body,
+metadata, idempotency key and hash) and the creation time are fixed when the job is created."""
 
 
 def dumps(value: Any) -> str:
@@ -127,6 +130,14 @@ def parse_cursor(cursor: str) -> int:
 
 
 # Page tokens
+
+
+def page_start(limit: int, page_token: str) -> tuple[float, str] | None:
+    """list_jobs' arguments checked: where its page starts, after (created_at, job_id) of the
+    last job of the page before, or None for the first page."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    return decode_page_token(page_token) if page_token else None
 
 
 def encode_page_token(last: Job) -> str:

@@ -1,4 +1,4 @@
-"""The httpx client for the Docs-Dispatcher REST API (see DISPATCHER_API.md).
+"""The httpx client for the Docs-Dispatcher REST API (see docs/upstream.md).
 
 It sends one request per call and classifies what came back; it neither retries (the outbox
 does, with the same idempotency key) nor rate-limits (core does, for every replica at once).
@@ -21,17 +21,18 @@ from typing import Any
 
 import httpx
 
+from ..core.caller import UPSTREAM_TIMEOUT
 from ..core.errors import UpstreamError
 from ..core.model import JSON, DispatchSpec, Mode, UpstreamAttempt, UpstreamFailure
 from ..core.ports import UpstreamAnswer
 
 logger = logging.getLogger("dispatcher_gateway.upstream")
 
-UPSTREAM_TIMEOUT_CAP = 120.0
+UPSTREAM_TIMEOUT_CAP = UPSTREAM_TIMEOUT
 """Seconds: the upstream's documented timeout for a synchronous dispatch; waiting longer is moot."""
 
 DEFAULT_CALLBACK_FIELD = "webhookUrl"
-"""The body field that carries the callback URL ([ours] in DISPATCHER_API.md)."""
+"""The body field that carries the callback URL (assumed in docs/upstream.md)."""
 
 DEFAULT_MAX_CONNECTIONS = 100
 MAX_REQUEST_ID = 200
@@ -300,7 +301,9 @@ class DispatcherClient:
             )
         retryable = status == 429 or status >= 500
         retry_after = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
-        return UpstreamError(failure, retryable=retryable, retry_after=retry_after)
+        return UpstreamError(
+            failure, retryable=retryable, refused=status < 500, retry_after=retry_after
+        )
 
     @staticmethod
     def _log_no_answer(method: str, path: str, request_id: str, started: float, why: str) -> None:

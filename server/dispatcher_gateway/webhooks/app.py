@@ -64,7 +64,7 @@ _UNAVAILABLE = _Refusal(
     503, "unavailable", logging.WARNING, headers={"Retry-After": str(STORE_RETRY_AFTER)}
 )
 
-# The one table from errors to HTTP statuses (DESIGN.md, "What bad input gets"); first match wins.
+# One table from errors to HTTP statuses (docs/design.md, "What bad input gets"); first match wins.
 _REFUSALS: tuple[tuple[type[Exception], _Refusal], ...] = (
     (PayloadTooLarge, _Refusal(413, "payload_too_large", logging.WARNING)),
     (UnsupportedMediaType, _Refusal(415, "unsupported_media_type", logging.WARNING)),
@@ -121,8 +121,8 @@ def create_webhook_app(
             return JSONResponse(content, status_code=refusal.status, headers=refusal.headers)
 
         outcome = "recorded" if recorded else "duplicate"
-        # A recorded webhook is in the store and counted in /metrics: its line is DEBUG (at
-        # hundreds a second INFO lines cost 5% of the CPU). A duplicate is worth seeing.
+        # A recorded webhook is in the store and counted in /metrics: its line is DEBUG (a line
+        # for every webhook would cost CPU in proportion to the load). A duplicate is worth seeing.
         logger.log(
             logging.DEBUG if recorded else logging.INFO,
             "webhook token=%s… event=%r id=%r: %s",

@@ -1,4 +1,4 @@
-"""Webhook signatures: Dispatcher's (as DISPATCHER_API.md "Signature" describes our reading of
+"""Webhook signatures: Dispatcher's (as docs/upstream.md "Signature" describes our reading of
 it) and the Standard Webhooks scheme, each with several signatures and several secrets so that
 a secret can be rotated without refusing a single webhook.
 """

@@ -178,9 +178,7 @@ class NatsStore:
     async def list_jobs(
         self, client: str, *, limit: int, page_token: str = ""
     ) -> tuple[list[Job], str]:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        start = codec.decode_page_token(page_token) if page_token else None
+        start = codec.page_start(limit, page_token)
         with unavailable():
             index = self.bucket("jobs_by_client")
             msgs = await self._wire().read(

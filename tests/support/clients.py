@@ -126,6 +126,24 @@ class HealthLog:
     def readyz_between(self, start: float, end: float) -> list[int]:
         return [code for t, code in self.readyz if start <= t <= end]
 
+    def statuses_between(self, start: float, end: float) -> list[str]:
+        return [status for t, status in self.statuses if start <= t <= end]
+
+    async def until(self, status: str, code: int, *, after: float) -> float:
+        """Once health has said `status` and /readyz answered `code`, both after `after`
+        (time.monotonic()): when the later of the two was first seen."""
+        while True:
+            said = [t for t, s in self.statuses if t >= after and s == status]
+            answered = [t for t, c in self.readyz if t >= after and c == code]
+            if said and answered:
+                return max(said[0], answered[0])
+            await asyncio.sleep(POLL)
+
+    async def polled_after(self, when: float) -> None:
+        """Until /readyz has been polled once after `when`."""
+        while not self.readyz or self.readyz[-1][0] <= when:
+            await asyncio.sleep(POLL)
+
     async def _watch(self) -> None:
         async with grpc.aio.insecure_channel(self.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)

@@ -1,0 +1,27 @@
+"""The argument parser of every command, and the entry point that runs the one named."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+
+from . import dispatch, jobs, sandbox, serve, templates, token, watch
+
+DESCRIPTION = "dispatcher-gateway serve | sandbox | dispatch | watch | jobs | templates | token"
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dispatcher-gateway", description=DESCRIPTION)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for command in (serve, sandbox, dispatch, watch, jobs, templates, token):
+        command.add_command(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(asyncio.run(args.run(args)))
+    except KeyboardInterrupt:
+        return 130

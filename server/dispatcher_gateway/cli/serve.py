@@ -1,0 +1,148 @@
+"""`dispatcher-gateway serve [--sandbox]`: the gateway, configured from the environment; with
+--sandbox (`make run`), the sandbox too, in the same process, and the gateway pointed at it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, Settings
+from ..sandbox import SandboxSettings
+from .connection import on_loopback
+from .logs import configure_logging
+
+SANDBOX_TLS_DIR = Path("data/sandbox-tls")
+SANDBOX_EVENT_DELAY = 0.5
+"""Seconds before the sandbox sends a dispatch's first webhook."""
+
+
+def add_command(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run the gateway (configured from the environment)")
+    serve.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="also run the sandbox in this process and point the gateway at it",
+    )
+    serve.add_argument(
+        "--sandbox-event-delay",
+        type=float,
+        default=SANDBOX_EVENT_DELAY,
+        help=f"seconds before the sandbox sends a dispatch's first webhook "
+        f"(default {SANDBOX_EVENT_DELAY})",
+    )
+    serve.set_defaults(run=run)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """Set on SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def sandbox_tls() -> tuple[str, str, str]:
+    """A local CA and a certificate for 127.0.0.1/localhost, made once under data/: the sandbox
+    calls the gateway's webhook over real HTTPS and trusts this CA."""
+    ca_file, cert_file, key_file = (
+        SANDBOX_TLS_DIR / "ca.pem",
+        SANDBOX_TLS_DIR / "webhook.pem",
+        SANDBOX_TLS_DIR / "webhook-key.pem",
+    )
+    if not (ca_file.exists() and cert_file.exists() and key_file.exists()):
+        try:
+            import trustme
+        except ImportError:
+            sys.exit("--sandbox needs the test extras: pip install 'dispatcher-gateway[test]'")
+        SANDBOX_TLS_DIR.mkdir(parents=True, exist_ok=True)
+        ca = trustme.CA(organization_name="dispatcher-gateway sandbox")
+        leaf = ca.issue_cert("127.0.0.1", "localhost", "::1")
+        ca.cert_pem.write_to_path(str(ca_file))
+        leaf.cert_chain_pems[0].write_to_path(str(cert_file))
+        leaf.private_key_pem.write_to_path(str(key_file))
+        key_file.chmod(0o600)
+    return str(ca_file), str(cert_file), str(key_file)
+
+
+async def run(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    sandbox = None
+    if args.sandbox:
+        from ..sandbox import serve_sandbox
+
+        ca_file, cert_file, key_file = sandbox_tls()
+        password, secret = secrets.token_urlsafe(16), secrets.token_urlsafe(24)
+        sandbox_settings = SandboxSettings(
+            password=password,
+            webhook_secrets=(secret,),
+            callback_ca=ca_file,
+            event_delay=args.sandbox_event_delay,
+        )
+        sandbox, sandbox_server = await serve_sandbox(sandbox_settings, "127.0.0.1", 0)
+        webhook_addr = env.get("GATEWAY_WEBHOOK_ADDR", on_loopback(Settings.webhook_addr))
+        webhook_port = webhook_addr.rpartition(":")[2]
+        defaults = {
+            "DISPATCHER_BASE_URL": sandbox_server.url,
+            "DISPATCHER_EMAIL": sandbox_settings.email,
+            "DISPATCHER_PASSWORD": password,
+            "DISPATCHER_WEBHOOK_SECRET": secret,
+            "GATEWAY_PUBLIC_URL": f"https://127.0.0.1:{webhook_port}",
+            "GATEWAY_GRPC_ADDR": on_loopback(Settings.grpc_addr),
+            "GATEWAY_WEBHOOK_ADDR": webhook_addr,
+            "GATEWAY_ADMIN_ADDR": on_loopback(Settings.admin_addr),
+            "GATEWAY_TLS_CERT_FILE": cert_file,
+            "GATEWAY_TLS_KEY_FILE": key_file,
+            # For trying the gateway out on this machine: said in the banner below.
+            "GATEWAY_ALLOW_ANONYMOUS": "true",
+            "GATEWAY_GRPC_REFLECTION": "true",
+        }
+        # The sandbox's credentials are made for this run; the rest can be overridden.
+        env = {**defaults, **{k: v for k, v in env.items() if not k.startswith("DISPATCHER_")}}
+    try:
+        settings = Settings.from_env(env)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config: {problem}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+
+    from ..app import GatewayApp
+
+    app = GatewayApp(settings)
+    stop = stop_on_signals()
+    listeners = await app.start()
+    if sandbox is not None:
+        transport = "TLS" if settings.grpc_tls_cert_file else "plaintext"
+        reflection = "reflection on" if settings.grpc_reflection else "reflection off"
+        access = (
+            "ANONYMOUS ACCESS ON: a caller without credentials is the client 'anonymous'"
+            if settings.allow_anonymous
+            else "callers must authenticate"
+        )
+        print(
+            f"\ndispatcher-gateway is running in sandbox mode (store: {settings.store}).\n"
+            f"  gRPC       {settings.grpc_addr.replace('0.0.0.0', '127.0.0.1')}  "
+            f"(dispatcher.gateway.v1.DispatchService, {transport}, {reflection})\n"
+            f"  access     {access}\n"
+            f"  webhooks   {listeners.webhook.url}/webhooks/dispatcher/{{token}}\n"
+            f"  admin      {listeners.admin.url}/readyz\n"
+            f"  sandbox    {sandbox_server.url}  (stats: {sandbox_server.url}/_sandbox/stats)\n\n"
+            "In another terminal:\n"
+            "  .venv/bin/dispatcher-gateway dispatch --service email --to ada@example.com "
+            "--subject Hello --template 1 --watch\n"
+            "  .venv/bin/dispatcher-gateway watch\n",
+            flush=True,
+        )
+    await stop.wait()
+    await app.drain()
+    if sandbox is not None:
+        await sandbox.close()
+        await sandbox_server.stop()
+    return 0

@@ -1,0 +1,163 @@
+"""Taking a dispatch request: the job stored and queued in one write, then, for a sync request,
+sent upstream within the caller's time and the answer recorded as the job's events.
+
+Every job is put on the outbox, a sync one too: should its call never record an answer (the
+process killed mid-call), the outbox (core/outbox.py) takes the job over once the call's time is
+up and sends it again under the same idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+
+from . import states
+from .callbacks import CallbackRules
+from .caller import UPSTREAM_TIMEOUT, UpstreamCaller, spec_of
+from .errors import IdempotencyConflict, RateLimited, UpstreamError
+from .model import JSON, DispatchSpec, Job, JobState, Mode, UpstreamFailure
+from .ports import NoObserver, Observer, Store
+from .reads import JobReads
+from .records import JobRecords, event_of
+
+DEADLINE_SLACK = 0.05
+"""Seconds: a sync call cancelled this close to its deadline was cancelled by the deadline."""
+
+
+def new_job_id() -> str:
+    # 128 random bits as 32 hex digits, like a uuid4's hex, for less work.
+    return f"job_{secrets.token_hex(16)}"
+
+
+class Dispatches:
+    """Submits dispatches (and validations, and the template list) for clients."""
+
+    def __init__(
+        self,
+        store: Store,
+        caller: UpstreamCaller,
+        records: JobRecords,
+        reads: JobReads,
+        *,
+        callbacks: CallbackRules,
+        clock: Callable[[], float],
+        queued: Callable[[], None],
+        observer: Observer | None = None,
+    ) -> None:
+        """`queued` is told of every async job stored (the outbox's wake)."""
+        self.store = store
+        self.caller = caller
+        self.records = records
+        self.reads = reads
+        self.callbacks = callbacks
+        self.clock = clock
+        self.queued = queued
+        self.observer = observer or NoObserver()
+
+    async def submit(self, client: str, spec: DispatchSpec, *, budget: float | None) -> Job:
+        """Accept a dispatch. Async: stored and queued, returned at once. Sync: sent upstream
+        within `budget` seconds, the answer recorded as the job's events, the job returned. A job
+        that ends by webhook (esign, postal) is sent in async mode even then: the sync answer is
+        the upstream's acceptance (SUBMITTED), its end comes later by webhook."""
+        now = self.clock()
+        job = Job(
+            job_id=new_job_id(),
+            client=client,
+            services=spec.services,
+            mode=spec.mode,
+            state=JobState.QUEUED,
+            body=spec.body,
+            metadata=dict(spec.metadata),
+            idempotency_key=spec.idempotency_key,
+            # Compared only when the key is used again: without a key, not worth computing.
+            request_hash=spec.fingerprint() if spec.idempotency_key else "",
+            created_at=now,
+            updated_at=now,
+        )
+        first = event_of(job, states.QUEUED, {}, now)
+        create = self.store.create_job(job, first, enqueue=True)
+        slot = False
+        if spec.mode is Mode.SYNC and self.caller.paused() <= 0:
+            # The job and its rate slot in one group commit: one flush to disk before the
+            # upstream call, not two in a row. A slot taken for a replay goes unused: the
+            # gateway then sends a little under the limit, never over it.
+            (stored, created), wait = await asyncio.gather(create, self.caller.take_slot())
+            slot = wait <= 0
+        else:
+            stored, created = await create
+        if stored.request_hash != job.request_hash:
+            raise IdempotencyConflict(
+                f"idempotency key {spec.idempotency_key!r} was used for a different request "
+                f"(job {stored.job_id})"
+            )
+        if not created:
+            return stored
+        self.observer.dispatch_accepted(spec.service.value, spec.mode.value)
+        if spec.mode is Mode.ASYNC:
+            self.queued()
+            return stored
+        return await self._dispatch_sync(stored, budget, slot=slot)
+
+    async def _dispatch_sync(self, job: Job, budget: float | None, *, slot: bool) -> Job:
+        """Send a stored sync job upstream and record the answer; `slot`: a rate slot is
+        already taken for it."""
+        loop = asyncio.get_running_loop()
+        budget = UPSTREAM_TIMEOUT if budget is None else min(budget, UPSTREAM_TIMEOUT)
+        started = loop.time()
+        sent = False
+        try:
+            self.caller.check_breaker()
+            if not slot:
+                await self.caller.wait_slot(budget)
+            remaining = budget - (loop.time() - started)
+            sent = True
+            calls_back = self.callbacks.calls_back(spec_of(job))
+            answer = await self.caller.dispatch(job, calls_back=calls_back, timeout=remaining)
+        # Each failure is recorded shielded: gRPC may cancel the call (its deadline) while the
+        # record is being written, and a job left unrecorded would stay queued for ever.
+        except UpstreamError as exc:
+            await asyncio.shield(self._attempt_failed(job, exc))
+            raise
+        except RateLimited as exc:
+            failure = UpstreamFailure("rate_limited", f"not sent: {exc}")
+            await asyncio.shield(self.records.fail(job, failure))
+            raise
+        except BaseException:
+            # gRPC cancels the call when its deadline passes or its caller goes away. Record
+            # which, and what is known of the upstream's side: a request sent may have been
+            # processed (a sync dispatch has no webhook to tell), one never sent was not.
+            elapsed = loop.time() - started
+            if elapsed >= budget - DEADLINE_SLACK:
+                code, why = "deadline_exceeded", f"the caller's deadline ({budget:.3g} s) passed"
+            else:
+                code, why = "cancelled", f"the caller went away after {elapsed:.3g} s"
+            outcome = (
+                "the upstream may have processed the dispatch"
+                if sent
+                else "nothing was sent upstream"
+            )
+            failure = UpstreamFailure(code, f"{why} before the upstream answered; {outcome}")
+            await asyncio.shield(self.records.fail(job, failure))
+            raise
+        # The upstream did it: that is recorded even if the caller is gone by now.
+        if calls_back:
+            await asyncio.shield(self.records.submitted(job, answer))
+            # Its webhooks may have moved it on already.
+            return await self.reads.get_job(job.client, job.job_id)
+        recorded = await asyncio.shield(self.records.completed(job, answer))
+        if recorded is None:  # recorded already (by the outbox): read it back
+            return await self.reads.get_job(job.client, job.job_id)
+        # Nothing but this call writes a sync job's events this early (the outbox waits out the
+        # call's time), so the job after this one is what the store now holds.
+        return states.apply_event(job, recorded)[0]
+
+    async def _attempt_failed(self, job: Job, exc: UpstreamError) -> None:
+        await self.records.attempt(job, exc.attempt)
+        await self.records.fail(job, exc.failure)
+
+    async def validate(self, spec: DispatchSpec) -> JSON:
+        return await self.caller.validate(spec)
+
+    async def templates(self) -> list[JSON]:
+        return await self.caller.templates()

@@ -1,0 +1,111 @@
+"""The gateway's use cases, built together in dependency order: the upstream caller and a job's
+record first, then the outbox, then what the edges call (dispatches, reads, streams, webhook
+recording), the outbox's wake handed to the dispatches at construction.
+
+rpc/ calls `dispatches`, `reads` and `streams`; webhooks/ hands verified callbacks to
+`webhooks`; app.py runs `outbox` and reports `caller.breaker`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .breaker import CircuitBreaker
+from .callbacks import CallbackRules
+from .caller import UPSTREAM_TIMEOUT, UpstreamCaller
+from .dispatch import Dispatches
+from .hub import EventHub
+from .outbox import ASYNC_CONCURRENCY, SUBMIT_TIMEOUT, SYNC_CONCURRENCY, OutboxWorker
+from .ports import NoObserver, Observer, Store, Upstream
+from .rate import RateGate
+from .reads import JobReads
+from .recording import WebhookRecorder
+from .records import JobRecords
+from .retry import RateLimit, RetryPolicy
+from .streams import EventStreams
+from .tokens import CallbackTokens
+
+
+@dataclass(frozen=True)
+class OutboxLimits:
+    """How long the outbox's calls wait for the upstream, and how many go at once."""
+
+    submit_timeout: float = SUBMIT_TIMEOUT
+    sync_timeout: float = UPSTREAM_TIMEOUT
+    sync_concurrency: int = SYNC_CONCURRENCY
+    async_concurrency: int = ASYNC_CONCURRENCY
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """Core's parts, each built once: no part is wired to another after construction."""
+
+    caller: UpstreamCaller
+    records: JobRecords
+    outbox: OutboxWorker
+    dispatches: Dispatches
+    reads: JobReads
+    streams: EventStreams
+    webhooks: WebhookRecorder
+
+    @classmethod
+    def build(
+        cls,
+        store: Store,
+        upstream: Upstream,
+        tokens: CallbackTokens,
+        *,
+        public_url: str,
+        rate: RateLimit,
+        hub: EventHub,
+        retry: RetryPolicy,
+        breaker: CircuitBreaker,
+        callbacks: CallbackRules,
+        outbox: OutboxLimits | None = None,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> Gateway:
+        observer = observer or NoObserver()
+        limits = outbox or OutboxLimits()
+        caller = UpstreamCaller(
+            upstream,
+            rate=RateGate(store, rate),
+            breaker=breaker,
+            tokens=tokens,
+            public_url=public_url,
+        )
+        records = JobRecords(store, clock)
+        worker = OutboxWorker(
+            store,
+            caller,
+            records,
+            retry,
+            callbacks=callbacks,
+            clock=clock,
+            observer=observer,
+            submit_timeout=limits.submit_timeout,
+            sync_timeout=limits.sync_timeout,
+            sync_concurrency=limits.sync_concurrency,
+            async_concurrency=limits.async_concurrency,
+        )
+        reads = JobReads(store, records)
+        return cls(
+            caller=caller,
+            records=records,
+            outbox=worker,
+            dispatches=Dispatches(
+                store,
+                caller,
+                records,
+                reads,
+                callbacks=callbacks,
+                clock=clock,
+                queued=worker.wake,
+                observer=observer,
+            ),
+            reads=reads,
+            streams=EventStreams(store, hub, reads),
+            webhooks=WebhookRecorder(store, tokens, clock=clock, observer=observer),
+        )

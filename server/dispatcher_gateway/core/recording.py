@@ -1,0 +1,121 @@
+"""Recording the upstream's webhooks: each verified callback becomes one event of the job its
+callback token names, once per webhook id, whatever the order it comes in (even before the
+upstream's acceptance that names its dispatch).
+
+The webhook receiver (webhooks/) verifies the signature and hands the envelope here; what is
+refused here is refused before the upstream is told the webhook was received, because once it
+has been, the upstream does not send it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from . import states
+from .errors import FieldViolation, InvalidArgument, NotFound
+from .eventdata import data_problem
+from .model import JSON, Job, JobEvent, Service
+from .ports import NoObserver, Observer, Store
+from .records import EARLIEST_EVENT_TIME, END_OF_EVENT_TIMES, dispatch_id_of
+from .tokens import CallbackTokens
+
+
+def _event_time(envelope: JSON, default: float) -> float:
+    """When the webhook says its event happened; `default` (its arrival) when it says nothing a
+    client could be sent. A time without a zone is UTC, whatever the replica's own zone."""
+    stamp = envelope.get("timestamp")
+    if not isinstance(stamp, str):
+        return default
+    try:
+        parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return default
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    when = parsed.timestamp()
+    return when if EARLIEST_EVENT_TIME <= when < END_OF_EVENT_TIMES else default
+
+
+class _OtherDispatch(NotFound):
+    """A webhook naming a dispatch that is not its job's: one job's webhook posted to another
+    job's callback URL. Answered like an unknown callback, nothing stored."""
+
+
+def _from_job(job: Job, event: JobEvent) -> tuple[Job, JobEvent]:
+    """`states.apply_event` for an event that knows only its job's id: the job's client,
+    service and metadata (and dispatch id, if the event has none) are taken from the job.
+
+    An event naming another dispatch than the job's is refused. A job with none yet takes the
+    event's: its webhook may come before the acceptance that names it."""
+    if job.dispatch_id and event.dispatch_id and event.dispatch_id != job.dispatch_id:
+        raise _OtherDispatch(
+            f"webhook for dispatch {event.dispatch_id!r} sent to the callback of job "
+            f"{job.job_id}, dispatch {job.dispatch_id!r}"
+        )
+    event = event.replace(
+        client=job.client,
+        service=job.service,
+        metadata=job.metadata,
+        dispatch_id=event.dispatch_id or job.dispatch_id,
+    )
+    return states.apply_event(job, event)
+
+
+class WebhookRecorder:
+    """The core.ports.WebhookSink the webhook receiver hands verified callbacks to."""
+
+    def __init__(
+        self,
+        store: Store,
+        tokens: CallbackTokens,
+        *,
+        clock: Callable[[], float],
+        observer: Observer | None = None,
+    ) -> None:
+        self.store = store
+        self.tokens = tokens
+        self.clock = clock
+        self.observer = observer or NoObserver()
+
+    async def record_webhook(self, token: str, envelope: JSON, *, webhook_id: str) -> bool:
+        job_id = self.tokens.job_id(token)
+        if job_id is None:
+            raise NotFound("no such callback")
+        event_type = envelope.get("event")
+        if not isinstance(event_type, str) or not event_type:
+            raise InvalidArgument([FieldViolation("event", "a non-empty string is required")])
+        if event_type in states.OWN_EVENTS:
+            raise InvalidArgument(
+                [FieldViolation("event", f"{event_type!r} is an event the gateway records itself")]
+            )
+        data = envelope.get("data")
+        payload: JSON = data if isinstance(data, dict) else {"data": data}
+        # Refused before it is acknowledged: once accepted, an event no client can decode could
+        # never be delivered, and Dispatcher would not send it again.
+        problem = data_problem(payload)
+        if problem is not None:
+            raise InvalidArgument([FieldViolation("data", f"{problem}: no client could decode it")])
+        # One store call: the job's own fields (client, service, metadata) are placeholders here,
+        # filled in by `_from_job` from the job the store reads inside the append.
+        event = JobEvent(
+            job_id=job_id,
+            client="",
+            service=Service.EMAIL,
+            type=event_type,
+            state=states.state_for(event_type),
+            data=payload,
+            metadata={},
+            event_time=_event_time(envelope, self.clock()),
+            dispatch_id=dispatch_id_of(envelope),
+        )
+        try:
+            stored = await self.store.append_event(
+                event, dedupe_key=f"wh:{webhook_id}", apply=_from_job
+            )
+        except _OtherDispatch:
+            raise
+        except NotFound:
+            raise NotFound("no such callback") from None
+        self.observer.webhook("recorded" if stored is not None else "duplicate")
+        return stored is not None

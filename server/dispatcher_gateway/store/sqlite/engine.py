@@ -1,0 +1,359 @@
+"""One SQLite connection behind one worker thread, writing in group commits. It knows nothing of
+what it stores: it runs the callables it is given, each against the connection.
+
+Threading: async callers hand the worker operations through a queue and await an asyncio future,
+so the event loop never waits on the disk. The worker answers a whole group at once, with one
+call into each caller's loop: a wake-up of the loop (a syscall, and a turn of the GIL) per group
+rather than per operation.
+
+Durability: the worker takes every write queued at that moment and commits them in one
+transaction, and resolves each caller's future only after the COMMIT returned: a single commit's
+fsync would otherwise bound the writes per second, and grouped, synchronous=FULL costs little
+more than NORMAL under load. The group is first applied as if nothing will fail, consecutive
+operations of one batch kind in one call (a few multi-row statements for all of them: each
+statement costs this thread a turn of the GIL). Should one of them fail, the transaction is
+undone and the group applied again, each operation inside its own SAVEPOINT, so that one failing
+operation does not undo the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+from ...core.errors import StoreUnavailable
+
+T = TypeVar("T")
+
+# Bounds how long the first write of a group waits for the others to be applied.
+MAX_GROUP: Final = 256
+MAX_BATCH: Final = 64
+"""Operations of one batch call: 64 rows of 15 columns stay within the 999 parameters that
+SQLite builds older than 3.32 allow."""
+
+# SQLite's primary result codes that mean the database cannot be used right now, as opposed to
+# a constraint or a programming error.
+_UNAVAILABLE_CODES: Final = frozenset(
+    {
+        sqlite3.SQLITE_AUTH,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOLFS,
+        sqlite3.SQLITE_NOTADB,
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_READONLY,
+    }
+)
+
+ApplyAll = Callable[[sqlite3.Connection, list[Any]], list[Any]]
+"""Does many operations of one kind at once, given their items in order; returns their values in
+the same order. Raising undoes them all (the group is then applied op by op)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What an operation does, for doing it together with the operations of the same `apply_all`
+    queued next to it; the operation's own callable does it too, alone."""
+
+    apply_all: ApplyAll
+    item: Any
+
+
+@dataclass(slots=True)
+class _Op:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    """Of the caller's loop: only that loop sets it (`_settle`); the worker reads whether it is
+    cancelled, and an operation its caller gave up on before it ran is not run."""
+    write: bool
+    batch: Batch | None = None
+
+
+_Outcome = tuple[_Op, Any, BaseException | None]
+
+
+class Writer:
+    """The worker thread and its queue. `connect` opens the connection (in the worker thread);
+    `on_commit` is called in the worker thread after each COMMIT with what the group's
+    operations handed to `note`, when they noted anything."""
+
+    def __init__(
+        self,
+        name: str,
+        connect: Callable[[], sqlite3.Connection],
+        on_commit: Callable[[list[Any]], None],
+    ) -> None:
+        self._name = name
+        self._connect = connect
+        self._on_commit = on_commit
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._notes: list[Any] = []
+        """Touched by the worker thread only."""
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    async def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"store {self._name} is already open")
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._queue = queue.SimpleQueue()
+        self._stopped = concurrent.futures.Future()
+        thread = threading.Thread(
+            target=self._serve, args=(ready,), name="sqlite-store", daemon=True
+        )
+        thread.start()
+        try:
+            await asyncio.wrap_future(ready)
+        except BaseException:
+            await asyncio.wrap_future(self._stopped)
+            thread.join()
+            raise
+        self._thread = thread
+
+    async def stop(self) -> None:
+        """Finish what is queued, then close the connection. Stopping twice does nothing."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._thread = None
+        self._queue.put(None)
+        await asyncio.wrap_future(self._stopped)
+        thread.join()
+
+    async def run(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        write: bool = False,
+        batch: Batch | None = None,
+    ) -> T:
+        """`fn(connection)` in the worker thread; a write in a transaction it shares with the
+        writes queued beside it, answered once that transaction is committed."""
+        if self._thread is None:
+            raise StoreUnavailable(f"store {self._name} is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put(_Op(fn, future, write, batch))
+        return await future
+
+    def note(self, items: list[Any]) -> None:
+        """From an operation, in the worker thread: hand `items` to `on_commit` once the group
+        is committed (not if the operation is undone)."""
+        self._notes.extend(items)
+
+    def translate(self, exc: BaseException, *, always: bool = False) -> BaseException:
+        """StoreUnavailable, naming the file, for what means the database cannot be used;
+        anything else as it is, unless `always`."""
+        if isinstance(exc, StoreUnavailable):
+            return exc
+        if isinstance(exc, OSError) or is_unavailable(exc) or always:
+            failure = StoreUnavailable(f"store {self._name}: {exc}")
+            failure.__cause__ = exc
+            return failure
+        return exc
+
+    # The worker thread
+
+    def _serve(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            ready.set_exception(self.translate(exc))
+            self._stopped.set_result(None)
+            return
+        ready.set_result(None)
+        try:
+            self._serve_queue(conn)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            self._fail_queued()
+            self._stopped.set_result(None)
+
+    def _serve_queue(self, conn: sqlite3.Connection) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            ops = [first]
+            stopping = False
+            while len(ops) < MAX_GROUP:
+                try:
+                    op = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if op is None:
+                    stopping = True
+                    break
+                ops.append(op)
+            # Reads first: every read here was queued before any write here returned, so
+            # answering it from the state before them is as correct as after, and the writes
+            # stay one group. They are answered before the commit's wait on the disk.
+            reads = [self._read(conn, op) for op in ops if not op.write and _wanted(op)]
+            if reads:
+                _deliver(reads)
+            self._commit_group(conn, [op for op in ops if op.write and _wanted(op)])
+            if stopping:
+                return
+
+    def _read(self, conn: sqlite3.Connection, op: _Op) -> _Outcome:
+        try:
+            return op, op.fn(conn), None
+        except Exception as exc:
+            return op, None, self.translate(exc)
+
+    def _commit_group(self, conn: sqlite3.Connection, live: list[_Op]) -> None:
+        if not live:
+            return
+        try:
+            outcomes = self._apply_all(conn, live)
+            if outcomes is None:
+                outcomes = self._apply_each(conn, live)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            failure = self.translate(exc, always=True)
+            _deliver([(op, None, failure) for op in live])
+            return
+        _deliver([(op, v, e if e is None else self.translate(e)) for op, v, e in outcomes])
+        if self._notes:
+            self._on_commit(self._notes)
+
+    def _apply_all(self, conn: sqlite3.Connection, live: list[_Op]) -> list[_Outcome] | None:
+        """Apply the group in one transaction, as if none will fail: no SAVEPOINT each (every
+        statement is a GIL round trip for this thread). None, with the transaction undone, if
+        one failed: the group is then applied again by `_apply_each`."""
+        self._notes = []
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[_Outcome] = []
+        for run in _runs(live):
+            try:
+                batch = run[0].batch
+                if len(run) == 1 or batch is None:
+                    outcomes.append((run[0], run[0].fn(conn), None))
+                    continue
+                items = [op.batch.item for op in run if op.batch is not None]
+                values = batch.apply_all(conn, items)
+                outcomes.extend((op, value, None) for op, value in zip(run, values, strict=True))
+            except Exception as exc:
+                if is_unavailable(exc):
+                    raise
+                conn.execute("ROLLBACK")
+                return None
+        return outcomes
+
+    def _apply_each(self, conn: sqlite3.Connection, live: list[_Op]) -> list[_Outcome]:
+        """Apply the group in one transaction, each operation inside its own SAVEPOINT, so that
+        one failing does not undo the others."""
+        self._notes = []
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[_Outcome] = []
+        for op in live:
+            conn.execute("SAVEPOINT op")
+            noted = len(self._notes)
+            try:
+                value = op.fn(conn)
+            except Exception as exc:
+                if is_unavailable(exc):
+                    raise
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                del self._notes[noted:]
+                outcomes.append((op, None, exc))
+            else:
+                conn.execute("RELEASE op")
+                outcomes.append((op, value, None))
+        return outcomes
+
+    def _fail_queued(self) -> None:
+        closed = StoreUnavailable(f"store {self._name} is closed")
+        failed: list[_Outcome] = []
+        while True:
+            try:
+                op = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if op is not None:
+                failed.append((op, None, closed))
+        if failed:
+            _deliver(failed)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (
+        isinstance(exc, sqlite3.Error) and code is not None and (code & 0xFF) in _UNAVAILABLE_CODES
+    )
+
+
+def _runs(ops: list[_Op]) -> Iterator[list[_Op]]:
+    """The operations in order: each run of consecutive operations of one batch kind as one
+    list (of at most MAX_BATCH), others alone."""
+    run: list[_Op] = []
+    for op in ops:
+        if run and (op.batch is None or not _same_kind(op, run[0])):
+            yield run
+            run = []
+        if op.batch is None:
+            yield [op]
+            continue
+        run.append(op)
+        if len(run) == MAX_BATCH:
+            yield run
+            run = []
+    if run:
+        yield run
+
+
+def _same_kind(op: _Op, other: _Op) -> bool:
+    return (
+        op.batch is not None
+        and other.batch is not None
+        and op.batch.apply_all == other.batch.apply_all
+    )
+
+
+def _wanted(op: _Op) -> bool:
+    # Read across threads: a cancel that lands just after this is a caller that gave up on an
+    # operation already running, whose outcome `_settle` then drops, as gRPC drops the answer
+    # of a call cancelled in flight.
+    return not op.future.cancelled()
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """On the callers' loop: answer each caller still waiting."""
+    for op, value, error in outcomes:
+        if op.future.done():
+            continue
+        if error is None:
+            op.future.set_result(value)
+        else:
+            op.future.set_exception(error)
+
+
+def _deliver(outcomes: list[_Outcome]) -> None:
+    """From the worker thread: hand the outcomes to their loops, one call per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].future.get_loop(), []).append(outcome)
+    for loop, batch in by_loop.items():
+        # A closed loop has nobody left waiting.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, batch)

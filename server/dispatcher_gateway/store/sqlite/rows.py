@@ -1,0 +1,125 @@
+"""Jobs and events as rows: the codec's JSON objects spread over columns (the JSON-valued keys
+as JSON text), and the statements that write many rows at once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Final
+
+from ...core.model import Job, JobEvent
+from .. import codec
+
+JOB_COLUMNS: Final = [
+    "job_id",
+    "client",
+    "services",
+    "mode",
+    "state",
+    "body",
+    "metadata",
+    "idempotency_key",
+    "request_hash",
+    "created_at",
+    "updated_at",
+    "dispatch_id",
+    "result",
+    "error",
+    "last_event",
+]
+JOB_STATE_COLUMNS: Final = ["job_id", *codec.JOB_STATE_FIELDS]
+"""The job id, and what an event may change (in this order in UPDATE_JOBS)."""
+EVENT_COLUMNS: Final = [
+    "job_id",
+    "client",
+    "service",
+    "type",
+    "state",
+    "data",
+    "metadata",
+    "event_time",
+    "dispatch_id",
+    "terminal",
+    "record_time",
+]
+_JSON_JOB_COLUMNS: Final = ("services", "body", "metadata", "result", "error")
+"""The job's columns that hold JSON text (NULL for a None result or error)."""
+_JSON_EVENT_COLUMNS: Final = ("data", "metadata")
+
+INSERT_JOB: Final = (
+    "INSERT INTO jobs (job_id, client, services, mode, state, body, metadata, idempotency_key,"
+    " request_hash, created_at, updated_at, dispatch_id, result, error, last_event) VALUES"
+    " (:job_id, :client, :services, :mode, :state, :body, :metadata, :idempotency_key,"
+    " :request_hash, :created_at, :updated_at, :dispatch_id, :result, :error, :last_event)"
+)
+SELECT_JOBS_STATE: Final = (
+    "SELECT job_id, client, services, mode, state, '{}' AS body, metadata, idempotency_key,"
+    " request_hash, created_at, updated_at, dispatch_id, result, error, last_event FROM jobs"
+)
+"""The job as `apply` sees it: all but the body, the one column that may be large."""
+UPDATE_JOBS: Final = (
+    "UPDATE jobs SET state = v.column2, updated_at = v.column3, dispatch_id = v.column4,"
+    " result = v.column5, error = v.column6, last_event = v.column7"
+    " FROM (VALUES {rows}) AS v WHERE jobs.job_id = v.column1"
+)
+"""What an event may change (JOB_STATE_COLUMNS), for many jobs in one statement (UPDATE FROM:
+SQLite 3.33 and later)."""
+
+
+def marks(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+def values(columns: list[str], count: int) -> str:
+    """`count` rows of positional parameters, for a VALUES clause."""
+    row = f"({marks(len(columns))})"
+    return ", ".join([row] * count)
+
+
+def insert_many(table: str, columns: list[str], rows: int) -> str:
+    """An INSERT of `rows` rows in one statement, positional parameters."""
+    # The table and columns are this package's constants; the values are parameters.
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values(columns, rows)}"  # noqa: S608
+
+
+def job_params(job: Job) -> dict[str, Any]:
+    params = codec.job_to_json(job)
+    for column in _JSON_JOB_COLUMNS:
+        if params[column] is not None:
+            params[column] = codec.dumps(params[column])
+    return params
+
+
+def job_state_params(job: Job) -> dict[str, Any]:
+    """A job's row in UPDATE_JOBS (by JOB_STATE_COLUMNS). On every append: only the JSON of
+    those columns is written."""
+    data = codec.job_to_json(job)
+    params = {column: data[column] for column in JOB_STATE_COLUMNS}
+    for column in ("result", "error"):
+        if params[column] is not None:
+            params[column] = codec.dumps(params[column])
+    return params
+
+
+def job_from_row(row: sqlite3.Row) -> Job:
+    data = {column: row[column] for column in JOB_COLUMNS}
+    for column in _JSON_JOB_COLUMNS:
+        if data[column] is not None:
+            data[column] = json.loads(data[column])
+    return codec.job_from_json(data)
+
+
+def event_params(event: JobEvent) -> dict[str, Any]:
+    params = codec.event_to_json(event)
+    for column in _JSON_EVENT_COLUMNS:
+        params[column] = codec.dumps(params[column])
+    params["terminal"] = int(event.terminal)
+    return params
+
+
+def event_from_row(row: sqlite3.Row) -> JobEvent:
+    """The event of a row of `events`, its cursor the row's `seq`."""
+    data = {column: row[column] for column in EVENT_COLUMNS}
+    for column in _JSON_EVENT_COLUMNS:
+        data[column] = json.loads(data[column])
+    return codec.event_from_json(data, str(row["seq"]))

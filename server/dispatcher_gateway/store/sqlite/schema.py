@@ -1,0 +1,125 @@
+"""The file's tables, and opening a connection to it: WAL mode, the durability asked for, the
+schema created or checked."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Final
+
+from ...core.errors import StoreUnavailable
+
+SCHEMA_VERSION: Final = 1
+"""Kept in the file's user_version: a file from a newer gateway is refused, not misread."""
+SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+BUSY_TIMEOUT_MS: Final = 5000
+"""How long a write waits for another process's lock on the file before it fails as
+unavailable."""
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    client TEXT NOT NULL,
+    services TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    state TEXT NOT NULL,
+    body TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    dispatch_id TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    last_event TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key
+    ON jobs (client, idempotency_key) WHERE idempotency_key != '';
+CREATE INDEX IF NOT EXISTS jobs_by_client_newest
+    ON jobs (client, created_at DESC, job_id DESC);
+
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    client TEXT NOT NULL,
+    service TEXT NOT NULL,
+    type TEXT NOT NULL,
+    state TEXT NOT NULL,
+    data TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    event_time REAL NOT NULL,
+    dispatch_id TEXT NOT NULL,
+    terminal INTEGER NOT NULL,
+    record_time REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_client ON events (client, seq);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
+
+CREATE TABLE IF NOT EXISTS dedupe (
+    dedupe_key TEXT PRIMARY KEY,
+    seen_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedupe_by_age ON dedupe (seen_at);
+
+CREATE TABLE IF NOT EXISTS outbox (
+    entry_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due_at REAL NOT NULL,
+    leased_until REAL NOT NULL DEFAULT 0,
+    lease_token TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS outbox_by_due ON outbox (due_at, entry_id);
+
+CREATE TABLE IF NOT EXISTS rate_log (taken_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS rate_log_by_time ON rate_log (taken_at);
+
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY,
+    key BLOB NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def connect(path: Path, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
+    """A connection for the thread that calls this, on the file at `path` (made, with its
+    directory, when missing), in WAL mode and on the current schema."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreUnavailable(f"store {path}: cannot use WAL (got {mode})")
+        if synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        _migrate(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return
+    if version > SCHEMA_VERSION:
+        raise StoreUnavailable(
+            f"store {path}: schema version {version} is newer than this gateway's {SCHEMA_VERSION}"
+        )
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise

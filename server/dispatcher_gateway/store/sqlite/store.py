@@ -1,0 +1,433 @@
+"""SqliteStore: the `Store` contract on one SQLite file, its operations as SQL run by the
+writer (engine.py)."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from ...core.errors import NotFound, StoreUnavailable
+from ...core.model import Job, JobEvent, Lease
+from ...core.ports import Apply, Clock
+from .. import codec
+from ..codec import DEFAULT_DEDUPE_TTL, SECRET_BYTES
+from . import rows, schema
+from .engine import Batch, Writer
+from .tail import Feeds, Tail
+
+# Pruning costs a scan of the old keys; doing it on every append would tax the hot path.
+DEDUPE_PRUNE_INTERVAL: Final = 600.0
+LEASE_TOKEN_BYTES: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class _LeaseHandle:
+    """Names one lease of one outbox entry. The row holds the token and `leased_until` of its
+    current lease, if any: an ack or retry_later changes the row only while both match (same
+    token, not yet run out by the store's clock). The row's `attempts` counts its leases so far."""
+
+    entry_id: int
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class _NewJob:
+    """A create with no idempotency key: those queued together are written by `_create_all`,
+    one multi-row INSERT per table for all of them."""
+
+    job: Job
+    first_event: JobEvent
+    enqueue: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Append:
+    """An append: those queued together are written by `_append_all`."""
+
+    event: JobEvent
+    dedupe_key: str | None
+    apply: Apply
+
+
+class SqliteStore:
+    """The `Store` contract on one SQLite file. See the package docstring for threading,
+    durability and cursors."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        dedupe_ttl: float = DEFAULT_DEDUPE_TTL,
+        synchronous: str = "FULL",
+        clock: Clock = time.time,
+    ) -> None:
+        """`clock` times the outbox (when entries are due, when leases run out) and the rate
+        limit; the file keeps its readings, so it must be a wall clock like time.time."""
+        if synchronous.upper() not in schema.SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {sorted(schema.SYNCHRONOUS_MODES)}")
+        self._path = Path(path)
+        self._clock = clock
+        self._dedupe_ttl = dedupe_ttl
+        self._synchronous = synchronous.upper()
+        self._prune_interval = min(DEDUPE_PRUNE_INTERVAL, dedupe_ttl)
+        self._feeds = Feeds()
+        self._writer = Writer(str(self._path), self._connect, self._feeds.publish)
+        self._last_prune = 0.0
+        """Touched by the worker thread only."""
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    # Lifecycle
+
+    async def open(self) -> None:
+        await self._writer.start()
+
+    async def close(self) -> None:
+        """Finish what is queued, then close the file. Closing a closed store does nothing."""
+        await self._writer.stop()
+
+    async def check(self) -> None:
+        if not self._writer.running:
+            raise StoreUnavailable(f"store {self._path} is not open")
+        await self._writer.run(lambda conn: conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall())
+
+    async def secret(self, name: str) -> bytes:
+        def get(conn: sqlite3.Connection) -> bytes:
+            conn.execute(
+                "INSERT OR IGNORE INTO secrets (name, key) VALUES (?, ?)",
+                (name, secrets.token_bytes(SECRET_BYTES)),
+            )
+            row = conn.execute("SELECT key FROM secrets WHERE name = ?", (name,)).fetchone()
+            return bytes(row["key"])
+
+        return await self._writer.run(get, write=True)
+
+    # Jobs
+
+    async def create_job(
+        self, job: Job, first_event: JobEvent, *, enqueue: bool
+    ) -> tuple[Job, bool]:
+        def create(conn: sqlite3.Connection) -> tuple[Job, bool]:
+            if job.idempotency_key:
+                existing = _find_job(conn, job)
+                if existing is not None:
+                    return existing, False
+            now = time.time()
+            try:
+                conn.execute(rows.INSERT_JOB, rows.job_params(job))
+            except sqlite3.IntegrityError:
+                # A job with this id: a retry of a create that did commit.
+                existing = _find_job(conn, job)
+                if existing is None:
+                    raise
+                return existing, False
+            self._insert_events(conn, [first_event], now)
+            if enqueue:
+                conn.execute(
+                    "INSERT INTO outbox (job_id, due_at) VALUES (?, ?)", (job.job_id, self._clock())
+                )
+            return job, True
+
+        batch = None
+        if not job.idempotency_key:
+            batch = Batch(self._create_all, _NewJob(job, first_event, enqueue))
+        return await self._writer.run(create, write=True, batch=batch)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        def get(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            return None if row is None else rows.job_from_row(row)
+
+        return await self._writer.run(get)
+
+    async def list_jobs(
+        self, client: str, *, limit: int, page_token: str = ""
+    ) -> tuple[list[Job], str]:
+        start = codec.page_start(limit, page_token)
+
+        def page(conn: sqlite3.Connection) -> list[Job]:
+            if start is None:
+                found = conn.execute(
+                    "SELECT * FROM jobs WHERE client = ?"
+                    " ORDER BY created_at DESC, job_id DESC LIMIT ?",
+                    (client, limit + 1),
+                ).fetchall()
+            else:
+                created_at, job_id = start
+                found = conn.execute(
+                    "SELECT * FROM jobs WHERE client = ?"
+                    " AND (created_at < ? OR (created_at = ? AND job_id < ?))"
+                    " ORDER BY created_at DESC, job_id DESC LIMIT ?",
+                    (client, created_at, created_at, job_id, limit + 1),
+                ).fetchall()
+            return [rows.job_from_row(row) for row in found]
+
+        jobs = await self._writer.run(page)
+        if len(jobs) <= limit:
+            return jobs, ""
+        jobs = jobs[:limit]
+        return jobs, codec.encode_page_token(jobs[-1])
+
+    # Outbox
+
+    async def lease(self, *, limit: int, visibility: float) -> list[Lease]:
+        def take(conn: sqlite3.Connection) -> list[Lease]:
+            now = self._clock()
+            due = conn.execute(
+                "SELECT entry_id, job_id, attempts FROM outbox"
+                " WHERE due_at <= ? AND leased_until <= ? ORDER BY due_at, entry_id LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            leases = []
+            for row in due:
+                handle = _LeaseHandle(row["entry_id"], secrets.token_hex(LEASE_TOKEN_BYTES))
+                conn.execute(
+                    "UPDATE outbox SET leased_until = ?, lease_token = ?, attempts = attempts + 1"
+                    " WHERE entry_id = ?",
+                    (now + visibility, handle.token, handle.entry_id),
+                )
+                leases.append(Lease(job_id=row["job_id"], attempts=row["attempts"], handle=handle))
+            return leases
+
+        return await self._writer.run(take, write=True)
+
+    async def ack(self, lease: Lease) -> None:
+        handle = _handle_of(lease)
+        await self._writer.run(
+            lambda conn: conn.execute(
+                "DELETE FROM outbox WHERE entry_id = ? AND lease_token = ? AND leased_until > ?",
+                (handle.entry_id, handle.token, self._clock()),
+            ),
+            write=True,
+        )
+
+    async def retry_later(self, lease: Lease, delay: float) -> None:
+        handle = _handle_of(lease)
+
+        def retry(conn: sqlite3.Connection) -> None:
+            now = self._clock()
+            conn.execute(
+                "UPDATE outbox SET due_at = ?, leased_until = 0, lease_token = ''"
+                " WHERE entry_id = ? AND lease_token = ? AND leased_until > ?",
+                (now + delay, handle.entry_id, handle.token, now),
+            )
+
+        await self._writer.run(retry, write=True)
+
+    # Events
+
+    async def append_event(
+        self, event: JobEvent, *, dedupe_key: str | None, apply: Apply
+    ) -> JobEvent | None:
+        """See `Store.append_event`. An empty `dedupe_key` is no key, like None: an event is
+        never dropped for lack of an id."""
+        append = _Append(event, dedupe_key, apply)
+        recorded: JobEvent | None = await self._writer.run(
+            lambda conn: self._append_all(conn, [append])[0],
+            write=True,
+            batch=Batch(self._append_all, append),
+        )
+        return recorded
+
+    async def read_events(
+        self, *, client: str, after: str = "", job_id: str = "", limit: int = 1000
+    ) -> list[JobEvent]:
+        seq = codec.parse_cursor(after)
+
+        def read(conn: sqlite3.Connection) -> list[JobEvent]:
+            if job_id:
+                found = conn.execute(
+                    "SELECT * FROM events WHERE job_id = ? AND client = ? AND seq > ?"
+                    " ORDER BY seq LIMIT ?",
+                    (job_id, client, seq, limit),
+                ).fetchall()
+            else:
+                found = conn.execute(
+                    "SELECT * FROM events WHERE client = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (client, seq, limit),
+                ).fetchall()
+            return [rows.event_from_row(row) for row in found]
+
+        return await self._writer.run(read)
+
+    def tail(self, *, after: str) -> AsyncIterator[JobEvent]:
+        return Tail(self._feeds, lambda: self.events_after, codec.parse_cursor(after))
+
+    async def last_cursor(self) -> str:
+        def last(conn: sqlite3.Connection) -> str:
+            seq = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
+            return "" if seq is None else str(seq)
+
+        return await self._writer.run(last)
+
+    async def events_after(self, seq: int, limit: int) -> list[JobEvent]:
+        """Every client's events after `seq` (what a tail catches up with)."""
+
+        def read(conn: sqlite3.Connection) -> list[JobEvent]:
+            found = conn.execute(
+                "SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+            ).fetchall()
+            return [rows.event_from_row(row) for row in found]
+
+        return await self._writer.run(read)
+
+    # Rate limit
+
+    async def acquire_rate(self, *, limit: int, window: float) -> float:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+
+        def take(conn: sqlite3.Connection) -> float:
+            now = self._clock()
+            conn.execute("DELETE FROM rate_log WHERE taken_at <= ?", (now - window,))
+            count, oldest = conn.execute("SELECT count(*), min(taken_at) FROM rate_log").fetchone()
+            if count < limit:
+                conn.execute("INSERT INTO rate_log (taken_at) VALUES (?)", (now,))
+                return 0.0
+            return float(oldest + window - now)
+
+        return await self._writer.run(take, write=True)
+
+    # In the worker thread
+
+    def _connect(self) -> sqlite3.Connection:
+        # Read at each open from the package, where it is public (a test shortens it there).
+        from . import BUSY_TIMEOUT_MS
+
+        conn = schema.connect(
+            self._path, synchronous=self._synchronous, busy_timeout_ms=BUSY_TIMEOUT_MS
+        )
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            self._maybe_prune_dedupe(conn, time.time())
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _create_all(self, conn: sqlite3.Connection, new: list[_NewJob]) -> list[tuple[Job, bool]]:
+        """Creates without idempotency keys, three statements for all: what `create_job`'s
+        operation does for one. A job id already there raises IntegrityError (the group is then
+        applied op by op, where that create finds the job)."""
+        now = time.time()
+        jobs = [rows.job_params(n.job) for n in new]
+        conn.execute(
+            rows.insert_many("jobs", rows.JOB_COLUMNS, len(new)),
+            [p[c] for p in jobs for c in rows.JOB_COLUMNS],
+        )
+        self._insert_events(conn, [n.first_event for n in new], now)
+        due = self._clock()
+        queued = [(n.job.job_id, due) for n in new if n.enqueue]
+        if queued:
+            conn.execute(
+                rows.insert_many("outbox", ["job_id", "due_at"], len(queued)),
+                [v for row in queued for v in row],
+            )
+        return [(n.job, True) for n in new]
+
+    def _append_all(
+        self, conn: sqlite3.Connection, appends: list[_Append]
+    ) -> list[JobEvent | None]:
+        """Appends, in order, in a few statements for all (one or many). A job that is not there
+        raises NotFound (in a group, the group is then applied op by op)."""
+        now = time.time()
+        self._maybe_prune_dedupe(conn, now)
+        keys = [a.dedupe_key for a in appends if a.dedupe_key]
+        seen: set[str] = set()
+        if keys:
+            known = f"SELECT dedupe_key FROM dedupe WHERE dedupe_key IN ({rows.marks(len(keys))})"  # noqa: S608
+            seen = {row[0] for row in conn.execute(known, keys)}
+        fresh: list[str] = []
+        wanted: list[_Append | None] = []
+        for append in appends:
+            key = append.dedupe_key
+            if key and key in seen:
+                wanted.append(None)  # a duplicate: nothing written
+                continue
+            if key:
+                seen.add(key)
+                fresh.append(key)
+            wanted.append(append)
+        ids = list({w.event.job_id: None for w in wanted if w is not None})
+        jobs: dict[str, Job] = {}
+        if ids:
+            select = f"{rows.SELECT_JOBS_STATE} WHERE job_id IN ({rows.marks(len(ids))})"
+            jobs = {row["job_id"]: rows.job_from_row(row) for row in conn.execute(select, ids)}
+        recorded: list[JobEvent | None] = []
+        for w in wanted:
+            if w is None:
+                recorded.append(None)
+                continue
+            job = jobs.get(w.event.job_id)
+            if job is None:
+                raise NotFound(f"job {w.event.job_id} not found")
+            # Events of one job in one group are folded one after the other.
+            jobs[w.event.job_id], event = w.apply(job, w.event.replace(record_time=now))
+            recorded.append(event)
+        if fresh:
+            conn.execute(
+                rows.insert_many("dedupe", ["dedupe_key", "seen_at"], len(fresh)),
+                [v for key in fresh for v in (key, now)],
+            )
+        written = iter(self._insert_events(conn, [e for e in recorded if e is not None], now))
+        if ids:
+            changed = [rows.job_state_params(jobs[i]) for i in ids]
+            conn.execute(
+                rows.UPDATE_JOBS.format(rows=rows.values(rows.JOB_STATE_COLUMNS, len(changed))),
+                [p[c] for p in changed for c in rows.JOB_STATE_COLUMNS],
+            )
+        return [None if e is None else next(written) for e in recorded]
+
+    def _insert_events(
+        self, conn: sqlite3.Connection, events: list[JobEvent], now: float
+    ) -> list[JobEvent]:
+        """Insert events recorded at `now` in one statement; returns them with their cursors,
+        noted for the tails."""
+        if not events:
+            return []
+        params = [rows.event_params(e) for e in events]
+        for row in params:
+            row["record_time"] = now
+        cursor = conn.execute(
+            rows.insert_many("events", rows.EVENT_COLUMNS, len(events)),
+            [row[c] for row in params for c in rows.EVENT_COLUMNS],
+        )
+        # One writer holds the lock: the rows got consecutive sequence numbers, in order.
+        first = cursor.lastrowid - len(events) + 1  # type: ignore[operator]
+        recorded = [e.replace(record_time=now, cursor=str(first + i)) for i, e in enumerate(events)]
+        self._writer.note(recorded)
+        return recorded
+
+    def _maybe_prune_dedupe(self, conn: sqlite3.Connection, now: float) -> None:
+        if now - self._last_prune < self._prune_interval:
+            return
+        self._last_prune = now
+        conn.execute("DELETE FROM dedupe WHERE seen_at < ?", (now - self._dedupe_ttl,))
+
+
+def _handle_of(lease: Lease) -> _LeaseHandle:
+    if not isinstance(lease.handle, _LeaseHandle):
+        raise TypeError("the lease was not handed out by a SqliteStore")
+    return lease.handle
+
+
+def _find_job(conn: sqlite3.Connection, job: Job) -> Job | None:
+    """The job a create of `job` would duplicate: the client's job under the same idempotency
+    key, or a job with the same id (a retry of a create that did commit)."""
+    row = None
+    if job.idempotency_key:
+        row = conn.execute(
+            "SELECT * FROM jobs WHERE client = ? AND idempotency_key = ?",
+            (job.client, job.idempotency_key),
+        ).fetchone()
+    if row is None:
+        row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job.job_id,)).fetchone()
+    return None if row is None else rows.job_from_row(row)

@@ -1,0 +1,130 @@
+"""tail() on the SQLite store: a commit that appended events hands them, with their cursors, to
+the tails of this process (`Feeds`), so the live path never reads back what it just wrote; a
+tail reads the file only to catch up (on start, after a gap, or to see another process's writes
+on its poll)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Final
+
+from ...core.model import JobEvent
+
+TAIL_BATCH: Final = 500
+# Commits in this process wake tails at once; the poll catches writers in other processes.
+TAIL_POLL_INTERVAL: Final = 1.0
+
+ReadAfter = Callable[[int, int], Awaitable[list[JobEvent]]]
+"""Reads up to `limit` events after a sequence number from the file, in cursor order."""
+
+
+class _Feed:
+    """A tail's inbox for events committed by this process: filled from the worker thread
+    (through the tail's event loop), emptied by the tail."""
+
+    __slots__ = ("events", "loop", "ready")
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.ready = asyncio.Event()
+        self.events: list[JobEvent] = []
+
+    def push(self, events: list[JobEvent]) -> None:
+        # On the tail's loop.
+        self.events.extend(events)
+        self.ready.set()
+
+
+class Feeds:
+    """The feeds of the tails waiting in this process, and the newest cursor it committed."""
+
+    def __init__(self) -> None:
+        self._feeds: set[_Feed] = set()
+        # Guards _feeds and _committed: a feed added sees either the newest commit's cursor or
+        # that commit's events.
+        self._lock = threading.Lock()
+        self._committed = 0
+        """The newest cursor this process committed (0: none yet)."""
+
+    def publish(self, events: list[JobEvent]) -> None:
+        """From the worker thread, after a commit: the events it appended, in cursor order."""
+        with self._lock:
+            self._committed = int(events[-1].cursor)
+            feeds = list(self._feeds)
+        for feed in feeds:
+            # A closed loop has no tail left to feed.
+            with contextlib.suppress(RuntimeError):
+                feed.loop.call_soon_threadsafe(feed.push, events)
+
+    @contextlib.contextmanager
+    def feeding(self, feed: _Feed) -> Iterator[int]:
+        """Push every commit's appended events to `feed` while inside the block; yields the
+        newest cursor committed before the first push."""
+        with self._lock:
+            self._feeds.add(feed)
+            committed = self._committed
+        try:
+            yield committed
+        finally:
+            with self._lock:
+                self._feeds.discard(feed)
+
+
+class Tail(AsyncIterator[JobEvent]):
+    """Every event after a cursor, without end. Between two `__anext__` calls it holds nothing
+    but its buffer, so a cancelled or abandoned tail leaves nothing behind in the store."""
+
+    def __init__(self, feeds: Feeds, read_after: Callable[[], ReadAfter], after: int) -> None:
+        """`read_after` gives the file reader at each read (looked up late, so a test may watch
+        the store's reads)."""
+        self._feeds = feeds
+        self._read_after = read_after
+        self._seq = after
+        self._buffer: deque[JobEvent] = deque()
+        self._polled = True
+        """Whether the next fill reads the file first (on start, and after each quiet poll)."""
+
+    async def __anext__(self) -> JobEvent:
+        while not self._buffer:
+            await self._fill()
+        return self._buffer.popleft()
+
+    async def _fill(self) -> None:
+        feed = _Feed()
+        # Listen before reading, so a commit between the read and the wait is not missed.
+        with self._feeds.feeding(feed) as committed:
+            if committed > self._seq or self._polled:
+                # Behind what this process committed (or time to look for other writers).
+                self._polled = False
+                events = await self._read_after()(self._seq, TAIL_BATCH)
+                if events:
+                    self._take(events)
+                    return
+            while True:
+                try:
+                    async with asyncio.timeout(TAIL_POLL_INTERVAL):
+                        await feed.ready.wait()
+                except TimeoutError:
+                    self._polled = True
+                    return
+                feed.ready.clear()
+                pushed, feed.events = feed.events, []
+                for event in pushed:
+                    seq = int(event.cursor)
+                    if seq <= self._seq:
+                        continue
+                    if seq != self._seq + 1:
+                        # A gap: another process wrote in between; read on from the file.
+                        self._polled = True
+                        break
+                    self._take([event])
+                if self._buffer or self._polled:
+                    return
+
+    def _take(self, events: list[JobEvent]) -> None:
+        self._buffer.extend(events)
+        self._seq = int(events[-1].cursor)

@@ -1,0 +1,86 @@
+"""What only the SQLite backend's tails do: feed on this process's commits, poll the file for
+another connection's."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from dispatcher_gateway.core.model import JobEvent
+from dispatcher_gateway.store import SqliteStore
+from dispatcher_gateway.store.sqlite import tail as sqlite_tail
+
+from .builders import (
+    append,
+    create,
+    opened,
+    tailing,
+    take,
+)
+
+
+async def test_a_tail_sees_events_another_connection_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    async with opened(lambda: SqliteStore(path)) as reader:
+        start = await reader.last_cursor()
+        async with opened(lambda: SqliteStore(path)) as writer, tailing(reader, start) as tail:
+            following = asyncio.create_task(take(tail, 1))
+            await asyncio.sleep(0.05)
+            job = await create(writer)
+
+            [event] = await following
+
+    assert event.job_id == job.job_id
+
+
+async def test_a_tail_gets_this_process_commits_without_reading_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No poll of the file while the test runs: what reaches the tail after its first read came
+    # by its feed, however slow the machine.
+    monkeypatch.setattr(sqlite_tail, "TAIL_POLL_INTERVAL", 3600.0)
+    async with opened(lambda: SqliteStore(tmp_path / "gateway.db")) as store:
+        job = await create(store)
+        start = await store.last_cursor()
+        reads: list[int] = []
+        first_read = asyncio.Event()
+        read_file = store.events_after
+
+        async def counted(seq: int, limit: int) -> list[JobEvent]:
+            events = await read_file(seq, limit)
+            reads.append(seq)
+            first_read.set()
+            return events
+
+        monkeypatch.setattr(store, "events_after", counted)
+        async with tailing(store, start) as tail:
+            following = asyncio.create_task(take(tail, 3))
+            await first_read.wait()  # found nothing after `start`: the tail waits on its feed
+            appended = [await append(store, job) for _ in range(3)]
+
+            assert await following == appended
+    assert reads == [int(start)]
+
+
+async def test_a_tail_interleaves_this_process_commits_and_another_connections_in_order(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gateway.db"
+    async with (
+        opened(lambda: SqliteStore(path)) as store,
+        opened(lambda: SqliteStore(path)) as other,
+    ):
+        job = await create(store)
+        async with tailing(store, await store.last_cursor()) as tail:
+            following = asyncio.create_task(take(tail, 5))
+            await asyncio.sleep(0.05)
+            appended = []
+            for writer in (store, other, other, store, store):
+                appended.append(await append(writer, job))
+
+            got = await following
+
+    assert [e.cursor for e in got] == [e.cursor for e in appended]
+    assert [int(e.cursor) for e in got] == sorted(int(e.cursor) for e in got)

@@ -1,0 +1,36 @@
+"""rpc/drain: the calls a drain waits for, counted while they run; new ones refused once it
+has begun."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispatcher_gateway.core.errors import ShuttingDown
+from dispatcher_gateway.rpc.drain import REFUSAL, Drain
+
+
+async def test_calls_are_counted_while_they_run() -> None:
+    drain = Drain()
+    assert (drain.in_flight, drain.idle.is_set()) == (0, True)
+    with drain.call():
+        with drain.call():
+            assert (drain.in_flight, drain.idle.is_set()) == (2, False)
+        assert (drain.in_flight, drain.idle.is_set()) == (1, False)
+    assert (drain.in_flight, drain.idle.is_set()) == (0, True)
+
+
+async def test_a_call_that_fails_is_counted_out() -> None:
+    drain = Drain()
+    with pytest.raises(RuntimeError), drain.call():
+        raise RuntimeError("the handler failed")
+    assert (drain.in_flight, drain.idle.is_set()) == (0, True)
+
+
+async def test_once_draining_new_calls_are_refused_and_those_in_flight_finish() -> None:
+    drain = Drain()
+    with drain.call():
+        drain.start()
+        with pytest.raises(ShuttingDown, match=f"^{REFUSAL}$"), drain.call():
+            pass
+        assert drain.in_flight == 1
+    assert (drain.in_flight, drain.idle.is_set()) == (0, True)
