@@ -1,5 +1,5 @@
-"""NATS stores for the NATS backend's own tests: each on a prefix of its own, failing fast; a
-wait until a store answers again; a crash injected at one call."""
+"""What the NATS store's own tests share: a store under names of its own, a wait until it
+answers again, and a crash at a chosen step."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class Crash(Exception):
 
 
 def new_store(servers: list[str], **options: Any) -> NatsStore:
+    """A store with names of its own (the session's server is shared) and the FAST timeout."""
     options.setdefault("timeout", FAST)
     return NatsStore(servers, prefix=f"t{uuid.uuid4().hex[:12]}", **options)
 
@@ -36,12 +37,12 @@ async def until_answers(call: Callable[[], Awaitable[object]]) -> None:
                 await asyncio.sleep(0.1)
 
 
-def crash_once(target: object, name: str) -> None:
-    """Make `target.name` raise Crash on its next call, then behave again."""
+def crash_once(target: object, name: str, error: Exception | None = None) -> None:
+    """Make `target.name` raise `error` (Crash by default) on its next call, then behave again."""
     original = getattr(target, name)
 
     async def crashing(*args: Any, **kwargs: Any) -> Any:
         setattr(target, name, original)
-        raise Crash
+        raise error if error is not None else Crash
 
     setattr(target, name, crashing)

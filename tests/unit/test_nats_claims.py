@@ -13,7 +13,7 @@ from dispatcher_gateway.core.errors import StoreUnavailable
 from dispatcher_gateway.store.nats import CLAIMER_GRACE, DEFAULT_TIMEOUT
 from tests.contract.builders import new_job, queued_event
 from tests.support.nats_server import NatsEndpoint
-from tests.support.nats_store import new_store
+from tests.support.nats_store import crash_once, new_store
 
 CALLER_DEADLINE = DEFAULT_TIMEOUT * 0.6
 """Shorter than the store's timeout, as a caller's deadline can be."""
@@ -26,14 +26,7 @@ async def test_a_retry_completes_a_create_that_failed_after_claiming_its_key_wit
     await store.open()
     try:
         first = new_job(key="order-1")
-        jobs = store._kv[store.bucket("jobs")]
-        create = jobs.create
-
-        async def unavailable(*args: object, **kwargs: object) -> int:
-            jobs.create = create  # type: ignore[method-assign]
-            raise StoreUnavailable("NATS went away mid-create")
-
-        jobs.create = unavailable  # type: ignore[method-assign]
+        crash_once(store.journal, "create", StoreUnavailable("NATS went away mid-create"))
         with pytest.raises(StoreUnavailable):
             await store.create_job(first, queued_event(first), enqueue=True)
         retry = new_job(key="order-1")

@@ -80,7 +80,7 @@ async def test_replicas_flushing_the_same_event_at_once_all_succeed_and_publish_
         for n in range(JOBS):
             job = await create(writer)
             # The append commits, then its writer dies before publishing: the event is pending.
-            crash_once(writer, "_settle")
+            crash_once(writer.journal, "settle")
             with pytest.raises(Crash):
                 await append(writer, job, states.COMPLETED, dedupe_key=f"wh-{n}")
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 from collections.abc import AsyncIterator
 from unittest.mock import ANY
 
@@ -15,7 +17,10 @@ import pytest
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import StoreUnavailable
 from dispatcher_gateway.core.model import JobEvent, JobState
+from dispatcher_gateway.store import codec
 from dispatcher_gateway.store.nats import DEFAULT_TIMEOUT, NatsStore
+from dispatcher_gateway.store.nats.commit import Envelope, Pending
+from dispatcher_gateway.store.nats.tail import Tail
 from tests.contract.builders import (
     CLIENT,
     append,
@@ -64,9 +69,10 @@ def every_stream(store: NatsStore) -> list[str]:
 # What open() creates
 
 
-async def test_open_creates_every_stream_and_bucket_with_one_replica(store: NatsStore) -> None:
-    assert store._nc is not None
-    replicas = await stream_replicas(store._servers, every_stream(store))
+async def test_open_creates_every_stream_and_bucket_with_one_replica(
+    nats_server: NatsEndpoint, store: NatsStore
+) -> None:
+    replicas = await stream_replicas(nats_server.servers, every_stream(store))
 
     assert set(replicas.values()) == {1}
 
@@ -182,6 +188,61 @@ async def test_a_tail_fails_as_unavailable_while_nats_is_stopped(
         await store.close()
 
 
+def sockets_to(port: int) -> int:
+    """How many sockets of this process are connected to loopback `port`, in any state (one a
+    closed peer left half-open counts until the process closes it)."""
+    ours = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own descriptor
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                ours.add(target.removeprefix("socket:[").removesuffix("]"))
+    with open("/proc/self/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if int(row[2].split(":")[1], 16) == port and row[9] in ours)
+
+
+async def until_disconnected(store: NatsStore) -> None:
+    """Until the store's client knows NATS is gone (and reconnects)."""
+    async with asyncio.timeout(RECOVERY):
+        while True:
+            try:
+                await store.check()
+            except StoreUnavailable as exc:
+                if "not connected" in str(exc):
+                    return
+            await asyncio.sleep(0.01)
+
+
+async def test_a_close_while_nats_is_stopped_ends_at_once_and_releases_the_socket(
+    start_nats_server: NatsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster, store = await single_node_store(start_nats_server)
+    port = cluster.nodes[0].client_port
+    job = await create(store)
+    assert sockets_to(port) == 1
+    async with tailing(store, "") as tail:
+        await take(tail, 1)
+        cluster.stop()
+        await until_disconnected(store)
+        # Calls that would subscribe or publish while the client reconnects.
+        with pytest.raises(StoreUnavailable):
+            await store.lease(limit=1, visibility=1.0)
+        with pytest.raises(StoreUnavailable):
+            await append(store, job)
+        with pytest.raises(StoreUnavailable):
+            await anext(tail)
+
+        async with asyncio.timeout(FAST):
+            await store.close()
+
+    assert sockets_to(port) == 0
+    with pytest.raises(StoreUnavailable):
+        await store.check()
+    # Nothing was queued for the dead socket (no subscription is made while reconnecting).
+    assert not [r for r in caplog.records if "close:" in r.getMessage()]
+
+
 async def test_a_cluster_store_keeps_working_with_one_node_stopped(
     start_nats_server: NatsFactory,
 ) -> None:
@@ -205,13 +266,17 @@ async def test_a_cluster_store_keeps_working_with_one_node_stopped(
         await store.close()
 
 
-async def consumer_node(store: NatsStore, tail: AsyncIterator[JobEvent]) -> str:
+async def consumer_node(servers: list[str], store: NatsStore, tail: AsyncIterator[JobEvent]) -> str:
     """The node holding the tail's consumer (a replica of the events stream, picked at random)."""
-    name = tail._consumer  # type: ignore[attr-defined]
-    info = await store._jetstream().consumer_info(store.events_stream, name)
+    assert isinstance(tail, Tail)
+    nc = await nats.connect(servers=servers)
+    try:
+        info = await nc.jetstream().consumer_info(store.events_stream, tail.consumer)
+    finally:
+        await nc.close()
     assert info.cluster is not None
     assert info.cluster.leader is not None
-    return info.cluster.leader
+    return str(info.cluster.leader)
 
 
 async def test_a_tail_goes_on_when_the_node_holding_its_consumer_stops(
@@ -229,7 +294,7 @@ async def test_a_tail_goes_on_when_the_node_holding_its_consumer_stops(
             for _ in range(PLACEMENTS):
                 tail = await tails.enter_async_context(tailing(store, ""))
                 await take(tail, 1)
-                holder = await consumer_node(store, tail)
+                holder = await consumer_node(cluster.urls, store, tail)
                 if holder != connected.name:
                     break
             next(node for node in cluster.nodes if node.name == holder).stop()
@@ -250,7 +315,7 @@ async def test_a_retried_append_completes_one_that_crashed_after_its_commit(
     store: NatsStore,
 ) -> None:
     job = await create(store)
-    crash_once(store, "_settle")
+    crash_once(store.journal, "settle")
     with pytest.raises(Crash):
         await append(store, job, states.COMPLETED, dedupe_key="wh-1")
 
@@ -267,7 +332,7 @@ async def test_an_append_that_crashed_after_publishing_is_not_published_twice(
     store: NatsStore,
 ) -> None:
     job = await create(store)
-    crash_once(store, "_record_seen")
+    crash_once(store.journal, "record_seen")
     with pytest.raises(Crash):
         await append(store, job, states.COMPLETED, dedupe_key="wh-1")
 
@@ -281,7 +346,7 @@ async def test_an_append_that_crashed_after_publishing_is_not_published_twice(
 
 async def test_the_next_append_publishes_a_crashed_ones_event_first(store: NatsStore) -> None:
     job = await create(store)
-    crash_once(store, "_settle")
+    crash_once(store.journal, "settle")
     with pytest.raises(Crash):
         await append(store, job, "letter_created")
 
@@ -294,7 +359,7 @@ async def test_the_next_append_publishes_a_crashed_ones_event_first(store: NatsS
 
 async def test_get_job_publishes_what_a_crashed_append_left(store: NatsStore) -> None:
     job = await create(store)
-    crash_once(store, "_settle")
+    crash_once(store.journal, "settle")
     with pytest.raises(Crash):
         await append(store, job, states.COMPLETED)
 
@@ -312,7 +377,7 @@ async def test_a_retried_create_completes_one_that_crashed_after_its_commit(
     store: NatsStore,
 ) -> None:
     first = new_job(key="order-1")
-    crash_once(store, "_settle")
+    crash_once(store.journal, "settle")
     with pytest.raises(Crash):
         await store.create_job(first, queued_event(first), enqueue=True)
     retry = new_job(key="order-1")
@@ -330,7 +395,7 @@ async def test_a_create_whose_claimer_died_before_writing_the_job_is_completed_i
     store: NatsStore,
 ) -> None:
     first = new_job(key="order-1")
-    crash_once(store._kv[store.bucket("jobs")], "create")
+    crash_once(store.journal, "create")
     with pytest.raises(Crash):
         await store.create_job(first, queued_event(first), enqueue=True)
     retry = new_job(key="order-1")
@@ -361,6 +426,24 @@ async def test_an_entry_whose_lease_ran_out_is_handed_out_again_only_after_the_l
         assert await store.lease(limit=10, visibility=30.0) == []
     finally:
         await store.close()
+
+
+# What the jobs bucket holds
+
+
+def test_an_envelope_is_the_job_its_pending_events_and_the_enqueue_flag_as_before() -> None:
+    job = new_job(key="order-1")
+    event = queued_event(job)
+    envelope = Envelope(job=job, pending=[Pending("k-abc", event)], enqueue=True)
+
+    stored = json.loads(envelope.encode())
+
+    assert stored == {
+        "job": codec.job_to_json(job),
+        "pending": [{"id": "k-abc", "event": codec.event_to_json(event)}],
+        "enqueue": True,
+    }
+    assert Envelope.decode(envelope.encode()) == envelope
 
 
 # Ids of any shape

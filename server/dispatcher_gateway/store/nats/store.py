@@ -1,0 +1,386 @@
+"""The multi-replica store backend: NATS JetStream (streams, KV buckets, a work queue; the
+layout is in provision.py).
+
+create_job claims the idempotency key (create-only; a loser waits briefly for the winner's job
+and returns it, or, if the winner died before writing it, completes the create under the
+winner's id), writes the list index, then commits the job (commit.py).
+
+The outbox lease. The consumer's ack_wait is fixed (provision.CLAIM_WAIT) and only covers the
+instant between a pull and what follows it: every pulled message is at once nak'ed with a delay,
+which sets that one message's redelivery deadline, so each call's visibility is honoured per
+message. ack acks; retry_later naks with the delay. JetStream accepts an ack or a nak for any
+delivery of a message, the one a later worker holds included, so the lease rule of the contract
+is kept here: a lease remembers when its visibility runs out by the store's clock, and whether it
+was ended, and an ack or retry on a lease that is not current is not sent. The server's deadline
+is set `lease_grace` (by default the request timeout) after the lease's visibility: an ack or
+retry sent while the lease was current reaches the server before the entry can be handed out
+again, unless it is held up on the way for longer than that (its call would have failed as
+unavailable). `attempts` is the message's deliveries before this one: a lease that ran out
+counts, as a crashed worker may have submitted.
+
+The rate limit is a sliding-window log of acquisition times in one KV key, updated by
+compare-and-set, stamped with each replica's wall clock (replicas are assumed NTP-synced).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Final
+
+from nats.aio.msg import Msg
+from nats.js import api
+
+from ...core.errors import StoreUnavailable
+from ...core.model import Job, JobEvent, Lease
+from ...core.ports import Apply, Clock
+from .. import codec
+from .commit import CAS_ATTEMPTS, CAS_JITTER, Journal
+from .jetstream import JetStream, KeyExists, dumps, unavailable
+from .names import OUTBOX_CONSUMER, Layout, index_key, parse_index_key, token
+from .provision import Shape, provision
+from .tail import Tail
+
+DEFAULT_PREFIX: Final = "dgw"
+DEFAULT_EVENT_MAX_AGE: Final = 30 * 24 * 3600.0
+DUPLICATE_WINDOW: Final = 2 * 3600.0
+"""JetStream's duplicate window on Nats-Msg-Id: it covers the upstream's webhook retries (at
+5 s, 5 min and 30 min) and the outbox's redelivery."""
+DEFAULT_TIMEOUT: Final = 5.0
+"""Every request to NATS; beyond it the store is unavailable."""
+DEFAULT_CONNECT_TIMEOUT: Final = 5.0
+CLAIM_POLL: Final = 0.01
+CLAIMER_GRACE: Final = 1.0
+"""Seconds a create that found its idempotency key claimed waits for the claimer's job before
+completing the create in its name. Short: a claimer that failed (NATS away mid-create) leaves the
+key claimed, and each retry of the caller must complete within the caller's own deadline (a
+wait as long as the store's timeout was cancelled by such a deadline on every retry). Completing
+while the claimer is only slow is safe: the job's create-only write lets one of them win."""
+RATE_KEY: Final = "upstream"
+
+
+class NatsStore:
+    """The `Store` contract on NATS JetStream, shared by every replica (see the module doc)."""
+
+    def __init__(
+        self,
+        servers: list[str] | str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        replicas: int = 1,
+        event_max_age: float = DEFAULT_EVENT_MAX_AGE,
+        dedupe_ttl: float = codec.DEFAULT_DEDUPE_TTL,
+        duplicate_window: float = DUPLICATE_WINDOW,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        lease_grace: float | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        """`clock` decides when outbox leases run out; `lease_grace` (default: `timeout`) is how
+        much later the server hands their entries out again (see the module doc)."""
+        self.layout = Layout(prefix)
+        if replicas < 1:
+            raise ValueError("replicas must be at least 1")
+        self._servers = [servers] if isinstance(servers, str) else list(servers)
+        self._shape = Shape(
+            replicas=replicas,
+            event_max_age=event_max_age,
+            dedupe_ttl=dedupe_ttl,
+            duplicate_window=min(duplicate_window, event_max_age),
+        )
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._lease_grace = timeout if lease_grace is None else lease_grace
+        self._clock = clock
+        self._js: JetStream | None = None
+        self.journal = Journal(self._wire, self.layout)
+        """Jobs and events written by the envelope commit protocol."""
+
+    # Names
+
+    @property
+    def events_stream(self) -> str:
+        return self.layout.events_stream
+
+    @property
+    def outbox_stream(self) -> str:
+        return self.layout.outbox_stream
+
+    def bucket(self, name: str) -> str:
+        """The KV bucket's full name: jobs, jobs_by_client, idempotency, seen, rate, secrets."""
+        return self.layout.bucket(name)
+
+    # Lifecycle
+
+    async def open(self) -> None:
+        with unavailable():
+            self._js = await JetStream.connect(
+                self._servers, connect_timeout=self._connect_timeout, timeout=self._timeout
+            )
+            try:
+                await provision(self._js, self.layout, self._shape)
+            except BaseException:
+                await self.close()
+                raise
+
+    async def close(self) -> None:
+        js, self._js = self._js, None
+        if js is not None:
+            await js.close()
+
+    async def check(self) -> None:
+        with unavailable():
+            js = self._wire()
+            if not js.is_connected:
+                raise StoreUnavailable("NATS is not connected")
+            await js.account_info()
+
+    async def secret(self, name: str) -> bytes:
+        with unavailable():
+            value, _ = await self._create_or_read(
+                self.bucket("secrets"), token(name), os.urandom(codec.SECRET_BYTES)
+            )
+            return value
+
+    # Jobs
+
+    async def create_job(
+        self, job: Job, first_event: JobEvent, *, enqueue: bool
+    ) -> tuple[Job, bool]:
+        with unavailable():
+            if job.idempotency_key:
+                owner = await self._claim_idempotency_key(job)
+                if owner != job.job_id:
+                    existing = await self._wait_for_job(owner, CLAIMER_GRACE)
+                    if existing is not None:
+                        return existing, False
+                    # The claimer died or failed before writing its job: complete the create in
+                    # its name.
+                    job = job.replace(job_id=owner)
+                    first_event = first_event.replace(job_id=owner)
+            await self._wire().kv_put(self.bucket("jobs_by_client"), index_key(job), b"")
+            if not await self.journal.create(job, first_event, enqueue=enqueue):
+                existing = await self._wait_for_job(job.job_id, self._timeout)
+                if existing is None:  # deleted in between: nothing of ours to complete
+                    raise StoreUnavailable("the job vanished while it was being created")
+                return existing, False
+            return job, True
+
+    async def get_job(self, job_id: str) -> Job | None:
+        with unavailable():
+            return await self.journal.load(job_id, settle=True)
+
+    async def list_jobs(
+        self, client: str, *, limit: int, page_token: str = ""
+    ) -> tuple[list[Job], str]:
+        start = codec.page_start(limit, page_token)
+        with unavailable():
+            index = self.bucket("jobs_by_client")
+            msgs = await self._wire().read(
+                f"KV_{index}",
+                filter_subject=f"$KV.{index}.{token(client)}.>",
+                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+                headers_only=True,
+            )
+            # $KV.<bucket>.<client>.<created>.<job>; a key written again (a retried create) is
+            # delivered again once the consumer has caught up.
+            entries = sorted(
+                {parse_index_key(msg.subject.split(".", 3)[3]) for msg in msgs}, reverse=True
+            )
+            if start is not None:
+                entries = [e for e in entries if e < start]
+            jobs: list[Job] = []
+            while entries and len(jobs) <= limit:
+                want = limit + 1 - len(jobs)
+                chunk, entries = entries[:want], entries[want:]
+                found = await asyncio.gather(*(self.journal.load(job_id) for _, job_id in chunk))
+                # An entry without its job, or naming another creation time, is left by a create
+                # that died before its commit point (and was completed by a retry).
+                jobs.extend(
+                    j
+                    for (created_at, _), j in zip(chunk, found, strict=True)
+                    if j is not None and j.created_at == created_at
+                )
+            if len(jobs) <= limit:
+                return jobs, ""
+            jobs = jobs[:limit]
+            return jobs, codec.encode_page_token(jobs[-1])
+
+    # Outbox
+
+    async def lease(self, *, limit: int, visibility: float) -> list[Lease]:
+        with unavailable():
+            js = self._wire()
+            msgs = await js.pull(
+                self.outbox_stream, OUTBOX_CONSUMER, {"batch": limit, "no_wait": True}, limit
+            )
+            # Read before the naks are sent: the server's deadlines come after it.
+            expires = self._clock() + visibility
+            await asyncio.gather(
+                *(js.nak(msg.reply, visibility + self._lease_grace) for msg in msgs)
+            )
+            return [
+                Lease(
+                    job_id=msg.data.decode(),
+                    attempts=msg.metadata.num_delivered - 1,
+                    handle=_OutboxHandle(msg.reply, expires),
+                )
+                for msg in msgs
+            ]
+
+    async def ack(self, lease: Lease) -> None:
+        handle = _handle_of(lease)
+        if not handle.current(self._clock()):
+            return
+        with unavailable():
+            await self._wire().ack(handle.reply)
+        handle.ended = True
+
+    async def retry_later(self, lease: Lease, delay: float) -> None:
+        handle = _handle_of(lease)
+        if not handle.current(self._clock()):
+            return
+        with unavailable():
+            await self._wire().nak(handle.reply, delay)
+        handle.ended = True
+
+    # Events
+
+    async def append_event(
+        self, event: JobEvent, *, dedupe_key: str | None, apply: Apply
+    ) -> JobEvent | None:
+        """See `Store.append_event` and commit.py. An empty `dedupe_key` is no key."""
+        with unavailable():
+            return await self.journal.append(event, dedupe_key=dedupe_key, apply=apply)
+
+    async def read_events(
+        self, *, client: str, after: str = "", job_id: str = "", limit: int = 1000
+    ) -> list[JobEvent]:
+        seq = codec.parse_cursor(after)
+        if limit < 1:
+            return []
+        job = token(job_id) if job_id else ">"
+        with unavailable():
+            msgs = await self._wire().read(
+                self.events_stream,
+                filter_subject=f"{self.layout.events_subject}.{token(client)}.{job}",
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=seq + 1,
+                limit=limit,
+            )
+            return [_event_from_msg(msg) for msg in msgs]
+
+    def tail(self, *, after: str) -> Tail:
+        return Tail(
+            self._wire,
+            stream=self.events_stream,
+            subject=f"{self.layout.events_subject}.>",
+            after=codec.parse_cursor(after),
+            decode=_event_from_msg,
+        )
+
+    async def last_cursor(self) -> str:
+        with unavailable():
+            last = await self._wire().last_seq(self.events_stream)
+            return str(last) if last else ""
+
+    # Rate limit
+
+    async def acquire_rate(self, *, limit: int, window: float) -> float:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        with unavailable():
+            bucket = self.bucket("rate")
+            for _ in range(CAS_ATTEMPTS):
+                js = self._wire()
+                entry = await js.kv_get(bucket, RATE_KEY)
+                now = time.time()
+                taken = json.loads(entry.value or b"[]") if entry is not None else []
+                taken = [t for t in taken if t > now - window]
+                if len(taken) >= limit:
+                    return float(min(taken) + window - now)
+                taken.append(now)
+                try:
+                    await js.kv_write(
+                        bucket, RATE_KEY, dumps(taken), last=entry.revision if entry else 0
+                    )
+                except KeyExists:
+                    await asyncio.sleep(random.uniform(0, CAS_JITTER))
+                    continue
+                return 0.0
+            raise StoreUnavailable("the rate limit is too contended to update")
+
+    # Internals
+
+    def _wire(self) -> JetStream:
+        """The connection; StoreUnavailable while the store is not open."""
+        if self._js is None:
+            raise StoreUnavailable("the NATS store is not open")
+        return self._js
+
+    async def _claim_idempotency_key(self, job: Job) -> str:
+        """The id of the job that owns (client, key): this one if the claim is ours."""
+        key = hashlib.sha256(dumps([job.client, job.idempotency_key])).hexdigest()
+        owner, _ = await self._create_or_read(self.bucket("idempotency"), key, job.job_id.encode())
+        return owner.decode()
+
+    async def _create_or_read(self, bucket: str, key: str, value: bytes) -> tuple[bytes, bool]:
+        """Create the key with `value` unless it exists: (the value it holds, whether created).
+        A create that lost to one still in flight on a clustered bucket can find nothing when it
+        reads at once: the read is repeated until the winner's value is there."""
+        js = self._wire()
+        try:
+            await js.kv_write(bucket, key, value, last=0)
+            return value, True
+        except KeyExists:
+            pass
+        deadline = time.monotonic() + self._timeout
+        while True:
+            entry = await js.kv_get(bucket, key)
+            if entry is not None:
+                return entry.value, False
+            if time.monotonic() > deadline:
+                raise StoreUnavailable("a concurrent create of the same key did not complete")
+            await asyncio.sleep(CLAIM_POLL)
+
+    async def _wait_for_job(self, job_id: str, wait: float) -> Job | None:
+        """The job a concurrent creator is writing; None if it does not appear within `wait`
+        seconds (that creator died, or failed, between claiming the key and writing the job)."""
+        deadline = time.monotonic() + min(wait, self._timeout)
+        while True:
+            job = await self.journal.load(job_id, settle=True)
+            if job is not None or time.monotonic() > deadline:
+                return job
+            await asyncio.sleep(CLAIM_POLL)
+
+
+@dataclass(eq=False, slots=True)
+class _OutboxHandle:
+    """One lease of one outbox entry: one delivery of its message."""
+
+    reply: str
+    """The delivery's ack subject."""
+    expires: float
+    """The store's clock when the lease's visibility runs out (the server's deadline is later by
+    the lease grace)."""
+    ended: bool = False
+    """Acked or retried: the lease is over."""
+
+    def current(self, now: float) -> bool:
+        return not self.ended and now < self.expires
+
+
+def _handle_of(lease: Lease) -> _OutboxHandle:
+    if not isinstance(lease.handle, _OutboxHandle):
+        raise TypeError("the lease was not handed out by a NatsStore")
+    return lease.handle
+
+
+def _event_from_msg(msg: Msg) -> JobEvent:
+    """An event of the events stream; its cursor is the stream sequence."""
+    return codec.event_from_json(json.loads(msg.data), str(msg.metadata.sequence.stream))
