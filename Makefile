@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 PROTO := protos/dispatcher/gateway/v1/gateway.proto
 GEN := server/dispatcher/gateway/v1
 
-.PHONY: run test check lint fmt types proto proto-check buf-lint pytest fuzz bench clean
+.PHONY: run test check lint fmt types proto proto-check buf-lint deploy-check pytest fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ run: $(STAMP)
 
 test: check pytest
 
-check: lint types proto-check buf-lint
+check: lint types proto-check buf-lint deploy-check
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
@@ -45,6 +45,23 @@ proto-check: $(STAMP)
 
 buf-lint: $(STAMP)
 	cd protos && ../$(BIN)/buf lint
+
+# deploy/: each overlay rendered as kubectl applies it, validated strictly against the oldest
+# Kubernetes it supports and the newest schema kubernetes-validate ships; the Dockerfile linted;
+# tests/deploy checks what schemas cannot see (selectors, references, ports, grace, policies).
+K8S_OLDEST := 1.30.0
+deploy-check: $(STAMP)
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	newest=$$($(BIN)/python -c 'from kubernetes_validate.utils import latest_version as v; print(v())') && \
+	for overlay in single ha; do \
+	  $(BIN)/kubectl kustomize deploy/k8s/overlays/$$overlay > $$tmp/$$overlay.yaml || exit 1; \
+	  for version in $(K8S_OLDEST) $$newest; do \
+	    $(BIN)/kubernetes-validate --strict --quiet -k $$version $$tmp/$$overlay.yaml || exit 1; \
+	  done; \
+	  echo "deploy/k8s/overlays/$$overlay: valid for Kubernetes $(K8S_OLDEST) and $$newest (strict)"; \
+	done
+	$(BIN)/hadolint deploy/Dockerfile
+	$(BIN)/pytest -q tests/deploy
 
 pytest: $(STAMP)
 	$(BIN)/pytest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -123,7 +124,19 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    listeners = await app.start()
+    # A store that is not ready yet is waited for; a SIGTERM meanwhile ends the wait.
+    starting = asyncio.create_task(app.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        if sandbox is not None:
+            await sandbox.close()
+            await sandbox_server.stop()
+        return 0
+    listeners = starting.result()
     if sandbox is not None:
         target = settings.grpc_addr.replace("0.0.0.0", "127.0.0.1")
         transport = "TLS" if settings.grpc_tls_cert_file else "plaintext"
@@ -147,7 +160,7 @@ async def _serve(args: argparse.Namespace) -> int:
             "  .venv/bin/dispatcher-gateway watch\n",
             flush=True,
         )
-    await stop.wait()
+    await stopping
     await app.drain()
     if sandbox is not None:
         await sandbox.close()

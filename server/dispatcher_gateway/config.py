@@ -77,6 +77,10 @@ class Settings:
     stream_backlog: int = 1000
     nats_replicas: int = 1
     """R1 or R3: the replicas of every JetStream stream and bucket the gateway creates."""
+    nats_ca_file: str | None = None
+    """Trust this CA for NATS's TLS (`tls://` servers, or a server that requires TLS)."""
+    nats_token: str | None = field(default=None, repr=False)
+    """The token NATS's `authorization` asks of clients."""
     event_retention: float = 30 * 24 * 3600.0
     """Seconds events are kept (NATS): how far back a cursor can resume."""
     webhook_require_timestamp: bool = True
@@ -330,7 +334,7 @@ class _Reader:
 
     def settings(self) -> Settings:
         base_url = self.url("DISPATCHER_BASE_URL", allow_loopback_http=True)
-        email = self.raw("DISPATCHER_EMAIL", required=True) or ""
+        email = self.raw("DISPATCHER_EMAIL", secret=True, required=True) or ""
         password = self.raw("DISPATCHER_PASSWORD", secret=True, required=True) or ""
         secrets = self.raw("DISPATCHER_WEBHOOK_SECRET", secret=True, required=True) or ""
         if any(len(secret) < MIN_WEBHOOK_SECRET_LENGTH for secret in secrets.split()):
@@ -436,6 +440,8 @@ class _Reader:
             max_stream_age=self.seconds("GATEWAY_MAX_STREAM_AGE", 30 * 60.0),
             stream_backlog=self.parsed("GATEWAY_STREAM_BACKLOG", positive_int, 1000),
             nats_replicas=self.parsed("GATEWAY_NATS_REPLICAS", _replicas, 1),
+            nats_ca_file=self.file("GATEWAY_NATS_CA_FILE"),
+            nats_token=self.raw("GATEWAY_NATS_TOKEN", secret=True),
             event_retention=self.seconds("GATEWAY_EVENT_RETENTION", 30 * 24 * 3600.0),
             webhook_require_timestamp=self.flag("GATEWAY_WEBHOOK_REQUIRE_TIMESTAMP", default=True),
             token_key=token_key.encode() if token_key else None,

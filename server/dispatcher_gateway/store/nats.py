@@ -110,6 +110,7 @@ import logging
 import os
 import random
 import re
+import ssl
 import struct
 import time
 import uuid
@@ -240,6 +241,8 @@ class NatsStore:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         lease_grace: float | None = None,
         clock: Clock = time.monotonic,
+        ca_file: str | None = None,
+        token: str | None = None,
     ) -> None:
         """`clock` decides when outbox leases run out; `lease_grace` (default: `timeout`) is how
         much later the server hands their entries out again (see the module doc)."""
@@ -257,6 +260,8 @@ class NatsStore:
         self._connect_timeout = connect_timeout
         self._lease_grace = timeout if lease_grace is None else lease_grace
         self._clock = clock
+        self._ca_file = ca_file
+        self._token = token
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._kv: dict[str, KeyValue] = {}
@@ -297,6 +302,8 @@ class NatsStore:
                 max_reconnect_attempts=1,
                 reconnect_time_wait=RECONNECT_WAIT,
                 pending_size=0,
+                tls=ssl.create_default_context(cafile=self._ca_file) if self._ca_file else None,
+                token=self._token,
                 error_cb=_log_error,
                 disconnected_cb=_log_disconnected,
                 reconnected_cb=_log_reconnected,
