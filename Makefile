@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 PROTO := protos/dispatcher/gateway/v1/gateway.proto
 GEN := server/dispatcher/gateway/v1
 
-.PHONY: run test check lint fmt types proto proto-check buf-lint deploy-check pytest fuzz bench clean
+.PHONY: run test check lint fmt types proto proto-check buf-lint deploy-check image image-test pytest fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,15 @@ deploy-check: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+# deploy/Dockerfile built with docker or buildah (offline: a wheelhouse made here, and a Debian
+# base where python:3.11-slim cannot be pulled); image-test also runs it: ready, one dispatch
+# through its sandbox, SIGTERM drained with exit 0.
+image: $(STAMP)
+	deploy/image/build
+
+image-test: $(STAMP)
+	deploy/image/test
 
 # tests/fuzz for longer than `make test` gives it: FUZZ_BUDGET seconds (10 minutes) of fuzzing
 # shared by the edges, no cap on examples; the figures print at the end.
