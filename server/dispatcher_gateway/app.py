@@ -45,6 +45,11 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 STATUS_FLUSH = 0.1
 """Seconds for the last statuses of ended calls to leave before the server cancels the rest."""
 CALLBACK_KEY_NAME = "callback-token-key"
+STORE_OPEN_RETRY = 1.0
+STORE_OPEN_RETRY_MAX = 15.0
+"""Seconds between attempts to open a store that does not answer yet (doubling up to this):
+started before its NATS cluster, or while the cluster has no stream leaders, the gateway waits,
+not ready, rather than exiting into a restart loop."""
 
 
 def open_store(settings: Settings) -> Store:
@@ -58,6 +63,8 @@ def open_store(settings: Settings) -> Store:
             [s.strip() for s in spec.split(",") if s.strip()],
             replicas=settings.nats_replicas,
             event_max_age=settings.event_retention,
+            ca_file=settings.nats_ca_file,
+            token=settings.nats_token,
         )
     from .store.sqlite import SqliteStore
 
@@ -83,11 +90,35 @@ class GatewayApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._store_watch: asyncio.Task[None] | None = None
         self.listeners: Listeners | None = None
+        self.opened = False
         self.started_at = time.time()
 
     async def start(self) -> Listeners:
+        """Admin first, so that probes see a live process (not ready) while the store is awaited;
+        cancelled (SIGTERM) while waiting, it closes what it opened."""
+        admin_host, admin_port = split_addr(self.settings.admin_addr)
+        admin = await start_http(self._admin_app(), admin_host, admin_port)
+        try:
+            await self._open_store()
+            return await self._start(admin)
+        except BaseException:
+            await admin.stop()
+            await self.store.close()
+            raise
+
+    async def _open_store(self) -> None:
+        delay = STORE_OPEN_RETRY
+        while True:
+            try:
+                await self.store.open()
+                return
+            except StoreUnavailable as exc:
+                log.warning("store unavailable (%s): trying again in %.0f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_OPEN_RETRY_MAX)
+
+    async def _start(self, admin: HttpServer) -> Listeners:
         s = self.settings
-        await self.store.open()
         key = s.token_key or await self.store.secret(CALLBACK_KEY_NAME)
         self.upstream = DispatcherClient(
             s.dispatcher_base_url,
@@ -112,6 +143,7 @@ class GatewayApp:
             ),
             observer=Counts(),
         )
+        self.opened = True
         auth = Authenticator(
             ClientsFile(s.client_tokens_file) if s.client_tokens_file else None,
             allow_anonymous=s.allow_anonymous,
@@ -137,8 +169,6 @@ class GatewayApp:
         webhook = await start_http(
             webhooks, webhook_host, webhook_port, certfile=s.tls_cert_file, keyfile=s.tls_key_file
         )
-        admin_host, admin_port = split_addr(s.admin_addr)
-        admin = await start_http(self._admin_app(), admin_host, admin_port)
 
         REGISTRY.gauge(
             "dispatcher_gateway_streams",
@@ -245,6 +275,8 @@ class GatewayApp:
             return PlainTextResponse("ok\n")
 
         async def readyz(request: Request) -> Response:
+            if not self.opened:
+                return JSONResponse({"ready": False, "store": "opening"}, status_code=503)
             store = "ok"
             try:
                 await asyncio.wait_for(self.store.check(), READY_CHECK_TIMEOUT)

@@ -93,6 +93,10 @@ class Settings:
     stream_backlog: int = DEFAULT_BACKLOG
     nats_replicas: int = 1
     """R1 or R3: the replicas of every JetStream stream and bucket the gateway creates."""
+    nats_ca_file: str | None = None
+    """Trust this CA for NATS's TLS (`tls://` servers, or a server that requires TLS)."""
+    nats_token: str | None = field(default=None, repr=False)
+    """The token NATS's `authorization` asks of clients."""
     event_retention: float = EVENT_RETENTION
     """Seconds events are kept (NATS): how far back a cursor can resume."""
     webhook_require_timestamp: bool = True
@@ -350,7 +354,7 @@ class _Reader:
 
     def settings(self) -> Settings:
         base_url = self.url("DISPATCHER_BASE_URL", allow_loopback_http=True)
-        email = self.raw("DISPATCHER_EMAIL", required=True) or ""
+        email = self.raw("DISPATCHER_EMAIL", secret=True, required=True) or ""
         password = self.raw("DISPATCHER_PASSWORD", secret=True, required=True) or ""
         secrets = self.raw("DISPATCHER_WEBHOOK_SECRET", secret=True, required=True) or ""
         if any(len(secret) < MIN_WEBHOOK_SECRET_LENGTH for secret in secrets.split()):
@@ -467,6 +471,8 @@ class _Reader:
                 "GATEWAY_STREAM_BACKLOG", positive_int, _DEFAULTS.stream_backlog
             ),
             nats_replicas=self.parsed("GATEWAY_NATS_REPLICAS", _replicas, _DEFAULTS.nats_replicas),
+            nats_ca_file=self.file("GATEWAY_NATS_CA_FILE"),
+            nats_token=self.raw("GATEWAY_NATS_TOKEN", secret=True),
             event_retention=self.seconds("GATEWAY_EVENT_RETENTION", _DEFAULTS.event_retention),
             webhook_require_timestamp=self.flag(
                 "GATEWAY_WEBHOOK_REQUIRE_TIMESTAMP", default=_DEFAULTS.webhook_require_timestamp

@@ -166,3 +166,28 @@ def test_a_webhook_secret_shorter_than_16_characters_is_one_line(secrets: str) -
         "DISPATCHER_WEBHOOK_SECRET: each secret must be at least 16 characters"
     ]
     assert Settings.from_env({**GOOD, "DISPATCHER_WEBHOOK_SECRET": "x" * 16})
+
+
+def test_dispatcher_email_from_file(tmp_path: Path) -> None:
+    (tmp_path / "email").write_text("ops@example.com\n")
+    env = {k: v for k, v in GOOD.items() if k != "DISPATCHER_EMAIL"}
+    settings = Settings.from_env({**env, "DISPATCHER_EMAIL_FILE": str(tmp_path / "email")})
+    assert settings.dispatcher_email == "ops@example.com"
+
+
+def test_nats_ca_and_token_from_files(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("a CA\n")
+    (tmp_path / "token").write_text("nats-token-not-logged\n")
+    settings = Settings.from_env(
+        {
+            **GOOD,
+            "GATEWAY_NATS_CA_FILE": str(tmp_path / "ca.pem"),
+            "GATEWAY_NATS_TOKEN_FILE": str(tmp_path / "token"),
+        }
+    )
+    assert settings.nats_ca_file == str(tmp_path / "ca.pem")
+    assert settings.nats_token == "nats-token-not-logged"
+    assert "nats-token-not-logged" not in repr(settings)
+    assert problems({**GOOD, "GATEWAY_NATS_CA_FILE": str(tmp_path / "missing.pem")}) == [
+        f"GATEWAY_NATS_CA_FILE: no such file: {str(tmp_path / 'missing.pem')!r}"
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -117,7 +118,19 @@ async def run(args: argparse.Namespace) -> int:
 
     app = GatewayApp(settings)
     stop = stop_on_signals()
-    listeners = await app.start()
+    # A store that is not ready yet is waited for; a SIGTERM meanwhile ends the wait.
+    starting = asyncio.create_task(app.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        if sandbox is not None:
+            await sandbox.close()
+            await sandbox_server.stop()
+        return 0
+    listeners = starting.result()
     if sandbox is not None:
         transport = "TLS" if settings.grpc_tls_cert_file else "plaintext"
         reflection = "reflection on" if settings.grpc_reflection else "reflection off"
@@ -140,7 +153,7 @@ async def run(args: argparse.Namespace) -> int:
             "  .venv/bin/dispatcher-gateway watch\n",
             flush=True,
         )
-    await stop.wait()
+    await stopping
     await app.drain()
     if sandbox is not None:
         await sandbox.close()

@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -133,7 +134,13 @@ class JetStream:
 
     @classmethod
     async def connect(
-        cls, servers: list[str], *, connect_timeout: float, timeout: float
+        cls,
+        servers: list[str],
+        *,
+        connect_timeout: float,
+        timeout: float,
+        ca_file: str | None = None,
+        token: str | None = None,
     ) -> JetStream:
         nc = await nats.connect(
             servers=servers,
@@ -144,6 +151,8 @@ class JetStream:
             max_reconnect_attempts=1,
             reconnect_time_wait=RECONNECT_WAIT,
             pending_size=0,
+            tls=ssl.create_default_context(cafile=ca_file) if ca_file else None,
+            token=token,
             error_cb=_log_error,
             disconnected_cb=_log_disconnected,
             reconnected_cb=_log_reconnected,

@@ -80,9 +80,12 @@ class NatsStore:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         lease_grace: float | None = None,
         clock: Clock = time.monotonic,
+        ca_file: str | None = None,
+        token: str | None = None,
     ) -> None:
         """`clock` decides when outbox leases run out; `lease_grace` (default: `timeout`) is how
-        much later the server hands their entries out again (see the module doc)."""
+        much later the server hands their entries out again (see the module doc). `ca_file`: the
+        CA that signs NATS's certificate (TLS); `token`: NATS's authorization token."""
         self.layout = Layout(prefix)
         if replicas < 1:
             raise ValueError("replicas must be at least 1")
@@ -97,6 +100,8 @@ class NatsStore:
         self._connect_timeout = connect_timeout
         self._lease_grace = timeout if lease_grace is None else lease_grace
         self._clock = clock
+        self._ca_file = ca_file
+        self._token = token
         self._js: JetStream | None = None
         self.journal = Journal(self._wire, self.layout)
         """Jobs and events written by the envelope commit protocol."""
@@ -120,7 +125,11 @@ class NatsStore:
     async def open(self) -> None:
         with unavailable():
             self._js = await JetStream.connect(
-                self._servers, connect_timeout=self._connect_timeout, timeout=self._timeout
+                self._servers,
+                connect_timeout=self._connect_timeout,
+                timeout=self._timeout,
+                ca_file=self._ca_file,
+                token=self._token,
             )
             try:
                 await provision(self._js, self.layout, self._shape)
