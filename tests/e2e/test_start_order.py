@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,10 +15,9 @@ import httpx
 import pytest
 import trustme
 
+from tests.support.loopback import RunningSandbox, TlsFiles
 from tests.support.nats_server import NatsFactory, nats_server_binary
-
-from .conftest import RunningSandbox, TlsFiles
-from .procs import GatewayProcess, gateway_env
+from tests.support.process import ServerProcess, gateway_env, gateway_process
 
 WAITING = 3.0
 """Seconds the gateway is watched waiting (alive, live, not ready) at each step."""
@@ -29,30 +26,15 @@ SETTLED_TIMEOUT = 90.0
 store's own wait for the cluster to settle (30 s) and the backoff before it."""
 
 
-async def launch(gateway: GatewayProcess) -> None:
-    """Start the process without waiting for it to be ready (GatewayProcess.start would)."""
-    with gateway.log_path.open("ab") as log:
-        gateway.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "dispatcher_gateway",
-            "serve",
-            env={**os.environ, **gateway.env},
-            stdout=log,
-            stderr=log,
-        )
-
-
-async def assert_waiting(gateway: GatewayProcess) -> None:
+async def assert_waiting(gateway: ServerProcess) -> None:
     """Alive, /healthz 200 and /readyz 503, for WAITING seconds."""
-    base = f"http://127.0.0.1:{gateway.admin_port}"
+    base = f"http://{gateway.env['GATEWAY_ADMIN_ADDR']}"
     loop = asyncio.get_running_loop()
     end = loop.time() + WAITING
     seen_live = False
     async with httpx.AsyncClient() as client:
         while loop.time() < end:
-            assert gateway.process is not None
-            assert gateway.process.returncode is None, gateway.log()
+            assert gateway.returncode is None, gateway.log()
             try:
                 live = await client.get(f"{base}/healthz")
                 ready = await client.get(f"{base}/readyz")
@@ -66,11 +48,10 @@ async def assert_waiting(gateway: GatewayProcess) -> None:
     assert seen_live, gateway.log()
 
 
-async def wait_for_log(gateway: GatewayProcess, text: str, timeout: float) -> None:
+async def wait_for_log(gateway: ServerProcess, text: str, timeout: float) -> None:
     async with asyncio.timeout(timeout):
         while text not in gateway.log_path.read_text(errors="replace"):
-            assert gateway.process is not None
-            assert gateway.process.returncode is None, gateway.log()
+            assert gateway.returncode is None, gateway.log()
             await asyncio.sleep(0.2)
 
 
@@ -82,13 +63,12 @@ async def test_a_gateway_started_before_its_nats_cluster_waits_and_then_serves(
     nats = start_nats_server(nodes=3)
     nats.stop()  # its ports are known and kept: the gateway is pointed at a cluster not yet up
     env = gateway_env(sandbox, tls, tmp_path)
-    gateway = GatewayProcess(
+    gateway = gateway_process(
         env | {"GATEWAY_STORE": nats.url, "GATEWAY_NATS_REPLICAS": "3"},
         tmp_path / "gateway.log",
-        int(env["GATEWAY_ADMIN_ADDR"].rpartition(":")[2]),
     )
     try:
-        await launch(gateway)
+        gateway.spawn()
         await assert_waiting(gateway)
         # Two nodes of three: a meta leader, but no three peers for an R3 stream.
         for node in nats.nodes[:2]:
@@ -96,7 +76,7 @@ async def test_a_gateway_started_before_its_nats_cluster_waits_and_then_serves(
         await assert_waiting(gateway)
         await wait_for_log(gateway, "NATS JetStream is not ready", SETTLED_TIMEOUT)
         nats.nodes[2].start()
-        await gateway.wait_ready()
+        await gateway.ready()
         assert await gateway.terminate() == 0
     finally:
         await gateway.close()
@@ -108,13 +88,12 @@ async def test_sigterm_while_waiting_for_the_store_exits_cleanly(
     nats = start_nats_server(nodes=1)
     nats.stop()
     env = gateway_env(sandbox, tls, tmp_path)
-    gateway = GatewayProcess(
+    gateway = gateway_process(
         env | {"GATEWAY_STORE": nats.url},
         tmp_path / "gateway.log",
-        int(env["GATEWAY_ADMIN_ADDR"].rpartition(":")[2]),
     )
     try:
-        await launch(gateway)
+        gateway.spawn()
         await assert_waiting(gateway)
         assert await gateway.terminate(timeout=10.0) == 0
     finally:
@@ -164,7 +143,7 @@ async def test_nats_over_tls_with_a_token_from_files(
     process, port, ca = start_secured_nats(tmp_path / "nats", token)
     (tmp_path / "token").write_text(token + "\n")
     env = gateway_env(sandbox, tls, tmp_path)
-    gateway = GatewayProcess(
+    gateway = gateway_process(
         env
         | {
             "GATEWAY_STORE": f"tls://127.0.0.1:{port}",
@@ -172,7 +151,6 @@ async def test_nats_over_tls_with_a_token_from_files(
             "GATEWAY_NATS_TOKEN_FILE": str(tmp_path / "token"),
         },
         tmp_path / "gateway.log",
-        int(env["GATEWAY_ADMIN_ADDR"].rpartition(":")[2]),
     )
     try:
         await gateway.start()
