@@ -10,7 +10,6 @@ from grpc_status import rpc_status
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 
-
 EVERY_SERVICE: tuple[tuple[int, ...], ...] = (
     (pb.SERVICE_EMAIL,),
     (pb.SERVICE_POSTAL,),
