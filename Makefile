@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 PROTO := protos/dispatcher/gateway/v1/gateway.proto
 GEN := server/dispatcher/gateway/v1
 
-.PHONY: run test test-fast check lint fmt types proto proto-check buf-lint deploy-check image image-test pytest fuzz bench clean
+.PHONY: run test test-fast check lint fmt types arch proto proto-check buf-lint deploy-check image image-test pytest fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ test: check pytest
 test-fast: $(STAMP)
 	$(BIN)/pytest tests/unit tests/contract -m "not slow"
 
-check: lint types proto-check buf-lint deploy-check
+check: lint types arch proto-check buf-lint deploy-check
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
@@ -37,6 +37,10 @@ fmt: $(STAMP)
 
 types: $(STAMP)
 	$(BIN)/mypy
+
+# The arrows between the rooms of server/ (pyproject.toml's import-linter contracts).
+arch: $(STAMP)
+	$(BIN)/lint-imports
 
 proto: $(STAMP)
 	scripts/gen-proto $(GEN)

@@ -20,7 +20,7 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.support.loopback import RunningSandbox, TlsFiles
 from tests.support.process import gateway_env, gateway_process
-from tests.support.requests import request_for
+from tests.support.requests import EVERY_SERVICE, request_for
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +29,6 @@ RATE_LIMIT, RATE_WINDOW = 100, 3.0
 CONCURRENCY = 20
 KILLS_AT = (N // 3, 2 * N // 3)
 RUN_TIMEOUT = 240.0
-SERVICES: tuple[tuple[int, ...], ...] = (
-    (pb.SERVICE_EMAIL,),
-    (pb.SERVICE_POSTAL,),
-    (pb.SERVICE_ESIGN,),
-    (pb.SERVICE_SMS,),
-    (pb.SERVICE_INVOICING,),
-    (pb.SERVICE_FILE,),
-    (pb.SERVICE_UPLOAD,),
-    (pb.SERVICE_FILE, pb.SERVICE_EMAIL),
-    (pb.SERVICE_FILE, pb.SERVICE_ESIGN),
-)
 FAULTS = {
     "error_rate": 0.2,  # 5xx
     "timeout_rate": 0.1,  # accepted, but the answer comes after the gateway gave up waiting
@@ -91,7 +80,7 @@ class Subscriber:
 
 async def dispatch_until_accepted(target: str, index: int) -> str:
     """One dispatch, retried across gateway deaths with the same idempotency key."""
-    service, *chain = SERVICES[index % len(SERVICES)]
+    service, *chain = EVERY_SERVICE[index % len(EVERY_SERVICE)]
     request = request_for(service, chain=tuple(chain))
     request.idempotency_key = f"fault-suite-{index}"
     while True:

@@ -35,21 +35,10 @@ from dispatcher_gateway.core.callbacks import CallbackRules
 from dispatcher_gateway.core.model import Service
 from dispatcher_gateway.sandbox import Faults, Sandbox
 from tests.support.loopback import GatewayFactory, RunningSandbox
-from tests.support.requests import request_for
+from tests.support.requests import EVERY_SERVICE, request_for
 
 PER_SERVICE = 10
-SERVICES: tuple[tuple[int, ...], ...] = (
-    (pb.SERVICE_EMAIL,),
-    (pb.SERVICE_POSTAL,),
-    (pb.SERVICE_ESIGN,),
-    (pb.SERVICE_SMS,),
-    (pb.SERVICE_INVOICING,),
-    (pb.SERVICE_FILE,),
-    (pb.SERVICE_UPLOAD,),
-    (pb.SERVICE_FILE, pb.SERVICE_EMAIL),
-    (pb.SERVICE_FILE, pb.SERVICE_ESIGN),
-)
-N = PER_SERVICE * len(SERVICES)
+N = PER_SERVICE * len(EVERY_SERVICE)
 CONCURRENCY = 20
 UPSTREAM_TIMEOUT = 1.5
 """The gateway's wait for an answer, async or sync: far above what the sandbox takes to answer
@@ -170,7 +159,7 @@ async def test_what_the_gateway_still_guarantees_when_the_upstream_breaks_an_ass
             slots = asyncio.Semaphore(CONCURRENCY)
 
             async def dispatch(index: int) -> str:
-                service, *chain = SERVICES[index % len(SERVICES)]
+                service, *chain = EVERY_SERVICE[index % len(EVERY_SERVICE)]
                 request = request_for(service, chain=tuple(chain))
                 request.idempotency_key = f"assumptions-{index}"
                 async with slots:

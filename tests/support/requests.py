@@ -10,6 +10,20 @@ from grpc_status import rpc_status
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 
+EVERY_SERVICE: tuple[tuple[int, ...], ...] = (
+    (pb.SERVICE_EMAIL,),
+    (pb.SERVICE_POSTAL,),
+    (pb.SERVICE_ESIGN,),
+    (pb.SERVICE_SMS,),
+    (pb.SERVICE_INVOICING,),
+    (pb.SERVICE_FILE,),
+    (pb.SERVICE_UPLOAD,),
+    (pb.SERVICE_FILE, pb.SERVICE_EMAIL),
+    (pb.SERVICE_FILE, pb.SERVICE_ESIGN),
+)
+"""The seven services, then two chains: one that ends by the upstream's answer, one by webhook
+(request_for(service, chain=rest) builds each)."""
+
 
 def email_request(**changes: object) -> pb.DispatchRequest:
     request = pb.DispatchRequest(
