@@ -42,7 +42,8 @@ none."""
 TRACEPARENT: Final = "traceparent"
 REDACTED_PATH: Final = "/webhooks/dispatcher/{token}"
 """What a webhook span says of its URL: the path holds the job's callback token, a secret."""
-_URL_ATTRIBUTES: Final = ("http.target", "http.url", "url.path", "url.full", "url.query")
+_URL_ATTRIBUTES: Final = ("http.target", "http.url", "url.path", "url.full")
+"""Where the instrumentation puts the path, under the old and the stable conventions."""
 
 _W3C = TraceContextTextMapPropagator()
 
