@@ -31,6 +31,7 @@ from .rpc.limits import ClientLimits
 from .rpc.server import create_server, set_serving
 from .rpc.servicer import DispatchServicer
 from .rpc.tls import CertificateFiles
+from .tracing import SpanLinks, Tracing
 from .upstream import DispatcherClient
 from .webhooks import WebhookVerifier, create_webhook_app
 
@@ -81,8 +82,12 @@ class Listeners:
 
 
 class GatewayApp:
-    def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, store: Store | None = None, tracing: Tracing | None = None
+    ) -> None:
+        """`tracing`: off when not given (cli/serve.py reads it from OTEL_*)."""
         self.settings = settings
+        self.tracing = tracing or Tracing()
         self.store = store or open_store(settings)
         self.health = health.aio.HealthServicer()
         self.hub = EventHub(backlog=settings.stream_backlog)
@@ -125,6 +130,7 @@ class GatewayApp:
             s.dispatcher_email,
             s.dispatcher_password,
             verify=s.dispatcher_ca_file or True,
+            tracing=self.tracing,
         )
         self.gateway = Gateway.build(
             self.store,
@@ -142,6 +148,7 @@ class GatewayApp:
                 sync_concurrency=s.sync_concurrency,
             ),
             observer=Counts(),
+            traces=SpanLinks() if self.tracing.enabled else None,
         )
         self.opened = True
         auth = Authenticator(
@@ -159,6 +166,7 @@ class GatewayApp:
             auth=auth,
             drain=self.calls,
             reflection=s.grpc_reflection,
+            outer=self.tracing.grpc_interceptors(),
         )
         grpc_port, mtls_port = self._grpc_ports()
         await self.grpc.start()
@@ -166,6 +174,7 @@ class GatewayApp:
         webhook_host, webhook_port = split_addr(s.webhook_addr)
         verifier = WebhookVerifier(s.webhook_secrets, require_timestamp=s.webhook_require_timestamp)
         webhooks = create_webhook_app(self.gateway.webhooks, verifier)
+        self.tracing.instrument_webhooks(webhooks)
         webhook = await start_http(
             webhooks, webhook_host, webhook_port, certfile=s.tls_cert_file, keyfile=s.tls_key_file
         )
@@ -246,6 +255,7 @@ class GatewayApp:
             await asyncio.gather(self.listeners.webhook.stop(), self.listeners.admin.stop())
         await self.upstream.close()
         await self.store.close()
+        self.tracing.shutdown()
         log.info("drained")
 
     async def _watch_store(self) -> None:

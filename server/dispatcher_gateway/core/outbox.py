@@ -16,7 +16,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from . import states
+from . import logfields, states
 from .callbacks import CallbackRules
 from .caller import UPSTREAM_TIMEOUT, UpstreamCaller, spec_of
 from .errors import StoreUnavailable, UpstreamError
@@ -215,6 +215,10 @@ class OutboxWorker:
     async def _await_callback(self, lease: Lease, job: Job) -> None:
         """A job waiting for its terminal webhook: fail it `callback_overdue` once its deadline
         has passed, else look again then."""
+        with logfields.about(job_id=job.job_id, client=job.client, dispatch_id=job.dispatch_id):
+            await self._check_deadline(lease, job)
+
+    async def _check_deadline(self, lease: Lease, job: Job) -> None:
         submitted_at = job.created_at
         async for event in self.records.events_of(job):
             if event.type == states.SUBMITTED:
@@ -237,6 +241,8 @@ class OutboxWorker:
         await self.store.ack(lease)
 
     async def _submit(self, lease: Lease, job: Job, kind: Mode, taken: float) -> None:
+        # A task of its own: what it logs is about this job.
+        logfields.known(job_id=job.job_id, client=job.client)
         try:
             if asyncio.get_running_loop().time() - taken > SLOT_FRESHNESS:
                 await self.caller.wait_slot()

@@ -3,6 +3,7 @@ reflection, behind the CallGuard interceptor."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -72,11 +73,13 @@ def create_server(
     auth: Authenticator,
     drain: Drain,
     reflection: bool = False,
+    outer: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> grpc.aio.Server:
     """DispatchService (callers authenticated, calls counted for `drain`), health (anyone may
-    ask) and, if asked for, reflection."""
+    ask) and, if asked for, reflection. `outer`: interceptors that see every call before the
+    guard (tracing's)."""
     guard = CallGuard(auth, drain, services=frozenset({SERVICE_NAME}))
-    server = grpc.aio.server(interceptors=[guard], options=limits.options())
+    server = grpc.aio.server(interceptors=[*outer, guard], options=limits.options())
     pb_grpc.add_DispatchServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection:
