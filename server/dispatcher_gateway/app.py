@@ -52,6 +52,10 @@ started before its NATS cluster, or while the cluster has no stream leaders, the
 not ready, rather than exiting into a restart loop."""
 
 
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - asyncio.get_running_loop().time())
+
+
 def open_store(settings: Settings) -> Store:
     """`nats://host:port[,host:port...]` selects NATS JetStream; anything else is an SQLite
     file path (optionally `sqlite:` prefixed)."""
@@ -216,11 +220,17 @@ class GatewayApp:
         return port, self.grpc.add_secure_port(s.grpc_mtls_addr, mtls.credentials())
 
     async def drain(self, grace: float = DRAIN_GRACE) -> None:
-        """SIGTERM: not serving, refuse new calls, finish in-flight ones, end streams with a
-        resumable UNAVAILABLE, stop the workers, close the store."""
+        """SIGTERM: not serving; connections asked to go (GOAWAY) and new calls refused
+        UNAVAILABLE; streams ended with their resumable UNAVAILABLE; unary calls in flight
+        finish within `grace`; then the rest is cut, the listeners stop, the store closes.
+
+        Every step is bounded: the whole takes at most `grace` + STATUS_FLUSH + the HTTP
+        listeners' SHUTDOWN_GRACE + the store's close, what the manifests' grace covers."""
         if self.draining:
             return
         self.draining = True
+        deadline = asyncio.get_running_loop().time() + grace
+        started = time.monotonic()
         log.info("draining: in-flight calls have %.0f s", grace)
         # Stopped first, so that it cannot turn health back to SERVING half-way through.
         if self._store_watch is not None:
@@ -228,25 +238,55 @@ class GatewayApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._store_watch
         await set_serving(self.health, False)
-        # Refuse new calls with UNAVAILABLE (clients retry it, elsewhere), end our streams with
-        # their resumable status, and let unary calls in flight finish. Then stop the server,
-        # without waiting the whole grace for streams nothing else ends (a health Watch).
+        # A call that reaches a handler from now on is refused UNAVAILABLE (retryable), and our
+        # streams end with their resumable status.
         self.calls.start()
         self.hub.close(ShuttingDown("the gateway is shutting down"))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.calls.idle.wait(), grace)
-        await asyncio.sleep(STATUS_FLUSH)
-        await self.grpc.stop(0)
+        # GOAWAY on every connection and the listener closed, at once: clients open their next
+        # calls on a new connection (through the Service, to another replica) instead of
+        # retrying into this one. Calls already running go on; the server is stopped for good
+        # below, once ours are done or the grace is spent.
+        stopping = asyncio.create_task(self.grpc.stop(grace), name="grpc-stop")
+        # The workers stop meanwhile, within the same grace: the hub has no stream left to feed,
+        # and the outbox's entries are leased by the other replicas (what it was sending comes
+        # back to them when its lease ends).
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.calls.idle.wait(), _left(deadline))
+        if self.calls.in_flight:
+            log.warning(
+                "drain: %d call(s) still running after %.0f s are cut; their jobs stay "
+                "recorded and are sent from the outbox",
+                self.calls.in_flight,
+                grace,
+            )
+        # The last statuses leave before the rest is cut: streams nothing else ends (a health
+        # Watch), and calls beyond the grace.
+        await asyncio.sleep(STATUS_FLUSH)
+        await self.grpc.stop(0)
+        await stopping
+        await self._stop_workers(deadline)
         if self.listeners is not None:
             await asyncio.gather(self.listeners.webhook.stop(), self.listeners.admin.stop())
         await self.upstream.close()
         await self.store.close()
-        log.info("drained")
+        log.info("drained in %.2f s", time.monotonic() - started)
+
+    async def _stop_workers(self, deadline: float) -> None:
+        """The hub and the outbox, cancelled at the start of the drain, given what is left of its
+        grace to end (the outbox waits for its submissions), then cut."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=_left(deadline))
+        for task in pending:
+            log.warning("drain: %s still stopping at the end of the grace: cut", task.get_name())
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=STATUS_FLUSH)
+        for task in self._tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("drain: %s failed", task.get_name(), exc_info=task.exception())
 
     async def _watch_store(self) -> None:
         """grpc.health.v1 says NOT_SERVING while the store does not answer, and SERVING again
