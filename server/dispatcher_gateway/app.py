@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from grpc_health.v1 import health
 from starlette.applications import Starlette
@@ -43,6 +44,8 @@ STORE_CHECK_INTERVAL = 1.0
 """Seconds between the looks at the store that keep gRPC health in step with it."""
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 STATUS_FLUSH = 0.1
+WORKER_RECANCEL = 0.5
+"""Seconds between cancellations of a worker that has not ended yet (see _stop_workers)."""
 """Seconds for the last statuses of ended calls to leave before the server cancels the rest."""
 CALLBACK_KEY_NAME = "callback-token-key"
 STORE_OPEN_RETRY = 1.0
@@ -54,6 +57,18 @@ not ready, rather than exiting into a restart loop."""
 
 def _left(deadline: float) -> float:
     return max(0.0, deadline - asyncio.get_running_loop().time())
+
+
+def _waiting_at(task: asyncio.Task[None]) -> str:
+    """Where a task waits: the chain of its coroutines' files and lines, innermost last."""
+    frames: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+        if frame is not None:
+            frames.append(f"{frame.f_code.co_filename.rpartition('/')[2]}:{frame.f_lineno}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    return " > ".join(frames[-4:]) or "?"
 
 
 def open_store(settings: Settings) -> Store:
@@ -92,6 +107,7 @@ class GatewayApp:
         self.hub = EventHub(backlog=settings.stream_backlog)
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._hub_task: asyncio.Task[None] | None = None
         self._store_watch: asyncio.Task[None] | None = None
         self.listeners: Listeners | None = None
         self.opened = False
@@ -184,8 +200,9 @@ class GatewayApp:
             "1 while the upstream circuit breaker is open or probing.",
             lambda: float(self.gateway.caller.breaker.state.value != "closed"),
         )
+        self._hub_task = asyncio.create_task(self.hub.follow(self.store), name="hub")
         self._tasks = [
-            asyncio.create_task(self.hub.follow(self.store), name="hub"),
+            self._hub_task,
             asyncio.create_task(self.gateway.outbox.run(), name="outbox"),
         ]
         await set_serving(self.health, True)
@@ -238,20 +255,23 @@ class GatewayApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._store_watch
         await set_serving(self.health, False)
-        # A call that reaches a handler from now on is refused UNAVAILABLE (retryable), and our
-        # streams end with their resumable status.
+        # GOAWAY on every connection and the listener closed: clients open their next calls on a
+        # new connection (through the Service, to another replica) instead of retrying into this
+        # one. Calls already running go on; the server is stopped for good below, once ours are
+        # done or the grace is spent. A call that reaches a handler meanwhile is refused
+        # UNAVAILABLE.
         self.calls.start()
-        self.hub.close(ShuttingDown("the gateway is shutting down"))
-        # GOAWAY on every connection and the listener closed, at once: clients open their next
-        # calls on a new connection (through the Service, to another replica) instead of
-        # retrying into this one. Calls already running go on; the server is stopped for good
-        # below, once ours are done or the grace is spent.
         stopping = asyncio.create_task(self.grpc.stop(grace), name="grpc-stop")
-        # The workers stop meanwhile, within the same grace: the hub has no stream left to feed,
-        # and the outbox's entries are leased by the other replicas (what it was sending comes
-        # back to them when its lease ends).
-        for task in self._tasks:
-            task.cancel()
+        await asyncio.sleep(0)  # the shutdown (GOAWAY) starts now...
+        # ...before our streams end with their resumable status: a client that resumes at once
+        # does so on a new connection, not on this one.
+        self.hub.close(ShuttingDown("the gateway is shutting down"))
+        # The workers stop meanwhile, within the same grace: the hub has no stream left to feed;
+        # the outbox leases nothing more and lets its submissions finish (its entries are leased
+        # by the other replicas, and what it was sending comes back to them if cut).
+        self.gateway.outbox.close()
+        if self._hub_task is not None:
+            self._hub_task.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.calls.idle.wait(), _left(deadline))
         if self.calls.in_flight:
@@ -274,13 +294,21 @@ class GatewayApp:
         log.info("drained in %.2f s", time.monotonic() - started)
 
     async def _stop_workers(self, deadline: float) -> None:
-        """The hub and the outbox, cancelled at the start of the drain, given what is left of its
-        grace to end (the outbox waits for its submissions), then cut."""
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(self._tasks, timeout=_left(deadline))
+        """The hub (cancelled) and the outbox (closed), told to stop at the start of the drain,
+        given what is left of its grace to end, then cut. A cancellation can be swallowed by a
+        library's wait that completes at the same moment (asyncio.wait_for in Python 3.11): the
+        hub's is made again until it ends."""
+        pending = set(self._tasks)
+        while pending and (left := _left(deadline)) > 0:
+            _, pending = await asyncio.wait(pending, timeout=min(WORKER_RECANCEL, left))
+            if self._hub_task is not None and self._hub_task in pending:
+                self._hub_task.cancel()
         for task in pending:
-            log.warning("drain: %s still stopping at the end of the grace: cut", task.get_name())
+            log.warning(
+                "drain: %s still stopping at the end of the grace (at %s): cut",
+                task.get_name(),
+                _waiting_at(task),
+            )
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=STATUS_FLUSH)
