@@ -281,12 +281,15 @@ class GatewayApp:
                 self.calls.in_flight,
                 grace,
             )
+        await self._stop_workers(deadline)
         # The last statuses leave before the rest is cut: streams nothing else ends (a health
-        # Watch), and calls beyond the grace.
+        # Watch), calls beyond the grace, a worker that did not end within it.
         await asyncio.sleep(STATUS_FLUSH)
         await self.grpc.stop(0)
         await stopping
-        await self._stop_workers(deadline)
+        for task in self._tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("drain: %s failed", task.get_name(), exc_info=task.exception())
         if self.listeners is not None:
             await asyncio.gather(self.listeners.webhook.stop(), self.listeners.admin.stop())
         await self.upstream.close()
@@ -295,9 +298,9 @@ class GatewayApp:
 
     async def _stop_workers(self, deadline: float) -> None:
         """The hub (cancelled) and the outbox (closed), told to stop at the start of the drain,
-        given what is left of its grace to end, then cut. A cancellation can be swallowed by a
-        library's wait that completes at the same moment (asyncio.wait_for in Python 3.11): the
-        hub's is made again until it ends."""
+        given what is left of its grace to end, then cut (their last moment is the drain's
+        STATUS_FLUSH). A cancellation can be swallowed by a library's wait that completes at the
+        same moment (asyncio.wait_for in Python 3.11): the hub's is made again until it ends."""
         pending = set(self._tasks)
         while pending and (left := _left(deadline)) > 0:
             _, pending = await asyncio.wait(pending, timeout=min(WORKER_RECANCEL, left))
@@ -310,11 +313,6 @@ class GatewayApp:
                 _waiting_at(task),
             )
             task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=STATUS_FLUSH)
-        for task in self._tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                log.error("drain: %s failed", task.get_name(), exc_info=task.exception())
 
     async def _watch_store(self) -> None:
         """grpc.health.v1 says NOT_SERVING while the store does not answer, and SERVING again
