@@ -87,6 +87,7 @@ class OutboxWorker:
         """Calls of each kind that may start now: a slow sync answer never holds up an
         acceptance."""
         self._slot_freed = asyncio.Event()
+        self._closing = False
         self.submit_timeout = submit_timeout
         self.sync_timeout = sync_timeout
         rate = caller.rate_limit
@@ -98,9 +99,17 @@ class OutboxWorker:
         """Something was queued: look now rather than at the next poll."""
         self._wakeup.set()
 
+    def close(self) -> None:
+        """Lease nothing more: `run` returns (once its submissions in flight end, or
+        `submit_timeout` later) without being cancelled, which an awaited answer arriving at the
+        same moment can swallow (asyncio.wait_for in Python 3.11)."""
+        self._closing = True
+        self._wakeup.set()
+        self._slot_freed.set()
+
     async def run(self) -> None:
         try:
-            while True:
+            while not self._closing:
                 room = sum(self._free.values())
                 if room <= 0:
                     self._slot_freed.clear()
