@@ -20,7 +20,6 @@ and the details unpacked, on the HTTP status google/rpc/code.proto maps the code
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -56,9 +55,6 @@ JSON_MEDIA_TYPE = "application/json"
 SSE_MEDIA_TYPE = "text/event-stream"
 MAX_REQUEST_BYTES = 4 << 20
 """A request body: gRPC's own limit on a received message (GrpcLimits)."""
-HEARTBEAT = 15.0
-"""Seconds between SSE comments on a stream with nothing to send: proxies keep it open, and a
-client gone away is found out at the next write."""
 STATUS_DETAILS = "grpc-status-details-bin"
 
 # google/rpc/code.proto's HTTP mapping, the one the gRPC face's callers see as codes.
@@ -307,43 +303,13 @@ class JsonFace:
         try:
             with self.drain.call():
                 async with contextlib.aclosing(call(message, _Context())) as events:
-                    async for event in _with_heartbeats(events):
-                        if event is None:
-                            yield b": heartbeat\n\n"
-                        else:
-                            yield sse(to_json(event), event_id=event.cursor)
+                    # Iterated in this task only: the servicer's stream times itself out (its
+                    # maximum age) with asyncio.timeout, which cancels the task it began in.
+                    async for event in events:
+                        yield sse(to_json(event), event_id=event.cursor)
         except Exception as exc:
             status = self._failure(name, exc)
         yield sse(json.dumps(status_body(status)), event="status")
-
-
-async def _with_heartbeats(
-    events: AsyncGenerator[pb.JobEvent, None],
-) -> AsyncIterator[pb.JobEvent | None]:
-    """The events, and None each time HEARTBEAT seconds pass without one. The next event is
-    awaited in a task of its own, never cancelled by the wait: cancelling it would end the
-    stream."""
-    pending: asyncio.Future[pb.JobEvent] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(events))
-            done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT)
-            if not done:
-                yield None
-                continue
-            try:
-                event = pending.result()
-            except StopAsyncIteration:
-                return
-            finally:
-                pending = None
-            yield event
-    finally:
-        if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
 
 
 def _peer(request: Request) -> str:
