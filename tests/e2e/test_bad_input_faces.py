@@ -16,6 +16,7 @@ from google.protobuf import json_format, struct_pb2
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher_gateway.app import GatewayApp
+from dispatcher_gateway.rpc import json_face as json_face_module
 from dispatcher_gateway.rpc.clients import client_line
 from tests.support.faces import FACES, Face, Failed, GrpcFace, JsonFace, face_on, sse_events
 from tests.support.loopback import GatewayFactory
@@ -405,3 +406,24 @@ async def test_a_watch_ends_with_an_ok_status_after_the_terminal_event(json_face
     events = await json_face.call("WatchJob", pb.WatchJobRequest(job_id=job.job_id))
     assert [e.type for e in events] == ["queued", "dispatch_completed"]
     assert events[-1].terminal
+
+
+async def test_a_quiet_stream_sends_heartbeats_then_its_events(
+    json_face: JsonFace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(json_face_module, "HEARTBEAT", 0.2)
+    lines: list[str] = []
+    headers = {"content-type": "application/json"}
+    body = b'{"liveOnly": true}'
+    async with json_face.client.stream(
+        "POST", json_face.url("Subscribe"), content=body, headers=headers
+    ) as response:
+        async for line in response.aiter_lines():
+            lines.append(line)
+            if lines.count(": heartbeat") == 2 and len(lines) == 4:
+                # Quiet so far; now something happens, and arrives after the heartbeats.
+                await json_face.call("Dispatch", email_request(mode=pb.MODE_SYNC))
+            if line.startswith("data: ") and "dispatch_completed" in line:
+                break
+    assert lines[:4] == [": heartbeat", "", ": heartbeat", ""]
+    assert any(line.startswith("id: ") for line in lines[4:])

@@ -20,6 +20,7 @@ and the details unpacked, on the HTTP status google/rpc/code.proto maps the code
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -56,6 +57,9 @@ SSE_MEDIA_TYPE = "text/event-stream"
 MAX_REQUEST_BYTES = 4 << 20
 """A request body: gRPC's own limit on a received message (GrpcLimits)."""
 STATUS_DETAILS = "grpc-status-details-bin"
+HEARTBEAT = 15.0
+"""Seconds without an event before a stream sends a comment line."""
+HEARTBEAT_LINE = b": heartbeat\n\n"
 
 # google/rpc/code.proto's HTTP mapping, the one the gRPC face's callers see as codes.
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -296,20 +300,61 @@ class JsonFace:
 
     async def _events(self, name: str, message: Message, client: Any) -> AsyncIterator[bytes]:
         """The call's events, then its status (OK when it ended by itself): a client tells a
-        stream that ended from a connection that broke."""
+        stream that ended from a connection that broke. A comment line every HEARTBEAT seconds
+        without an event keeps proxies from closing a quiet stream, and finds a client gone."""
         set_caller(client)
         call = cast(_Streaming, getattr(self.servicer, name))
         status = status_of(grpc.StatusCode.OK, "")
         try:
             with self.drain.call():
-                async with contextlib.aclosing(call(message, _Context())) as events:
-                    # Iterated in this task only: the servicer's stream times itself out (its
-                    # maximum age) with asyncio.timeout, which cancels the task it began in.
-                    async for event in events:
+                async with _pumped(call(message, _Context())) as next_event:
+                    while True:
+                        try:
+                            event = await asyncio.wait_for(next_event(), HEARTBEAT)
+                        except TimeoutError:
+                            yield HEARTBEAT_LINE
+                            continue
+                        if event is None:
+                            break
                         yield sse(to_json(event), event_id=event.cursor)
         except Exception as exc:
             status = self._failure(name, exc)
         yield sse(json.dumps(status_body(status)), event="status")
+
+
+@contextlib.asynccontextmanager
+async def _pumped(
+    events: AsyncGenerator[pb.JobEvent, None],
+) -> AsyncIterator[Callable[[], Awaitable[pb.JobEvent | None]]]:
+    """The stream iterated whole in a task of its own, handed over one event at a time (None at
+    its end; its error raised). One task, because the servicer's stream ends itself at its
+    maximum age with asyncio.timeout, which cancels the task it began in; one event held, so
+    that a slow reader still falls behind the hub and is ended as on gRPC."""
+    handed: asyncio.Queue[pb.JobEvent | Exception | None] = asyncio.Queue(maxsize=1)
+
+    async def pump() -> None:
+        try:
+            async with contextlib.aclosing(events) as stream:
+                async for event in stream:
+                    await handed.put(event)
+        except Exception as exc:
+            await handed.put(exc)
+            return
+        await handed.put(None)
+
+    async def next_event() -> pb.JobEvent | None:
+        item = await handed.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    task = asyncio.create_task(pump(), name="json-face-stream")
+    try:
+        yield next_event
+    finally:
+        task.cancel()
+        # Not `await task`: that would take this task's own cancellation for the pump's.
+        await asyncio.wait({task})
 
 
 def _peer(request: Request) -> str:
