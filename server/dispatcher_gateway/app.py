@@ -28,6 +28,7 @@ from .metrics import REGISTRY, Counts
 from .rpc.auth import Authenticator
 from .rpc.clients import ClientsFile
 from .rpc.drain import Drain
+from .rpc.json_face import JsonFace
 from .rpc.limits import ClientLimits
 from .rpc.server import create_server, set_serving
 from .rpc.servicer import DispatchServicer
@@ -98,6 +99,8 @@ class Listeners:
     admin: HttpServer
     mtls_port: int | None = None
     """The port certificate clients call (with GATEWAY_GRPC_CLIENT_CA_FILE)."""
+    http: HttpServer | None = None
+    """DispatchService as JSON over HTTP (with GATEWAY_HTTP_ADDR)."""
 
 
 class GatewayApp:
@@ -198,6 +201,18 @@ class GatewayApp:
         webhook = await start_http(
             webhooks, webhook_host, webhook_port, certfile=s.tls_cert_file, keyfile=s.tls_key_file
         )
+        http = None
+        if s.http_addr is not None:
+            # The gRPC face's servicer, callers and drain: one service, two encodings.
+            face = JsonFace(self.servicer, auth, self.calls)
+            http_host, http_port = split_addr(s.http_addr)
+            http = await start_http(
+                face.app(),
+                http_host,
+                http_port,
+                certfile=s.grpc_tls_cert_file,
+                keyfile=s.grpc_tls_key_file,
+            )
 
         REGISTRY.gauge(
             "dispatcher_gateway_streams",
@@ -216,9 +231,9 @@ class GatewayApp:
         ]
         await set_serving(self.health, True)
         self._store_watch = asyncio.create_task(self._watch_store(), name="store-watch")
-        self.listeners = Listeners(grpc_port, webhook, admin, mtls_port)
+        self.listeners = Listeners(grpc_port, webhook, admin, mtls_port, http)
         log.info(
-            "gateway ready: gRPC on %s (port %d, %s), webhooks on %s, admin on %s, store %s",
+            "gateway ready: gRPC on %s (port %d, %s), webhooks on %s, admin on %s, store %s%s",
             s.grpc_addr,
             grpc_port,
             "plaintext"
@@ -227,6 +242,7 @@ class GatewayApp:
             webhook.url,
             admin.url,
             type(self.store).__name__,
+            f", JSON over HTTP on {http.url}" if http is not None else "",
         )
         if s.allow_anonymous:
             log.warning("anonymous access is on: a call without credentials is 'anonymous'")
@@ -300,7 +316,8 @@ class GatewayApp:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 log.error("drain: %s failed", task.get_name(), exc_info=task.exception())
         if self.listeners is not None:
-            await asyncio.gather(self.listeners.webhook.stop(), self.listeners.admin.stop())
+            servers = [self.listeners.webhook, self.listeners.admin, self.listeners.http]
+            await asyncio.gather(*(server.stop() for server in servers if server is not None))
         await self.upstream.close()
         await self.store.close()
         self.tracing.shutdown()

@@ -31,6 +31,8 @@ GRPC_PORT = 50051
 GRPC_MTLS_PORT = 50052
 WEBHOOK_PORT = 8443
 ADMIN_PORT = 9090
+HTTP_PORT = 8080
+"""The JSON face's port where it is switched on (`serve --sandbox` does, on loopback)."""
 MAX_STREAM_AGE = 30 * 60.0
 """Seconds before a stream is ended (jittered), so that clients spread over new replicas."""
 EVENT_RETENTION = 30 * DAY
@@ -55,6 +57,8 @@ class Settings:
     grpc_addr: str = f"{ANY_HOST}:{GRPC_PORT}"
     webhook_addr: str = f"{ANY_HOST}:{WEBHOOK_PORT}"
     admin_addr: str = f"{ANY_HOST}:{ADMIN_PORT}"
+    http_addr: str | None = None
+    """DispatchService as JSON over HTTP (rpc/json_face.py), over gRPC's TLS; None: off."""
     store: str = DEFAULT_STORE
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
@@ -398,6 +402,19 @@ class _Reader:
             anonymous=anonymous,
         )
 
+        http_addr = self.raw("GATEWAY_HTTP_ADDR")
+        if http_addr is not None:
+            http_addr = self.addr("GATEWAY_HTTP_ADDR", http_addr)
+            http_host = http_addr.rpartition(":")[0].strip("[]")
+            if grpc_cert is None and not plaintext and not is_loopback(http_host):
+                self.problem(
+                    "GATEWAY_HTTP_ADDR",
+                    f"{http_addr} is reachable from other hosts, and it has no TLS (it serves "
+                    "gRPC's certificate): set GATEWAY_GRPC_TLS_CERT_FILE and "
+                    "GATEWAY_GRPC_TLS_KEY_FILE, or GATEWAY_GRPC_PLAINTEXT=true if a proxy in "
+                    "front of it terminates TLS",
+                )
+
         def positive_int(text: str) -> int:
             value = int(text)
             if value <= 0:
@@ -414,6 +431,7 @@ class _Reader:
             grpc_addr=grpc_addr,
             webhook_addr=self.addr("GATEWAY_WEBHOOK_ADDR", _DEFAULTS.webhook_addr),
             admin_addr=self.addr("GATEWAY_ADMIN_ADDR", _DEFAULTS.admin_addr),
+            http_addr=http_addr,
             store=self.raw("GATEWAY_STORE") or _DEFAULTS.store,
             tls_cert_file=cert,
             tls_key_file=key,

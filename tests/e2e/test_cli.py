@@ -88,6 +88,7 @@ async def serve_sandbox(folder: Path, **env: str) -> Served:
         "GATEWAY_GRPC_ADDR": f"127.0.0.1:{free_port()}",
         "GATEWAY_WEBHOOK_ADDR": f"127.0.0.1:{free_port()}",
         "GATEWAY_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
+        "GATEWAY_HTTP_ADDR": f"127.0.0.1:{free_port()}",
         **env,
     }
     log_path = folder / "serve.log"

@@ -172,6 +172,7 @@ async def test_sandbox_mode_lets_anonymous_callers_in_and_says_so(tmp_path: Path
         "GATEWAY_GRPC_ADDR": grpc_addr,
         "GATEWAY_WEBHOOK_ADDR": f"127.0.0.1:{free_port()}",
         "GATEWAY_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
+        "GATEWAY_HTTP_ADDR": f"127.0.0.1:{free_port()}",
     }
     log = tmp_path / "serve.log"
     with log.open("wb") as errors:

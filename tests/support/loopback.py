@@ -99,6 +99,8 @@ class GatewayFactory:
             grpc_addr=f"{HOST}:{self.grpc_port}",
             webhook_addr=f"{HOST}:{self.webhook_port}",
             admin_addr=f"{HOST}:0",
+            # Any free port: the JSON face's clients ask the running gateway for it (http_url).
+            http_addr=f"{HOST}:0",
             store=str(self.store_path),
             tls_cert_file=self.tls.cert,
             tls_key_file=self.tls.key,
@@ -127,6 +129,14 @@ class GatewayFactory:
     @property
     def target(self) -> str:
         return f"{HOST}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        """The JSON face: a method is `{http_url}/dispatcher.gateway.v1.DispatchService/M`."""
+        listeners = self.running[-1].listeners
+        assert listeners is not None
+        assert listeners.http is not None
+        return listeners.http.url
 
     @property
     def webhook_url(self) -> str:

@@ -191,3 +191,20 @@ def test_nats_ca_and_token_from_files(tmp_path: Path) -> None:
     assert problems({**GOOD, "GATEWAY_NATS_CA_FILE": str(tmp_path / "missing.pem")}) == [
         f"GATEWAY_NATS_CA_FILE: no such file: {str(tmp_path / 'missing.pem')!r}"
     ]
+
+
+def test_the_json_face_is_off_unless_given_an_address() -> None:
+    assert Settings.from_env(GOOD).http_addr is None
+    settings = Settings.from_env({**GOOD, "GATEWAY_HTTP_ADDR": "127.0.0.1:8080"})
+    assert settings.http_addr == "127.0.0.1:8080"
+
+
+def test_the_json_face_without_tls_only_on_loopback_or_behind_a_proxy() -> None:
+    reachable = {**GOOD, "GATEWAY_HTTP_ADDR": "0.0.0.0:8080", "GATEWAY_GRPC_PLAINTEXT": "false"}
+    reachable["GATEWAY_GRPC_ADDR"] = "127.0.0.1:50051"
+    [line] = problems(reachable)
+    assert line.startswith("GATEWAY_HTTP_ADDR: 0.0.0.0:8080 is reachable from other hosts")
+    assert Settings.from_env({**reachable, "GATEWAY_GRPC_PLAINTEXT": "true"})
+    assert problems({**GOOD, "GATEWAY_HTTP_ADDR": "8080"}) == [
+        "GATEWAY_HTTP_ADDR: expected HOST:PORT, got '8080'"
+    ]

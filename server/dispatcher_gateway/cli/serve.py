@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, Settings
+from ..config import HTTP_PORT, ConfigError, Settings
 from ..sandbox import SandboxSettings
 from .connection import on_loopback
 from .logs import configure_logging
@@ -98,6 +98,7 @@ async def run(args: argparse.Namespace) -> int:
             "GATEWAY_GRPC_ADDR": on_loopback(Settings.grpc_addr),
             "GATEWAY_WEBHOOK_ADDR": webhook_addr,
             "GATEWAY_ADMIN_ADDR": on_loopback(Settings.admin_addr),
+            "GATEWAY_HTTP_ADDR": f"127.0.0.1:{HTTP_PORT}",
             "GATEWAY_TLS_CERT_FILE": cert_file,
             "GATEWAY_TLS_KEY_FILE": key_file,
             # For trying the gateway out on this machine: said in the banner below.
@@ -152,7 +153,13 @@ async def run(args: argparse.Namespace) -> int:
             f"  gRPC       {settings.grpc_addr.replace('0.0.0.0', '127.0.0.1')}  "
             f"(dispatcher.gateway.v1.DispatchService, {transport}, {reflection})\n"
             f"  access     {access}\n"
-            f"  webhooks   {listeners.webhook.url}/webhooks/dispatcher/{{token}}\n"
+            + (
+                f"  JSON/HTTP  {listeners.http.url}/dispatcher.gateway.v1.DispatchService/METHOD  "
+                "(the same service as JSON; streams as Server-Sent Events)\n"
+                if listeners.http is not None
+                else ""
+            )
+            + f"  webhooks   {listeners.webhook.url}/webhooks/dispatcher/{{token}}\n"
             f"  admin      {listeners.admin.url}/readyz\n"
             f"  sandbox    {sandbox_server.url}  (stats: {sandbox_server.url}/_sandbox/stats)\n\n"
             "In another terminal:\n"
