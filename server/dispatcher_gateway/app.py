@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from .config import Settings, is_loopback, split_addr
+from .config import Settings
+from .config_values import is_loopback, split_addr
 from .core.breaker import CircuitBreaker
 from .core.errors import ShuttingDown, StoreUnavailable
 from .core.gateway import Gateway, OutboxLimits

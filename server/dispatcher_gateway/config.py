@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from . import config_values as values
+from .config_values import FLAGS, is_loopback, split_addr
 from .core.breaker import FAILURE_THRESHOLD, OPEN_FOR
 from .core.callbacks import DAY, DEFAULT_DEADLINE, CallbackRules
 from .core.caller import UPSTREAM_TIMEOUT
 from .core.hub import DEFAULT_BACKLOG
-from .core.model import Service
 from .core.outbox import SUBMIT_TIMEOUT, SYNC_CONCURRENCY
 from .core.retry import RateLimit, RetryPolicy
 from .rpc.clients import load_clients
@@ -121,83 +121,6 @@ _DEFAULTS = Settings("", "", "", (), "")
 """Every setting's default, for _Reader: a value not set is this one."""
 
 
-def split_addr(addr: str) -> tuple[str, int]:
-    """'host:port' or '[v6]:port' → (host, port)."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {addr!r}")
-    host = host.strip("[]")
-    if not host:
-        raise ValueError(f"expected HOST:PORT, got {addr!r}")
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float:
-    """'90', '90s', '15m', '12h' or '20d': positive seconds."""
-    text = text.strip().lower()
-    factor = _UNITS.get(text[-1:], 0.0)
-    number = text[:-1] if factor else text
-    factor = factor or 1.0
-    try:
-        value = float(number) * factor
-    except ValueError:
-        raise ValueError(f"expected a duration such as 20d, 12h or 90s, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"must be a positive duration, got {text!r}")
-    return value
-
-
-def _services(text: str) -> frozenset[Service]:
-    names = [n.strip().lower() for n in text.split(",") if n.strip()]
-    known = {s.value for s in Service}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ValueError(f"unknown service {unknown[0]!r}; known: {', '.join(sorted(known))}")
-    return frozenset(Service(n) for n in names)
-
-
-def _names(text: str) -> frozenset[str]:
-    return frozenset(n.strip().lower() for n in text.split(",") if n.strip())
-
-
-def _deadlines(text: str) -> dict[Service, float]:
-    """'esign=20d,postal=20d'."""
-    deadlines: dict[Service, float] = {}
-    for item in (i.strip() for i in text.split(",")):
-        if not item:
-            continue
-        name, sep, duration = item.partition("=")
-        if not sep:
-            raise ValueError(f"expected SERVICE=DURATION such as esign=20d, got {item!r}")
-        [service] = _services(name)
-        deadlines[service] = parse_duration(duration)
-    return deadlines
-
-
-_FLAGS = {
-    **dict.fromkeys(("true", "1", "yes", "on"), True),
-    **dict.fromkeys(("false", "0", "no", "off"), False),
-}
-
-
-def _replicas(text: str) -> int:
-    if text not in ("1", "3"):
-        raise ValueError(f"1 or 3, got {text!r}")
-    return int(text)
-
-
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
@@ -253,10 +176,10 @@ class _Reader:
 
     def flag(self, name: str, default: bool = False) -> bool:
         value = (self.raw(name) or str(default)).strip().lower()
-        if value not in _FLAGS:
+        if value not in FLAGS:
             self.problem(name, f"true or false, got {value!r}")
             return default
-        return _FLAGS[value]
+        return FLAGS[value]
 
     def check_grpc_security(
         self,
@@ -335,10 +258,10 @@ class _Reader:
 
     def callbacks(self) -> CallbackRules:
         default = _DEFAULTS.callbacks
-        services = self.parsed("GATEWAY_CALLBACK_SERVICES", _services, default.services)
+        services = self.parsed("GATEWAY_CALLBACK_SERVICES", values.services, default.services)
         deadlines = {
             **default.deadlines,
-            **self.parsed("GATEWAY_CALLBACK_DEADLINES", _deadlines, {}),
+            **self.parsed("GATEWAY_CALLBACK_DEADLINES", values.deadlines, {}),
         }
         try:  # a bad value is reported where it is read
             retention = float(self.env.get("GATEWAY_EVENT_RETENTION") or _DEFAULTS.event_retention)
@@ -354,7 +277,7 @@ class _Reader:
                 )
         return CallbackRules(
             services=services,
-            providers=self.parsed("GATEWAY_CALLBACK_PROVIDERS", _names, default.providers),
+            providers=self.parsed("GATEWAY_CALLBACK_PROVIDERS", values.names, default.providers),
             deadlines=deadlines,
         )
 
@@ -493,7 +416,9 @@ class _Reader:
             stream_backlog=self.parsed(
                 "GATEWAY_STREAM_BACKLOG", positive_int, _DEFAULTS.stream_backlog
             ),
-            nats_replicas=self.parsed("GATEWAY_NATS_REPLICAS", _replicas, _DEFAULTS.nats_replicas),
+            nats_replicas=self.parsed(
+                "GATEWAY_NATS_REPLICAS", values.replicas, _DEFAULTS.nats_replicas
+            ),
             nats_ca_file=self.file("GATEWAY_NATS_CA_FILE"),
             nats_token=self.raw("GATEWAY_NATS_TOKEN", secret=True),
             event_retention=self.seconds("GATEWAY_EVENT_RETENTION", _DEFAULTS.event_retention),

@@ -13,7 +13,8 @@ import grpc
 
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-from ..config import Settings, is_loopback, split_addr
+from ..config import Settings
+from ..config_values import is_loopback, split_addr
 
 
 def on_loopback(addr: str) -> str:
