@@ -16,18 +16,19 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from .config import Settings, is_loopback, split_addr
-from .core.breaker import CircuitBreaker
+from .core.breaker import BreakerState, CircuitBreaker
 from .core.errors import ShuttingDown, StoreUnavailable
 from .core.gateway import Gateway, OutboxLimits
 from .core.hub import EventHub
 from .core.ports import Store
 from .core.tokens import CallbackTokens
 from .httpserver import HttpServer, start_http
-from .metrics import REGISTRY, Counts
+from .metrics import Counts, GatewayGauges, Metrics
 from .rpc.auth import Authenticator
 from .rpc.clients import ClientsFile
 from .rpc.drain import Drain
 from .rpc.limits import ClientLimits
+from .rpc.metrics import ServerMetrics
 from .rpc.server import create_server, set_serving
 from .rpc.servicer import DispatchServicer
 from .rpc.tls import CertificateFiles
@@ -41,7 +42,6 @@ DRAIN_GRACE = 20.0
 READY_CHECK_TIMEOUT = 2.0
 STORE_CHECK_INTERVAL = 1.0
 """Seconds between the looks at the store that keep gRPC health in step with it."""
-PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 STATUS_FLUSH = 0.1
 """Seconds for the last statuses of ended calls to leave before the server cancels the rest."""
 CALLBACK_KEY_NAME = "callback-token-key"
@@ -92,6 +92,8 @@ class GatewayApp:
         self.listeners: Listeners | None = None
         self.opened = False
         self.started_at = time.time()
+        self.metrics = Metrics()
+        self.counts = Counts(self.metrics)
 
     async def start(self) -> Listeners:
         """Admin first, so that probes see a live process (not ready) while the store is awaited;
@@ -141,7 +143,7 @@ class GatewayApp:
                 sync_timeout=s.sync_timeout,
                 sync_concurrency=s.sync_concurrency,
             ),
-            observer=Counts(),
+            observer=self.counts,
         )
         self.opened = True
         auth = Authenticator(
@@ -159,26 +161,25 @@ class GatewayApp:
             auth=auth,
             drain=self.calls,
             reflection=s.grpc_reflection,
+            metrics=ServerMetrics(self.metrics.registry),
         )
         grpc_port, mtls_port = self._grpc_ports()
         await self.grpc.start()
 
         webhook_host, webhook_port = split_addr(s.webhook_addr)
         verifier = WebhookVerifier(s.webhook_secrets, require_timestamp=s.webhook_require_timestamp)
-        webhooks = create_webhook_app(self.gateway.webhooks, verifier)
+        webhooks = create_webhook_app(self.gateway.webhooks, verifier, observer=self.counts)
         webhook = await start_http(
             webhooks, webhook_host, webhook_port, certfile=s.tls_cert_file, keyfile=s.tls_key_file
         )
 
-        REGISTRY.gauge(
-            "dispatcher_gateway_streams",
-            "Event streams this replica holds.",
-            lambda: self.hub.streams,
-        )
-        REGISTRY.gauge(
-            "dispatcher_gateway_upstream_circuit_open",
-            "1 while the upstream circuit breaker is open or probing.",
-            lambda: float(self.gateway.caller.breaker.state.value != "closed"),
+        self.metrics.registry.register(
+            GatewayGauges(
+                self.counts,
+                streams=lambda: self.hub.streams,
+                circuit=lambda: self.gateway.caller.breaker.state.value,
+                states=[state.value for state in BreakerState],
+            )
         )
         self._tasks = [
             asyncio.create_task(self.hub.follow(self.store), name="hub"),
@@ -298,7 +299,8 @@ class GatewayApp:
             return JSONResponse(body, status_code=200 if ready else 503)
 
         async def metrics(request: Request) -> Response:
-            return PlainTextResponse(REGISTRY.render(), media_type=PROMETHEUS_TEXT)
+            page, media_type = self.metrics.render(request.headers.get("accept", ""))
+            return Response(page, media_type=media_type)
 
         return Starlette(
             routes=[

@@ -75,8 +75,9 @@ class Gateway:
             breaker=breaker,
             tokens=tokens,
             public_url=public_url,
+            observer=observer,
         )
-        records = JobRecords(store, clock)
+        records = JobRecords(store, clock, observer=observer)
         worker = OutboxWorker(
             store,
             caller,
@@ -106,6 +107,6 @@ class Gateway:
                 observer=observer,
             ),
             reads=reads,
-            streams=EventStreams(store, hub, reads),
+            streams=EventStreams(store, hub, reads, clock=clock, observer=observer),
             webhooks=WebhookRecorder(store, tokens, clock=clock, observer=observer),
         )

@@ -118,4 +118,6 @@ class WebhookRecorder:
         except NotFound:
             raise NotFound("no such callback") from None
         self.observer.webhook("recorded" if stored is not None else "duplicate")
+        if stored is not None and stored.terminal:
+            self.observer.job_ended(stored.service.value, stored.state.value)
         return stored is not None

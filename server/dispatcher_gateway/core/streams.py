@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator, Callable
 
 from . import states
@@ -13,7 +14,7 @@ from .errors import FieldViolation, InvalidArgument
 from .eventdata import data_problem
 from .hub import EventHub
 from .model import EventFilter, JobEvent, cursor_value
-from .ports import Store
+from .ports import NoObserver, Observer, Store
 from .reads import JobReads
 from .records import REPLAY_PAGE
 
@@ -49,10 +50,20 @@ def _deliverable(event: JobEvent) -> JobEvent:
 
 
 class EventStreams:
-    def __init__(self, store: Store, hub: EventHub, reads: JobReads) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hub: EventHub,
+        reads: JobReads,
+        *,
+        clock: Callable[[], float] = time.time,
+        observer: Observer | None = None,
+    ) -> None:
         self.store = store
         self.hub = hub
         self.reads = reads
+        self.clock = clock
+        self.observer = observer or NoObserver()
 
     async def watch(self, client: str, job_id: str) -> AsyncGenerator[JobEvent, None]:
         """The job's events so far, then live, ending after its terminal event."""
@@ -126,6 +137,9 @@ class EventStreams:
                 if position <= last:
                     continue
                 last = position
+                if event.record_time > 0:
+                    source = "gateway" if event.type in states.OWN_EVENTS else "webhook"
+                    self.observer.event_streamed(source, self.clock() - event.record_time)
                 yield _deliverable(event)
         finally:
             self.hub.unsubscribe(sub)
