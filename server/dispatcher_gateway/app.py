@@ -91,9 +91,25 @@ class GatewayApp:
         self._store_watch: asyncio.Task[None] | None = None
         self.listeners: Listeners | None = None
         self.opened = False
+        self.store_up = False
+        """Whether the store answered the last look at it (every second once started)."""
         self.started_at = time.time()
         self.metrics = Metrics()
         self.counts = Counts(self.metrics)
+        # Scraped from the start: a gateway waiting for its store is seen as one (store_up 0).
+        self.metrics.registry.register(
+            GatewayGauges(
+                self.counts,
+                streams=lambda: self.hub.streams,
+                circuit=self._circuit_state,
+                store_up=lambda: self.store_up,
+                states=[state.value for state in BreakerState],
+            )
+        )
+
+    def _circuit_state(self) -> str:
+        gateway: Gateway | None = getattr(self, "gateway", None)
+        return gateway.caller.breaker.state.value if gateway is not None else "closed"
 
     async def start(self) -> Listeners:
         """Admin first, so that probes see a live process (not ready) while the store is awaited;
@@ -146,6 +162,7 @@ class GatewayApp:
             observer=self.counts,
         )
         self.opened = True
+        self.store_up = True
         auth = Authenticator(
             ClientsFile(s.client_tokens_file) if s.client_tokens_file else None,
             allow_anonymous=s.allow_anonymous,
@@ -173,14 +190,6 @@ class GatewayApp:
             webhooks, webhook_host, webhook_port, certfile=s.tls_cert_file, keyfile=s.tls_key_file
         )
 
-        self.metrics.registry.register(
-            GatewayGauges(
-                self.counts,
-                streams=lambda: self.hub.streams,
-                circuit=lambda: self.gateway.caller.breaker.state.value,
-                states=[state.value for state in BreakerState],
-            )
-        )
         self._tasks = [
             asyncio.create_task(self.hub.follow(self.store), name="hub"),
             asyncio.create_task(self.gateway.outbox.run(), name="outbox"),
@@ -260,12 +269,14 @@ class GatewayApp:
                 await asyncio.wait_for(self.store.check(), READY_CHECK_TIMEOUT)
             # Anything but an answer counts as no answer: this loop must outlive every outage.
             except Exception as exc:
+                self.store_up = False
                 if serving:
                     why = str(exc) or type(exc).__name__
                     log.warning("store unavailable (%s): gRPC health NOT_SERVING", why)
                     serving = False
                     await set_serving(self.health, False)
                 continue
+            self.store_up = True
             if not serving:
                 log.info("store answers again: gRPC health SERVING")
                 serving = True

@@ -27,6 +27,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from .core import states
+from .core.model import JobState, Service
+
 # The `_created` series double every counter's series and no dashboard here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # the library leaves it untyped
 
@@ -39,6 +42,13 @@ FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 RATE_WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 OPENMETRICS = "application/openmetrics-text"
+
+ENDED_STATES = (JobState.SUCCEEDED.value, JobState.FAILED.value, states.OVERDUE)
+STREAM_END_REASONS = ("slow", "shutdown", "store_unavailable")
+WEBHOOK_OUTCOMES = ("recorded", "duplicate")
+WEBHOOK_REFUSED = "unauthorized"
+"""The webhook receiver's answer to a bad or missing signature (webhooks/app.py's table)."""
+DISPATCH_OUTCOMES = ("accepted", "retried", "failed")
 
 
 class Metrics:
@@ -114,6 +124,13 @@ class Metrics:
             buckets=FAST_BUCKETS,
             registry=r,
         )
+        self.streams_ended = Counter(
+            PREFIX + "streams_ended_total",
+            "Streams the gateway ended, by reason: slow (the reader fell more than "
+            "GATEWAY_STREAM_BACKLOG events behind), shutdown, store_unavailable.",
+            ("reason",),
+            registry=r,
+        )
         self.event_delivery_seconds = Histogram(
             PREFIX + "event_delivery_seconds",
             "Seconds from an event's record in the store to its sending on a live stream, by "
@@ -122,6 +139,24 @@ class Metrics:
             buckets=FAST_BUCKETS,
             registry=r,
         )
+
+        self._start_at_zero()
+
+    def _start_at_zero(self) -> None:
+        """The series whose label values are known before their first event: exposed at 0, so
+        that rate() and increase() count that first event, and alerts have a series to read."""
+        for service in Service:
+            self.callbacks_overdue.labels(service.value)
+            for state in ENDED_STATES:
+                self.jobs_ended.labels(service.value, state)
+        for outcome in DISPATCH_OUTCOMES:
+            self.upstream_dispatch_calls.labels(outcome)
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhooks.labels(outcome)
+        for outcome in (*WEBHOOK_OUTCOMES, WEBHOOK_REFUSED):
+            self.webhook_requests.labels(outcome)
+        for reason in STREAM_END_REASONS:
+            self.streams_ended.labels(reason)
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The page and its media type: OpenMetrics when the scraper asks for it."""
@@ -155,6 +190,9 @@ class Counts:
 
     def callback_overdue(self, service: str) -> None:
         self.metrics.callbacks_overdue.labels(service).inc()
+
+    def stream_ended(self, reason: str) -> None:
+        self.metrics.streams_ended.labels(reason).inc()
 
     def job_ended(self, service: str, state: str) -> None:
         self.metrics.jobs_ended.labels(service, state).inc()
@@ -194,11 +232,13 @@ class GatewayGauges(Collector):
         *,
         streams: Callable[[], int],
         circuit: Callable[[], str],
+        store_up: Callable[[], bool],
         states: Iterable[str],
     ) -> None:
         self.counts = counts
         self.streams = streams
         self.circuit = circuit
+        self.store_up = store_up
         self.states = tuple(states)
 
     def collect(self) -> Iterable[Metric]:
@@ -206,6 +246,11 @@ class GatewayGauges(Collector):
             PREFIX + "streams",
             "Event streams (Subscribe, WatchJob) this replica holds open.",
             value=self.streams(),
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "store_up",
+            "1 while the store answers (looked at every second), 0 while it does not.",
+            value=float(self.store_up()),
         )
         state = self.circuit()
         yield GaugeMetricFamily(

@@ -192,6 +192,10 @@ class Observer(Protocol):
         """A live event went out on a stream, `seconds` after the store recorded it; `source`:
         'webhook' (the upstream's) or 'gateway' (one the gateway records itself)."""
 
+    def stream_ended(self, reason: str) -> None:
+        """The gateway ended a stream: 'slow' (its reader fell too far behind), 'shutdown', or
+        'store_unavailable'."""
+
     def job_ended(self, service: str, state: str) -> None:
         """A job reached its terminal event: 'succeeded', 'failed', or 'callback_overdue'."""
 
@@ -228,6 +232,9 @@ class NoObserver:
         pass
 
     def event_streamed(self, source: str, seconds: float) -> None:
+        pass
+
+    def stream_ended(self, reason: str) -> None:
         pass
 
     def job_ended(self, service: str, state: str) -> None:

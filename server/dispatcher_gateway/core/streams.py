@@ -10,7 +10,13 @@ import time
 from collections.abc import AsyncGenerator, Callable
 
 from . import states
-from .errors import FieldViolation, InvalidArgument
+from .errors import (
+    FieldViolation,
+    InvalidArgument,
+    ShuttingDown,
+    SlowConsumer,
+    StoreUnavailable,
+)
 from .eventdata import data_problem
 from .hub import EventHub
 from .model import EventFilter, JobEvent, cursor_value
@@ -47,6 +53,10 @@ def _deliverable(event: JobEvent) -> JobEvent:
     return event.replace(
         type=states.UNDELIVERABLE, data={"error": error, "original_type": event.type}
     )
+
+
+_ENDED = {SlowConsumer: "slow", ShuttingDown: "shutdown", StoreUnavailable: "store_unavailable"}
+"""Why the hub ended a stream, as the Observer is told it."""
 
 
 class EventStreams:
@@ -132,7 +142,11 @@ class EventStreams:
                     if shown(event):
                         yield _deliverable(event)
             while True:
-                event = await sub.get()
+                try:
+                    event = await sub.get()
+                except (SlowConsumer, ShuttingDown, StoreUnavailable) as exc:
+                    self.observer.stream_ended(_ENDED[type(exc)])
+                    raise
                 position = int(event.cursor)
                 if position <= last:
                     continue
