@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import ssl
 
+import grpc
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -95,6 +97,9 @@ async def test_the_metrics_count_what_happened(
         return registry.get_sample_value(name, labels) or 0.0
 
     await exercise(stub, gateway, sandbox, tls)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.GetJob(pb.GetJobRequest(job_id="job_none"), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
     dispatch = {
         "grpc_type": "unary",
         "grpc_service": "dispatcher.gateway.v1.DispatchService",
@@ -109,6 +114,8 @@ async def test_the_metrics_count_what_happened(
     assert value("grpc_server_started_total", **dispatch) == 1
     assert value("grpc_server_handled_total", **dispatch, grpc_code="OK") == 1
     assert value("grpc_server_handling_seconds_count", **dispatch) == 1
+    get_job = dispatch | {"grpc_method": "GetJob"}
+    assert value("grpc_server_handled_total", **get_job, grpc_code="NOT_FOUND") == 1
     assert value("grpc_server_msg_sent_total", **watch) >= 2
     assert value("dispatcher_gateway_dispatches_total", service="esign", mode="async") == 1
     esign = {"endpoint": "POST /api/esign", "mode": "async"}
