@@ -42,7 +42,7 @@ def _code_name(context: Context, exc: BaseException | None) -> str:
     if isinstance(code, grpc.StatusCode):
         return code.name
     if isinstance(code, int):
-        return grpc.StatusCode(next(c for c in grpc.StatusCode if c.value[0] == code)).name
+        return next((c.name for c in grpc.StatusCode if c.value[0] == code), "UNKNOWN")
     return grpc.StatusCode.OK.name if exc is None else grpc.StatusCode.UNKNOWN.name
 
 
