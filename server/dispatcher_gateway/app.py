@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from grpc_health.v1 import health
 from starlette.applications import Starlette
@@ -32,6 +33,7 @@ from .rpc.metrics import ServerMetrics
 from .rpc.server import create_server, set_serving
 from .rpc.servicer import DispatchServicer
 from .rpc.tls import CertificateFiles
+from .tracing import SpanLinks, Tracing
 from .upstream import DispatcherClient
 from .webhooks import WebhookVerifier, create_webhook_app
 
@@ -43,6 +45,8 @@ READY_CHECK_TIMEOUT = 2.0
 STORE_CHECK_INTERVAL = 1.0
 """Seconds between the looks at the store that keep gRPC health in step with it."""
 STATUS_FLUSH = 0.1
+WORKER_RECANCEL = 0.5
+"""Seconds between cancellations of a worker that has not ended yet (see _stop_workers)."""
 """Seconds for the last statuses of ended calls to leave before the server cancels the rest."""
 CALLBACK_KEY_NAME = "callback-token-key"
 STORE_OPEN_RETRY = 1.0
@@ -50,6 +54,22 @@ STORE_OPEN_RETRY_MAX = 15.0
 """Seconds between attempts to open a store that does not answer yet (doubling up to this):
 started before its NATS cluster, or while the cluster has no stream leaders, the gateway waits,
 not ready, rather than exiting into a restart loop."""
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - asyncio.get_running_loop().time())
+
+
+def _waiting_at(task: asyncio.Task[None]) -> str:
+    """Where a task waits: the chain of its coroutines' files and lines, innermost last."""
+    frames: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+        if frame is not None:
+            frames.append(f"{frame.f_code.co_filename.rpartition('/')[2]}:{frame.f_lineno}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    return " > ".join(frames[-4:]) or "?"
 
 
 def open_store(settings: Settings) -> Store:
@@ -81,13 +101,18 @@ class Listeners:
 
 
 class GatewayApp:
-    def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, store: Store | None = None, tracing: Tracing | None = None
+    ) -> None:
+        """`tracing`: off when not given (cli/serve.py reads it from OTEL_*)."""
         self.settings = settings
+        self.tracing = tracing or Tracing()
         self.store = store or open_store(settings)
         self.health = health.aio.HealthServicer()
         self.hub = EventHub(backlog=settings.stream_backlog)
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._hub_task: asyncio.Task[None] | None = None
         self._store_watch: asyncio.Task[None] | None = None
         self.listeners: Listeners | None = None
         self.opened = False
@@ -143,6 +168,7 @@ class GatewayApp:
             s.dispatcher_email,
             s.dispatcher_password,
             verify=s.dispatcher_ca_file or True,
+            tracing=self.tracing,
         )
         self.gateway = Gateway.build(
             self.store,
@@ -160,6 +186,7 @@ class GatewayApp:
                 sync_concurrency=s.sync_concurrency,
             ),
             observer=self.counts,
+            traces=SpanLinks() if self.tracing.enabled else None,
         )
         self.opened = True
         self.store_up = True
@@ -178,7 +205,7 @@ class GatewayApp:
             auth=auth,
             drain=self.calls,
             reflection=s.grpc_reflection,
-            metrics=ServerMetrics(self.metrics.registry),
+            outer=[*self.tracing.grpc_interceptors(), ServerMetrics(self.metrics.registry)],
         )
         grpc_port, mtls_port = self._grpc_ports()
         await self.grpc.start()
@@ -186,12 +213,14 @@ class GatewayApp:
         webhook_host, webhook_port = split_addr(s.webhook_addr)
         verifier = WebhookVerifier(s.webhook_secrets, require_timestamp=s.webhook_require_timestamp)
         webhooks = create_webhook_app(self.gateway.webhooks, verifier, observer=self.counts)
+        self.tracing.instrument_webhooks(webhooks)
         webhook = await start_http(
             webhooks, webhook_host, webhook_port, certfile=s.tls_cert_file, keyfile=s.tls_key_file
         )
 
+        self._hub_task = asyncio.create_task(self.hub.follow(self.store), name="hub")
         self._tasks = [
-            asyncio.create_task(self.hub.follow(self.store), name="hub"),
+            self._hub_task,
             asyncio.create_task(self.gateway.outbox.run(), name="outbox"),
         ]
         await set_serving(self.health, True)
@@ -226,11 +255,17 @@ class GatewayApp:
         return port, self.grpc.add_secure_port(s.grpc_mtls_addr, mtls.credentials())
 
     async def drain(self, grace: float = DRAIN_GRACE) -> None:
-        """SIGTERM: not serving, refuse new calls, finish in-flight ones, end streams with a
-        resumable UNAVAILABLE, stop the workers, close the store."""
+        """SIGTERM: not serving; connections asked to go (GOAWAY) and new calls refused
+        UNAVAILABLE; streams ended with their resumable UNAVAILABLE; unary calls in flight
+        finish within `grace`; then the rest is cut, the listeners stop, the store closes.
+
+        Every step is bounded: the whole takes at most `grace` + STATUS_FLUSH + the HTTP
+        listeners' SHUTDOWN_GRACE + the store's close, what the manifests' grace covers."""
         if self.draining:
             return
         self.draining = True
+        deadline = asyncio.get_running_loop().time() + grace
+        started = time.monotonic()
         log.info("draining: in-flight calls have %.0f s", grace)
         # Stopped first, so that it cannot turn health back to SERVING half-way through.
         if self._store_watch is not None:
@@ -238,25 +273,65 @@ class GatewayApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._store_watch
         await set_serving(self.health, False)
-        # Refuse new calls with UNAVAILABLE (clients retry it, elsewhere), end our streams with
-        # their resumable status, and let unary calls in flight finish. Then stop the server,
-        # without waiting the whole grace for streams nothing else ends (a health Watch).
+        # GOAWAY on every connection and the listener closed: clients open their next calls on a
+        # new connection (through the Service, to another replica) instead of retrying into this
+        # one. Calls already running go on; the server is stopped for good below, once ours are
+        # done or the grace is spent. A call that reaches a handler meanwhile is refused
+        # UNAVAILABLE.
         self.calls.start()
+        stopping = asyncio.create_task(self.grpc.stop(grace), name="grpc-stop")
+        await asyncio.sleep(0)  # the shutdown (GOAWAY) starts now...
+        # ...before our streams end with their resumable status: a client that resumes at once
+        # does so on a new connection, not on this one.
         self.hub.close(ShuttingDown("the gateway is shutting down"))
+        # The workers stop meanwhile, within the same grace: the hub has no stream left to feed;
+        # the outbox leases nothing more and lets its submissions finish (its entries are leased
+        # by the other replicas, and what it was sending comes back to them if cut).
+        self.gateway.outbox.close()
+        if self._hub_task is not None:
+            self._hub_task.cancel()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.calls.idle.wait(), grace)
+            await asyncio.wait_for(self.calls.idle.wait(), _left(deadline))
+        if self.calls.in_flight:
+            log.warning(
+                "drain: %d call(s) still running after %.0f s are cut; their jobs stay "
+                "recorded and are sent from the outbox",
+                self.calls.in_flight,
+                grace,
+            )
+        await self._stop_workers(deadline)
+        # The last statuses leave before the rest is cut: streams nothing else ends (a health
+        # Watch), calls beyond the grace, a worker that did not end within it.
         await asyncio.sleep(STATUS_FLUSH)
         await self.grpc.stop(0)
+        await stopping
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("drain: %s failed", task.get_name(), exc_info=task.exception())
         if self.listeners is not None:
             await asyncio.gather(self.listeners.webhook.stop(), self.listeners.admin.stop())
         await self.upstream.close()
         await self.store.close()
-        log.info("drained")
+        self.tracing.shutdown()
+        log.info("drained in %.2f s", time.monotonic() - started)
+
+    async def _stop_workers(self, deadline: float) -> None:
+        """The hub (cancelled) and the outbox (closed), told to stop at the start of the drain,
+        given what is left of its grace to end, then cut (their last moment is the drain's
+        STATUS_FLUSH). A cancellation can be swallowed by a library's wait that completes at the
+        same moment (asyncio.wait_for in Python 3.11): the hub's is made again until it ends."""
+        pending = set(self._tasks)
+        while pending and (left := _left(deadline)) > 0:
+            _, pending = await asyncio.wait(pending, timeout=min(WORKER_RECANCEL, left))
+            if self._hub_task is not None and self._hub_task in pending:
+                self._hub_task.cancel()
+        for task in pending:
+            log.warning(
+                "drain: %s still stopping at the end of the grace (at %s): cut",
+                task.get_name(),
+                _waiting_at(task),
+            )
+            task.cancel()
 
     async def _watch_store(self) -> None:
         """grpc.health.v1 says NOT_SERVING while the store does not answer, and SERVING again

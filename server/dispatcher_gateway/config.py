@@ -105,6 +105,8 @@ class Settings:
     token_key: bytes | None = field(default=None, repr=False)
     """The callback token key; default: one made once and kept in the store."""
     log_level: str = "INFO"
+    log_format: str = "text"
+    """text (one line per record, for people) or json (one object per line, for a pipeline)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -375,6 +377,9 @@ class _Reader:
         level = (self.raw("GATEWAY_LOG_LEVEL") or _DEFAULTS.log_level).upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             self.problem("GATEWAY_LOG_LEVEL", f"one of DEBUG, INFO, WARNING, ERROR; got {level!r}")
+        log_format = (self.raw("GATEWAY_LOG_FORMAT") or _DEFAULTS.log_format).lower()
+        if log_format not in ("text", "json"):
+            self.problem("GATEWAY_LOG_FORMAT", f"text or json; got {log_format!r}")
 
         grpc_addr = self.addr("GATEWAY_GRPC_ADDR", _DEFAULTS.grpc_addr)
         grpc_cert = self.file("GATEWAY_GRPC_TLS_CERT_FILE")
@@ -479,6 +484,7 @@ class _Reader:
             ),
             token_key=token_key.encode() if token_key else None,
             log_level=level,
+            log_format=log_format,
         )
         if self.problems:
             raise ConfigError(self.problems)

@@ -6,8 +6,10 @@ Where a store test lives:
   (the `store` and `new_store` fixtures are parametrised over BACKENDS). A test here may use
   nothing but the protocol, the `clock`, `elapse` and what `Backend` declares.
 - tests/contract/test_<backend>_<topic>.py: what one backend alone promises or does (its file,
-  its server, its batching): test_sqlite_store.py, test_sqlite_tail.py, test_sqlite_engine.py;
-  it makes the stores it needs itself.
+  its server, its batching): test_sqlite_store.py, test_sqlite_tail.py, test_sqlite_engine.py,
+  test_nats_store.py, test_nats_claims.py, test_nats_cluster_races.py; it makes the stores it
+  needs itself.
+- tests/support/builders.py: the jobs, events and helpers both kinds of test build with.
 - tests/contract/test_codec.py: the codec every backend shares (store/codec.py).
 Time: the outbox's and the rate limit's time passes with `elapse` (or `clock.advance`), and no
 assertion depends on how long something took, so a slow machine cannot fail a test. (A short
@@ -27,9 +29,8 @@ import pytest
 from dispatcher_gateway.core.ports import Store
 from dispatcher_gateway.store import MemoryStore, SqliteStore
 from dispatcher_gateway.store.nats import NatsStore
+from tests.support.builders import Backend, Elapse, ManualClock, StoreFactory
 from tests.support.nats_server import NatsEndpoint
-
-from .builders import Backend, Elapse, ManualClock, StoreFactory
 
 NATS_LEASE_GRACE = 0.1
 """The NATS stores' lease grace here: short, as a test that lets a lease run out waits it out."""

@@ -141,6 +141,8 @@ SQLITE_EVENT = (
     1764000100.5,
 )
 
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
 SQLITE_PAGE_TOKEN = "WzE3NjQwMDAwMDAuMjUsImpvYl8wMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZiJd"
 NATS_PAGE_TOKEN = (
     "5b313736343030303030302e32352c226a6f625f3031323334353637383961626364656630313233343536373839"
@@ -149,7 +151,7 @@ NATS_PAGE_TOKEN = (
 
 
 def test_a_job_round_trips_through_json_text() -> None:
-    for job in (JOB, QUEUED_JOB):
+    for job in (JOB, QUEUED_JOB, JOB.replace(trace_context=TRACEPARENT)):
         assert codec.job_from_json(json.loads(codec.dumps(codec.job_to_json(job)))) == job
 
 
@@ -179,9 +181,12 @@ def test_what_the_nats_backend_stored_decodes() -> None:
 async def test_what_the_sqlite_backend_stored_reads_back(tmp_path: Path) -> None:
     path = tmp_path / "gateway.db"
     store = SqliteStore(path)
-    await store.open()  # the schema, as the previous release made it (version 1)
+    await store.open()
     await store.close()
     with sqlite3.connect(path) as conn:
+        # The schema as the previous release made it (version 1): jobs without trace_context.
+        conn.execute("ALTER TABLE jobs DROP COLUMN trace_context")
+        conn.execute("PRAGMA user_version = 1")
         conn.executemany(
             "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", SQLITE_JOBS
         )
@@ -294,3 +299,16 @@ async def test_the_memory_and_sqlite_backends_record_alike(tmp_path: Path) -> No
     jobs, events = in_memory
     assert [e.cursor for e in events] == ["1", "2", "3", "4", "5"]
     assert [job.state for job in jobs if job is not None] == [JobState.FAILED, JobState.IN_PROGRESS]
+
+
+async def test_a_traced_job_keeps_its_trace_context_in_sqlite(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "gateway.db")
+    await store.open()
+    try:
+        job = QUEUED_JOB.replace(trace_context=TRACEPARENT)
+        first = EVENT.replace(job_id=job.job_id, type=states.QUEUED, state=JobState.QUEUED)
+        await store.create_job(job, first.replace(terminal=False), enqueue=False)
+
+        assert await store.get_job(job.job_id) == job
+    finally:
+        await store.close()

@@ -15,8 +15,7 @@ from dispatcher_gateway.core.errors import NotFound
 from dispatcher_gateway.core.model import JobEvent, JobState
 from dispatcher_gateway.store import SqliteStore
 from dispatcher_gateway.store.sqlite.engine import Batch, Writer
-
-from .builders import (
+from tests.support.builders import (
     CLIENT,
     create,
     event_for,

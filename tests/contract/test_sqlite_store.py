@@ -14,8 +14,7 @@ import pytest
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import InvalidArgument, StoreUnavailable
 from dispatcher_gateway.store import SqliteStore
-
-from .builders import (
+from tests.support.builders import (
     CLIENT,
     WAIT,
     append,
@@ -29,7 +28,7 @@ WRITER = """
 import asyncio, sys
 from dispatcher_gateway.core import states
 from dispatcher_gateway.store import SqliteStore
-from tests.contract.builders import append, create
+from tests.support.builders import append, create
 
 async def main() -> None:
     store = SqliteStore(sys.argv[1])

@@ -11,8 +11,7 @@ import pytest
 from dispatcher_gateway.core.model import JobEvent
 from dispatcher_gateway.store import SqliteStore
 from dispatcher_gateway.store.sqlite import tail as sqlite_tail
-
-from .builders import (
+from tests.support.builders import (
     append,
     create,
     opened,

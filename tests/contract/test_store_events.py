@@ -10,8 +10,7 @@ from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import NotFound
 from dispatcher_gateway.core.model import Job, JobEvent, JobState
 from dispatcher_gateway.core.ports import Store
-
-from .builders import CLIENT, OTHER_CLIENT, append, create, event_for, new_job
+from tests.support.builders import CLIENT, OTHER_CLIENT, append, create, event_for, new_job
 
 
 async def test_append_returns_the_event_as_recorded(store: Store) -> None:

@@ -8,8 +8,7 @@ import time
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.model import JobState, UpstreamFailure
 from dispatcher_gateway.core.ports import Store
-
-from .builders import CLIENT, OTHER_CLIENT, append, create, new_job, queued_event
+from tests.support.builders import CLIENT, OTHER_CLIENT, append, create, new_job, queued_event
 
 
 async def test_a_created_job_reads_back_equal(store: Store) -> None:

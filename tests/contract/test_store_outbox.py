@@ -5,8 +5,7 @@ retry_later take effect only while their lease is current). Time passes by the t
 from __future__ import annotations
 
 from dispatcher_gateway.core.ports import Store
-
-from .builders import Elapse, ManualClock, create
+from tests.support.builders import Elapse, ManualClock, create
 
 SHORT = 0.2
 """A visibility or delay a test lets run out."""

@@ -8,8 +8,7 @@ import pytest
 
 from dispatcher_gateway.core.errors import StoreUnavailable
 from dispatcher_gateway.core.ports import Store
-
-from .builders import Backend, Elapse, StoreFactory, opened
+from tests.support.builders import Backend, Elapse, StoreFactory, opened
 
 WINDOW = 10.0
 """A window no test waits out."""

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from dispatcher_gateway.core import states
-
-from .builders import (
+from tests.support.builders import (
     CLIENT,
     Elapse,
     StoreFactory,

@@ -8,8 +8,7 @@ import pytest
 
 from dispatcher_gateway.core.model import JobEvent
 from dispatcher_gateway.core.ports import Store
-
-from .builders import CLIENT, OTHER_CLIENT, append, create, eventually, tailing, take
+from tests.support.builders import CLIENT, OTHER_CLIENT, append, create, eventually, tailing, take
 
 
 async def test_tail_replays_the_log_then_follows_live(store: Store) -> None:

@@ -19,6 +19,8 @@ class Balancer:
         self.port = 0
         self.connections: dict[int, int] = {}
         """Connections forwarded, by backend port."""
+        self.open: dict[int, int] = {}
+        """Connections forwarded and still open, by backend port."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
@@ -62,9 +64,11 @@ class Balancer:
             except (OSError, TimeoutError):
                 continue
             self.connections[port] = self.connections.get(port, 0) + 1
+            self.open[port] = self.open.get(port, 0) + 1
             try:
                 await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
             finally:
+                self.open[port] -= 1
                 up_writer.close()
                 with contextlib.suppress(Exception):
                     await up_writer.wait_closed()

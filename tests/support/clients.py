@@ -67,6 +67,43 @@ class Dispatcher:
 
 
 @dataclass
+class ChannelDispatcher:
+    """Dispatches over one long-lived channel, as a service with a client object does; each
+    retried with its idempotency key while refused UNAVAILABLE. gRPC reconnects the channel by
+    itself (after a GOAWAY, to wherever the balancer sends it)."""
+
+    target: str
+    refused: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Answers that were not OK, by status code name."""
+    refusals: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Refusals, by idempotency key."""
+    channel: grpc.aio.Channel | None = None
+
+    async def until_accepted(self, request: pb.DispatchRequest, timeout: float) -> str:
+        assert request.idempotency_key, "retrying needs an idempotency key"
+        if self.channel is None:
+            # A connection of its own, as a separate client process has.
+            self.channel = grpc.aio.insecure_channel(
+                self.target, options=[("grpc.use_local_subchannel_pool", 1)]
+            )
+        stub = pb_grpc.DispatchServiceStub(self.channel)
+        while True:
+            try:
+                response = await stub.Dispatch(request, timeout=timeout)
+                return str(response.job.job_id)
+            except grpc.aio.AioRpcError as exc:
+                self.refused[exc.code().name] += 1
+                self.refusals[request.idempotency_key] += 1
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+            await asyncio.sleep(RETRY_PAUSE)
+
+    async def close(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+
+
+@dataclass
 class Subscriber:
     """Follows the client's events from the start. When its stream ends resumably (its gateway
     drained, died or lost its store), it resumes from its last cursor on the next target."""

@@ -15,6 +15,7 @@ from dispatcher_gateway.config import Settings
 from dispatcher_gateway.core.retry import RateLimit, RetryPolicy
 from dispatcher_gateway.httpserver import HttpServer
 from dispatcher_gateway.sandbox import Sandbox, SandboxSettings, serve_sandbox
+from dispatcher_gateway.tracing import Tracing
 
 HOST = "127.0.0.1"
 SANDBOX_EMAIL = "sandbox@example.com"
@@ -109,8 +110,8 @@ class GatewayFactory:
         )
         return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
-    async def start(self, **changes: object) -> GatewayApp:
-        app = GatewayApp(self.settings(**changes))
+    async def start(self, *, tracing: Tracing | None = None, **changes: object) -> GatewayApp:
+        app = GatewayApp(self.settings(**changes), tracing=tracing)
         await app.start()
         self.running.append(app)
         return app

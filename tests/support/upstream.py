@@ -65,7 +65,13 @@ class ScriptedUpstream:
     most_in_flight: int = 0
 
     async def dispatch(
-        self, spec: DispatchSpec, *, idempotency_key: str, callback_url: str | None, timeout: float
+        self,
+        spec: DispatchSpec,
+        *,
+        idempotency_key: str,
+        callback_url: str | None,
+        timeout: float,
+        trace_context: str = "",
     ) -> UpstreamAnswer:
         mode = Mode.SYNC if callback_url is None else Mode.ASYNC
         request_id = f"req_{uuid.uuid4().hex[:12]}"

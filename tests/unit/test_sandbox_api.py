@@ -598,6 +598,7 @@ async def test_request_log_is_read_over_http_by_idempotency_key(
         "status",
         "dispatchId",
         "replayed",
+        "traceparent",
     }
 
 

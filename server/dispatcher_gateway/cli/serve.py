@@ -112,11 +112,19 @@ async def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"config: {problem}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
 
     from ..app import GatewayApp
+    from ..tracing import ConfigError as TracingConfigError
+    from ..tracing import Tracing
 
-    app = GatewayApp(settings)
+    try:
+        # The SDK reads OTEL_* from the process's environment, as every OpenTelemetry SDK does.
+        tracing = Tracing.from_env(os.environ)
+    except TracingConfigError as exc:
+        print(f"config: {exc}", file=sys.stderr)
+        return 2
+    app = GatewayApp(settings, tracing=tracing)
     stop = stop_on_signals()
     # A store that is not ready yet is waited for; a SIGTERM meanwhile ends the wait.
     starting = asyncio.create_task(app.start())

@@ -102,6 +102,7 @@ class UpstreamCaller:
                     idempotency_key=job.job_id,
                     callback_url=self.callback_url(job.job_id) if calls_back else None,
                     timeout=timeout,
+                    trace_context=job.trace_context,
                 )
             )
         except UpstreamError as exc:

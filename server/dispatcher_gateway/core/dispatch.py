@@ -12,7 +12,7 @@ import asyncio
 import secrets
 from collections.abc import Callable
 
-from . import states
+from . import logfields, states
 from .callbacks import CallbackRules
 from .caller import UPSTREAM_TIMEOUT, UpstreamCaller, spec_of
 from .errors import IdempotencyConflict, RateLimited, UpstreamError
@@ -55,11 +55,14 @@ class Dispatches:
         self.queued = queued
         self.observer = observer or NoObserver()
 
-    async def submit(self, client: str, spec: DispatchSpec, *, budget: float | None) -> Job:
+    async def submit(
+        self, client: str, spec: DispatchSpec, *, budget: float | None, trace_context: str = ""
+    ) -> Job:
         """Accept a dispatch. Async: stored and queued, returned at once. Sync: sent upstream
         within `budget` seconds, the answer recorded as the job's events, the job returned. A job
         that ends by webhook (esign, postal) is sent in async mode even then: the sync answer is
-        the upstream's acceptance (SUBMITTED), its end comes later by webhook."""
+        the upstream's acceptance (SUBMITTED), its end comes later by webhook. `trace_context`:
+        the caller's trace, kept with the job."""
         # The caller's deadline runs from its call's arrival, store writes included.
         loop = asyncio.get_running_loop()
         arrived = loop.time()
@@ -78,7 +81,9 @@ class Dispatches:
             request_hash=spec.fingerprint() if spec.idempotency_key else "",
             created_at=now,
             updated_at=now,
+            trace_context=trace_context,
         )
+        logfields.known(job_id=job.job_id, client=client)
         first = event_of(job, states.QUEUED, {}, now)
         create = self.store.create_job(job, first, enqueue=True)
         slot = False

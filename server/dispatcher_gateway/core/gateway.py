@@ -18,7 +18,7 @@ from .caller import UPSTREAM_TIMEOUT, UpstreamCaller
 from .dispatch import Dispatches
 from .hub import EventHub
 from .outbox import ASYNC_CONCURRENCY, SUBMIT_TIMEOUT, SYNC_CONCURRENCY, OutboxWorker
-from .ports import NoObserver, Observer, Store, Upstream
+from .ports import JobTraces, NoObserver, Observer, Store, Upstream
 from .rate import RateGate
 from .reads import JobReads
 from .recording import WebhookRecorder
@@ -65,6 +65,7 @@ class Gateway:
         callbacks: CallbackRules,
         outbox: OutboxLimits | None = None,
         observer: Observer | None = None,
+        traces: JobTraces | None = None,
         clock: Callable[[], float] = time.time,
     ) -> Gateway:
         observer = observer or NoObserver()
@@ -108,5 +109,5 @@ class Gateway:
             ),
             reads=reads,
             streams=EventStreams(store, hub, reads, clock=clock, observer=observer),
-            webhooks=WebhookRecorder(store, tokens, clock=clock, observer=observer),
+            webhooks=WebhookRecorder(store, tokens, clock=clock, observer=observer, traces=traces),
         )

@@ -202,6 +202,9 @@ class Job:
     result: JSON | None = None
     error: UpstreamFailure | None = None
     last_event: str = ""
+    trace_context: str = ""
+    """The W3C `traceparent` of the call that made the job, kept so that its upstream request
+    continues that trace and its webhooks link to it; opaque here, empty when not traced."""
 
     @property
     def service(self) -> Service:

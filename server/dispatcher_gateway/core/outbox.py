@@ -16,7 +16,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from . import states
+from . import logfields, states
 from .callbacks import CallbackRules
 from .caller import UPSTREAM_TIMEOUT, UpstreamCaller, spec_of
 from .errors import StoreUnavailable, UpstreamError
@@ -87,6 +87,7 @@ class OutboxWorker:
         """Calls of each kind that may start now: a slow sync answer never holds up an
         acceptance."""
         self._slot_freed = asyncio.Event()
+        self._closing = False
         self.submit_timeout = submit_timeout
         self.sync_timeout = sync_timeout
         rate = caller.rate_limit
@@ -98,9 +99,17 @@ class OutboxWorker:
         """Something was queued: look now rather than at the next poll."""
         self._wakeup.set()
 
+    def close(self) -> None:
+        """Lease nothing more: `run` returns (once its submissions in flight end, or
+        `submit_timeout` later) without being cancelled, which an awaited answer arriving at the
+        same moment can swallow (asyncio.wait_for in Python 3.11)."""
+        self._closing = True
+        self._wakeup.set()
+        self._slot_freed.set()
+
     async def run(self) -> None:
         try:
-            while True:
+            while not self._closing:
                 room = sum(self._free.values())
                 if room <= 0:
                     self._slot_freed.clear()
@@ -223,6 +232,10 @@ class OutboxWorker:
     async def _await_callback(self, lease: Lease, job: Job) -> None:
         """A job waiting for its terminal webhook: fail it `callback_overdue` once its deadline
         has passed, else look again then."""
+        with logfields.about(job_id=job.job_id, client=job.client, dispatch_id=job.dispatch_id):
+            await self._check_deadline(lease, job)
+
+    async def _check_deadline(self, lease: Lease, job: Job) -> None:
         submitted_at = job.created_at
         async for event in self.records.events_of(job):
             if event.type == states.SUBMITTED:
@@ -245,6 +258,8 @@ class OutboxWorker:
         await self.store.ack(lease)
 
     async def _submit(self, lease: Lease, job: Job, kind: Mode, taken: float) -> None:
+        # A task of its own: what it logs is about this job.
+        logfields.known(job_id=job.job_id, client=job.client)
         try:
             if asyncio.get_running_loop().time() - taken > SLOT_FRESHNESS:
                 await self.caller.wait_slot()

@@ -132,10 +132,17 @@ class Upstream(Protocol):
     no answer or a timeout, classified as retryable or not."""
 
     async def dispatch(
-        self, spec: DispatchSpec, *, idempotency_key: str, callback_url: str | None, timeout: float
+        self,
+        spec: DispatchSpec,
+        *,
+        idempotency_key: str,
+        callback_url: str | None,
+        timeout: float,
+        trace_context: str = "",
     ) -> UpstreamAnswer:
         """POST the spec to its path; async mode (`?async=true`, the callback URL in the body) when
-        `callback_url` is given. Returns the 2xx answer (async: its body has `dispatchId`); an
+        `callback_url` is given; the request continues the trace `trace_context` names (a job's,
+        '' for none). Returns the 2xx answer (async: its body has `dispatchId`); an
         UpstreamError raised carries the attempt too."""
 
     async def validate(self, spec: DispatchSpec, *, timeout: float) -> JSON:
@@ -160,6 +167,21 @@ class WebhookSink(Protocol):
         without an `event` or whose `data` no client could decode (core/eventdata.py);
         StoreUnavailable when nothing could be written.
         """
+
+
+class JobTraces(Protocol):
+    """Told which job's trace the work in hand concerns (tracing.py links its span to it)."""
+
+    def concerns(self, trace_context: str) -> None:
+        """The webhook being recorded is one of the job traced as `trace_context` ('' when the
+        job was not traced)."""
+
+
+class NoTraces:
+    """JobTraces that links nothing: core's default."""
+
+    def concerns(self, trace_context: str) -> None:
+        pass
 
 
 class Observer(Protocol):

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from . import states
+from . import logfields, states
 from .errors import FieldViolation, InvalidArgument, NotFound
 from .eventdata import data_problem
 from .model import JSON, Job, JobEvent, Service
-from .ports import NoObserver, Observer, Store
+from .ports import JobTraces, NoObserver, NoTraces, Observer, Store
 from .records import EARLIEST_EVENT_TIME, END_OF_EVENT_TIMES, dispatch_id_of
 from .tokens import CallbackTokens
 
@@ -72,16 +72,19 @@ class WebhookRecorder:
         *,
         clock: Callable[[], float],
         observer: Observer | None = None,
+        traces: JobTraces | None = None,
     ) -> None:
         self.store = store
         self.tokens = tokens
         self.clock = clock
         self.observer = observer or NoObserver()
+        self.traces = traces or NoTraces()
 
     async def record_webhook(self, token: str, envelope: JSON, *, webhook_id: str) -> bool:
         job_id = self.tokens.job_id(token)
         if job_id is None:
             raise NotFound("no such callback")
+        logfields.known(job_id=job_id, dispatch_id=dispatch_id_of(envelope))
         event_type = envelope.get("event")
         if not isinstance(event_type, str) or not event_type:
             raise InvalidArgument([FieldViolation("event", "a non-empty string is required")])
@@ -109,14 +112,22 @@ class WebhookRecorder:
             event_time=_event_time(envelope, self.clock()),
             dispatch_id=dispatch_id_of(envelope),
         )
+        traced = ""
+
+        def apply(job: Job, event: JobEvent) -> tuple[Job, JobEvent]:
+            nonlocal traced
+            traced = job.trace_context
+            return _from_job(job, event)
+
         try:
             stored = await self.store.append_event(
-                event, dedupe_key=f"wh:{webhook_id}", apply=_from_job
+                event, dedupe_key=f"wh:{webhook_id}", apply=apply
             )
         except _OtherDispatch:
             raise
         except NotFound:
             raise NotFound("no such callback") from None
+        self.traces.concerns(traced)
         self.observer.webhook("recorded" if stored is not None else "duplicate")
         if stored is not None and stored.terminal:
             self.observer.job_ended(stored.service.value, stored.state.value)

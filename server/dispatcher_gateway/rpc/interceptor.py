@@ -26,6 +26,7 @@ from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
+from ..core import logfields
 from ..core.errors import GatewayError
 from .auth import Authenticator, set_caller
 from .drain import Drain
@@ -176,6 +177,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
             await _abort(context, exc)
         # Each call runs in a task of its own, so the caller set here is this call's alone.
         set_caller(client)
+        logfields.known(client=client.name)
 
     async def _undecodable(self, method: str, request: Undecodable, context: Context) -> NoReturn:
         self.log.log(

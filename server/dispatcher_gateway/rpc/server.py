@@ -3,6 +3,7 @@ reflection, behind the CallGuard interceptor."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -15,7 +16,6 @@ from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from .auth import Authenticator
 from .drain import Drain
 from .interceptor import CallGuard
-from .metrics import ServerMetrics
 from .servicer import DispatchServicer
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["DispatchService"].full_name
@@ -73,14 +73,13 @@ def create_server(
     auth: Authenticator,
     drain: Drain,
     reflection: bool = False,
-    metrics: ServerMetrics | None = None,
+    outer: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> grpc.aio.Server:
     """DispatchService (callers authenticated, calls counted for `drain`), health (anyone may
-    ask) and, if asked for, reflection."""
+    ask) and, if asked for, reflection. `outer`: interceptors that see every call before the
+    guard (tracing's)."""
     guard = CallGuard(auth, drain, services=frozenset({SERVICE_NAME}))
-    # Metrics outermost: they see the status the guard settled on.
-    interceptors = [guard] if metrics is None else [metrics, guard]
-    server = grpc.aio.server(interceptors=interceptors, options=limits.options())
+    server = grpc.aio.server(interceptors=[*outer, guard], options=limits.options())
     pb_grpc.add_DispatchServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection:

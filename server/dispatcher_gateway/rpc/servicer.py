@@ -19,6 +19,7 @@ from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from ..core.errors import ShuttingDown, SlowConsumer, UpstreamError
 from ..core.gateway import Gateway
 from ..core.model import JobEvent, JobState
+from ..tracing import current_traceparent
 from .auth import authorize, caller
 from .convert import (
     attempt_to_pb,
@@ -89,7 +90,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         authorize(client, spec.services, spec.mode)
         self.limits.check_queue(client.name)
         job = await self.gateway.dispatches.submit(
-            client.name, spec, budget=context.time_remaining()
+            client.name, spec, budget=context.time_remaining(), trace_context=current_traceparent()
         )
         if job.state is JobState.QUEUED:
             self.limits.queued(client.name, job.job_id)

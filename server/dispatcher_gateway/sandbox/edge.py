@@ -87,6 +87,7 @@ class Edge:
                 path=scope["path"],
                 mode="async" if asks_async(request) else "sync",
                 received_at=time.time(),
+                traceparent=request.headers.get("traceparent", ""),
             )
             self.log.arrived(entry)
 

@@ -113,6 +113,8 @@ class RequestRecord:
     it was refused before one was made."""
     replayed: bool = False
     """Answered from an earlier request with the same idempotency key."""
+    traceparent: str = ""
+    """The W3C traceparent header as sent (the trace the caller continued); empty when none."""
 
     def to_json(self) -> JSON:
         return {
@@ -124,6 +126,7 @@ class RequestRecord:
             "status": self.status,
             "dispatchId": self.dispatch_id,
             "replayed": self.replayed,
+            "traceparent": self.traceparent,
         }
 
 

@@ -42,7 +42,7 @@ def dumps(value: Any) -> str:
 
 
 def job_to_json(job: Job) -> JSON:
-    return {
+    data = {
         "job_id": job.job_id,
         "client": job.client,
         "services": [s.value for s in job.services],
@@ -59,6 +59,10 @@ def job_to_json(job: Job) -> JSON:
         "error": None if job.error is None else job.error.to_json(),
         "last_event": job.last_event,
     }
+    # Only when traced: an untraced job is written as the previous release wrote it.
+    if job.trace_context:
+        data["trace_context"] = job.trace_context
+    return data
 
 
 def job_from_json(data: JSON) -> Job:
@@ -78,6 +82,8 @@ def job_from_json(data: JSON) -> Job:
         result=data["result"],
         error=None if data["error"] is None else UpstreamFailure.from_json(data["error"]),
         last_event=data["last_event"],
+        # Absent from what the previous release wrote.
+        trace_context=data.get("trace_context") or "",
     )
 
 

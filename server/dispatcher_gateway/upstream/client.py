@@ -25,6 +25,7 @@ from ..core.caller import UPSTREAM_TIMEOUT
 from ..core.errors import UpstreamError
 from ..core.model import JSON, DispatchSpec, Mode, UpstreamAttempt, UpstreamFailure
 from ..core.ports import UpstreamAnswer
+from ..tracing import Tracing, continued
 
 logger = logging.getLogger("dispatcher_gateway.upstream")
 
@@ -106,6 +107,7 @@ class DispatcherClient:
         transport: httpx.AsyncBaseTransport | None = None,
         callback_field: str = DEFAULT_CALLBACK_FIELD,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        tracing: Tracing | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._email = email
@@ -124,6 +126,8 @@ class DispatcherClient:
             # Proxies and netrc from the environment would change where the credentials go.
             trust_env=False,
         )
+        if tracing is not None:
+            tracing.instrument_client(self._http)
 
     def __repr__(self) -> str:
         return f"DispatcherClient(base_url={self._base_url!r}, email={self._email!r})"
@@ -141,7 +145,13 @@ class DispatcherClient:
         await self.aclose()
 
     async def dispatch(
-        self, spec: DispatchSpec, *, idempotency_key: str, callback_url: str | None, timeout: float
+        self,
+        spec: DispatchSpec,
+        *,
+        idempotency_key: str,
+        callback_url: str | None,
+        timeout: float,
+        trace_context: str = "",
     ) -> UpstreamAnswer:
         body = dict(spec.body)
         params: dict[str, str] = {}
@@ -150,15 +160,16 @@ class DispatcherClient:
             mode = Mode.ASYNC
             params["async"] = "true"
             body[self._callback_field] = callback_url
-        exchange = await self._request(
-            "POST",
-            spec.path,
-            json_body=body,
-            params=params,
-            idempotency_key=idempotency_key,
-            timeout=timeout,
-            mode=mode,
-        )
+        with continued(trace_context):
+            exchange = await self._request(
+                "POST",
+                spec.path,
+                json_body=body,
+                params=params,
+                idempotency_key=idempotency_key,
+                timeout=timeout,
+                mode=mode,
+            )
         assert exchange.attempt is not None
         try:
             answer = _expect_object(exchange.status, exchange.body)

@@ -26,6 +26,7 @@ JOB_COLUMNS: Final = [
     "result",
     "error",
     "last_event",
+    "trace_context",
 ]
 JOB_STATE_COLUMNS: Final = ["job_id", *codec.JOB_STATE_FIELDS]
 """The job id, and what an event may change (in this order in UPDATE_JOBS)."""
@@ -48,13 +49,15 @@ _JSON_EVENT_COLUMNS: Final = ("data", "metadata")
 
 INSERT_JOB: Final = (
     "INSERT INTO jobs (job_id, client, services, mode, state, body, metadata, idempotency_key,"
-    " request_hash, created_at, updated_at, dispatch_id, result, error, last_event) VALUES"
-    " (:job_id, :client, :services, :mode, :state, :body, :metadata, :idempotency_key,"
-    " :request_hash, :created_at, :updated_at, :dispatch_id, :result, :error, :last_event)"
+    " request_hash, created_at, updated_at, dispatch_id, result, error, last_event, trace_context)"
+    " VALUES (:job_id, :client, :services, :mode, :state, :body, :metadata, :idempotency_key,"
+    " :request_hash, :created_at, :updated_at, :dispatch_id, :result, :error, :last_event,"
+    " :trace_context)"
 )
 SELECT_JOBS_STATE: Final = (
     "SELECT job_id, client, services, mode, state, '{}' AS body, metadata, idempotency_key,"
-    " request_hash, created_at, updated_at, dispatch_id, result, error, last_event FROM jobs"
+    " request_hash, created_at, updated_at, dispatch_id, result, error, last_event, trace_context"
+    " FROM jobs"
 )
 """The job as `apply` sees it: all but the body, the one column that may be large."""
 UPDATE_JOBS: Final = (
@@ -84,6 +87,7 @@ def insert_many(table: str, columns: list[str], rows: int) -> str:
 
 def job_params(job: Job) -> dict[str, Any]:
     params = codec.job_to_json(job)
+    params.setdefault("trace_context", "")
     for column in _JSON_JOB_COLUMNS:
         if params[column] is not None:
             params[column] = codec.dumps(params[column])

@@ -10,8 +10,9 @@ from typing import Final
 
 from ...core.errors import StoreUnavailable
 
-SCHEMA_VERSION: Final = 1
-"""Kept in the file's user_version: a file from a newer gateway is refused, not misread."""
+SCHEMA_VERSION: Final = 2
+"""Kept in the file's user_version: a file from a newer gateway is refused, not misread.
+Version 2 added jobs.trace_context."""
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 BUSY_TIMEOUT_MS: Final = 5000
 """How long a write waits for another process's lock on the file before it fails as
@@ -33,7 +34,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     dispatch_id TEXT NOT NULL,
     result TEXT,
     error TEXT,
-    last_event TEXT NOT NULL
+    last_event TEXT NOT NULL,
+    trace_context TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key
     ON jobs (client, idempotency_key) WHERE idempotency_key != '';
@@ -82,6 +84,8 @@ CREATE TABLE IF NOT EXISTS secrets (
 ) WITHOUT ROWID;
 """
 
+_ADD_TRACE_CONTEXT: Final = "ALTER TABLE jobs ADD COLUMN trace_context TEXT NOT NULL DEFAULT ''"
+
 
 def connect(path: Path, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
     """A connection for the thread that calls this, on the file at `path` (made, with its
@@ -117,6 +121,9 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        if version == 1:
+            # Its jobs table was there before, without the column; old rows read it as ''.
+            conn.execute(_ADD_TRACE_CONTEXT)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

@@ -11,7 +11,7 @@ import pytest
 
 from dispatcher_gateway.core.errors import StoreUnavailable
 from dispatcher_gateway.store.nats import CLAIMER_GRACE, DEFAULT_TIMEOUT
-from tests.contract.builders import new_job, queued_event
+from tests.support.builders import new_job, queued_event
 from tests.support.nats_server import NatsEndpoint
 from tests.support.nats_store import crash_once, new_store
 

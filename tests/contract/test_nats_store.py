@@ -21,7 +21,7 @@ from dispatcher_gateway.store import codec
 from dispatcher_gateway.store.nats import DEFAULT_TIMEOUT, NatsStore
 from dispatcher_gateway.store.nats.commit import Envelope, Pending
 from dispatcher_gateway.store.nats.tail import Tail
-from tests.contract.builders import (
+from tests.support.builders import (
     CLIENT,
     append,
     create,

@@ -16,7 +16,7 @@ import pytest
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import StoreUnavailable
 from dispatcher_gateway.store.nats import NatsStore
-from tests.contract.builders import CLIENT, append, create, event_for, new_job, queued_event
+from tests.support.builders import CLIENT, append, create, event_for, new_job, queued_event
 from tests.support.nats_server import NatsFactory
 from tests.support.nats_store import RECOVERY, Crash, crash_once, new_store, until_answers
 
