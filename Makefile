@@ -59,7 +59,17 @@ buf-lint: $(STAMP)
 # Kubernetes it supports and the newest schema kubernetes-validate ships; the Dockerfile linted;
 # tests/deploy checks what schemas cannot see (selectors, references, ports, grace, policies).
 K8S_OLDEST := 1.30.0
-deploy-check: $(STAMP)
+# promtool checks deploy/monitoring's alert rules and runs their unit tests: taken from Debian's
+# prometheus package unpacked aside (not installed: no server, no service), promtool kept.
+PROMTOOL := $(BIN)/promtool
+$(PROMTOOL): $(STAMP)
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && cd $$tmp && \
+	{ apt-get download prometheus >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get download prometheus; }; } && \
+	dpkg -x prometheus_*.deb unpacked && cp unpacked/usr/bin/promtool $(CURDIR)/$(PROMTOOL)
+	@$(PROMTOOL) --version | head -1
+
+deploy-check: $(STAMP) $(PROMTOOL)
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
 	newest=$$($(BIN)/python -c 'from kubernetes_validate.utils import latest_version as v; print(v())') && \
 	for overlay in single ha; do \
@@ -70,6 +80,8 @@ deploy-check: $(STAMP)
 	  echo "deploy/k8s/overlays/$$overlay: valid for Kubernetes $(K8S_OLDEST) and $$newest (strict)"; \
 	done
 	$(BIN)/hadolint deploy/Dockerfile
+	$(PROMTOOL) check rules deploy/monitoring/alerts.yaml
+	cd deploy/monitoring && $(CURDIR)/$(PROMTOOL) test rules alerts.test.yaml
 	$(BIN)/pytest -q tests/deploy
 
 pytest: $(STAMP)

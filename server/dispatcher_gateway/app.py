@@ -18,19 +18,20 @@ from starlette.routing import Route
 
 from .config import Settings
 from .config_values import is_loopback, split_addr
-from .core.breaker import CircuitBreaker
+from .core.breaker import BreakerState, CircuitBreaker
 from .core.errors import ShuttingDown, StoreUnavailable
 from .core.gateway import Gateway, OutboxLimits
 from .core.hub import EventHub
 from .core.ports import Store
 from .core.tokens import CallbackTokens
 from .httpserver import HttpServer, start_http
-from .metrics import REGISTRY, Counts
+from .metrics import Counts, GatewayGauges, Metrics
 from .rpc.auth import Authenticator
 from .rpc.clients import ClientsFile
 from .rpc.drain import Drain
 from .rpc.json_face import JsonFace
 from .rpc.limits import ClientLimits
+from .rpc.metrics import ServerMetrics
 from .rpc.server import create_server, set_serving
 from .rpc.servicer import DispatchServicer
 from .rpc.tls import CertificateFiles
@@ -45,7 +46,6 @@ DRAIN_GRACE = 20.0
 READY_CHECK_TIMEOUT = 2.0
 STORE_CHECK_INTERVAL = 1.0
 """Seconds between the looks at the store that keep gRPC health in step with it."""
-PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 STATUS_FLUSH = 0.1
 WORKER_RECANCEL = 0.5
 """Seconds between cancellations of a worker that has not ended yet (see _stop_workers)."""
@@ -120,7 +120,25 @@ class GatewayApp:
         self._store_watch: asyncio.Task[None] | None = None
         self.listeners: Listeners | None = None
         self.opened = False
+        self.store_up = False
+        """Whether the store answered the last look at it (every second once started)."""
         self.started_at = time.time()
+        self.metrics = Metrics()
+        self.counts = Counts(self.metrics)
+        # Scraped from the start: a gateway waiting for its store is seen as one (store_up 0).
+        self.metrics.registry.register(
+            GatewayGauges(
+                self.counts,
+                streams=lambda: self.hub.streams,
+                circuit=self._circuit_state,
+                store_up=lambda: self.store_up,
+                states=[state.value for state in BreakerState],
+            )
+        )
+
+    def _circuit_state(self) -> str:
+        gateway: Gateway | None = getattr(self, "gateway", None)
+        return gateway.caller.breaker.state.value if gateway is not None else "closed"
 
     async def start(self) -> Listeners:
         """Admin first, so that probes see a live process (not ready) while the store is awaited;
@@ -171,10 +189,11 @@ class GatewayApp:
                 sync_timeout=s.sync_timeout,
                 sync_concurrency=s.sync_concurrency,
             ),
-            observer=Counts(),
+            observer=self.counts,
             traces=SpanLinks() if self.tracing.enabled else None,
         )
         self.opened = True
+        self.store_up = True
         auth = Authenticator(
             ClientsFile(s.client_tokens_file) if s.client_tokens_file else None,
             allow_anonymous=s.allow_anonymous,
@@ -190,14 +209,14 @@ class GatewayApp:
             auth=auth,
             drain=self.calls,
             reflection=s.grpc_reflection,
-            outer=self.tracing.grpc_interceptors(),
+            outer=[*self.tracing.grpc_interceptors(), ServerMetrics(self.metrics.registry)],
         )
         grpc_port, mtls_port = self._grpc_ports()
         await self.grpc.start()
 
         webhook_host, webhook_port = split_addr(s.webhook_addr)
         verifier = WebhookVerifier(s.webhook_secrets, require_timestamp=s.webhook_require_timestamp)
-        webhooks = create_webhook_app(self.gateway.webhooks, verifier)
+        webhooks = create_webhook_app(self.gateway.webhooks, verifier, observer=self.counts)
         self.tracing.instrument_webhooks(webhooks)
         webhook = await start_http(
             webhooks, webhook_host, webhook_port, certfile=s.tls_cert_file, keyfile=s.tls_key_file
@@ -215,16 +234,6 @@ class GatewayApp:
                 keyfile=s.grpc_tls_key_file,
             )
 
-        REGISTRY.gauge(
-            "dispatcher_gateway_streams",
-            "Event streams this replica holds.",
-            lambda: self.hub.streams,
-        )
-        REGISTRY.gauge(
-            "dispatcher_gateway_upstream_circuit_open",
-            "1 while the upstream circuit breaker is open or probing.",
-            lambda: float(self.gateway.caller.breaker.state.value != "closed"),
-        )
         self._hub_task = asyncio.create_task(self.hub.follow(self.store), name="hub")
         self._tasks = [
             self._hub_task,
@@ -353,12 +362,14 @@ class GatewayApp:
                 await asyncio.wait_for(self.store.check(), READY_CHECK_TIMEOUT)
             # Anything but an answer counts as no answer: this loop must outlive every outage.
             except Exception as exc:
+                self.store_up = False
                 if serving:
                     why = str(exc) or type(exc).__name__
                     log.warning("store unavailable (%s): gRPC health NOT_SERVING", why)
                     serving = False
                     await set_serving(self.health, False)
                 continue
+            self.store_up = True
             if not serving:
                 log.info("store answers again: gRPC health SERVING")
                 serving = True
@@ -392,7 +403,8 @@ class GatewayApp:
             return JSONResponse(body, status_code=200 if ready else 503)
 
         async def metrics(request: Request) -> Response:
-            return PlainTextResponse(REGISTRY.render(), media_type=PROMETHEUS_TEXT)
+            page, media_type = self.metrics.render(request.headers.get("accept", ""))
+            return Response(page, media_type=media_type)
 
         return Starlette(
             routes=[

@@ -14,7 +14,6 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.core.callbacks import CallbackRules
 from dispatcher_gateway.core.model import Service
-from dispatcher_gateway.metrics import CALLBACKS_OVERDUE
 from tests.support.loopback import GatewayFactory, RunningSandbox
 from tests.support.requests import request_for
 
@@ -119,8 +118,8 @@ async def test_get_job_shows_each_attempt_of_a_retried_job_with_the_upstreams_re
 async def test_a_job_whose_webhook_comes_too_late_ends_overdue_and_the_late_end_is_streamed(
     gateways: GatewayFactory, sandbox: RunningSandbox
 ) -> None:
-    await gateways.start(callbacks=CallbackRules(deadlines={Service.POSTAL: 0.5}))
-    overdue_before = CALLBACKS_OVERDUE.value("postal")
+    gateway = await gateways.start(callbacks=CallbackRules(deadlines={Service.POSTAL: 0.5}))
+    registry = gateway.metrics.registry
     async with grpc.aio.insecure_channel(gateways.target) as channel:
         stub = pb_grpc.DispatchServiceStub(channel)
         job_id = (await stub.Dispatch(request_for(pb.SERVICE_POSTAL), timeout=10)).job.job_id
@@ -146,4 +145,12 @@ async def test_a_job_whose_webhook_comes_too_late_ends_overdue_and_the_late_end_
     assert events[2].data["code"] == "callback_overdue"
     assert job.state == pb.JOB_STATE_FAILED
     assert job.error.code == "callback_overdue"
-    assert CALLBACKS_OVERDUE.value("postal") == overdue_before + 1
+    # The gateway's own registry: only this test's jobs are counted in it.
+    assert (
+        registry.get_sample_value(
+            "dispatcher_gateway_callbacks_overdue_total", {"service": "postal"}
+        )
+        == 1
+    )
+    ended = {"service": "postal", "state": "callback_overdue"}
+    assert registry.get_sample_value("dispatcher_gateway_jobs_ended_total", ended) == 1

@@ -21,7 +21,7 @@ from dispatcher_gateway.core.model import (
     Mode,
     Service,
 )
-from dispatcher_gateway.core.ports import Store
+from dispatcher_gateway.core.ports import Observer, Store
 from dispatcher_gateway.core.retry import RateLimit, RetryPolicy
 from dispatcher_gateway.core.tokens import CallbackTokens
 from dispatcher_gateway.store.memory import MemoryStore
@@ -45,6 +45,7 @@ def build_core(
     breaker_threshold: int | None = None,
     callbacks: CallbackRules | None = None,
     sync_concurrency: int | None = None,
+    observer: Observer | None = None,
 ) -> Gateway:
     """`store` may be a wrapper of a real store (typed Any for that)."""
     limits = OutboxLimits(submit_timeout=5.0)
@@ -63,6 +64,7 @@ def build_core(
         else CircuitBreaker(threshold=breaker_threshold),
         callbacks=callbacks or CallbackRules(),
         outbox=limits,
+        observer=observer,
     )
 
 
@@ -99,13 +101,13 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def gateway_harness() -> AsyncIterator[Harness]:
+async def gateway_harness(observer: Observer | None = None) -> AsyncIterator[Harness]:
     """Core over an in-memory store, its hub following the store; no outbox running."""
     store = MemoryStore()
     await store.open()
     hub = EventHub(backlog=50)
     upstream = ScriptedUpstream()
-    gateway = build_core(store, upstream, hub=hub)
+    gateway = build_core(store, upstream, hub=hub, observer=observer)
     follower = asyncio.create_task(hub.follow(store))
     await asyncio.sleep(0.05)
     try:

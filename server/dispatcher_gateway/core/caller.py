@@ -8,14 +8,15 @@ of a client (core/dispatch.py) and the outbox (core/outbox.py) both send through
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
 from .breaker import CircuitBreaker
 from .errors import UpstreamError
 from .eventdata import deliverable_answer, deliverable_failure
-from .model import JSON, DispatchSpec, Job, UpstreamFailure
-from .ports import Upstream, UpstreamAnswer
+from .model import JSON, DispatchSpec, Job, UpstreamAttempt, UpstreamFailure
+from .ports import NoObserver, Observer, Upstream, UpstreamAnswer
 from .rate import RateGate
 from .retry import RateLimit
 from .tokens import CallbackTokens
@@ -44,8 +45,10 @@ class UpstreamCaller:
         breaker: CircuitBreaker,
         tokens: CallbackTokens,
         public_url: str,
+        observer: Observer | None = None,
     ) -> None:
         self.upstream = upstream
+        self.observer = observer or NoObserver()
         self.rate = rate
         self.breaker = breaker
         self.tokens = tokens
@@ -79,7 +82,12 @@ class UpstreamCaller:
     async def wait_slot(self, budget: float | None = None) -> float:
         """Wait for a rate slot at most `budget` seconds (None: as long as it takes); the loop's
         time when it was taken. Raises RateLimited past the budget."""
-        return await self.rate.wait(budget)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            return await self.rate.wait(budget)
+        finally:
+            self.observer.rate_waited(loop.time() - started)
 
     def calling(self) -> None:
         """A call is about to go (half open: it is the probe)."""
@@ -87,15 +95,27 @@ class UpstreamCaller:
 
     async def dispatch(self, job: Job, *, calls_back: bool, timeout: float) -> UpstreamAnswer:
         """Send the job upstream: in async mode with its callback URL when `calls_back`."""
-        return await self._call(
-            self.upstream.dispatch(
-                spec_of(job),
-                idempotency_key=job.job_id,
-                callback_url=self.callback_url(job.job_id) if calls_back else None,
-                timeout=timeout,
-                trace_context=job.trace_context,
+        try:
+            answer = await self._call(
+                self.upstream.dispatch(
+                    spec_of(job),
+                    idempotency_key=job.job_id,
+                    callback_url=self.callback_url(job.job_id) if calls_back else None,
+                    timeout=timeout,
+                    trace_context=job.trace_context,
+                )
             )
-        )
+        except UpstreamError as exc:
+            self._observe(exc.attempt)
+            raise
+        self._observe(answer.attempt)
+        return answer
+
+    def _observe(self, attempt: UpstreamAttempt | None) -> None:
+        if attempt is not None:
+            self.observer.upstream_request(
+                attempt.endpoint, attempt.mode.value, attempt.http_status, attempt.latency
+            )
 
     async def _call(self, call: Awaitable[T]) -> T:
         """Make one upstream call, telling the circuit breaker how it went."""

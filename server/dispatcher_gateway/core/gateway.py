@@ -76,8 +76,9 @@ class Gateway:
             breaker=breaker,
             tokens=tokens,
             public_url=public_url,
+            observer=observer,
         )
-        records = JobRecords(store, clock)
+        records = JobRecords(store, clock, observer=observer)
         worker = OutboxWorker(
             store,
             caller,
@@ -107,6 +108,6 @@ class Gateway:
                 observer=observer,
             ),
             reads=reads,
-            streams=EventStreams(store, hub, reads),
+            streams=EventStreams(store, hub, reads, clock=clock, observer=observer),
             webhooks=WebhookRecorder(store, tokens, clock=clock, observer=observer, traces=traces),
         )

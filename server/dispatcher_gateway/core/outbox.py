@@ -152,11 +152,13 @@ class OutboxWorker:
         its deadline, or drop it when the job has ended."""
         job = await self.store.get_job(lease.job_id)
         if job is None or job.state.terminal:
+            self.observer.outbox_settled(lease.job_id)
             await self.store.ack(lease)
             return
         if job.state is not JobState.QUEUED:
             # Accepted upstream in async mode (its webhook may even have come first): the
             # entry now stands for the job's deadline.
+            self.observer.outbox_settled(lease.job_id)
             await self._await_callback(lease, job)
             return
         now = self.clock()
@@ -164,16 +166,18 @@ class OutboxWorker:
             # Its caller is sending it now; the entry is the safety net should the call be lost.
             await self._retry_later(lease, job.created_at + SYNC_CALL_GRACE - now)
             return
+        # Unsent while this worker holds it: until its lease would run out, or its retry is due.
+        self.observer.outbox_pending(job.job_id, job.created_at, now + self.visibility)
         paused = self.caller.paused()
         if paused > 0:
             # The circuit is open: the entry waits in the outbox, not in memory.
-            await self._retry_later(lease, paused)
+            await self._retry_later(lease, paused, job)
             return
         kind = Mode.ASYNC if self.callbacks.calls_back(spec_of(job)) else Mode.SYNC
         if self._free[kind] <= 0:
             # Every call of its kind is taken (slow answers): the entry waits in the outbox, and
             # the jobs behind it that are sent the other way go on.
-            await self._retry_later(lease, BUSY_DELAY)
+            await self._retry_later(lease, BUSY_DELAY, job)
             return
         # Slots are taken in lease order, so jobs leave the outbox in the order queued; the
         # request goes out right after its slot, with nothing between.
@@ -208,10 +212,14 @@ class OutboxWorker:
             timer.cancel()
         self._timers.clear()
 
-    async def _retry_later(self, lease: Lease, delay: float) -> None:
+    async def _retry_later(self, lease: Lease, delay: float, job: Job | None = None) -> None:
         """Put the entry back for `delay` seconds, and look again when it comes due: without
-        this, a retry would wait for the next idle poll, not for its backoff or Retry-After."""
+        this, a retry would wait for the next idle poll, not for its backoff or Retry-After.
+        `job`: the job it holds, still unsent."""
         await self.store.retry_later(lease, delay)
+        if job is not None:
+            until = self.clock() + delay + self.visibility
+            self.observer.outbox_pending(job.job_id, job.created_at, until)
         handle: asyncio.TimerHandle
 
         def due() -> None:
@@ -284,7 +292,7 @@ class OutboxWorker:
                     delay,
                 )
                 self.observer.upstream_dispatch("retried")
-                await self._retry_later(lease, delay)
+                await self._retry_later(lease, delay, job)
                 return
             failure = exc.failure
             if exc.retryable:
@@ -296,10 +304,12 @@ class OutboxWorker:
                 )
             log.warning("outbox: %s failed: %s", job.job_id, failure.code)
             self.observer.upstream_dispatch("failed")
+            self.observer.outbox_settled(job.job_id)
             await self.records.fail(job, failure)
             await self.store.ack(lease)
             return
         self.observer.upstream_dispatch("accepted")
+        self.observer.outbox_settled(job.job_id)
         if calls_back:
             recorded = await self.records.submitted(job, answer)
             if recorded is not None and recorded.state.terminal:

@@ -200,6 +200,34 @@ class Observer(Protocol):
     def webhook(self, outcome: str) -> None:
         """A verified webhook was handed to the store: 'recorded' or 'duplicate'."""
 
+    def upstream_request(self, endpoint: str, mode: str, status: int, seconds: float) -> None:
+        """One request sent upstream for a job was answered (`status` 0: no answer came)."""
+
+    def rate_waited(self, seconds: float) -> None:
+        """A call waited this long for a slot of the account's rate limit (0: none)."""
+
+    def webhook_handled(self, outcome: str, seconds: float) -> None:
+        """The webhook receiver answered a request: 'recorded', 'duplicate', or its refusal
+        ('unauthorized' for a bad signature, 'not_found', 'unavailable', ...)."""
+
+    def event_streamed(self, source: str, seconds: float) -> None:
+        """A live event went out on a stream, `seconds` after the store recorded it; `source`:
+        'webhook' (the upstream's) or 'gateway' (one the gateway records itself)."""
+
+    def stream_ended(self, reason: str) -> None:
+        """The gateway ended a stream: 'slow' (its reader fell too far behind), 'shutdown', or
+        'store_unavailable'."""
+
+    def job_ended(self, service: str, state: str) -> None:
+        """A job reached its terminal event: 'succeeded', 'failed', or 'callback_overdue'."""
+
+    def outbox_pending(self, job_id: str, queued_at: float, until: float) -> None:
+        """The outbox holds this job unsent since `queued_at` (seconds since the epoch); if it is
+        not told of it again by `until`, another replica's worker has it."""
+
+    def outbox_settled(self, job_id: str) -> None:
+        """The outbox is done sending this job (accepted, answered, failed or ended)."""
+
 
 class NoObserver:
     """An Observer that counts nothing: core's default, and what unit tests use."""
@@ -214,4 +242,28 @@ class NoObserver:
         pass
 
     def webhook(self, outcome: str) -> None:
+        pass
+
+    def upstream_request(self, endpoint: str, mode: str, status: int, seconds: float) -> None:
+        pass
+
+    def rate_waited(self, seconds: float) -> None:
+        pass
+
+    def webhook_handled(self, outcome: str, seconds: float) -> None:
+        pass
+
+    def event_streamed(self, source: str, seconds: float) -> None:
+        pass
+
+    def stream_ended(self, reason: str) -> None:
+        pass
+
+    def job_ended(self, service: str, state: str) -> None:
+        pass
+
+    def outbox_pending(self, job_id: str, queued_at: float, until: float) -> None:
+        pass
+
+    def outbox_settled(self, job_id: str) -> None:
         pass

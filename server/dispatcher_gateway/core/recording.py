@@ -129,4 +129,6 @@ class WebhookRecorder:
             raise NotFound("no such callback") from None
         self.traces.concerns(traced)
         self.observer.webhook("recorded" if stored is not None else "duplicate")
+        if stored is not None and stored.terminal:
+            self.observer.job_ended(stored.service.value, stored.state.value)
         return stored is not None

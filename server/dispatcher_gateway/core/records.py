@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, Callable
 from . import states
 from .eventdata import deliverable_answer, deliverable_failure
 from .model import JSON, Job, JobEvent, UpstreamAttempt, UpstreamFailure
-from .ports import Store, UpstreamAnswer
+from .ports import NoObserver, Observer, Store, UpstreamAnswer
 
 log = logging.getLogger("dispatcher_gateway.core")
 
@@ -75,17 +75,26 @@ def event_of(
 class JobRecords:
     """Writes the gateway's own events of a job, and reads a job's events back."""
 
-    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, store: Store, clock: Callable[[], float], *, observer: Observer | None = None
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.observer = observer or NoObserver()
 
     async def fail(self, job: Job, failure: UpstreamFailure) -> JobEvent | None:
         """Record the gateway's own terminal failure of a job (once)."""
         failure = deliverable_failure(failure, f"job {job.job_id}")
         event = event_of(job, states.FAILED, failure.to_json(), self.clock())
-        return await self.store.append_event(
+        recorded = await self.store.append_event(
             event, dedupe_key=f"{job.job_id}:failed", apply=states.apply_event
         )
+        if recorded is not None and recorded.terminal:
+            overdue = failure.code == states.OVERDUE
+            self.observer.job_ended(
+                job.service.value, states.OVERDUE if overdue else recorded.state.value
+            )
+        return recorded
 
     async def submitted(self, job: Job, answer: UpstreamAnswer) -> JobEvent | None:
         """Record an async request's acceptance, and the attempt that got it (once)."""
@@ -111,6 +120,8 @@ class JobRecords:
             self.attempt(job, answer.attempt),
             self.store.append_event(event, dedupe_key=dedupe_key, apply=states.apply_event),
         )
+        if recorded is not None and recorded.terminal:
+            self.observer.job_ended(job.service.value, recorded.state.value)
         return recorded
 
     async def attempt(self, job: Job, attempt: UpstreamAttempt | None) -> None:

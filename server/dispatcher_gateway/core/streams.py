@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator, Callable
 
 from . import states
-from .errors import FieldViolation, InvalidArgument
+from .errors import (
+    FieldViolation,
+    InvalidArgument,
+    ShuttingDown,
+    SlowConsumer,
+    StoreUnavailable,
+)
 from .eventdata import data_problem
 from .hub import EventHub
 from .model import EventFilter, JobEvent, cursor_value
-from .ports import Store
+from .ports import NoObserver, Observer, Store
 from .reads import JobReads
 from .records import REPLAY_PAGE
 
@@ -48,11 +55,25 @@ def _deliverable(event: JobEvent) -> JobEvent:
     )
 
 
+_ENDED = {SlowConsumer: "slow", ShuttingDown: "shutdown", StoreUnavailable: "store_unavailable"}
+"""Why the hub ended a stream, as the Observer is told it."""
+
+
 class EventStreams:
-    def __init__(self, store: Store, hub: EventHub, reads: JobReads) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hub: EventHub,
+        reads: JobReads,
+        *,
+        clock: Callable[[], float] = time.time,
+        observer: Observer | None = None,
+    ) -> None:
         self.store = store
         self.hub = hub
         self.reads = reads
+        self.clock = clock
+        self.observer = observer or NoObserver()
 
     async def watch(self, client: str, job_id: str) -> AsyncGenerator[JobEvent, None]:
         """The job's events so far, then live, ending after its terminal event."""
@@ -121,11 +142,18 @@ class EventStreams:
                     if shown(event):
                         yield _deliverable(event)
             while True:
-                event = await sub.get()
+                try:
+                    event = await sub.get()
+                except (SlowConsumer, ShuttingDown, StoreUnavailable) as exc:
+                    self.observer.stream_ended(_ENDED[type(exc)])
+                    raise
                 position = int(event.cursor)
                 if position <= last:
                     continue
                 last = position
+                if event.record_time > 0:
+                    source = "gateway" if event.type in states.OWN_EVENTS else "webhook"
+                    self.observer.event_streamed(source, self.clock() - event.record_time)
                 yield _deliverable(event)
         finally:
             self.hub.unsubscribe(sub)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -20,7 +21,7 @@ from starlette.routing import Route
 
 from ..core.errors import InvalidArgument, NotFound, ShuttingDown, StoreUnavailable
 from ..core.model import JSON
-from ..core.ports import WebhookSink
+from ..core.ports import NoObserver, Observer, WebhookSink
 from .signature import WebhookVerificationError, WebhookVerifier
 
 logger = logging.getLogger("dispatcher_gateway.webhooks")
@@ -89,9 +90,16 @@ def _refusal_for(exc: Exception) -> _Refusal:
 
 
 def create_webhook_app(
-    sink: WebhookSink, verifier: WebhookVerifier, *, max_body: int = DEFAULT_MAX_BODY
+    sink: WebhookSink,
+    verifier: WebhookVerifier,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    observer: Observer | None = None,
 ) -> Starlette:
+    observer = observer or NoObserver()
+
     async def receive_webhook(request: Request) -> JSONResponse:
+        begun = time.perf_counter()
         token: str = request.path_params["token"]
         webhook_id = event = "-"
         try:
@@ -118,6 +126,7 @@ def create_webhook_app(
             content: dict[str, Any] = {"error": refusal.error}
             if refusal.explain:
                 content["reason"] = str(exc)
+            observer.webhook_handled(refusal.error, time.perf_counter() - begun)
             return JSONResponse(content, status_code=refusal.status, headers=refusal.headers)
 
         outcome = "recorded" if recorded else "duplicate"
@@ -131,6 +140,7 @@ def create_webhook_app(
             webhook_id,
             outcome,
         )
+        observer.webhook_handled(outcome, time.perf_counter() - begun)
         return JSONResponse({"status": outcome})
 
     return Starlette(routes=[Route(WEBHOOK_PATH, receive_webhook, methods=["POST"])])
