@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import secrets
-import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any, NoReturn, TypeAlias
@@ -31,7 +29,7 @@ from ..core.errors import GatewayError
 from .auth import Authenticator, set_caller
 from .drain import Drain
 from .errors import to_status
-from .throttled_log import ThrottledLog, one_line
+from .throttled_log import ThrottledLog, one_line, report_internal
 
 log = logging.getLogger("dispatcher_gateway.rpc")
 
@@ -197,24 +195,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
             raise exc
         if isinstance(exc, GatewayError):
             await _abort(context, exc)
-        reference = secrets.token_hex(4)
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-        self.log.log(
-            logging.ERROR,
-            "internal",
-            "%s failed (ref %s): %s at %s: %s",
-            method,
-            reference,
-            type(exc).__name__,
-            where,
-            one_line(exc),
-        )
-        await context.abort(
-            grpc.StatusCode.INTERNAL,
-            f"internal error in the gateway (ref {reference}); it is logged, and not your "
-            "request's fault",
-        )
+        await context.abort(grpc.StatusCode.INTERNAL, report_internal(self.log, method, exc))
         raise AssertionError("unreachable: abort raises")
 
 

@@ -24,8 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
-import traceback
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -48,7 +46,7 @@ from .errors import to_status
 from .interceptor import UNDECODABLE
 from .server import SERVICE_NAME
 from .servicer import DispatchServicer
-from .throttled_log import ThrottledLog, one_line
+from .throttled_log import ThrottledLog, one_line, report_internal
 
 log = logging.getLogger("dispatcher_gateway.rpc")
 
@@ -266,23 +264,8 @@ class JsonFace:
         """The status of what a call raised: a domain error's own, INTERNAL for the rest."""
         if isinstance(exc, GatewayError):
             return domain_status(exc)
-        reference = secrets.token_hex(4)
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-        self.log.log(
-            logging.ERROR,
-            "internal",
-            "%s failed (ref %s): %s at %s: %s",
-            f"/{SERVICE_NAME}/{name}",
-            reference,
-            type(exc).__name__,
-            where,
-            one_line(exc),
-        )
         return status_of(
-            grpc.StatusCode.INTERNAL,
-            f"internal error in the gateway (ref {reference}); it is logged, and not your "
-            "request's fault",
+            grpc.StatusCode.INTERNAL, report_internal(self.log, f"/{SERVICE_NAME}/{name}", exc)
         )
 
     def _stream(self, request: Request, name: str, message: Message, client: Any) -> Response:

@@ -4,7 +4,9 @@ caller sending garbage in a loop must not be able to fill the disk or drown the 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,3 +64,25 @@ class ThrottledLog:
             budget.held_back = 0
         self.logger.log(level, message, *args)
         return True
+
+
+def report_internal(log: ThrottledLog, method: str, exc: BaseException) -> str:
+    """Log an unexpected failure of `method` under a fresh reference, with where it was raised;
+    return what the caller is told instead (the reference, never the exception's text)."""
+    reference = secrets.token_hex(4)
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+    log.log(
+        logging.ERROR,
+        "internal",
+        "%s failed (ref %s): %s at %s: %s",
+        method,
+        reference,
+        type(exc).__name__,
+        where,
+        one_line(exc),
+    )
+    return (
+        f"internal error in the gateway (ref {reference}); it is logged, and not your "
+        "request's fault"
+    )
