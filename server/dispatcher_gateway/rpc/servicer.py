@@ -129,6 +129,18 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         templates = await self.gateway.dispatches.templates()
         return pb.ListTemplatesResponse(templates=[template_to_pb(t) for t in templates])
 
+    # Issue 14's calls: declared in the proto, built on their own branches.
+    async def DispatchBatch(
+        self, request: pb.DispatchBatchRequest, context: Context
+    ) -> pb.DispatchBatchResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "DispatchBatch is not built yet")
+
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.Job:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "CancelJob is not built yet")
+
+    async def RetryJob(self, request: pb.RetryJobRequest, context: Context) -> pb.Job:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "RetryJob is not built yet")
+
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: Context
     ) -> AsyncGenerator[pb.JobEvent, None]:

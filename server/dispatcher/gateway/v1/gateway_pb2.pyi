@@ -89,6 +89,8 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     """Refused or failed upstream, given up after retries, or (error code "callback_overdue") no
     terminal webhook came within the service's deadline.
     """
+    JOB_STATE_CANCELED: _JobState.ValueType  # 6
+    """Withdrawn by CancelJob before it was sent upstream."""
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper): ...
 
@@ -104,7 +106,37 @@ JOB_STATE_FAILED: JobState.ValueType  # 5
 """Refused or failed upstream, given up after retries, or (error code "callback_overdue") no
 terminal webhook came within the service's deadline.
 """
+JOB_STATE_CANCELED: JobState.ValueType  # 6
+"""Withdrawn by CancelJob before it was sent upstream."""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
+
+class _Priority:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Priority.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PRIORITY_UNSPECIFIED: _Priority.ValueType  # 0
+    """PRIORITY_NORMAL."""
+    PRIORITY_LOW: _Priority.ValueType  # 1
+    """Batch work: sent after the client's normal and high-priority jobs."""
+    PRIORITY_NORMAL: _Priority.ValueType  # 2
+    PRIORITY_HIGH: _Priority.ValueType  # 3
+    """Interactive work (a password reset): overtakes the client's normal and low jobs."""
+
+class Priority(_Priority, metaclass=_PriorityEnumTypeWrapper):
+    """How soon a job should be sent, among the same client's jobs waiting for the upstream rate.
+    Clients share the rate by weight whatever their jobs' priorities.
+    """
+
+PRIORITY_UNSPECIFIED: Priority.ValueType  # 0
+"""PRIORITY_NORMAL."""
+PRIORITY_LOW: Priority.ValueType  # 1
+"""Batch work: sent after the client's normal and high-priority jobs."""
+PRIORITY_NORMAL: Priority.ValueType  # 2
+PRIORITY_HIGH: Priority.ValueType  # 3
+"""Interactive work (a password reset): overtakes the client's normal and low jobs."""
+Global___Priority: _TypeAlias = Priority  # noqa: Y015
 
 class _SignatureType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -421,6 +453,8 @@ class DispatchRequest(_message.Message):
     INVOICING_FIELD_NUMBER: _builtins.int
     EXTRA_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     service: Global___Service.ValueType
     """The first (or only) service."""
     mode: Global___Mode.ValueType
@@ -430,6 +464,7 @@ class DispatchRequest(_message.Message):
     """The same key with the same request returns the same job and never dispatches twice;
     with a different request it is FAILED_PRECONDITION. Keys are scoped to the caller.
     """
+    priority: Global___Priority.ValueType
     @_builtins.property
     def chain(self) -> _containers.RepeatedScalarFieldContainer[Global___Service.ValueType]:
         """Services run after `service`, in order: service=SERVICE_FILE, chain=[SERVICE_EMAIL]
@@ -462,6 +497,13 @@ class DispatchRequest(_message.Message):
         every mode. Nested at most 32 levels deep: deeper does not decode (INVALID_ARGUMENT).
         """
 
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """Not sent upstream before this time: the job is QUEUED until then (across restarts).
+        At most the gateway's horizon ahead; a time in the past beyond a small skew is
+        INVALID_ARGUMENT. MODE_ASYNC only.
+        """
+
     def __init__(
         self,
         *,
@@ -478,10 +520,12 @@ class DispatchRequest(_message.Message):
         invoicing: Global___InvoicingOptions | None = ...,
         extra: _struct_pb2.Struct | None = ...,
         idempotency_key: _builtins.str = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
+        priority: Global___Priority.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "esign", b"esign", "extra", b"extra", "invoicing", b"invoicing", "postal", b"postal", "sms", b"sms", "template", b"template"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "esign", b"esign", "extra", b"extra", "invoicing", b"invoicing", "not_before", b"not_before", "postal", b"postal", "sms", b"sms", "template", b"template"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "email", b"email", "esign", b"esign", "extra", b"extra", "idempotency_key", b"idempotency_key", "invoicing", b"invoicing", "metadata", b"metadata", "mode", b"mode", "postal", b"postal", "provider_name", b"provider_name", "service", b"service", "sms", b"sms", "template", b"template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "email", b"email", "esign", b"esign", "extra", b"extra", "idempotency_key", b"idempotency_key", "invoicing", b"invoicing", "metadata", b"metadata", "mode", b"mode", "not_before", b"not_before", "postal", b"postal", "priority", b"priority", "provider_name", b"provider_name", "service", b"service", "sms", b"sms", "template", b"template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -492,20 +536,223 @@ class DispatchResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
+    ESTIMATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def job(self) -> Global___Job: ...
+    @_builtins.property
+    def estimate(self) -> Global___QueueEstimate:
+        """When a queued job is expected to be sent upstream, from the rate and what is ahead of it."""
+
     def __init__(
         self,
         *,
         job: Global___Job | None = ...,
+        estimate: Global___QueueEstimate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "job", b"job"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DispatchResponse: _TypeAlias = DispatchResponse  # noqa: Y015
+
+@_typing.final
+class QueueEstimate(_message.Message):
+    """Where a queued job stands."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_AHEAD_FIELD_NUMBER: _builtins.int
+    EXPECTED_SUBMIT_TIME_FIELD_NUMBER: _builtins.int
+    jobs_ahead: _builtins.int
+    """Jobs ahead of this one in the caller's share of the rate (0: next)."""
+    @_builtins.property
+    def expected_submit_time(self) -> _timestamp_pb2.Timestamp:
+        """The expected time of sending; not before the job's not_before."""
+
+    def __init__(
+        self,
+        *,
+        jobs_ahead: _builtins.int = ...,
+        expected_submit_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expected_submit_time", b"expected_submit_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_submit_time", b"expected_submit_time", "jobs_ahead", b"jobs_ahead"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueEstimate: _TypeAlias = QueueEstimate  # noqa: Y015
+
+@_typing.final
+class DispatchBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___DispatchRequest]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___DispatchRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DispatchBatchRequest: _TypeAlias = DispatchBatchRequest  # noqa: Y015
+
+@_typing.final
+class DispatchBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___DispatchBatchResult]:
+        """One per request, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___DispatchBatchResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DispatchBatchResponse: _TypeAlias = DispatchBatchResponse  # noqa: Y015
+
+@_typing.final
+class DispatchBatchResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ESTIMATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """The job created (or found, by the item's idempotency key)."""
+
+    @_builtins.property
+    def error(self) -> Global___ItemError:
+        """Why this item was refused."""
+
+    @_builtins.property
+    def estimate(self) -> Global___QueueEstimate:
+        """As DispatchResponse.estimate, for a queued job."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+        error: Global___ItemError | None = ...,
+        estimate: Global___QueueEstimate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "estimate", b"estimate", "job", b"job", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "estimate", b"estimate", "job", b"job", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["job", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___DispatchBatchResult: _TypeAlias = DispatchBatchResult  # noqa: Y015
+
+@_typing.final
+class ItemError(_message.Message):
+    """The error one item of a batch would have had alone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FIELD_VIOLATIONS_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code, such as 3 (INVALID_ARGUMENT) or 9 (FAILED_PRECONDITION)."""
+    message: _builtins.str
+    @_builtins.property
+    def field_violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldViolation]:
+        """For INVALID_ARGUMENT: the fields at fault, named from the item (such as "email.to[0]")."""
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        field_violations: _abc.Iterable[Global___FieldViolation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field_violations", b"field_violations", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemError: _TypeAlias = ItemError  # noqa: Y015
+
+@_typing.final
+class FieldViolation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldViolation: _TypeAlias = FieldViolation  # noqa: Y015
+
+@_typing.final
+class CancelJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJobRequest: _TypeAlias = CancelJobRequest  # noqa: Y015
+
+@_typing.final
+class RetryJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryJobRequest: _TypeAlias = RetryJobRequest  # noqa: Y015
 
 @_typing.final
 class ValidateResponse(_message.Message):
@@ -613,6 +860,10 @@ class Job(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    RETRY_OF_FIELD_NUMBER: _builtins.int
+    RETRIED_BY_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     dispatch_id: _builtins.str
     """The upstream's id, set once the upstream accepted the job."""
@@ -624,6 +875,11 @@ class Job(_message.Message):
     idempotency_key: _builtins.str
     last_event: _builtins.str
     """The type of the last event applied to the job."""
+    retry_of: _builtins.str
+    """Set on a job made by RetryJob: the failed job it sends again."""
+    retried_by: _builtins.str
+    """Set on a failed job once RetryJob made its new job."""
+    priority: Global___Priority.ValueType
     @_builtins.property
     def chain(self) -> _containers.RepeatedScalarFieldContainer[Global___Service.ValueType]: ...
     @_builtins.property
@@ -646,6 +902,10 @@ class Job(_message.Message):
         Dispatcher's support. Set by GetJob only (empty in ListJobs).
         """
 
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """As given to Dispatch."""
+
     def __init__(
         self,
         *,
@@ -665,10 +925,14 @@ class Job(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         attempts: _abc.Iterable[Global___UpstreamAttempt] | None = ...,
+        retry_of: _builtins.str = ...,
+        retried_by: _builtins.str = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
+        priority: Global___Priority.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "result", b"result", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "not_before", b"not_before", "result", b"result", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "chain", b"chain", "create_time", b"create_time", "dispatch_id", b"dispatch_id", "error", b"error", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "last_event", b"last_event", "metadata", b"metadata", "mode", b"mode", "provider_name", b"provider_name", "result", b"result", "service", b"service", "state", b"state", "template_id", b"template_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "chain", b"chain", "create_time", b"create_time", "dispatch_id", b"dispatch_id", "error", b"error", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "last_event", b"last_event", "metadata", b"metadata", "mode", b"mode", "not_before", b"not_before", "priority", b"priority", "provider_name", b"provider_name", "result", b"result", "retried_by", b"retried_by", "retry_of", b"retry_of", "service", b"service", "state", b"state", "template_id", b"template_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -767,13 +1031,14 @@ class JobEvent(_message.Message):
     dispatch_id: _builtins.str
     service: Global___Service.ValueType
     type: _builtins.str
-    """"queued", "submitted", "failed" (the gateway's own), or the upstream's webhook event, such as
+    """"queued", "submitted", "failed", "canceled", "retried" (the gateway's own), or the upstream's
+    webhook event, such as
     "dispatch_completed", "document_signed", "letter_delivered".
     """
     state: Global___JobState.ValueType
     """The job's state after this event."""
     terminal: _builtins.bool
-    """True for the job's last event (SUCCEEDED or FAILED)."""
+    """True for the job's last event (SUCCEEDED, FAILED or CANCELED)."""
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
         """The event's payload: the upstream's webhook data, sync answer or error."""
@@ -927,6 +1192,7 @@ class SubscribeRequest(_message.Message):
     SERVICES_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     LIVE_ONLY_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
     after_cursor: _builtins.str
     """Resume right after this event; empty replays from the beginning of what the store holds."""
     live_only: _builtins.bool
@@ -943,6 +1209,12 @@ class SubscribeRequest(_message.Message):
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Only jobs whose metadata holds every one of these pairs."""
 
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start with the first event recorded at or after this time (everything since then);
+        after_cursor and live_only must then be empty.
+        """
+
     def __init__(
         self,
         *,
@@ -951,10 +1223,11 @@ class SubscribeRequest(_message.Message):
         services: _abc.Iterable[Global___Service.ValueType] | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         live_only: _builtins.bool = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "job_ids", b"job_ids", "live_only", b"live_only", "metadata", b"metadata", "services", b"services"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "job_ids", b"job_ids", "live_only", b"live_only", "metadata", b"metadata", "services", b"services", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

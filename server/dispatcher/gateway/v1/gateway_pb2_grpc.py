@@ -80,6 +80,21 @@ class DispatchServiceStub:
                 request_serializer=dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.ListTemplatesRequest.SerializeToString,
                 response_deserializer=dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.ListTemplatesResponse.FromString,
                 _registered_method=True)
+        self.DispatchBatch = channel.unary_unary(
+                '/dispatcher.gateway.v1.DispatchService/DispatchBatch',
+                request_serializer=dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.DispatchBatchRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.DispatchBatchResponse.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/dispatcher.gateway.v1.DispatchService/CancelJob',
+                request_serializer=dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.Job.FromString,
+                _registered_method=True)
+        self.RetryJob = channel.unary_unary(
+                '/dispatcher.gateway.v1.DispatchService/RetryJob',
+                request_serializer=dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.RetryJobRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.Job.FromString,
+                _registered_method=True)
 
 
 class DispatchServiceServicer:
@@ -151,6 +166,34 @@ class DispatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DispatchBatch(self, request, context):
+        """Dispatch several requests in one call (at most the gateway's batch limit, 100 by default):
+        one result per request, in order, each a job or that request's own error. Items are
+        independent: an invalid item does not stop the others. MODE_SYNC items are refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """End one of the caller's jobs that has not been sent upstream yet: it ends
+        JOB_STATE_CANCELED with a terminal "canceled" event. A job already sent upstream, or
+        ended, is FAILED_PRECONDITION naming its state. Canceling a canceled job returns it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryJob(self, request, context):
+        """Send a FAILED job again, as a new job (its `retry_of` names the failed one, which stays
+        FAILED and gets a non-terminal "retried" event naming the new job). Only a failure that
+        proves the upstream did not act can be retried; otherwise FAILED_PRECONDITION. Retrying a
+        job that was already retried returns the same new job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -188,6 +231,21 @@ def add_DispatchServiceServicer_to_server(servicer, server):
                     servicer.ListTemplates,
                     request_deserializer=dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.ListTemplatesRequest.FromString,
                     response_serializer=dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.ListTemplatesResponse.SerializeToString,
+            ),
+            'DispatchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.DispatchBatch,
+                    request_deserializer=dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.DispatchBatchRequest.FromString,
+                    response_serializer=dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.DispatchBatchResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.CancelJobRequest.FromString,
+                    response_serializer=dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.Job.SerializeToString,
+            ),
+            'RetryJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJob,
+                    request_deserializer=dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.RetryJobRequest.FromString,
+                    response_serializer=dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.Job.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -390,6 +448,87 @@ class DispatchService:
             '/dispatcher.gateway.v1.DispatchService/ListTemplates',
             dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.ListTemplatesRequest.SerializeToString,
             dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.ListTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DispatchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.gateway.v1.DispatchService/DispatchBatch',
+            dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.DispatchBatchRequest.SerializeToString,
+            dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.DispatchBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.gateway.v1.DispatchService/CancelJob',
+            dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.CancelJobRequest.SerializeToString,
+            dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.gateway.v1.DispatchService/RetryJob',
+            dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.RetryJobRequest.SerializeToString,
+            dispatcher_dot_gateway_dot_v1_dot_gateway__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,22 @@ class DispatchServiceStub:
     """
     ListTemplates: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListTemplatesRequest, _gateway_pb2.ListTemplatesResponse]
     """The document templates the gateway's account can use."""
+    DispatchBatch: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DispatchBatchRequest, _gateway_pb2.DispatchBatchResponse]
+    """Dispatch several requests in one call (at most the gateway's batch limit, 100 by default):
+    one result per request, in order, each a job or that request's own error. Items are
+    independent: an invalid item does not stop the others. MODE_SYNC items are refused.
+    """
+    CancelJob: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CancelJobRequest, _gateway_pb2.Job]
+    """End one of the caller's jobs that has not been sent upstream yet: it ends
+    JOB_STATE_CANCELED with a terminal "canceled" event. A job already sent upstream, or
+    ended, is FAILED_PRECONDITION naming its state. Canceling a canceled job returns it.
+    """
+    RetryJob: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RetryJobRequest, _gateway_pb2.Job]
+    """Send a FAILED job again, as a new job (its `retry_of` names the failed one, which stays
+    FAILED and gets a non-terminal "retried" event naming the new job). Only a failure that
+    proves the upstream did not act can be retried; otherwise FAILED_PRECONDITION. Retrying a
+    job that was already retried returns the same new job.
+    """
 
 @_typing.type_check_only
 class DispatchServiceAsyncStub(DispatchServiceStub):
@@ -105,6 +121,22 @@ class DispatchServiceAsyncStub(DispatchServiceStub):
     """
     ListTemplates: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListTemplatesRequest, _gateway_pb2.ListTemplatesResponse]  # type: ignore[assignment]
     """The document templates the gateway's account can use."""
+    DispatchBatch: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DispatchBatchRequest, _gateway_pb2.DispatchBatchResponse]  # type: ignore[assignment]
+    """Dispatch several requests in one call (at most the gateway's batch limit, 100 by default):
+    one result per request, in order, each a job or that request's own error. Items are
+    independent: an invalid item does not stop the others. MODE_SYNC items are refused.
+    """
+    CancelJob: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CancelJobRequest, _gateway_pb2.Job]  # type: ignore[assignment]
+    """End one of the caller's jobs that has not been sent upstream yet: it ends
+    JOB_STATE_CANCELED with a terminal "canceled" event. A job already sent upstream, or
+    ended, is FAILED_PRECONDITION naming its state. Canceling a canceled job returns it.
+    """
+    RetryJob: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RetryJobRequest, _gateway_pb2.Job]  # type: ignore[assignment]
+    """Send a FAILED job again, as a new job (its `retry_of` names the failed one, which stays
+    FAILED and gets a non-terminal "retried" event naming the new job). Only a failure that
+    proves the upstream did not act can be retried; otherwise FAILED_PRECONDITION. Retrying a
+    job that was already retried returns the same new job.
+    """
 
 class DispatchServiceServicer(metaclass=_abc_1.ABCMeta):
     """DispatchService sends documents through Docs-Dispatcher and streams the results back.
@@ -183,5 +215,39 @@ class DispatchServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.ListTemplatesResponse, _abc.Awaitable[_gateway_pb2.ListTemplatesResponse]]:
         """The document templates the gateway's account can use."""
+
+    @_abc_1.abstractmethod
+    def DispatchBatch(
+        self,
+        request: _gateway_pb2.DispatchBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.DispatchBatchResponse, _abc.Awaitable[_gateway_pb2.DispatchBatchResponse]]:
+        """Dispatch several requests in one call (at most the gateway's batch limit, 100 by default):
+        one result per request, in order, each a job or that request's own error. Items are
+        independent: an invalid item does not stop the others. MODE_SYNC items are refused.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelJob(
+        self,
+        request: _gateway_pb2.CancelJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.Job, _abc.Awaitable[_gateway_pb2.Job]]:
+        """End one of the caller's jobs that has not been sent upstream yet: it ends
+        JOB_STATE_CANCELED with a terminal "canceled" event. A job already sent upstream, or
+        ended, is FAILED_PRECONDITION naming its state. Canceling a canceled job returns it.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryJob(
+        self,
+        request: _gateway_pb2.RetryJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.Job, _abc.Awaitable[_gateway_pb2.Job]]:
+        """Send a FAILED job again, as a new job (its `retry_of` names the failed one, which stays
+        FAILED and gets a non-terminal "retried" event naming the new job). Only a failure that
+        proves the upstream did not act can be retried; otherwise FAILED_PRECONDITION. Retrying a
+        job that was already retried returns the same new job.
+        """
 
 def add_DispatchServiceServicer_to_server(servicer: DispatchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
