@@ -191,6 +191,7 @@ class GatewayApp:
             ),
             observer=self.counts,
             traces=SpanLinks() if self.tracing.enabled else None,
+            schedule=s.schedule,
         )
         self.opened = True
         self.store_up = True

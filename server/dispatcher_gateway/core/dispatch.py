@@ -20,6 +20,7 @@ from .model import JSON, DispatchSpec, Job, JobState, Mode, UpstreamFailure
 from .ports import NoObserver, Observer, Store
 from .reads import JobReads
 from .records import JobRecords, event_of
+from .schedule import ScheduleRules
 
 DEADLINE_SLACK = 0.05
 """Seconds: a sync call cancelled this close to its deadline was cancelled by the deadline."""
@@ -44,8 +45,10 @@ class Dispatches:
         clock: Callable[[], float],
         queued: Callable[[], None],
         observer: Observer | None = None,
+        schedule: ScheduleRules | None = None,
     ) -> None:
-        """`queued` is told of every async job stored (the outbox's wake)."""
+        """`queued` is told of every async job stored (the outbox's wake); `schedule`: when a
+        job's `not_before` may be."""
         self.store = store
         self.caller = caller
         self.records = records
@@ -54,6 +57,7 @@ class Dispatches:
         self.clock = clock
         self.queued = queued
         self.observer = observer or NoObserver()
+        self.schedule = schedule or ScheduleRules()
 
     async def submit(
         self, client: str, spec: DispatchSpec, *, budget: float | None, trace_context: str = ""
@@ -68,6 +72,8 @@ class Dispatches:
         arrived = loop.time()
         budget = UPSTREAM_TIMEOUT if budget is None else min(budget, UPSTREAM_TIMEOUT)
         now = self.clock()
+        if spec.not_before:
+            self.schedule.check(spec.not_before, now)
         job = Job(
             job_id=new_job_id(),
             client=client,
@@ -82,6 +88,7 @@ class Dispatches:
             created_at=now,
             updated_at=now,
             trace_context=trace_context,
+            not_before=spec.not_before,
         )
         logfields.known(job_id=job.job_id, client=client)
         first = event_of(job, states.QUEUED, {}, now)

@@ -307,9 +307,15 @@ def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
     v.require(
         len(idempotency_key) <= MAX_IDEMPOTENCY_KEY, "idempotency_key", _IDEMPOTENCY_KEY_LENGTH
     )
+    not_before = 0.0
+    if req.HasField("not_before"):
+        stamp = req.not_before
+        not_before = stamp.seconds + stamp.nanos / 1e9
+        v.require(not_before > 0, "not_before", "must be after 1970-01-01T00:00:00Z")
+        v.require(mode is Mode.ASYNC, "not_before", "MODE_ASYNC only: a sync call sends at once")
     if v.items:
         raise v.error()
-    return DispatchSpec(tuple(services), mode, body, metadata, idempotency_key)
+    return DispatchSpec(tuple(services), mode, body, metadata, idempotency_key, not_before)
 
 
 def _struct_field(message: struct_pb2.Struct, field: str, v: _Violations) -> JSON:
@@ -409,6 +415,8 @@ def fill_job(message: pb.Job, job: Job) -> None:
         message.result.CopyFrom(dict_to_struct(job.result))
     if job.error is not None:
         message.error.CopyFrom(failure_to_pb(job.error))
+    if job.not_before:
+        _set_time(message.not_before, job.not_before)
 
 
 def event_to_pb(event: JobEvent) -> pb.JobEvent:
