@@ -17,6 +17,7 @@ from .core.hub import DEFAULT_BACKLOG
 from .core.outbox import SUBMIT_TIMEOUT, SYNC_CONCURRENCY
 from .core.retry import RateLimit, RetryPolicy
 from .core.schedule import ScheduleRules
+from .rpc.batch import BATCH_MAX
 from .rpc.clients import load_clients
 from .rpc.limits import ClientQuotas
 from .rpc.server import GrpcLimits
@@ -37,8 +38,6 @@ HTTP_PORT = 8080
 MAX_STREAM_AGE = 30 * 60.0
 """Seconds before a stream is ended (jittered), so that clients spread over new replicas."""
 EVENT_RETENTION = 30 * DAY
-BATCH_MAX = 100
-"""Requests in one DispatchBatch call."""
 MIN_WEBHOOK_SECRET_LENGTH = 16
 """Characters: a shorter HMAC secret could be guessed offline from one captured webhook."""
 T = TypeVar("T")

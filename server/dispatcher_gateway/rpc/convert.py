@@ -106,6 +106,11 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return stamp
 
 
+def time_of(stamp: timestamp_pb2.Timestamp) -> float:
+    """Seconds since the epoch."""
+    return stamp.seconds + stamp.nanos / 1e9
+
+
 def _set_time(stamp: timestamp_pb2.Timestamp, seconds: float) -> None:
     # Floored, not truncated: a Timestamp's nanos are never negative, even before 1970.
     whole = math.floor(seconds)
@@ -309,8 +314,7 @@ def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
     )
     not_before = 0.0
     if req.HasField("not_before"):
-        stamp = req.not_before
-        not_before = stamp.seconds + stamp.nanos / 1e9
+        not_before = time_of(req.not_before)
         v.require(not_before > 0, "not_before", "must be after 1970-01-01T00:00:00Z")
         v.require(mode is Mode.ASYNC, "not_before", "MODE_ASYNC only: a sync call sends at once")
     if v.items:
