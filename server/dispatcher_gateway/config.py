@@ -287,11 +287,12 @@ class _Reader:
         )
 
     def schedule(self, retry: RetryPolicy, retention: float) -> ScheduleRules:
+        """A scheduled job must be kept until it is sent (and retried): its horizon, with the
+        give-up age, within the retention. Not set, the horizon is the default or what fits."""
         default = _DEFAULTS.schedule
-        rules = ScheduleRules(
-            skew=self.seconds("GATEWAY_SCHEDULE_SKEW", default.skew),
-            horizon=self.seconds("GATEWAY_SCHEDULE_HORIZON", default.horizon),
-        )
+        skew = self.seconds("GATEWAY_SCHEDULE_SKEW", default.skew)
+        fits = max(0.0, min(default.horizon, retention - retry.give_up_after - DAY))
+        rules = ScheduleRules(skew, self.seconds("GATEWAY_SCHEDULE_HORIZON", fits))
         if rules.horizon + retry.give_up_after >= retention:
             self.problem(
                 "GATEWAY_SCHEDULE_HORIZON",

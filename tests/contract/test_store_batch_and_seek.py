@@ -8,7 +8,16 @@ import asyncio
 import time
 
 from dispatcher_gateway.core.ports import Store
-from tests.support.builders import CLIENT, OTHER_CLIENT, append, create, new_job, queued_event
+from dispatcher_gateway.core.schedule import ScheduleRules
+from tests.support.builders import (
+    CLIENT,
+    OTHER_CLIENT,
+    Elapse,
+    append,
+    create,
+    new_job,
+    queued_event,
+)
 
 LONG = 30.0
 BATCH = 100
@@ -56,6 +65,19 @@ async def test_create_jobs_of_several_clients_keeps_their_keys_apart(store: Stor
 
 async def test_create_jobs_of_nothing_is_nothing(store: Store) -> None:
     assert await store.create_jobs([], enqueue=True) == []
+
+
+async def test_an_entry_put_back_as_far_as_the_schedule_horizon_is_not_handed_out(
+    store: Store, elapse: Elapse
+) -> None:
+    await create(store, enqueue=True)
+    [lease] = await store.lease(limit=10, visibility=LONG)
+
+    await store.retry_later(lease, ScheduleRules().horizon)
+
+    for _ in range(3):
+        await elapse(0.2)
+        assert await store.lease(limit=10, visibility=LONG) == []
 
 
 async def test_a_jobs_scheduled_time_reads_back(store: Store) -> None:
