@@ -1,6 +1,7 @@
-"""Issue 14's batch, schedule and seek on the gateway as a process of its own, through the
-command line, against the sandbox: a batch of 100 in one call, a scheduled job sent no earlier
-than its time across a restart (SIGKILL), and a stream from a time."""
+"""Issue 14's batch, schedule and seek on the gateway as a process of its own, on each store
+(SQLite, NATS), through the command line, against the sandbox: a batch of 100 in one call, a
+scheduled job sent no earlier than its time across a restart (SIGKILL), and a stream from a
+time."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.support.cli import run_cli
 from tests.support.loopback import RunningSandbox, TlsFiles
+from tests.support.nats_server import NatsFactory
 from tests.support.process import ServerProcess, gateway_env, gateway_process
 from tests.support.requests import email_request
 
@@ -32,11 +34,15 @@ SCHEDULE_AHEAD = 15.0
 INVALID = {17: "email.to[0].email", 63: "template.id"}
 
 
-@pytest.fixture
+@pytest.fixture(params=["sqlite", "nats"])
 async def process(
-    sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path
+    request: pytest.FixtureRequest, sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path
 ) -> AsyncIterator[ServerProcess]:
     env = gateway_env(sandbox, tls, tmp_path)
+    if request.param == "nats":
+        # A server of the test's own: the gateway's streams and buckets under the default names.
+        nats: NatsFactory = request.getfixturevalue("start_nats_server")
+        env["GATEWAY_STORE"] = nats().url
     gateway = gateway_process(env, tmp_path / "gateway.log")
     await gateway.start()
     try:
@@ -47,6 +53,10 @@ async def process(
 
 def target(process: ServerProcess) -> str:
     return process.env["GATEWAY_GRPC_ADDR"]
+
+
+def store_of(process: ServerProcess) -> str:
+    return "nats" if process.env["GATEWAY_STORE"].startswith("nats") else "sqlite"
 
 
 async def requests_for(sandbox: RunningSandbox, job_ids: set[str], timeout: float) -> list[float]:
@@ -90,7 +100,10 @@ async def test_a_batch_of_100_in_one_call_answers_each_item_and_queues_the_valid
     assert len(job_ids) == 98
     received = await requests_for(sandbox, job_ids, SENT_TIMEOUT)
     assert len(received) == 98  # each once
-    print(f"batch of 100: 98 queued, 2 refused, CLI run {took:.2f} s; all 98 sent upstream once")
+    print(
+        f"{store_of(process)}: batch of 100: 98 queued, 2 refused, CLI run {took:.2f} s; "
+        "all 98 sent upstream once"
+    )
 
 
 async def test_a_scheduled_job_is_sent_no_earlier_than_its_time_across_a_restart(
@@ -119,7 +132,8 @@ async def test_a_scheduled_job_is_sent_no_earlier_than_its_time_across_a_restart
     assert len([r for r in sandbox.sandbox.requests if r.idempotency_key == job_id]) == 1
     assert received >= not_before.timestamp()
     print(
-        f"scheduled for {at}: gateway killed {not_before.timestamp() - killed:.1f} s before, "
+        f"{store_of(process)}: scheduled for {at}: gateway killed "
+        f"{not_before.timestamp() - killed:.1f} s before, "
         f"back {not_before.timestamp() - restarted:.1f} s before; the sandbox received it "
         f"{received - not_before.timestamp():.3f} s after its time"
     )
@@ -176,4 +190,7 @@ async def test_watch_since_a_time_prints_exactly_the_events_recorded_since_then(
         (job_id, kind) for job_id in (*after, live) for kind in ("queued", "dispatch_completed")
     ]
     assert not {e["jobId"] for e in got} & set(before)
-    print(f"watch --since {stamp}: {len(got)} events, the 6 of the jobs since then, none before")
+    print(
+        f"{store_of(process)}: watch --since {stamp}: {len(got)} events, the 6 of the jobs "
+        "since then, none before"
+    )

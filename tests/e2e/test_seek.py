@@ -89,3 +89,16 @@ async def test_a_start_time_with_a_cursor_or_live_only_is_invalid_argument(
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.violations() == ["start_time"]
     assert named in refused.value.message
+
+
+@pytest.mark.parametrize("seconds", [-62_135_596_801, 253_402_300_800], ids=["year 0", "10000"])
+async def test_a_start_time_beyond_the_years_1_to_9999_is_invalid_argument(
+    stub: pb_grpc.DispatchServiceStub, seconds: int
+) -> None:
+    request = pb.SubscribeRequest()
+    request.start_time.seconds = seconds
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in stub.Subscribe(request, timeout=STREAM_TIMEOUT):
+            pass
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "start_time" in (refused.value.details() or "")

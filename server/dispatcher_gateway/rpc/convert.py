@@ -23,6 +23,8 @@ from ..core.model import (
     UpstreamAttempt,
     UpstreamFailure,
 )
+from ..core.records import EARLIEST_EVENT_TIME as EARLIEST_TIME
+from ..core.records import END_OF_EVENT_TIMES as END_OF_TIMES
 
 MAX_NANOS = 999_999_999
 MAX_INT32 = 2**31 - 1
@@ -109,6 +111,17 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
 def time_of(stamp: timestamp_pb2.Timestamp) -> float:
     """Seconds since the epoch."""
     return stamp.seconds + stamp.nanos / 1e9
+
+
+def start_time_of(req: pb.SubscribeRequest) -> float | None:
+    """Subscribe's start_time, if given: a time RFC 3339 writes (years 1-9999), or
+    InvalidArgument."""
+    if not req.HasField("start_time"):
+        return None
+    when = time_of(req.start_time)
+    if not EARLIEST_TIME <= when < END_OF_TIMES or not 0 <= req.start_time.nanos <= MAX_NANOS:
+        raise InvalidArgument([FieldViolation("start_time", "not a time in years 1 to 9999")])
+    return when
 
 
 def _set_time(stamp: timestamp_pb2.Timestamp, seconds: float) -> None:

@@ -33,8 +33,8 @@ from .convert import (
     filter_from_request,
     job_to_pb,
     spec_from_request,
+    start_time_of,
     template_to_pb,
-    time_of,
 )
 from .errors import refuses_request
 from .limits import ClientLimits
@@ -177,7 +177,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
                 request.after_cursor,
                 filter_from_request(request),
                 live_only=request.live_only,
-                since=time_of(request.start_time) if request.HasField("start_time") else None,
+                since=start_time_of(request),
             )
 
         async with contextlib.aclosing(

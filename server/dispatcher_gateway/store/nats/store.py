@@ -335,7 +335,8 @@ class NatsStore:
         after `when`."""
         with unavailable():
             js = self._wire()
-            start = await js.first_seq_since(self.events_stream, when - SEEK_MARGIN)
+            # Nothing is stored before 1970.
+            start = await js.first_seq_since(self.events_stream, max(0.0, when - SEEK_MARGIN))
             while start is not None:
                 msgs = await js.read(
                     self.events_stream,
