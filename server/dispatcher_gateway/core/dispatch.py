@@ -82,6 +82,8 @@ class Dispatches:
             created_at=now,
             updated_at=now,
             trace_context=trace_context,
+            # A sync job is sent within its call: too late to cancel from the start.
+            submit_begun_at=now if spec.mode is Mode.SYNC else 0.0,
         )
         logfields.known(job_id=job.job_id, client=client)
         first = event_of(job, states.QUEUED, {}, now)

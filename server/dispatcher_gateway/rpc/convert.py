@@ -409,6 +409,10 @@ def fill_job(message: pb.Job, job: Job) -> None:
         message.result.CopyFrom(dict_to_struct(job.result))
     if job.error is not None:
         message.error.CopyFrom(failure_to_pb(job.error))
+    if job.retry_of:
+        message.retry_of = job.retry_of
+    if job.retried_by:
+        message.retried_by = job.retried_by
 
 
 def event_to_pb(event: JobEvent) -> pb.JobEvent:

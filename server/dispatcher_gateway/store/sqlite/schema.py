@@ -10,9 +10,9 @@ from typing import Final
 
 from ...core.errors import StoreUnavailable
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """Kept in the file's user_version: a file from a newer gateway is refused, not misread.
-Version 2 added jobs.trace_context."""
+Version 2 added jobs.trace_context; version 3 jobs.submit_begun_at, retry_of and retried_by."""
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 BUSY_TIMEOUT_MS: Final = 5000
 """How long a write waits for another process's lock on the file before it fails as
@@ -35,7 +35,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     error TEXT,
     last_event TEXT NOT NULL,
-    trace_context TEXT NOT NULL DEFAULT ''
+    trace_context TEXT NOT NULL DEFAULT '',
+    submit_begun_at REAL NOT NULL DEFAULT 0,
+    retry_of TEXT NOT NULL DEFAULT '',
+    retried_by TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key
     ON jobs (client, idempotency_key) WHERE idempotency_key != '';
@@ -85,6 +88,11 @@ CREATE TABLE IF NOT EXISTS secrets (
 """
 
 _ADD_TRACE_CONTEXT: Final = "ALTER TABLE jobs ADD COLUMN trace_context TEXT NOT NULL DEFAULT ''"
+_ADD_CANCEL_RETRY: Final = (
+    "ALTER TABLE jobs ADD COLUMN submit_begun_at REAL NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN retry_of TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE jobs ADD COLUMN retried_by TEXT NOT NULL DEFAULT ''",
+)
 
 
 def connect(path: Path, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
@@ -124,6 +132,10 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         if version == 1:
             # Its jobs table was there before, without the column; old rows read it as ''.
             conn.execute(_ADD_TRACE_CONTEXT)
+        if 1 <= version <= 2:
+            # Old rows read as never begun, neither a retry nor retried.
+            for statement in _ADD_CANCEL_RETRY:
+                conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

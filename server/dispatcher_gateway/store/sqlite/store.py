@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Final
 
 from ...core.errors import NotFound, StoreUnavailable
-from ...core.model import Job, JobEvent, Lease
+from ...core.model import Job, JobEvent, JobState, Lease
 from ...core.ports import Apply, Clock
 from .. import codec
 from ..codec import DEFAULT_DEDUPE_TTL, SECRET_BYTES
@@ -23,6 +23,7 @@ from .tail import Feeds, Tail
 # Pruning costs a scan of the old keys; doing it on every append would tax the hot path.
 DEDUPE_PRUNE_INTERVAL: Final = 600.0
 LEASE_TOKEN_BYTES: Final = 16
+_TERMINAL_STATES: Final = tuple(s.value for s in JobState if s.terminal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +175,24 @@ class SqliteStore:
             return jobs, ""
         jobs = jobs[:limit]
         return jobs, codec.encode_page_token(jobs[-1])
+
+    async def begin_submission(self, job_id: str) -> Job:
+        """See `Store.begin_submission`: one UPDATE in the writer's transaction, which appends
+        (a cancel among them) are serialized with."""
+        now = time.time()
+
+        def begin(conn: sqlite3.Connection) -> Job:
+            conn.execute(
+                "UPDATE jobs SET submit_begun_at = ?"
+                " WHERE job_id = ? AND submit_begun_at = 0 AND state NOT IN (?, ?, ?)",
+                (now, job_id, *_TERMINAL_STATES),
+            )
+            row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"job {job_id} not found")
+            return rows.job_from_row(row)
+
+        return await self._writer.run(begin, write=True)
 
     # Outbox
 
