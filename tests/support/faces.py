@@ -100,6 +100,8 @@ _RESPONSES: dict[str, type[Message]] = {
     "Dispatch": pb.DispatchResponse,
     "Validate": pb.ValidateResponse,
     "GetJob": pb.Job,
+    "CancelJob": pb.Job,
+    "RetryJob": pb.Job,
     "ListJobs": pb.ListJobsResponse,
     "ListTemplates": pb.ListTemplatesResponse,
 }
