@@ -158,3 +158,16 @@ async def test_a_retry_job_keeps_its_link_and_the_failed_job_gets_retried_by(
     assert new is not None
     assert (old.state, old.retried_by, old.last_event) == (JobState.FAILED, retry.job_id, "failed")
     assert new.retry_of == failed.job_id
+
+
+async def test_creates_racing_with_one_job_id_make_one_job(store: Store) -> None:
+    job = new_job()
+
+    results = await asyncio.gather(
+        *(store.create_job(job, queued_event(job), enqueue=True) for _ in range(5))
+    )
+
+    assert sorted(created for _, created in results) == [False] * 4 + [True]
+    assert {stored.job_id for stored, _ in results} == {job.job_id}
+    assert len(await store.read_events(client=job.client, job_id=job.job_id)) == 1
+    assert len(await store.lease(limit=10, visibility=30.0)) == 1

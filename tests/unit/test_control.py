@@ -22,6 +22,7 @@ from dispatcher_gateway.core.model import (
     Service,
     UpstreamFailure,
 )
+from dispatcher_gateway.core.records import event_of
 from dispatcher_gateway.store.memory import MemoryStore
 
 from ..support.core import build_core, running_outbox
@@ -275,4 +276,16 @@ async def test_only_a_failed_job_can_be_retried() -> None:
         job_id = await h.queue()
 
         with pytest.raises(WrongState, match="is queued: only a failed job can be retried"):
+            await h.gateway.control.retry(CLIENT, job_id)
+
+
+async def test_a_job_the_upstream_failed_by_webhook_cannot_be_retried() -> None:
+    async with harness() as h:
+        job_id = await h.queue()
+        job = await h.store.get_job(job_id)
+        assert job is not None
+        event = event_of(job, "letter_failed", {"code": "undeliverable", "http_status": 400}, 1.0)
+        await h.store.append_event(event, dedupe_key=None, apply=states.apply_event)
+
+        with pytest.raises(WrongState, match="its 'letter_failed' event: it acted"):
             await h.gateway.control.retry(CLIENT, job_id)

@@ -139,6 +139,8 @@ class JobControl:
                 f"job {job.job_id} is {job.state.value}: only a failed job can be retried"
             )
         reason = not_acted(job.error)
+        if job.last_event not in states.OWN_EVENTS:
+            reason = f"the upstream ended it with its {job.last_event!r} event: it acted"
         if reason:
             raise WrongState(f"job {job.job_id} cannot be retried: {reason}")
         now = self.clock()

@@ -48,7 +48,9 @@ class Store(Protocol):
 
         When `job.idempotency_key` is not empty and the same client already has a job under that
         key, nothing is written and that job is returned with False. Concurrent calls with the same
-        (client, key) create exactly one job. A crash part way must leave either nothing, or a job
+        (client, key) create exactly one job. Likewise for the same `job.job_id` (a retry of the
+        call, or RetryJob's job, whose id is derived from the failed one's): one job, the others
+        get it with False. A crash part way must leave either nothing, or a job
         that a retry of this call completes (event appended, outbox entry present) and returns.
         """
 
