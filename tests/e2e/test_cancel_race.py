@@ -17,8 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from dispatcher.gateway.v1 import gateway_pb2 as pb
+from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.core.errors import WrongState
 from dispatcher_gateway.core.gateway import Gateway
 from dispatcher_gateway.core.model import DispatchSpec, Job, JobEvent, JobState, Mode, Service
@@ -26,7 +29,10 @@ from dispatcher_gateway.core.ports import Store
 from dispatcher_gateway.store import SqliteStore
 from dispatcher_gateway.store.nats import NatsStore
 from tests.support.core import build_core, running_outbox
-from tests.support.nats_server import NatsEndpoint
+from tests.support.loopback import RunningSandbox, TlsFiles
+from tests.support.nats_server import NatsEndpoint, NatsFactory
+from tests.support.process import gateway_env, gateway_process
+from tests.support.requests import email_request
 from tests.support.upstream import ScriptedUpstream
 
 JOBS = 500
@@ -36,6 +42,8 @@ BEGIN_JITTER = 0.012
 """Seconds: how late, at most, the worker goes on. Longer than the cancel's: a cancel reads the
 job, then appends (two trips to the store), where the worker's begin is one; so both win often."""
 RUN_TIMEOUT = 180.0
+CALL_TIMEOUT = 10.0
+ENDED = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_CANCELED)
 CLIENT = "billing"
 SPEC = DispatchSpec((Service.EMAIL,), Mode.ASYNC, {"template": {"id": 1}})
 
@@ -172,3 +180,90 @@ async def test_500_cancels_at_the_moment_of_submission_end_each_job_once(
             f"the job read unbegun just before: {sum(s.refused_in_store for s in race.stores)})"
         )
         assert sum(sent.values()) == JOBS - split["canceled"]
+
+
+# The same race between gateway processes: three replicas on one NATS server, the sandbox as the
+# upstream, each of its answers 0.2-0.6 s late. A process's moment of submission cannot be seen
+# from outside, so each job's cancel is fired at a random moment of the time the queue takes to
+# drain, through a random replica: some land before the job's submission begins, some while its
+# request is under way, some after its end.
+
+REPLICAS = 3
+PROCESS_RATE, PROCESS_WINDOW = 50, 1.0
+"""The account's limit: the gateways widen the window by at least 1 s (RateGate), so 500 jobs
+take about 20 s to go out."""
+DRAIN = 20.0
+
+
+async def cancel_at(stub: pb_grpc.DispatchServiceStub, job_id: str, delay: float) -> str:
+    await asyncio.sleep(delay)
+    try:
+        await stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=CALL_TIMEOUT)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+            raise
+        return "refused: " + (exc.details() or "").split(": ", 1)[0].split(" ", 2)[2]
+    return "canceled"
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 60)
+@pytest.mark.parametrize("sandbox_options", [{"sync_delay": 0.2, "sync_delay_max": 0.6}])
+async def test_500_cancels_across_three_gateway_processes_on_nats(
+    sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path, start_nats_server: NatsFactory
+) -> None:
+    nats = start_nats_server()
+    gateways = [
+        gateway_process(
+            gateway_env(sandbox, tls, tmp_path)
+            | {
+                "GATEWAY_STORE": nats.url,
+                "GATEWAY_UPSTREAM_RATE": f"{PROCESS_RATE}/{PROCESS_WINDOW:g}s",
+            },
+            tmp_path / f"gateway-{i}.log",
+        )
+        for i in range(REPLICAS)
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        stubs = []
+        for gateway in gateways:
+            await gateway.start()
+            stack.push_async_callback(gateway.stop)
+            channel = await stack.enter_async_context(
+                grpc.aio.insecure_channel(gateway.env["GATEWAY_GRPC_ADDR"])
+            )
+            stubs.append(pb_grpc.DispatchServiceStub(channel))
+        started = time.monotonic()
+        jobs = [
+            (await stubs[i % REPLICAS].Dispatch(email_request(), timeout=CALL_TIMEOUT)).job.job_id
+            for i in range(JOBS)
+        ]
+        outcomes = await asyncio.gather(
+            *(cancel_at(random.choice(stubs), job_id, random.uniform(0, DRAIN)) for job_id in jobs)
+        )
+
+        async def ended() -> bool:
+            found = await asyncio.gather(
+                *(stubs[0].GetJob(pb.GetJobRequest(job_id=j), timeout=CALL_TIMEOUT) for j in jobs)
+            )
+            return all(job.state in ENDED for job in found)
+
+        await until_all(ended)
+        elapsed = time.monotonic() - started
+        terminal: collections.Counter[str] = collections.Counter()
+        async for event in stubs[1].Subscribe(pb.SubscribeRequest(), timeout=CALL_TIMEOUT):
+            terminal[event.job_id] += event.terminal
+            if sum(terminal.values()) == JOBS:
+                break
+
+    sent = collections.Counter(r.idempotency_key for r in sandbox.sandbox.requests)
+    split = collections.Counter(outcomes)
+    for job_id, outcome in zip(jobs, outcomes, strict=True):
+        assert terminal[job_id] == 1, job_id
+        assert sent[job_id] == (0 if outcome == "canceled" else 1), (job_id, outcome)
+    refusals = ", ".join(f"{k}: {v}" for k, v in sorted(split.items()) if k != "canceled")
+    print(
+        f"\ncancel race across {REPLICAS} gateway processes on NATS ({JOBS} jobs, "
+        f"{elapsed:.1f} s): canceled and never sent {split['canceled']}, sent once and the "
+        f"cancel refused {JOBS - split['canceled']} ({refusals}); upstream requests "
+        f"{sum(sent.values())}"
+    )
