@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Final
 
 from ...core.errors import NotFound, StoreUnavailable
-from ...core.model import Job, JobEvent, JobState, Lease
+from ...core.model import Job, JobEvent, Lease
 from ...core.ports import Apply, Clock
 from .. import codec
 from ..codec import DEFAULT_DEDUPE_TTL, SECRET_BYTES
@@ -23,7 +23,6 @@ from .tail import Feeds, Tail
 # Pruning costs a scan of the old keys; doing it on every append would tax the hot path.
 DEDUPE_PRUNE_INTERVAL: Final = 600.0
 LEASE_TOKEN_BYTES: Final = 16
-_TERMINAL_STATES: Final = tuple(s.value for s in JobState if s.terminal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,20 +176,19 @@ class SqliteStore:
         return jobs, codec.encode_page_token(jobs[-1])
 
     async def begin_submission(self, job_id: str) -> Job:
-        """See `Store.begin_submission`: one UPDATE in the writer's transaction, which appends
-        (a cancel among them) are serialized with."""
+        """See `Store.begin_submission`: the job read and marked in one of the writer's
+        transactions, which appends (a cancel among them) are serialized with."""
         now = time.time()
 
         def begin(conn: sqlite3.Connection) -> Job:
-            conn.execute(
-                "UPDATE jobs SET submit_begun_at = ?"
-                " WHERE job_id = ? AND submit_begun_at = 0 AND state NOT IN (?, ?, ?)",
-                (now, job_id, *_TERMINAL_STATES),
-            )
             row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
             if row is None:
                 raise NotFound(f"job {job_id} not found")
-            return rows.job_from_row(row)
+            job = rows.job_from_row(row)
+            if job.submit_begun_at or job.state.terminal:
+                return job
+            conn.execute("UPDATE jobs SET submit_begun_at = ? WHERE job_id = ?", (now, job_id))
+            return job.replace(submit_begun_at=now)
 
         return await self._writer.run(begin, write=True)
 
