@@ -174,7 +174,7 @@ async def test_500_cancels_at_the_moment_of_submission_end_each_job_once(
                 assert sent[job_id] == 1, job_id
         refusals = ", ".join(f"{k}: {v}" for k, v in sorted(split.items()) if k != "canceled")
         print(
-            f"\ncancel race on {backend} ({len(stores)} replicas, {JOBS} jobs, {elapsed:.1f} s): "
+            f"\ncancel race on {backend} ({len(stores)} replica(s), {JOBS} jobs, {elapsed:.1f} s): "
             f"canceled and never sent {split['canceled']}, sent once and the cancel refused "
             f"{JOBS - split['canceled']} ({refusals}; refused inside the store's atomic step, "
             f"the job read unbegun just before: {sum(s.refused_in_store for s in race.stores)})"
