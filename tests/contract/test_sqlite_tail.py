@@ -4,6 +4,7 @@ another connection's."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from tests.support.builders import (
     tailing,
     take,
 )
+from tests.support.sqlite_workers import worker_stores
 
 
 async def test_a_tail_sees_events_another_connection_wrote(tmp_path: Path) -> None:
@@ -83,3 +85,37 @@ async def test_a_tail_interleaves_this_process_commits_and_another_connections_i
 
     assert [e.cursor for e in got] == [e.cursor for e in appended]
     assert [int(e.cursor) for e in got] == sorted(int(e.cursor) for e in got)
+
+
+async def test_a_tail_is_woken_by_a_neighbours_commit_not_its_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No poll while the test runs: another worker's events reach this tail by its wake-up alone.
+    monkeypatch.setattr(sqlite_tail, "TAIL_POLL_INTERVAL", 3600.0)
+    reader, writer = worker_stores(tmp_path / "gateway.db", time.time)
+    async with opened(lambda: reader), opened(lambda: writer):
+        job = await create(writer)
+        async with tailing(reader, await reader.last_cursor()) as tail:
+            following = asyncio.create_task(take(tail, 4))
+            await asyncio.sleep(0.05)
+            appended = [await append(writer, job) for _ in range(2)]
+            appended += [await append(reader, job), await append(writer, job)]
+
+            assert await following == appended
+
+
+async def test_a_neighbour_away_costs_its_writer_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Worker 1 of 3 never started (or is restarting): worker 0's commits go on, and worker 2 is
+    # still woken (not polled).
+    monkeypatch.setattr(sqlite_tail, "TAIL_POLL_INTERVAL", 3600.0)
+    first, _, third = worker_stores(tmp_path / "gateway.db", time.time, count=3)
+    async with opened(lambda: first), opened(lambda: third):
+        job = await create(first)
+        async with tailing(third, await third.last_cursor()) as tail:
+            following = asyncio.create_task(take(tail, 1))
+            await asyncio.sleep(0.05)
+            event = await append(first, job)
+
+            assert await following == [event]
