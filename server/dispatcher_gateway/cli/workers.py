@@ -79,7 +79,8 @@ class _Worker:
 class Supervisor:
     settings: Settings
     env: dict[str, str]
-    sharing: str = SHARING
+    sharing: str | None = None
+    """SHARING when not given (read then: the benchmark sets it to compare)."""
     group: str = field(default_factory=lambda: f"{os.getpid()}-{secrets.token_hex(4)}")
     draining: bool = False
     _held: list[socket.socket] = field(default_factory=list)
@@ -112,6 +113,7 @@ class Supervisor:
         return env
 
     async def run(self, stop: asyncio.Event) -> int:
+        self.sharing = self.sharing or SHARING
         admin_host, admin_port = split_addr(self.settings.admin_addr)
         admin = await start_http(self._admin_app(), admin_host, admin_port)
         try:

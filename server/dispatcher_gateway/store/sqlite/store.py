@@ -24,6 +24,9 @@ from .wake import Neighbours
 # Pruning costs a scan of the old keys; doing it on every append would tax the hot path.
 DEDUPE_PRUNE_INTERVAL: Final = 600.0
 LEASE_TOKEN_BYTES: Final = 16
+TURNS_SUFFIX: Final = "-writer.lock"
+"""Beside the file (as SQLite's -wal and -shm): the lock its writers take turns on, when they
+are a gateway's workers (engine.py's Writer)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +84,8 @@ class SqliteStore:
         self._prune_interval = min(DEDUPE_PRUNE_INTERVAL, dedupe_ttl)
         self._feeds = Feeds()
         self._neighbours = neighbours
-        self._writer = Writer(str(self._path), self._connect, self._committed)
+        turns = None if neighbours is None else self._path.with_name(self._path.name + TURNS_SUFFIX)
+        self._writer = Writer(str(self._path), self._connect, self._committed, turns=turns)
         self._last_prune = 0.0
         """Touched by the worker thread only."""
 
