@@ -12,6 +12,7 @@ import pytest
 from dispatcher_gateway.core.model import JobEvent
 from dispatcher_gateway.store import SqliteStore
 from dispatcher_gateway.store.sqlite import tail as sqlite_tail
+from dispatcher_gateway.store.sqlite import wake as sqlite_wake
 from tests.support.builders import (
     append,
     create,
@@ -87,11 +88,14 @@ async def test_a_tail_interleaves_this_process_commits_and_another_connections_i
     assert [int(e.cursor) for e in got] == sorted(int(e.cursor) for e in got)
 
 
-async def test_a_tail_is_woken_by_a_neighbours_commit_not_its_poll(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+# The events in the datagram, or (too large for one) a datagram that says "read the file".
+@pytest.mark.parametrize("max_datagram", [sqlite_wake.MAX_DATAGRAM, 0])
+async def test_a_tail_has_a_neighbours_commit_at_once_not_at_its_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_datagram: int
 ) -> None:
-    # No poll while the test runs: another worker's events reach this tail by its wake-up alone.
+    # No poll while the test runs: another worker's events reach this tail by its datagrams.
     monkeypatch.setattr(sqlite_tail, "TAIL_POLL_INTERVAL", 3600.0)
+    monkeypatch.setattr(sqlite_wake, "MAX_DATAGRAM", max_datagram)
     reader, writer = worker_stores(tmp_path / "gateway.db", time.time)
     async with opened(lambda: reader), opened(lambda: writer):
         job = await create(writer)

@@ -99,7 +99,7 @@ class SqliteStore:
         await self._writer.start()
         if self._neighbours is not None:
             try:
-                self._neighbours.listen(self._feeds.wake)
+                self._neighbours.listen(self._feeds.deliver)
             except OSError as exc:
                 await self._writer.stop()
                 raise StoreUnavailable(f"store {self._path}: {exc}") from exc
@@ -114,7 +114,7 @@ class SqliteStore:
         """In the worker thread, after a commit that appended `events`."""
         self._feeds.publish(events)
         if self._neighbours is not None:
-            self._neighbours.notify()
+            self._neighbours.notify(events)
 
     async def check(self) -> None:
         if not self._writer.running:

@@ -55,28 +55,36 @@ class Feeds:
         # that commit's events.
         self._lock = threading.Lock()
         self._committed = 0
-        """The newest cursor this process committed (0: none yet)."""
+        """The newest cursor committed, by this process or a neighbour that said so (0: none
+        yet)."""
         self._wakes = 0
         """How many times another process said it committed (wake.py's Neighbours)."""
 
     def publish(self, events: list[JobEvent]) -> None:
         """From the worker thread, after a commit: the events it appended, in cursor order."""
         with self._lock:
-            self._committed = int(events[-1].cursor)
+            self._committed = max(self._committed, int(events[-1].cursor))
             feeds = list(self._feeds)
         for feed in feeds:
             # A closed loop has no tail left to feed.
             with contextlib.suppress(RuntimeError):
                 feed.loop.call_soon_threadsafe(feed.push, events)
 
-    def wake(self) -> None:
-        """Another process committed events: every tail reads the file."""
+    def deliver(self, events: list[JobEvent] | None) -> None:
+        """Another process committed `events` (wake.py's Neighbours): pushed to every tail as
+        this process's are; None (not sent): every tail reads the file."""
         with self._lock:
-            self._wakes += 1
+            if events:
+                self._committed = max(self._committed, int(events[-1].cursor))
+            else:
+                self._wakes += 1
             feeds = list(self._feeds)
         for feed in feeds:
             with contextlib.suppress(RuntimeError):
-                feed.loop.call_soon_threadsafe(feed.wake)
+                if events:
+                    feed.loop.call_soon_threadsafe(feed.push, events)
+                else:
+                    feed.loop.call_soon_threadsafe(feed.wake)
 
     @contextlib.contextmanager
     def feeding(self, feed: _Feed) -> Iterator[tuple[int, int]]:
