@@ -212,38 +212,49 @@ class Writer:
             first = self._queue.get()
             if first is None:
                 return
-            ops = [first]
-            stopping = False
-            while len(ops) < MAX_GROUP:
-                try:
-                    op = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if op is None:
-                    stopping = True
-                    break
-                ops.append(op)
-            # Reads first: every read here was queued before any write here returned, so
-            # answering it from the state before them is as correct as after, and the writes
-            # stay one group. They are answered before the commit's wait on the disk.
-            reads = [self._read(conn, op) for op in ops if not op.write and _wanted(op)]
-            if reads:
-                _deliver(reads)
-            self._commit_group(conn, [op for op in ops if op.write and _wanted(op)])
+            more, stopping = self._queued(MAX_GROUP - 1)
+            writes = self._answer_reads(conn, [first, *more])
+            if writes:
+                with self._turn():
+                    if self._turns_fd is not None and not stopping and len(writes) < MAX_GROUP:
+                        # What came while another process had its turn joins this group: one
+                        # commit (one wait on the disk) for it rather than a turn of its own.
+                        more, stopping = self._queued(MAX_GROUP - len(writes))
+                        writes += self._answer_reads(conn, more)
+                    self._commit_group(conn, writes)
             if stopping:
                 return
+
+    def _queued(self, limit: int) -> tuple[list[_Op], bool]:
+        """Up to `limit` operations queued now, without waiting; and whether the stop is
+        queued among them."""
+        ops: list[_Op] = []
+        while len(ops) < limit:
+            try:
+                op = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if op is None:
+                return ops, True
+            ops.append(op)
+        return ops, False
+
+    def _answer_reads(self, conn: sqlite3.Connection, ops: list[_Op]) -> list[_Op]:
+        """Answer the reads among `ops`; returns the writes, to commit as one group.
+
+        Reads first: every read here was queued before any write here returned, so answering
+        it from the state before them is as correct as after, and the writes stay one group.
+        They are answered before the commit's wait on the disk."""
+        reads = [self._read(conn, op) for op in ops if not op.write and _wanted(op)]
+        if reads:
+            _deliver(reads)
+        return [op for op in ops if op.write and _wanted(op)]
 
     def _read(self, conn: sqlite3.Connection, op: _Op) -> _Outcome:
         try:
             return op, op.fn(conn), None
         except Exception as exc:
             return op, None, self.translate(exc)
-
-    def _commit_group(self, conn: sqlite3.Connection, live: list[_Op]) -> None:
-        if not live:
-            return
-        with self._turn():
-            self._commit_group_now(conn, live)
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[None]:
@@ -258,7 +269,7 @@ class Writer:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def _commit_group_now(self, conn: sqlite3.Connection, live: list[_Op]) -> None:
+    def _commit_group(self, conn: sqlite3.Connection, live: list[_Op]) -> None:
         try:
             outcomes = self._apply_all(conn, live)
             if outcomes is None:
