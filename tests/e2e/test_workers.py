@@ -18,6 +18,7 @@ import pytest
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.support.loopback import RunningSandbox, TlsFiles
+from tests.support.nats_server import NatsFactory
 from tests.support.process import START_TIMEOUT, ServerProcess, gateway_env, gateway_process
 from tests.support.requests import email_request
 
@@ -29,11 +30,23 @@ worker of each by a hash: 64 all on one would be a 1 in 2**63 chance)."""
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
+@pytest.fixture(params=["sqlite"])
+def store(request: pytest.FixtureRequest) -> str:
+    """The gateway's store: SQLite unless a test asks for NATS too (a server of its own)."""
+    if request.param == "nats":
+        factory: NatsFactory = request.getfixturevalue("start_nats_server")
+        return factory().url
+    return str(request.getfixturevalue("tmp_path") / "gateway.db")
+
+
 @pytest.fixture
 async def process(
-    sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path
+    sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path, store: str
 ) -> AsyncIterator[ServerProcess]:
-    env = gateway_env(sandbox, tls, tmp_path) | {"GATEWAY_WORKERS": str(WORKERS)}
+    env = gateway_env(sandbox, tls, tmp_path) | {
+        "GATEWAY_WORKERS": str(WORKERS),
+        "GATEWAY_STORE": store,
+    }
     gateway = gateway_process(env, tmp_path / "gateway.log")
     await gateway.start()
     try:
@@ -74,6 +87,9 @@ async def test_the_admin_port_answers_for_every_worker(process: ServerProcess) -
     assert len(workers_of(process)) == WORKERS
 
 
+# On SQLite by the workers' datagrams (store/sqlite/wake.py); on NATS each worker follows the
+# event stream.
+@pytest.mark.parametrize("store", ["sqlite", "nats"], indirect=True)
 async def test_an_event_reaches_the_streams_of_every_worker(process: ServerProcess) -> None:
     target = process.env["GATEWAY_GRPC_ADDR"]
     async with contextlib.AsyncExitStack() as stack:
