@@ -239,9 +239,9 @@ def _b2_row(
     fanned = ours["fanned_out"]
     return Row(
         "B2",
-        f"webhooks accepted/s (verified, stored, fanned out), SQLite, {how}",
-        f"{rate:,.0f}/s",
-        f"{bare_rate:,.0f}/s ({bare_how})",
+        f"webhooks accepted/s (verified, stored, fanned out), SQLite, {how} (per CPU-second)",
+        f"{rate:,.0f}/s ({ours['per_cpu']:,.0f})",
+        f"{bare_rate:,.0f}/s ({bare['per_cpu']:,.0f}; {bare_how})",
         ratio,
         "(reference)" if reference else ">= 0.4",
         None if reference else ratio is not None and ratio >= 0.4 and fanned >= ours["accepted"],
@@ -252,7 +252,13 @@ def _b2_row(
                 "fanned_out": fanned,
                 "per_worker": ours["per_worker"],
             },
-            "baseline": {"per_second": bare_rate, "statuses": bare["statuses"]},
+            "baseline": {
+                "per_second": bare_rate,
+                "statuses": bare["statuses"],
+                "per_cpu_second": bare["per_cpu"],
+            },
+            "gateway_per_cpu_second": ours["per_cpu"],
+            "per_cpu_ratio": ours["per_cpu"] / bare["per_cpu"] if bare["per_cpu"] else None,
             "generator_cpu_seconds": {"gateway": ours["cpu"], "baseline": bare["cpu"]},
             "connections": scale.connections,
         },
@@ -278,19 +284,22 @@ def _webhooks(
     args = (scale.seconds, scale.warmup, scale.connections)
     budget = _timeout(scale, scale.seconds + scale.warmup)
     store = str(folder / f"b2-{workers}-{sharing or 'default'}.db")
-    with procs.gateway(folder, store=store, workers=workers, sharing=sharing) as (_, addrs):
+    with procs.gateway(folder, store=store, workers=workers, sharing=sharing) as (server, addrs):
         jobs = create_jobs(addrs.grpc, scale.jobs)
         stop = procs.SPAWN.Event()
         subscriber = procs.Workers()
         subscriber.start(load.count_events, addrs.grpc, stop, budget)
         try:
             procs.wait_streams(addrs.readyz, HUB_SUBSCRIBERS)
+            cpu = procs.cpu_seconds([server.pid])
             ours = procs.run(load.webhook_load, addrs.webhook_port, jobs, *args, timeout=budget)
+            cpu = procs.cpu_seconds([server.pid]) - cpu
         finally:
             stop.set()
         fanned = subscriber.results(budget)[0]["received"]
         per_worker = procs.webhooks_by_worker(addrs.admin_port)
-    _RUNS[key] = {**ours, "fanned_out": fanned, "per_worker": per_worker}
+    per_cpu = sum(per_worker.values()) / cpu if cpu else math.nan
+    _RUNS[key] = {**ours, "fanned_out": fanned, "per_worker": per_worker, "per_cpu": per_cpu}
     return _RUNS[key]
 
 
@@ -299,9 +308,14 @@ def _bare_webhooks(scale: Scale, folder: Path, processes: int) -> dict[str, Any]
     if key not in _RUNS:
         args = (scale.seconds, scale.warmup, scale.connections)
         budget = _timeout(scale, scale.seconds + scale.warmup)
-        with procs.bare_webhook(folder, processes) as port:
+        with procs.bare_webhook(folder, processes) as (port, pids):
             jobs = [f"job_{i:032x}" for i in range(scale.jobs)]
-            _RUNS[key] = procs.run(load.webhook_load, port, jobs, *args, timeout=budget)
+            cpu = procs.cpu_seconds(pids)
+            found = procs.run(load.webhook_load, port, jobs, *args, timeout=budget)
+            cpu = procs.cpu_seconds(pids) - cpu
+        # Every status counted, warm-up too, as the gateway's per_worker counts are.
+        sent = found["accepted"] * (scale.seconds + scale.warmup) / scale.seconds
+        _RUNS[key] = {**found, "per_cpu": sent / cpu if cpu else math.nan}
     return _RUNS[key]
 
 
@@ -550,9 +564,9 @@ def _b8_rate(how: str, ours: dict[str, Any], one: dict[str, Any]) -> Row:
     shares = "/".join(f"{100 * n / total:.0f}" for _, n in sorted(split.items()))
     return Row(
         "B8",
-        f"webhooks accepted/s, {WORKERS} workers against 1: {how} (% per worker)",
-        f"{rate:,.0f}/s ({shares})",
-        f"{rate_one:,.0f}/s (1 worker)",
+        f"webhooks accepted/s, {WORKERS} workers against 1: {how} (% per worker; per CPU-s)",
+        f"{rate:,.0f}/s ({shares}; {ours['per_cpu']:,.0f})",
+        f"{rate_one:,.0f}/s (1 worker; {one['per_cpu']:,.0f})",
         ratio,
         "> 1",
         ratio is not None and ratio > 1 and ours["fanned_out"] >= ours["accepted"],
@@ -560,6 +574,8 @@ def _b8_rate(how: str, ours: dict[str, Any], one: dict[str, Any]) -> Row:
             "per_second": rate,
             "one_worker_per_second": rate_one,
             "per_worker": split,
+            "per_cpu_second": ours["per_cpu"],
+            "one_worker_per_cpu_second": one["per_cpu"],
             "statuses": ours["statuses"],
             "fanned_out": ours["fanned_out"],
         },

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import queue
 import socket
 import time
@@ -116,17 +117,20 @@ def bare_grpc(folder: Path) -> Iterator[tuple[ServerProcess, GatewayAddrs]]:
 
 
 @contextlib.contextmanager
-def bare_webhook(folder: Path, processes: int = 1) -> Iterator[int]:
-    """`processes` bare webhook servers on one port (SO_REUSEPORT when more than one)."""
+def bare_webhook(folder: Path, processes: int = 1) -> Iterator[tuple[int, list[int]]]:
+    """`processes` bare webhook servers on one port (SO_REUSEPORT when more than one): the port
+    and their pids."""
     port = free_port()
     args = ["-m", "tests.bench.bare", "webhook", "--port", str(port)]
     if processes > 1:
         args.append("--reuse-port")
     with contextlib.ExitStack() as stack:
+        servers = []
         for index in range(processes):
             name = "bare-webhook" if processes == 1 else f"bare-webhook-{index}"
-            stack.enter_context(running(name, args, {}, f"http://{HOST}:{port}/readyz", folder))
-        yield port
+            url = f"http://{HOST}:{port}/readyz"
+            servers.append(stack.enter_context(running(name, args, {}, url, folder)))
+        yield port, [server.pid for server in servers]
 
 
 @contextlib.contextmanager
@@ -161,6 +165,26 @@ def webhooks_by_worker(admin_port: int) -> dict[str, int]:
                 worker = sample.labels.get("worker", "0")
                 found[worker] = found.get(worker, 0) + int(sample.value)
     return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user and system) the processes `pids` and their children have used so far: a
+    figure that other load on the machine does not inflate, as it does wall time."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    seen: set[int] = set()
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            todo.extend(int(child) for child in children)
+    return total
 
 
 def port_open(port: int) -> bool:
