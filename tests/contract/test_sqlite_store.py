@@ -7,7 +7,6 @@ import re
 import signal
 import sqlite3
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ from tests.support.builders import (
     event_for,
     opened,
 )
-from tests.support.sqlite_workers import worker_stores
 
 # Writes a job and an event, says so once both calls returned, then waits to be killed.
 WRITER = """
@@ -153,28 +151,3 @@ async def test_a_malformed_page_token_is_an_invalid_argument(tmp_path: Path) -> 
     async with opened(lambda: SqliteStore(tmp_path / "gateway.db")) as store:
         with pytest.raises(InvalidArgument, match="page_token"):
             await store.list_jobs(CLIENT, limit=10, page_token="bm9wZQ==")
-
-
-async def test_workers_opening_an_older_file_together_migrate_it_once(tmp_path: Path) -> None:
-    path = tmp_path / "gateway.db"
-    async with opened(lambda: SqliteStore(path)):
-        pass
-    with sqlite3.connect(path) as conn:
-        # The schema as the previous release made it (version 1): jobs without trace_context.
-        conn.execute("ALTER TABLE jobs DROP COLUMN trace_context")
-        conn.execute("PRAGMA user_version = 1")
-    conn.close()
-    # Both workers read version 1, then wait for the write lock this holds: the second to take
-    # it finds the file migrated by the first.
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    workers = worker_stores(path, time.time)
-    opening = [asyncio.create_task(worker.open()) for worker in workers]
-    await asyncio.sleep(0.2)
-    holder.execute("COMMIT")
-    holder.close()
-    try:
-        await asyncio.gather(*opening)
-    finally:
-        for worker in workers:
-            await worker.close()
