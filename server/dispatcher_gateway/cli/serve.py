@@ -117,10 +117,12 @@ async def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"config: {problem}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
     from .workers import Supervisor, worker_slot
 
     worker = worker_slot(args)
+    configure_logging(
+        settings.log_level, settings.log_format, worker.index if worker is not None else None
+    )
     if worker is None and settings.workers > 1:
         supervisor = Supervisor(settings, env)
         code = await supervisor.run(stop_on_signals())
