@@ -9,20 +9,13 @@ import sqlite3
 import time
 from pathlib import Path
 
-from dispatcher_gateway.store import SqliteStore
-from tests.support.builders import opened
+from tests.support.sqlite_files import version_1_file
 from tests.support.sqlite_workers import worker_stores
 
 
 async def test_workers_opening_an_older_file_together_migrate_it_once(tmp_path: Path) -> None:
     path = tmp_path / "gateway.db"
-    async with opened(lambda: SqliteStore(path)):
-        pass
-    with sqlite3.connect(path) as conn:
-        # The schema as the previous release made it (version 1): jobs without trace_context.
-        conn.execute("ALTER TABLE jobs DROP COLUMN trace_context")
-        conn.execute("PRAGMA user_version = 1")
-    conn.close()
+    (await version_1_file(path)).close()
     # Both workers read version 1, then wait for the write lock this holds: the second to take
     # it finds the file migrated by the first.
     holder = sqlite3.connect(path, isolation_level=None)
