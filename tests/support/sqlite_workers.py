@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,14 @@ class SharedFile:
     ) -> tuple[Job, bool]:
         return await self._next().create_job(job, first_event, enqueue=enqueue)
 
+    async def create_jobs(
+        self, new: Sequence[tuple[Job, JobEvent]], *, enqueue: bool
+    ) -> list[tuple[Job, bool]]:
+        return await self._next().create_jobs(new, enqueue=enqueue)
+
+    async def begin_submission(self, job_id: str) -> Job:
+        return await self._next().begin_submission(job_id)
+
     async def get_job(self, job_id: str) -> Job | None:
         return await self._next().get_job(job_id)
 
@@ -85,6 +93,9 @@ class SharedFile:
 
     def tail(self, *, after: str) -> AsyncIterator[JobEvent]:
         return self._next().tail(after=after)
+
+    async def cursor_before(self, when: float) -> str:
+        return await self._next().cursor_before(when)
 
     async def last_cursor(self) -> str:
         return await self._next().last_cursor()
