@@ -1,0 +1,110 @@
+"""The gRPC server's accepted connections, found among the process's sockets and closed from
+under grpc: how a drain lets clients go without grpc's own shutdown.
+
+grpcio sends GOAWAY only as part of `server.stop()`, and from that instant its core cancels
+every call that reaches it (`CANCELLED`): those that arrive before the client has read the
+GOAWAY, and those already received that no handler had taken up yet (many, when the event loop
+is busy). A connection closed instead, once no call of its own is running, fails whatever the
+client had sent on it with `UNAVAILABLE` ("Socket closed"), which it retries; its channel
+reconnects, through the Service, to another replica. grpc's transport sees the closed socket as
+a client gone and cleans up as usual."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+import stat
+import urllib.parse
+from collections.abc import Collection, Iterator
+
+FD_FOLDERS = ("/proc/self/fd", "/dev/fd")
+"""Where the process's open file descriptors are listed (Linux, then BSD and macOS)."""
+
+Address = tuple[str, int]
+
+
+def peer_address(peer: str) -> Address | None:
+    """A grpc peer ("ipv4:10.0.0.7:51234", "ipv6:%5B::1%5D:51234") as (host, port); None for
+    what is not TCP."""
+    scheme, _, rest = peer.partition(":")
+    if scheme not in ("ipv4", "ipv6"):
+        return None
+    host, _, port = urllib.parse.unquote(rest).rpartition(":")
+    try:
+        return _host(host.strip("[]")), int(port)
+    except ValueError:
+        return None
+
+
+def _host(host: str) -> str:
+    address = ipaddress.ip_address(host)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        # A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; grpc names them ipv4.
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def close_idle(ports: Collection[int], busy: Collection[Address]) -> tuple[set[Address], int]:
+    """Every TCP connection accepted on `ports` (listening sockets aside) whose client is not
+    `busy` shut in both directions: the client reads the end at once, grpc's transport sees a
+    client gone and releases the descriptor itself. Returns the clients closed and how many
+    connections are left open (busy)."""
+    closed: set[Address] = set()
+    left = 0
+    for fd in _descriptors():
+        with _socket(fd) as sock:
+            if sock is None:
+                continue
+            try:
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    continue
+                if sock.getsockname()[1] not in ports:
+                    continue
+                host, port = sock.getpeername()[:2]
+                peer = (_host(host), port)
+                if peer in busy:
+                    left += 1
+                    continue
+                sock.shutdown(socket.SHUT_RDWR)
+                closed.add(peer)
+            except (OSError, ValueError):  # closed meanwhile, or not connected
+                continue
+    return closed, left
+
+
+def listable() -> bool:
+    """Whether this process can list its descriptors (else no connection is found)."""
+    return any(os.path.isdir(folder) for folder in FD_FOLDERS)
+
+
+def _descriptors() -> list[int]:
+    for folder in FD_FOLDERS:
+        try:
+            return [int(name) for name in os.listdir(folder)]
+        except (OSError, ValueError):
+            continue
+    return []
+
+
+@contextlib.contextmanager
+def _socket(fd: int) -> Iterator[socket.socket | None]:
+    """A TCP socket on a duplicate of `fd` (closing it leaves `fd` open); None if `fd` is not
+    one, or no longer open."""
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            yield None
+            return
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        yield None
+        return
+    try:
+        tcp = sock.type == socket.SOCK_STREAM and sock.family in (
+            socket.AF_INET,
+            socket.AF_INET6,
+        )
+        yield sock if tcp else None
+    finally:
+        sock.close()
