@@ -320,10 +320,11 @@ class GatewayApp:
                 self.calls.in_flight,
                 grace,
             )
-            self._close_clients(busy=set())
         await self._stop_workers(deadline)
-        # No client is left on it (but one come back since the last look, whose calls this
-        # cancels): what remains are grpc's own tasks.
+        # Every connection closed, those of calls beyond the grace and of streams nothing else
+        # ends (a health Watch) too, then at once (nothing awaited in between) grpc's shutdown:
+        # it finds no client to answer CANCELLED, but one accepted in these microseconds.
+        self._close_clients(busy=set())
         await self.grpc.stop(0)
         if stopping is not None:
             await stopping
@@ -361,12 +362,12 @@ class GatewayApp:
         self, busy: set[connections.Address]
     ) -> tuple[set[connections.Address], int]:
         """The gRPC clients' connections not `busy` closed; those closed, how many are left."""
+        return connections.close_idle(self._grpc_listening_ports(), busy)
+
+    def _grpc_listening_ports(self) -> set[int]:
         if self.listeners is None:
-            return set(), 0
-        ports = {self.listeners.grpc_port}
-        if self.listeners.mtls_port is not None:
-            ports.add(self.listeners.mtls_port)
-        return connections.close_idle(ports, busy)
+            return set()
+        return {p for p in (self.listeners.grpc_port, self.listeners.mtls_port) if p is not None}
 
     async def _stop_workers(self, deadline: float) -> None:
         """The hub (cancelled) and the outbox (closed), told to stop at the start of the drain,

@@ -5,9 +5,10 @@ call MODE_SYNC, so that a draining replica has calls in flight) and subscribe, a
 balancer, as through a Kubernetes Service.
 
 Afterwards no subscriber lost or repeated an event, no dispatch was refused with anything but
-UNAVAILABLE, and each old replica let go of its clients' connections within its drain's grace:
-the drain's GOAWAY moves them, through the balancer, to the new replicas as soon as their calls
-in flight end. The figures printed: refusals, drain times, when the connections left."""
+UNAVAILABLE (never CANCELLED, which grpcio's own shutdown answers to calls reaching it), and each
+old replica let go of its clients' connections within its drain's grace: the drain closes each as
+soon as its calls in flight end, and the client reconnects, through the balancer, to a new
+replica. The figures printed: refusals, drain times, when the connections left."""
 
 from __future__ import annotations
 

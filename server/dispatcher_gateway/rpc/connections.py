@@ -47,31 +47,42 @@ def _host(host: str) -> str:
 
 
 def close_idle(ports: Collection[int], busy: Collection[Address]) -> tuple[set[Address], int]:
-    """Every TCP connection accepted on `ports` (listening sockets aside) whose client is not
-    `busy` shut in both directions: the client reads the end at once, grpc's transport sees a
-    client gone and releases the descriptor itself. Returns the clients closed and how many
-    connections are left open (busy)."""
+    """Every TCP connection accepted on `ports` whose client is not `busy` shut in both
+    directions: the client reads the end at once, grpc's transport sees a client gone and
+    releases the descriptor itself. Returns the clients closed and how many connections are left
+    open (busy). The listening sockets are left alone: grpc would log an error that is not one
+    (and not JSON) for each, and a client that connects meanwhile is refused and closed too."""
     closed: set[Address] = set()
     left = 0
+    for sock in _sockets(ports):
+        try:
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                continue
+            host, port = sock.getpeername()[:2]
+            peer = (_host(host), port)
+            if peer in busy:
+                left += 1
+                continue
+            sock.shutdown(socket.SHUT_RDWR)
+            closed.add(peer)
+        except (OSError, ValueError):  # closed meanwhile, or not connected
+            continue
+    return closed, left
+
+
+def _sockets(ports: Collection[int]) -> Iterator[socket.socket]:
+    """The process's TCP sockets bound to one of `ports`, each on a duplicate descriptor, open
+    while the caller handles it."""
     for fd in _descriptors():
         with _socket(fd) as sock:
             if sock is None:
                 continue
             try:
-                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                    continue
-                if sock.getsockname()[1] not in ports:
-                    continue
-                host, port = sock.getpeername()[:2]
-                peer = (_host(host), port)
-                if peer in busy:
-                    left += 1
-                    continue
-                sock.shutdown(socket.SHUT_RDWR)
-                closed.add(peer)
-            except (OSError, ValueError):  # closed meanwhile, or not connected
+                bound = sock.getsockname()[1] in ports
+            except OSError:
                 continue
-    return closed, left
+            if bound:
+                yield sock
 
 
 def listable() -> bool:
