@@ -322,8 +322,7 @@ class GatewayApp:
             )
         await self._stop_workers(deadline)
         # Every connection closed, those of calls beyond the grace and of streams nothing else
-        # ends (a health Watch) too, then at once (nothing awaited in between) grpc's shutdown:
-        # it finds no client to answer CANCELLED, but one accepted in these microseconds.
+        # ends (a health Watch) too: grpc's shutdown finds no client to answer CANCELLED.
         self._close_clients(busy=set())
         await self.grpc.stop(0)
         if stopping is not None:
@@ -347,6 +346,9 @@ class GatewayApp:
 
         Not grpc's GOAWAY: grpcio sends it only with its shutdown, which cancels (CANCELLED)
         every call that reaches it from that instant (see rpc/connections.py)."""
+        # No client connects from now on: the set of connections to close can only shrink (what
+        # was already connected is taken up by grpc meanwhile).
+        connections.stop_accepting(self._grpc_listening_ports())
         # Calls ending from now on are known (Drain.busy); those that ended before have had this.
         await asyncio.sleep(STATUS_FLUSH)
         closed: set[connections.Address] = set()

@@ -3,12 +3,13 @@ those of clients with nothing running closed; grpc's names for peers."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 
 import pytest
 
-from dispatcher_gateway.rpc.connections import close_idle, listable, peer_address
+from dispatcher_gateway.rpc.connections import close_idle, listable, peer_address, stop_accepting
 
 
 @pytest.mark.parametrize(
@@ -66,6 +67,26 @@ def test_other_ports_are_left_alone(listener: socket.socket) -> None:
     client, accepted = connect(listener)
     with client, accepted:
         assert close_idle({listener.getsockname()[1] + 1}, set()) == (set(), 0)
+        accepted.sendall(b"x")
+        client.settimeout(5)
+        assert client.recv(1) == b"x"
+
+
+def test_once_it_stops_accepting_no_client_connects_and_connections_go_on(
+    listener: socket.socket,
+) -> None:
+    client, accepted = connect(listener)
+    with client, accepted:
+        assert stop_accepting({listener.getsockname()[1]}) == 1
+        # The handshake does not complete: nothing is there to accept.
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(listener.getsockname(), timeout=0.5),
+        ):
+            pass
+        listener.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            listener.accept()
         accepted.sendall(b"x")
         client.settimeout(5)
         assert client.recv(1) == b"x"

@@ -12,10 +12,12 @@ a client gone and cleans up as usual."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ipaddress
 import os
 import socket
 import stat
+import sys
 import urllib.parse
 from collections.abc import Collection, Iterator
 
@@ -23,6 +25,29 @@ FD_FOLDERS = ("/proc/self/fd", "/dev/fd")
 """Where the process's open file descriptors are listed (Linux, then BSD and macOS)."""
 
 Address = tuple[str, int]
+
+SO_ATTACH_FILTER = 26
+"""Linux's socket option that attaches a classic BPF program to a socket (every architecture
+but a few that grpcio does not ship for)."""
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [
+        ("code", ctypes.c_ushort),
+        ("jt", ctypes.c_ubyte),
+        ("jf", ctypes.c_ubyte),
+        ("k", ctypes.c_uint32),
+    ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+_RETURN_NOTHING = (_SockFilter * 1)(_SockFilter(0x06, 0, 0, 0))  # BPF_RET | BPF_K, 0 bytes kept
+_DROP_EVERY_PACKET = bytes(_SockFprog(1, _RETURN_NOTHING))
+"""The program, as setsockopt takes it: it points at _RETURN_NOTHING, which lives as long as
+this module."""
 
 
 def peer_address(peer: str) -> Address | None:
@@ -46,12 +71,29 @@ def _host(host: str) -> str:
     return str(address)
 
 
+def stop_accepting(ports: Collection[int]) -> int:
+    """No new connection on `ports` from now on: a socket filter on each listening socket drops
+    every packet that comes to it, so no handshake completes and grpc, which is not told, has
+    nothing more to accept. A client that connects meanwhile waits, then is refused (and tries
+    elsewhere) once grpc's shutdown closes the socket. Shut instead, a listening socket makes
+    grpc log an error that is not one ("Failed accept4"), and not as JSON. Linux only; returns
+    how many sockets were filtered."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    filtered = 0
+    for sock in _sockets(ports):
+        with contextlib.suppress(OSError):
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, _DROP_EVERY_PACKET)
+                filtered += 1
+    return filtered
+
+
 def close_idle(ports: Collection[int], busy: Collection[Address]) -> tuple[set[Address], int]:
     """Every TCP connection accepted on `ports` whose client is not `busy` shut in both
     directions: the client reads the end at once, grpc's transport sees a client gone and
     releases the descriptor itself. Returns the clients closed and how many connections are left
-    open (busy). The listening sockets are left alone: grpc would log an error that is not one
-    (and not JSON) for each, and a client that connects meanwhile is refused and closed too."""
+    open (busy). The listening sockets are left alone (see stop_accepting)."""
     closed: set[Address] = set()
     left = 0
     for sock in _sockets(ports):
