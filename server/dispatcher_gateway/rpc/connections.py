@@ -145,19 +145,27 @@ def _descriptors() -> list[int]:
 def _socket(fd: int) -> Iterator[socket.socket | None]:
     """A TCP socket on a duplicate of `fd` (closing it leaves `fd` open); None if `fd` is not
     one, or no longer open."""
-    try:
-        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-            yield None
-            return
-        sock = socket.socket(fileno=os.dup(fd))
-    except OSError:
+    sock = _duplicate(fd)
+    if sock is None:
         yield None
         return
-    try:
+    with sock:
         tcp = sock.type == socket.SOCK_STREAM and sock.family in (
             socket.AF_INET,
             socket.AF_INET6,
         )
         yield sock if tcp else None
-    finally:
-        sock.close()
+
+
+def _duplicate(fd: int) -> socket.socket | None:
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return None
+        copy = os.dup(fd)
+    except OSError:
+        return None
+    try:
+        return socket.socket(fileno=copy)
+    except OSError:
+        os.close(copy)
+        return None
