@@ -15,7 +15,7 @@ from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.support.nats_server import start_nats
 from tests.support.process import ServerProcess
 
-from . import load, procs
+from . import knee, load, procs
 from .messages import (
     SANDBOX_EMAIL,
     SANDBOX_PASSWORD,
@@ -50,6 +50,10 @@ class Scale:
     wave: int
     stream_channels: int
     sync_calls: int
+    knee_rate: float = 2000.0
+    """B3 past the knee: webhooks offered per second, over `knee_connections`."""
+    knee_connections: int = 512
+    knee_seconds: float = 5.0
 
 
 FULL = Scale(
@@ -83,6 +87,9 @@ TINY = Scale(
     wave=20,
     stream_channels=2,
     sync_calls=10,
+    knee_rate=200.0,
+    knee_connections=16,
+    knee_seconds=0.4,
 )
 
 
@@ -286,9 +293,55 @@ def b3_latency(scale: Scale, folder: Path) -> Outcome:
                 )
                 if not reference:
                     samples[f"B3 {name}"] = latencies
+        rows.append(_past_the_knee(scale, folder, nats.url))
     finally:
         nats.stop()
     return Outcome(rows, samples)
+
+
+KNEE_TARGET_MS = 1000.0
+
+
+def _past_the_knee(scale: Scale, folder: Path, store: str) -> Row:
+    """B3 on NATS, offered more than one replica records: every answer, accepted or refused
+    (503 with Retry-After), comes within KNEE_TARGET_MS of the webhook's turn to be sent."""
+    budget = _timeout(scale, scale.knee_seconds)
+    with procs.gateway(folder, store=store) as (_, addrs):
+        jobs = create_jobs(addrs.grpc, scale.jobs)
+        found = procs.run(
+            knee.offered_webhooks,
+            addrs.webhook_port,
+            jobs,
+            scale.knee_rate,
+            scale.knee_seconds,
+            scale.knee_connections,
+            timeout=budget,
+        )
+    answers: dict[int, list[float]] = {int(k): ms(v) for k, v in found["answers"].items()}
+    every = [t for times in answers.values() for t in times]
+    accepted, refused = answers.get(200, []), answers.get(503, [])
+    p99 = percentile(every, 99)
+    others = {status: len(times) for status, times in answers.items() if status not in (200, 503)}
+    return Row(
+        "B3",
+        f"webhooks offered at {scale.knee_rate:g}/s on {scale.knee_connections} connections, "
+        "NATS: accepted/s, refused 503, answer p99",
+        f"{len(accepted) / found['seconds']:,.0f}/s, {len(refused) / found['sent']:.0%}, "
+        f"{p99:.0f} ms",
+        "-",
+        None,
+        f"p99 <= {KNEE_TARGET_MS:g} ms",
+        p99 <= KNEE_TARGET_MS and not others and not found["refusals_without_retry_after"],
+        {
+            "sent": found["sent"],
+            "seconds": found["seconds"],
+            "accepted": _summary(accepted),
+            "refused": _summary(refused),
+            "other_statuses": others,
+            "refusals_without_retry_after": found["refusals_without_retry_after"],
+            "written_late": _summary(ms(found["late"])),
+        },
+    )
 
 
 def _paced(scale: Scale, folder: Path, store: str, rate: float) -> dict[str, Any]:

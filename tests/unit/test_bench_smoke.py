@@ -40,15 +40,21 @@ def test_b2_webhooks_are_stored_and_fanned_out(tmp_path: Path) -> None:
 
 def test_b3_times_every_webhook_to_the_stream_on_sqlite_and_nats(tmp_path: Path) -> None:
     outcome = b3_latency(TINY, tmp_path)
-    assert [row.what.split(" at ", 1)[1] for row in outcome.rows] == [
+    *paced, knee = outcome.rows
+    assert [row.what.split(" at ", 1)[1] for row in paced] == [
         f"{TINY.paced_rate:g}/s, SQLite (p50/p99)",
         f"{TINY.reference_rate:g}/s, SQLite (p50/p99)",
         f"{TINY.paced_rate:g}/s, NATS (p50/p99)",
         f"{TINY.reference_rate:g}/s, NATS (p50/p99)",
     ]
-    for row in outcome.rows:
+    for row in paced:
         assert row.details["count"] == row.details["expected"] > 0
         assert 0 < row.details["p50_ms"] <= row.details["p99_ms"]
+    assert knee.what.startswith(f"webhooks offered at {TINY.knee_rate:g}/s")
+    assert (
+        knee.details["accepted"]["count"] + knee.details["refused"]["count"] == knee.details["sent"]
+    )
+    assert knee.details["refusals_without_retry_after"] == 0
 
 
 def test_b4_reaches_every_stream_on_gateway_and_baseline(tmp_path: Path) -> None:
