@@ -12,10 +12,12 @@ from typing import Any
 import grpc
 
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from dispatcher_gateway.core import states
+from dispatcher_gateway.core.retry import RateLimit
 from tests.support.nats_server import start_nats
 from tests.support.process import ServerProcess
 
-from . import knee, load, procs
+from . import background_sync, knee, load, procs
 from .messages import (
     SANDBOX_EMAIL,
     SANDBOX_PASSWORD,
@@ -54,6 +56,11 @@ class Scale:
     """B3 past the knee: webhooks offered per second, over `knee_connections`."""
     knee_connections: int = 512
     knee_seconds: float = 5.0
+    background_jobs: int = 200
+    """B7: jobs queued at once for the outbox to send in sync mode, at the default rate."""
+    background_rate: str = "100/min"
+    sync_delay: float = 2.0
+    sync_delay_max: float = 30.0
 
 
 FULL = Scale(
@@ -90,6 +97,10 @@ TINY = Scale(
     knee_rate=200.0,
     knee_connections=16,
     knee_seconds=0.4,
+    background_jobs=8,
+    background_rate="4/s",
+    sync_delay=0.05,
+    sync_delay_max=0.5,
 )
 
 
@@ -493,10 +504,90 @@ def b5_sync(scale: Scale, folder: Path) -> Outcome:
     )
 
 
+# B7
+
+
+B7_TARGET = 0.95
+
+
+def b7_background_sync(scale: Scale, folder: Path) -> Outcome:
+    """`background_jobs` async email jobs (the sandbox never calls them back) queued at once: the
+    outbox sends them in sync mode at the account's rate, each answered in `sync_delay` to
+    `sync_delay_max` seconds. Held, the rate sends them in ceil(jobs / limit) windows: the last
+    batch leaves (batches - 1) windows after the first."""
+    limit = RateLimit.parse(scale.background_rate)
+    batches = math.ceil(scale.background_jobs / limit.limit)
+    ideal = (batches - 1) * limit.window
+    budget = _timeout(scale, ideal + scale.sync_delay_max * 2)
+    delays = (
+        "--sync-delay",
+        f"{scale.sync_delay:g}",
+        "--sync-delay-max",
+        f"{scale.sync_delay_max:g}",
+    )
+    with (
+        procs.sandbox(folder, *delays) as upstream,
+        procs.gateway(
+            folder, store=str(folder / "b7.db"), upstream=upstream, rate=scale.background_rate
+        ) as (_, addrs),
+    ):
+        found = procs.run(
+            background_sync.background_sync,
+            addrs.grpc,
+            scale.background_jobs,
+            budget,
+            timeout=budget + WORKER_TIMEOUT_MARGIN,
+        )
+    recorded = background_sync.attempts(folder / "b7.db")
+    tried = [recorded.get(job, []) for job in found["ended"]]
+    attempts = [a for tries in tried for a in tries]
+    sent = sorted(a["time"] for a in attempts)
+    firsts = sorted(min(a["time"] for a in tries) for tries in tried if tries)
+    span = firsts[-1] - firsts[0] if firsts else math.nan
+    ratio = ideal / span if span > 0 else (1.0 if ideal == 0 and firsts else None)
+    ended = list(found["ended"].values())
+    completed = ended.count(states.COMPLETED)
+    peak = background_sync.peak_in_flight([(a["time"], a["time"] + a["latency"]) for a in attempts])
+    most = background_sync.most_in_window(sent, limit.window)
+    waits = [f - found["queued_at"] for f in firsts]
+    met = (
+        ratio is not None
+        and ratio >= B7_TARGET
+        and completed == scale.background_jobs
+        and most <= limit.limit
+    )
+    return Outcome(
+        [
+            Row(
+                "B7",
+                f"background sync calls at {scale.background_rate}, answers in "
+                f"{scale.sync_delay:g}-{scale.sync_delay_max:g} s: {scale.background_jobs} "
+                "jobs' sends span (peak in flight, completed)",
+                f"{span:.1f} s ({peak}, {completed}/{scale.background_jobs})",
+                f"{ideal:.1f} s",
+                ratio,
+                f">= {B7_TARGET:g}, all completed",
+                met,
+                {
+                    "sends": len(sent),
+                    "retries": len(sent) - len(firsts),
+                    "most_sent_in_one_window": most,
+                    "limit": limit.limit,
+                    "window_seconds": limit.window,
+                    "peak_in_flight": peak,
+                    "ended": {kind: ended.count(kind) for kind in set(ended)},
+                    "wait_to_send": _summary(ms(waits)),
+                },
+            )
+        ]
+    )
+
+
 BENCHES: dict[str, Callable[[Scale, Path], Outcome]] = {
     "B1": b1_dispatch,
     "B2": b2_webhooks,
     "B3": b3_latency,
     "B4": b4_streams,
     "B5": b5_sync,
+    "B7": b7_background_sync,
 }

@@ -104,10 +104,11 @@ def bare_webhook(folder: Path) -> Iterator[tuple[ServerProcess, int]]:
 
 
 @contextlib.contextmanager
-def sandbox(folder: Path) -> Iterator[str]:
+def sandbox(folder: Path, *options: str) -> Iterator[str]:
+    """`options`: more of `dispatcher-gateway sandbox`'s (--sync-delay 2 ...)."""
     port = free_port()
     args = ["-m", "dispatcher_gateway", "sandbox", "--port", str(port)]
-    args += ["--email", SANDBOX_EMAIL]
+    args += ["--email", SANDBOX_EMAIL, *options]
     env = {"SANDBOX_PASSWORD": SANDBOX_PASSWORD, "SANDBOX_WEBHOOK_SECRET": WEBHOOK_SECRET}
     url = f"http://{HOST}:{port}"
     with running("sandbox", args, env, f"{url}/healthz", folder):

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.benches import TINY, b1_dispatch, b2_webhooks, b3_latency, b4_streams, b5_sync
+from tests.bench.benches import (
+    TINY,
+    b1_dispatch,
+    b2_webhooks,
+    b3_latency,
+    b4_streams,
+    b5_sync,
+    b7_background_sync,
+)
 from tests.bench.report import table, write_chart, write_json
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
@@ -55,6 +63,16 @@ def test_b3_times_every_webhook_to_the_stream_on_sqlite_and_nats(tmp_path: Path)
         knee.details["accepted"]["count"] + knee.details["refused"]["count"] == knee.details["sent"]
     )
     assert knee.details["refusals_without_retry_after"] == 0
+
+
+def test_b7_sends_every_background_sync_job_within_the_rate(tmp_path: Path) -> None:
+    (b7,) = b7_background_sync(TINY, tmp_path).rows
+    assert b7.details["ended"] == {"dispatch_completed": TINY.background_jobs}
+    assert b7.details["sends"] == TINY.background_jobs
+    assert 0 < b7.details["most_sent_in_one_window"] <= b7.details["limit"]
+    assert b7.details["peak_in_flight"] > 0
+    assert b7.ratio is not None
+    assert b7.ratio > 0
 
 
 def test_b4_reaches_every_stream_on_gateway_and_baseline(tmp_path: Path) -> None:
