@@ -450,7 +450,7 @@ def _hold(
         budget,
     )
     try:
-        if not opened.wait(budget):
+        if not holder.wait(opened, budget):
             raise TimeoutError(f"{scale.streams} streams did not open: {server.log()}")
         rss = server.rss_mb()
     finally:

@@ -169,6 +169,18 @@ class Workers:
             self.close()
         return [found[i] for i in range(count)]
 
+    def wait(self, event: Any, timeout: float) -> bool:
+        """Wait for `event` (a multiprocessing Event a worker sets); False after `timeout`.
+        A worker that ended before setting it raised: its error is raised here at once."""
+        deadline = time.monotonic() + timeout
+        while not event.wait(POLL):
+            if any(proc.exitcode is not None for proc in self._procs):
+                self.results(POLL)
+                raise RuntimeError("a load-generator worker ended early")
+            if time.monotonic() > deadline:
+                return False
+        return True
+
     def close(self) -> None:
         for proc in self._procs:
             proc.join(1.0)
