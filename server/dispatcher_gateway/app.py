@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -74,9 +75,29 @@ def _waiting_at(task: asyncio.Task[None]) -> str:
     return " > ".join(frames[-4:]) or "?"
 
 
-def open_store(settings: Settings) -> Store:
+@dataclass(frozen=True)
+class WorkerSlot:
+    """This process is worker `index` of `count` of one gateway (GATEWAY_WORKERS, run by
+    cli/workers.py): it serves the listeners beside the others, which share its store."""
+
+    group: str
+    """A name the workers of one gateway share (their SQLite neighbours' names)."""
+    index: int
+    count: int
+    admin: socket.socket
+    """Listening on loopback, bound by the parent: its /readyz and /metrics are the parent's
+    to aggregate."""
+    webhook: socket.socket | None = None
+    """The webhook listener, bound by the parent and shared; None: this worker binds it with
+    SO_REUSEPORT (as it does gRPC's)."""
+    http: socket.socket | None = None
+    """The JSON face's, likewise."""
+
+
+def open_store(settings: Settings, worker: WorkerSlot | None = None) -> Store:
     """`nats://host:port[,host:port...]` selects NATS JetStream; anything else is an SQLite
-    file path (optionally `sqlite:` prefixed)."""
+    file path (optionally `sqlite:` prefixed). A worker's SQLite store wakes the others'
+    tails after each commit (NATS delivers to every worker itself)."""
     spec = settings.store
     if spec.startswith(("nats://", "tls://")):
         from .store.nats import NatsStore
@@ -88,9 +109,10 @@ def open_store(settings: Settings) -> Store:
             ca_file=settings.nats_ca_file,
             token=settings.nats_token,
         )
-    from .store.sqlite import SqliteStore
+    from .store.sqlite import Neighbours, SqliteStore
 
-    return SqliteStore(spec.removeprefix("sqlite:"))
+    neighbours = None if worker is None else Neighbours(worker.group, worker.index, worker.count)
+    return SqliteStore(spec.removeprefix("sqlite:"), neighbours=neighbours)
 
 
 @dataclass
@@ -106,12 +128,19 @@ class Listeners:
 
 class GatewayApp:
     def __init__(
-        self, settings: Settings, *, store: Store | None = None, tracing: Tracing | None = None
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        tracing: Tracing | None = None,
+        worker: WorkerSlot | None = None,
     ) -> None:
-        """`tracing`: off when not given (cli/serve.py reads it from OTEL_*)."""
+        """`tracing`: off when not given (cli/serve.py reads it from OTEL_*). `worker`: this
+        process is one of several serving the gateway's listeners (cli/workers.py)."""
         self.settings = settings
         self.tracing = tracing or Tracing()
-        self.store = store or open_store(settings)
+        self.worker = worker
+        self.store = store or open_store(settings, worker)
         self.health = health.aio.HealthServicer()
         self.hub = EventHub(backlog=settings.stream_backlog)
         self.draining = False
@@ -144,7 +173,8 @@ class GatewayApp:
         """Admin first, so that probes see a live process (not ready) while the store is awaited;
         cancelled (SIGTERM) while waiting, it closes what it opened."""
         admin_host, admin_port = split_addr(self.settings.admin_addr)
-        admin = await start_http(self._admin_app(), admin_host, admin_port)
+        admin_sock = self.worker.admin if self.worker is not None else None
+        admin = await start_http(self._admin_app(), admin_host, admin_port, sock=admin_sock)
         try:
             await self._open_store()
             return await self._start(admin)
@@ -191,6 +221,7 @@ class GatewayApp:
             ),
             observer=self.counts,
             traces=SpanLinks() if self.tracing.enabled else None,
+            schedule=s.schedule,
         )
         self.opened = True
         self.store_up = True
@@ -200,7 +231,9 @@ class GatewayApp:
         )
         limits = ClientLimits(s.client_quotas)
         self.hub.observe(limits.observe)
-        self.servicer = DispatchServicer(self.gateway, limits, max_stream_age=s.max_stream_age)
+        self.servicer = DispatchServicer(
+            self.gateway, limits, max_stream_age=s.max_stream_age, batch_max=s.batch_max
+        )
         self.calls = Drain()
         self.grpc = create_server(
             self.servicer,
@@ -210,6 +243,7 @@ class GatewayApp:
             drain=self.calls,
             reflection=s.grpc_reflection,
             outer=[*self.tracing.grpc_interceptors(), ServerMetrics(self.metrics.registry)],
+            reuse_port=self.worker is not None,
         )
         grpc_port, mtls_port = self._grpc_ports()
         await self.grpc.start()
@@ -218,8 +252,15 @@ class GatewayApp:
         verifier = WebhookVerifier(s.webhook_secrets, require_timestamp=s.webhook_require_timestamp)
         webhooks = create_webhook_app(self.gateway.webhooks, verifier, observer=self.counts)
         self.tracing.instrument_webhooks(webhooks)
+        worker = self.worker
         webhook = await start_http(
-            webhooks, webhook_host, webhook_port, certfile=s.tls_cert_file, keyfile=s.tls_key_file
+            webhooks,
+            webhook_host,
+            webhook_port,
+            certfile=s.tls_cert_file,
+            keyfile=s.tls_key_file,
+            sock=worker.webhook if worker is not None else None,
+            reuse_port=worker is not None,
         )
         http = None
         if s.http_addr is not None:
@@ -232,6 +273,8 @@ class GatewayApp:
                 http_port,
                 certfile=s.grpc_tls_cert_file,
                 keyfile=s.grpc_tls_key_file,
+                sock=worker.http if worker is not None else None,
+                reuse_port=worker is not None,
             )
 
         self._hub_task = asyncio.create_task(self.hub.follow(self.store), name="hub")

@@ -2,8 +2,8 @@
 record first, then the outbox, then what the edges call (dispatches, reads, streams, webhook
 recording), the outbox's wake handed to the dispatches at construction.
 
-rpc/ calls `dispatches`, `reads` and `streams`; webhooks/ hands verified callbacks to
-`webhooks`; app.py runs `outbox` and reports `caller.breaker`.
+rpc/ calls `dispatches`, `reads`, `control` (cancel, retry) and `streams`; webhooks/ hands
+verified callbacks to `webhooks`; app.py runs `outbox` and reports `caller.breaker`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from .breaker import CircuitBreaker
 from .callbacks import CallbackRules
 from .caller import UPSTREAM_TIMEOUT, UpstreamCaller
+from .control import JobControl
 from .dispatch import Dispatches
 from .hub import EventHub
 from .outbox import ASYNC_CONCURRENCY, SUBMIT_TIMEOUT, SYNC_CONCURRENCY, OutboxWorker
@@ -24,6 +25,7 @@ from .reads import JobReads
 from .recording import WebhookRecorder
 from .records import JobRecords
 from .retry import RateLimit, RetryPolicy
+from .schedule import ScheduleRules
 from .streams import EventStreams
 from .tokens import CallbackTokens
 
@@ -47,6 +49,7 @@ class Gateway:
     outbox: OutboxWorker
     dispatches: Dispatches
     reads: JobReads
+    control: JobControl
     streams: EventStreams
     webhooks: WebhookRecorder
 
@@ -67,6 +70,7 @@ class Gateway:
         observer: Observer | None = None,
         traces: JobTraces | None = None,
         clock: Callable[[], float] = time.time,
+        schedule: ScheduleRules | None = None,
     ) -> Gateway:
         observer = observer or NoObserver()
         limits = outbox or OutboxLimits()
@@ -106,8 +110,10 @@ class Gateway:
                 clock=clock,
                 queued=worker.wake,
                 observer=observer,
+                schedule=schedule,
             ),
             reads=reads,
+            control=JobControl(store, reads, clock=clock, queued=worker.wake, observer=observer),
             streams=EventStreams(store, hub, reads, clock=clock, observer=observer),
             webhooks=WebhookRecorder(store, tokens, clock=clock, observer=observer, traces=traces),
         )
