@@ -19,6 +19,8 @@ from dispatcher_gateway.core.model import (
     JobEvent,
     JobState,
     Mode,
+    Priority,
+    QueueDepth,
     Service,
     UpstreamFailure,
     cursor_value,
@@ -184,9 +186,15 @@ async def test_what_the_sqlite_backend_stored_reads_back(tmp_path: Path) -> None
     await store.open()
     await store.close()
     with sqlite3.connect(path) as conn:
-        # The schema as the previous release made it (version 1): jobs without trace_context.
+        # The schema as release 1 made it: jobs without trace_context and priority, the
+        # outbox without client and priority.
         conn.execute("ALTER TABLE jobs DROP COLUMN trace_context")
+        conn.execute("ALTER TABLE jobs DROP COLUMN priority")
+        conn.execute("DROP INDEX outbox_by_client")
+        conn.execute("ALTER TABLE outbox DROP COLUMN client")
+        conn.execute("ALTER TABLE outbox DROP COLUMN priority")
         conn.execute("PRAGMA user_version = 1")
+        conn.execute("INSERT INTO outbox (job_id, due_at) VALUES (?, 0)", (QUEUED_JOB.job_id,))
         conn.executemany(
             "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", SQLITE_JOBS
         )
@@ -199,6 +207,9 @@ async def test_what_the_sqlite_backend_stored_reads_back(tmp_path: Path) -> None
         assert await store.get_job(QUEUED_JOB.job_id) == QUEUED_JOB
         assert await store.read_events(client="billing") == [EVENT.replace(cursor="7")]
         assert await store.last_cursor() == "7"
+        assert await store.outbox_depths() == {
+            QUEUED_JOB.client: {Priority.NORMAL: QueueDepth(fresh=1)}
+        }
     finally:
         await store.close()
 

@@ -16,7 +16,8 @@ from . import logfields, states
 from .callbacks import CallbackRules
 from .caller import UPSTREAM_TIMEOUT, UpstreamCaller, spec_of
 from .errors import IdempotencyConflict, RateLimited, UpstreamError
-from .model import JSON, DispatchSpec, Job, JobState, Mode, UpstreamFailure
+from .fairshare import QueueEstimates
+from .model import JSON, DispatchSpec, Job, JobState, Mode, QueueEstimate, UpstreamFailure
 from .ports import NoObserver, Observer, Store
 from .reads import JobReads
 from .records import JobRecords, event_of
@@ -43,9 +44,11 @@ class Dispatches:
         callbacks: CallbackRules,
         clock: Callable[[], float],
         queued: Callable[[], None],
+        estimates: QueueEstimates,
         observer: Observer | None = None,
     ) -> None:
-        """`queued` is told of every async job stored (the outbox's wake)."""
+        """`queued` is told of every async job stored (the outbox's wake); `estimates` tells
+        where one will stand."""
         self.store = store
         self.caller = caller
         self.records = records
@@ -53,16 +56,28 @@ class Dispatches:
         self.callbacks = callbacks
         self.clock = clock
         self.queued = queued
+        self.estimates = estimates
         self.observer = observer or NoObserver()
 
     async def submit(
         self, client: str, spec: DispatchSpec, *, budget: float | None, trace_context: str = ""
     ) -> Job:
-        """Accept a dispatch. Async: stored and queued, returned at once. Sync: sent upstream
-        within `budget` seconds, the answer recorded as the job's events, the job returned. A job
-        that ends by webhook (esign, postal) is sent in async mode even then: the sync answer is
-        the upstream's acceptance (SUBMITTED), its end comes later by webhook. `trace_context`:
-        the caller's trace, kept with the job."""
+        """`submit_estimated` without the estimate."""
+        job, _ = await self.submit_estimated(
+            client, spec, budget=budget, trace_context=trace_context
+        )
+        return job
+
+    async def submit_estimated(
+        self, client: str, spec: DispatchSpec, *, budget: float | None, trace_context: str = ""
+    ) -> tuple[Job, QueueEstimate | None]:
+        """Accept a dispatch. Async: stored and queued, returned at once with where it stands
+        (core/fairshare.py; the "queued" event carries it too). Sync: sent upstream within
+        `budget` seconds, the answer recorded as the job's events, the job returned. A job that
+        ends by webhook (esign, postal) is sent in async mode even then: the sync answer is the
+        upstream's acceptance (SUBMITTED), its end comes later by webhook. `trace_context`: the
+        caller's trace, kept with the job. The estimate is None for a sync job, and for a job
+        the idempotency key found."""
         # The caller's deadline runs from its call's arrival, store writes included.
         loop = asyncio.get_running_loop()
         arrived = loop.time()
@@ -82,9 +97,14 @@ class Dispatches:
             created_at=now,
             updated_at=now,
             trace_context=trace_context,
+            priority=spec.priority,
         )
         logfields.known(job_id=job.job_id, client=client)
-        first = event_of(job, states.QUEUED, {}, now)
+        estimate = None
+        if spec.mode is Mode.ASYNC:
+            estimate = await self.estimates.before_queueing(client, spec.priority)
+        data = {"estimate": estimate.to_json()} if estimate is not None else {}
+        first = event_of(job, states.QUEUED, data, now)
         create = self.store.create_job(job, first, enqueue=True)
         slot = False
         if spec.mode is Mode.SYNC and self.caller.paused() <= 0:
@@ -101,12 +121,13 @@ class Dispatches:
                 f"(job {stored.job_id})"
             )
         if not created:
-            return stored
+            return stored, None
         self.observer.dispatch_accepted(spec.service.value, spec.mode.value)
         if spec.mode is Mode.ASYNC:
+            self.estimates.queued(client, spec.priority)
             self.queued()
-            return stored
-        return await self._dispatch_sync(stored, arrived, budget, slot=slot)
+            return stored, estimate
+        return await self._dispatch_sync(stored, arrived, budget, slot=slot), None
 
     async def _dispatch_sync(self, job: Job, arrived: float, budget: float, *, slot: bool) -> Job:
         """Send a stored sync job upstream and record the answer, within `budget` seconds of

@@ -16,6 +16,7 @@ from .breaker import CircuitBreaker
 from .callbacks import CallbackRules
 from .caller import UPSTREAM_TIMEOUT, UpstreamCaller
 from .dispatch import Dispatches
+from .fairshare import QueueEstimates, Weights, equal_weights
 from .hub import EventHub
 from .outbox import ASYNC_CONCURRENCY, SUBMIT_TIMEOUT, SYNC_CONCURRENCY, OutboxWorker
 from .ports import JobTraces, NoObserver, Observer, Store, Upstream
@@ -67,7 +68,9 @@ class Gateway:
         observer: Observer | None = None,
         traces: JobTraces | None = None,
         clock: Callable[[], float] = time.time,
+        weights: Weights = equal_weights,
     ) -> Gateway:
+        """`weights`: each client's weight in the share of the upstream rate."""
         observer = observer or NoObserver()
         limits = outbox or OutboxLimits()
         caller = UpstreamCaller(
@@ -91,6 +94,7 @@ class Gateway:
             sync_timeout=limits.sync_timeout,
             sync_concurrency=limits.sync_concurrency,
             async_concurrency=limits.async_concurrency,
+            weights=weights,
         )
         reads = JobReads(store, records)
         return cls(
@@ -105,6 +109,7 @@ class Gateway:
                 callbacks=callbacks,
                 clock=clock,
                 queued=worker.wake,
+                estimates=QueueEstimates(store, rate, weights=weights, clock=clock),
                 observer=observer,
             ),
             reads=reads,

@@ -20,6 +20,7 @@ from ..core.model import (
     JobEvent,
     JobState,
     Mode,
+    Priority,
     Service,
     UpstreamFailure,
     cursor_value,
@@ -62,6 +63,8 @@ def job_to_json(job: Job) -> JSON:
     # Only when traced: an untraced job is written as the previous release wrote it.
     if job.trace_context:
         data["trace_context"] = job.trace_context
+    if job.priority is not Priority.NORMAL:
+        data["priority"] = job.priority.value
     return data
 
 
@@ -84,6 +87,7 @@ def job_from_json(data: JSON) -> Job:
         last_event=data["last_event"],
         # Absent from what the previous release wrote.
         trace_context=data.get("trace_context") or "",
+        priority=Priority(data.get("priority") or Priority.NORMAL.value),
     )
 
 

@@ -10,9 +10,10 @@ from typing import Final
 
 from ...core.errors import StoreUnavailable
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """Kept in the file's user_version: a file from a newer gateway is refused, not misread.
-Version 2 added jobs.trace_context."""
+Version 2 added jobs.trace_context; version 3 jobs.priority and the outbox's client and
+priority (the order of the fair share: core/fairshare.py)."""
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 BUSY_TIMEOUT_MS: Final = 5000
 """How long a write waits for another process's lock on the file before it fails as
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     error TEXT,
     last_event TEXT NOT NULL,
-    trace_context TEXT NOT NULL DEFAULT ''
+    trace_context TEXT NOT NULL DEFAULT '',
+    priority TEXT NOT NULL DEFAULT 'normal'
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key
     ON jobs (client, idempotency_key) WHERE idempotency_key != '';
@@ -71,9 +73,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     due_at REAL NOT NULL,
     leased_until REAL NOT NULL DEFAULT 0,
-    lease_token TEXT NOT NULL DEFAULT ''
+    lease_token TEXT NOT NULL DEFAULT '',
+    client TEXT NOT NULL DEFAULT '',
+    priority INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS outbox_by_due ON outbox (due_at, entry_id);
+CREATE INDEX IF NOT EXISTS outbox_by_client ON outbox (client, priority, due_at, entry_id);
 
 CREATE TABLE IF NOT EXISTS rate_log (taken_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS rate_log_by_time ON rate_log (taken_at);
@@ -85,6 +90,13 @@ CREATE TABLE IF NOT EXISTS secrets (
 """
 
 _ADD_TRACE_CONTEXT: Final = "ALTER TABLE jobs ADD COLUMN trace_context TEXT NOT NULL DEFAULT ''"
+_ADD_PRIORITY: Final = (
+    "ALTER TABLE jobs ADD COLUMN priority TEXT NOT NULL DEFAULT 'normal'",
+    "ALTER TABLE outbox ADD COLUMN client TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 1",
+    "UPDATE outbox SET client = (SELECT client FROM jobs WHERE jobs.job_id = outbox.job_id)"
+    " WHERE EXISTS (SELECT 1 FROM jobs WHERE jobs.job_id = outbox.job_id)",
+)
 
 
 def connect(path: Path, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
@@ -118,12 +130,16 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         )
     conn.execute("BEGIN IMMEDIATE")
     try:
+        # The tables of an older version were there before, without the new columns (old rows
+        # read their defaults); added before the schema's statements, which index them.
+        if version == 1:
+            conn.execute(_ADD_TRACE_CONTEXT)
+        if version in (1, 2):
+            for statement in _ADD_PRIORITY:
+                conn.execute(statement)
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
-        if version == 1:
-            # Its jobs table was there before, without the column; old rows read it as ''.
-            conn.execute(_ADD_TRACE_CONTEXT)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
