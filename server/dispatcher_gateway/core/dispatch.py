@@ -124,7 +124,6 @@ class Dispatches:
             return stored, None
         self.observer.dispatch_accepted(spec.service.value, spec.mode.value)
         if spec.mode is Mode.ASYNC:
-            self.estimates.queued(client, spec.priority)
             self.queued()
             return stored, estimate
         return await self._dispatch_sync(stored, arrived, budget, slot=slot), None

@@ -110,8 +110,8 @@ def estimate(
 
 class QueueEstimates:
     """Estimates for jobs about to be queued, from the outbox's backlog read at most
-    ESTIMATE_FRESHNESS ago plus the jobs this process queued since (one read a second, not one
-    a Dispatch)."""
+    ESTIMATE_FRESHNESS ago plus the jobs this process estimated since (one read a second, not
+    one a Dispatch)."""
 
     def __init__(
         self, store: Store, rate: RateLimit, *, weights: Weights, clock: Callable[[], float]
@@ -126,7 +126,8 @@ class QueueEstimates:
         self._reading = asyncio.Lock()
 
     async def before_queueing(self, client: str, priority: Priority) -> QueueEstimate:
-        """Where a job of `client` queued now will stand."""
+        """Where a job of `client` queued now will stand; counted as queued from now on (so
+        that concurrent Dispatches stand one behind the other), whether or not it is."""
         loop = asyncio.get_running_loop()
         if loop.time() - self._read_at > ESTIMATE_FRESHNESS:
             async with self._reading:  # concurrent Dispatches share one read
@@ -138,10 +139,7 @@ class QueueEstimates:
         for (owner, level), count in self._since.items():
             was = backlog.setdefault(owner, {}).get(level, QueueDepth(0))
             backlog[owner][level] = QueueDepth(was.fresh + count, was.other)
+        self._since[(client, priority)] += 1
         return estimate(
             client, priority, backlog, weights=self._weights, rate=self._rate, now=self._clock()
         )
-
-    def queued(self, client: str, priority: Priority) -> None:
-        """A job was queued since the backlog was read."""
-        self._since[(client, priority)] += 1

@@ -44,7 +44,7 @@ the rate with no call waiting for another."""
 ASYNC_CONCURRENCY = 32
 """Async submissions awaiting the upstream's acceptance at once."""
 LEASE_BATCH = 50
-LEASE_AHEAD = 2.0
+LEASE_AHEAD = 0.5
 """Seconds of the account's rate a worker leases at once: what it holds is sent in the order
 chosen when it was leased, so a client that starts queueing waits at most this long (per
 replica) behind entries leased before it, not a whole batch of another client's."""
