@@ -13,10 +13,11 @@ from unittest.mock import ANY
 
 import nats
 import pytest
+from nats.js import api
 
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import StoreUnavailable
-from dispatcher_gateway.core.model import JobEvent, JobState
+from dispatcher_gateway.core.model import JobEvent, JobState, Priority, QueueDepth
 from dispatcher_gateway.store import codec
 from dispatcher_gateway.store.nats import DEFAULT_TIMEOUT, NatsStore
 from dispatcher_gateway.store.nats.commit import Envelope, Pending
@@ -424,6 +425,39 @@ async def test_an_entry_whose_lease_ran_out_is_handed_out_again_only_after_the_l
 
         # An ack sent just before the lease ran out may still be on its way.
         assert await store.lease(limit=10, visibility=30.0) == []
+    finally:
+        await store.close()
+
+
+async def test_an_outbox_made_before_lanes_gets_them_and_its_entries_are_leased(
+    nats_server: NatsEndpoint,
+) -> None:
+    store = new_store(nats_server.servers)
+    outbox, subject = store.outbox_stream, store.layout.outbox_subject
+    nc = await nats.connect(servers=nats_server.servers)
+    try:
+        # As the release before lanes made it: one subject, one consumer of every subject.
+        js = nc.jetstream()
+        await js.add_stream(
+            name=outbox, subjects=[subject], retention=api.RetentionPolicy.WORK_QUEUE
+        )
+        await js.add_consumer(
+            outbox,
+            api.ConsumerConfig(durable_name="worker", ack_policy=api.AckPolicy.EXPLICIT),
+        )
+        await js.publish(subject, b"job-from-before")
+    finally:
+        await nc.close()
+    await store.open()
+    try:
+        queued = await create(store, "a", enqueue=True)
+
+        assert await store.outbox_depths() == {
+            "": {Priority.NORMAL: QueueDepth(fresh=1)},
+            "a": {Priority.NORMAL: QueueDepth(fresh=1)},
+        }
+        leased = await store.lease(limit=10, visibility=30.0)
+        assert {lease.job_id for lease in leased} == {"job-from-before", queued.job_id}
     finally:
         await store.close()
 
