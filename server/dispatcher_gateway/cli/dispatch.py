@@ -18,6 +18,7 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 from .connection import Connection, add_client_command, refused
 from .output import SERVICES, json_line, print_event, state_name
 
+PRIORITIES = {"high": pb.PRIORITY_HIGH, "normal": pb.PRIORITY_NORMAL, "low": pb.PRIORITY_LOW}
 TIMEOUT = 150.0
 """Seconds a Dispatch call may take: longer than the upstream's own limit on a sync answer."""
 
@@ -36,6 +37,12 @@ def add_command(commands: Any) -> None:
     dispatch.add_argument("--provider", default="")
     dispatch.add_argument("--metadata", action="append", default=[], help="KEY=VALUE")
     dispatch.add_argument("--idempotency-key", default="")
+    dispatch.add_argument(
+        "--priority",
+        choices=sorted(PRIORITIES),
+        default="normal",
+        help="among this client's own queued jobs",
+    )
     dispatch.add_argument("--request", help="a DispatchRequest as JSON, from a file or - (stdin)")
     dispatch.add_argument("--watch", action="store_true", help="follow the job to its end")
     dispatch.add_argument("--timeout", type=float, default=TIMEOUT)
@@ -63,6 +70,7 @@ def build_request(args: argparse.Namespace) -> pb.DispatchRequest:
         provider_name=args.provider,
         metadata=_metadata_pairs(args.metadata),
         idempotency_key=args.idempotency_key,
+        priority=PRIORITIES[args.priority],
     )
     request.template.id = args.template
     request.template.data.update(json.loads(args.data))

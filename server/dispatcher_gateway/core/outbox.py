@@ -163,7 +163,7 @@ class OutboxWorker:
     async def _lease_fairly(self, limit: int) -> list[Lease]:
         """Up to `limit` due entries, in the order of the clients' shares: each client with
         entries is asked for as many as its share of `limit`, and what one lacks goes to the
-        others (work-conserving)."""
+        others (work-conserving). A client is charged for an entry once it is sent (`_start`)."""
         depths = await self.store.outbox_depths()
         clients = {c for c, by_priority in depths.items() if by_priority}
         leases: list[Lease] = []
@@ -183,7 +183,6 @@ class OutboxWorker:
             for client in plan:
                 if got[client]:
                     leases.append(got[client].popleft())
-                    self._fair.charge(client)
             # A client that had fewer than asked has none due now.
             clients -= {c for c, batch in zip(wanted, found, strict=True) if len(batch) < wanted[c]}
         return leases
@@ -223,6 +222,9 @@ class OutboxWorker:
         # Slots are taken in lease order, so jobs leave the outbox in the order leased (the
         # shares' order); the request goes out right after its slot, with nothing between.
         self._free[kind] -= 1
+        # Charged for what it sends: not for an entry that only waits (a callback deadline, a
+        # sync job its caller is sending).
+        self._fair.charge(job.client)
         try:
             taken = await self.caller.wait_slot()
         except BaseException:
