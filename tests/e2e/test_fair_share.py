@@ -197,6 +197,7 @@ async def test_a_late_client_gets_its_share_and_a_high_priority_job_overtakes(
         f"max in {RATE_WINDOW:g} s={stats.max_in_window}/{RATE_LIMIT}"
     )
     assert b_span <= FAIR_SLACK * fair
+    assert a_during_b <= FAIR_SLACK * B_JOBS
     assert a_left_at_high > A_JOBS // 2
     assert a_before_high <= B_JOBS // 2
     assert stats.max_in_window <= RATE_LIMIT

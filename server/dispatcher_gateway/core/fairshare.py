@@ -17,8 +17,9 @@ The estimate (`estimate`) is the fluid model of that order: a job with k jobs of
 ahead is sent once k + 1 of its client's and, of every other client with jobs waiting, the lesser
 of its backlog and (k + 1) x its weight / the client's weight have gone out, at the account's
 rate. It is rough: it counts entries never handed out (not retries in their backoff, not entries
-a worker holds leased, nor sync calls, which take slots of the same rate), assumes the rate is
-free now and the weights stay as they are, and reads the backlog at most ESTIMATE_FRESHNESS old.
+a worker holds leased, nor sync calls, which take slots of the same rate; on SQLite and in memory
+only those due), assumes the rate is free now and the weights stay as they are, and reads the
+backlog at most ESTIMATE_FRESHNESS old.
 """
 
 from __future__ import annotations

@@ -48,6 +48,9 @@ LEASE_AHEAD = 0.5
 """Seconds of the account's rate a worker leases at once: what it holds is sent in the order
 chosen when it was leased, so a client that starts queueing waits at most this long (per
 replica) behind entries leased before it, not a whole batch of another client's."""
+CLIENTS_FRESHNESS = 1.0
+"""Seconds the clients with entries, as last read, are used for while some are known: a client
+that starts queueing behind another's backlog is seen within this."""
 IDLE_POLL = 1.0
 """Seconds between looks at an idle outbox (for other replicas' jobs and retries come due)."""
 BUSY_DELAY = 1.0
@@ -106,6 +109,8 @@ class OutboxWorker:
         ahead = math.ceil(rate.limit * LEASE_AHEAD / rate.window)
         self._batch = max(1, min(LEASE_BATCH, rate.limit, ahead))
         self._fair = FairShare(weights)
+        self._clients: set[str] = set()
+        self._clients_read = -math.inf
         self.visibility = rate.window + max(submit_timeout, sync_timeout) + LEASE_MARGIN
 
     def wake(self) -> None:
@@ -164,8 +169,7 @@ class OutboxWorker:
         """Up to `limit` due entries, in the order of the clients' shares: each client with
         entries is asked for as many as its share of `limit`, and what one lacks goes to the
         others (work-conserving). A client is charged for an entry once it is sent (`_start`)."""
-        depths = await self.store.outbox_depths()
-        clients = {c for c, by_priority in depths.items() if by_priority}
+        clients = await self._waiting_clients()
         leases: list[Lease] = []
         while clients and len(leases) < limit:
             plan = self._fair.plan(clients, limit - len(leases))
@@ -186,6 +190,16 @@ class OutboxWorker:
             # A client that had fewer than asked has none due now.
             clients -= {c for c, batch in zip(wanted, found, strict=True) if len(batch) < wanted[c]}
         return leases
+
+    async def _waiting_clients(self) -> set[str]:
+        """The clients with entries on the outbox, read again when none were known or the last
+        reading is CLIENTS_FRESHNESS old (a read costs a scan of the due entries on SQLite)."""
+        now = asyncio.get_running_loop().time()
+        if not self._clients or now - self._clients_read > CLIENTS_FRESHNESS:
+            depths = await self.store.outbox_depths()
+            self._clients = {c for c, by_priority in depths.items() if by_priority}
+            self._clients_read = now
+        return set(self._clients)
 
     async def _start(self, lease: Lease) -> None:
         """Settle one entry: send its job upstream as a task of its own, wait out its caller or

@@ -92,8 +92,9 @@ class Store(Protocol):
         `client` is None (the worker asks client by client: core/fairshare.py)."""
 
     async def outbox_depths(self) -> dict[str, dict[Priority, QueueDepth]]:
-        """The outbox's entries by client and priority, due or not; those with none may be left
-        out. Read to choose whose entries to lease next and to estimate a new job's place."""
+        """The outbox's due entries (leased or not) by client and priority; a backend may count
+        entries not due yet too (NatsStore counts them all), and leave out those with none.
+        Read to choose whose entries to lease next and to estimate a new job's place."""
 
     async def ack(self, lease: Lease) -> None:
         """Done with the entry: it is never handed out again. Does nothing unless the lease is

@@ -155,7 +155,10 @@ class MemoryStore:
     async def outbox_depths(self) -> dict[str, dict[Priority, QueueDepth]]:
         self._ensure_open()
         counts: dict[tuple[str, Priority], list[int]] = {}
+        now = self._clock()
         for entry in self._outbox.values():
+            if entry.due_at > now:
+                continue
             count = counts.setdefault((entry.client, entry.priority), [0, 0])
             count[entry.attempts > 0] += 1
         depths: dict[str, dict[Priority, QueueDepth]] = {}

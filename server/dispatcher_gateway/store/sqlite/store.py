@@ -216,9 +216,12 @@ class SqliteStore:
     async def outbox_depths(self) -> dict[str, dict[Priority, QueueDepth]]:
         def count(conn: sqlite3.Connection) -> dict[str, dict[Priority, QueueDepth]]:
             depths: dict[str, dict[Priority, QueueDepth]] = {}
+            # Due entries only (outbox_by_due): not the submitted jobs' entries, which wait for
+            # their callback deadline, days of them.
             for row in conn.execute(
                 "SELECT client, priority, SUM(attempts = 0) AS fresh, SUM(attempts > 0) AS other"
-                " FROM outbox GROUP BY client, priority"
+                " FROM outbox INDEXED BY outbox_by_due WHERE due_at <= ? GROUP BY client, priority",
+                (self._clock(),),
             ):
                 priority = _PRIORITY_BY_RANK[row["priority"]]
                 depths.setdefault(row["client"], {})[priority] = QueueDepth(
