@@ -102,7 +102,7 @@ class Dispatches:
         logfields.known(job_id=job.job_id, client=client)
         estimate = None
         if spec.mode is Mode.ASYNC:
-            estimate = await self.estimates.before_queueing(client, spec.priority)
+            estimate = self.estimates.before_queueing(client, spec.priority)
         data = {"estimate": estimate.to_json()} if estimate is not None else {}
         first = event_of(job, states.QUEUED, data, now)
         create = self.store.create_job(job, first, enqueue=True)

@@ -30,6 +30,7 @@ import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping
 
+from .errors import StoreUnavailable
 from .model import Priority, QueueDepth, QueueEstimate
 from .ports import Store
 from .retry import RateLimit
@@ -110,9 +111,9 @@ def estimate(
 
 
 class QueueEstimates:
-    """Estimates for jobs about to be queued, from the outbox's backlog read at most
-    ESTIMATE_FRESHNESS ago plus the jobs this process estimated since (one read a second, not
-    one a Dispatch)."""
+    """Estimates for jobs about to be queued, from the outbox's backlog as last read, read again
+    in the background once ESTIMATE_FRESHNESS old (a Dispatch never waits for it), plus the jobs
+    this process estimated since."""
 
     def __init__(
         self, store: Store, rate: RateLimit, *, weights: Weights, clock: Callable[[], float]
@@ -123,24 +124,33 @@ class QueueEstimates:
         self._clock = clock
         self._backlog: dict[str, dict[Priority, QueueDepth]] = {}
         self._read_at = -math.inf
+        self._reading: asyncio.Task[None] | None = None
         self._since: collections.Counter[tuple[str, Priority]] = collections.Counter()
-        self._reading = asyncio.Lock()
 
-    async def before_queueing(self, client: str, priority: Priority) -> QueueEstimate:
+    def before_queueing(self, client: str, priority: Priority) -> QueueEstimate:
         """Where a job of `client` queued now will stand; counted as queued from now on (so
         that concurrent Dispatches stand one behind the other), whether or not it is."""
-        loop = asyncio.get_running_loop()
-        if loop.time() - self._read_at > ESTIMATE_FRESHNESS:
-            async with self._reading:  # concurrent Dispatches share one read
-                if loop.time() - self._read_at > ESTIMATE_FRESHNESS:
-                    self._backlog = await self._store.outbox_depths()
-                    self._read_at = loop.time()
-                    self._since.clear()
-        backlog = {c: dict(by_priority) for c, by_priority in self._backlog.items()}
+        now = asyncio.get_running_loop().time()
+        if now - self._read_at > ESTIMATE_FRESHNESS and self._reading is None:
+            self._reading = asyncio.create_task(self._read(), name="queue-estimates")
+        backlog: dict[str, dict[Priority, QueueDepth]] = dict(self._backlog)
         for (owner, level), count in self._since.items():
-            was = backlog.setdefault(owner, {}).get(level, QueueDepth(0))
-            backlog[owner][level] = QueueDepth(was.fresh + count, was.other)
+            depths = backlog[owner] = dict(backlog.get(owner, {}))
+            was = depths.get(level, QueueDepth(0))
+            depths[level] = QueueDepth(was.fresh + count, was.other)
         self._since[(client, priority)] += 1
         return estimate(
             client, priority, backlog, weights=self._weights, rate=self._rate, now=self._clock()
         )
+
+    async def _read(self) -> None:
+        counted = collections.Counter(self._since)
+        try:
+            self._backlog = await self._store.outbox_depths()
+            # What was counted before the read began is in it now.
+            self._since -= counted
+        except StoreUnavailable:
+            pass  # the last reading stays; the next estimate tries again
+        finally:
+            self._read_at = asyncio.get_running_loop().time()
+            self._reading = None
