@@ -194,13 +194,16 @@ class GatewayApp:
             observer=self.counts,
             traces=SpanLinks() if self.tracing.enabled else None,
             weights=clients.weight if clients is not None else equal_weights,
+            schedule=s.schedule,
         )
         self.opened = True
         self.store_up = True
         auth = Authenticator(clients, allow_anonymous=s.allow_anonymous)
         limits = ClientLimits(s.client_quotas)
         self.hub.observe(limits.observe)
-        self.servicer = DispatchServicer(self.gateway, limits, max_stream_age=s.max_stream_age)
+        self.servicer = DispatchServicer(
+            self.gateway, limits, max_stream_age=s.max_stream_age, batch_max=s.batch_max
+        )
         self.calls = Drain()
         self.grpc = create_server(
             self.servicer,

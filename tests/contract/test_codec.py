@@ -186,10 +186,19 @@ async def test_what_the_sqlite_backend_stored_reads_back(tmp_path: Path) -> None
     await store.open()
     await store.close()
     with sqlite3.connect(path) as conn:
-        # The schema as release 1 made it: jobs without trace_context and priority, the
-        # outbox without client and priority.
-        conn.execute("ALTER TABLE jobs DROP COLUMN trace_context")
-        conn.execute("ALTER TABLE jobs DROP COLUMN priority")
+        # The schema as an earlier release made it (version 1): jobs without trace_context,
+        # nor version 3's and 4's columns; events without version 3's index by record time;
+        # the outbox without version 4's client and priority.
+        for column in (
+            "priority",
+            "retried_by",
+            "retry_of",
+            "submit_begun_at",
+            "not_before",
+            "trace_context",
+        ):
+            conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
+        conn.execute("DROP INDEX events_by_record_time")
         conn.execute("DROP INDEX outbox_by_client")
         conn.execute("ALTER TABLE outbox DROP COLUMN client")
         conn.execute("ALTER TABLE outbox DROP COLUMN priority")

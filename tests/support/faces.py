@@ -99,7 +99,10 @@ class GrpcFace(Face):
 _RESPONSES: dict[str, type[Message]] = {
     "Dispatch": pb.DispatchResponse,
     "Validate": pb.ValidateResponse,
+    "DispatchBatch": pb.DispatchBatchResponse,
     "GetJob": pb.Job,
+    "CancelJob": pb.Job,
+    "RetryJob": pb.Job,
     "ListJobs": pb.ListJobsResponse,
     "ListTemplates": pb.ListTemplatesResponse,
 }

@@ -9,18 +9,27 @@ up and sends it again under the same idempotency key.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from . import logfields, states
 from .callbacks import CallbackRules
 from .caller import UPSTREAM_TIMEOUT, UpstreamCaller, spec_of
-from .errors import IdempotencyConflict, RateLimited, UpstreamError
+from .errors import (
+    FieldViolation,
+    GatewayError,
+    IdempotencyConflict,
+    InvalidArgument,
+    RateLimited,
+    UpstreamError,
+)
 from .fairshare import QueueEstimates
 from .model import JSON, DispatchSpec, Job, JobState, Mode, QueueEstimate, UpstreamFailure
 from .ports import NoObserver, Observer, Store
 from .reads import JobReads
 from .records import JobRecords, event_of
+from .schedule import ScheduleRules
 
 DEADLINE_SLACK = 0.05
 """Seconds: a sync call cancelled this close to its deadline was cancelled by the deadline."""
@@ -46,9 +55,10 @@ class Dispatches:
         queued: Callable[[], None],
         estimates: QueueEstimates,
         observer: Observer | None = None,
+        schedule: ScheduleRules | None = None,
     ) -> None:
-        """`queued` is told of every async job stored (the outbox's wake); `estimates` tells
-        where one will stand."""
+        """`queued` is told of every async job stored (the outbox's wake); `schedule`: when a
+        job's `not_before` may be."""
         self.store = store
         self.caller = caller
         self.records = records
@@ -58,6 +68,7 @@ class Dispatches:
         self.queued = queued
         self.estimates = estimates
         self.observer = observer or NoObserver()
+        self.schedule = schedule or ScheduleRules()
 
     async def submit(
         self, client: str, spec: DispatchSpec, *, budget: float | None, trace_context: str = ""
@@ -83,7 +94,87 @@ class Dispatches:
         arrived = loop.time()
         budget = UPSTREAM_TIMEOUT if budget is None else min(budget, UPSTREAM_TIMEOUT)
         now = self.clock()
-        job = Job(
+        job = self._new_job(client, spec, now, trace_context)
+        logfields.known(job_id=job.job_id, client=client)
+        estimate = self._estimate(job)
+        first = event_of(job, states.QUEUED, _queued_data(estimate), now)
+        create = self.store.create_job(job, first, enqueue=True)
+        slot = False
+        if spec.mode is Mode.SYNC and self.caller.paused() <= 0:
+            # The job and its rate slot in one group commit: one flush to disk before the
+            # upstream call, not two in a row. A slot taken for a replay goes unused: the
+            # gateway then sends a little under the limit, never over it.
+            (stored, created), wait = await asyncio.gather(create, self.caller.take_slot())
+            slot = wait <= 0
+        else:
+            stored, created = await create
+        _check_same_request(stored, job)
+        if not created:
+            return stored, None
+        self.observer.dispatch_accepted(spec.service.value, spec.mode.value)
+        if spec.mode is Mode.ASYNC:
+            self.queued()
+            return stored, estimate
+        return await self._dispatch_sync(stored, arrived, budget, slot=slot), None
+
+    async def submit_batch(
+        self, client: str, specs: Sequence[DispatchSpec], *, trace_context: str = ""
+    ) -> list[tuple[Job | GatewayError, QueueEstimate | None]]:
+        """Accept async dispatches together, each as `submit_estimated` would alone: its job
+        (created, or found by its idempotency key) or its own error, with its estimate, in
+        order. The jobs are stored in one call (Store.create_jobs: one commit where the store
+        has transactions)."""
+        now = self.clock()
+        results: list[Job | GatewayError] = []
+        estimates: dict[str, QueueEstimate | None] = {}
+        new: list[tuple[int, Job]] = []
+        for spec in specs:
+            try:
+                if spec.mode is not Mode.ASYNC:
+                    raise InvalidArgument([FieldViolation("mode", "MODE_ASYNC only in a batch")])
+                job = self._new_job(client, spec, now, trace_context)
+            except InvalidArgument as exc:
+                results.append(exc)
+                continue
+            new.append((len(results), job))
+            results.append(job)
+        if not new:
+            return [(result, None) for result in results]
+        for _, job in new:
+            estimates[job.job_id] = self._estimate(job)
+        stored = await self.store.create_jobs(
+            [
+                (job, event_of(job, states.QUEUED, _queued_data(estimates[job.job_id]), now))
+                for _, job in new
+            ],
+            enqueue=True,
+        )
+        for (i, job), (found, created) in zip(new, stored, strict=True):
+            try:
+                _check_same_request(found, job)
+            except IdempotencyConflict as exc:
+                results[i] = exc
+                continue
+            results[i] = found
+            if created:
+                self.observer.dispatch_accepted(job.service.value, job.mode.value)
+        self.queued()
+        return [(r, estimates.get(r.job_id) if isinstance(r, Job) else None) for r in results]
+
+    def _estimate(self, job: Job) -> QueueEstimate | None:
+        """Where a new async job will stand; not sent before its not_before."""
+        if job.mode is not Mode.ASYNC:
+            return None
+        estimate = self.estimates.before_queueing(job.client, job.priority)
+        if job.not_before > estimate.expected_submit_time:
+            return dataclasses.replace(estimate, expected_submit_time=job.not_before)
+        return estimate
+
+    def _new_job(self, client: str, spec: DispatchSpec, now: float, trace_context: str) -> Job:
+        """The job a request makes; InvalidArgument if its time (not_before) cannot be."""
+        if spec.not_before:
+            self.schedule.check(spec.not_before, now)
+        return Job(
             job_id=new_job_id(),
             client=client,
             services=spec.services,
@@ -97,36 +188,11 @@ class Dispatches:
             created_at=now,
             updated_at=now,
             trace_context=trace_context,
+            not_before=spec.not_before,
             priority=spec.priority,
+            # A sync job is sent within its call: too late to cancel from the start.
+            submit_begun_at=now if spec.mode is Mode.SYNC else 0.0,
         )
-        logfields.known(job_id=job.job_id, client=client)
-        estimate = None
-        if spec.mode is Mode.ASYNC:
-            estimate = self.estimates.before_queueing(client, spec.priority)
-        data = {"estimate": estimate.to_json()} if estimate is not None else {}
-        first = event_of(job, states.QUEUED, data, now)
-        create = self.store.create_job(job, first, enqueue=True)
-        slot = False
-        if spec.mode is Mode.SYNC and self.caller.paused() <= 0:
-            # The job and its rate slot in one group commit: one flush to disk before the
-            # upstream call, not two in a row. A slot taken for a replay goes unused: the
-            # gateway then sends a little under the limit, never over it.
-            (stored, created), wait = await asyncio.gather(create, self.caller.take_slot())
-            slot = wait <= 0
-        else:
-            stored, created = await create
-        if stored.request_hash != job.request_hash:
-            raise IdempotencyConflict(
-                f"idempotency key {spec.idempotency_key!r} was used for a different request "
-                f"(job {stored.job_id})"
-            )
-        if not created:
-            return stored, None
-        self.observer.dispatch_accepted(spec.service.value, spec.mode.value)
-        if spec.mode is Mode.ASYNC:
-            self.queued()
-            return stored, estimate
-        return await self._dispatch_sync(stored, arrived, budget, slot=slot), None
 
     async def _dispatch_sync(self, job: Job, arrived: float, budget: float, *, slot: bool) -> Job:
         """Send a stored sync job upstream and record the answer, within `budget` seconds of
@@ -190,3 +256,17 @@ class Dispatches:
 
     async def templates(self) -> list[JSON]:
         return await self.caller.templates()
+
+
+def _check_same_request(stored: Job, job: Job) -> None:
+    """IdempotencyConflict unless the job found under the key is of the same request."""
+    if stored.request_hash != job.request_hash:
+        raise IdempotencyConflict(
+            f"idempotency key {job.idempotency_key!r} was used for a different request "
+            f"(job {stored.job_id})"
+        )
+
+
+def _queued_data(estimate: QueueEstimate | None) -> JSON:
+    """The "queued" event's data: where the job stands, when it is estimated."""
+    return {"estimate": estimate.to_json()} if estimate is not None else {}

@@ -2,8 +2,8 @@
 record first, then the outbox, then what the edges call (dispatches, reads, streams, webhook
 recording), the outbox's wake handed to the dispatches at construction.
 
-rpc/ calls `dispatches`, `reads` and `streams`; webhooks/ hands verified callbacks to
-`webhooks`; app.py runs `outbox` and reports `caller.breaker`.
+rpc/ calls `dispatches`, `reads`, `control` (cancel, retry) and `streams`; webhooks/ hands
+verified callbacks to `webhooks`; app.py runs `outbox` and reports `caller.breaker`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from .breaker import CircuitBreaker
 from .callbacks import CallbackRules
 from .caller import UPSTREAM_TIMEOUT, UpstreamCaller
+from .control import JobControl
 from .dispatch import Dispatches
 from .fairshare import QueueEstimates, Weights, equal_weights
 from .hub import EventHub
@@ -25,6 +26,7 @@ from .reads import JobReads
 from .recording import WebhookRecorder
 from .records import JobRecords
 from .retry import RateLimit, RetryPolicy
+from .schedule import ScheduleRules
 from .streams import EventStreams
 from .tokens import CallbackTokens
 
@@ -48,6 +50,7 @@ class Gateway:
     outbox: OutboxWorker
     dispatches: Dispatches
     reads: JobReads
+    control: JobControl
     streams: EventStreams
     webhooks: WebhookRecorder
 
@@ -69,6 +72,7 @@ class Gateway:
         traces: JobTraces | None = None,
         clock: Callable[[], float] = time.time,
         weights: Weights = equal_weights,
+        schedule: ScheduleRules | None = None,
     ) -> Gateway:
         """`weights`: each client's weight in the share of the upstream rate."""
         observer = observer or NoObserver()
@@ -111,8 +115,10 @@ class Gateway:
                 queued=worker.wake,
                 estimates=QueueEstimates(store, rate, weights=weights, clock=clock),
                 observer=observer,
+                schedule=schedule,
             ),
             reads=reads,
+            control=JobControl(store, reads, clock=clock, queued=worker.wake, observer=observer),
             streams=EventStreams(store, hub, reads, clock=clock, observer=observer),
             webhooks=WebhookRecorder(store, tokens, clock=clock, observer=observer, traces=traces),
         )

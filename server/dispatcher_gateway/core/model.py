@@ -70,10 +70,12 @@ class JobState(enum.StrEnum):
     IN_PROGRESS = "in_progress"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELED = "canceled"
+    """Withdrawn by its client before its submission upstream began (core/control.py)."""
 
     @property
     def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED)
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED)
 
     @property
     def rank(self) -> int:
@@ -87,6 +89,7 @@ _STATE_RANK = {
     JobState.IN_PROGRESS: 2,
     JobState.SUCCEEDED: 3,
     JobState.FAILED: 3,
+    JobState.CANCELED: 3,
 }
 
 
@@ -173,6 +176,8 @@ class DispatchSpec:
     idempotency_key: str = ""
     priority: Priority = Priority.NORMAL
     """Not part of the request's fingerprint: it says when to send, not what."""
+    not_before: float = 0.0
+    """Not sent upstream before this time (seconds since the epoch); 0: as soon as it can."""
 
     @property
     def service(self) -> Service:
@@ -190,13 +195,17 @@ class DispatchSpec:
 
     def fingerprint(self) -> str:
         """A stable hash of everything that makes two requests the same request."""
+        request: JSON = {
+            "services": [s.value for s in self.services],
+            "mode": self.mode.value,
+            "body": self.body,
+            "metadata": dict(self.metadata),
+        }
+        # Only when set: a request without it hashes as it did before it existed.
+        if self.not_before:
+            request["not_before"] = self.not_before
         canonical = json.dumps(
-            {
-                "services": [s.value for s in self.services],
-                "mode": self.mode.value,
-                "body": self.body,
-                "metadata": dict(self.metadata),
-            },
+            request,
             sort_keys=True,
             separators=(",", ":"),
         )
@@ -226,6 +235,15 @@ class Job:
     """The W3C `traceparent` of the call that made the job, kept so that its upstream request
     continues that trace and its webhooks link to it; opaque here, empty when not traced."""
     priority: Priority = Priority.NORMAL
+    not_before: float = 0.0
+    """Not sent upstream before this time (seconds since the epoch); 0: as soon as it can."""
+    submit_begun_at: float = 0.0
+    """When its submission upstream began (the outbox's claim, or the sync call's create); 0
+    while none has: only then can the job be canceled. Set once, never cleared."""
+    retry_of: str = ""
+    """The failed job this one sends again (RetryJob); fixed at the create."""
+    retried_by: str = ""
+    """The job RetryJob made to send this failed one again; set by its `retried` event."""
 
     @property
     def service(self) -> Service:

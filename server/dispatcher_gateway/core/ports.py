@@ -5,7 +5,7 @@ client in upstream/; one contract test suite (tests/contract) runs against every
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,9 +57,20 @@ class Store(Protocol):
 
         When `job.idempotency_key` is not empty and the same client already has a job under that
         key, nothing is written and that job is returned with False. Concurrent calls with the same
-        (client, key) create exactly one job. A crash part way must leave either nothing, or a job
+        (client, key) create exactly one job. Likewise for the same `job.job_id` (a retry of the
+        call, or RetryJob's job, whose id is derived from the failed one's): one job, the others
+        get it with False. A crash part way must leave either nothing, or a job
         that a retry of this call completes (event appended, outbox entry present) and returns.
         """
+
+    async def create_jobs(
+        self, new: Sequence[tuple[Job, JobEvent]], *, enqueue: bool
+    ) -> list[tuple[Job, bool]]:
+        """create_job for each (job, first event), answered together in their order (their
+        events' cursors need not follow it): one transaction
+        where the backend has them (SQLite: all or nothing, one commit), else each as
+        create_job (NATS: concurrent, each committed on its own). Two with the same (client,
+        key) make one job, as two create_job calls in a row would."""
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
@@ -68,6 +79,19 @@ class Store(Protocol):
     ) -> tuple[list[Job], str]:
         """The client's jobs, newest first; returns the page and the next page's token ('' when
         this is the last page)."""
+
+    async def begin_submission(self, job_id: str) -> Job:
+        """Record that the job's submission upstream begins now (`Job.submit_begun_at`), unless
+        it has begun already or the job has ended; returns the job as it is after. Raises
+        NotFound when the job does not exist.
+
+        The rule that makes a cancel exact, on every replica: this write and `append_event` on
+        the same job are atomic with respect to each other (the same transaction, or the same
+        compare-and-set of the job), so an append's `apply` that sees `submit_begun_at` unset is
+        ordered before every begin_submission of the job, and one that sees it set, after. A
+        cancel's apply refuses a begun job; the outbox sends only a job this returned begun and
+        not ended. So a canceled job is never sent, and a job whose submission began is never
+        canceled, whichever of the two comes first by a microsecond."""
 
     # Outbox
     #
@@ -129,6 +153,11 @@ class Store(Protocol):
 
     async def last_cursor(self) -> str:
         """The cursor of the newest event ('' when there is none)."""
+
+    async def cursor_before(self, when: float) -> str:
+        """The cursor to read after for every event recorded at or after `when` (seconds since
+        the epoch, compared with `JobEvent.record_time`): the one before the first such event,
+        or the newest when there is none yet ('' for the start)."""
 
     # Rate limit
 
@@ -238,7 +267,11 @@ class Observer(Protocol):
         'store_unavailable'."""
 
     def job_ended(self, service: str, state: str) -> None:
-        """A job reached its terminal event: 'succeeded', 'failed', or 'callback_overdue'."""
+        """A job reached its terminal event: 'succeeded', 'failed', 'callback_overdue', or
+        'canceled'."""
+
+    def job_retried(self, service: str) -> None:
+        """RetryJob made a new job to send a failed one again."""
 
     def outbox_pending(self, job_id: str, queued_at: float, until: float) -> None:
         """The outbox holds this job unsent since `queued_at` (seconds since the epoch); if it is
@@ -279,6 +312,9 @@ class NoObserver:
         pass
 
     def job_ended(self, service: str, state: str) -> None:
+        pass
+
+    def job_retried(self, service: str) -> None:
         pass
 
     def outbox_pending(self, job_id: str, queued_at: float, until: float) -> None:

@@ -20,6 +20,7 @@ from ..core.errors import (
     SlowConsumer,
     StoreUnavailable,
     UpstreamError,
+    WrongState,
 )
 from .auth import PermissionDenied, Unauthenticated
 
@@ -49,6 +50,7 @@ _DOMAIN: dict[type[GatewayError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     IdempotencyConflict: grpc.StatusCode.FAILED_PRECONDITION,
+    WrongState: grpc.StatusCode.FAILED_PRECONDITION,
     RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
@@ -56,6 +58,13 @@ _DOMAIN: dict[type[GatewayError], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
+
+
+def domain_code(exc: GatewayError) -> grpc.StatusCode:
+    """The status code of a domain error other than UpstreamError (see upstream_code)."""
+    return next(
+        (c for kind, c in _DOMAIN.items() if isinstance(exc, kind)), grpc.StatusCode.INTERNAL
+    )
 
 
 def upstream_code(exc: UpstreamError) -> grpc.StatusCode:
@@ -130,9 +139,7 @@ def to_status(exc: GatewayError) -> grpc.Status:
         if exc.retry_after is not None:
             details.append(_retry_info(exc.retry_after))
     else:
-        code = next(
-            (c for kind, c in _DOMAIN.items() if isinstance(exc, kind)), grpc.StatusCode.INTERNAL
-        )
+        code = domain_code(exc)
         if isinstance(exc, InvalidArgument):
             details.append(
                 error_details_pb2.BadRequest(

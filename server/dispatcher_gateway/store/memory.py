@@ -16,7 +16,7 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..core.errors import NotFound, StoreUnavailable
@@ -111,6 +111,13 @@ class MemoryStore:
             self._next_entry += 1
         return self._job(job.job_id), True
 
+    async def create_jobs(
+        self, new: Sequence[tuple[Job, JobEvent]], *, enqueue: bool
+    ) -> list[tuple[Job, bool]]:
+        self._ensure_open()
+        # Nothing awaited in between: atomic, as one transaction.
+        return [await self.create_job(job, first, enqueue=enqueue) for job, first in new]
+
     async def get_job(self, job_id: str) -> Job | None:
         self._ensure_open()
         return self._job(job_id) if job_id in self._jobs else None
@@ -127,6 +134,17 @@ class MemoryStore:
         if len(jobs) <= limit:
             return jobs, ""
         return jobs[:limit], codec.encode_page_token(jobs[limit - 1])
+
+    async def begin_submission(self, job_id: str) -> Job:
+        self._ensure_open()
+        if job_id not in self._jobs:
+            raise NotFound(f"job {job_id} not found")
+        job = self._job(job_id)
+        if job.submit_begun_at or job.state.terminal:
+            return job
+        job = job.replace(submit_begun_at=time.time())
+        self._jobs[job_id] = codec.dumps(codec.job_to_json(job))
+        return job
 
     # Outbox
 
@@ -220,6 +238,13 @@ class MemoryStore:
     async def last_cursor(self) -> str:
         self._ensure_open()
         return str(len(self._events)) if self._events else ""
+
+    async def cursor_before(self, when: float) -> str:
+        self._ensure_open()
+        for index, event in enumerate(self._events_after(0)):
+            if event.record_time >= when:
+                return str(index) if index else ""
+        return await self.last_cursor()
 
     # Rate limit
 

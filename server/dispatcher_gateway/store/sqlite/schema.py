@@ -10,9 +10,10 @@ from typing import Final
 
 from ...core.errors import StoreUnavailable
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """Kept in the file's user_version: a file from a newer gateway is refused, not misread.
-Version 2 added jobs.trace_context; version 3 jobs.priority and the outbox's client and
+Version 2 added jobs.trace_context; version 3 jobs.not_before, submit_begun_at, retry_of,
+retried_by and events_by_record_time; version 4 jobs.priority and the outbox's client and
 priority (the order of the fair share: core/fairshare.py)."""
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 BUSY_TIMEOUT_MS: Final = 5000
@@ -37,6 +38,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     last_event TEXT NOT NULL,
     trace_context TEXT NOT NULL DEFAULT '',
+    not_before REAL NOT NULL DEFAULT 0,
+    submit_begun_at REAL NOT NULL DEFAULT 0,
+    retry_of TEXT NOT NULL DEFAULT '',
+    retried_by TEXT NOT NULL DEFAULT '',
     priority TEXT NOT NULL DEFAULT 'normal'
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key
@@ -60,6 +65,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_client ON events (client, seq);
 CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
+CREATE INDEX IF NOT EXISTS events_by_record_time ON events (record_time);
 
 CREATE TABLE IF NOT EXISTS dedupe (
     dedupe_key TEXT PRIMARY KEY,
@@ -89,14 +95,23 @@ CREATE TABLE IF NOT EXISTS secrets (
 ) WITHOUT ROWID;
 """
 
-_ADD_TRACE_CONTEXT: Final = "ALTER TABLE jobs ADD COLUMN trace_context TEXT NOT NULL DEFAULT ''"
-_ADD_PRIORITY: Final = (
-    "ALTER TABLE jobs ADD COLUMN priority TEXT NOT NULL DEFAULT 'normal'",
-    "ALTER TABLE outbox ADD COLUMN client TEXT NOT NULL DEFAULT ''",
-    "ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 1",
-    "UPDATE outbox SET client = (SELECT client FROM jobs WHERE jobs.job_id = outbox.job_id)"
-    " WHERE EXISTS (SELECT 1 FROM jobs WHERE jobs.job_id = outbox.job_id)",
+_ADDED_COLUMNS: Final = (
+    (2, "ALTER TABLE jobs ADD COLUMN trace_context TEXT NOT NULL DEFAULT ''"),
+    (3, "ALTER TABLE jobs ADD COLUMN not_before REAL NOT NULL DEFAULT 0"),
+    (3, "ALTER TABLE jobs ADD COLUMN submit_begun_at REAL NOT NULL DEFAULT 0"),
+    (3, "ALTER TABLE jobs ADD COLUMN retry_of TEXT NOT NULL DEFAULT ''"),
+    (3, "ALTER TABLE jobs ADD COLUMN retried_by TEXT NOT NULL DEFAULT ''"),
+    (4, "ALTER TABLE jobs ADD COLUMN priority TEXT NOT NULL DEFAULT 'normal'"),
+    (4, "ALTER TABLE outbox ADD COLUMN client TEXT NOT NULL DEFAULT ''"),
+    (4, "ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 1"),
+    (
+        4,
+        "UPDATE outbox SET client = (SELECT client FROM jobs WHERE jobs.job_id = outbox.job_id)"
+        " WHERE EXISTS (SELECT 1 FROM jobs WHERE jobs.job_id = outbox.job_id)",
+    ),
 )
+"""The columns each version added to a table an older file already has (its old rows read the
+default; an outbox entry's client is its job's)."""
 
 
 def connect(path: Path, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
@@ -130,13 +145,11 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         )
     conn.execute("BEGIN IMMEDIATE")
     try:
-        # The tables of an older version were there before, without the new columns (old rows
-        # read their defaults); added before the schema's statements, which index them.
-        if version == 1:
-            conn.execute(_ADD_TRACE_CONTEXT)
-        if version in (1, 2):
-            for statement in _ADD_PRIORITY:
-                conn.execute(statement)
+        # Before the schema's statements, which index some of the columns added.
+        if version > 0:
+            for added_in, statement in _ADDED_COLUMNS:
+                if version < added_in:
+                    conn.execute(statement)
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -17,7 +17,7 @@ from ...core.ports import Apply, Clock
 from .. import codec
 from ..codec import DEFAULT_DEDUPE_TTL, SECRET_BYTES
 from . import rows, schema
-from .engine import Batch, Writer
+from .engine import MAX_BATCH, Batch, Writer
 from .tail import Feeds, Tail
 
 # Pruning costs a scan of the old keys; doing it on every append would tax the hot path.
@@ -116,32 +116,38 @@ class SqliteStore:
     async def create_job(
         self, job: Job, first_event: JobEvent, *, enqueue: bool
     ) -> tuple[Job, bool]:
-        def create(conn: sqlite3.Connection) -> tuple[Job, bool]:
-            if job.idempotency_key:
-                existing = _find_job(conn, job)
-                if existing is not None:
-                    return existing, False
-            now = time.time()
-            try:
-                conn.execute(rows.INSERT_JOB, rows.job_params(job))
-            except sqlite3.IntegrityError:
-                # A job with this id: a retry of a create that did commit.
-                existing = _find_job(conn, job)
-                if existing is None:
-                    raise
-                return existing, False
-            self._insert_events(conn, [first_event], now)
-            if enqueue:
-                conn.execute(
-                    "INSERT INTO outbox (job_id, due_at, client, priority) VALUES (?, ?, ?, ?)",
-                    (job.job_id, self._clock(), job.client, job.priority.rank),
-                )
-            return job, True
-
         batch = None
         if not job.idempotency_key:
             batch = Batch(self._create_all, _NewJob(job, first_event, enqueue))
-        return await self._writer.run(create, write=True, batch=batch)
+        return await self._writer.run(
+            lambda conn: self._create(conn, job, first_event, enqueue), write=True, batch=batch
+        )
+
+    async def create_jobs(
+        self, new: Sequence[tuple[Job, JobEvent]], *, enqueue: bool
+    ) -> list[tuple[Job, bool]]:
+        """One operation of the writer: one transaction, one commit for all of them. Runs of
+        jobs without an idempotency key are written as the writer's group commits write them
+        (`_create_all`: a few multi-row statements for the run)."""
+
+        def create(conn: sqlite3.Connection) -> list[tuple[Job, bool]]:
+            done: list[tuple[Job, bool]] = []
+            run: list[_NewJob] = []
+            for job, first in new:
+                if not job.idempotency_key:
+                    run.append(_NewJob(job, first, enqueue))
+                    if len(run) < MAX_BATCH:
+                        continue
+                if run:
+                    done.extend(self._create_all(conn, run))
+                    run = []
+                if job.idempotency_key:
+                    done.append(self._create(conn, job, first, enqueue))
+            if run:
+                done.extend(self._create_all(conn, run))
+            return done
+
+        return await self._writer.run(create, write=True)
 
     async def get_job(self, job_id: str) -> Job | None:
         def get(conn: sqlite3.Connection) -> Job | None:
@@ -177,6 +183,23 @@ class SqliteStore:
             return jobs, ""
         jobs = jobs[:limit]
         return jobs, codec.encode_page_token(jobs[-1])
+
+    async def begin_submission(self, job_id: str) -> Job:
+        """See `Store.begin_submission`: the job read and marked in one of the writer's
+        transactions, which appends (a cancel among them) are serialized with."""
+        now = time.time()
+
+        def begin(conn: sqlite3.Connection) -> Job:
+            row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"job {job_id} not found")
+            job = rows.job_from_row(row)
+            if job.submit_begun_at or job.state.terminal:
+                return job
+            conn.execute("UPDATE jobs SET submit_begun_at = ? WHERE job_id = ?", (now, job_id))
+            return job.replace(submit_begun_at=now)
+
+        return await self._writer.run(begin, write=True)
 
     # Outbox
 
@@ -300,6 +323,19 @@ class SqliteStore:
 
         return await self._writer.run(last)
 
+    async def cursor_before(self, when: float) -> str:
+        def find(conn: sqlite3.Connection) -> str:
+            # events_by_record_time: the events recorded since then, not the whole log.
+            first = conn.execute(
+                "SELECT min(seq) FROM events WHERE record_time >= ?", (when,)
+            ).fetchone()[0]
+            if first is None:
+                first = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
+                return "" if first is None else str(first)
+            return str(first - 1) if first > 1 else ""
+
+        return await self._writer.run(find)
+
     async def events_after(self, seq: int, limit: int) -> list[JobEvent]:
         """Every client's events after `seq` (what a tail catches up with)."""
 
@@ -345,6 +381,31 @@ class SqliteStore:
             conn.close()
             raise
         return conn
+
+    def _create(
+        self, conn: sqlite3.Connection, job: Job, first_event: JobEvent, enqueue: bool
+    ) -> tuple[Job, bool]:
+        """create_job's operation, for one job."""
+        if job.idempotency_key:
+            existing = _find_job(conn, job)
+            if existing is not None:
+                return existing, False
+        now = time.time()
+        try:
+            conn.execute(rows.INSERT_JOB, rows.job_params(job))
+        except sqlite3.IntegrityError:
+            # A job with this id: a retry of a create that did commit.
+            existing = _find_job(conn, job)
+            if existing is None:
+                raise
+            return existing, False
+        self._insert_events(conn, [first_event], now)
+        if enqueue:
+            conn.execute(
+                "INSERT INTO outbox (job_id, due_at, client, priority) VALUES (?, ?, ?, ?)",
+                (job.job_id, self._clock(), job.client, job.priority.rank),
+            )
+        return job, True
 
     def _create_all(self, conn: sqlite3.Connection, new: list[_NewJob]) -> list[tuple[Job, bool]]:
         """Creates without idempotency keys, three statements for all: what `create_job`'s
