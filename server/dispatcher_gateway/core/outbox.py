@@ -49,8 +49,9 @@ LEASE_AHEAD = 0.5
 chosen when it was leased, so a client that starts queueing waits at most this long (per
 replica) behind entries leased before it, not a whole batch of another client's."""
 CLIENTS_FRESHNESS = 1.0
-"""Seconds the clients with entries, as last read, are used for while some are known: a client
-that starts queueing behind another's backlog is seen within this."""
+"""Seconds the clients with entries, as last read, are used for while some are known and nothing
+was queued through this replica: a client queueing through another replica is seen within
+this."""
 IDLE_POLL = 1.0
 """Seconds between looks at an idle outbox (for other replicas' jobs and retries come due)."""
 BUSY_DELAY = 1.0
@@ -114,7 +115,9 @@ class OutboxWorker:
         self.visibility = rate.window + max(submit_timeout, sync_timeout) + LEASE_MARGIN
 
     def wake(self) -> None:
-        """Something was queued: look now rather than at the next poll."""
+        """Something was queued: look now rather than at the next poll, and at who has jobs
+        waiting (a client that starts queueing gets its share from its first job)."""
+        self._clients_read = -math.inf
         self._wakeup.set()
 
     def close(self) -> None:
