@@ -21,6 +21,7 @@ from .config import Settings
 from .config_values import is_loopback, split_addr
 from .core.breaker import BreakerState, CircuitBreaker
 from .core.errors import ShuttingDown, StoreUnavailable
+from .core.fairshare import equal_weights
 from .core.gateway import Gateway, OutboxLimits
 from .core.hub import EventHub
 from .core.ports import Store
@@ -208,6 +209,7 @@ class GatewayApp:
             verify=s.dispatcher_ca_file or True,
             tracing=self.tracing,
         )
+        clients = ClientsFile(s.client_tokens_file) if s.client_tokens_file else None
         self.gateway = Gateway.build(
             self.store,
             self.upstream,
@@ -225,14 +227,12 @@ class GatewayApp:
             ),
             observer=self.counts,
             traces=SpanLinks() if self.tracing.enabled else None,
+            weights=clients.weight if clients is not None else equal_weights,
             schedule=s.schedule,
         )
         self.opened = True
         self.store_up = True
-        auth = Authenticator(
-            ClientsFile(s.client_tokens_file) if s.client_tokens_file else None,
-            allow_anonymous=s.allow_anonymous,
-        )
+        auth = Authenticator(clients, allow_anonymous=s.allow_anonymous)
         limits = ClientLimits(s.client_quotas)
         self.hub.observe(limits.observe)
         self.servicer = DispatchServicer(

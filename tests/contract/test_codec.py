@@ -18,6 +18,8 @@ from dispatcher_gateway.core.model import (
     JobEvent,
     JobState,
     Mode,
+    Priority,
+    QueueDepth,
     Service,
     UpstreamFailure,
     cursor_value,
@@ -183,6 +185,7 @@ async def test_what_the_sqlite_backend_stored_reads_back(tmp_path: Path) -> None
     store = SqliteStore(path)
     conn = await version_1_file(path)
     with conn:
+        conn.execute("INSERT INTO outbox (job_id, due_at) VALUES (?, 0)", (QUEUED_JOB.job_id,))
         conn.executemany(
             "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", SQLITE_JOBS
         )
@@ -195,6 +198,9 @@ async def test_what_the_sqlite_backend_stored_reads_back(tmp_path: Path) -> None
         assert await store.get_job(QUEUED_JOB.job_id) == QUEUED_JOB
         assert await store.read_events(client="billing") == [EVENT.replace(cursor="7")]
         assert await store.last_cursor() == "7"
+        assert await store.outbox_depths() == {
+            QUEUED_JOB.client: {Priority.NORMAL: QueueDepth(fresh=1)}
+        }
     finally:
         await store.close()
 

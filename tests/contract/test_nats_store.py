@@ -13,15 +13,16 @@ from unittest.mock import ANY
 
 import nats
 import pytest
+from nats.js import api
 
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import StoreUnavailable
-from dispatcher_gateway.core.model import JobEvent, JobState
+from dispatcher_gateway.core.model import JobEvent, JobState, Priority, QueueDepth
 from dispatcher_gateway.core.schedule import ScheduleRules
 from dispatcher_gateway.store import codec
 from dispatcher_gateway.store.nats import DEFAULT_TIMEOUT, NatsStore
 from dispatcher_gateway.store.nats.commit import Envelope, Pending
-from dispatcher_gateway.store.nats.names import OUTBOX_CONSUMER
+from dispatcher_gateway.store.nats.names import lane_consumer
 from dispatcher_gateway.store.nats.tail import Tail
 from tests.support.builders import (
     CLIENT,
@@ -430,6 +431,39 @@ async def test_an_entry_whose_lease_ran_out_is_handed_out_again_only_after_the_l
         await store.close()
 
 
+async def test_an_outbox_made_before_lanes_gets_them_and_its_entries_are_leased(
+    nats_server: NatsEndpoint,
+) -> None:
+    store = new_store(nats_server.servers)
+    outbox, subject = store.outbox_stream, store.layout.outbox_subject
+    nc = await nats.connect(servers=nats_server.servers)
+    try:
+        # As the release before lanes made it: one subject, one consumer of every subject.
+        js = nc.jetstream()
+        await js.add_stream(
+            name=outbox, subjects=[subject], retention=api.RetentionPolicy.WORK_QUEUE
+        )
+        await js.add_consumer(
+            outbox,
+            api.ConsumerConfig(durable_name="worker", ack_policy=api.AckPolicy.EXPLICIT),
+        )
+        await js.publish(subject, b"job-from-before")
+    finally:
+        await nc.close()
+    await store.open()
+    try:
+        queued = await create(store, "a", enqueue=True)
+
+        assert await store.outbox_depths() == {
+            "": {Priority.NORMAL: QueueDepth(fresh=1)},
+            "a": {Priority.NORMAL: QueueDepth(fresh=1)},
+        }
+        leased = await store.lease(limit=10, visibility=30.0)
+        assert {lease.job_id for lease in leased} == {"job-from-before", queued.job_id}
+    finally:
+        await store.close()
+
+
 async def test_an_entry_put_back_until_the_schedule_horizon_waits_at_the_server_unsent(
     store: NatsStore, nats_server: NatsEndpoint
 ) -> None:
@@ -438,15 +472,16 @@ async def test_an_entry_put_back_until_the_schedule_horizon_waits_at_the_server_
     await create(store, enqueue=True)
     [lease] = await store.lease(limit=10, visibility=30.0)
     await store.retry_later(lease, ScheduleRules().horizon)
+    consumer = lane_consumer(CLIENT, Priority.NORMAL)  # the consumer of the job's lane
 
     nc = await nats.connect(servers=nats_server.servers)
     try:
         js = nc.jetstream()
-        before = await js.consumer_info(store.outbox_stream, OUTBOX_CONSUMER)
+        before = await js.consumer_info(store.outbox_stream, consumer)
         for _ in range(3):
             await asyncio.sleep(0.5)
             assert await store.lease(limit=10, visibility=30.0) == []
-        after = await js.consumer_info(store.outbox_stream, OUTBOX_CONSUMER)
+        after = await js.consumer_info(store.outbox_stream, consumer)
     finally:
         await nc.close()
     assert (after.num_ack_pending, after.num_redelivered) == (1, before.num_redelivered)

@@ -446,7 +446,8 @@ async def test_a_malformed_clients_file_is_refused_at_start_naming_file_and_line
     assert lines == [
         "config: GATEWAY_LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR; got 'LOUD'",
         f"config: GATEWAY_CLIENT_TOKENS_FILE: {clients}: line 3: expected sha256:HEX, "
-        "cert:IDENTITY, services= or sync= after 'reports' (plain tokens are not accepted: "
+        "cert:IDENTITY, services=, sync= or weight= after 'reports' (plain tokens are not "
+        "accepted: "
         "`dispatcher-gateway token hash` prints a token's line)",
     ]
     assert token not in err_bytes.decode()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from dispatcher_gateway.core import states
-from dispatcher_gateway.core.model import JSON, Job, JobEvent, JobState, Mode, Service
+from dispatcher_gateway.core.model import JSON, Job, JobEvent, JobState, Mode, Priority, Service
 from dispatcher_gateway.core.ports import Store
 
 StoreFactory = Callable[[], Store]
@@ -64,6 +64,7 @@ def new_job(
     key: str = "",
     created_at: float | None = None,
     job_id: str | None = None,
+    priority: Priority = Priority.NORMAL,
 ) -> Job:
     now = time.time() if created_at is None else created_at
     return Job(
@@ -78,6 +79,7 @@ def new_job(
         request_hash="hash-1",
         created_at=now,
         updated_at=now,
+        priority=priority,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from dispatcher_gateway.core.breaker import CircuitBreaker
 from dispatcher_gateway.core.callbacks import CallbackRules
+from dispatcher_gateway.core.fairshare import Weights, equal_weights
 from dispatcher_gateway.core.gateway import Gateway, OutboxLimits
 from dispatcher_gateway.core.hub import EventHub
 from dispatcher_gateway.core.model import (
@@ -48,6 +49,7 @@ def build_core(
     callbacks: CallbackRules | None = None,
     sync_concurrency: int | None = None,
     observer: Observer | None = None,
+    weights: Weights = equal_weights,
 ) -> Gateway:
     """`store` may be a wrapper of a real store (typed Any for that)."""
     limits = OutboxLimits(submit_timeout=5.0)
@@ -67,6 +69,7 @@ def build_core(
         callbacks=callbacks or CallbackRules(),
         outbox=limits,
         observer=observer,
+        weights=weights,
     )
 
 

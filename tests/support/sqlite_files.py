@@ -7,14 +7,22 @@ from pathlib import Path
 
 from dispatcher_gateway.store.sqlite import SqliteStore
 
-ADDED_SINCE_VERSION_1 = ("retried_by", "retry_of", "submit_begun_at", "not_before", "trace_context")
-"""The jobs columns versions 2 and 3 added, newest first."""
+ADDED_SINCE_VERSION_1 = (
+    "priority",
+    "retried_by",
+    "retry_of",
+    "submit_begun_at",
+    "not_before",
+    "trace_context",
+)
+"""The jobs columns versions 2, 3 and 4 added, newest first."""
 
 
 async def version_1_file(path: Path) -> sqlite3.Connection:
     """A store file at `path` with the schema version 1 made (jobs without the columns added
-    since, events without version 3's index by record time), and an open connection to it to
-    fill it as that release would have; close it before a store opens the file."""
+    since, events without version 3's index by record time, the outbox without version 4's
+    client and priority), and an open connection to fill it as that release would have; close
+    it before a store opens the file."""
     store = SqliteStore(path)
     await store.open()
     await store.close()
@@ -22,6 +30,9 @@ async def version_1_file(path: Path) -> sqlite3.Connection:
     for column in ADDED_SINCE_VERSION_1:
         conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
     conn.execute("DROP INDEX events_by_record_time")
+    conn.execute("DROP INDEX outbox_by_client")
+    conn.execute("ALTER TABLE outbox DROP COLUMN client")
+    conn.execute("ALTER TABLE outbox DROP COLUMN priority")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     return conn

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from dispatcher_gateway.core.model import Job, JobEvent, Lease
+from dispatcher_gateway.core.model import Job, JobEvent, Lease, Priority, QueueDepth
 from dispatcher_gateway.core.ports import Apply, Clock
 from dispatcher_gateway.store.sqlite import Neighbours, SqliteStore
 
@@ -74,8 +74,13 @@ class SharedFile:
     ) -> tuple[list[Job], str]:
         return await self._next().list_jobs(client, limit=limit, page_token=page_token)
 
-    async def lease(self, *, limit: int, visibility: float) -> list[Lease]:
-        return await self._next().lease(limit=limit, visibility=visibility)
+    async def lease(
+        self, *, limit: int, visibility: float, client: str | None = None
+    ) -> list[Lease]:
+        return await self._next().lease(limit=limit, visibility=visibility, client=client)
+
+    async def outbox_depths(self) -> dict[str, dict[Priority, QueueDepth]]:
+        return await self._next().outbox_depths()
 
     async def ack(self, lease: Lease) -> None:
         await self._next().ack(lease)

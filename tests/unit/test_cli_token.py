@@ -28,6 +28,15 @@ def test_token_new_prints_a_token_and_the_line_holding_only_its_hash(
     )
 
 
+def test_token_new_writes_the_clients_weight_in_its_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["token", "new", "billing", "--weight", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    token, line = lines[1].strip(), lines[3].strip()
+    assert parse_clients(line).by_token_hash[hash_token(token)].weight == 3
+
+
 def test_token_hash_reads_the_token_from_standard_input(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

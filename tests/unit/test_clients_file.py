@@ -60,6 +60,13 @@ def test_services_sync_and_certificates() -> None:
     assert len(table) == 2
 
 
+def test_a_weight_is_the_clients_share_and_one_by_default_or_when_not_listed() -> None:
+    table = parse_clients(f"alice {hash_token(ALICE)} weight=3\nbob cert:bob.example\n")
+
+    assert table.by_token_hash[hash_token(ALICE)] == Client("alice", weight=3)
+    assert (table.weight("alice"), table.weight("bob"), table.weight("anonymous")) == (3, 1, 1)
+
+
 def test_two_hashes_on_one_line_while_a_token_is_rotated() -> None:
     table = parse_clients(f"alice {hash_token(ALICE)} {hash_token(BOB)}\n")
     assert table.by_token_hash[hash_token(ALICE)] == table.by_token_hash[hash_token(BOB)]
@@ -85,6 +92,9 @@ def test_two_hashes_on_one_line_while_a_token_is_rotated() -> None:
         ("alice sha256:abc\n", "line 1: sha256: must be followed by 64 lowercase hex digits"),
         (f"alice {hash_token(ALICE)} services=fax\n", "line 1: services= takes"),
         (f"alice {hash_token(ALICE)} sync=maybe\n", "line 1: sync= takes true or false"),
+        (f"alice {hash_token(ALICE)} weight=0\n", "line 1: weight= takes a whole number"),
+        (f"alice {hash_token(ALICE)} weight=1.5\n", "line 1: weight= takes a whole number"),
+        (f"alice {hash_token(ALICE)} weight=1001\n", "line 1: weight= takes a whole number"),
         (f"al ice {hash_token(ALICE)}\n", "line 1: expected sha256:HEX"),
         (f"-x {hash_token(ALICE)}\n", "line 1: bad client name"),
     ],

@@ -19,6 +19,7 @@ from .connection import Connection, add_client_command, refused
 from .output import SERVICES, json_line, print_event, state_name
 from .times import parse_time
 
+PRIORITIES = {"high": pb.PRIORITY_HIGH, "normal": pb.PRIORITY_NORMAL, "low": pb.PRIORITY_LOW}
 TIMEOUT = 150.0
 """Seconds a Dispatch call may take: longer than the upstream's own limit on a sync answer."""
 
@@ -37,6 +38,12 @@ def add_command(commands: Any) -> None:
     dispatch.add_argument("--provider", default="")
     dispatch.add_argument("--metadata", action="append", default=[], help="KEY=VALUE")
     dispatch.add_argument("--idempotency-key", default="")
+    dispatch.add_argument(
+        "--priority",
+        choices=sorted(PRIORITIES),
+        default="normal",
+        help="among this client's own queued jobs",
+    )
     dispatch.add_argument(
         "--not-before", help="not sent before this time (RFC 3339, or +15m from now)"
     )
@@ -74,6 +81,7 @@ def _request(args: argparse.Namespace) -> pb.DispatchRequest:
         provider_name=args.provider,
         metadata=_metadata_pairs(args.metadata),
         idempotency_key=args.idempotency_key,
+        priority=PRIORITIES[args.priority],
     )
     request.template.id = args.template
     request.template.data.update(json.loads(args.data))

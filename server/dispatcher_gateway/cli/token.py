@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..rpc.clients import client_line, new_token
+from ..rpc.clients import MAX_WEIGHT, client_line, new_token
 
 
 def add_command(commands: Any) -> None:
@@ -24,7 +24,18 @@ def add_command(commands: Any) -> None:
     token.add_argument(
         "--no-sync", dest="sync", action="store_false", help="MODE_ASYNC only (sync=false)"
     )
+    token.add_argument(
+        "--weight",
+        type=_weight,
+        help=f"the client's share of the upstream rate, 1 to {MAX_WEIGHT} (weight=, default 1)",
+    )
     token.set_defaults(run=run)
+
+
+def _weight(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_WEIGHT):
+        raise argparse.ArgumentTypeError(f"a whole number from 1 to {MAX_WEIGHT}")
+    return int(text)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -33,6 +44,8 @@ async def run(args: argparse.Namespace) -> int:
         options.append(f"services={args.services}")
     if not args.sync:
         options.append("sync=false")
+    if args.weight is not None:
+        options.append(f"weight={args.weight}")
     if args.action == "new":
         token = new_token()
         line = client_line(args.client, token, options)

@@ -160,6 +160,7 @@ class JobControl:
             updated_at=now,
             trace_context=job.trace_context,
             retry_of=job.job_id,
+            priority=job.priority,
         )
         first = event_of(new, states.QUEUED, {"retry_of": job.job_id}, now)
         stored, created = await self.store.create_job(new, first, enqueue=True)

@@ -9,6 +9,7 @@ up and sends it again under the same idempotency key.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from collections.abc import Callable, Sequence
 
@@ -23,7 +24,8 @@ from .errors import (
     RateLimited,
     UpstreamError,
 )
-from .model import JSON, DispatchSpec, Job, JobState, Mode, UpstreamFailure
+from .fairshare import QueueEstimates
+from .model import JSON, DispatchSpec, Job, JobState, Mode, QueueEstimate, UpstreamFailure
 from .ports import NoObserver, Observer, Store
 from .reads import JobReads
 from .records import JobRecords, event_of
@@ -51,6 +53,7 @@ class Dispatches:
         callbacks: CallbackRules,
         clock: Callable[[], float],
         queued: Callable[[], None],
+        estimates: QueueEstimates,
         observer: Observer | None = None,
         schedule: ScheduleRules | None = None,
     ) -> None:
@@ -63,17 +66,29 @@ class Dispatches:
         self.callbacks = callbacks
         self.clock = clock
         self.queued = queued
+        self.estimates = estimates
         self.observer = observer or NoObserver()
         self.schedule = schedule or ScheduleRules()
 
     async def submit(
         self, client: str, spec: DispatchSpec, *, budget: float | None, trace_context: str = ""
     ) -> Job:
-        """Accept a dispatch. Async: stored and queued, returned at once. Sync: sent upstream
-        within `budget` seconds, the answer recorded as the job's events, the job returned. A job
-        that ends by webhook (esign, postal) is sent in async mode even then: the sync answer is
-        the upstream's acceptance (SUBMITTED), its end comes later by webhook. `trace_context`:
-        the caller's trace, kept with the job."""
+        """`submit_estimated` without the estimate."""
+        job, _ = await self.submit_estimated(
+            client, spec, budget=budget, trace_context=trace_context
+        )
+        return job
+
+    async def submit_estimated(
+        self, client: str, spec: DispatchSpec, *, budget: float | None, trace_context: str = ""
+    ) -> tuple[Job, QueueEstimate | None]:
+        """Accept a dispatch. Async: stored and queued, returned at once with where it stands
+        (core/fairshare.py; the "queued" event carries it too). Sync: sent upstream within
+        `budget` seconds, the answer recorded as the job's events, the job returned. A job that
+        ends by webhook (esign, postal) is sent in async mode even then: the sync answer is the
+        upstream's acceptance (SUBMITTED), its end comes later by webhook. `trace_context`: the
+        caller's trace, kept with the job. The estimate is None for a sync job, and for a job
+        the idempotency key found."""
         # The caller's deadline runs from its call's arrival, store writes included.
         loop = asyncio.get_running_loop()
         arrived = loop.time()
@@ -81,7 +96,8 @@ class Dispatches:
         now = self.clock()
         job = self._new_job(client, spec, now, trace_context)
         logfields.known(job_id=job.job_id, client=client)
-        first = event_of(job, states.QUEUED, {}, now)
+        estimate = self._estimate(job)
+        first = event_of(job, states.QUEUED, _queued_data(estimate), now)
         create = self.store.create_job(job, first, enqueue=True)
         slot = False
         if spec.mode is Mode.SYNC and self.caller.paused() <= 0:
@@ -94,21 +110,23 @@ class Dispatches:
             stored, created = await create
         _check_same_request(stored, job)
         if not created:
-            return stored
+            return stored, None
         self.observer.dispatch_accepted(spec.service.value, spec.mode.value)
         if spec.mode is Mode.ASYNC:
             self.queued()
-            return stored
-        return await self._dispatch_sync(stored, arrived, budget, slot=slot)
+            return stored, estimate
+        return await self._dispatch_sync(stored, arrived, budget, slot=slot), None
 
     async def submit_batch(
         self, client: str, specs: Sequence[DispatchSpec], *, trace_context: str = ""
-    ) -> list[Job | GatewayError]:
-        """Accept async dispatches together, each as `submit` would alone: its job (created, or
-        found by its idempotency key) or its own error, in order. The jobs are stored in one
-        call (Store.create_jobs: one commit where the store has transactions)."""
+    ) -> list[tuple[Job | GatewayError, QueueEstimate | None]]:
+        """Accept async dispatches together, each as `submit_estimated` would alone: its job
+        (created, or found by its idempotency key) or its own error, with its estimate, in
+        order. The jobs are stored in one call (Store.create_jobs: one commit where the store
+        has transactions)."""
         now = self.clock()
         results: list[Job | GatewayError] = []
+        estimates: dict[str, QueueEstimate | None] = {}
         new: list[tuple[int, Job]] = []
         for spec in specs:
             try:
@@ -121,9 +139,15 @@ class Dispatches:
             new.append((len(results), job))
             results.append(job)
         if not new:
-            return results
+            return [(result, None) for result in results]
+        for _, job in new:
+            estimates[job.job_id] = self._estimate(job)
         stored = await self.store.create_jobs(
-            [(job, event_of(job, states.QUEUED, {}, now)) for _, job in new], enqueue=True
+            [
+                (job, event_of(job, states.QUEUED, _queued_data(estimates[job.job_id]), now))
+                for _, job in new
+            ],
+            enqueue=True,
         )
         for (i, job), (found, created) in zip(new, stored, strict=True):
             try:
@@ -135,7 +159,16 @@ class Dispatches:
             if created:
                 self.observer.dispatch_accepted(job.service.value, job.mode.value)
         self.queued()
-        return results
+        return [(r, estimates.get(r.job_id) if isinstance(r, Job) else None) for r in results]
+
+    def _estimate(self, job: Job) -> QueueEstimate | None:
+        """Where a new async job will stand; not sent before its not_before."""
+        if job.mode is not Mode.ASYNC:
+            return None
+        estimate = self.estimates.before_queueing(job.client, job.priority)
+        if job.not_before > estimate.expected_submit_time:
+            return dataclasses.replace(estimate, expected_submit_time=job.not_before)
+        return estimate
 
     def _new_job(self, client: str, spec: DispatchSpec, now: float, trace_context: str) -> Job:
         """The job a request makes; InvalidArgument if its time (not_before) cannot be."""
@@ -156,6 +189,7 @@ class Dispatches:
             updated_at=now,
             trace_context=trace_context,
             not_before=spec.not_before,
+            priority=spec.priority,
             # A sync job is sent within its call: too late to cancel from the start.
             submit_begun_at=now if spec.mode is Mode.SYNC else 0.0,
         )
@@ -231,3 +265,8 @@ def _check_same_request(stored: Job, job: Job) -> None:
             f"idempotency key {job.idempotency_key!r} was used for a different request "
             f"(job {stored.job_id})"
         )
+
+
+def _queued_data(estimate: QueueEstimate | None) -> JSON:
+    """The "queued" event's data: where the job stands, when it is estimated."""
+    return {"estimate": estimate.to_json()} if estimate is not None else {}

@@ -17,6 +17,7 @@ from .callbacks import CallbackRules
 from .caller import UPSTREAM_TIMEOUT, UpstreamCaller
 from .control import JobControl
 from .dispatch import Dispatches
+from .fairshare import QueueEstimates, Weights, equal_weights
 from .hub import EventHub
 from .outbox import ASYNC_CONCURRENCY, SUBMIT_TIMEOUT, SYNC_CONCURRENCY, OutboxWorker
 from .ports import JobTraces, NoObserver, Observer, Store, Upstream
@@ -70,8 +71,10 @@ class Gateway:
         observer: Observer | None = None,
         traces: JobTraces | None = None,
         clock: Callable[[], float] = time.time,
+        weights: Weights = equal_weights,
         schedule: ScheduleRules | None = None,
     ) -> Gateway:
+        """`weights`: each client's weight in the share of the upstream rate."""
         observer = observer or NoObserver()
         limits = outbox or OutboxLimits()
         caller = UpstreamCaller(
@@ -95,6 +98,7 @@ class Gateway:
             sync_timeout=limits.sync_timeout,
             sync_concurrency=limits.sync_concurrency,
             async_concurrency=limits.async_concurrency,
+            weights=weights,
         )
         reads = JobReads(store, records)
         return cls(
@@ -109,6 +113,7 @@ class Gateway:
                 callbacks=callbacks,
                 clock=clock,
                 queued=worker.wake,
+                estimates=QueueEstimates(store, rate, weights=weights, clock=clock),
                 observer=observer,
                 schedule=schedule,
             ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 import hashlib
 import json
@@ -44,6 +45,23 @@ class Service(enum.StrEnum):
 class Mode(enum.StrEnum):
     ASYNC = "async"
     SYNC = "sync"
+
+
+class Priority(enum.StrEnum):
+    """How soon a job goes out among its own client's queued jobs (clients share the rate by
+    weight whatever their jobs' priorities)."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """Sending order within a client: 0 first."""
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
 
 
 class JobState(enum.StrEnum):
@@ -156,6 +174,8 @@ class DispatchSpec:
     """The upstream's request body (CompositeRequest), without the callback URL."""
     metadata: Mapping[str, str] = field(default_factory=dict)
     idempotency_key: str = ""
+    priority: Priority = Priority.NORMAL
+    """Not part of the request's fingerprint: it says when to send, not what."""
     not_before: float = 0.0
     """Not sent upstream before this time (seconds since the epoch); 0: as soon as it can."""
 
@@ -214,6 +234,7 @@ class Job:
     trace_context: str = ""
     """The W3C `traceparent` of the call that made the job, kept so that its upstream request
     continues that trace and its webhooks link to it; opaque here, empty when not traced."""
+    priority: Priority = Priority.NORMAL
     not_before: float = 0.0
     """Not sent upstream before this time (seconds since the epoch); 0: as soon as it can."""
     submit_begun_at: float = 0.0
@@ -262,6 +283,36 @@ class Lease:
     """Submissions tried before this one."""
     handle: Any = None
     """The backend's own reference to the leased entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """Outbox entries of one client at one priority."""
+
+    fresh: int
+    """Never handed out: the jobs a newly queued job has ahead of it."""
+    other: int = 0
+    """Handed out before: leased now, or waiting for a retry or for a callback deadline."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEstimate:
+    """Where a newly queued job stands (rough: core/fairshare.py says how)."""
+
+    jobs_ahead: int
+    """Jobs of the same client sent before it (higher priority, or the same and queued
+    earlier)."""
+    expected_submit_time: float
+    """Seconds since the epoch."""
+
+    def to_json(self) -> JSON:
+        """As the "queued" event's data carries it: the time in RFC 3339, as protobuf's JSON
+        form writes a Timestamp."""
+        when = datetime.datetime.fromtimestamp(self.expected_submit_time, datetime.UTC)
+        return {
+            "jobs_ahead": self.jobs_ahead,
+            "expected_submit_time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,13 @@
 """The outbox worker: takes every job to its end.
 
-A queued job is sent upstream, in order, within the account's rate limit, retrying what is safe
-to retry; every request for a job carries the same idempotency key (the job id), so a retry after
-a lost answer or a crash never dispatches twice. How it is sent depends on how the job can end
-(core/callbacks.py): a job the upstream calls back is sent in async mode and its entry then waits
-for the job's deadline, when a job still without its terminal webhook fails `callback_overdue`;
-any other job is sent in sync mode, in the background, and the answer is its end.
+A queued job is sent upstream within the account's rate limit, each client's jobs in their share
+of it (core/fairshare.py: by weight across clients, by priority then in order within one),
+retrying what is safe to retry; every request for a job carries the same idempotency key (the job
+id), so a retry after a lost answer or a crash never dispatches twice. How it is sent depends on
+how the job can end (core/callbacks.py): a job the upstream calls back is sent in async mode and
+its entry then waits for the job's deadline, when a job still without its terminal webhook fails
+`callback_overdue`; any other job is sent in sync mode, in the background, and the answer is its
+end.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 
 from . import logfields, states
 from .callbacks import CallbackRules
 from .caller import UPSTREAM_TIMEOUT, UpstreamCaller, spec_of
 from .errors import StoreUnavailable, UpstreamError
+from .fairshare import FairShare, Weights, equal_weights
 from .model import Job, JobState, Lease, Mode, UpstreamFailure
 from .ports import NoObserver, Observer, Store
 from .records import JobRecords
@@ -40,6 +44,14 @@ the rate with no call waiting for another."""
 ASYNC_CONCURRENCY = 32
 """Async submissions awaiting the upstream's acceptance at once."""
 LEASE_BATCH = 50
+LEASE_AHEAD = 0.5
+"""Seconds of the account's rate a worker leases at once: what it holds is sent in the order
+chosen when it was leased, so a client that starts queueing waits at most this long (per
+replica) behind entries leased before it, not a whole batch of another client's."""
+CLIENTS_FRESHNESS = 1.0
+"""Seconds the clients with entries, as last read, are used for while some are known and nothing
+was queued through this replica: a client queueing through another replica is seen within
+this."""
 IDLE_POLL = 1.0
 """Seconds between looks at an idle outbox (for other replicas' jobs and retries come due)."""
 BUSY_DELAY = 1.0
@@ -70,7 +82,9 @@ class OutboxWorker:
         sync_timeout: float = UPSTREAM_TIMEOUT,
         sync_concurrency: int = SYNC_CONCURRENCY,
         async_concurrency: int = ASYNC_CONCURRENCY,
+        weights: Weights = equal_weights,
     ) -> None:
+        """`weights`: each client's weight in the share of the rate (core/fairshare.py)."""
         self.store = store
         self.caller = caller
         self.records = records
@@ -91,12 +105,19 @@ class OutboxWorker:
         self.submit_timeout = submit_timeout
         self.sync_timeout = sync_timeout
         rate = caller.rate_limit
-        # Leasing no more than the rate admits in one window bounds how long a lease waits.
-        self._batch = min(LEASE_BATCH, rate.limit)
+        # Leasing no more than the rate admits in LEASE_AHEAD bounds how long a lease waits,
+        # and how long a client's new jobs queue behind what was leased before them.
+        ahead = math.ceil(rate.limit * LEASE_AHEAD / rate.window)
+        self._batch = max(1, min(LEASE_BATCH, rate.limit, ahead))
+        self._fair = FairShare(weights)
+        self._clients: set[str] = set()
+        self._clients_read = -math.inf
         self.visibility = rate.window + max(submit_timeout, sync_timeout) + LEASE_MARGIN
 
     def wake(self) -> None:
-        """Something was queued: look now rather than at the next poll."""
+        """Something was queued: look now rather than at the next poll, and at who has jobs
+        waiting (a client that starts queueing gets its share from its first job)."""
+        self._clients_read = -math.inf
         self._wakeup.set()
 
     def close(self) -> None:
@@ -142,10 +163,46 @@ class OutboxWorker:
             while self._stranded:
                 await self.store.retry_later(self._stranded[0], 0.0)
                 self._stranded.popleft()
-            return await self.store.lease(limit=limit, visibility=self.visibility)
+            return await self._lease_fairly(limit)
         except StoreUnavailable as exc:
             log.warning("outbox: store unavailable (%s); retrying", exc)
             return []
+
+    async def _lease_fairly(self, limit: int) -> list[Lease]:
+        """Up to `limit` due entries, in the order of the clients' shares: each client with
+        entries is asked for as many as its share of `limit`, and what one lacks goes to the
+        others (work-conserving). A client is charged for an entry once it is sent (`_start`)."""
+        clients = await self._waiting_clients()
+        leases: list[Lease] = []
+        while clients and len(leases) < limit:
+            plan = self._fair.plan(clients, limit - len(leases))
+            wanted = collections.Counter(plan)
+            found = await asyncio.gather(
+                *(
+                    self.store.lease(limit=count, visibility=self.visibility, client=client)
+                    for client, count in wanted.items()
+                )
+            )
+            got = {
+                client: collections.deque(batch)
+                for client, batch in zip(wanted, found, strict=True)
+            }
+            for client in plan:
+                if got[client]:
+                    leases.append(got[client].popleft())
+            # A client that had fewer than asked has none due now.
+            clients -= {c for c, batch in zip(wanted, found, strict=True) if len(batch) < wanted[c]}
+        return leases
+
+    async def _waiting_clients(self) -> set[str]:
+        """The clients with entries on the outbox, read again when none were known or the last
+        reading is CLIENTS_FRESHNESS old (a read costs a scan of the due entries on SQLite)."""
+        now = asyncio.get_running_loop().time()
+        if not self._clients or now - self._clients_read > CLIENTS_FRESHNESS:
+            depths = await self.store.outbox_depths()
+            self._clients = {c for c, by_priority in depths.items() if by_priority}
+            self._clients_read = now
+        return set(self._clients)
 
     async def _start(self, lease: Lease) -> None:
         """Settle one entry: send its job upstream as a task of its own, wait out its caller or
@@ -184,9 +241,12 @@ class OutboxWorker:
             # the jobs behind it that are sent the other way go on.
             await self._retry_later(lease, BUSY_DELAY, job)
             return
-        # Slots are taken in lease order, so jobs leave the outbox in the order queued; the
-        # request goes out right after its slot, with nothing between.
+        # Slots are taken in lease order, so jobs leave the outbox in the order leased (the
+        # shares' order); the request goes out right after its slot, with nothing between.
         self._free[kind] -= 1
+        # Charged for what it sends: not for an entry that only waits (a callback deadline, a
+        # sync job its caller is sending).
+        self._fair.charge(job.client)
         try:
             taken = await self.caller.wait_slot()
         except BaseException:

@@ -9,7 +9,16 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .model import JSON, DispatchSpec, Job, JobEvent, Lease, UpstreamAttempt
+from .model import (
+    JSON,
+    DispatchSpec,
+    Job,
+    JobEvent,
+    Lease,
+    Priority,
+    QueueDepth,
+    UpstreamAttempt,
+)
 
 Clock = Callable[[], float]
 """Seconds, as time.time or time.monotonic give them. A store takes one (by default the real one)
@@ -95,11 +104,21 @@ class Store(Protocol):
     # visibility itself (NatsStore) hands the entry out again a little later than the store's
     # clock says the lease ran out (its lease grace), never sooner.
 
-    async def lease(self, *, limit: int, visibility: float) -> list[Lease]:
-        """Up to `limit` due entries, oldest first, each leased for `visibility` seconds: hidden
-        from other workers while the lease is current, handed out again once it has run out.
-        `Lease.attempts` is how many times the entry was handed out before, whether those leases
-        ended by retry_later or ran out (a worker that vanished may have submitted)."""
+    async def lease(
+        self, *, limit: int, visibility: float, client: str | None = None
+    ) -> list[Lease]:
+        """Up to `limit` due entries (of `client` only, when given), each leased for
+        `visibility` seconds: hidden from other workers while the lease is current, handed out
+        again once it has run out. `Lease.attempts` is how many times the entry was handed out
+        before, whether those leases ended by retry_later or ran out (a worker that vanished may
+        have submitted). One client's entries come by their job's priority (high first), then
+        oldest first (by when they came due); a backend may take clients in any order when
+        `client` is None (the worker asks client by client: core/fairshare.py)."""
+
+    async def outbox_depths(self) -> dict[str, dict[Priority, QueueDepth]]:
+        """The outbox's due entries (leased or not) by client and priority; a backend may count
+        entries not due yet too (NatsStore counts them all), and leave out those with none.
+        Read to choose whose entries to lease next and to estimate a new job's place."""
 
     async def ack(self, lease: Lease) -> None:
         """Done with the entry: it is never handed out again. Does nothing unless the lease is

@@ -19,7 +19,7 @@ from ..core.gateway import Gateway
 from ..core.model import DispatchSpec, Job, JobState
 from .auth import authorize
 from .clients import Client
-from .convert import fill_job, spec_from_request
+from .convert import fill_estimate, fill_job, spec_from_request
 from .errors import domain_code
 from .limits import ClientLimits
 
@@ -61,11 +61,13 @@ async def dispatch_batch(
     outcomes = await gateway.dispatches.submit_batch(
         client.name, specs, trace_context=trace_context
     )
-    for result, outcome in zip(taken, outcomes, strict=True):
+    for result, (outcome, estimate) in zip(taken, outcomes, strict=True):
         if isinstance(outcome, Job):
             fill_job(result.job, outcome)
             if outcome.state is JobState.QUEUED:
                 limits.queued(client.name, outcome.job_id)
+            if estimate is not None:
+                fill_estimate(result.estimate, estimate)
         else:
             _fill_error(result.error, outcome)
     return response

@@ -2,15 +2,17 @@
 
 One line per client (`#` starts a comment):
 
-    CLIENT CREDENTIAL... [services=SERVICE,...] [sync=true|false]
+    CLIENT CREDENTIAL... [services=SERVICE,...] [sync=true|false] [weight=N]
 
 A CREDENTIAL is `sha256:HEX`, the SHA-256 of a bearer token (the file never holds a token:
 `dispatcher-gateway token new CLIENT` makes one and prints its line), or `cert:IDENTITY`, a
 client certificate whose URI or DNS subject alternative name, or else common name, is IDENTITY
 (on the mTLS port). Two hashes on one line let a client move from one token to the next.
 `services=` limits the client to those services (every one of a chain must be allowed);
-`sync=false` to MODE_ASYNC. A client, a token hash or a certificate identity named twice is an
-error: the file is refused as a whole, never half applied.
+`sync=false` to MODE_ASYNC. `weight=N` (1 to MAX_WEIGHT, by default 1) is the client's share of
+the account's upstream rate against the other clients with jobs waiting (core/fairshare.py); a
+caller not in the file (anonymous) has weight 1. A client, a token hash or a certificate
+identity named twice is an error: the file is refused as a whole, never half applied.
 
 The file is read again as soon as it changes (its inode, size or times), on the next call, so a
 token is rotated without a restart. Replace it whole (write a new file and rename it over the
@@ -39,6 +41,8 @@ TOKEN_PREFIX = "dgw_"  # noqa: S105 (a marker, not a secret)
 """Tokens the gateway makes start with this, so that secret scanners can find a leaked one."""
 TOKEN_BYTES = 32
 MAX_CLIENT_NAME = 128
+MAX_WEIGHT = 1000
+DEFAULT_WEIGHT = 1
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
 _BOOLEANS = {"true": True, "false": False}
@@ -53,6 +57,8 @@ class Client:
     """The services it may dispatch to; None: every one."""
     sync: bool = True
     """Whether it may dispatch with MODE_SYNC."""
+    weight: int = DEFAULT_WEIGHT
+    """Its share of the upstream rate against the other clients with jobs waiting."""
 
     def refusal(self, services: Iterable[Service], mode: Mode | None = None) -> str | None:
         """Why the client may not make this request, or None when it may."""
@@ -72,6 +78,13 @@ class ClientTable:
 
     def __len__(self) -> int:
         return len(set(self.by_token_hash.values()) | set(self.by_certificate.values()))
+
+    def weight(self, name: str) -> int:
+        """The client's weight; DEFAULT_WEIGHT for a name not in the table (anonymous)."""
+        for client in (*self.by_token_hash.values(), *self.by_certificate.values()):
+            if client.name == name:
+                return client.weight
+        return DEFAULT_WEIGHT
 
 
 def hash_token(token: str) -> str:
@@ -131,6 +144,7 @@ def _parse_line(line: str) -> tuple[str, list[str], Client]:
     credentials: list[str] = []
     services: frozenset[Service] | None = None
     sync = True
+    weight = DEFAULT_WEIGHT
     for word in words:
         if word.startswith(SHA256):
             digest = word.removeprefix(SHA256)
@@ -148,11 +162,17 @@ def _parse_line(line: str) -> tuple[str, list[str], Client]:
             if value not in _BOOLEANS:
                 raise ValueError(f"sync= takes true or false, got {value!r}")
             sync = _BOOLEANS[value]
+        elif word.startswith("weight="):
+            value = word.removeprefix("weight=")
+            if not (value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_WEIGHT):
+                raise ValueError(f"weight= takes a whole number from 1 to {MAX_WEIGHT}")
+            weight = int(value)
         else:
             # Never echo the word: it may be a token pasted by mistake.
             raise ValueError(
-                f"expected sha256:HEX, cert:IDENTITY, services= or sync= after {name!r} (plain "
-                "tokens are not accepted: `dispatcher-gateway token hash` prints a token's line)"
+                f"expected sha256:HEX, cert:IDENTITY, services=, sync= or weight= after {name!r} "
+                "(plain tokens are not accepted: `dispatcher-gateway token hash` prints a token's "
+                "line)"
             )
     if not credentials:
         # Not named: a line of one word may be a token pasted in place of its line.
@@ -160,7 +180,7 @@ def _parse_line(line: str) -> tuple[str, list[str], Client]:
             "the client has no credential (sha256:HEX or cert:IDENTITY; plain tokens are not "
             "accepted: `dispatcher-gateway token hash` prints a token's line)"
         )
-    return name, credentials, Client(name, services, sync)
+    return name, credentials, Client(name, services, sync, weight)
 
 
 def _services(text: str) -> frozenset[Service]:
@@ -206,6 +226,10 @@ class ClientsFile:
             self._seen = signature
             self._reload()
         return self.table
+
+    def weight(self, name: str) -> float:
+        """The client's weight in the share of the upstream rate, as the file says now."""
+        return self.current().weight(name)
 
     def _reload(self) -> None:
         try:

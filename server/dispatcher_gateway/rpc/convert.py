@@ -19,6 +19,8 @@ from ..core.model import (
     JobEvent,
     JobState,
     Mode,
+    Priority,
+    QueueEstimate,
     Service,
     UpstreamAttempt,
     UpstreamFailure,
@@ -71,6 +73,11 @@ _SERVICE_TO_PB = {s: pb.Service.Value(f"SERVICE_{s.name}") for s in Service}
 _SERVICE_FROM_PB = {v: k for k, v in _SERVICE_TO_PB.items()}
 _STATE_TO_PB = {s: pb.JobState.Value(f"JOB_STATE_{s.name}") for s in JobState}
 _MODE_TO_PB = {Mode.ASYNC: pb.MODE_ASYNC, Mode.SYNC: pb.MODE_SYNC}
+_PRIORITY_TO_PB = {p: pb.Priority.Value(f"PRIORITY_{p.name}") for p in Priority}
+_PRIORITY_FROM_PB: dict[int, Priority] = {
+    **{v: k for k, v in _PRIORITY_TO_PB.items()},
+    pb.PRIORITY_UNSPECIFIED: Priority.NORMAL,
+}
 _SIGNATURE_TYPES = {
     pb.SIGNATURE_TYPE_SIMPLE: "SIMPLE",
     pb.SIGNATURE_TYPE_ADVANCED: "ADVANCED",
@@ -325,6 +332,9 @@ def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
     v.require(
         len(idempotency_key) <= MAX_IDEMPOTENCY_KEY, "idempotency_key", _IDEMPOTENCY_KEY_LENGTH
     )
+    priority = _PRIORITY_FROM_PB.get(req.priority)
+    if priority is None:
+        v.add("priority", "unknown priority")
     not_before = 0.0
     if req.HasField("not_before"):
         not_before = time_of(req.not_before)
@@ -332,7 +342,15 @@ def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
         v.require(mode is Mode.ASYNC, "not_before", "MODE_ASYNC only: a sync call sends at once")
     if v.items:
         raise v.error()
-    return DispatchSpec(tuple(services), mode, body, metadata, idempotency_key, not_before)
+    return DispatchSpec(
+        tuple(services),
+        mode,
+        body,
+        metadata,
+        idempotency_key,
+        priority=priority or Priority.NORMAL,
+        not_before=not_before,
+    )
 
 
 def _struct_field(message: struct_pb2.Struct, field: str, v: _Violations) -> JSON:
@@ -426,6 +444,7 @@ def fill_job(message: pb.Job, job: Job) -> None:
         message.idempotency_key = job.idempotency_key
     if job.last_event:
         message.last_event = job.last_event
+    message.priority = _PRIORITY_TO_PB[job.priority]
     _set_time(message.create_time, job.created_at)
     _set_time(message.update_time, job.updated_at)
     if job.result is not None:
@@ -438,6 +457,11 @@ def fill_job(message: pb.Job, job: Job) -> None:
         message.retry_of = job.retry_of
     if job.retried_by:
         message.retried_by = job.retried_by
+
+
+def fill_estimate(message: pb.QueueEstimate, estimate: QueueEstimate) -> None:
+    message.jobs_ahead = estimate.jobs_ahead
+    _set_time(message.expected_submit_time, estimate.expected_submit_time)
 
 
 def event_to_pb(event: JobEvent) -> pb.JobEvent:

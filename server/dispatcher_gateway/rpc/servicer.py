@@ -29,6 +29,7 @@ from .convert import (
     dict_to_struct,
     event_to_pb,
     failure_to_pb,
+    fill_estimate,
     fill_job,
     filter_from_request,
     job_to_pb,
@@ -97,13 +98,15 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         spec = spec_from_request(request)
         authorize(client, spec.services, spec.mode)
         self.limits.check_queue(client.name)
-        job = await self.gateway.dispatches.submit(
+        job, estimate = await self.gateway.dispatches.submit_estimated(
             client.name, spec, budget=context.time_remaining(), trace_context=current_traceparent()
         )
         if job.state is JobState.QUEUED:
             self.limits.queued(client.name, job.job_id)
         response = pb.DispatchResponse()
         fill_job(response.job, job)
+        if estimate is not None:
+            fill_estimate(response.estimate, estimate)
         return response
 
     async def Validate(self, request: pb.DispatchRequest, context: Context) -> pb.ValidateResponse:

@@ -20,6 +20,7 @@ from ..core.model import (
     JobEvent,
     JobState,
     Mode,
+    Priority,
     Service,
     UpstreamFailure,
     cursor_value,
@@ -71,6 +72,8 @@ def job_to_json(job: Job) -> JSON:
     # Only when traced: an untraced job is written as the previous release wrote it.
     if job.trace_context:
         data["trace_context"] = job.trace_context
+    if job.priority is not Priority.NORMAL:
+        data["priority"] = job.priority.value
     if job.not_before:
         data["not_before"] = job.not_before
     if job.submit_begun_at:
@@ -101,6 +104,7 @@ def job_from_json(data: JSON) -> Job:
         last_event=data["last_event"],
         # Absent from what the previous release wrote.
         trace_context=data.get("trace_context") or "",
+        priority=Priority(data.get("priority") or Priority.NORMAL.value),
         not_before=float(data.get("not_before") or 0.0),
         submit_begun_at=data.get("submit_begun_at") or 0.0,
         retry_of=data.get("retry_of") or "",

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..core.errors import NotFound, StoreUnavailable
-from ..core.model import Job, JobEvent, Lease
+from ..core.model import Job, JobEvent, Lease, Priority, QueueDepth
 from ..core.ports import Apply, Clock
 from . import codec
 from .codec import DEFAULT_DEDUPE_TTL, SECRET_BYTES
@@ -34,6 +34,8 @@ class _Entry:
 
     job_id: str
     due_at: float
+    client: str = ""
+    priority: Priority = Priority.NORMAL
     attempts: int = 0
     leased_until: float = 0.0
     token: str = ""
@@ -103,7 +105,9 @@ class MemoryStore:
             self._keys[(job.client, job.idempotency_key)] = job.job_id
         self._record(first_event.replace(record_time=time.time()))
         if enqueue:
-            self._outbox[self._next_entry] = _Entry(job.job_id, due_at=self._clock())
+            self._outbox[self._next_entry] = _Entry(
+                job.job_id, due_at=self._clock(), client=job.client, priority=job.priority
+            )
             self._next_entry += 1
         return self._job(job.job_id), True
 
@@ -144,16 +148,20 @@ class MemoryStore:
 
     # Outbox
 
-    async def lease(self, *, limit: int, visibility: float) -> list[Lease]:
+    async def lease(
+        self, *, limit: int, visibility: float, client: str | None = None
+    ) -> list[Lease]:
         self._ensure_open()
         now = self._clock()
         due = sorted(
-            (entry.due_at, entry_id)
+            (entry.priority.rank, entry.due_at, entry_id)
             for entry_id, entry in self._outbox.items()
-            if entry.due_at <= now and entry.leased_until <= now
+            if entry.due_at <= now
+            and entry.leased_until <= now
+            and (client is None or entry.client == client)
         )
         leases = []
-        for _, entry_id in due[:limit]:
+        for _, _, entry_id in due[:limit]:
             entry = self._outbox[entry_id]
             handle = _LeaseHandle(entry_id, secrets.token_hex(LEASE_TOKEN_BYTES))
             leases.append(Lease(job_id=entry.job_id, attempts=entry.attempts, handle=handle))
@@ -161,6 +169,20 @@ class MemoryStore:
             entry.leased_until = now + visibility
             entry.token = handle.token
         return leases
+
+    async def outbox_depths(self) -> dict[str, dict[Priority, QueueDepth]]:
+        self._ensure_open()
+        counts: dict[tuple[str, Priority], list[int]] = {}
+        now = self._clock()
+        for entry in self._outbox.values():
+            if entry.due_at > now:
+                continue
+            count = counts.setdefault((entry.client, entry.priority), [0, 0])
+            count[entry.attempts > 0] += 1
+        depths: dict[str, dict[Priority, QueueDepth]] = {}
+        for (client, priority), (fresh, other) in counts.items():
+            depths.setdefault(client, {})[priority] = QueueDepth(fresh, other)
+        return depths
 
     async def ack(self, lease: Lease) -> None:
         self._ensure_open()

@@ -339,7 +339,8 @@ class Journal:
             self._settled.add(pending.msg_id)
             cursors[pending.msg_id] = str(seq)
         if envelope.enqueue:
-            await wire.publish(self._layout.outbox_subject, job_id.encode(), enqueue_msg_id(job_id))
+            lane = self._layout.outbox_lane(envelope.job.client, envelope.job.priority)
+            await wire.publish(lane, job_id.encode(), enqueue_msg_id(job_id))
             settled = Envelope(job=envelope.job, pending=[], enqueue=False)
             key = token(job_id)
             self._known.forget(key)

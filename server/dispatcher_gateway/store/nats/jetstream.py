@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 RECONNECT_WAIT: Final = 0.5
 READ_BATCH: Final = 256
+CONSUMER_PAGE: Final = 256
+"""Consumers JetStream lists in one answer."""
 EPHEMERAL_IDLE: Final = 60.0
 """A read consumer left behind by a dead process is removed by the server after this."""
 LEADER_POLL: Final = 0.05
@@ -219,6 +221,25 @@ class JetStream:
         info = await self._js.add_consumer(stream, config)
         assert info.name is not None
         return info.name
+
+    async def consumers(self, stream: str) -> list[api.ConsumerInfo]:
+        """Every consumer of the stream, with its counts (one request per CONSUMER_PAGE)."""
+        self._client()
+        found: list[api.ConsumerInfo] = []
+        while True:
+            page = await self._js.consumers_info(stream, offset=len(found) or None)
+            found.extend(page)
+            if len(page) < CONSUMER_PAGE:
+                return found
+
+    async def add_subjects(self, stream: str, subjects: list[str]) -> None:
+        """Make the stream take these subjects too (those it has are kept)."""
+        self._client()
+        config = (await self._js.stream_info(stream)).config
+        have = list(config.subjects or [])
+        missing = [s for s in subjects if s not in have]
+        if missing:
+            await self._js.update_stream(config.evolve(subjects=have + missing))
 
     async def delete_consumer(self, stream: str, name: str) -> None:
         """Delete the consumer if NATS answers; one left behind is removed after EPHEMERAL_IDLE."""

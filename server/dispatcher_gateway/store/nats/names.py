@@ -12,7 +12,7 @@ import struct
 import uuid
 from typing import Final
 
-from ...core.model import Job
+from ...core.model import Job, Priority
 
 PREFIX_RE: Final = re.compile(r"^[A-Za-z0-9-]+$")
 _SAFE: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
@@ -21,7 +21,9 @@ NO_STREAM: Final = "-"
 the stream that gets it, which stores nothing (open()'s probe)."""
 BUCKETS: Final = ("jobs", "jobs_by_client", "idempotency", "seen", "rate", "secrets")
 OUTBOX_CONSUMER: Final = "worker"
-"""The durable consumer of the outbox stream, shared by every replica."""
+"""The durable consumer of the outbox's legacy subject (entries queued by a release before the
+fair share), shared by every replica."""
+LANE_CONSUMER_PREFIX: Final = "lane-"
 
 
 def token(text: str) -> str:
@@ -105,4 +107,25 @@ class Layout:
 
     @property
     def outbox_subject(self) -> str:
+        """The outbox's legacy subject; its lanes are <this>.<client>.<priority>."""
         return f"{self.prefix}.outbox"
+
+    def outbox_lane(self, client: str, priority: Priority) -> str:
+        """The subject of one client's outbox entries of one priority."""
+        return f"{self.outbox_subject}.{token(client)}.{priority.value}"
+
+    def lane_of(self, subject: str) -> tuple[str, Priority] | None:
+        """(client, priority) of a lane's subject; None for any other subject."""
+        parts = subject.removeprefix(self.outbox_subject + ".").split(".")
+        if not subject.startswith(self.outbox_subject + ".") or len(parts) != 2:
+            return None
+        if parts[1] not in {p.value for p in Priority}:
+            return None
+        return untoken(parts[0]), Priority(parts[1])
+
+
+def lane_consumer(client: str, priority: Priority) -> str:
+    """The durable consumer of one lane: a hash of the client, as a client's token may be longer
+    than a consumer name can be."""
+    digest = hashlib.sha256(client.encode()).hexdigest()[:24]
+    return f"{LANE_CONSUMER_PREFIX}{digest}-{priority.value}"

@@ -5,8 +5,11 @@ number of replicas:
 
   stream <prefix>_events      subjects <prefix>.events.<client>.<job>; the event log. The cursor
                               is the stream sequence (decimal). Kept `event_max_age`.
-  stream <prefix>_outbox      subject <prefix>.outbox; work-queue retention, one durable pull
-                              consumer "worker" shared by every replica.
+  stream <prefix>_outbox      subjects <prefix>.outbox.<client>.<priority>, a lane each, and
+                              <prefix>.outbox (the lane of entries queued before lanes were);
+                              work-queue retention, one durable pull consumer per lane shared by
+                              every replica ("worker" for <prefix>.outbox, the others made with
+                              their lane's first entry: store.py).
   KV <prefix>_jobs            job id -> the job's envelope: the job, plus the effects of its last
                               write that may not be published yet (commit.py).
   KV <prefix>_jobs_by_client  <client>.<created_at>.<job> -> "", for list_jobs.
@@ -96,26 +99,20 @@ async def _create_missing(js: JetStream, layout: Layout, shape: Shape) -> None:
             storage=api.StorageType.FILE,
         )
     )
+    lanes = [layout.outbox_subject, f"{layout.outbox_subject}.>"]
     await js.ensure_stream(
         api.StreamConfig(
             name=layout.outbox_stream,
-            subjects=[layout.outbox_subject],
+            subjects=lanes,
             retention=api.RetentionPolicy.WORK_QUEUE,
             duplicate_window=shape.duplicate_window,
             num_replicas=shape.replicas,
             storage=api.StorageType.FILE,
         )
     )
-    await js.add_consumer(
-        layout.outbox_stream,
-        api.ConsumerConfig(
-            durable_name=OUTBOX_CONSUMER,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=CLAIM_WAIT,
-            max_deliver=-1,
-            max_ack_pending=-1,
-        ),
-    )
+    # An outbox made before lanes has one subject, and a consumer of every subject.
+    await js.add_subjects(layout.outbox_stream, lanes)
+    await js.add_consumer(layout.outbox_stream, lane_consumer_config(OUTBOX_CONSUMER, lanes[0]))
     ttls: dict[str, float | None] = {
         "jobs": shape.event_max_age,
         "jobs_by_client": shape.event_max_age,
@@ -134,6 +131,18 @@ async def _create_missing(js: JetStream, layout: Layout, shape: Shape) -> None:
                 storage=api.StorageType.FILE,
             )
         )
+
+
+def lane_consumer_config(name: str, subject: str) -> api.ConsumerConfig:
+    """The durable consumer of one lane of the outbox: its entries, in the order queued."""
+    return api.ConsumerConfig(
+        durable_name=name,
+        filter_subject=subject,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=CLAIM_WAIT,
+        max_deliver=-1,
+        max_ack_pending=-1,
+    )
 
 
 async def _wait_until_answering(js: JetStream, layout: Layout, deadline: float) -> None:

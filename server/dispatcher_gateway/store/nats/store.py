@@ -18,6 +18,14 @@ again, unless it is held up on the way for longer than that (its call would have
 unavailable). `attempts` is the message's deliveries before this one: a lease that ran out
 counts, as a crashed worker may have submitted.
 
+The outbox's lanes. Each client's entries of each priority are a subject of their own (a lane,
+names.py) with a durable consumer of its own, made by the first create that queues on it (and
+remembered by the process); lease(client=...) pulls the client's lanes in priority order, and
+outbox_depths lists the consumers with their counts (never delivered: fresh; delivered and not
+acked: other) in one request. Which client's lanes to pull next is core's choice
+(core/fairshare.py). Entries queued on the single subject of a release before lanes are the lane
+of client '' (the consumer "worker"), leased like any other.
+
 The rate limit is a sliding-window log of acquisition times in one KV key, updated by
 compare-and-set, stamped with each replica's wall clock (replicas are assumed NTP-synced).
 """
@@ -38,13 +46,21 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from ...core.errors import StoreUnavailable
-from ...core.model import Job, JobEvent, Lease
+from ...core.model import Job, JobEvent, Lease, Priority, QueueDepth
 from ...core.ports import Apply, Clock
 from .. import codec
 from .commit import CAS_ATTEMPTS, CAS_JITTER, Journal
 from .jetstream import JetStream, KeyExists, dumps, unavailable
-from .names import OUTBOX_CONSUMER, Layout, index_key, parse_index_key, token
-from .provision import Shape, provision
+from .names import (
+    LANE_CONSUMER_PREFIX,
+    OUTBOX_CONSUMER,
+    Layout,
+    index_key,
+    lane_consumer,
+    parse_index_key,
+    token,
+)
+from .provision import Shape, lane_consumer_config, provision
 from .tail import Tail
 
 DEFAULT_PREFIX: Final = "dgw"
@@ -63,6 +79,8 @@ key claimed, and each retry of the caller must complete within the caller's own 
 wait as long as the store's timeout was cancelled by such a deadline on every retry). Completing
 while the claimer is only slow is safe: the job's create-only write lets one of them win."""
 RATE_KEY: Final = "upstream"
+LEGACY_LANE: Final = ""
+"""The client whose lane is the outbox's legacy subject (no client is named '')."""
 SEEK_MARGIN: Final = 10.0
 """Seconds before a seek's time from which the events stream is searched for the first event
 recorded at or after it: more than an event's way from its replica's record time to the server
@@ -109,6 +127,10 @@ class NatsStore:
         self._ca_file = ca_file
         self._token = token
         self._js: JetStream | None = None
+        self._lanes: dict[str, dict[Priority, str]] = {
+            LEGACY_LANE: {Priority.NORMAL: OUTBOX_CONSUMER}
+        }
+        """The consumers of the outbox's lanes this process knows: client -> priority -> name."""
         self.journal = Journal(self._wire, self.layout)
         """Jobs and events written by the envelope commit protocol."""
 
@@ -178,6 +200,8 @@ class NatsStore:
                     # its name.
                     job = job.replace(job_id=owner)
                     first_event = first_event.replace(job_id=owner)
+            if enqueue:
+                await self._ensure_lane(job.client, job.priority)
             await self._wire().kv_put(self.bucket("jobs_by_client"), index_key(job), b"")
             if not await self.journal.create(job, first_event, enqueue=enqueue):
                 existing = await self._wait_for_job(job.job_id, self._timeout)
@@ -258,25 +282,60 @@ class NatsStore:
 
     # Outbox
 
-    async def lease(self, *, limit: int, visibility: float) -> list[Lease]:
+    async def lease(
+        self, *, limit: int, visibility: float, client: str | None = None
+    ) -> list[Lease]:
         with unavailable():
-            js = self._wire()
-            msgs = await js.pull(
-                self.outbox_stream, OUTBOX_CONSUMER, {"batch": limit, "no_wait": True}, limit
+            if client is None:
+                await self.outbox_depths()  # learn the lanes other processes made
+            lanes = sorted(
+                (priority.rank, name)
+                for owner, by_priority in self._lanes.items()
+                if client is None or owner == client
+                for priority, name in by_priority.items()
             )
-            # Read before the naks are sent: the server's deadlines come after it.
-            expires = self._clock() + visibility
-            await asyncio.gather(
-                *(js.nak(msg.reply, visibility + self._lease_grace) for msg in msgs)
+            leases: list[Lease] = []
+            for _, name in lanes:
+                if len(leases) >= limit:
+                    break
+                leases.extend(await self._lease_lane(name, limit - len(leases), visibility))
+            return leases
+
+    async def _lease_lane(self, consumer: str, limit: int, visibility: float) -> list[Lease]:
+        js = self._wire()
+        msgs = await js.pull(self.outbox_stream, consumer, {"batch": limit, "no_wait": True}, limit)
+        # Read before the naks are sent: the server's deadlines come after it.
+        expires = self._clock() + visibility
+        await asyncio.gather(*(js.nak(msg.reply, visibility + self._lease_grace) for msg in msgs))
+        return [
+            Lease(
+                job_id=msg.data.decode(),
+                attempts=msg.metadata.num_delivered - 1,
+                handle=_OutboxHandle(msg.reply, expires),
             )
-            return [
-                Lease(
-                    job_id=msg.data.decode(),
-                    attempts=msg.metadata.num_delivered - 1,
-                    handle=_OutboxHandle(msg.reply, expires),
-                )
-                for msg in msgs
-            ]
+            for msg in msgs
+        ]
+
+    async def outbox_depths(self) -> dict[str, dict[Priority, QueueDepth]]:
+        with unavailable():
+            consumers = await self._wire().consumers(self.outbox_stream)
+        depths: dict[str, dict[Priority, QueueDepth]] = {}
+        for info in consumers:
+            config = info.config
+            if info.name == OUTBOX_CONSUMER:
+                lane: tuple[str, Priority] | None = (LEGACY_LANE, Priority.NORMAL)
+            elif info.name.startswith(LANE_CONSUMER_PREFIX) and config.filter_subject:
+                lane = self.layout.lane_of(config.filter_subject)
+            else:
+                lane = None
+            if lane is None:
+                continue
+            client, priority = lane
+            self._lanes.setdefault(client, {})[priority] = info.name
+            fresh, other = info.num_pending or 0, info.num_ack_pending or 0
+            if fresh or other:
+                depths.setdefault(client, {})[priority] = QueueDepth(fresh, other)
+        return depths
 
     async def ack(self, lease: Lease) -> None:
         handle = _handle_of(lease)
@@ -394,6 +453,16 @@ class NatsStore:
         if self._js is None:
             raise StoreUnavailable("the NATS store is not open")
         return self._js
+
+    async def _ensure_lane(self, client: str, priority: Priority) -> None:
+        """Make the consumer of the client's lane of this priority, unless this process knows
+        it (making it again is harmless: the same config)."""
+        if priority in self._lanes.get(client, {}):
+            return
+        name = lane_consumer(client, priority)
+        subject = self.layout.outbox_lane(client, priority)
+        await self._wire().add_consumer(self.outbox_stream, lane_consumer_config(name, subject))
+        self._lanes.setdefault(client, {})[priority] = name
 
     async def _claim_idempotency_key(self, job: Job) -> str:
         """The id of the job that owns (client, key): this one if the claim is ours."""

@@ -7,7 +7,7 @@ import json
 import sqlite3
 from typing import Any, Final
 
-from ...core.model import Job, JobEvent
+from ...core.model import Job, JobEvent, Priority
 from .. import codec
 
 JOB_COLUMNS: Final = [
@@ -31,6 +31,7 @@ JOB_COLUMNS: Final = [
     "submit_begun_at",
     "retry_of",
     "retried_by",
+    "priority",
 ]
 _JOB_DEFAULTS: Final = {
     "trace_context": "",
@@ -38,6 +39,7 @@ _JOB_DEFAULTS: Final = {
     "submit_begun_at": 0.0,
     "retry_of": "",
     "retried_by": "",
+    "priority": Priority.NORMAL.value,
 }
 """The columns codec.job_to_json leaves out when empty."""
 JOB_STATE_COLUMNS: Final = ["job_id", *codec.JOB_STATE_FIELDS]
@@ -62,15 +64,15 @@ _JSON_EVENT_COLUMNS: Final = ("data", "metadata")
 INSERT_JOB: Final = (
     "INSERT INTO jobs (job_id, client, services, mode, state, body, metadata, idempotency_key,"
     " request_hash, created_at, updated_at, dispatch_id, result, error, last_event, trace_context,"
-    " not_before, submit_begun_at, retry_of, retried_by)"
+    " not_before, submit_begun_at, retry_of, retried_by, priority)"
     " VALUES (:job_id, :client, :services, :mode, :state, :body, :metadata, :idempotency_key,"
     " :request_hash, :created_at, :updated_at, :dispatch_id, :result, :error, :last_event,"
-    " :trace_context, :not_before, :submit_begun_at, :retry_of, :retried_by)"
+    " :trace_context, :not_before, :submit_begun_at, :retry_of, :retried_by, :priority)"
 )
 SELECT_JOBS_STATE: Final = (
     "SELECT job_id, client, services, mode, state, '{}' AS body, metadata, idempotency_key,"
     " request_hash, created_at, updated_at, dispatch_id, result, error, last_event, trace_context,"
-    " not_before, submit_begun_at, retry_of, retried_by FROM jobs"
+    " not_before, submit_begun_at, retry_of, retried_by, priority FROM jobs"
 )
 """The job as `apply` sees it: all but the body, the one column that may be large."""
 UPDATE_JOBS: Final = (

@@ -10,10 +10,11 @@ from typing import Final
 
 from ...core.errors import StoreUnavailable
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """Kept in the file's user_version: a file from a newer gateway is refused, not misread.
 Version 2 added jobs.trace_context; version 3 jobs.not_before, submit_begun_at, retry_of,
-retried_by and events_by_record_time."""
+retried_by and events_by_record_time; version 4 jobs.priority and the outbox's client and
+priority (the order of the fair share: core/fairshare.py)."""
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 BUSY_TIMEOUT_MS: Final = 5000
 """How long a write waits for another process's lock on the file before it fails as
@@ -40,7 +41,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     not_before REAL NOT NULL DEFAULT 0,
     submit_begun_at REAL NOT NULL DEFAULT 0,
     retry_of TEXT NOT NULL DEFAULT '',
-    retried_by TEXT NOT NULL DEFAULT ''
+    retried_by TEXT NOT NULL DEFAULT '',
+    priority TEXT NOT NULL DEFAULT 'normal'
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key
     ON jobs (client, idempotency_key) WHERE idempotency_key != '';
@@ -77,9 +79,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     due_at REAL NOT NULL,
     leased_until REAL NOT NULL DEFAULT 0,
-    lease_token TEXT NOT NULL DEFAULT ''
+    lease_token TEXT NOT NULL DEFAULT '',
+    client TEXT NOT NULL DEFAULT '',
+    priority INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS outbox_by_due ON outbox (due_at, entry_id);
+CREATE INDEX IF NOT EXISTS outbox_by_client ON outbox (client, priority, due_at, entry_id);
 
 CREATE TABLE IF NOT EXISTS rate_log (taken_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS rate_log_by_time ON rate_log (taken_at);
@@ -96,9 +101,17 @@ _ADDED_COLUMNS: Final = (
     (3, "ALTER TABLE jobs ADD COLUMN submit_begun_at REAL NOT NULL DEFAULT 0"),
     (3, "ALTER TABLE jobs ADD COLUMN retry_of TEXT NOT NULL DEFAULT ''"),
     (3, "ALTER TABLE jobs ADD COLUMN retried_by TEXT NOT NULL DEFAULT ''"),
+    (4, "ALTER TABLE jobs ADD COLUMN priority TEXT NOT NULL DEFAULT 'normal'"),
+    (4, "ALTER TABLE outbox ADD COLUMN client TEXT NOT NULL DEFAULT ''"),
+    (4, "ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 1"),
+    (
+        4,
+        "UPDATE outbox SET client = (SELECT client FROM jobs WHERE jobs.job_id = outbox.job_id)"
+        " WHERE EXISTS (SELECT 1 FROM jobs WHERE jobs.job_id = outbox.job_id)",
+    ),
 )
 """The columns each version added to a table an older file already has (its old rows read the
-default)."""
+default; an outbox entry's client is its job's)."""
 
 
 def connect(path: Path, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
@@ -138,13 +151,14 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         if version == SCHEMA_VERSION:
             conn.execute("COMMIT")
             return
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        # Before the schema's statements, which index some of the columns added.
         if version > 0:
             for added_in, statement in _ADDED_COLUMNS:
                 if version < added_in:
                     conn.execute(statement)
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

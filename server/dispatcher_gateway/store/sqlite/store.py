@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Final
 
 from ...core.errors import NotFound, StoreUnavailable
-from ...core.model import Job, JobEvent, Lease
+from ...core.model import Job, JobEvent, Lease, Priority, QueueDepth
 from ...core.ports import Apply, Clock
 from .. import codec
 from ..codec import DEFAULT_DEDUPE_TTL, SECRET_BYTES
@@ -27,6 +27,8 @@ LEASE_TOKEN_BYTES: Final = 16
 TURNS_SUFFIX: Final = "-writer.lock"
 """Beside the file (as SQLite's -wal and -shm): the lock its writers take turns on, when they
 are a gateway's workers (engine.py's Writer)."""
+_PRIORITY_BY_RANK: Final = {p.rank: p for p in Priority}
+"""The outbox keeps an entry's priority as its rank, the order it is handed out in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,14 +226,26 @@ class SqliteStore:
 
     # Outbox
 
-    async def lease(self, *, limit: int, visibility: float) -> list[Lease]:
+    async def lease(
+        self, *, limit: int, visibility: float, client: str | None = None
+    ) -> list[Lease]:
         def take(conn: sqlite3.Connection) -> list[Lease]:
             now = self._clock()
-            due = conn.execute(
-                "SELECT entry_id, job_id, attempts FROM outbox"
-                " WHERE due_at <= ? AND leased_until <= ? ORDER BY due_at, entry_id LIMIT ?",
-                (now, now, limit),
-            ).fetchall()
+            if client is None:
+                due = conn.execute(
+                    "SELECT entry_id, job_id, attempts FROM outbox"
+                    " WHERE due_at <= ? AND leased_until <= ?"
+                    " ORDER BY priority, due_at, entry_id LIMIT ?",
+                    (now, now, limit),
+                ).fetchall()
+            else:
+                # outbox_by_client: the client's entries in the order they are handed out.
+                due = conn.execute(
+                    "SELECT entry_id, job_id, attempts FROM outbox"
+                    " WHERE client = ? AND due_at <= ? AND leased_until <= ?"
+                    " ORDER BY priority, due_at, entry_id LIMIT ?",
+                    (client, now, now, limit),
+                ).fetchall()
             leases = []
             for row in due:
                 handle = _LeaseHandle(row["entry_id"], secrets.token_hex(LEASE_TOKEN_BYTES))
@@ -244,6 +258,24 @@ class SqliteStore:
             return leases
 
         return await self._writer.run(take, write=True)
+
+    async def outbox_depths(self) -> dict[str, dict[Priority, QueueDepth]]:
+        def count(conn: sqlite3.Connection) -> dict[str, dict[Priority, QueueDepth]]:
+            depths: dict[str, dict[Priority, QueueDepth]] = {}
+            # Due entries only (outbox_by_due): not the submitted jobs' entries, which wait for
+            # their callback deadline, days of them.
+            for row in conn.execute(
+                "SELECT client, priority, SUM(attempts = 0) AS fresh, SUM(attempts > 0) AS other"
+                " FROM outbox INDEXED BY outbox_by_due WHERE due_at <= ? GROUP BY client, priority",
+                (self._clock(),),
+            ):
+                priority = _PRIORITY_BY_RANK[row["priority"]]
+                depths.setdefault(row["client"], {})[priority] = QueueDepth(
+                    row["fresh"], row["other"]
+                )
+            return depths
+
+        return await self._writer.run(count)
 
     async def ack(self, lease: Lease) -> None:
         handle = _handle_of(lease)
@@ -393,7 +425,8 @@ class SqliteStore:
         self._insert_events(conn, [first_event], now)
         if enqueue:
             conn.execute(
-                "INSERT INTO outbox (job_id, due_at) VALUES (?, ?)", (job.job_id, self._clock())
+                "INSERT INTO outbox (job_id, due_at, client, priority) VALUES (?, ?, ?, ?)",
+                (job.job_id, self._clock(), job.client, job.priority.rank),
             )
         return job, True
 
@@ -409,10 +442,10 @@ class SqliteStore:
         )
         self._insert_events(conn, [n.first_event for n in new], now)
         due = self._clock()
-        queued = [(n.job.job_id, due) for n in new if n.enqueue]
+        queued = [(n.job.job_id, due, n.job.client, n.job.priority.rank) for n in new if n.enqueue]
         if queued:
             conn.execute(
-                rows.insert_many("outbox", ["job_id", "due_at"], len(queued)),
+                rows.insert_many("outbox", ["job_id", "due_at", "client", "priority"], len(queued)),
                 [v for row in queued for v in row],
             )
         return [(n.job, True) for n in new]
