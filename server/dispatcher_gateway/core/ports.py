@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .model import JSON, DispatchSpec, Job, JobEvent, Lease, UpstreamAttempt
+from .query import JobQuery
 
 Clock = Callable[[], float]
 """Seconds, as time.time or time.monotonic give them. A store takes one (by default the real one)
@@ -59,6 +60,12 @@ class Store(Protocol):
     ) -> tuple[list[Job], str]:
         """The client's jobs, newest first; returns the page and the next page's token ('' when
         this is the last page)."""
+
+    async def find_jobs(
+        self, query: JobQuery, *, limit: int, page_token: str = ""
+    ) -> tuple[list[Job], str]:
+        """Every client's jobs that `query` matches, newest first, paged as list_jobs pages
+        (the same tokens). For operators (the console): it may scan every job."""
 
     # Outbox
     #
