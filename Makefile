@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 PROTO := protos/dispatcher/gateway/v1/gateway.proto
 GEN := server/dispatcher/gateway/v1
 
-.PHONY: run test test-fast check lint fmt types arch proto proto-check buf-lint deploy-check image image-test pytest fuzz bench clean
+.PHONY: run test test-fast check lint fmt types arch proto proto-check buf-lint deploy-check image image-test pytest browser screenshots fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -84,8 +84,16 @@ deploy-check: $(STAMP) $(PROMTOOL)
 	cd deploy/monitoring && $(CURDIR)/$(PROMTOOL) test rules alerts.test.yaml
 	$(BIN)/pytest -q tests/deploy
 
-pytest: $(STAMP)
+pytest: $(STAMP) browser
 	$(BIN)/pytest
+
+# tests/browser drives Debian's chromium with Selenium through chromium-driver.
+browser:
+	@scripts/install-browser
+
+# The console's screenshots in docs/console/ (the README shows them), taken by tests/browser.
+screenshots: $(STAMP) browser
+	CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest -q tests/browser
 
 # deploy/Dockerfile built with docker or buildah (offline: a wheelhouse made here, and a Debian
 # base where python:3.11-slim cannot be pulled); image-test also runs it: ready, one dispatch
