@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+# The console on http://127.0.0.1:8090/ (no login in the sandbox; GATEWAY_CONSOLE_ADDR= for none).
 run: $(STAMP)
-	$(BIN)/dispatcher-gateway serve --sandbox
+	GATEWAY_CONSOLE_ADDR=$${GATEWAY_CONSOLE_ADDR-127.0.0.1:8090} $(BIN)/dispatcher-gateway serve --sandbox
 
 test: check pytest
 
