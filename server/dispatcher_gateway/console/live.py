@@ -45,6 +45,8 @@ class LiveFeed:
         if event.terminal:
             ended = states.OVERDUE if event.data.get("code") == states.OVERDUE else event.state
             self._ended.append((now, str(ended)))
+        if not self._listeners:
+            return
         message = json.dumps(
             {
                 "job_id": event.job_id,
