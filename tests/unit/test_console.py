@@ -256,3 +256,57 @@ async def test_an_action_the_gateway_cannot_do_says_so(tmp_path: object) -> None
         answer = await client.post(f"/jobs/{job.job_id}/cancel", data={"csrf": csrf})
     assert answer.status_code == 501
     await store.close()
+
+
+async def fail(store: MemoryStore, job: Job, code: str, status: int) -> None:
+    failure = UpstreamFailure(code, f"refused, write to ops@example.com ({code})", status)
+    await store.append_event(
+        event_for(job, states.FAILED, data=failure.to_json()),
+        dedupe_key=None,
+        apply=states.apply_event,
+    )
+
+
+async def test_failed_jobs_are_grouped_by_error_code(setup: Setup) -> None:
+    await log_in(setup.client)
+    refused = [await create(setup.store) for _ in range(2)]
+    broken = await create(setup.store)
+    for job in refused:
+        await fail(setup.store, job, "provider_error", 417)
+    await fail(setup.store, broken, "invalid_request", 400)
+    await create(setup.store)  # queued: not on the page
+
+    text = (await setup.client.get("/failed")).text
+
+    groups = re.findall(r'data-code="([^"]+)"><h2>[^<]+<small>(\d+) jobs', text)
+    assert groups == [("provider_error", "2"), ("invalid_request", "1")]
+    assert "ops@example.com" not in text
+
+
+async def test_a_group_is_retried_whole(setup: Setup) -> None:
+    await log_in(setup.client)
+    refused = [await create(setup.store) for _ in range(2)]
+    other = await create(setup.store)
+    for job in refused:
+        await fail(setup.store, job, "provider_error", 417)
+    await fail(setup.store, other, "invalid_request", 400)
+    csrf = await csrf_of(setup.client, "/failed")
+
+    answer = await setup.client.post(
+        "/failed/retry", data={"csrf": csrf, "code": "provider_error", "hours": "24"}
+    )
+
+    assert answer.status_code == 200
+    assert sorted(setup.actions.asked) == sorted(j.job_id for j in refused)
+
+
+async def test_jobs_are_filtered_by_creation_time(setup: Setup) -> None:
+    await log_in(setup.client)
+    old = await create(setup.store, created_at=1_700_000_000.0)  # 2023-11-14T22:13:20Z
+    new = await create(setup.store, created_at=1_800_000_000.0)  # 2027-01-15
+    text = (await setup.client.get("/jobs", params={"to": "2024-01-01T00:00"})).text
+    assert old.job_id in text
+    assert new.job_id not in text
+    text = (await setup.client.get("/jobs", params={"from": "2024-01-01T00:00"})).text
+    assert old.job_id not in text
+    assert new.job_id in text
