@@ -196,6 +196,7 @@ class GatewayApp:
             ),
             observer=self.counts,
             traces=SpanLinks() if self.tracing.enabled else None,
+            schedule=s.schedule,
         )
         self.opened = True
         self.store_up = True
@@ -205,7 +206,9 @@ class GatewayApp:
         )
         limits = ClientLimits(s.client_quotas)
         self.hub.observe(limits.observe)
-        self.servicer = DispatchServicer(self.gateway, limits, max_stream_age=s.max_stream_age)
+        self.servicer = DispatchServicer(
+            self.gateway, limits, max_stream_age=s.max_stream_age, batch_max=s.batch_max
+        )
         self.calls = Drain()
         self.grpc = create_server(
             self.servicer,

@@ -11,12 +11,15 @@ from urllib.parse import urlsplit
 from . import config_values as values
 from .config_values import FLAGS, is_loopback, split_addr
 from .console.operators import Operators
+from .console.settings import ConsoleSettings
 from .core.breaker import FAILURE_THRESHOLD, OPEN_FOR
 from .core.callbacks import DAY, DEFAULT_DEADLINE, CallbackRules
 from .core.caller import UPSTREAM_TIMEOUT
 from .core.hub import DEFAULT_BACKLOG
 from .core.outbox import SUBMIT_TIMEOUT, SYNC_CONCURRENCY
 from .core.retry import RateLimit, RetryPolicy
+from .core.schedule import ScheduleRules
+from .rpc.batch import BATCH_MAX
 from .rpc.clients import load_clients
 from .rpc.limits import ClientQuotas
 from .rpc.server import GrpcLimits
@@ -104,6 +107,9 @@ class Settings:
     """The token NATS's `authorization` asks of clients."""
     event_retention: float = EVENT_RETENTION
     """Seconds events are kept (NATS): how far back a cursor can resume."""
+    schedule: ScheduleRules = field(default_factory=ScheduleRules)
+    """How far in the past (skew) and ahead (horizon) a job's not_before may be."""
+    batch_max: int = BATCH_MAX
     webhook_require_timestamp: bool = True
     """Refuse a webhook signed in Dispatcher's scheme without X-Webhook-Timestamp: its signature
     could be replayed for ever. Off only for a sender that cannot send one."""
@@ -118,18 +124,6 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         return _Reader(env).settings()
-
-
-@dataclass(frozen=True)
-class ConsoleSettings:
-    addr: str | None = None
-    """Where the console listens; None: off. In a pod, a loopback address keeps it to
-    `kubectl port-forward`."""
-    operators_file: str | None = None
-    auth: bool = True
-    """False lets every visitor act as 'sandbox': only on a loopback address."""
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
 
 
 _DEFAULTS = Settings("", "", "", (), "")
@@ -329,6 +323,22 @@ class _Reader:
                 self.problem("GATEWAY_CONSOLE_OPERATORS_FILE", f"{operators}: {exc}")
         return ConsoleSettings(addr, operators if auth else None, auth, cert, key)
 
+    def schedule(self, retry: RetryPolicy, retention: float) -> ScheduleRules:
+        """A scheduled job must be kept until it is sent (and retried): its horizon, with the
+        give-up age, within the retention. Not set, the horizon is the default or what fits."""
+        default = _DEFAULTS.schedule
+        skew = self.seconds("GATEWAY_SCHEDULE_SKEW", default.skew)
+        fits = max(0.0, min(default.horizon, retention - retry.give_up_after - DAY))
+        rules = ScheduleRules(skew, self.seconds("GATEWAY_SCHEDULE_HORIZON", fits))
+        if rules.horizon + retry.give_up_after >= retention:
+            self.problem(
+                "GATEWAY_SCHEDULE_HORIZON",
+                f"{rules.horizon:g} s, with GATEWAY_GIVE_UP_AFTER ({retry.give_up_after:g} s), "
+                f"must be shorter than GATEWAY_EVENT_RETENTION ({retention:g} s): a scheduled "
+                "job must be kept until it is sent",
+            )
+        return rules
+
     def settings(self) -> Settings:
         base_url = self.url("DISPATCHER_BASE_URL", allow_loopback_http=True)
         email = self.raw("DISPATCHER_EMAIL", secret=True, required=True) or ""
@@ -392,6 +402,12 @@ class _Reader:
                 raise ValueError(f"must be a positive whole number, got {text!r}")
             return value
 
+        retry = RetryPolicy(
+            base=self.seconds("GATEWAY_RETRY_BASE", _DEFAULTS.retry.base),
+            cap=self.seconds("GATEWAY_RETRY_MAX_DELAY", _DEFAULTS.retry.cap),
+            give_up_after=self.seconds("GATEWAY_GIVE_UP_AFTER", _DEFAULTS.retry.give_up_after),
+        )
+        retention = self.seconds("GATEWAY_EVENT_RETENTION", _DEFAULTS.event_retention)
         settings = Settings(
             dispatcher_base_url=base_url,
             dispatcher_email=email,
@@ -410,11 +426,7 @@ class _Reader:
             upstream_rate=self.parsed(
                 "GATEWAY_UPSTREAM_RATE", RateLimit.parse, _DEFAULTS.upstream_rate
             ),
-            retry=RetryPolicy(
-                base=self.seconds("GATEWAY_RETRY_BASE", _DEFAULTS.retry.base),
-                cap=self.seconds("GATEWAY_RETRY_MAX_DELAY", _DEFAULTS.retry.cap),
-                give_up_after=self.seconds("GATEWAY_GIVE_UP_AFTER", _DEFAULTS.retry.give_up_after),
-            ),
+            retry=retry,
             client_tokens_file=clients,
             allow_anonymous=anonymous,
             grpc_tls_cert_file=grpc_cert,
@@ -469,7 +481,9 @@ class _Reader:
             ),
             nats_ca_file=self.file("GATEWAY_NATS_CA_FILE"),
             nats_token=self.raw("GATEWAY_NATS_TOKEN", secret=True),
-            event_retention=self.seconds("GATEWAY_EVENT_RETENTION", _DEFAULTS.event_retention),
+            event_retention=retention,
+            schedule=self.schedule(retry, retention),
+            batch_max=self.parsed("GATEWAY_BATCH_MAX", positive_int, _DEFAULTS.batch_max),
             webhook_require_timestamp=self.flag(
                 "GATEWAY_WEBHOOK_REQUIRE_TIMESTAMP", default=_DEFAULTS.webhook_require_timestamp
             ),

@@ -17,9 +17,11 @@ import pytest
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import StoreUnavailable
 from dispatcher_gateway.core.model import JobEvent, JobState
+from dispatcher_gateway.core.schedule import ScheduleRules
 from dispatcher_gateway.store import codec
 from dispatcher_gateway.store.nats import DEFAULT_TIMEOUT, NatsStore
 from dispatcher_gateway.store.nats.commit import Envelope, Pending
+from dispatcher_gateway.store.nats.names import OUTBOX_CONSUMER
 from dispatcher_gateway.store.nats.tail import Tail
 from tests.support.builders import (
     CLIENT,
@@ -426,6 +428,29 @@ async def test_an_entry_whose_lease_ran_out_is_handed_out_again_only_after_the_l
         assert await store.lease(limit=10, visibility=30.0) == []
     finally:
         await store.close()
+
+
+async def test_an_entry_put_back_until_the_schedule_horizon_waits_at_the_server_unsent(
+    store: NatsStore, nats_server: NatsEndpoint
+) -> None:
+    # A scheduled job's entry: its nak's delay, as long as the gateway allows, is the server's
+    # to keep; nothing is redelivered (nor polled for) while it waits.
+    await create(store, enqueue=True)
+    [lease] = await store.lease(limit=10, visibility=30.0)
+    await store.retry_later(lease, ScheduleRules().horizon)
+
+    nc = await nats.connect(servers=nats_server.servers)
+    try:
+        js = nc.jetstream()
+        before = await js.consumer_info(store.outbox_stream, OUTBOX_CONSUMER)
+        for _ in range(3):
+            await asyncio.sleep(0.5)
+            assert await store.lease(limit=10, visibility=30.0) == []
+        after = await js.consumer_info(store.outbox_stream, OUTBOX_CONSUMER)
+    finally:
+        await nc.close()
+    assert (after.num_ack_pending, after.num_redelivered) == (1, before.num_redelivered)
+    assert after.delivered.stream_seq == before.delivered.stream_seq
 
 
 # What the jobs bucket holds

@@ -20,7 +20,9 @@ from tests.support.builders import (
     append,
     create,
     event_for,
+    new_job,
     opened,
+    queued_event,
 )
 
 # Writes a job and an event, says so once both calls returned, then waits to be killed.
@@ -151,3 +153,22 @@ async def test_a_malformed_page_token_is_an_invalid_argument(tmp_path: Path) -> 
     async with opened(lambda: SqliteStore(tmp_path / "gateway.db")) as store:
         with pytest.raises(InvalidArgument, match="page_token"):
             await store.list_jobs(CLIENT, limit=10, page_token="bm9wZQ==")
+
+
+async def test_create_jobs_is_one_transaction_all_or_nothing(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "gateway.db")
+    await store.open()
+    try:
+        jobs = [new_job(key="k" if i == 5 else "") for i in range(10)]
+        # One item that cannot be written (its body is not JSON) undoes the others.
+        broken = jobs[7].replace(body={"x": object()})
+        items = [(j, queued_event(j)) for j in [*jobs[:7], broken, *jobs[8:]]]
+        with pytest.raises(TypeError):
+            await store.create_jobs(items, enqueue=True)
+        assert await store.read_events(client=CLIENT) == []
+        assert await store.lease(limit=100, visibility=30.0) == []
+
+        created = await store.create_jobs([(j, queued_event(j)) for j in jobs], enqueue=True)
+        assert [c for _, c in created] == [True] * 10
+    finally:
+        await store.close()

@@ -10,7 +10,7 @@ import httpx
 from grpc import aio
 
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
-from dispatcher_gateway.config import ConsoleSettings
+from dispatcher_gateway.console.settings import ConsoleSettings
 from tests.support.loopback import GatewayFactory
 from tests.support.requests import email_request
 

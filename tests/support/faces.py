@@ -99,6 +99,7 @@ class GrpcFace(Face):
 _RESPONSES: dict[str, type[Message]] = {
     "Dispatch": pb.DispatchResponse,
     "Validate": pb.ValidateResponse,
+    "DispatchBatch": pb.DispatchBatchResponse,
     "GetJob": pb.Job,
     "ListJobs": pb.ListJobsResponse,
     "ListTemplates": pb.ListTemplatesResponse,

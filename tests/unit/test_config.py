@@ -151,6 +151,19 @@ def test_bad_callback_settings_are_one_line_each(name: str, value: str, message:
     assert message in line
 
 
+def test_the_schedule_horizon_stays_within_the_retention() -> None:
+    assert Settings.from_env(GOOD).schedule.horizon == 28 * 86400
+    short = {**GOOD, "GATEWAY_EVENT_RETENTION": str(25 * 86400)}
+    # Not set: what fits (a day for the give-up age, a day to spare).
+    assert Settings.from_env(short).schedule.horizon == 23 * 86400
+    [line] = problems({**short, "GATEWAY_SCHEDULE_HORIZON": str(24 * 86400)})
+    assert line.startswith("GATEWAY_SCHEDULE_HORIZON: ")
+    assert "must be shorter than GATEWAY_EVENT_RETENTION" in line
+    assert Settings.from_env({**GOOD, "GATEWAY_SCHEDULE_SKEW": "2"}).schedule.skew == 2.0
+    assert Settings.from_env({**GOOD, "GATEWAY_BATCH_MAX": "10"}).batch_max == 10
+    assert problems({**GOOD, "GATEWAY_BATCH_MAX": "0"})[0].startswith("GATEWAY_BATCH_MAX: ")
+
+
 def test_webhook_timestamps_are_required_unless_switched_off() -> None:
     assert Settings.from_env(GOOD).webhook_require_timestamp is True
     off = {**GOOD, "GATEWAY_WEBHOOK_REQUIRE_TIMESTAMP": "false"}

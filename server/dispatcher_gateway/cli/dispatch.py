@@ -17,6 +17,7 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 
 from .connection import Connection, add_client_command, refused
 from .output import SERVICES, json_line, print_event, state_name
+from .times import parse_time
 
 TIMEOUT = 150.0
 """Seconds a Dispatch call may take: longer than the upstream's own limit on a sync answer."""
@@ -36,6 +37,9 @@ def add_command(commands: Any) -> None:
     dispatch.add_argument("--provider", default="")
     dispatch.add_argument("--metadata", action="append", default=[], help="KEY=VALUE")
     dispatch.add_argument("--idempotency-key", default="")
+    dispatch.add_argument(
+        "--not-before", help="not sent before this time (RFC 3339, or +15m from now)"
+    )
     dispatch.add_argument("--request", help="a DispatchRequest as JSON, from a file or - (stdin)")
     dispatch.add_argument("--watch", action="store_true", help="follow the job to its end")
     dispatch.add_argument("--timeout", type=float, default=TIMEOUT)
@@ -53,6 +57,13 @@ def _metadata_pairs(items: Sequence[str]) -> dict[str, str]:
 
 
 def build_request(args: argparse.Namespace) -> pb.DispatchRequest:
+    request = _request(args)
+    if args.not_before:
+        request.not_before.CopyFrom(parse_time(args.not_before, "--not-before"))
+    return request
+
+
+def _request(args: argparse.Namespace) -> pb.DispatchRequest:
     if args.request:
         text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text()
         return json_format.Parse(text, pb.DispatchRequest())

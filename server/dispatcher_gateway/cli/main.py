@@ -6,15 +6,18 @@ import argparse
 import asyncio
 from collections.abc import Sequence
 
-from . import dispatch, jobs, sandbox, serve, templates, token, watch
+from . import batch, dispatch, jobs, sandbox, serve, templates, token, watch
 
-DESCRIPTION = "dispatcher-gateway serve | sandbox | dispatch | watch | jobs | templates | token"
+DESCRIPTION = (
+    "dispatcher-gateway serve | sandbox | dispatch | dispatch-batch | watch | jobs | templates | "
+    "token"
+)
 
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dispatcher-gateway", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
-    for command in (serve, sandbox, dispatch, watch, jobs, templates, token):
+    for command in (serve, sandbox, dispatch, batch, watch, jobs, templates, token):
         command.add_command(commands)
     return parser
 

@@ -14,6 +14,7 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 
 from .connection import Connection, add_client_command, refused
 from .output import print_event
+from .times import parse_time
 
 RESUME_DELAY = 1.0
 """Seconds `watch` waits before resuming a stream the server ended."""
@@ -24,6 +25,9 @@ RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 def add_command(commands: Any) -> None:
     watch = add_client_command(commands, "watch", "follow your event stream, resuming by itself")
     watch.add_argument("--after", default="", help="resume after this cursor")
+    watch.add_argument(
+        "--since", help="every event recorded since this time (RFC 3339, or -1h ago)"
+    )
     watch.add_argument("--job", action="append", default=[], help="only this job (repeatable)")
     watch.add_argument("--once", action="store_true", help="do not resume when the server ends it")
     watch.set_defaults(run=run)
@@ -31,10 +35,13 @@ def add_command(commands: Any) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     after = args.after
+    since = parse_time(args.since, "--since") if args.since else None
     async with Connection(args) as connection:
         stub = connection.stub
         while True:
             request = pb.SubscribeRequest(after_cursor=after, job_ids=args.job)
+            if since is not None and not after:
+                request.start_time.CopyFrom(since)
             try:
                 async for event in stub.Subscribe(request, metadata=connection.metadata):
                     print_event(event, args.json)

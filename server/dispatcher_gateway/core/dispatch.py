@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from . import logfields, states
 from .callbacks import CallbackRules
 from .caller import UPSTREAM_TIMEOUT, UpstreamCaller, spec_of
-from .errors import IdempotencyConflict, RateLimited, UpstreamError
+from .errors import (
+    FieldViolation,
+    GatewayError,
+    IdempotencyConflict,
+    InvalidArgument,
+    RateLimited,
+    UpstreamError,
+)
 from .model import JSON, DispatchSpec, Job, JobState, Mode, UpstreamFailure
 from .ports import NoObserver, Observer, Store
 from .reads import JobReads
 from .records import JobRecords, event_of
+from .schedule import ScheduleRules
 
 DEADLINE_SLACK = 0.05
 """Seconds: a sync call cancelled this close to its deadline was cancelled by the deadline."""
@@ -44,8 +52,10 @@ class Dispatches:
         clock: Callable[[], float],
         queued: Callable[[], None],
         observer: Observer | None = None,
+        schedule: ScheduleRules | None = None,
     ) -> None:
-        """`queued` is told of every async job stored (the outbox's wake)."""
+        """`queued` is told of every async job stored (the outbox's wake); `schedule`: when a
+        job's `not_before` may be."""
         self.store = store
         self.caller = caller
         self.records = records
@@ -54,6 +64,7 @@ class Dispatches:
         self.clock = clock
         self.queued = queued
         self.observer = observer or NoObserver()
+        self.schedule = schedule or ScheduleRules()
 
     async def submit(
         self, client: str, spec: DispatchSpec, *, budget: float | None, trace_context: str = ""
@@ -68,7 +79,69 @@ class Dispatches:
         arrived = loop.time()
         budget = UPSTREAM_TIMEOUT if budget is None else min(budget, UPSTREAM_TIMEOUT)
         now = self.clock()
-        job = Job(
+        job = self._new_job(client, spec, now, trace_context)
+        logfields.known(job_id=job.job_id, client=client)
+        first = event_of(job, states.QUEUED, {}, now)
+        create = self.store.create_job(job, first, enqueue=True)
+        slot = False
+        if spec.mode is Mode.SYNC and self.caller.paused() <= 0:
+            # The job and its rate slot in one group commit: one flush to disk before the
+            # upstream call, not two in a row. A slot taken for a replay goes unused: the
+            # gateway then sends a little under the limit, never over it.
+            (stored, created), wait = await asyncio.gather(create, self.caller.take_slot())
+            slot = wait <= 0
+        else:
+            stored, created = await create
+        _check_same_request(stored, job)
+        if not created:
+            return stored
+        self.observer.dispatch_accepted(spec.service.value, spec.mode.value)
+        if spec.mode is Mode.ASYNC:
+            self.queued()
+            return stored
+        return await self._dispatch_sync(stored, arrived, budget, slot=slot)
+
+    async def submit_batch(
+        self, client: str, specs: Sequence[DispatchSpec], *, trace_context: str = ""
+    ) -> list[Job | GatewayError]:
+        """Accept async dispatches together, each as `submit` would alone: its job (created, or
+        found by its idempotency key) or its own error, in order. The jobs are stored in one
+        call (Store.create_jobs: one commit where the store has transactions)."""
+        now = self.clock()
+        results: list[Job | GatewayError] = []
+        new: list[tuple[int, Job]] = []
+        for spec in specs:
+            try:
+                if spec.mode is not Mode.ASYNC:
+                    raise InvalidArgument([FieldViolation("mode", "MODE_ASYNC only in a batch")])
+                job = self._new_job(client, spec, now, trace_context)
+            except InvalidArgument as exc:
+                results.append(exc)
+                continue
+            new.append((len(results), job))
+            results.append(job)
+        if not new:
+            return results
+        stored = await self.store.create_jobs(
+            [(job, event_of(job, states.QUEUED, {}, now)) for _, job in new], enqueue=True
+        )
+        for (i, job), (found, created) in zip(new, stored, strict=True):
+            try:
+                _check_same_request(found, job)
+            except IdempotencyConflict as exc:
+                results[i] = exc
+                continue
+            results[i] = found
+            if created:
+                self.observer.dispatch_accepted(job.service.value, job.mode.value)
+        self.queued()
+        return results
+
+    def _new_job(self, client: str, spec: DispatchSpec, now: float, trace_context: str) -> Job:
+        """The job a request makes; InvalidArgument if its time (not_before) cannot be."""
+        if spec.not_before:
+            self.schedule.check(spec.not_before, now)
+        return Job(
             job_id=new_job_id(),
             client=client,
             services=spec.services,
@@ -82,31 +155,8 @@ class Dispatches:
             created_at=now,
             updated_at=now,
             trace_context=trace_context,
+            not_before=spec.not_before,
         )
-        logfields.known(job_id=job.job_id, client=client)
-        first = event_of(job, states.QUEUED, {}, now)
-        create = self.store.create_job(job, first, enqueue=True)
-        slot = False
-        if spec.mode is Mode.SYNC and self.caller.paused() <= 0:
-            # The job and its rate slot in one group commit: one flush to disk before the
-            # upstream call, not two in a row. A slot taken for a replay goes unused: the
-            # gateway then sends a little under the limit, never over it.
-            (stored, created), wait = await asyncio.gather(create, self.caller.take_slot())
-            slot = wait <= 0
-        else:
-            stored, created = await create
-        if stored.request_hash != job.request_hash:
-            raise IdempotencyConflict(
-                f"idempotency key {spec.idempotency_key!r} was used for a different request "
-                f"(job {stored.job_id})"
-            )
-        if not created:
-            return stored
-        self.observer.dispatch_accepted(spec.service.value, spec.mode.value)
-        if spec.mode is Mode.ASYNC:
-            self.queued()
-            return stored
-        return await self._dispatch_sync(stored, arrived, budget, slot=slot)
 
     async def _dispatch_sync(self, job: Job, arrived: float, budget: float, *, slot: bool) -> Job:
         """Send a stored sync job upstream and record the answer, within `budget` seconds of
@@ -170,3 +220,12 @@ class Dispatches:
 
     async def templates(self) -> list[JSON]:
         return await self.caller.templates()
+
+
+def _check_same_request(stored: Job, job: Job) -> None:
+    """IdempotencyConflict unless the job found under the key is of the same request."""
+    if stored.request_hash != job.request_hash:
+        raise IdempotencyConflict(
+            f"idempotency key {job.idempotency_key!r} was used for a different request "
+            f"(job {stored.job_id})"
+        )

@@ -24,6 +24,7 @@ from .reads import JobReads
 from .recording import WebhookRecorder
 from .records import JobRecords
 from .retry import RateLimit, RetryPolicy
+from .schedule import ScheduleRules
 from .streams import EventStreams
 from .tokens import CallbackTokens
 
@@ -67,6 +68,7 @@ class Gateway:
         observer: Observer | None = None,
         traces: JobTraces | None = None,
         clock: Callable[[], float] = time.time,
+        schedule: ScheduleRules | None = None,
     ) -> Gateway:
         observer = observer or NoObserver()
         limits = outbox or OutboxLimits()
@@ -106,6 +108,7 @@ class Gateway:
                 clock=clock,
                 queued=worker.wake,
                 observer=observer,
+                schedule=schedule,
             ),
             reads=reads,
             streams=EventStreams(store, hub, reads, clock=clock, observer=observer),

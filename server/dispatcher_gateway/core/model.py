@@ -153,6 +153,8 @@ class DispatchSpec:
     """The upstream's request body (CompositeRequest), without the callback URL."""
     metadata: Mapping[str, str] = field(default_factory=dict)
     idempotency_key: str = ""
+    not_before: float = 0.0
+    """Not sent upstream before this time (seconds since the epoch); 0: as soon as it can."""
 
     @property
     def service(self) -> Service:
@@ -170,13 +172,17 @@ class DispatchSpec:
 
     def fingerprint(self) -> str:
         """A stable hash of everything that makes two requests the same request."""
+        request: JSON = {
+            "services": [s.value for s in self.services],
+            "mode": self.mode.value,
+            "body": self.body,
+            "metadata": dict(self.metadata),
+        }
+        # Only when set: a request without it hashes as it did before it existed.
+        if self.not_before:
+            request["not_before"] = self.not_before
         canonical = json.dumps(
-            {
-                "services": [s.value for s in self.services],
-                "mode": self.mode.value,
-                "body": self.body,
-                "metadata": dict(self.metadata),
-            },
+            request,
             sort_keys=True,
             separators=(",", ":"),
         )
@@ -205,6 +211,8 @@ class Job:
     trace_context: str = ""
     """The W3C `traceparent` of the call that made the job, kept so that its upstream request
     continues that trace and its webhooks link to it; opaque here, empty when not traced."""
+    not_before: float = 0.0
+    """Not sent upstream before this time (seconds since the epoch); 0: as soon as it can."""
 
     @property
     def service(self) -> Service:

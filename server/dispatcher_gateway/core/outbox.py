@@ -162,12 +162,17 @@ class OutboxWorker:
             await self._await_callback(lease, job)
             return
         now = self.clock()
+        if job.not_before > now:
+            # Scheduled: the entry waits in the outbox for its time, as a retry waits out its
+            # backoff (one lease, then nothing until it is due, after a restart too).
+            await self._retry_later(lease, job.not_before - now)
+            return
         if job.mode is Mode.SYNC and now < job.created_at + SYNC_CALL_GRACE:
             # Its caller is sending it now; the entry is the safety net should the call be lost.
             await self._retry_later(lease, job.created_at + SYNC_CALL_GRACE - now)
             return
         # Unsent while this worker holds it: until its lease would run out, or its retry is due.
-        self.observer.outbox_pending(job.job_id, job.created_at, now + self.visibility)
+        self.observer.outbox_pending(job.job_id, _queued_at(job), now + self.visibility)
         paused = self.caller.paused()
         if paused > 0:
             # The circuit is open: the entry waits in the outbox, not in memory.
@@ -219,7 +224,7 @@ class OutboxWorker:
         await self.store.retry_later(lease, delay)
         if job is not None:
             until = self.clock() + delay + self.visibility
-            self.observer.outbox_pending(job.job_id, job.created_at, until)
+            self.observer.outbox_pending(job.job_id, _queued_at(job), until)
         handle: asyncio.TimerHandle
 
         def due() -> None:
@@ -281,7 +286,7 @@ class OutboxWorker:
             )
         except UpstreamError as exc:
             await self.records.attempt(job, exc.attempt)
-            age = self.clock() - job.created_at
+            age = self.clock() - _queued_at(job)
             if exc.retryable and age < self.policy.give_up_after:
                 delay = self.policy.delay(lease.attempts, exc.retry_after)
                 log.info(
@@ -320,3 +325,8 @@ class OutboxWorker:
         else:
             await self.records.completed(job, answer)
             await self.store.ack(lease)
+
+
+def _queued_at(job: Job) -> float:
+    """Since when the job has been waiting to be sent: its creation, or its scheduled time."""
+    return max(job.created_at, job.not_before)

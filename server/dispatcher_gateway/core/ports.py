@@ -5,7 +5,7 @@ client in upstream/; one contract test suite (tests/contract) runs against every
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -52,6 +52,15 @@ class Store(Protocol):
         (client, key) create exactly one job. A crash part way must leave either nothing, or a job
         that a retry of this call completes (event appended, outbox entry present) and returns.
         """
+
+    async def create_jobs(
+        self, new: Sequence[tuple[Job, JobEvent]], *, enqueue: bool
+    ) -> list[tuple[Job, bool]]:
+        """create_job for each (job, first event), answered together in their order (their
+        events' cursors need not follow it): one transaction
+        where the backend has them (SQLite: all or nothing, one commit), else each as
+        create_job (NATS: concurrent, each committed on its own). Two with the same (client,
+        key) make one job, as two create_job calls in a row would."""
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
@@ -117,6 +126,11 @@ class Store(Protocol):
 
     async def last_cursor(self) -> str:
         """The cursor of the newest event ('' when there is none)."""
+
+    async def cursor_before(self, when: float) -> str:
+        """The cursor to read after for every event recorded at or after `when` (seconds since
+        the epoch, compared with `JobEvent.record_time`): the one before the first such event,
+        or the newest when there is none yet ('' for the start)."""
 
     # Rate limit
 

@@ -87,14 +87,28 @@ class EventStreams:
                     return
 
     async def subscribe(
-        self, client: str, after: str, wanted: EventFilter, *, live_only: bool = False
+        self,
+        client: str,
+        after: str,
+        wanted: EventFilter,
+        *,
+        live_only: bool = False,
+        since: float | None = None,
     ) -> AsyncGenerator[JobEvent, None]:
-        """The client's events after the cursor, then live, without end."""
+        """The client's events after the cursor (or, `since` a time, every one recorded at or
+        after it), then live, without end."""
         if live_only and after:
             raise InvalidArgument(
                 [FieldViolation("live_only", "cannot be combined with after_cursor")]
             )
+        if since is not None and (after or live_only):
+            field = "after_cursor" if after else "live_only"
+            raise InvalidArgument(
+                [FieldViolation("start_time", f"cannot be combined with {field}")]
+            )
         parse_cursor(after)
+        if since is not None:
+            after = await self.store.cursor_before(since)
         stream = self._stream(client, after, wanted.matches, live_only=live_only)
         async with contextlib.aclosing(stream) as events:
             async for event in events:

@@ -23,6 +23,8 @@ from ..core.model import (
     UpstreamAttempt,
     UpstreamFailure,
 )
+from ..core.records import EARLIEST_EVENT_TIME as EARLIEST_TIME
+from ..core.records import END_OF_EVENT_TIMES as END_OF_TIMES
 
 MAX_NANOS = 999_999_999
 MAX_INT32 = 2**31 - 1
@@ -104,6 +106,22 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     _set_time(stamp, seconds)
     return stamp
+
+
+def time_of(stamp: timestamp_pb2.Timestamp) -> float:
+    """Seconds since the epoch."""
+    return stamp.seconds + stamp.nanos / 1e9
+
+
+def start_time_of(req: pb.SubscribeRequest) -> float | None:
+    """Subscribe's start_time, if given: a time RFC 3339 writes (years 1-9999), or
+    InvalidArgument."""
+    if not req.HasField("start_time"):
+        return None
+    when = time_of(req.start_time)
+    if not EARLIEST_TIME <= when < END_OF_TIMES or not 0 <= req.start_time.nanos <= MAX_NANOS:
+        raise InvalidArgument([FieldViolation("start_time", "not a time in years 1 to 9999")])
+    return when
 
 
 def _set_time(stamp: timestamp_pb2.Timestamp, seconds: float) -> None:
@@ -307,9 +325,14 @@ def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
     v.require(
         len(idempotency_key) <= MAX_IDEMPOTENCY_KEY, "idempotency_key", _IDEMPOTENCY_KEY_LENGTH
     )
+    not_before = 0.0
+    if req.HasField("not_before"):
+        not_before = time_of(req.not_before)
+        v.require(not_before > 0, "not_before", "must be after 1970-01-01T00:00:00Z")
+        v.require(mode is Mode.ASYNC, "not_before", "MODE_ASYNC only: a sync call sends at once")
     if v.items:
         raise v.error()
-    return DispatchSpec(tuple(services), mode, body, metadata, idempotency_key)
+    return DispatchSpec(tuple(services), mode, body, metadata, idempotency_key, not_before)
 
 
 def _struct_field(message: struct_pb2.Struct, field: str, v: _Violations) -> JSON:
@@ -409,6 +432,8 @@ def fill_job(message: pb.Job, job: Job) -> None:
         message.result.CopyFrom(dict_to_struct(job.result))
     if job.error is not None:
         message.error.CopyFrom(failure_to_pb(job.error))
+    if job.not_before:
+        _set_time(message.not_before, job.not_before)
 
 
 def event_to_pb(event: JobEvent) -> pb.JobEvent:

@@ -58,6 +58,13 @@ _DOMAIN: dict[type[GatewayError], grpc.StatusCode] = {
 }
 
 
+def domain_code(exc: GatewayError) -> grpc.StatusCode:
+    """The status code of a domain error other than UpstreamError (see upstream_code)."""
+    return next(
+        (c for kind, c in _DOMAIN.items() if isinstance(exc, kind)), grpc.StatusCode.INTERNAL
+    )
+
+
 def upstream_code(exc: UpstreamError) -> grpc.StatusCode:
     status = exc.failure.http_status
     if exc.timeout:
@@ -130,9 +137,7 @@ def to_status(exc: GatewayError) -> grpc.Status:
         if exc.retry_after is not None:
             details.append(_retry_info(exc.retry_after))
     else:
-        code = next(
-            (c for kind, c in _DOMAIN.items() if isinstance(exc, kind)), grpc.StatusCode.INTERNAL
-        )
+        code = domain_code(exc)
         if isinstance(exc, InvalidArgument):
             details.append(
                 error_details_pb2.BadRequest(

@@ -90,6 +90,7 @@ class _Method:
 _METHODS: dict[str, _Method] = {
     "Dispatch": _Method(pb.DispatchRequest, False),
     "Validate": _Method(pb.DispatchRequest, False),
+    "DispatchBatch": _Method(pb.DispatchBatchRequest, False),
     "GetJob": _Method(pb.GetJobRequest, False),
     "ListJobs": _Method(pb.ListJobsRequest, False),
     "ListTemplates": _Method(pb.ListTemplatesRequest, False),
@@ -275,6 +276,7 @@ class JsonFace:
                 # An SSE client reconnecting: on from its last event, whatever it first asked.
                 message.after_cursor = resume
                 message.live_only = False
+                message.ClearField("start_time")
         return StreamingResponse(
             self._events(name, message, client),
             media_type=SSE_MEDIA_TYPE,

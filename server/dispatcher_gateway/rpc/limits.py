@@ -88,8 +88,9 @@ class ClientLimits:
 
     # Queued jobs
 
-    def check_queue(self, client: str) -> None:
-        waiting = len(self._queued.get(client, ()))
+    def check_queue(self, client: str, *, accepted: int = 0) -> None:
+        """`accepted`: jobs of the same call (a batch) already let through, not counted yet."""
+        waiting = len(self._queued.get(client, ())) + accepted
         if waiting >= self.quotas.max_queued:
             raise RateLimited(
                 f"client {client!r} has {waiting} jobs waiting to be sent upstream (at most "

@@ -21,6 +21,7 @@ from ..core.gateway import Gateway
 from ..core.model import JobEvent, JobState
 from ..tracing import current_traceparent
 from .auth import authorize, caller
+from .batch import BATCH_MAX, dispatch_batch
 from .convert import (
     attempt_to_pb,
     check_job_id,
@@ -32,6 +33,7 @@ from .convert import (
     filter_from_request,
     job_to_pb,
     spec_from_request,
+    start_time_of,
     template_to_pb,
 )
 from .errors import refuses_request
@@ -73,7 +75,12 @@ class _EventMessages:
 
 class DispatchServicer(pb_grpc.DispatchServiceServicer):
     def __init__(
-        self, gateway: Gateway, limits: ClientLimits | None = None, *, max_stream_age: float
+        self,
+        gateway: Gateway,
+        limits: ClientLimits | None = None,
+        *,
+        max_stream_age: float,
+        batch_max: int = BATCH_MAX,
     ) -> None:
         """Each method runs behind the CallGuard interceptor: its caller is authenticated
         (`auth.caller()`), the call counted for a drain, and the domain errors it raises
@@ -81,6 +88,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         self.gateway = gateway
         self.limits = limits or ClientLimits()
         self.max_stream_age = max_stream_age
+        self.batch_max = batch_max
         self._messages = _EventMessages()
 
     async def Dispatch(self, request: pb.DispatchRequest, context: Context) -> pb.DispatchResponse:
@@ -133,7 +141,14 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
     async def DispatchBatch(
         self, request: pb.DispatchBatchRequest, context: Context
     ) -> pb.DispatchBatchResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "DispatchBatch is not built yet")
+        return await dispatch_batch(
+            self.gateway,
+            self.limits,
+            caller(),
+            request.requests,
+            batch_max=self.batch_max,
+            trace_context=current_traceparent(),
+        )
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.Job:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "CancelJob is not built yet")
@@ -162,6 +177,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
                 request.after_cursor,
                 filter_from_request(request),
                 live_only=request.live_only,
+                since=start_time_of(request),
             )
 
         async with contextlib.aclosing(

@@ -62,6 +62,8 @@ def job_to_json(job: Job) -> JSON:
     # Only when traced: an untraced job is written as the previous release wrote it.
     if job.trace_context:
         data["trace_context"] = job.trace_context
+    if job.not_before:
+        data["not_before"] = job.not_before
     return data
 
 
@@ -84,6 +86,7 @@ def job_from_json(data: JSON) -> Job:
         last_event=data["last_event"],
         # Absent from what the previous release wrote.
         trace_context=data.get("trace_context") or "",
+        not_before=float(data.get("not_before") or 0.0),
     )
 
 

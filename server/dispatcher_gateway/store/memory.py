@@ -16,7 +16,7 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..core.errors import NotFound, StoreUnavailable
@@ -107,6 +107,13 @@ class MemoryStore:
             self._outbox[self._next_entry] = _Entry(job.job_id, due_at=self._clock())
             self._next_entry += 1
         return self._job(job.job_id), True
+
+    async def create_jobs(
+        self, new: Sequence[tuple[Job, JobEvent]], *, enqueue: bool
+    ) -> list[tuple[Job, bool]]:
+        self._ensure_open()
+        # Nothing awaited in between: atomic, as one transaction.
+        return [await self.create_job(job, first, enqueue=enqueue) for job, first in new]
 
     async def get_job(self, job_id: str) -> Job | None:
         self._ensure_open()
@@ -211,6 +218,13 @@ class MemoryStore:
     async def last_cursor(self) -> str:
         self._ensure_open()
         return str(len(self._events)) if self._events else ""
+
+    async def cursor_before(self, when: float) -> str:
+        self._ensure_open()
+        for index, event in enumerate(self._events_after(0)):
+            if event.record_time >= when:
+                return str(index) if index else ""
+        return await self.last_cursor()
 
     # Rate limit
 

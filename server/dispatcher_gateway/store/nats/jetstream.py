@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
 import json
 import logging
 import random
@@ -262,6 +263,18 @@ class JetStream:
         data = base64.b64decode(message.get("data") or b"")
         headers = base64.b64decode(message.get("hdrs") or b"")
         return data, int(message["seq"]), headers
+
+    async def first_seq_since(self, stream: str, when: float) -> int | None:
+        """The sequence of the stream's first message stored at or after `when` (seconds since
+        the epoch, by the server's clock), None if there is none."""
+        start = datetime.datetime.fromtimestamp(when, datetime.UTC).isoformat()
+        try:
+            answer = await self.request(
+                f"{API_PREFIX}.STREAM.MSG.GET.{stream}", dumps({"start_time": start})
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        return int(answer["message"]["seq"])
 
     async def last_seq_on(self, stream: str, subject: str) -> int:
         """The sequence of the stream's last message on `subject`, 0 when there is none."""

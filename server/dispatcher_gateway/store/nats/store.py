@@ -30,6 +30,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -65,6 +66,11 @@ key claimed, and each retry of the caller must complete within the caller's own 
 wait as long as the store's timeout was cancelled by such a deadline on every retry). Completing
 while the claimer is only slow is safe: the job's create-only write lets one of them win."""
 RATE_KEY: Final = "upstream"
+SEEK_MARGIN: Final = 10.0
+"""Seconds before a seek's time from which the events stream is searched for the first event
+recorded at or after it: more than an event's way from its replica's record time to the server
+(with the replicas' and the servers' clocks in step, as the rate limit assumes too)."""
+SEEK_PAGE: Final = 256
 
 
 class NatsStore:
@@ -182,6 +188,30 @@ class NatsStore:
                     raise StoreUnavailable("the job vanished while it was being created")
                 return existing, False
             return job, True
+
+    async def create_jobs(
+        self, new: Sequence[tuple[Job, JobEvent]], *, enqueue: bool
+    ) -> list[tuple[Job, bool]]:
+        """No transaction spans jobs here: each is create_job's commit (its envelope), all
+        sent at once on the one connection, so the batch costs about one create's round trips.
+        Those sharing an idempotency key are created one after the other, as in a row."""
+        first: dict[tuple[str, str], int] = {}
+        later: list[int] = []
+        for i, (job, _) in enumerate(new):
+            if not job.idempotency_key:
+                continue
+            if first.setdefault((job.client, job.idempotency_key), i) != i:
+                later.append(i)
+        skip = set(later)
+        done: dict[int, tuple[Job, bool]] = {}
+        alone = [i for i in range(len(new)) if i not in skip]
+        created = await asyncio.gather(
+            *(self.create_job(new[i][0], new[i][1], enqueue=enqueue) for i in alone)
+        )
+        done.update(zip(alone, created, strict=True))
+        for i in later:
+            done[i] = await self.create_job(new[i][0], new[i][1], enqueue=enqueue)
+        return [done[i] for i in range(len(new))]
 
     async def get_job(self, job_id: str) -> Job | None:
         with unavailable():
@@ -334,6 +364,33 @@ class NatsStore:
     async def last_cursor(self) -> str:
         with unavailable():
             last = await self._wire().last_seq(self.events_stream)
+            return str(last) if last else ""
+
+    async def cursor_before(self, when: float) -> str:
+        """JetStream's start time (the server's clock when it stored each event) finds where to
+        look, SEEK_MARGIN early: an event is stored a moment after the replica that wrote it
+        stamped its record time; from there, the events are read until the first recorded at or
+        after `when`."""
+        with unavailable():
+            js = self._wire()
+            # Nothing is stored before 1970.
+            start = await js.first_seq_since(self.events_stream, max(0.0, when - SEEK_MARGIN))
+            while start is not None:
+                msgs = await js.read(
+                    self.events_stream,
+                    filter_subject=f"{self.layout.events_subject}.>",
+                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=start,
+                    limit=SEEK_PAGE,
+                )
+                for msg in msgs:
+                    if _event_from_msg(msg).record_time >= when:
+                        seq = msg.metadata.sequence.stream
+                        return str(seq - 1) if seq > 1 else ""
+                if len(msgs) < SEEK_PAGE:
+                    break
+                start = msgs[-1].metadata.sequence.stream + 1
+            last = await js.last_seq(self.events_stream)
             return str(last) if last else ""
 
     # Rate limit

@@ -27,6 +27,7 @@ JOB_COLUMNS: Final = [
     "error",
     "last_event",
     "trace_context",
+    "not_before",
 ]
 JOB_STATE_COLUMNS: Final = ["job_id", *codec.JOB_STATE_FIELDS]
 """The job id, and what an event may change (in this order in UPDATE_JOBS)."""
@@ -49,15 +50,16 @@ _JSON_EVENT_COLUMNS: Final = ("data", "metadata")
 
 INSERT_JOB: Final = (
     "INSERT INTO jobs (job_id, client, services, mode, state, body, metadata, idempotency_key,"
-    " request_hash, created_at, updated_at, dispatch_id, result, error, last_event, trace_context)"
+    " request_hash, created_at, updated_at, dispatch_id, result, error, last_event, trace_context,"
+    " not_before)"
     " VALUES (:job_id, :client, :services, :mode, :state, :body, :metadata, :idempotency_key,"
     " :request_hash, :created_at, :updated_at, :dispatch_id, :result, :error, :last_event,"
-    " :trace_context)"
+    " :trace_context, :not_before)"
 )
 SELECT_JOBS_STATE: Final = (
     "SELECT job_id, client, services, mode, state, '{}' AS body, metadata, idempotency_key,"
-    " request_hash, created_at, updated_at, dispatch_id, result, error, last_event, trace_context"
-    " FROM jobs"
+    " request_hash, created_at, updated_at, dispatch_id, result, error, last_event, trace_context,"
+    " not_before FROM jobs"
 )
 """The job as `apply` sees it: all but the body, the one column that may be large."""
 UPDATE_JOBS: Final = (
@@ -88,6 +90,7 @@ def insert_many(table: str, columns: list[str], rows: int) -> str:
 def job_params(job: Job) -> dict[str, Any]:
     params = codec.job_to_json(job)
     params.setdefault("trace_context", "")
+    params.setdefault("not_before", 0.0)
     for column in _JSON_JOB_COLUMNS:
         if params[column] is not None:
             params[column] = codec.dumps(params[column])

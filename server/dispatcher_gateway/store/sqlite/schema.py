@@ -10,9 +10,9 @@ from typing import Final
 
 from ...core.errors import StoreUnavailable
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """Kept in the file's user_version: a file from a newer gateway is refused, not misread.
-Version 2 added jobs.trace_context."""
+Version 2 added jobs.trace_context; version 3 jobs.not_before and events_by_record_time."""
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 BUSY_TIMEOUT_MS: Final = 5000
 """How long a write waits for another process's lock on the file before it fails as
@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     error TEXT,
     last_event TEXT NOT NULL,
-    trace_context TEXT NOT NULL DEFAULT ''
+    trace_context TEXT NOT NULL DEFAULT '',
+    not_before REAL NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key
     ON jobs (client, idempotency_key) WHERE idempotency_key != '';
@@ -58,6 +59,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_client ON events (client, seq);
 CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
+CREATE INDEX IF NOT EXISTS events_by_record_time ON events (record_time);
 
 CREATE TABLE IF NOT EXISTS dedupe (
     dedupe_key TEXT PRIMARY KEY,
@@ -84,7 +86,12 @@ CREATE TABLE IF NOT EXISTS secrets (
 ) WITHOUT ROWID;
 """
 
-_ADD_TRACE_CONTEXT: Final = "ALTER TABLE jobs ADD COLUMN trace_context TEXT NOT NULL DEFAULT ''"
+_ADDED_COLUMNS: Final = (
+    (2, "ALTER TABLE jobs ADD COLUMN trace_context TEXT NOT NULL DEFAULT ''"),
+    (3, "ALTER TABLE jobs ADD COLUMN not_before REAL NOT NULL DEFAULT 0"),
+)
+"""The columns each version added to a table an older file already has (its old rows read the
+default)."""
 
 
 def connect(path: Path, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
@@ -121,9 +128,10 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
-        if version == 1:
-            # Its jobs table was there before, without the column; old rows read it as ''.
-            conn.execute(_ADD_TRACE_CONTEXT)
+        if version > 0:
+            for added_in, statement in _ADDED_COLUMNS:
+                if version < added_in:
+                    conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

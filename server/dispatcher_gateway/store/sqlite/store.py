@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -18,7 +18,7 @@ from ...core.query import JobQuery
 from .. import codec
 from ..codec import DEFAULT_DEDUPE_TTL, SECRET_BYTES
 from . import rows, schema
-from .engine import Batch, Writer
+from .engine import MAX_BATCH, Batch, Writer
 from .tail import Feeds, Tail
 
 # Pruning costs a scan of the old keys; doing it on every append would tax the hot path.
@@ -115,31 +115,38 @@ class SqliteStore:
     async def create_job(
         self, job: Job, first_event: JobEvent, *, enqueue: bool
     ) -> tuple[Job, bool]:
-        def create(conn: sqlite3.Connection) -> tuple[Job, bool]:
-            if job.idempotency_key:
-                existing = _find_job(conn, job)
-                if existing is not None:
-                    return existing, False
-            now = time.time()
-            try:
-                conn.execute(rows.INSERT_JOB, rows.job_params(job))
-            except sqlite3.IntegrityError:
-                # A job with this id: a retry of a create that did commit.
-                existing = _find_job(conn, job)
-                if existing is None:
-                    raise
-                return existing, False
-            self._insert_events(conn, [first_event], now)
-            if enqueue:
-                conn.execute(
-                    "INSERT INTO outbox (job_id, due_at) VALUES (?, ?)", (job.job_id, self._clock())
-                )
-            return job, True
-
         batch = None
         if not job.idempotency_key:
             batch = Batch(self._create_all, _NewJob(job, first_event, enqueue))
-        return await self._writer.run(create, write=True, batch=batch)
+        return await self._writer.run(
+            lambda conn: self._create(conn, job, first_event, enqueue), write=True, batch=batch
+        )
+
+    async def create_jobs(
+        self, new: Sequence[tuple[Job, JobEvent]], *, enqueue: bool
+    ) -> list[tuple[Job, bool]]:
+        """One operation of the writer: one transaction, one commit for all of them. Runs of
+        jobs without an idempotency key are written as the writer's group commits write them
+        (`_create_all`: a few multi-row statements for the run)."""
+
+        def create(conn: sqlite3.Connection) -> list[tuple[Job, bool]]:
+            done: list[tuple[Job, bool]] = []
+            run: list[_NewJob] = []
+            for job, first in new:
+                if not job.idempotency_key:
+                    run.append(_NewJob(job, first, enqueue))
+                    if len(run) < MAX_BATCH:
+                        continue
+                if run:
+                    done.extend(self._create_all(conn, run))
+                    run = []
+                if job.idempotency_key:
+                    done.append(self._create(conn, job, first, enqueue))
+            if run:
+                done.extend(self._create_all(conn, run))
+            return done
+
+        return await self._writer.run(create, write=True)
 
     async def get_job(self, job_id: str) -> Job | None:
         def get(conn: sqlite3.Connection) -> Job | None:
@@ -286,6 +293,19 @@ class SqliteStore:
 
         return await self._writer.run(last)
 
+    async def cursor_before(self, when: float) -> str:
+        def find(conn: sqlite3.Connection) -> str:
+            # events_by_record_time: the events recorded since then, not the whole log.
+            first = conn.execute(
+                "SELECT min(seq) FROM events WHERE record_time >= ?", (when,)
+            ).fetchone()[0]
+            if first is None:
+                first = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
+                return "" if first is None else str(first)
+            return str(first - 1) if first > 1 else ""
+
+        return await self._writer.run(find)
+
     async def events_after(self, seq: int, limit: int) -> list[JobEvent]:
         """Every client's events after `seq` (what a tail catches up with)."""
 
@@ -331,6 +351,30 @@ class SqliteStore:
             conn.close()
             raise
         return conn
+
+    def _create(
+        self, conn: sqlite3.Connection, job: Job, first_event: JobEvent, enqueue: bool
+    ) -> tuple[Job, bool]:
+        """create_job's operation, for one job."""
+        if job.idempotency_key:
+            existing = _find_job(conn, job)
+            if existing is not None:
+                return existing, False
+        now = time.time()
+        try:
+            conn.execute(rows.INSERT_JOB, rows.job_params(job))
+        except sqlite3.IntegrityError:
+            # A job with this id: a retry of a create that did commit.
+            existing = _find_job(conn, job)
+            if existing is None:
+                raise
+            return existing, False
+        self._insert_events(conn, [first_event], now)
+        if enqueue:
+            conn.execute(
+                "INSERT INTO outbox (job_id, due_at) VALUES (?, ?)", (job.job_id, self._clock())
+            )
+        return job, True
 
     def _create_all(self, conn: sqlite3.Connection, new: list[_NewJob]) -> list[tuple[Job, bool]]:
         """Creates without idempotency keys, three statements for all: what `create_job`'s
