@@ -43,7 +43,12 @@ RATE_WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 3
 
 OPENMETRICS = "application/openmetrics-text"
 
-ENDED_STATES = (JobState.SUCCEEDED.value, JobState.FAILED.value, states.OVERDUE)
+ENDED_STATES = (
+    JobState.SUCCEEDED.value,
+    JobState.FAILED.value,
+    states.OVERDUE,
+    JobState.CANCELED.value,
+)
 STREAM_END_REASONS = ("slow", "shutdown", "store_unavailable")
 WEBHOOK_OUTCOMES = ("recorded", "duplicate")
 WEBHOOK_REFUSED = "unauthorized"
@@ -100,8 +105,14 @@ class Metrics:
         self.jobs_ended = Counter(
             PREFIX + "jobs_ended_total",
             "Jobs that reached their terminal event, by service and state (succeeded, failed, "
-            "callback_overdue).",
+            "callback_overdue, canceled).",
             ("service", "state"),
+            registry=r,
+        )
+        self.job_retries = Counter(
+            PREFIX + "job_retries_total",
+            "Failed jobs sent again by RetryJob as new jobs.",
+            ("service",),
             registry=r,
         )
         self.webhooks = Counter(
@@ -147,6 +158,7 @@ class Metrics:
         that rate() and increase() count that first event, and alerts have a series to read."""
         for service in Service:
             self.callbacks_overdue.labels(service.value)
+            self.job_retries.labels(service.value)
             for state in ENDED_STATES:
                 self.jobs_ended.labels(service.value, state)
         for outcome in DISPATCH_OUTCOMES:
@@ -206,6 +218,9 @@ class Counts:
 
     def job_ended(self, service: str, state: str) -> None:
         self.metrics.jobs_ended.labels(service, state).inc()
+
+    def job_retried(self, service: str) -> None:
+        self.metrics.job_retries.labels(service).inc()
 
     def webhook(self, outcome: str) -> None:
         self.metrics.webhooks.labels(outcome).inc()

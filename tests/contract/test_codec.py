@@ -184,10 +184,10 @@ async def test_what_the_sqlite_backend_stored_reads_back(tmp_path: Path) -> None
     await store.open()
     await store.close()
     with sqlite3.connect(path) as conn:
-        # The schema as an older release made it (version 1): jobs without trace_context (and
-        # not_before, version 3's), events without the index by record time.
-        conn.execute("ALTER TABLE jobs DROP COLUMN not_before")
-        conn.execute("ALTER TABLE jobs DROP COLUMN trace_context")
+        # The schema as an earlier release made it (version 1): jobs without trace_context,
+        # nor version 3's columns; events without version 3's index by record time.
+        for column in ("retried_by", "retry_of", "submit_begun_at", "not_before", "trace_context"):
+            conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
         conn.execute("DROP INDEX events_by_record_time")
         conn.execute("PRAGMA user_version = 1")
         conn.executemany(

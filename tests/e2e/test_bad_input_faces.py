@@ -262,6 +262,8 @@ async def test_a_call_without_a_known_token_is_unauthenticated(authed: Face) -> 
         for method, request in (
             ("Dispatch", email_request()),
             ("GetJob", pb.GetJobRequest(job_id="job_x")),
+            ("CancelJob", pb.CancelJobRequest(job_id="job_x")),
+            ("RetryJob", pb.RetryJobRequest(job_id="job_x")),
             ("ListJobs", pb.ListJobsRequest()),
             ("Subscribe", pb.SubscribeRequest()),
             ("WatchJob", pb.WatchJobRequest(job_id="job_x")),
@@ -277,9 +279,15 @@ async def test_someone_elses_job_is_not_found_and_unlisted(authed: Face) -> None
     get = await failure(authed, "GetJob", pb.GetJobRequest(job_id=job_id), bob)
     watch = await failure(authed, "WatchJob", pb.WatchJobRequest(job_id=job_id), bob)
     unknown = await failure(authed, "GetJob", pb.GetJobRequest(job_id="job_nope"), bob)
+    cancel = await failure(authed, "CancelJob", pb.CancelJobRequest(job_id=job_id), bob)
+    retry = await failure(authed, "RetryJob", pb.RetryJobRequest(job_id=job_id), bob)
     assert get.code == watch.code == unknown.code == grpc.StatusCode.NOT_FOUND
+    assert cancel.code == retry.code == grpc.StatusCode.NOT_FOUND
     assert get.message.replace(job_id, "X") == unknown.message.replace("job_nope", "X")
-    assert (await authed.call("GetJob", pb.GetJobRequest(job_id=job_id), alice)).job_id == job_id
+    assert cancel.message == retry.message == get.message
+    mine = await authed.call("GetJob", pb.GetJobRequest(job_id=job_id), alice)
+    assert mine.job_id == job_id
+    assert mine.state != pb.JOB_STATE_CANCELED
     listed = await authed.call("ListJobs", pb.ListJobsRequest(), bob)
     assert list(listed.jobs) == []
 

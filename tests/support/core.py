@@ -30,6 +30,8 @@ from .upstream import FAST, UNLIMITED, ScriptedUpstream
 
 TOKENS = CallbackTokens(b"k" * 32)
 PUBLIC_URL = "https://gw.example"
+CANCEL_AGAIN = 0.1
+"""Seconds before a worker told to stop is cancelled again (see running_outbox)."""
 NEVER_OPENS = 1_000_000
 """A breaker threshold no test reaches: the breaker has its own tests, and must not pause the
 rules under test elsewhere."""
@@ -75,7 +77,12 @@ async def running_outbox(gateway: Gateway) -> AsyncIterator[asyncio.Task[None]]:
     try:
         yield task
     finally:
-        task.cancel()
+        # Cancelled again until it ends: Python 3.11's asyncio.wait_for (the worker's idle wait)
+        # swallows a cancellation that comes as its wait ends, and the worker would go on
+        # polling for ever (the test then hangs until pytest-timeout's 120 s).
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=CANCEL_AGAIN)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 

@@ -101,6 +101,8 @@ _RESPONSES: dict[str, type[Message]] = {
     "Validate": pb.ValidateResponse,
     "DispatchBatch": pb.DispatchBatchResponse,
     "GetJob": pb.Job,
+    "CancelJob": pb.Job,
+    "RetryJob": pb.Job,
     "ListJobs": pb.ListJobsResponse,
     "ListTemplates": pb.ListTemplatesResponse,
 }

@@ -8,7 +8,14 @@ import asyncio
 import pytest
 
 from dispatcher_gateway.core.errors import SlowConsumer
-from dispatcher_gateway.core.model import DispatchSpec, EventFilter, JobState, Mode, Service
+from dispatcher_gateway.core.model import (
+    DispatchSpec,
+    EventFilter,
+    JobState,
+    Mode,
+    Service,
+    UpstreamFailure,
+)
 from dispatcher_gateway.core.retry import RetryPolicy
 from dispatcher_gateway.metrics import Counts, GatewayGauges, Metrics
 from dispatcher_gateway.store.memory import MemoryStore
@@ -149,3 +156,26 @@ async def test_live_events_are_timed_jobs_ended_counted_and_slow_streams_ended_b
     assert value("dispatcher_gateway_jobs_ended_total", ended) == 1
     assert value("dispatcher_gateway_webhooks_total", {"outcome": "recorded"}) == 81
     assert value("dispatcher_gateway_streams_ended_total", {"reason": "slow"}) == 1
+
+
+async def test_a_canceled_job_is_counted_ended_canceled_and_a_retry_counted_once() -> None:
+    store = MemoryStore()
+    await store.open()
+    metrics = Metrics()
+    gateway = build_core(store, ScriptedUpstream(), observer=Counts(metrics))
+    spec = DispatchSpec((Service.EMAIL,), Mode.ASYNC, {"template": {"id": 1, "data": {}}})
+    try:
+        canceled = await gateway.dispatches.submit("anonymous", spec, budget=None)
+        await gateway.control.cancel("anonymous", canceled.job_id)
+        await gateway.control.cancel("anonymous", canceled.job_id)
+        failed = await gateway.dispatches.submit("anonymous", spec, budget=None)
+        await gateway.records.fail(failed, UpstreamFailure("invalid_field", "refused", 400))
+        for _ in range(2):
+            await gateway.control.retry("anonymous", failed.job_id)
+    finally:
+        await store.close()
+    value = metrics.registry.get_sample_value
+    email = {"service": "email"}
+    assert value("dispatcher_gateway_jobs_ended_total", email | {"state": "canceled"}) == 1
+    assert value("dispatcher_gateway_jobs_ended_total", email | {"state": "failed"}) == 1
+    assert value("dispatcher_gateway_job_retries_total", email) == 1

@@ -56,6 +56,10 @@ def job_text(job: pb.Job) -> str:
     ]
     if job.HasField("error"):
         lines.append(f"error      {job.error.code}: {job.error.message}")
+    if job.retry_of:
+        lines.append(f"retry of   {job.retry_of}")
+    if job.retried_by:
+        lines.append(f"retried by {job.retried_by}")
     lines.append(f"attempts   {len(job.attempts)}")
     for n, a in enumerate(job.attempts, 1):
         status = str(a.http_status) if a.http_status else "-"

@@ -156,6 +156,8 @@ class Dispatches:
             updated_at=now,
             trace_context=trace_context,
             not_before=spec.not_before,
+            # A sync job is sent within its call: too late to cancel from the start.
+            submit_begun_at=now if spec.mode is Mode.SYNC else 0.0,
         )
 
     async def _dispatch_sync(self, job: Job, arrived: float, budget: float, *, slot: bool) -> Job:

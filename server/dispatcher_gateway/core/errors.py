@@ -33,6 +33,11 @@ class IdempotencyConflict(GatewayError):
     """The idempotency key was used before with a different request."""
 
 
+class WrongState(GatewayError):
+    """The job is not in a state the call can act on: a cancel too late, a retry of a job that
+    did not fail or whose failure does not prove the upstream left it undone."""
+
+
 class RateLimited(GatewayError):
     def __init__(self, message: str, retry_after: float) -> None:
         self.retry_after = retry_after

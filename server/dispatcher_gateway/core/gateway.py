@@ -2,8 +2,8 @@
 record first, then the outbox, then what the edges call (dispatches, reads, streams, webhook
 recording), the outbox's wake handed to the dispatches at construction.
 
-rpc/ calls `dispatches`, `reads` and `streams`; webhooks/ hands verified callbacks to
-`webhooks`; app.py runs `outbox` and reports `caller.breaker`.
+rpc/ calls `dispatches`, `reads`, `control` (cancel, retry) and `streams`; webhooks/ hands
+verified callbacks to `webhooks`; app.py runs `outbox` and reports `caller.breaker`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from .breaker import CircuitBreaker
 from .callbacks import CallbackRules
 from .caller import UPSTREAM_TIMEOUT, UpstreamCaller
+from .control import JobControl
 from .dispatch import Dispatches
 from .hub import EventHub
 from .outbox import ASYNC_CONCURRENCY, SUBMIT_TIMEOUT, SYNC_CONCURRENCY, OutboxWorker
@@ -48,6 +49,7 @@ class Gateway:
     outbox: OutboxWorker
     dispatches: Dispatches
     reads: JobReads
+    control: JobControl
     streams: EventStreams
     webhooks: WebhookRecorder
 
@@ -111,6 +113,7 @@ class Gateway:
                 schedule=schedule,
             ),
             reads=reads,
+            control=JobControl(store, reads, clock=clock, queued=worker.wake, observer=observer),
             streams=EventStreams(store, hub, reads, clock=clock, observer=observer),
             webhooks=WebhookRecorder(store, tokens, clock=clock, observer=observer, traces=traces),
         )

@@ -52,10 +52,12 @@ class JobState(enum.StrEnum):
     IN_PROGRESS = "in_progress"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELED = "canceled"
+    """Withdrawn by its client before its submission upstream began (core/control.py)."""
 
     @property
     def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED)
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED)
 
     @property
     def rank(self) -> int:
@@ -69,6 +71,7 @@ _STATE_RANK = {
     JobState.IN_PROGRESS: 2,
     JobState.SUCCEEDED: 3,
     JobState.FAILED: 3,
+    JobState.CANCELED: 3,
 }
 
 
@@ -213,6 +216,13 @@ class Job:
     continues that trace and its webhooks link to it; opaque here, empty when not traced."""
     not_before: float = 0.0
     """Not sent upstream before this time (seconds since the epoch); 0: as soon as it can."""
+    submit_begun_at: float = 0.0
+    """When its submission upstream began (the outbox's claim, or the sync call's create); 0
+    while none has: only then can the job be canceled. Set once, never cleared."""
+    retry_of: str = ""
+    """The failed job this one sends again (RetryJob); fixed at the create."""
+    retried_by: str = ""
+    """The job RetryJob made to send this failed one again; set by its `retried` event."""
 
     @property
     def service(self) -> Service:

@@ -268,6 +268,12 @@ class OutboxWorker:
         try:
             if asyncio.get_running_loop().time() - taken > SLOT_FRESHNESS:
                 await self.caller.wait_slot()
+            # The point of no return, settled in the store against a cancel (see
+            # Store.begin_submission): a job canceled first is dropped here, unsent.
+            if (await self.store.begin_submission(job.job_id)).state.terminal:
+                self.observer.outbox_settled(job.job_id)
+                await self.store.ack(lease)
+                return
             await self._submit_and_record(lease, job, kind)
         except StoreUnavailable as exc:
             # Sent or not, the outcome could not be recorded: the entry goes back when the

@@ -49,7 +49,9 @@ class Store(Protocol):
 
         When `job.idempotency_key` is not empty and the same client already has a job under that
         key, nothing is written and that job is returned with False. Concurrent calls with the same
-        (client, key) create exactly one job. A crash part way must leave either nothing, or a job
+        (client, key) create exactly one job. Likewise for the same `job.job_id` (a retry of the
+        call, or RetryJob's job, whose id is derived from the failed one's): one job, the others
+        get it with False. A crash part way must leave either nothing, or a job
         that a retry of this call completes (event appended, outbox entry present) and returns.
         """
 
@@ -75,6 +77,19 @@ class Store(Protocol):
     ) -> tuple[list[Job], str]:
         """Every client's jobs that `query` matches, newest first, paged as list_jobs pages
         (the same tokens). For operators (the console): it may scan every job."""
+
+    async def begin_submission(self, job_id: str) -> Job:
+        """Record that the job's submission upstream begins now (`Job.submit_begun_at`), unless
+        it has begun already or the job has ended; returns the job as it is after. Raises
+        NotFound when the job does not exist.
+
+        The rule that makes a cancel exact, on every replica: this write and `append_event` on
+        the same job are atomic with respect to each other (the same transaction, or the same
+        compare-and-set of the job), so an append's `apply` that sees `submit_begun_at` unset is
+        ordered before every begin_submission of the job, and one that sees it set, after. A
+        cancel's apply refuses a begun job; the outbox sends only a job this returned begun and
+        not ended. So a canceled job is never sent, and a job whose submission began is never
+        canceled, whichever of the two comes first by a microsecond."""
 
     # Outbox
     #
@@ -240,7 +255,11 @@ class Observer(Protocol):
         'store_unavailable'."""
 
     def job_ended(self, service: str, state: str) -> None:
-        """A job reached its terminal event: 'succeeded', 'failed', or 'callback_overdue'."""
+        """A job reached its terminal event: 'succeeded', 'failed', 'callback_overdue', or
+        'canceled'."""
+
+    def job_retried(self, service: str) -> None:
+        """RetryJob made a new job to send a failed one again."""
 
     def outbox_pending(self, job_id: str, queued_at: float, until: float) -> None:
         """The outbox holds this job unsent since `queued_at` (seconds since the epoch); if it is
@@ -281,6 +300,9 @@ class NoObserver:
         pass
 
     def job_ended(self, service: str, state: str) -> None:
+        pass
+
+    def job_retried(self, service: str) -> None:
         pass
 
     def outbox_pending(self, job_id: str, queued_at: float, until: float) -> None:

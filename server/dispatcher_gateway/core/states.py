@@ -17,13 +17,20 @@ UNDELIVERABLE = "undeliverable_event"
 """What a stream sends in place of a stored event whose data no client could decode (one stored
 before core/eventdata.py refused such data): same cursor, job, state and terminal flag."""
 
+CANCELED = "canceled"
+"""The terminal event of a job withdrawn by CancelJob before its submission began; its data
+names who canceled it."""
+RETRIED = "retried"
+"""Recorded on a failed job when RetryJob made the job that sends it again (named in its data,
+`retried_by`): the failed job stays as it ended, with `Job.retried_by` set."""
+
 OVERDUE = "callback_overdue"
 """The error code of a job whose terminal webhook did not come within its service's deadline."""
 
 INFORMATIONAL = frozenset({ATTEMPT})
 """Events recorded and streamed that leave the job as it is."""
 
-OWN_EVENTS = frozenset({QUEUED, SUBMITTED, FAILED, ATTEMPT, UNDELIVERABLE})
+OWN_EVENTS = frozenset({QUEUED, SUBMITTED, FAILED, ATTEMPT, UNDELIVERABLE, CANCELED, RETRIED})
 """Event types the gateway records itself, which no webhook may carry: an `upstream_attempt`
 would stand among the requests GetJob reports, a `failed` among the gateway's own failures.
 (`dispatch_completed` is the upstream's word too, in its async-flow recipe.)"""
@@ -32,6 +39,7 @@ EVENT_STATES: dict[str, JobState] = {
     QUEUED: JobState.QUEUED,
     SUBMITTED: JobState.SUBMITTED,
     FAILED: JobState.FAILED,
+    CANCELED: JobState.CANCELED,
     COMPLETED: JobState.SUCCEEDED,
     # Not sent by Dispatcher as documented (webhooks come for esign and postal only), but named
     # by its async-flow recipe: honoured should they ever come.
@@ -70,6 +78,9 @@ def apply_event(job: Job, event: JobEvent) -> tuple[Job, JobEvent]:
     """
     announced = state_for(event.type)
     dispatch_id = job.dispatch_id or event.dispatch_id
+    if event.type == RETRIED and not job.retried_by:
+        # The failed job stays as it ended (the branch below): only the link is added.
+        job = job.replace(retried_by=str(event.data.get("retried_by") or ""))
     if event.type in INFORMATIONAL:
         return job, event.replace(state=job.state, dispatch_id=dispatch_id, terminal=False)
     if job.state.terminal or announced.rank < job.state.rank:

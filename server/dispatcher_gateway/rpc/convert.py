@@ -434,6 +434,10 @@ def fill_job(message: pb.Job, job: Job) -> None:
         message.error.CopyFrom(failure_to_pb(job.error))
     if job.not_before:
         _set_time(message.not_before, job.not_before)
+    if job.retry_of:
+        message.retry_of = job.retry_of
+    if job.retried_by:
+        message.retried_by = job.retried_by
 
 
 def event_to_pb(event: JobEvent) -> pb.JobEvent:

@@ -20,6 +20,7 @@ from ..core.errors import (
     SlowConsumer,
     StoreUnavailable,
     UpstreamError,
+    WrongState,
 )
 from .auth import PermissionDenied, Unauthenticated
 
@@ -49,6 +50,7 @@ _DOMAIN: dict[type[GatewayError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     IdempotencyConflict: grpc.StatusCode.FAILED_PRECONDITION,
+    WrongState: grpc.StatusCode.FAILED_PRECONDITION,
     RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,

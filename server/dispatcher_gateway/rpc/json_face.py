@@ -94,6 +94,8 @@ _METHODS: dict[str, _Method] = {
     "GetJob": _Method(pb.GetJobRequest, False),
     "ListJobs": _Method(pb.ListJobsRequest, False),
     "ListTemplates": _Method(pb.ListTemplatesRequest, False),
+    "CancelJob": _Method(pb.CancelJobRequest, False),
+    "RetryJob": _Method(pb.RetryJobRequest, False),
     "WatchJob": _Method(pb.WatchJobRequest, True),
     "Subscribe": _Method(pb.SubscribeRequest, True),
 }

@@ -151,10 +151,21 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         )
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.Job:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "CancelJob is not built yet")
+        check_job_id(request.job_id)
+        return job_to_pb(await self.gateway.control.cancel(caller().name, request.job_id))
 
     async def RetryJob(self, request: pb.RetryJobRequest, context: Context) -> pb.Job:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "RetryJob is not built yet")
+        check_job_id(request.job_id)
+        client = caller()
+        old = await self.gateway.reads.get_job(client.name, request.job_id)
+        # The new job is a dispatch of the same request: the client's rights and queue apply.
+        authorize(client, old.services)
+        if not old.retried_by:
+            self.limits.check_queue(client.name)
+        job = await self.gateway.control.retry(client.name, request.job_id)
+        if job.state is JobState.QUEUED:
+            self.limits.queued(client.name, job.job_id)
+        return job_to_pb(job)
 
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: Context

@@ -28,9 +28,18 @@ from ..core.model import (
 DEFAULT_DEDUPE_TTL: Final = 72 * 3600.0
 """How long an append's dedupe key is remembered: the contract's "at least 72 h"."""
 SECRET_BYTES: Final = 32
-JOB_STATE_FIELDS: Final = ("state", "updated_at", "dispatch_id", "result", "error", "last_event")
+JOB_STATE_FIELDS: Final = (
+    "state",
+    "updated_at",
+    "dispatch_id",
+    "result",
+    "error",
+    "last_event",
+    "retried_by",
+)
 """What an event may change of its job (see `Apply`); the request (client, services, mode, body,
-metadata, idempotency key and hash) and the creation time are fixed when the job is created."""
+metadata, idempotency key and hash, retry_of) and the creation time are fixed when the job is
+created. `submit_begun_at` is set by `Store.begin_submission` alone."""
 
 
 def dumps(value: Any) -> str:
@@ -64,6 +73,12 @@ def job_to_json(job: Job) -> JSON:
         data["trace_context"] = job.trace_context
     if job.not_before:
         data["not_before"] = job.not_before
+    if job.submit_begun_at:
+        data["submit_begun_at"] = job.submit_begun_at
+    if job.retry_of:
+        data["retry_of"] = job.retry_of
+    if job.retried_by:
+        data["retried_by"] = job.retried_by
     return data
 
 
@@ -87,6 +102,9 @@ def job_from_json(data: JSON) -> Job:
         # Absent from what the previous release wrote.
         trace_context=data.get("trace_context") or "",
         not_before=float(data.get("not_before") or 0.0),
+        submit_begun_at=data.get("submit_begun_at") or 0.0,
+        retry_of=data.get("retry_of") or "",
+        retried_by=data.get("retried_by") or "",
     )
 
 

@@ -144,6 +144,17 @@ class MemoryStore:
             return jobs, ""
         return jobs[:limit], codec.encode_page_token(jobs[limit - 1])
 
+    async def begin_submission(self, job_id: str) -> Job:
+        self._ensure_open()
+        if job_id not in self._jobs:
+            raise NotFound(f"job {job_id} not found")
+        job = self._job(job_id)
+        if job.submit_begun_at or job.state.terminal:
+            return job
+        job = job.replace(submit_begun_at=time.time())
+        self._jobs[job_id] = codec.dumps(codec.job_to_json(job))
+        return job
+
     # Outbox
 
     async def lease(self, *, limit: int, visibility: float) -> list[Lease]:

@@ -193,6 +193,34 @@ class Journal:
             return recorded.replace(cursor=cursors[pending.msg_id])
         raise StoreUnavailable(f"job {event.job_id} too contended to update")
 
+    async def begin_submission(self, job_id: str, now: float) -> Job:
+        """Mark the job's submission begun, by a compare-and-set of its envelope, unless it has
+        begun or ended: the same commit point as an append's (step 4), so one of the two is
+        ordered first and the later one sees it (see `Store.begin_submission`). The envelope's
+        pending effects are settled first, as an append's are, and kept as they are."""
+        key = token(job_id)
+        for _ in range(CAS_ATTEMPTS):
+            wire = self._wire()
+            entry = await wire.kv_get(self._jobs, key)
+            if entry is None:
+                raise NotFound(f"job {job_id} not found")
+            envelope = Envelope.decode(entry.value)
+            if envelope.job.submit_begun_at or envelope.job.state.terminal:
+                return envelope.job
+            if self.unsettled(envelope):
+                await self.settle(job_id, entry.revision, envelope)
+                if envelope.enqueue:  # the envelope was written: read it again
+                    continue
+            job = envelope.job.replace(submit_begun_at=now)
+            begun = Envelope(job=job, pending=envelope.pending, enqueue=False)
+            try:
+                await wire.kv_write(self._jobs, key, begun.encode(), last=entry.revision)
+            except KeyExists:
+                await asyncio.sleep(random.uniform(0, CAS_JITTER))
+                continue
+            return job
+        raise StoreUnavailable(f"job {job_id} too contended to update")
+
     async def seen(self, msg_id: str) -> int | None:
         """The sequence the event with this message id was published at, if recorded."""
         entry = await self._wire().kv_get(self._seen, msg_id)

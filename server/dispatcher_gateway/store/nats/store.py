@@ -288,6 +288,12 @@ class NatsStore:
             jobs = jobs[:limit]
             return jobs, codec.encode_page_token(jobs[-1])
 
+    async def begin_submission(self, job_id: str) -> Job:
+        """See `Store.begin_submission` and commit.py: the job's envelope is the commit point
+        that a cancel's append and this write race for."""
+        with unavailable():
+            return await self.journal.begin_submission(job_id, time.time())
+
     # Outbox
 
     async def lease(self, *, limit: int, visibility: float) -> list[Lease]:

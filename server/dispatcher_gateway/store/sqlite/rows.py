@@ -28,7 +28,18 @@ JOB_COLUMNS: Final = [
     "last_event",
     "trace_context",
     "not_before",
+    "submit_begun_at",
+    "retry_of",
+    "retried_by",
 ]
+_JOB_DEFAULTS: Final = {
+    "trace_context": "",
+    "not_before": 0.0,
+    "submit_begun_at": 0.0,
+    "retry_of": "",
+    "retried_by": "",
+}
+"""The columns codec.job_to_json leaves out when empty."""
 JOB_STATE_COLUMNS: Final = ["job_id", *codec.JOB_STATE_FIELDS]
 """The job id, and what an event may change (in this order in UPDATE_JOBS)."""
 EVENT_COLUMNS: Final = [
@@ -51,20 +62,20 @@ _JSON_EVENT_COLUMNS: Final = ("data", "metadata")
 INSERT_JOB: Final = (
     "INSERT INTO jobs (job_id, client, services, mode, state, body, metadata, idempotency_key,"
     " request_hash, created_at, updated_at, dispatch_id, result, error, last_event, trace_context,"
-    " not_before)"
+    " not_before, submit_begun_at, retry_of, retried_by)"
     " VALUES (:job_id, :client, :services, :mode, :state, :body, :metadata, :idempotency_key,"
     " :request_hash, :created_at, :updated_at, :dispatch_id, :result, :error, :last_event,"
-    " :trace_context, :not_before)"
+    " :trace_context, :not_before, :submit_begun_at, :retry_of, :retried_by)"
 )
 SELECT_JOBS_STATE: Final = (
     "SELECT job_id, client, services, mode, state, '{}' AS body, metadata, idempotency_key,"
     " request_hash, created_at, updated_at, dispatch_id, result, error, last_event, trace_context,"
-    " not_before FROM jobs"
+    " not_before, submit_begun_at, retry_of, retried_by FROM jobs"
 )
 """The job as `apply` sees it: all but the body, the one column that may be large."""
 UPDATE_JOBS: Final = (
     "UPDATE jobs SET state = v.column2, updated_at = v.column3, dispatch_id = v.column4,"
-    " result = v.column5, error = v.column6, last_event = v.column7"
+    " result = v.column5, error = v.column6, last_event = v.column7, retried_by = v.column8"
     " FROM (VALUES {rows}) AS v WHERE jobs.job_id = v.column1"
 )
 """What an event may change (JOB_STATE_COLUMNS), for many jobs in one statement (UPDATE FROM:
@@ -88,9 +99,7 @@ def insert_many(table: str, columns: list[str], rows: int) -> str:
 
 
 def job_params(job: Job) -> dict[str, Any]:
-    params = codec.job_to_json(job)
-    params.setdefault("trace_context", "")
-    params.setdefault("not_before", 0.0)
+    params = {**_JOB_DEFAULTS, **codec.job_to_json(job)}
     for column in _JSON_JOB_COLUMNS:
         if params[column] is not None:
             params[column] = codec.dumps(params[column])
@@ -100,7 +109,7 @@ def job_params(job: Job) -> dict[str, Any]:
 def job_state_params(job: Job) -> dict[str, Any]:
     """A job's row in UPDATE_JOBS (by JOB_STATE_COLUMNS). On every append: only the JSON of
     those columns is written."""
-    data = codec.job_to_json(job)
+    data = {**_JOB_DEFAULTS, **codec.job_to_json(job)}
     params = {column: data[column] for column in JOB_STATE_COLUMNS}
     for column in ("result", "error"):
         if params[column] is not None:

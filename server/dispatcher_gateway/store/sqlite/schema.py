@@ -12,7 +12,8 @@ from ...core.errors import StoreUnavailable
 
 SCHEMA_VERSION: Final = 3
 """Kept in the file's user_version: a file from a newer gateway is refused, not misread.
-Version 2 added jobs.trace_context; version 3 jobs.not_before and events_by_record_time."""
+Version 2 added jobs.trace_context; version 3 jobs.not_before, submit_begun_at, retry_of,
+retried_by and events_by_record_time."""
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 BUSY_TIMEOUT_MS: Final = 5000
 """How long a write waits for another process's lock on the file before it fails as
@@ -36,7 +37,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     last_event TEXT NOT NULL,
     trace_context TEXT NOT NULL DEFAULT '',
-    not_before REAL NOT NULL DEFAULT 0
+    not_before REAL NOT NULL DEFAULT 0,
+    submit_begun_at REAL NOT NULL DEFAULT 0,
+    retry_of TEXT NOT NULL DEFAULT '',
+    retried_by TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key
     ON jobs (client, idempotency_key) WHERE idempotency_key != '';
@@ -89,6 +93,9 @@ CREATE TABLE IF NOT EXISTS secrets (
 _ADDED_COLUMNS: Final = (
     (2, "ALTER TABLE jobs ADD COLUMN trace_context TEXT NOT NULL DEFAULT ''"),
     (3, "ALTER TABLE jobs ADD COLUMN not_before REAL NOT NULL DEFAULT 0"),
+    (3, "ALTER TABLE jobs ADD COLUMN submit_begun_at REAL NOT NULL DEFAULT 0"),
+    (3, "ALTER TABLE jobs ADD COLUMN retry_of TEXT NOT NULL DEFAULT ''"),
+    (3, "ALTER TABLE jobs ADD COLUMN retried_by TEXT NOT NULL DEFAULT ''"),
 )
 """The columns each version added to a table an older file already has (its old rows read the
 default)."""

@@ -201,6 +201,23 @@ class SqliteStore:
         jobs = jobs[:limit]
         return jobs, codec.encode_page_token(jobs[-1])
 
+    async def begin_submission(self, job_id: str) -> Job:
+        """See `Store.begin_submission`: the job read and marked in one of the writer's
+        transactions, which appends (a cancel among them) are serialized with."""
+        now = time.time()
+
+        def begin(conn: sqlite3.Connection) -> Job:
+            row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"job {job_id} not found")
+            job = rows.job_from_row(row)
+            if job.submit_begun_at or job.state.terminal:
+                return job
+            conn.execute("UPDATE jobs SET submit_begun_at = ? WHERE job_id = ?", (now, job_id))
+            return job.replace(submit_begun_at=now)
+
+        return await self._writer.run(begin, write=True)
+
     # Outbox
 
     async def lease(self, *, limit: int, visibility: float) -> list[Lease]:
