@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from .config import Settings
 from .config_values import is_loopback, split_addr
-from .console import Console, ConsoleSources, LiveFeed, NotConnected, Operators, Sessions
+from .console import Console, ConsoleSources, CoreActions, LiveFeed, Operators, Sessions
 from .core.breaker import BreakerState, CircuitBreaker
 from .core.errors import ShuttingDown, StoreUnavailable
 from .core.gateway import Gateway, OutboxLimits
@@ -286,7 +286,7 @@ class GatewayApp:
                 outbox=self.counts.outbox,
                 streams=lambda: self.hub.streams,
                 webhooks_refused=self.metrics.webhooks_refused,
-                actions=NotConnected(),
+                actions=CoreActions(self.gateway.control),
             ),
             feed,
             Sessions(await self.store.secret(CONSOLE_KEY_NAME)),

@@ -1,17 +1,23 @@
 """The console inside a real gateway (in process, against the sandbox): its live feed carries
-every client's events as the hub publishes them, and a drain ends the pages' streams."""
+every client's events as the hub publishes them, a drain ends the pages' streams, and its
+actions are core's CancelJob and RetryJob, logged with who did them."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 
 import httpx
+import pytest
 from grpc import aio
 
+from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.console.settings import ConsoleSettings
-from tests.support.loopback import GatewayFactory
+from dispatcher_gateway.core.retry import RateLimit
+from tests.support.loopback import GatewayFactory, RunningSandbox
 from tests.support.requests import email_request
 
 WAIT = 20.0
@@ -49,3 +55,65 @@ async def test_the_feed_carries_a_jobs_events_and_a_drain_ends_it(
                 rest = [line async for line in lines]
             await drain
     assert not [line for line in rest if line.startswith("data: ")]
+
+
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+async def csrf_of(client: httpx.AsyncClient, path: str) -> str:
+    found = CSRF.search((await client.get(path)).text)
+    assert found is not None
+    return found.group(1)
+
+
+async def test_the_console_cancels_and_retries_through_core(
+    gateways: GatewayFactory, sandbox: RunningSandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "dispatcher_gateway.console")
+    # One request a minute: the first job takes the slot, the second waits for the next one.
+    app = await gateways.start(
+        console=ConsoleSettings(addr="127.0.0.1:0", auth=False), upstream_rate=RateLimit(1, 60.0)
+    )
+    assert app.listeners is not None
+    assert app.listeners.console is not None
+    sandbox.sandbox.faults.update({"fail_rate": 1.0})  # the provider refuses: 417
+    async with (
+        aio.insecure_channel(gateways.target) as channel,
+        httpx.AsyncClient(base_url=app.listeners.console.url, timeout=WAIT) as console,
+    ):
+        stub = pb_grpc.DispatchServiceStub(channel)
+        failed = (await stub.Dispatch(email_request())).job.job_id
+        waiting = (await stub.Dispatch(email_request())).job.job_id
+        async with asyncio.timeout(WAIT):
+            while (await stub.GetJob(pb.GetJobRequest(job_id=failed))).state != (
+                pb.JOB_STATE_FAILED
+            ):
+                await asyncio.sleep(0.05)
+
+        csrf = await csrf_of(console, f"/jobs/{waiting}")
+        answer = await console.post(f"/jobs/{waiting}/cancel", data={"csrf": csrf})
+        assert answer.status_code == 303
+        assert (await stub.GetJob(pb.GetJobRequest(job_id=waiting))).state == (
+            pb.JOB_STATE_CANCELED
+        )
+        # Too late now: core's refusal, shown as it words it.
+        again = await console.post(f"/jobs/{failed}/cancel", data={"csrf": csrf})
+        assert again.status_code == 409
+        assert "too late to cancel" in again.text
+
+        sandbox.sandbox.faults.update({"fail_rate": 0.0})
+        answer = await console.post(
+            "/failed/retry", data={"csrf": csrf, "code": "provider_error", "hours": "1"}
+        )
+        assert answer.status_code == 200
+        old = await stub.GetJob(pb.GetJobRequest(job_id=failed))
+        assert old.retried_by
+        assert f"/jobs/{old.retried_by}" in answer.text
+        new = await stub.GetJob(pb.GetJobRequest(job_id=old.retried_by))
+        assert new.retry_of == failed
+    lines = [r.getMessage() for r in caplog.records]
+    assert f"console: operator sandbox did cancel on job {waiting} (client anonymous)" in lines
+    assert (
+        f"console: operator sandbox did retry on job {failed} (client anonymous): "
+        f"new job {old.retried_by}" in lines
+    )

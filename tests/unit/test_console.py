@@ -15,7 +15,6 @@ from dispatcher_gateway.console import (
     Console,
     ConsoleSources,
     LiveFeed,
-    NotConnected,
     Operators,
     Sessions,
 )
@@ -56,7 +55,7 @@ class Setup:
     actions: Retries
 
 
-def sources(store: MemoryStore, actions: Retries | NotConnected) -> ConsoleSources:
+def sources(store: MemoryStore, actions: Retries) -> ConsoleSources:
     def refused() -> Mapping[str, float]:
         return {"unauthorized": 3.0}
 
@@ -237,25 +236,6 @@ async def test_jobs_are_filtered_by_client(setup: Setup) -> None:
     assert theirs.job_id not in text
     bad = await setup.client.get("/jobs", params={"state": "nope"})
     assert bad.status_code == 400
-
-
-async def test_an_action_the_gateway_cannot_do_says_so(tmp_path: object) -> None:
-    store = MemoryStore()
-    await store.open()
-    console = Console(
-        sources(store, NotConnected()),
-        LiveFeed(rate_window=60.0),
-        Sessions(b"k" * 32),
-        Operators.load(_operators_file(tmp_path)),
-    )
-    transport = httpx.ASGITransport(app=console.app())
-    async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
-        await log_in(client)
-        job = await create(store)
-        csrf = await csrf_of(client, "/")
-        answer = await client.post(f"/jobs/{job.job_id}/cancel", data={"csrf": csrf})
-    assert answer.status_code == 501
-    await store.close()
 
 
 async def fail(store: MemoryStore, job: Job, code: str, status: int) -> None:

@@ -3,19 +3,18 @@ GATEWAY_CONSOLE_*), showing what happened to a job and the queue's health, live,
 client API's retry and cancel for operators. Server-rendered HTML, a little JavaScript shipped
 in static/, nothing fetched from elsewhere."""
 
-from .actions import ActionUnavailable, JobActions, NotConnected
+from .actions import CoreActions, JobActions
 from .app import Console, ConsoleSources
 from .live import LiveFeed
 from .operators import Operators
 from .sessions import Sessions
 
 __all__ = [
-    "ActionUnavailable",
     "Console",
     "ConsoleSources",
+    "CoreActions",
     "JobActions",
     "LiveFeed",
-    "NotConnected",
     "Operators",
     "Sessions",
 ]

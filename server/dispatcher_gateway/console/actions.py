@@ -1,31 +1,34 @@
-"""What an operator may do to a job, through the same core calls as the client API (RetryJob,
-CancelJob): the console asks this port, app.py connects it to core."""
+"""What an operator may do to a job: the client API's RetryJob and CancelJob, through the same
+core calls (core/control.py), for the job's own client. The console asks this port; app.py
+hands it `CoreActions` over the gateway's `JobControl`."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from ..core.control import JobControl
 from ..core.model import Job
-
-
-class ActionUnavailable(Exception):
-    """This gateway cannot do the action (not connected to core)."""
 
 
 class JobActions(Protocol):
     async def retry(self, job: Job) -> Job:
-        """Dispatch the failed job's request again as a new job, for the same client; returns
-        the new job. Raises core.errors' FailedPrecondition (or the like) when it may not."""
+        """Send the failed job again as a new job, for the same client; returns the new job (the
+        one made before, for a job retried already). Raises core.errors' WrongState when the
+        job may not be retried, naming why."""
 
     async def cancel(self, job: Job) -> Job:
-        """Cancel a job that has not ended; returns it as it is after."""
+        """Cancel a job whose submission has not begun; returns it as it is after. Raises
+        WrongState when it is too late."""
 
 
-class NotConnected:
-    """JobActions for a gateway whose core offers no retry or cancel: each says so."""
+class CoreActions:
+    """JobActions through core's JobControl, as the job's client would call it."""
+
+    def __init__(self, control: JobControl) -> None:
+        self.control = control
 
     async def retry(self, job: Job) -> Job:
-        raise ActionUnavailable("retry is not connected to core on this gateway")
+        return await self.control.retry(job.client, job.job_id)
 
     async def cancel(self, job: Job) -> Job:
-        raise ActionUnavailable("cancel is not connected to core on this gateway")
+        return await self.control.cancel(job.client, job.job_id)

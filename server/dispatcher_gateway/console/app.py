@@ -29,7 +29,7 @@ from ..core.query import JobQuery
 from ..core.records import JobRecords
 from ..core.retry import RateLimit
 from . import views
-from .actions import ActionUnavailable, JobActions
+from .actions import JobActions
 from .live import LiveFeed
 from .markup import Markup, html
 from .operators import Operators
@@ -353,7 +353,7 @@ class Console:
                 break
         groups: dict[str, list[Job]] = {}
         for job in found:
-            if getattr(job, "retried_by", ""):
+            if job.retried_by:
                 continue  # retried already: the new job stands for it
             groups.setdefault(job.error.code if job.error else "failed", []).append(job)
         return groups
@@ -393,8 +393,6 @@ class Console:
     ) -> Job:
         try:
             after = await call(job)
-        except ActionUnavailable as exc:
-            raise _Refused(501, str(exc)) from None
         except GatewayError as exc:
             log.info(
                 "console: operator %s could not %s job %s (client %s): %s",

@@ -214,14 +214,20 @@ def timeline(
     csrf: str,
 ) -> Markup:
     actions = Markup("")
-    if job.state is JobState.FAILED:
+    if job.retried_by:
+        actions = html(
+            '<p class="action">Retried as <a href="/jobs/{}" id="retried-by">{}</a></p>',
+            job.retried_by,
+            job.retried_by,
+        )
+    elif job.state is JobState.FAILED:
         actions = html(
             '<form method="post" action="/jobs/{}/retry" class="action">'
             '<input type="hidden" name="csrf" value="{}"><button id="retry">Retry</button></form>',
             job.job_id,
             csrf,
         )
-    elif not job.state.terminal:
+    elif job.state is JobState.QUEUED and not job.submit_begun_at:
         actions = html(
             '<form method="post" action="/jobs/{}/cancel" class="action">'
             '<input type="hidden" name="csrf" value="{}">'
@@ -268,7 +274,7 @@ def timeline(
         "<dt>Service</dt><dd>{service}</dd><dt>Mode</dt><dd>{mode}</dd>"
         '<dt>State</dt><dd class="state state-{state}" id="job-state">{state}</dd>'
         "<dt>Created</dt><dd>{created}</dd><dt>Updated</dt><dd>{updated}</dd>"
-        "<dt>Dispatch id</dt><dd>{dispatch}</dd>"
+        "<dt>Dispatch id</dt><dd>{dispatch}</dd>{retry_of}"
         '<dt>Callback</dt><dd id="callback">{callback}</dd></dl>{actions}</div>'
         "<h2>Upstream attempts</h2>"
         '<table class="attempts"><thead><tr><th>Sent</th><th>Endpoint</th><th>Mode</th>'
@@ -285,6 +291,13 @@ def timeline(
         created=when(job.created_at),
         updated=when(job.updated_at),
         dispatch=job.dispatch_id or "none yet",
+        retry_of=html(
+            '<dt>Retry of</dt><dd><a href="/jobs/{}" id="retry-of">{}</a></dd>',
+            job.retry_of,
+            job.retry_of,
+        )
+        if job.retry_of
+        else Markup(""),
         callback=callback_text,
         actions=actions,
         attempts=attempt_rows,
