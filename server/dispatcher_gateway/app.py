@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from .core.ports import Store
 from .core.tokens import CallbackTokens
 from .httpserver import HttpServer, start_http
 from .metrics import Counts, GatewayGauges, Metrics
+from .rpc import connections
 from .rpc.auth import Authenticator
 from .rpc.clients import ClientsFile
 from .rpc.drain import Drain
@@ -48,9 +50,12 @@ READY_CHECK_TIMEOUT = 2.0
 STORE_CHECK_INTERVAL = 1.0
 """Seconds between the looks at the store that keep gRPC health in step with it."""
 STATUS_FLUSH = 0.1
+"""Seconds for the last status of a client's calls to leave before a drain closes its
+connection."""
+RELEASE_POLL = 0.05
+"""Seconds between a drain's looks for client connections whose calls are done."""
 WORKER_RECANCEL = 0.5
 """Seconds between cancellations of a worker that has not ended yet (see _stop_workers)."""
-"""Seconds for the last statuses of ended calls to leave before the server cancels the rest."""
 CALLBACK_KEY_NAME = "callback-token-key"
 CONSOLE_KEY_NAME = "console-session-key"
 STORE_OPEN_RETRY = 1.0
@@ -76,9 +81,29 @@ def _waiting_at(task: asyncio.Task[None]) -> str:
     return " > ".join(frames[-4:]) or "?"
 
 
-def open_store(settings: Settings) -> Store:
+@dataclass(frozen=True)
+class WorkerSlot:
+    """This process is worker `index` of `count` of one gateway (GATEWAY_WORKERS, run by
+    cli/workers.py): it serves the listeners beside the others, which share its store."""
+
+    group: str
+    """A name the workers of one gateway share (their SQLite neighbours' names)."""
+    index: int
+    count: int
+    admin: socket.socket
+    """Listening on loopback, bound by the parent: its /readyz and /metrics are the parent's
+    to aggregate."""
+    webhook: socket.socket | None = None
+    """The webhook listener, bound by the parent and shared; None: this worker binds it with
+    SO_REUSEPORT (as it does gRPC's)."""
+    http: socket.socket | None = None
+    """The JSON face's, likewise."""
+
+
+def open_store(settings: Settings, worker: WorkerSlot | None = None) -> Store:
     """`nats://host:port[,host:port...]` selects NATS JetStream; anything else is an SQLite
-    file path (optionally `sqlite:` prefixed)."""
+    file path (optionally `sqlite:` prefixed). A worker's SQLite store wakes the others'
+    tails after each commit (NATS delivers to every worker itself)."""
     spec = settings.store
     if spec.startswith(("nats://", "tls://")):
         from .store.nats import NatsStore
@@ -90,9 +115,10 @@ def open_store(settings: Settings) -> Store:
             ca_file=settings.nats_ca_file,
             token=settings.nats_token,
         )
-    from .store.sqlite import SqliteStore
+    from .store.sqlite import Neighbours, SqliteStore
 
-    return SqliteStore(spec.removeprefix("sqlite:"))
+    neighbours = None if worker is None else Neighbours(worker.group, worker.index, worker.count)
+    return SqliteStore(spec.removeprefix("sqlite:"), neighbours=neighbours)
 
 
 @dataclass
@@ -110,12 +136,19 @@ class Listeners:
 
 class GatewayApp:
     def __init__(
-        self, settings: Settings, *, store: Store | None = None, tracing: Tracing | None = None
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        tracing: Tracing | None = None,
+        worker: WorkerSlot | None = None,
     ) -> None:
-        """`tracing`: off when not given (cli/serve.py reads it from OTEL_*)."""
+        """`tracing`: off when not given (cli/serve.py reads it from OTEL_*). `worker`: this
+        process is one of several serving the gateway's listeners (cli/workers.py)."""
         self.settings = settings
         self.tracing = tracing or Tracing()
-        self.store = store or open_store(settings)
+        self.worker = worker
+        self.store = store or open_store(settings, worker)
         self.health = health.aio.HealthServicer()
         self.hub = EventHub(backlog=settings.stream_backlog)
         self.draining = False
@@ -149,7 +182,8 @@ class GatewayApp:
         """Admin first, so that probes see a live process (not ready) while the store is awaited;
         cancelled (SIGTERM) while waiting, it closes what it opened."""
         admin_host, admin_port = split_addr(self.settings.admin_addr)
-        admin = await start_http(self._admin_app(), admin_host, admin_port)
+        admin_sock = self.worker.admin if self.worker is not None else None
+        admin = await start_http(self._admin_app(), admin_host, admin_port, sock=admin_sock)
         try:
             await self._open_store()
             return await self._start(admin)
@@ -218,6 +252,7 @@ class GatewayApp:
             drain=self.calls,
             reflection=s.grpc_reflection,
             outer=[*self.tracing.grpc_interceptors(), ServerMetrics(self.metrics.registry)],
+            reuse_port=self.worker is not None,
         )
         grpc_port, mtls_port = self._grpc_ports()
         await self.grpc.start()
@@ -226,8 +261,15 @@ class GatewayApp:
         verifier = WebhookVerifier(s.webhook_secrets, require_timestamp=s.webhook_require_timestamp)
         webhooks = create_webhook_app(self.gateway.webhooks, verifier, observer=self.counts)
         self.tracing.instrument_webhooks(webhooks)
+        worker = self.worker
         webhook = await start_http(
-            webhooks, webhook_host, webhook_port, certfile=s.tls_cert_file, keyfile=s.tls_key_file
+            webhooks,
+            webhook_host,
+            webhook_port,
+            certfile=s.tls_cert_file,
+            keyfile=s.tls_key_file,
+            sock=worker.webhook if worker is not None else None,
+            reuse_port=worker is not None,
         )
         http = None
         if s.http_addr is not None:
@@ -240,6 +282,8 @@ class GatewayApp:
                 http_port,
                 certfile=s.grpc_tls_cert_file,
                 keyfile=s.grpc_tls_key_file,
+                sock=worker.http if worker is not None else None,
+                reuse_port=worker is not None,
             )
 
         console = await self._start_console() if s.console.addr is not None else None
@@ -311,9 +355,10 @@ class GatewayApp:
         return port, self.grpc.add_secure_port(s.grpc_mtls_addr, mtls.credentials())
 
     async def drain(self, grace: float = DRAIN_GRACE) -> None:
-        """SIGTERM: not serving; connections asked to go (GOAWAY) and new calls refused
-        UNAVAILABLE; streams ended with their resumable UNAVAILABLE; unary calls in flight
-        finish within `grace`; then the rest is cut, the listeners stop, the store closes.
+        """SIGTERM: not serving; new calls refused UNAVAILABLE; streams ended with their
+        resumable UNAVAILABLE; each client connection closed as soon as no call of its own runs,
+        so that clients reconnect (through the Service) to another replica; unary calls in
+        flight finish within `grace`; then the rest is cut, the listeners stop, the store closes.
 
         Every step is bounded: the whole takes at most `grace` + STATUS_FLUSH + the HTTP
         listeners' SHUTDOWN_GRACE + the store's close, what the manifests' grace covers."""
@@ -329,16 +374,9 @@ class GatewayApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._store_watch
         await set_serving(self.health, False)
-        # GOAWAY on every connection and the listener closed: clients open their next calls on a
-        # new connection (through the Service, to another replica) instead of retrying into this
-        # one. Calls already running go on; the server is stopped for good below, once ours are
-        # done or the grace is spent. A call that reaches a handler meanwhile is refused
-        # UNAVAILABLE.
+        # From now on a call that reaches a handler is refused UNAVAILABLE, by the CallGuard:
+        # the gRPC server keeps running until no client is left on it (see _release_clients).
         self.calls.start()
-        stopping = asyncio.create_task(self.grpc.stop(grace), name="grpc-stop")
-        await asyncio.sleep(0)  # the shutdown (GOAWAY) starts now...
-        # ...before our streams end with their resumable status: a client that resumes at once
-        # does so on a new connection, not on this one.
         self.hub.close(ShuttingDown("the gateway is shutting down"))
         if self.console is not None:
             self.console.close()
@@ -348,8 +386,14 @@ class GatewayApp:
         self.gateway.outbox.close()
         if self._hub_task is not None:
             self._hub_task.cancel()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.calls.idle.wait(), _left(deadline))
+        stopping = None
+        if connections.listable():
+            await self._release_clients(deadline)
+        else:
+            # No connection can be closed here: grpc's GOAWAY, with its shutdown.
+            stopping = asyncio.create_task(self.grpc.stop(grace), name="grpc-stop")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.calls.idle.wait(), _left(deadline))
         if self.calls.in_flight:
             log.warning(
                 "drain: %d call(s) still running after %.0f s are cut; their jobs stay "
@@ -358,11 +402,12 @@ class GatewayApp:
                 grace,
             )
         await self._stop_workers(deadline)
-        # The last statuses leave before the rest is cut: streams nothing else ends (a health
-        # Watch), calls beyond the grace, a worker that did not end within it.
-        await asyncio.sleep(STATUS_FLUSH)
+        # Every connection closed, those of calls beyond the grace and of streams nothing else
+        # ends (a health Watch) too: grpc's shutdown finds no client to answer CANCELLED.
+        self._close_clients(busy=set())
         await self.grpc.stop(0)
-        await stopping
+        if stopping is not None:
+            await stopping
         for task in self._tasks:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 log.error("drain: %s failed", task.get_name(), exc_info=task.exception())
@@ -379,11 +424,44 @@ class GatewayApp:
         self.tracing.shutdown()
         log.info("drained in %.2f s", time.monotonic() - started)
 
+    async def _release_clients(self, deadline: float) -> None:
+        """Every gRPC client connection closed as soon as no call of its own runs and its last
+        status had STATUS_FLUSH to leave; until none is left and no call runs, or the grace is
+        spent. A client's calls sent meanwhile are refused UNAVAILABLE or, on a connection
+        closed, fail UNAVAILABLE: it retries, on a new connection, elsewhere.
+
+        Not grpc's GOAWAY: grpcio sends it only with its shutdown, which cancels (CANCELLED)
+        every call that reaches it from that instant (see rpc/connections.py)."""
+        # No client connects from now on: the set of connections to close can only shrink (what
+        # was already connected is taken up by grpc meanwhile).
+        connections.stop_accepting(self._grpc_listening_ports())
+        # Calls ending from now on are known (Drain.busy); those that ended before have had this.
+        await asyncio.sleep(STATUS_FLUSH)
+        closed: set[connections.Address] = set()
+        while True:
+            now_closed, left = self._close_clients(self.calls.busy(STATUS_FLUSH))
+            closed |= now_closed
+            if (not left and not self.calls.in_flight) or _left(deadline) <= 0:
+                break
+            await asyncio.sleep(min(RELEASE_POLL, _left(deadline)))
+        log.info("drain: %d client connection(s) closed", len(closed))
+
+    def _close_clients(
+        self, busy: set[connections.Address]
+    ) -> tuple[set[connections.Address], int]:
+        """The gRPC clients' connections not `busy` closed; those closed, how many are left."""
+        return connections.close_idle(self._grpc_listening_ports(), busy)
+
+    def _grpc_listening_ports(self) -> set[int]:
+        if self.listeners is None:
+            return set()
+        return {p for p in (self.listeners.grpc_port, self.listeners.mtls_port) if p is not None}
+
     async def _stop_workers(self, deadline: float) -> None:
         """The hub (cancelled) and the outbox (closed), told to stop at the start of the drain,
-        given what is left of its grace to end, then cut (their last moment is the drain's
-        STATUS_FLUSH). A cancellation can be swallowed by a library's wait that completes at the
-        same moment (asyncio.wait_for in Python 3.11): the hub's is made again until it ends."""
+        given what is left of its grace to end, then cut. A cancellation can be swallowed by a
+        library's wait that completes at the same moment (asyncio.wait_for in Python 3.11): the
+        hub's is made again until it ends."""
         pending = set(self._tasks)
         while pending and (left := _left(deadline)) > 0:
             _, pending = await asyncio.wait(pending, timeout=min(WORKER_RECANCEL, left))

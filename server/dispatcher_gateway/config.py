@@ -115,6 +115,8 @@ class Settings:
     could be replayed for ever. Off only for a sender that cannot send one."""
     token_key: bytes | None = field(default=None, repr=False)
     """The callback token key; default: one made once and kept in the store."""
+    workers: int = 1
+    """Processes serving the listeners, sharing the store (cli/workers.py)."""
     log_level: str = "INFO"
     log_format: str = "text"
     """text (one line per record, for people) or json (one object per line, for a pipeline)."""
@@ -488,6 +490,7 @@ class _Reader:
                 "GATEWAY_WEBHOOK_REQUIRE_TIMESTAMP", default=_DEFAULTS.webhook_require_timestamp
             ),
             token_key=token_key.encode() if token_key else None,
+            workers=self.parsed("GATEWAY_WORKERS", positive_int, _DEFAULTS.workers),
             log_level=level,
             log_format=log_format,
             console=self.console(),

@@ -22,6 +22,7 @@ from .httplimits import LimitedProtocol, Limits
 SHUTDOWN_GRACE = 5
 """Seconds in-flight requests get to finish when a server stops."""
 IDLE_CHECK_AFTER = 0.25
+LISTEN_BACKLOG = 1024
 TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 """TLS 1.2 suites: forward-secret key exchange with an AEAD cipher, no CBC (uvicorn's default,
 "TLSv1", allows CBC suites). TLS 1.3's own suites are all AEAD."""
@@ -125,15 +126,24 @@ class HttpServer:
             self.sock.close()
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """A TCP socket bound to host:port, listening unless told not to. `reuse_port`: the port is
+    shared with other sockets that set it too (the workers of one gateway)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP said outright: asyncio sets TCP_NODELAY only on connections accepted from a
     # socket whose proto is TCP, and without it Nagle holds uvicorn's response body (a second
     # small write) until the client's delayed ACK, on every request.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+        if listen:
+            sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 
@@ -147,12 +157,19 @@ async def start_http(
     keyfile: str | None = None,
     access_log: bool = False,
     limits: Limits | None = None,
+    sock: socket.socket | None = None,
+    reuse_port: bool = False,
 ) -> HttpServer:
     """Serve `app` on host:port (0 = any free port), HTTPS when a certificate is given, each
-    connection held to `limits` (default: `Limits()`)."""
+    connection held to `limits` (default: `Limits()`). `sock`: a listening socket to serve
+    instead (one a parent process bound); `reuse_port`: see `bind`."""
     limits = limits or Limits()
     tls = tls_context(certfile, keyfile) if certfile else None
-    sock = bind(host, port)
+    if sock is None:
+        sock = bind(host, port, reuse_port=reuse_port)
+    else:
+        sock.setblocking(False)
+        host = sock.getsockname()[0]
     config = uvicorn.Config(
         app,
         access_log=access_log,

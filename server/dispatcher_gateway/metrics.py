@@ -10,7 +10,7 @@ holds the page to it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,7 +25,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from .core import states
 from .core.model import JobState, Service
@@ -186,6 +188,40 @@ class Metrics:
             encoder, media_type = choose_encoder(accept)
             return encoder(self.registry), media_type
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class WorkerPages:
+    """The pages of a gateway's workers (GATEWAY_WORKERS) as one: each family once, its samples
+    from every worker with a `worker` label (the worker's index) added. Counters and histograms
+    stay per process, as they are per replica: `sum` them."""
+
+    def __init__(self, pages: Mapping[str, str]) -> None:
+        """`pages`: worker index -> its page in the Prometheus text format."""
+        self.pages = pages
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {}
+        for worker, page in self.pages.items():
+            for family in text_string_to_metric_families(page):
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = Metric(family.name, family.documentation, family.type, family.unit)
+                    families[family.name] = merged
+                merged.samples.extend(
+                    Sample(s.name, {**s.labels, "worker": worker}, s.value, s.timestamp)
+                    for s in family.samples
+                )
+        return families.values()
+
+
+def render_workers(pages: Mapping[str, str], accept: str = "") -> tuple[bytes, str]:
+    """The workers' pages merged (`WorkerPages`), as `Metrics.render` writes one."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(WorkerPages(pages))
+    if OPENMETRICS in accept:
+        encoder, media_type = choose_encoder(accept)
+        return encoder(registry), media_type
+    return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 class Counts:

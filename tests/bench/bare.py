@@ -3,8 +3,9 @@
 python -m tests.bench.bare grpc --port P --admin-port A
     DispatchService answering Dispatch with a ready-made job and holding Subscribe streams;
     GET /readyz counts the streams, POST /broadcast sends one event to every stream.
-python -m tests.bench.bare webhook --port P
-    The webhook route on uvicorn and Starlette that only verifies the signature.
+python -m tests.bench.bare webhook --port P [--reuse-port]
+    The webhook route on uvicorn and Starlette that only verifies the signature; with
+    --reuse-port, several of them share the port (the baseline of GATEWAY_WORKERS).
 """
 
 from __future__ import annotations
@@ -114,8 +115,9 @@ def webhook_app(verifier: WebhookVerifier) -> Starlette:
     )
 
 
-async def serve_webhook(port: int, stop: asyncio.Event) -> None:
-    server = await start_http(webhook_app(WebhookVerifier([WEBHOOK_SECRET])), HOST, port)
+async def serve_webhook(port: int, stop: asyncio.Event, *, reuse_port: bool = False) -> None:
+    app = webhook_app(WebhookVerifier([WEBHOOK_SECRET]))
+    server = await start_http(app, HOST, port, reuse_port=reuse_port)
     await stop.wait()
     await server.stop()
 
@@ -128,7 +130,7 @@ async def main(args: argparse.Namespace) -> None:
     if args.kind == "grpc":
         await serve_grpc(args.port, args.admin_port, stop)
     else:
-        await serve_webhook(args.port, stop)
+        await serve_webhook(args.port, stop, reuse_port=args.reuse_port)
 
 
 if __name__ == "__main__":
@@ -136,4 +138,5 @@ if __name__ == "__main__":
     parser.add_argument("kind", choices=["grpc", "webhook"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--admin-port", type=int, default=0)
+    parser.add_argument("--reuse-port", action="store_true", help="webhook: share the port")
     asyncio.run(main(parser.parse_args()))

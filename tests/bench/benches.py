@@ -1,5 +1,6 @@
-"""B1-B6 of issue 5: each starts what it measures, gateway and baseline one after the other in
-the same run, and returns its table rows and the latency samples the chart draws."""
+"""B1-B6 of issue 5, B8 of issue 15: each starts what it measures, gateway and baseline one
+after the other in the same run, and returns its table rows and the latency samples the chart
+draws."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from .messages import (
     signed_webhook,
 )
 
+WORKERS = 2
+"""GATEWAY_WORKERS in B2 and B8 (the machine's cores, on the reference machine)."""
 WORKER_TIMEOUT_MARGIN = 60.0
 """Seconds a worker may overrun its nominal duration (start-up, warm-up, draining)."""
 HUB_SUBSCRIBERS = 1
@@ -208,43 +211,112 @@ def _generator(
     )
 
 
-# B2
+# B2, and B8's webhook rows: the same webhook load on one worker, two, and the bare baselines
 
 
 def b2_webhooks(scale: Scale, folder: Path) -> Outcome:
+    one, two = _webhooks(scale, folder, 1), _webhooks(scale, folder, WORKERS)
+    bare_one, bare_two = _bare_webhooks(scale, folder, 1), _bare_webhooks(scale, folder, WORKERS)
+    rows = [
+        _b2_row(scale, f"GATEWAY_WORKERS={WORKERS}", two, bare_two, f"{WORKERS} processes"),
+        _b2_row(scale, "one worker", one, bare_one, "1 process", reference=True),
+        _generator("B6", "HTTP", bare_one, _rate(bare_one), one, _rate(one)),
+    ]
+    return Outcome(rows)
+
+
+def _b2_row(
+    scale: Scale,
+    how: str,
+    ours: dict[str, Any],
+    bare: dict[str, Any],
+    bare_how: str,
+    *,
+    reference: bool = False,
+) -> Row:
+    rate, bare_rate = _rate(ours), _rate(bare)
+    ratio = rate / bare_rate if bare_rate else None
+    fanned = ours["fanned_out"]
+    return Row(
+        "B2",
+        f"webhooks accepted/s (verified, stored, fanned out), SQLite, {how} (per CPU-second)",
+        f"{rate:,.0f}/s ({ours['per_cpu']:,.0f})",
+        f"{bare_rate:,.0f}/s ({bare['per_cpu']:,.0f}; {bare_how})",
+        ratio,
+        "(reference)" if reference else ">= 0.4",
+        None if reference else ratio is not None and ratio >= 0.4 and fanned >= ours["accepted"],
+        {
+            "gateway": {
+                "per_second": rate,
+                "statuses": ours["statuses"],
+                "fanned_out": fanned,
+                "per_worker": ours["per_worker"],
+            },
+            "baseline": {
+                "per_second": bare_rate,
+                "statuses": bare["statuses"],
+                "per_cpu_second": bare["per_cpu"],
+            },
+            "gateway_per_cpu_second": ours["per_cpu"],
+            "per_cpu_ratio": ours["per_cpu"] / bare["per_cpu"] if bare["per_cpu"] else None,
+            "generator_cpu_seconds": {"gateway": ours["cpu"], "baseline": bare["cpu"]},
+            "connections": scale.connections,
+        },
+    )
+
+
+def _rate(found: dict[str, Any]) -> float:
+    return float(found["accepted"] / found["seconds"])
+
+
+_RUNS: dict[tuple[Any, ...], dict[str, Any]] = {}
+"""Runs B2 and B8 share, made once per benchmark run."""
+
+
+def _webhooks(
+    scale: Scale, folder: Path, workers: int, sharing: str | None = None
+) -> dict[str, Any]:
+    """Webhooks as fast as the gateway takes them, one subscriber counting what is fanned out;
+    with the share of each worker."""
+    key = ("gateway", scale, folder, workers, sharing)
+    if key in _RUNS:
+        return _RUNS[key]
     args = (scale.seconds, scale.warmup, scale.connections)
     budget = _timeout(scale, scale.seconds + scale.warmup)
-    with procs.gateway(folder, store=str(folder / "b2.db")) as (_, addrs):
+    store = str(folder / f"b2-{workers}-{sharing or 'default'}.db")
+    with procs.gateway(folder, store=store, workers=workers, sharing=sharing) as (server, addrs):
         jobs = create_jobs(addrs.grpc, scale.jobs)
         stop = procs.SPAWN.Event()
         subscriber = procs.Workers()
         subscriber.start(load.count_events, addrs.grpc, stop, budget)
         try:
             procs.wait_streams(addrs.readyz, HUB_SUBSCRIBERS)
+            cpu = procs.cpu_seconds([server.pid])
             ours = procs.run(load.webhook_load, addrs.webhook_port, jobs, *args, timeout=budget)
+            cpu = procs.cpu_seconds([server.pid]) - cpu
         finally:
             stop.set()
         fanned = subscriber.results(budget)[0]["received"]
-    with procs.bare_webhook(folder) as (_, port):
-        bare = procs.run(load.webhook_load, port, jobs, *args, timeout=budget)
-    rate, bare_rate = ours["accepted"] / ours["seconds"], bare["accepted"] / bare["seconds"]
-    ratio = rate / bare_rate if bare_rate else None
-    row = Row(
-        "B2",
-        "webhooks accepted/s (verified, stored, fanned out), SQLite",
-        f"{rate:,.0f}/s",
-        f"{bare_rate:,.0f}/s",
-        ratio,
-        ">= 0.4",
-        ratio is not None and ratio >= 0.4 and fanned >= ours["accepted"],
-        {
-            "gateway": {"per_second": rate, "statuses": ours["statuses"], "fanned_out": fanned},
-            "baseline": {"per_second": bare_rate, "statuses": bare["statuses"]},
-            "generator_cpu_seconds": {"gateway": ours["cpu"], "baseline": bare["cpu"]},
-            "connections": scale.connections,
-        },
-    )
-    return Outcome([row, _generator("B6", "HTTP", bare, bare_rate, ours, rate)])
+        per_worker = procs.webhooks_by_worker(addrs.admin_port)
+    per_cpu = sum(per_worker.values()) / cpu if cpu else math.nan
+    _RUNS[key] = {**ours, "fanned_out": fanned, "per_worker": per_worker, "per_cpu": per_cpu}
+    return _RUNS[key]
+
+
+def _bare_webhooks(scale: Scale, folder: Path, processes: int) -> dict[str, Any]:
+    key = ("bare", scale, folder, processes)
+    if key not in _RUNS:
+        args = (scale.seconds, scale.warmup, scale.connections)
+        budget = _timeout(scale, scale.seconds + scale.warmup)
+        with procs.bare_webhook(folder, processes) as (port, pids):
+            jobs = [f"job_{i:032x}" for i in range(scale.jobs)]
+            cpu = procs.cpu_seconds(pids)
+            found = procs.run(load.webhook_load, port, jobs, *args, timeout=budget)
+            cpu = procs.cpu_seconds(pids) - cpu
+        # Every status counted, warm-up too, as the gateway's per_worker counts are.
+        sent = found["accepted"] * (scale.seconds + scale.warmup) / scale.seconds
+        _RUNS[key] = {**found, "per_cpu": sent / cpu if cpu else math.nan}
+    return _RUNS[key]
 
 
 # B3
@@ -291,12 +363,14 @@ def b3_latency(scale: Scale, folder: Path) -> Outcome:
     return Outcome(rows, samples)
 
 
-def _paced(scale: Scale, folder: Path, store: str, rate: float) -> dict[str, Any]:
+def _paced(
+    scale: Scale, folder: Path, store: str, rate: float, *, workers: int = 1
+) -> dict[str, Any]:
     total_seconds = scale.paced_seconds + scale.paced_warmup
     skip = int(rate * scale.paced_warmup)
     total = int(rate * total_seconds)
     budget = _timeout(scale, total_seconds)
-    with procs.gateway(folder, store=store) as (_, addrs):
+    with procs.gateway(folder, store=store, workers=workers) as (_, addrs):
         jobs = create_jobs(addrs.grpc, scale.jobs)
         subscriber = procs.Workers()
         subscriber.start(load.latency_subscriber, addrs.grpc, total, skip, budget)
@@ -440,10 +514,79 @@ def b5_sync(scale: Scale, folder: Path) -> Outcome:
     )
 
 
+# B8
+
+
+def b8_workers(scale: Scale, folder: Path) -> Outcome:
+    """GATEWAY_WORKERS=2 against one worker: webhooks/s (both ways of sharing the listener), and
+    B3's latency on SQLite at its paced rate."""
+    one, two = _webhooks(scale, folder, 1), _webhooks(scale, folder, WORKERS)
+    shared = _webhooks(scale, folder, WORKERS, sharing="shared")
+    rows = [
+        _b8_rate(f"SO_REUSEPORT (the default), {scale.connections} connections", two, one),
+        _b8_rate("the listener inherited from the parent (shared socket)", shared, one),
+    ]
+    samples = {}
+    latencies = {}
+    for workers in (1, WORKERS):
+        store = str(folder / f"b8-{workers}.db")
+        found = _paced(scale, folder, store, scale.paced_rate, workers=workers)
+        latencies[workers] = ms(found["latencies"])
+        samples[f"B8 {workers} worker(s)"] = latencies[workers]
+        latencies[-workers] = [float(len(found["latencies"]) == found["expected"])]
+    p50, p99 = percentile(latencies[WORKERS], 50), percentile(latencies[WORKERS], 99)
+    p50_one, p99_one = percentile(latencies[1], 50), percentile(latencies[1], 99)
+    complete = latencies[-WORKERS] == [1.0]
+    rows.append(
+        Row(
+            "B8",
+            f"webhook -> stream at {scale.paced_rate:g}/s, SQLite, {WORKERS} workers (p50/p99)",
+            f"{p50:.1f}/{p99:.1f} ms",
+            f"{p50_one:.1f}/{p99_one:.1f} ms (1 worker)",
+            p99 / p99_one if p99_one else None,
+            "p99 <= 5 ms",
+            p99 <= 5.0 and complete,
+            {
+                str(WORKERS): _summary(latencies[WORKERS]),
+                "1": _summary(latencies[1]),
+                "complete": {"1": latencies[-1] == [1.0], str(WORKERS): complete},
+            },
+        )
+    )
+    return Outcome(rows, samples)
+
+
+def _b8_rate(how: str, ours: dict[str, Any], one: dict[str, Any]) -> Row:
+    rate, rate_one = _rate(ours), _rate(one)
+    ratio = rate / rate_one if rate_one else None
+    split = ours["per_worker"]
+    total = sum(split.values()) or 1
+    shares = "/".join(f"{100 * n / total:.0f}" for _, n in sorted(split.items()))
+    return Row(
+        "B8",
+        f"webhooks accepted/s, {WORKERS} workers against 1: {how} (% per worker; per CPU-s)",
+        f"{rate:,.0f}/s ({shares}; {ours['per_cpu']:,.0f})",
+        f"{rate_one:,.0f}/s (1 worker; {one['per_cpu']:,.0f})",
+        ratio,
+        "> 1",
+        ratio is not None and ratio > 1 and ours["fanned_out"] >= ours["accepted"],
+        {
+            "per_second": rate,
+            "one_worker_per_second": rate_one,
+            "per_worker": split,
+            "per_cpu_second": ours["per_cpu"],
+            "one_worker_per_cpu_second": one["per_cpu"],
+            "statuses": ours["statuses"],
+            "fanned_out": ours["fanned_out"],
+        },
+    )
+
+
 BENCHES: dict[str, Callable[[Scale, Path], Outcome]] = {
     "B1": b1_dispatch,
     "B2": b2_webhooks,
     "B3": b3_latency,
     "B4": b4_streams,
     "B5": b5_sync,
+    "B8": b8_workers,
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import queue
 import socket
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.loopback import free_port
 from tests.support.process import GATEWAY, POLL, START_TIMEOUT, ServerProcess
@@ -56,12 +58,20 @@ class GatewayAddrs:
 
 @contextlib.contextmanager
 def gateway(
-    folder: Path, *, store: str, upstream: str | None = None, rate: str = "100/min"
+    folder: Path,
+    *,
+    store: str,
+    upstream: str | None = None,
+    rate: str = "100/min",
+    workers: int = 1,
+    sharing: str | None = None,
 ) -> Iterator[tuple[ServerProcess, GatewayAddrs]]:
     """The gateway as its own process, with its defaults but for loopback addresses, a plain HTTP
     webhook listener (TLS is the ingress's), and a fixed callback-token key. Without `upstream`
     the upstream is a closed port: async jobs stay queued, and at the default rate of 100/min the
-    outbox costs next to nothing, as it would in production."""
+    outbox costs next to nothing, as it would in production. `workers`: GATEWAY_WORKERS;
+    `sharing`: how the workers share the webhook listener, when not the default (cli/workers.py's
+    SHARING)."""
     addrs = GatewayAddrs(f"{HOST}:{free_port()}", free_port(), free_port())
     env = {
         "DISPATCHER_BASE_URL": upstream or f"http://{HOST}:{free_port()}",
@@ -81,9 +91,20 @@ def gateway(
         "GATEWAY_CLIENT_DISPATCH_RATE": "1000000/s",
         "GATEWAY_CLIENT_MAX_QUEUED": "10000000",
         "GATEWAY_CLIENT_MAX_STREAMS": "1000000",
+        "GATEWAY_WORKERS": str(workers),
     }
-    with running("gateway", list(GATEWAY), env, addrs.readyz, folder) as server:
+    args = list(GATEWAY)
+    if sharing is not None:
+        args = ["-c", _SHARING.format(sharing=sharing)]
+    name = "gateway" if workers == 1 else f"gateway-{workers}-workers"
+    with running(name, args, env, addrs.readyz, folder) as server:
         yield server, addrs
+
+
+_SHARING = (
+    "import sys; import dispatcher_gateway.cli.workers as w; w.SHARING = {sharing!r}; "
+    "from dispatcher_gateway.cli import main; sys.argv[1:] = ['serve']; sys.exit(main())"
+)
 
 
 @contextlib.contextmanager
@@ -96,11 +117,20 @@ def bare_grpc(folder: Path) -> Iterator[tuple[ServerProcess, GatewayAddrs]]:
 
 
 @contextlib.contextmanager
-def bare_webhook(folder: Path) -> Iterator[tuple[ServerProcess, int]]:
+def bare_webhook(folder: Path, processes: int = 1) -> Iterator[tuple[int, list[int]]]:
+    """`processes` bare webhook servers on one port (SO_REUSEPORT when more than one): the port
+    and their pids."""
     port = free_port()
     args = ["-m", "tests.bench.bare", "webhook", "--port", str(port)]
-    with running("bare-webhook", args, {}, f"http://{HOST}:{port}/readyz", folder) as server:
-        yield server, port
+    if processes > 1:
+        args.append("--reuse-port")
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for index in range(processes):
+            name = "bare-webhook" if processes == 1 else f"bare-webhook-{index}"
+            url = f"http://{HOST}:{port}/readyz"
+            servers.append(stack.enter_context(running(name, args, {}, url, folder)))
+        yield port, [server.pid for server in servers]
 
 
 @contextlib.contextmanager
@@ -121,6 +151,40 @@ def wait_streams(readyz: str, wanted: int, timeout: float = START_TIMEOUT) -> No
             if time.monotonic() > deadline:
                 raise TimeoutError(f"fewer than {wanted} streams at {readyz}")
             time.sleep(POLL)
+
+
+def webhooks_by_worker(admin_port: int) -> dict[str, int]:
+    """Webhooks recorded so far by each worker (its index; "0" for a gateway of one)."""
+    page = httpx.get(f"http://{HOST}:{admin_port}/metrics").text
+    found: dict[str, int] = {}
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            if sample.name == "dispatcher_gateway_webhooks_total" and (
+                sample.labels.get("outcome") == "recorded"
+            ):
+                worker = sample.labels.get("worker", "0")
+                found[worker] = found.get(worker, 0) + int(sample.value)
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user and system) the processes `pids` and their children have used so far: a
+    figure that other load on the machine does not inflate, as it does wall time."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    seen: set[int] = set()
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            todo.extend(int(child) for child in children)
+    return total
 
 
 def port_open(port: int) -> bool:

@@ -31,6 +31,7 @@ from dispatcher_gateway.store import MemoryStore, SqliteStore
 from dispatcher_gateway.store.nats import NatsStore
 from tests.support.builders import Backend, Elapse, ManualClock, StoreFactory
 from tests.support.nats_server import NatsEndpoint
+from tests.support.sqlite_workers import SharedFile, worker_stores
 
 NATS_LEASE_GRACE = 0.1
 """The NATS stores' lease grace here: short, as a test that lets a lease run out waits it out."""
@@ -55,10 +56,18 @@ def nats_backend(request: pytest.FixtureRequest, clock: ManualClock) -> StoreFac
     )
 
 
+def sqlite_workers_backend(request: pytest.FixtureRequest, clock: ManualClock) -> StoreFactory:
+    """One file, two handles in turns (tests/support/sqlite_workers.py): GATEWAY_WORKERS=2."""
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    path = tmp_path / "store" / "gateway.db"
+    return lambda: SharedFile(worker_stores(path, clock))
+
+
 # A backend plugs in with one entry: its name, and how the suite makes its stores.
 BACKENDS: dict[str, Backend] = {
     "memory": Backend(memory_backend),
     "sqlite": Backend(sqlite_backend),
+    "sqlite-workers": Backend(sqlite_workers_backend),
     "nats": Backend(nats_backend, server_lag=NATS_LEASE_GRACE, wall_clock_rate=True),
 }
 

@@ -6,7 +6,6 @@ record the same calls alike."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from dispatcher_gateway.core.model import (
 )
 from dispatcher_gateway.core.ports import Store
 from dispatcher_gateway.store import MemoryStore, SqliteStore, codec
+from tests.support.sqlite_files import version_1_file
 
 JOB = Job(
     job_id="job_0123456789abcdef0123456789abcdef",
@@ -181,15 +181,8 @@ def test_what_the_nats_backend_stored_decodes() -> None:
 async def test_what_the_sqlite_backend_stored_reads_back(tmp_path: Path) -> None:
     path = tmp_path / "gateway.db"
     store = SqliteStore(path)
-    await store.open()
-    await store.close()
-    with sqlite3.connect(path) as conn:
-        # The schema as an earlier release made it (version 1): jobs without trace_context,
-        # nor version 3's columns; events without version 3's index by record time.
-        for column in ("retried_by", "retry_of", "submit_begun_at", "not_before", "trace_context"):
-            conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
-        conn.execute("DROP INDEX events_by_record_time")
-        conn.execute("PRAGMA user_version = 1")
+    conn = await version_1_file(path)
+    with conn:
         conn.executemany(
             "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", SQLITE_JOBS
         )

@@ -4,6 +4,7 @@ another connection's."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from dispatcher_gateway.core.model import JobEvent
 from dispatcher_gateway.store import SqliteStore
 from dispatcher_gateway.store.sqlite import tail as sqlite_tail
+from dispatcher_gateway.store.sqlite import wake as sqlite_wake
 from tests.support.builders import (
     append,
     create,
@@ -18,6 +20,7 @@ from tests.support.builders import (
     tailing,
     take,
 )
+from tests.support.sqlite_workers import worker_stores
 
 
 async def test_a_tail_sees_events_another_connection_wrote(tmp_path: Path) -> None:
@@ -83,3 +86,40 @@ async def test_a_tail_interleaves_this_process_commits_and_another_connections_i
 
     assert [e.cursor for e in got] == [e.cursor for e in appended]
     assert [int(e.cursor) for e in got] == sorted(int(e.cursor) for e in got)
+
+
+# The events in the datagram, or (too large for one) a datagram that says "read the file".
+@pytest.mark.parametrize("max_datagram", [sqlite_wake.MAX_DATAGRAM, 0])
+async def test_a_tail_has_a_neighbours_commit_at_once_not_at_its_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_datagram: int
+) -> None:
+    # No poll while the test runs: another worker's events reach this tail by its datagrams.
+    monkeypatch.setattr(sqlite_tail, "TAIL_POLL_INTERVAL", 3600.0)
+    monkeypatch.setattr(sqlite_wake, "MAX_DATAGRAM", max_datagram)
+    reader, writer = worker_stores(tmp_path / "gateway.db", time.time)
+    async with opened(lambda: reader), opened(lambda: writer):
+        job = await create(writer)
+        async with tailing(reader, await reader.last_cursor()) as tail:
+            following = asyncio.create_task(take(tail, 4))
+            await asyncio.sleep(0.05)
+            appended = [await append(writer, job) for _ in range(2)]
+            appended += [await append(reader, job), await append(writer, job)]
+
+            assert await following == appended
+
+
+async def test_a_neighbour_away_costs_its_writer_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Worker 1 of 3 never started (or is restarting): worker 0's commits go on, and worker 2 is
+    # still woken (not polled).
+    monkeypatch.setattr(sqlite_tail, "TAIL_POLL_INTERVAL", 3600.0)
+    first, _, third = worker_stores(tmp_path / "gateway.db", time.time, count=3)
+    async with opened(lambda: first), opened(lambda: third):
+        job = await create(first)
+        async with tailing(third, await third.last_cursor()) as tail:
+            following = asyncio.create_task(take(tail, 1))
+            await asyncio.sleep(0.05)
+            event = await append(first, job)
+
+            assert await following == [event]

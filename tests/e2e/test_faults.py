@@ -96,6 +96,8 @@ async def dispatch_until_accepted(target: str, index: int) -> str:
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 120)
+# GATEWAY_WORKERS: one process, or two on one store (SIGKILL of the parent takes both).
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize(
     "sandbox_options",
     [
@@ -109,7 +111,7 @@ async def dispatch_until_accepted(target: str, index: int) -> str:
     ],
 )
 async def test_nothing_lost_nothing_twice_under_faults(
-    sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path
+    sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path, workers: int
 ) -> None:
     sandbox.sandbox.faults.update(FAULTS)
     env = gateway_env(sandbox, tls, tmp_path)
@@ -121,6 +123,7 @@ async def test_nothing_lost_nothing_twice_under_faults(
         "GATEWAY_BREAKER_OPEN_FOR": "1",
         "GATEWAY_RETRY_BASE": "0.05",
         "GATEWAY_RETRY_MAX_DELAY": "1",
+        "GATEWAY_WORKERS": str(workers),
     }
     gateway = gateway_process(env, tmp_path / "gateway.log")
     target = env["GATEWAY_GRPC_ADDR"]
@@ -188,7 +191,8 @@ async def test_nothing_lost_nothing_twice_under_faults(
             stats,
         )
         print(
-            f"\nfault suite: N={N}, kills={kills}, subscriber resumes={subscriber.resumes}, "
+            f"\nfault suite: workers={workers}, N={N}, kills={kills}, "
+            f"subscriber resumes={subscriber.resumes}, "
             f"{elapsed:.1f} s; upstream requests={stats.dispatch_requests} "
             f"(retries {stats.dispatch_requests - N}), by status={stats.by_status}, "
             f"max in {RATE_WINDOW:g} s={stats.max_in_window}/{RATE_LIMIT}, "

@@ -70,7 +70,7 @@ class Dispatcher:
 class ChannelDispatcher:
     """Dispatches over one long-lived channel, as a service with a client object does; each
     retried with its idempotency key while refused UNAVAILABLE. gRPC reconnects the channel by
-    itself (after a GOAWAY, to wherever the balancer sends it)."""
+    itself (once its connection is closed or sent away, to wherever the balancer sends it)."""
 
     target: str
     refused: collections.Counter[str] = field(default_factory=collections.Counter)

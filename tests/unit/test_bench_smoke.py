@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.benches import TINY, b1_dispatch, b2_webhooks, b3_latency, b4_streams, b5_sync
+from tests.bench.benches import (
+    TINY,
+    WORKERS,
+    b1_dispatch,
+    b2_webhooks,
+    b3_latency,
+    b4_streams,
+    b5_sync,
+    b8_workers,
+)
 from tests.bench.report import table, write_chart, write_json
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
@@ -29,13 +38,30 @@ def test_b1_dispatch_measures_gateway_baseline_and_generator(tmp_path: Path) -> 
     assert outcome.samples["B1 bare grpc.aio"]
 
 
-def test_b2_webhooks_are_stored_and_fanned_out(tmp_path: Path) -> None:
-    b2, _ = b2_webhooks(TINY, tmp_path).rows
-    gateway = b2.details["gateway"]
-    assert gateway["per_second"] > 0
-    assert set(gateway["statuses"]) == {200}
-    assert gateway["fanned_out"] >= gateway["per_second"] * TINY.seconds
-    assert set(b2.details["baseline"]["statuses"]) == {200}
+def test_b2_webhooks_are_stored_and_fanned_out_by_workers_and_one(tmp_path: Path) -> None:
+    workers, one, b6 = b2_webhooks(TINY, tmp_path).rows
+    assert (workers.id, one.id, b6.id) == ("B2", "B2", "B6")
+    for row in (workers, one):
+        gateway = row.details["gateway"]
+        assert gateway["per_second"] > 0
+        assert set(gateway["statuses"]) == {200}
+        assert gateway["fanned_out"] >= gateway["per_second"] * TINY.seconds
+        assert sum(gateway["per_worker"].values()) >= gateway["per_second"] * TINY.seconds
+        assert set(row.details["baseline"]["statuses"]) == {200}
+    assert set(workers.details["gateway"]["per_worker"]) <= {str(i) for i in range(WORKERS)}
+    assert set(one.details["gateway"]["per_worker"]) == {"0"}
+
+
+def test_b8_compares_two_workers_with_one(tmp_path: Path) -> None:
+    outcome = b8_workers(TINY, tmp_path)
+    reuse_port, shared, latency = outcome.rows
+    for row in (reuse_port, shared):
+        assert row.details["per_second"] > 0
+        assert row.details["one_worker_per_second"] > 0
+        assert set(row.details["statuses"]) == {200}
+    assert latency.details["complete"] == {"1": True, str(WORKERS): True}
+    assert latency.details[str(WORKERS)]["count"] == latency.details["1"]["count"] > 0
+    assert outcome.samples[f"B8 {WORKERS} worker(s)"]
 
 
 def test_b3_times_every_webhook_to_the_stream_on_sqlite_and_nats(tmp_path: Path) -> None:

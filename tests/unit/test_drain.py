@@ -34,3 +34,18 @@ async def test_once_draining_new_calls_are_refused_and_those_in_flight_finish() 
             pass
         assert drain.in_flight == 1
     assert (drain.in_flight, drain.idle.is_set()) == (0, True)
+
+
+async def test_busy_names_the_connections_with_a_call_running() -> None:
+    drain = Drain()
+    with drain.call("ipv4:127.0.0.1:50001"), drain.call(), drain.call("ipv4:127.0.0.1:50002"):
+        assert drain.busy(settle=0) == {("127.0.0.1", 50001), ("127.0.0.1", 50002)}
+    assert drain.busy(settle=60) == set()
+
+
+async def test_once_draining_a_connection_stays_busy_while_its_last_status_leaves() -> None:
+    drain = Drain()
+    with drain.call("ipv6:%5B::1%5D:50001"):
+        drain.start()
+    assert drain.busy(settle=60) == {("::1", 50001)}
+    assert drain.busy(settle=0) == set()

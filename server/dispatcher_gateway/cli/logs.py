@@ -35,16 +35,33 @@ class ContextFields(logging.Filter):
         return True
 
 
-def formatter(log_format: str) -> logging.Formatter:
+class WorkerField(logging.Filter):
+    """Adds `worker`, the index of the worker process a line comes from (GATEWAY_WORKERS)."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
+
+
+def formatter(log_format: str, worker: int | None = None) -> logging.Formatter:
     if log_format == "json":
         return JsonFormatter(JSON_FIELDS, rename_fields=JSON_RENAMED, timestamp="time")
+    if worker is not None:
+        return logging.Formatter(TEXT_FORMAT.replace("%(name)s", "worker %(worker)s %(name)s"))
     return logging.Formatter(TEXT_FORMAT)
 
 
-def configure_logging(level: str, log_format: str = "text") -> None:
+def configure_logging(level: str, log_format: str = "text", worker: int | None = None) -> None:
+    """`worker`: this process is that worker of a gateway's (each line says so)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter(log_format))
+    handler.setFormatter(formatter(log_format, worker))
     handler.addFilter(ContextFields())
+    if worker is not None:
+        handler.addFilter(WorkerField(worker))
     logging.basicConfig(level=level, handlers=[handler])
     # One line per HTTP request is the upstream client's job, at DEBUG; httpx's own is noise.
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -37,6 +37,10 @@ def add_command(commands: Any) -> None:
         help=f"seconds before the sandbox sends a dispatch's first webhook "
         f"(default {SANDBOX_EVENT_DELAY})",
     )
+    # How cli/workers.py starts a worker (GATEWAY_WORKERS): not for people.
+    serve.add_argument("--worker", help=argparse.SUPPRESS)
+    for name in ("admin", "webhook", "http"):
+        serve.add_argument(f"--{name}-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(run=run)
 
 
@@ -116,7 +120,19 @@ async def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"config: {problem}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    from .workers import Supervisor, worker_slot
+
+    worker = worker_slot(args)
+    configure_logging(
+        settings.log_level, settings.log_format, worker.index if worker is not None else None
+    )
+    if worker is None and settings.workers > 1:
+        supervisor = Supervisor(settings, env)
+        code = await supervisor.run(stop_on_signals())
+        if sandbox is not None:
+            await sandbox.close()
+            await sandbox_server.stop()
+        return code
 
     from ..app import GatewayApp
     from ..tracing import ConfigError as TracingConfigError
@@ -128,7 +144,7 @@ async def run(args: argparse.Namespace) -> int:
     except TracingConfigError as exc:
         print(f"config: {exc}", file=sys.stderr)
         return 2
-    app = GatewayApp(settings, tracing=tracing)
+    app = GatewayApp(settings, tracing=tracing, worker=worker)
     stop = stop_on_signals()
     # A store that is not ready yet is waited for; a SIGTERM meanwhile ends the wait.
     starting = asyncio.create_task(app.start())
@@ -143,7 +159,7 @@ async def run(args: argparse.Namespace) -> int:
             await sandbox_server.stop()
         return 0
     listeners = starting.result()
-    if sandbox is not None:
+    if sandbox is not None and worker is None:
         transport = "TLS" if settings.grpc_tls_cert_file else "plaintext"
         reflection = "reflection on" if settings.grpc_reflection else "reflection off"
         access = (

@@ -1,14 +1,18 @@
-"""The DispatchService calls running now, and whether new ones are still let in: what a drain
-(SIGTERM) waits for and refuses. The CallGuard interceptor counts every call through here, so
-that no handler does its own bookkeeping."""
+"""The DispatchService calls running now, by client connection, and whether new ones are still
+let in: what a drain (SIGTERM) waits for and refuses, and which connections it may close. The
+CallGuard interceptor counts every call through here, so that no handler does its own
+bookkeeping."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import time
 from collections.abc import Iterator
 
 from ..core.errors import ShuttingDown
+from .connections import Address, peer_address
 
 REFUSAL = "the gateway is shutting down; retry, another replica will answer"
 
@@ -22,21 +26,39 @@ class Drain:
         """Set on SIGTERM: new calls are refused with UNAVAILABLE while those in flight finish."""
         self.idle = asyncio.Event()
         self.idle.set()
+        self._running: collections.Counter[str] = collections.Counter()
+        """Calls running now, by grpc peer (the client's end of its connection)."""
+        self._ended: dict[str, float] = {}
+        """Once draining: when each peer's last call ended (time.monotonic())."""
 
     def start(self) -> None:
         """Refuse every call from now on; those in flight go on."""
         self.draining = True
 
     @contextlib.contextmanager
-    def call(self) -> Iterator[None]:
-        """One call, counted while it runs; ShuttingDown if the drain has begun."""
+    def call(self, peer: str = "") -> Iterator[None]:
+        """One call, counted while it runs; ShuttingDown if the drain has begun. `peer`: grpc's
+        name for the client's connection (context.peer()), none for the JSON face."""
         if self.draining:
             raise ShuttingDown(REFUSAL)
         self.in_flight += 1
+        self._running[peer] += 1
         self.idle.clear()
         try:
             yield
         finally:
             self.in_flight -= 1
+            self._running[peer] -= 1
+            if not self._running[peer]:
+                del self._running[peer]
+            if self.draining:
+                self._ended[peer] = time.monotonic()
             if not self.in_flight:
                 self.idle.set()
+
+    def busy(self, settle: float) -> set[Address]:
+        """The client connections not to close yet: those with a call running, or whose last
+        call ended less than `settle` seconds ago (its status may still be on its way)."""
+        since = time.monotonic() - settle
+        peers = set(self._running) | {peer for peer, at in self._ended.items() if at > since}
+        return {address for peer in peers if (address := peer_address(peer)) is not None}

@@ -4,8 +4,8 @@
   INVALID_ARGUMENT, where grpc would answer UNKNOWN with the decoder's exception;
 - a DispatchService caller is authenticated (auth.Authenticator) and known to the handler as
   `auth.caller()`; without credentials the call is UNAUTHENTICATED;
-- a DispatchService call is counted while it runs, and refused UNAVAILABLE once the gateway
-  drains (drain.Drain);
+- a DispatchService call is counted while it runs (by client connection), and refused
+  UNAVAILABLE once the gateway drains (drain.Drain);
 - a domain error a handler raises is the status errors.to_status gives it;
 - an exception no handler expected is INTERNAL with a generic message and one log line, where
   grpc would answer UNKNOWN with the exception's text and log its traceback.
@@ -116,7 +116,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
         async def guarded(request: Any, context: Context) -> Any:
             try:
                 request = await self._admit(method, request, context, checked, streaming)
-                with self._counted(checked):
+                with self._counted(checked, context):
                     return await behaviour(request, context)
             except Exception as exc:
                 await self._report(method, exc, context)
@@ -129,7 +129,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
         async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
             try:
                 request = await self._admit(method, request, context, checked, streaming)
-                with self._counted(checked):
+                with self._counted(checked, context):
                     async for response in behaviour(request, context):
                         yield response
             except Exception as exc:
@@ -137,8 +137,9 @@ class CallGuard(grpc.aio.ServerInterceptor):
 
         return guarded
 
-    def _counted(self, checked: bool) -> AbstractContextManager[None]:
-        return self.drain.call() if checked else contextlib.nullcontext()
+    def _counted(self, checked: bool, context: Context) -> AbstractContextManager[None]:
+        """Counted by the client's connection: a drain closes each once its calls are done."""
+        return self.drain.call(context.peer()) if checked else contextlib.nullcontext()
 
     async def _admit(
         self, method: str, request: Any, context: Context, authenticate: bool, streaming: bool

@@ -74,12 +74,17 @@ def create_server(
     drain: Drain,
     reflection: bool = False,
     outer: Sequence[grpc.aio.ServerInterceptor] = (),
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
     """DispatchService (callers authenticated, calls counted for `drain`), health (anyone may
     ask) and, if asked for, reflection. `outer`: interceptors that see every call before the
-    guard (tracing's)."""
+    guard (tracing's). `reuse_port`: the port is shared with the other workers of one gateway
+    (GATEWAY_WORKERS), the kernel spreading connections over them."""
     guard = CallGuard(auth, drain, services=frozenset({SERVICE_NAME}))
-    server = grpc.aio.server(interceptors=[*outer, guard], options=limits.options())
+    options = limits.options()
+    if reuse_port:
+        options = [*(o for o in options if o[0] != "grpc.so_reuseport"), ("grpc.so_reuseport", 1)]
+    server = grpc.aio.server(interceptors=[*outer, guard], options=options)
     pb_grpc.add_DispatchServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection:

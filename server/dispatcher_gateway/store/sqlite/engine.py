@@ -21,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import fcntl
+import os
 import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from ...core.errors import StoreUnavailable
@@ -94,8 +97,16 @@ class Writer:
         name: str,
         connect: Callable[[], sqlite3.Connection],
         on_commit: Callable[[list[Any]], None],
+        *,
+        turns: Path | None = None,
     ) -> None:
+        """`turns`: a file whose lock (flock) each group's transaction holds, when other
+        processes write to the same database (a gateway's workers). They then take turns at
+        once: without it, one finding the database locked sleeps in SQLite's busy handler
+        (1, 2, 5, 10 ms ...) however soon the lock is released."""
         self._name = name
+        self._turns = turns
+        self._turns_fd: int | None = None
         self._connect = connect
         self._on_commit = on_commit
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
@@ -176,12 +187,23 @@ class Writer:
             ready.set_exception(self.translate(exc))
             self._stopped.set_result(None)
             return
+        if self._turns is not None:
+            try:
+                self._turns_fd = os.open(self._turns, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                conn.close()
+                ready.set_exception(self.translate(exc))
+                self._stopped.set_result(None)
+                return
         ready.set_result(None)
         try:
             self._serve_queue(conn)
         finally:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
+            if self._turns_fd is not None:
+                os.close(self._turns_fd)
+                self._turns_fd = None
             self._fail_queued()
             self._stopped.set_result(None)
 
@@ -190,26 +212,43 @@ class Writer:
             first = self._queue.get()
             if first is None:
                 return
-            ops = [first]
-            stopping = False
-            while len(ops) < MAX_GROUP:
-                try:
-                    op = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if op is None:
-                    stopping = True
-                    break
-                ops.append(op)
-            # Reads first: every read here was queued before any write here returned, so
-            # answering it from the state before them is as correct as after, and the writes
-            # stay one group. They are answered before the commit's wait on the disk.
-            reads = [self._read(conn, op) for op in ops if not op.write and _wanted(op)]
-            if reads:
-                _deliver(reads)
-            self._commit_group(conn, [op for op in ops if op.write and _wanted(op)])
+            more, stopping = self._queued(MAX_GROUP - 1)
+            writes = self._answer_reads(conn, [first, *more])
+            if writes:
+                with self._turn():
+                    if self._turns_fd is not None and not stopping and len(writes) < MAX_GROUP:
+                        # What came while another process had its turn joins this group: one
+                        # commit (one wait on the disk) for it rather than a turn of its own.
+                        more, stopping = self._queued(MAX_GROUP - len(writes))
+                        writes += self._answer_reads(conn, more)
+                    self._commit_group(conn, writes)
             if stopping:
                 return
+
+    def _queued(self, limit: int) -> tuple[list[_Op], bool]:
+        """Up to `limit` operations queued now, without waiting; and whether the stop is
+        queued among them."""
+        ops: list[_Op] = []
+        while len(ops) < limit:
+            try:
+                op = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if op is None:
+                return ops, True
+            ops.append(op)
+        return ops, False
+
+    def _answer_reads(self, conn: sqlite3.Connection, ops: list[_Op]) -> list[_Op]:
+        """Answer the reads among `ops`; returns the writes, to commit as one group.
+
+        Reads first: every read here was queued before any write here returned, so answering
+        it from the state before them is as correct as after, and the writes stay one group.
+        They are answered before the commit's wait on the disk."""
+        reads = [self._read(conn, op) for op in ops if not op.write and _wanted(op)]
+        if reads:
+            _deliver(reads)
+        return [op for op in ops if op.write and _wanted(op)]
 
     def _read(self, conn: sqlite3.Connection, op: _Op) -> _Outcome:
         try:
@@ -217,9 +256,20 @@ class Writer:
         except Exception as exc:
             return op, None, self.translate(exc)
 
-    def _commit_group(self, conn: sqlite3.Connection, live: list[_Op]) -> None:
-        if not live:
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """This process's turn to write, among those sharing `turns`."""
+        fd = self._turns_fd
+        if fd is None:
+            yield
             return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _commit_group(self, conn: sqlite3.Connection, live: list[_Op]) -> None:
         try:
             outcomes = self._apply_all(conn, live)
             if outcomes is None:

@@ -132,6 +132,12 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         )
     conn.execute("BEGIN IMMEDIATE")
     try:
+        # Read again under the write lock: another process opening the file at the same moment
+        # (a gateway's workers) may have just migrated it.
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            conn.execute("COMMIT")
+            return
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)

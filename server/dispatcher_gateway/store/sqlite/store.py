@@ -20,10 +20,14 @@ from ..codec import DEFAULT_DEDUPE_TTL, SECRET_BYTES
 from . import rows, schema
 from .engine import MAX_BATCH, Batch, Writer
 from .tail import Feeds, Tail
+from .wake import Neighbours
 
 # Pruning costs a scan of the old keys; doing it on every append would tax the hot path.
 DEDUPE_PRUNE_INTERVAL: Final = 600.0
 LEASE_TOKEN_BYTES: Final = 16
+TURNS_SUFFIX: Final = "-writer.lock"
+"""Beside the file (as SQLite's -wal and -shm): the lock its writers take turns on, when they
+are a gateway's workers (engine.py's Writer)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +70,12 @@ class SqliteStore:
         dedupe_ttl: float = DEFAULT_DEDUPE_TTL,
         synchronous: str = "FULL",
         clock: Clock = time.time,
+        neighbours: Neighbours | None = None,
     ) -> None:
         """`clock` times the outbox (when entries are due, when leases run out) and the rate
-        limit; the file keeps its readings, so it must be a wall clock like time.time."""
+        limit; the file keeps its readings, so it must be a wall clock like time.time.
+        `neighbours`: the other processes writing to the file, woken after each commit of events
+        (a gateway's workers)."""
         if synchronous.upper() not in schema.SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {sorted(schema.SYNCHRONOUS_MODES)}")
         self._path = Path(path)
@@ -77,7 +84,9 @@ class SqliteStore:
         self._synchronous = synchronous.upper()
         self._prune_interval = min(DEDUPE_PRUNE_INTERVAL, dedupe_ttl)
         self._feeds = Feeds()
-        self._writer = Writer(str(self._path), self._connect, self._feeds.publish)
+        self._neighbours = neighbours
+        turns = None if neighbours is None else self._path.with_name(self._path.name + TURNS_SUFFIX)
+        self._writer = Writer(str(self._path), self._connect, self._committed, turns=turns)
         self._last_prune = 0.0
         """Touched by the worker thread only."""
 
@@ -89,10 +98,24 @@ class SqliteStore:
 
     async def open(self) -> None:
         await self._writer.start()
+        if self._neighbours is not None:
+            try:
+                self._neighbours.listen(self._feeds.deliver)
+            except OSError as exc:
+                await self._writer.stop()
+                raise StoreUnavailable(f"store {self._path}: {exc}") from exc
 
     async def close(self) -> None:
         """Finish what is queued, then close the file. Closing a closed store does nothing."""
+        if self._neighbours is not None:
+            self._neighbours.close()
         await self._writer.stop()
+
+    def _committed(self, events: list[JobEvent]) -> None:
+        """In the worker thread, after a commit that appended `events`."""
+        self._feeds.publish(events)
+        if self._neighbours is not None:
+            self._neighbours.notify(events)
 
     async def check(self) -> None:
         if not self._writer.running:

@@ -26,16 +26,23 @@ class _Feed:
     """A tail's inbox for events committed by this process: filled from the worker thread
     (through the tail's event loop), emptied by the tail."""
 
-    __slots__ = ("events", "loop", "ready")
+    __slots__ = ("events", "loop", "ready", "woken")
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.ready = asyncio.Event()
         self.events: list[JobEvent] = []
+        self.woken = False
+        """Another process committed: read the file."""
 
     def push(self, events: list[JobEvent]) -> None:
         # On the tail's loop.
         self.events.extend(events)
+        self.ready.set()
+
+    def wake(self) -> None:
+        # On the tail's loop.
+        self.woken = True
         self.ready.set()
 
 
@@ -48,27 +55,47 @@ class Feeds:
         # that commit's events.
         self._lock = threading.Lock()
         self._committed = 0
-        """The newest cursor this process committed (0: none yet)."""
+        """The newest cursor committed, by this process or a neighbour that said so (0: none
+        yet)."""
+        self._wakes = 0
+        """How many times another process said it committed (wake.py's Neighbours)."""
 
     def publish(self, events: list[JobEvent]) -> None:
         """From the worker thread, after a commit: the events it appended, in cursor order."""
         with self._lock:
-            self._committed = int(events[-1].cursor)
+            self._committed = max(self._committed, int(events[-1].cursor))
             feeds = list(self._feeds)
         for feed in feeds:
             # A closed loop has no tail left to feed.
             with contextlib.suppress(RuntimeError):
                 feed.loop.call_soon_threadsafe(feed.push, events)
 
+    def deliver(self, events: list[JobEvent] | None) -> None:
+        """Another process committed `events` (wake.py's Neighbours): pushed to every tail as
+        this process's are; None (not sent): every tail reads the file."""
+        with self._lock:
+            if events:
+                self._committed = max(self._committed, int(events[-1].cursor))
+            else:
+                self._wakes += 1
+            feeds = list(self._feeds)
+        for feed in feeds:
+            with contextlib.suppress(RuntimeError):
+                if events:
+                    feed.loop.call_soon_threadsafe(feed.push, events)
+                else:
+                    feed.loop.call_soon_threadsafe(feed.wake)
+
     @contextlib.contextmanager
-    def feeding(self, feed: _Feed) -> Iterator[int]:
+    def feeding(self, feed: _Feed) -> Iterator[tuple[int, int]]:
         """Push every commit's appended events to `feed` while inside the block; yields the
-        newest cursor committed before the first push."""
+        newest cursor committed and the count of other processes' wake-ups before the first
+        push."""
         with self._lock:
             self._feeds.add(feed)
-            committed = self._committed
+            committed, wakes = self._committed, self._wakes
         try:
-            yield committed
+            yield committed, wakes
         finally:
             with self._lock:
                 self._feeds.discard(feed)
@@ -87,6 +114,8 @@ class Tail(AsyncIterator[JobEvent]):
         self._buffer: deque[JobEvent] = deque()
         self._polled = True
         """Whether the next fill reads the file first (on start, and after each quiet poll)."""
+        self._wakes = 0
+        """The other processes' wake-ups seen when this tail last read the file."""
 
     async def __anext__(self) -> JobEvent:
         while not self._buffer:
@@ -96,10 +125,12 @@ class Tail(AsyncIterator[JobEvent]):
     async def _fill(self) -> None:
         feed = _Feed()
         # Listen before reading, so a commit between the read and the wait is not missed.
-        with self._feeds.feeding(feed) as committed:
-            if committed > self._seq or self._polled:
-                # Behind what this process committed (or time to look for other writers).
+        with self._feeds.feeding(feed) as (committed, wakes):
+            if committed > self._seq or self._polled or wakes != self._wakes:
+                # Behind what this process committed, or another process did (or time to look
+                # for other writers).
                 self._polled = False
+                self._wakes = wakes
                 events = await self._read_after()(self._seq, TAIL_BATCH)
                 if events:
                     self._take(events)
@@ -113,6 +144,9 @@ class Tail(AsyncIterator[JobEvent]):
                     return
                 feed.ready.clear()
                 pushed, feed.events = feed.events, []
+                if feed.woken:
+                    # Another process committed: its events are in the file only.
+                    self._polled = True
                 for event in pushed:
                     seq = int(event.cursor)
                     if seq <= self._seq:
