@@ -338,7 +338,12 @@ class GatewayApp:
         )
         host, port = split_addr(s.addr)
         return await start_http(
-            self.console.app(), host, port, certfile=s.tls_cert_file, keyfile=s.tls_key_file
+            self.console.app(),
+            host,
+            port,
+            certfile=s.tls_cert_file,
+            keyfile=s.tls_key_file,
+            reuse_port=self.worker is not None,
         )
 
     def _grpc_ports(self) -> tuple[int, int | None]:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,9 +16,11 @@ from grpc import aio
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from dispatcher_gateway.console.operators import hash_password
 from dispatcher_gateway.console.settings import ConsoleSettings
 from dispatcher_gateway.core.retry import RateLimit
-from tests.support.loopback import GatewayFactory, RunningSandbox
+from tests.support.loopback import GatewayFactory, RunningSandbox, TlsFiles, free_port
+from tests.support.process import gateway_env, gateway_process
 from tests.support.requests import email_request
 
 WAIT = 20.0
@@ -117,3 +120,40 @@ async def test_the_console_cancels_and_retries_through_core(
         f"console: operator sandbox did retry on job {failed} (client anonymous): "
         f"new job {old.retried_by}" in lines
     )
+
+
+CONNECTIONS = 32
+"""New connections to the console of two workers: the kernel picks each one's worker by a hash,
+so all 32 on one worker is a 1 in 2**31 chance."""
+
+
+async def test_a_login_holds_on_every_worker(
+    sandbox: RunningSandbox, tls: TlsFiles, tmp_path: Path
+) -> None:
+    operators = tmp_path / "operators"
+    operators.write_text(f"ops {hash_password('pw')}\n")
+    env = gateway_env(sandbox, tls, tmp_path) | {
+        "GATEWAY_WORKERS": "2",
+        "GATEWAY_CONSOLE_ADDR": f"127.0.0.1:{free_port()}",
+        "GATEWAY_CONSOLE_OPERATORS_FILE": str(operators),
+    }
+    process = gateway_process(env, tmp_path / "gateway.log")
+    url = f"http://{env['GATEWAY_CONSOLE_ADDR']}"
+    try:
+        await process.start()
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT) as client:
+            csrf = await csrf_of(client, "/login")
+            answer = await client.post(
+                "/login", data={"csrf": csrf, "operator": "ops", "password": "pw"}
+            )
+            assert answer.status_code == 303
+            cookies = client.cookies
+        answers = []
+        for _ in range(CONNECTIONS):
+            async with httpx.AsyncClient(base_url=url, cookies=cookies, timeout=WAIT) as fresh:
+                answers.append((await fresh.get("/")).status_code)
+        assert answers == [200] * CONNECTIONS
+        # Both workers serve the console's port: none failed to bind it and was restarted.
+        assert "starting it again" not in process.log()
+    finally:
+        await process.stop()
