@@ -134,10 +134,11 @@ def bare_webhook(folder: Path, processes: int = 1) -> Iterator[tuple[int, list[i
 
 
 @contextlib.contextmanager
-def sandbox(folder: Path) -> Iterator[str]:
+def sandbox(folder: Path, *options: str) -> Iterator[str]:
+    """`options`: more of `dispatcher-gateway sandbox`'s (--sync-delay 2 ...)."""
     port = free_port()
     args = ["-m", "dispatcher_gateway", "sandbox", "--port", str(port)]
-    args += ["--email", SANDBOX_EMAIL]
+    args += ["--email", SANDBOX_EMAIL, *options]
     env = {"SANDBOX_PASSWORD": SANDBOX_PASSWORD, "SANDBOX_WEBHOOK_SECRET": WEBHOOK_SECRET}
     url = f"http://{HOST}:{port}"
     with running("sandbox", args, env, f"{url}/healthz", folder):
@@ -231,6 +232,18 @@ class Workers:
         finally:
             self.close()
         return [found[i] for i in range(count)]
+
+    def wait(self, event: Any, timeout: float) -> bool:
+        """Wait for `event` (a multiprocessing Event a worker sets); False after `timeout`.
+        A worker that ended before setting it raised: its error is raised here at once."""
+        deadline = time.monotonic() + timeout
+        while not event.wait(POLL):
+            if any(proc.exitcode is not None for proc in self._procs):
+                self.results(POLL)
+                raise RuntimeError("a load-generator worker ended early")
+            if time.monotonic() > deadline:
+                return False
+        return True
 
     def close(self) -> None:
         for proc in self._procs:

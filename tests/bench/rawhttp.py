@@ -22,6 +22,10 @@ class RawConnection:
 
     async def post(self, path: str, body: bytes, headers: dict[str, str]) -> int:
         """Send one POST; the status code, once the whole answer is read."""
+        return (await self.post_head(path, body, headers))[0]
+
+    async def post_head(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        """Send one POST; the status code and the answer's head, once the whole answer is read."""
         assert self._reader is not None
         assert self._writer is not None
         lines = [
@@ -39,7 +43,7 @@ class RawConnection:
                 length = int(line[15:])
         if length:
             await self._reader.readexactly(length)
-        return status
+        return status, head
 
     async def close(self) -> None:
         if self._writer is not None:

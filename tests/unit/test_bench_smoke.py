@@ -17,6 +17,7 @@ from tests.bench.benches import (
     b3_latency,
     b4_streams,
     b5_sync,
+    b7_background_sync,
     b8_workers,
 )
 from tests.bench.report import table, write_chart, write_json
@@ -66,15 +67,31 @@ def test_b8_compares_two_workers_with_one(tmp_path: Path) -> None:
 
 def test_b3_times_every_webhook_to_the_stream_on_sqlite_and_nats(tmp_path: Path) -> None:
     outcome = b3_latency(TINY, tmp_path)
-    assert [row.what.split(" at ", 1)[1] for row in outcome.rows] == [
+    *paced, knee = outcome.rows
+    assert [row.what.split(" at ", 1)[1] for row in paced] == [
         f"{TINY.paced_rate:g}/s, SQLite (p50/p99)",
         f"{TINY.reference_rate:g}/s, SQLite (p50/p99)",
         f"{TINY.paced_rate:g}/s, NATS (p50/p99)",
         f"{TINY.reference_rate:g}/s, NATS (p50/p99)",
     ]
-    for row in outcome.rows:
+    for row in paced:
         assert row.details["count"] == row.details["expected"] > 0
         assert 0 < row.details["p50_ms"] <= row.details["p99_ms"]
+    assert knee.what.startswith(f"webhooks offered at {TINY.knee_rate:g}/s")
+    assert (
+        knee.details["accepted"]["count"] + knee.details["refused"]["count"] == knee.details["sent"]
+    )
+    assert knee.details["refusals_without_retry_after"] == 0
+
+
+def test_b7_sends_every_background_sync_job_within_the_rate(tmp_path: Path) -> None:
+    (b7,) = b7_background_sync(TINY, tmp_path).rows
+    assert b7.details["ended"] == {"dispatch_completed": TINY.background_jobs}
+    assert b7.details["sends"] == TINY.background_jobs
+    assert 0 < b7.details["most_sent_in_one_window"] <= b7.details["limit"]
+    assert b7.details["peak_in_flight"] > 0
+    assert b7.ratio is not None
+    assert b7.ratio > 0
 
 
 def test_b4_reaches_every_stream_on_gateway_and_baseline(tmp_path: Path) -> None:

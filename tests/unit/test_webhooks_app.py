@@ -3,6 +3,7 @@ bad webhook input gets, and the happy path."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -393,3 +394,33 @@ async def test_get_is_405(client: httpx.AsyncClient) -> None:
     response = await client.get(f"/webhooks/dispatcher/{TOKEN}")
 
     assert response.status_code == 405
+
+
+async def test_past_max_in_flight_a_webhook_is_refused_at_once_with_retry_after() -> None:
+    release = asyncio.Event()
+    entered = 0
+
+    class SlowSink(FakeSink):
+        async def record_webhook(self, token: str, envelope: JSON, *, webhook_id: str) -> bool:
+            nonlocal entered
+            entered += 1
+            await release.wait()
+            return await super().record_webhook(token, envelope, webhook_id=webhook_id)
+
+    verifier = WebhookVerifier([SECRET], clock=lambda: NOW)
+    app = create_webhook_app(SlowSink(), verifier, max_body=MAX_BODY, max_in_flight=2)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="https://gateway.test", headers=JSON_TYPE
+    ) as http:
+        held = [asyncio.create_task(post(http, BODY, signed(BODY, f"wh_{n}"))) for n in (1, 2)]
+        while entered < 2:
+            await asyncio.sleep(0)
+
+        refused = await post(http, BODY, signed(BODY, "wh_3"))
+
+        release.set()
+        assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
+        assert refused.status_code == 503
+        assert refused.json() == {"error": "overloaded"}
+        assert refused.headers["Retry-After"] == str(STORE_RETRY_AFTER)
+        assert (await post(http, BODY, signed(BODY, "wh_3"))).status_code == 200

@@ -2,6 +2,7 @@
 
 from .app import (
     DEFAULT_MAX_BODY,
+    MAX_IN_FLIGHT,
     STORE_RETRY_AFTER,
     WEBHOOK_PATH,
     MalformedWebhook,
@@ -21,6 +22,7 @@ from .signature import (
 
 __all__ = [
     "DEFAULT_MAX_BODY",
+    "MAX_IN_FLIGHT",
     "MAX_WEBHOOK_ID_LENGTH",
     "STORE_RETRY_AFTER",
     "TIMESTAMP_TOLERANCE",

@@ -33,10 +33,20 @@ DEFAULT_MAX_BODY = 1 << 20
 STORE_RETRY_AFTER = 5
 """Seconds Dispatcher is asked to wait before retrying a webhook the store could not take."""
 
+MAX_IN_FLIGHT = 64
+"""Webhooks being recorded at once; one more is refused at once (503, Retry-After) rather than
+queued. Past the replica's capacity, each webhook would otherwise wait behind all the others
+and every answer would come seconds late; with this bound, an accepted webhook waits for at
+most this many (a fraction of a second at the store's rate) and Dispatcher retries the rest."""
+
 TOKEN_LOG_PREFIX = 8
 """Characters of the callback token that logs show: enough to find the job, not to forge a URL."""
 
 _EVENT_LOG_LENGTH = 64
+
+
+class Overloaded(Exception):
+    """MAX_IN_FLIGHT webhooks are being recorded: the receiver takes no more for now."""
 
 
 class PayloadTooLarge(Exception):
@@ -75,6 +85,9 @@ _REFUSALS: tuple[tuple[type[Exception], _Refusal], ...] = (
     (InvalidArgument, _Refusal(400, "invalid_argument", logging.WARNING, explain=True)),
     (NotFound, _Refusal(404, "not_found", logging.WARNING)),
     (StoreUnavailable, _UNAVAILABLE),
+    # At DEBUG: under overload, a line for each refusal would cost the CPU that is short;
+    # /metrics counts them (outcome "overloaded").
+    (Overloaded, _Refusal(503, "overloaded", logging.DEBUG, headers=_UNAVAILABLE.headers)),
     (ShuttingDown, _UNAVAILABLE),
     # Nobody is left to read the answer; the sender retries.
     (ClientDisconnect, _Refusal(400, "client_disconnected", logging.INFO)),
@@ -94,12 +107,47 @@ def create_webhook_app(
     verifier: WebhookVerifier,
     *,
     max_body: int = DEFAULT_MAX_BODY,
+    max_in_flight: int = MAX_IN_FLIGHT,
     observer: Observer | None = None,
 ) -> Starlette:
     observer = observer or NoObserver()
+    in_flight = 0
 
     async def receive_webhook(request: Request) -> JSONResponse:
+        nonlocal in_flight
         begun = time.perf_counter()
+        if in_flight >= max_in_flight:
+            overloaded = Overloaded(f"{in_flight} webhooks in flight")
+            return _refuse(request, overloaded, "-", "-", begun)
+        in_flight += 1
+        try:
+            return await _receive(request, begun)
+        finally:
+            in_flight -= 1
+
+    def _refuse(
+        request: Request, exc: Exception, event: str, webhook_id: str, begun: float
+    ) -> JSONResponse:
+        refusal = _refusal_for(exc)
+        token: str = request.path_params["token"]
+        logger.log(
+            refusal.log_level,
+            "webhook token=%s… event=%r id=%r: %d %s (%s)",
+            token[:TOKEN_LOG_PREFIX],
+            event,
+            webhook_id,
+            refusal.status,
+            refusal.error,
+            exc if refusal is not _INTERNAL else type(exc).__name__,
+            exc_info=refusal is _INTERNAL,
+        )
+        content: dict[str, Any] = {"error": refusal.error}
+        if refusal.explain:
+            content["reason"] = str(exc)
+        observer.webhook_handled(refusal.error, time.perf_counter() - begun)
+        return JSONResponse(content, status_code=refusal.status, headers=refusal.headers)
+
+    async def _receive(request: Request, begun: float) -> JSONResponse:
         token: str = request.path_params["token"]
         webhook_id = event = "-"
         try:
@@ -111,23 +159,7 @@ def create_webhook_app(
             event = envelope["event"][:_EVENT_LOG_LENGTH]
             recorded = await sink.record_webhook(token, envelope, webhook_id=verified.signed_id)
         except Exception as exc:
-            refusal = _refusal_for(exc)
-            logger.log(
-                refusal.log_level,
-                "webhook token=%s… event=%r id=%r: %d %s (%s)",
-                token[:TOKEN_LOG_PREFIX],
-                event,
-                webhook_id,
-                refusal.status,
-                refusal.error,
-                exc if refusal is not _INTERNAL else type(exc).__name__,
-                exc_info=refusal is _INTERNAL,
-            )
-            content: dict[str, Any] = {"error": refusal.error}
-            if refusal.explain:
-                content["reason"] = str(exc)
-            observer.webhook_handled(refusal.error, time.perf_counter() - begun)
-            return JSONResponse(content, status_code=refusal.status, headers=refusal.headers)
+            return _refuse(request, exc, event, webhook_id, begun)
 
         outcome = "recorded" if recorded else "duplicate"
         # A recorded webhook is in the store and counted in /metrics: its line is DEBUG (a line
