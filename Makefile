@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 PROTO := protos/dispatcher/gateway/v1/gateway.proto
 GEN := server/dispatcher/gateway/v1
 
-.PHONY: run test test-fast check lint fmt types arch proto proto-check buf-lint deploy-check image image-test pytest fuzz bench clean
+.PHONY: run test test-fast check lint fmt types arch proto proto-check buf-lint deploy-check image image-test pytest browser screenshots fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+# The console on http://127.0.0.1:8090/ (no login in the sandbox; GATEWAY_CONSOLE_ADDR= for none).
 run: $(STAMP)
-	$(BIN)/dispatcher-gateway serve --sandbox
+	GATEWAY_CONSOLE_ADDR=$${GATEWAY_CONSOLE_ADDR-127.0.0.1:8090} $(BIN)/dispatcher-gateway serve --sandbox
 
 test: check pytest
 
@@ -84,8 +85,16 @@ deploy-check: $(STAMP) $(PROMTOOL)
 	cd deploy/monitoring && $(CURDIR)/$(PROMTOOL) test rules alerts.test.yaml
 	$(BIN)/pytest -q tests/deploy
 
-pytest: $(STAMP)
+pytest: $(STAMP) browser
 	$(BIN)/pytest
+
+# tests/browser drives Debian's chromium with Selenium through chromium-driver.
+browser:
+	@scripts/install-browser
+
+# The console's screenshots in docs/console/ (the README shows them), taken by tests/browser.
+screenshots: $(STAMP) browser
+	CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest -q tests/browser
 
 # deploy/Dockerfile built with docker or buildah (offline: a wheelhouse made here, and a Debian
 # base where python:3.11-slim cannot be pulled); image-test also runs it: ready, one dispatch

@@ -10,7 +10,7 @@ from tests.support.nats_server import add_option, nats_server, start_nats_server
 
 __all__ = ["nats_server", "start_nats_server"]
 
-SLOW_FOLDERS = ("e2e", "fuzz")
+SLOW_FOLDERS = ("e2e", "fuzz", "browser")
 """Real processes and servers on loopback: the whole of these suites is slow."""
 NATS_FIXTURES = frozenset({"nats_server", "start_nats_server"})
 

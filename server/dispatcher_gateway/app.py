@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from .config import Settings
 from .config_values import is_loopback, split_addr
+from .console import Console, ConsoleSources, CoreActions, LiveFeed, Operators, Sessions
 from .core.breaker import BreakerState, CircuitBreaker
 from .core.errors import ShuttingDown, StoreUnavailable
 from .core.fairshare import equal_weights
@@ -57,6 +58,7 @@ RELEASE_POLL = 0.05
 WORKER_RECANCEL = 0.5
 """Seconds between cancellations of a worker that has not ended yet (see _stop_workers)."""
 CALLBACK_KEY_NAME = "callback-token-key"
+CONSOLE_KEY_NAME = "console-session-key"
 STORE_OPEN_RETRY = 1.0
 STORE_OPEN_RETRY_MAX = 15.0
 """Seconds between attempts to open a store that does not answer yet (doubling up to this):
@@ -129,6 +131,8 @@ class Listeners:
     """The port certificate clients call (with GATEWAY_GRPC_CLIENT_CA_FILE)."""
     http: HttpServer | None = None
     """DispatchService as JSON over HTTP (with GATEWAY_HTTP_ADDR)."""
+    console: HttpServer | None = None
+    """The operators' console (with GATEWAY_CONSOLE_ADDR)."""
 
 
 class GatewayApp:
@@ -153,6 +157,7 @@ class GatewayApp:
         self._hub_task: asyncio.Task[None] | None = None
         self._store_watch: asyncio.Task[None] | None = None
         self.listeners: Listeners | None = None
+        self.console: Console | None = None
         self.opened = False
         self.store_up = False
         """Whether the store answered the last look at it (every second once started)."""
@@ -281,6 +286,8 @@ class GatewayApp:
                 reuse_port=worker is not None,
             )
 
+        console = await self._start_console() if s.console.addr is not None else None
+
         self._hub_task = asyncio.create_task(self.hub.follow(self.store), name="hub")
         self._tasks = [
             self._hub_task,
@@ -288,7 +295,7 @@ class GatewayApp:
         ]
         await set_serving(self.health, True)
         self._store_watch = asyncio.create_task(self._watch_store(), name="store-watch")
-        self.listeners = Listeners(grpc_port, webhook, admin, mtls_port, http)
+        self.listeners = Listeners(grpc_port, webhook, admin, mtls_port, http, console)
         log.info(
             "gateway ready: gRPC on %s (port %d, %s), webhooks on %s, admin on %s, store %s%s",
             s.grpc_addr,
@@ -301,9 +308,43 @@ class GatewayApp:
             type(self.store).__name__,
             f", JSON over HTTP on {http.url}" if http is not None else "",
         )
+        if console is not None:
+            log.info("console on %s", console.url)
         if s.allow_anonymous:
             log.warning("anonymous access is on: a call without credentials is 'anonymous'")
         return self.listeners
+
+    async def _start_console(self) -> HttpServer:
+        """The operators' console, fed by the hub (every replica's events)."""
+        s = self.settings.console
+        assert s.addr is not None
+        feed = LiveFeed(rate_window=self.settings.upstream_rate.window)
+        self.hub.observe(feed.observe)
+        self.console = Console(
+            ConsoleSources(
+                store=self.store,
+                records=self.gateway.records,
+                callbacks=self.settings.callbacks,
+                rate=self.settings.upstream_rate,
+                breaker=self.gateway.caller.breaker.describe,
+                outbox=self.counts.outbox,
+                streams=lambda: self.hub.streams,
+                webhooks_refused=self.metrics.webhooks_refused,
+                actions=CoreActions(self.gateway.control),
+            ),
+            feed,
+            Sessions(await self.store.secret(CONSOLE_KEY_NAME)),
+            Operators.load(s.operators_file) if s.auth and s.operators_file else None,
+        )
+        host, port = split_addr(s.addr)
+        return await start_http(
+            self.console.app(),
+            host,
+            port,
+            certfile=s.tls_cert_file,
+            keyfile=s.tls_key_file,
+            reuse_port=self.worker is not None,
+        )
 
     def _grpc_ports(self) -> tuple[int, int | None]:
         """The gRPC port, over TLS when a certificate is configured; and with a client CA, the
@@ -342,6 +383,8 @@ class GatewayApp:
         # the gRPC server keeps running until no client is left on it (see _release_clients).
         self.calls.start()
         self.hub.close(ShuttingDown("the gateway is shutting down"))
+        if self.console is not None:
+            self.console.close()
         # The workers stop meanwhile, within the same grace: the hub has no stream left to feed;
         # the outbox leases nothing more and lets its submissions finish (its entries are leased
         # by the other replicas, and what it was sending comes back to them if cut).
@@ -374,7 +417,12 @@ class GatewayApp:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 log.error("drain: %s failed", task.get_name(), exc_info=task.exception())
         if self.listeners is not None:
-            servers = [self.listeners.webhook, self.listeners.admin, self.listeners.http]
+            servers = [
+                self.listeners.webhook,
+                self.listeners.admin,
+                self.listeners.http,
+                self.listeners.console,
+            ]
             await asyncio.gather(*(server.stop() for server in servers if server is not None))
         await self.upstream.close()
         await self.store.close()

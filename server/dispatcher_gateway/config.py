@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 from . import config_values as values
 from .config_values import FLAGS, is_loopback, split_addr
+from .console.operators import Operators
+from .console.settings import ConsoleSettings
 from .core.breaker import FAILURE_THRESHOLD, OPEN_FOR
 from .core.callbacks import DAY, DEFAULT_DEADLINE, CallbackRules
 from .core.caller import UPSTREAM_TIMEOUT
@@ -118,6 +120,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     """text (one line per record, for people) or json (one object per line, for a pipeline)."""
+    console: ConsoleSettings = field(default_factory=lambda: ConsoleSettings())
+    """The operators' console (console/); off unless GATEWAY_CONSOLE_ADDR is set."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -288,6 +292,39 @@ class _Reader:
             deadlines=deadlines,
         )
 
+    def console(self) -> ConsoleSettings:
+        addr = self.raw("GATEWAY_CONSOLE_ADDR")
+        operators = self.file("GATEWAY_CONSOLE_OPERATORS_FILE")
+        auth = self.flag("GATEWAY_CONSOLE_AUTH", default=True)
+        cert = self.file("GATEWAY_CONSOLE_TLS_CERT_FILE")
+        key = self.file("GATEWAY_CONSOLE_TLS_KEY_FILE")
+        if (cert is None) != (key is None):
+            self.problem(
+                "GATEWAY_CONSOLE_TLS_CERT_FILE",
+                "set together with GATEWAY_CONSOLE_TLS_KEY_FILE, or neither",
+            )
+        if addr is None:
+            return ConsoleSettings()
+        addr = self.addr("GATEWAY_CONSOLE_ADDR", addr)
+        host = addr.rpartition(":")[0].strip("[]")
+        if not auth and not is_loopback(host):
+            self.problem(
+                "GATEWAY_CONSOLE_AUTH",
+                f"false, and the console ({addr}) is reachable from other hosts: "
+                "authentication may be off on a loopback address only (the sandbox)",
+            )
+        if auth and operators is None:
+            self.problem(
+                "GATEWAY_CONSOLE_OPERATORS_FILE",
+                "the console needs its operators (or GATEWAY_CONSOLE_AUTH=false on loopback)",
+            )
+        elif operators is not None and Path(operators).is_file():
+            try:
+                Operators.load(operators)
+            except ValueError as exc:
+                self.problem("GATEWAY_CONSOLE_OPERATORS_FILE", f"{operators}: {exc}")
+        return ConsoleSettings(addr, operators if auth else None, auth, cert, key)
+
     def schedule(self, retry: RetryPolicy, retention: float) -> ScheduleRules:
         """A scheduled job must be kept until it is sent (and retried): its horizon, with the
         give-up age, within the retention. Not set, the horizon is the default or what fits."""
@@ -456,6 +493,7 @@ class _Reader:
             workers=self.parsed("GATEWAY_WORKERS", positive_int, _DEFAULTS.workers),
             log_level=level,
             log_format=log_format,
+            console=self.console(),
         )
         if self.problems:
             raise ConfigError(self.problems)

@@ -172,6 +172,16 @@ class Metrics:
         for reason in STREAM_END_REASONS:
             self.streams_ended.labels(reason)
 
+    def webhooks_refused(self) -> dict[str, float]:
+        """Webhook requests refused since the start, by reason (the console's overview)."""
+        refused: dict[str, float] = {}
+        for metric in self.webhook_requests.collect():
+            for sample in metric.samples:
+                outcome = sample.labels.get("outcome", "")
+                if sample.name.endswith("_total") and outcome not in WEBHOOK_OUTCOMES:
+                    refused[outcome] = sample.value
+        return refused
+
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The page and its media type: OpenMetrics when the scraper asks for it."""
         if OPENMETRICS in accept:

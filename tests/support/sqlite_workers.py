@@ -14,6 +14,7 @@ from typing import Any
 
 from dispatcher_gateway.core.model import Job, JobEvent, Lease, Priority, QueueDepth
 from dispatcher_gateway.core.ports import Apply, Clock
+from dispatcher_gateway.core.query import JobQuery
 from dispatcher_gateway.store.sqlite import Neighbours, SqliteStore
 
 WORKERS = 2
@@ -73,6 +74,11 @@ class SharedFile:
         self, client: str, *, limit: int, page_token: str = ""
     ) -> tuple[list[Job], str]:
         return await self._next().list_jobs(client, limit=limit, page_token=page_token)
+
+    async def find_jobs(
+        self, query: JobQuery, *, limit: int, page_token: str = ""
+    ) -> tuple[list[Job], str]:
+        return await self._next().find_jobs(query, limit=limit, page_token=page_token)
 
     async def lease(
         self, *, limit: int, visibility: float, client: str | None = None

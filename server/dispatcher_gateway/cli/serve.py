@@ -108,6 +108,9 @@ async def run(args: argparse.Namespace) -> int:
             # For trying the gateway out on this machine: said in the banner below.
             "GATEWAY_ALLOW_ANONYMOUS": "true",
             "GATEWAY_GRPC_REFLECTION": "true",
+            # The console, where GATEWAY_CONSOLE_ADDR turns it on (`make run` does): no login,
+            # on loopback, unless an operators file is given.
+            "GATEWAY_CONSOLE_AUTH": str("GATEWAY_CONSOLE_OPERATORS_FILE" in env).lower(),
         }
         # The sandbox's credentials are made for this run; the rest can be overridden.
         env = {**defaults, **{k: v for k, v in env.items() if not k.startswith("DISPATCHER_")}}
@@ -173,6 +176,12 @@ async def run(args: argparse.Namespace) -> int:
                 f"  JSON/HTTP  {listeners.http.url}/dispatcher.gateway.v1.DispatchService/METHOD  "
                 "(the same service as JSON; streams as Server-Sent Events)\n"
                 if listeners.http is not None
+                else ""
+            )
+            + (
+                f"  console    {listeners.console.url}/  (operators' console"
+                + (", no login)\n" if not settings.console.auth else ")\n")
+                if listeners.console is not None
                 else ""
             )
             + f"  webhooks   {listeners.webhook.url}/webhooks/dispatcher/{{token}}\n"

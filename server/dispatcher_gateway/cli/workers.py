@@ -109,6 +109,9 @@ class Supervisor:
         env["GATEWAY_WEBHOOK_ADDR"] = self._reserve("webhook", s.webhook_addr, shared=shared)
         if s.http_addr is not None:
             env["GATEWAY_HTTP_ADDR"] = self._reserve("http", s.http_addr, shared=shared)
+        if s.console.addr is not None:
+            # Any worker answers a page: the sessions' key is the store's, the feed every one's.
+            env["GATEWAY_CONSOLE_ADDR"] = self._reserve("console", s.console.addr, shared=False)
         env.pop("GATEWAY_WORKERS", None)
         return env
 

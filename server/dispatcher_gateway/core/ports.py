@@ -19,6 +19,7 @@ from .model import (
     QueueDepth,
     UpstreamAttempt,
 )
+from .query import JobQuery
 
 Clock = Callable[[], float]
 """Seconds, as time.time or time.monotonic give them. A store takes one (by default the real one)
@@ -79,6 +80,12 @@ class Store(Protocol):
     ) -> tuple[list[Job], str]:
         """The client's jobs, newest first; returns the page and the next page's token ('' when
         this is the last page)."""
+
+    async def find_jobs(
+        self, query: JobQuery, *, limit: int, page_token: str = ""
+    ) -> tuple[list[Job], str]:
+        """Every client's jobs that `query` matches, newest first, paged as list_jobs pages
+        (the same tokens). For operators (the console): it may scan every job."""
 
     async def begin_submission(self, job_id: str) -> Job:
         """Record that the job's submission upstream begins now (`Job.submit_begun_at`), unless

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from ..core.errors import NotFound, StoreUnavailable
 from ..core.model import Job, JobEvent, Lease, Priority, QueueDepth
 from ..core.ports import Apply, Clock
+from ..core.query import JobQuery
 from . import codec
 from .codec import DEFAULT_DEDUPE_TTL, SECRET_BYTES
 
@@ -127,7 +128,19 @@ class MemoryStore:
     ) -> tuple[list[Job], str]:
         start = codec.page_start(limit, page_token)
         self._ensure_open()
-        jobs = [job for job in map(self._job, self._jobs) if job.client == client]
+        return self._page(JobQuery(client=client), limit, start)
+
+    async def find_jobs(
+        self, query: JobQuery, *, limit: int, page_token: str = ""
+    ) -> tuple[list[Job], str]:
+        start = codec.page_start(limit, page_token)
+        self._ensure_open()
+        return self._page(query, limit, start)
+
+    def _page(
+        self, query: JobQuery, limit: int, start: tuple[float, str] | None
+    ) -> tuple[list[Job], str]:
+        jobs = [job for job in map(self._job, self._jobs) if query.matches(job)]
         jobs.sort(key=lambda job: (job.created_at, job.job_id), reverse=True)
         if start is not None:
             jobs = [job for job in jobs if (job.created_at, job.job_id) < start]

@@ -48,6 +48,7 @@ from nats.js import api
 from ...core.errors import StoreUnavailable
 from ...core.model import Job, JobEvent, Lease, Priority, QueueDepth
 from ...core.ports import Apply, Clock
+from ...core.query import JobQuery
 from .. import codec
 from .commit import CAS_ATTEMPTS, CAS_JITTER, Journal
 from .jetstream import JetStream, KeyExists, dumps, unavailable
@@ -64,6 +65,8 @@ from .provision import Shape, lane_consumer_config, provision
 from .tail import Tail
 
 DEFAULT_PREFIX: Final = "dgw"
+FIND_CHUNK: Final = 64
+"""Jobs find_jobs loads at once while it filters them."""
 DEFAULT_EVENT_MAX_AGE: Final = 30 * 24 * 3600.0
 DUPLICATE_WINDOW: Final = 2 * 3600.0
 """JetStream's duplicate window on Nats-Msg-Id: it covers the upstream's webhook retries (at
@@ -268,6 +271,41 @@ class NatsStore:
                     j
                     for (created_at, _), j in zip(chunk, found, strict=True)
                     if j is not None and j.created_at == created_at
+                )
+            if len(jobs) <= limit:
+                return jobs, ""
+            jobs = jobs[:limit]
+            return jobs, codec.encode_page_token(jobs[-1])
+
+    async def find_jobs(
+        self, query: JobQuery, *, limit: int, page_token: str = ""
+    ) -> tuple[list[Job], str]:
+        """The index of every client (or the one asked for), filtered by creation time from its
+        keys; the jobs then loaded a chunk at a time and filtered by service and state."""
+        start = codec.page_start(limit, page_token)
+        with unavailable():
+            index = self.bucket("jobs_by_client")
+            clients = token(query.client) if query.client else "*"
+            msgs = await self._wire().read(
+                f"KV_{index}",
+                filter_subject=f"$KV.{index}.{clients}.>",
+                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+                headers_only=True,
+            )
+            entries = sorted(
+                {parse_index_key(msg.subject.split(".", 3)[3]) for msg in msgs}, reverse=True
+            )
+            entries = [
+                e for e in entries if query.created_in(e[0]) and (start is None or e < start)
+            ]
+            jobs: list[Job] = []
+            while entries and len(jobs) <= limit:
+                chunk, entries = entries[:FIND_CHUNK], entries[FIND_CHUNK:]
+                found = await asyncio.gather(*(self.journal.load(job_id) for _, job_id in chunk))
+                jobs.extend(
+                    j
+                    for (created_at, _), j in zip(chunk, found, strict=True)
+                    if j is not None and j.created_at == created_at and query.matches(j)
                 )
             if len(jobs) <= limit:
                 return jobs, ""

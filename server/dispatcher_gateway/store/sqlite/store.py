@@ -14,6 +14,7 @@ from typing import Final
 from ...core.errors import NotFound, StoreUnavailable
 from ...core.model import Job, JobEvent, Lease, Priority, QueueDepth
 from ...core.ports import Apply, Clock
+from ...core.query import JobQuery
 from .. import codec
 from ..codec import DEFAULT_DEDUPE_TTL, SECRET_BYTES
 from . import rows, schema
@@ -199,6 +200,24 @@ class SqliteStore:
                     " ORDER BY created_at DESC, job_id DESC LIMIT ?",
                     (client, created_at, created_at, job_id, limit + 1),
                 ).fetchall()
+            return [rows.job_from_row(row) for row in found]
+
+        jobs = await self._writer.run(page)
+        if len(jobs) <= limit:
+            return jobs, ""
+        jobs = jobs[:limit]
+        return jobs, codec.encode_page_token(jobs[-1])
+
+    async def find_jobs(
+        self, query: JobQuery, *, limit: int, page_token: str = ""
+    ) -> tuple[list[Job], str]:
+        start = codec.page_start(limit, page_token)
+        where, params = _where(query, start)
+
+        def page(conn: sqlite3.Connection) -> list[Job]:
+            # Only _where's placeholders are spliced in, never a value.
+            sql = f"SELECT * FROM jobs WHERE {where} ORDER BY created_at DESC, job_id DESC LIMIT ?"  # noqa: S608
+            found = conn.execute(sql, (*params, limit + 1)).fetchall()
             return [rows.job_from_row(row) for row in found]
 
         jobs = await self._writer.run(page)
@@ -548,3 +567,30 @@ def _find_job(conn: sqlite3.Connection, job: Job) -> Job | None:
     if row is None:
         row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job.job_id,)).fetchone()
     return None if row is None else rows.job_from_row(row)
+
+
+def _where(query: JobQuery, start: tuple[float, str] | None) -> tuple[str, list[object]]:
+    """find_jobs' WHERE clause (placeholders only) and its parameters. A job's service is the
+    first of its `services` (a JSON array)."""
+    clauses = ["1"]
+    params: list[object] = []
+    if query.client:
+        clauses.append("client = ?")
+        params.append(query.client)
+    if query.services:
+        marks = ", ".join("?" * len(query.services))
+        clauses.append(f"json_extract(services, '$[0]') IN ({marks})")
+        params.extend(sorted(s.value for s in query.services))
+    if query.states:
+        clauses.append(f"state IN ({', '.join('?' * len(query.states))})")
+        params.extend(sorted(s.value for s in query.states))
+    if query.created_from is not None:
+        clauses.append("created_at >= ?")
+        params.append(query.created_from)
+    if query.created_before is not None:
+        clauses.append("created_at < ?")
+        params.append(query.created_before)
+    if start is not None:
+        clauses.append("(created_at < ? OR (created_at = ? AND job_id < ?))")
+        params.extend((start[0], start[0], start[1]))
+    return " AND ".join(clauses), params
