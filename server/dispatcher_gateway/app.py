@@ -158,7 +158,8 @@ class GatewayApp:
         self._store_watch: asyncio.Task[None] | None = None
         self.listeners: Listeners | None = None
         self.console: Console | None = None
-        self.opened = False
+        self.serving = False
+        """Every listener is up: /readyz answers ready (store permitting) only from then on."""
         self.store_up = False
         """Whether the store answered the last look at it (every second once started)."""
         self.started_at = time.time()
@@ -189,6 +190,10 @@ class GatewayApp:
             await self._open_store()
             return await self._start(admin)
         except BaseException:
+            # A server grpc started must be stopped in this loop, or it is at exit, noisily.
+            server = getattr(self, "grpc", None)
+            if server is not None:
+                await server.stop(0)
             await admin.stop()
             await self.store.close()
             raise
@@ -235,7 +240,6 @@ class GatewayApp:
             weights=clients.weight if clients is not None else equal_weights,
             schedule=s.schedule,
         )
-        self.opened = True
         self.store_up = True
         auth = Authenticator(clients, allow_anonymous=s.allow_anonymous)
         limits = ClientLimits(s.client_quotas)
@@ -296,6 +300,7 @@ class GatewayApp:
         await set_serving(self.health, True)
         self._store_watch = asyncio.create_task(self._watch_store(), name="store-watch")
         self.listeners = Listeners(grpc_port, webhook, admin, mtls_port, http, console)
+        self.serving = True
         log.info(
             "gateway ready: gRPC on %s (port %d, %s), webhooks on %s, admin on %s, store %s%s",
             s.grpc_addr,
@@ -509,8 +514,9 @@ class GatewayApp:
             return PlainTextResponse("ok\n")
 
         async def readyz(request: Request) -> Response:
-            if not self.opened:
-                return JSONResponse({"ready": False, "store": "opening"}, status_code=503)
+            if not self.serving:
+                store = "ok" if self.store_up else "opening"
+                return JSONResponse({"ready": False, "store": store}, status_code=503)
             store = "ok"
             try:
                 await asyncio.wait_for(self.store.check(), READY_CHECK_TIMEOUT)
