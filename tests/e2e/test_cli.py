@@ -326,12 +326,19 @@ async def read_lines(stream: asyncio.StreamReader, until: re.Pattern[str]) -> li
     return lines
 
 
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 async def start(*args: str) -> asyncio.subprocess.Process:
+    """A command left running; started with SIGINT ignored, as a shell without job control
+    starts a background command (`sh -c 'make test &'`): Ctrl-C still has to end it."""
     return await asyncio.create_subprocess_exec(
         str(ENTRY_POINT),
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=ignore_sigint,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 from collections.abc import Sequence
 
 from . import batch, dispatch, jobs, sandbox, serve, templates, token, watch
@@ -24,6 +25,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # Ctrl-C ends every command, even one started with SIGINT ignored, as a shell without job
+    # control starts its background commands (`sh -c 'make test &'`): Python keeps an inherited
+    # SIG_IGN, and asyncio.run then leaves SIGINT alone, so `watch` would never stop on it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return int(asyncio.run(args.run(args)))
     except KeyboardInterrupt:

@@ -208,7 +208,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
     ) -> AsyncGenerator[pb.JobEvent, None]:
         """The events as messages; a stream the server ends says where to resume."""
         last = after
-        age = self.max_stream_age * (1.0 - STREAM_AGE_JITTER * random.random())
+        age = stream_age(self.max_stream_age)
         client = caller().name
         try:
             with self.limits.stream(client):
@@ -220,6 +220,12 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
             raise ShuttingDown(f"the stream reached its maximum age; {_resume(last)}") from None
         except (ShuttingDown, SlowConsumer) as exc:
             raise type(exc)(f"{exc}; {_resume(last)}") from None
+
+
+def stream_age(max_age: float) -> float:
+    """How long one stream lasts: drawn anew for each stream as it starts, between (1 - jitter)
+    and 1 times the maximum age."""
+    return max_age * (1.0 - STREAM_AGE_JITTER * random.random())
 
 
 def _resume(last: str) -> str:
