@@ -7,7 +7,6 @@ import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -17,7 +16,7 @@ from ...core.ports import Apply, Clock
 from ...core.query import JobQuery
 from .. import codec
 from ..codec import DEFAULT_DEDUPE_TTL, SECRET_BYTES
-from . import rows, schema
+from . import ops, rows, schema
 from .engine import MAX_BATCH, Batch, Writer
 from .tail import Feeds, Tail
 from .wake import Neighbours
@@ -30,35 +29,6 @@ TURNS_SUFFIX: Final = "-writer.lock"
 are a gateway's workers (engine.py's Writer)."""
 _PRIORITY_BY_RANK: Final = {p.rank: p for p in Priority}
 """The outbox keeps an entry's priority as its rank, the order it is handed out in."""
-
-
-@dataclass(frozen=True, slots=True)
-class _LeaseHandle:
-    """Names one lease of one outbox entry. The row holds the token and `leased_until` of its
-    current lease, if any: an ack or retry_later changes the row only while both match (same
-    token, not yet run out by the store's clock). The row's `attempts` counts its leases so far."""
-
-    entry_id: int
-    token: str
-
-
-@dataclass(frozen=True, slots=True)
-class _NewJob:
-    """A create with no idempotency key: those queued together are written by `_create_all`,
-    one multi-row INSERT per table for all of them."""
-
-    job: Job
-    first_event: JobEvent
-    enqueue: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Append:
-    """An append: those queued together are written by `_append_all`."""
-
-    event: JobEvent
-    dedupe_key: str | None
-    apply: Apply
 
 
 class SqliteStore:
@@ -142,7 +112,7 @@ class SqliteStore:
     ) -> tuple[Job, bool]:
         batch = None
         if not job.idempotency_key:
-            batch = Batch(self._create_all, _NewJob(job, first_event, enqueue))
+            batch = Batch(self._create_all, ops.NewJob(job, first_event, enqueue))
         return await self._writer.run(
             lambda conn: self._create(conn, job, first_event, enqueue), write=True, batch=batch
         )
@@ -156,10 +126,10 @@ class SqliteStore:
 
         def create(conn: sqlite3.Connection) -> list[tuple[Job, bool]]:
             done: list[tuple[Job, bool]] = []
-            run: list[_NewJob] = []
+            run: list[ops.NewJob] = []
             for job, first in new:
                 if not job.idempotency_key:
-                    run.append(_NewJob(job, first, enqueue))
+                    run.append(ops.NewJob(job, first, enqueue))
                     if len(run) < MAX_BATCH:
                         continue
                 if run:
@@ -212,7 +182,7 @@ class SqliteStore:
         self, query: JobQuery, *, limit: int, page_token: str = ""
     ) -> tuple[list[Job], str]:
         start = codec.page_start(limit, page_token)
-        where, params = _where(query, start)
+        where, params = ops.find_where(query, start)
 
         def page(conn: sqlite3.Connection) -> list[Job]:
             # Only _where's placeholders are spliced in, never a value.
@@ -267,7 +237,7 @@ class SqliteStore:
                 ).fetchall()
             leases = []
             for row in due:
-                handle = _LeaseHandle(row["entry_id"], secrets.token_hex(LEASE_TOKEN_BYTES))
+                handle = ops.LeaseHandle(row["entry_id"], secrets.token_hex(LEASE_TOKEN_BYTES))
                 conn.execute(
                     "UPDATE outbox SET leased_until = ?, lease_token = ?, attempts = attempts + 1"
                     " WHERE entry_id = ?",
@@ -297,7 +267,7 @@ class SqliteStore:
         return await self._writer.run(count)
 
     async def ack(self, lease: Lease) -> None:
-        handle = _handle_of(lease)
+        handle = ops.handle_of(lease)
         await self._writer.run(
             lambda conn: conn.execute(
                 "DELETE FROM outbox WHERE entry_id = ? AND lease_token = ? AND leased_until > ?",
@@ -307,7 +277,7 @@ class SqliteStore:
         )
 
     async def retry_later(self, lease: Lease, delay: float) -> None:
-        handle = _handle_of(lease)
+        handle = ops.handle_of(lease)
 
         def retry(conn: sqlite3.Connection) -> None:
             now = self._clock()
@@ -326,7 +296,7 @@ class SqliteStore:
     ) -> JobEvent | None:
         """See `Store.append_event`. An empty `dedupe_key` is no key, like None: an event is
         never dropped for lack of an id."""
-        append = _Append(event, dedupe_key, apply)
+        append = ops.Append(event, dedupe_key, apply)
         recorded: JobEvent | None = await self._writer.run(
             lambda conn: self._append_all(conn, [append])[0],
             write=True,
@@ -429,7 +399,7 @@ class SqliteStore:
     ) -> tuple[Job, bool]:
         """create_job's operation, for one job."""
         if job.idempotency_key:
-            existing = _find_job(conn, job)
+            existing = ops.find_job(conn, job)
             if existing is not None:
                 return existing, False
         now = time.time()
@@ -437,19 +407,18 @@ class SqliteStore:
             conn.execute(rows.INSERT_JOB, rows.job_params(job))
         except sqlite3.IntegrityError:
             # A job with this id: a retry of a create that did commit.
-            existing = _find_job(conn, job)
+            existing = ops.find_job(conn, job)
             if existing is None:
                 raise
             return existing, False
         self._insert_events(conn, [first_event], now)
         if enqueue:
-            conn.execute(
-                "INSERT INTO outbox (job_id, due_at, client, priority) VALUES (?, ?, ?, ?)",
-                (job.job_id, self._clock(), job.client, job.priority.rank),
-            )
+            ops.add_to_outbox(conn, [job], self._clock())
         return job, True
 
-    def _create_all(self, conn: sqlite3.Connection, new: list[_NewJob]) -> list[tuple[Job, bool]]:
+    def _create_all(
+        self, conn: sqlite3.Connection, new: list[ops.NewJob]
+    ) -> list[tuple[Job, bool]]:
         """Creates without idempotency keys, three statements for all: what `create_job`'s
         operation does for one. A job id already there raises IntegrityError (the group is then
         applied op by op, where that create finds the job)."""
@@ -460,17 +429,11 @@ class SqliteStore:
             [p[c] for p in jobs for c in rows.JOB_COLUMNS],
         )
         self._insert_events(conn, [n.first_event for n in new], now)
-        due = self._clock()
-        queued = [(n.job.job_id, due, n.job.client, n.job.priority.rank) for n in new if n.enqueue]
-        if queued:
-            conn.execute(
-                rows.insert_many("outbox", ["job_id", "due_at", "client", "priority"], len(queued)),
-                [v for row in queued for v in row],
-            )
+        ops.add_to_outbox(conn, [n.job for n in new if n.enqueue], self._clock())
         return [(n.job, True) for n in new]
 
     def _append_all(
-        self, conn: sqlite3.Connection, appends: list[_Append]
+        self, conn: sqlite3.Connection, appends: list[ops.Append]
     ) -> list[JobEvent | None]:
         """Appends, in order, in a few statements for all (one or many). A job that is not there
         raises NotFound (in a group, the group is then applied op by op)."""
@@ -482,7 +445,7 @@ class SqliteStore:
             known = f"SELECT dedupe_key FROM dedupe WHERE dedupe_key IN ({rows.marks(len(keys))})"  # noqa: S608
             seen = {row[0] for row in conn.execute(known, keys)}
         fresh: list[str] = []
-        wanted: list[_Append | None] = []
+        wanted: list[ops.Append | None] = []
         for append in appends:
             key = append.dedupe_key
             if key and key in seen:
@@ -525,20 +488,8 @@ class SqliteStore:
     def _insert_events(
         self, conn: sqlite3.Connection, events: list[JobEvent], now: float
     ) -> list[JobEvent]:
-        """Insert events recorded at `now` in one statement; returns them with their cursors,
-        noted for the tails."""
-        if not events:
-            return []
-        params = [rows.event_params(e) for e in events]
-        for row in params:
-            row["record_time"] = now
-        cursor = conn.execute(
-            rows.insert_many("events", rows.EVENT_COLUMNS, len(events)),
-            [row[c] for row in params for c in rows.EVENT_COLUMNS],
-        )
-        # One writer holds the lock: the rows got consecutive sequence numbers, in order.
-        first = cursor.lastrowid - len(events) + 1  # type: ignore[operator]
-        recorded = [e.replace(record_time=now, cursor=str(first + i)) for i, e in enumerate(events)]
+        """ops.insert_events, the events noted for the tails."""
+        recorded = ops.insert_events(conn, events, now)
         self._writer.note(recorded)
         return recorded
 
@@ -547,50 +498,3 @@ class SqliteStore:
             return
         self._last_prune = now
         conn.execute("DELETE FROM dedupe WHERE seen_at < ?", (now - self._dedupe_ttl,))
-
-
-def _handle_of(lease: Lease) -> _LeaseHandle:
-    if not isinstance(lease.handle, _LeaseHandle):
-        raise TypeError("the lease was not handed out by a SqliteStore")
-    return lease.handle
-
-
-def _find_job(conn: sqlite3.Connection, job: Job) -> Job | None:
-    """The job a create of `job` would duplicate: the client's job under the same idempotency
-    key, or a job with the same id (a retry of a create that did commit)."""
-    row = None
-    if job.idempotency_key:
-        row = conn.execute(
-            "SELECT * FROM jobs WHERE client = ? AND idempotency_key = ?",
-            (job.client, job.idempotency_key),
-        ).fetchone()
-    if row is None:
-        row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job.job_id,)).fetchone()
-    return None if row is None else rows.job_from_row(row)
-
-
-def _where(query: JobQuery, start: tuple[float, str] | None) -> tuple[str, list[object]]:
-    """find_jobs' WHERE clause (placeholders only) and its parameters. A job's service is the
-    first of its `services` (a JSON array)."""
-    clauses = ["1"]
-    params: list[object] = []
-    if query.client:
-        clauses.append("client = ?")
-        params.append(query.client)
-    if query.services:
-        marks = ", ".join("?" * len(query.services))
-        clauses.append(f"json_extract(services, '$[0]') IN ({marks})")
-        params.extend(sorted(s.value for s in query.services))
-    if query.states:
-        clauses.append(f"state IN ({', '.join('?' * len(query.states))})")
-        params.extend(sorted(s.value for s in query.states))
-    if query.created_from is not None:
-        clauses.append("created_at >= ?")
-        params.append(query.created_from)
-    if query.created_before is not None:
-        clauses.append("created_at < ?")
-        params.append(query.created_before)
-    if start is not None:
-        clauses.append("(created_at < ? OR (created_at = ? AND job_id < ?))")
-        params.extend((start[0], start[0], start[1]))
-    return " AND ".join(clauses), params

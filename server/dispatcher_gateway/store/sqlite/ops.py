@@ -1,0 +1,112 @@
+"""What SqliteStore's operations carry to the writer, and the SQL lookups they share."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from ...core.model import Job, JobEvent, Lease
+from ...core.ports import Apply
+from ...core.query import JobQuery
+from . import rows
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseHandle:
+    """Names one lease of one outbox entry. The row holds the token and `leased_until` of its
+    current lease, if any: an ack or retry_later changes the row only while both match (same
+    token, not yet run out by the store's clock). The row's `attempts` counts its leases so far."""
+
+    entry_id: int
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A create with no idempotency key: those queued together are written by `_create_all`,
+    one multi-row INSERT per table for all of them."""
+
+    job: Job
+    first_event: JobEvent
+    enqueue: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """An append: those queued together are written by `_append_all`."""
+
+    event: JobEvent
+    dedupe_key: str | None
+    apply: Apply
+
+
+def handle_of(lease: Lease) -> LeaseHandle:
+    if not isinstance(lease.handle, LeaseHandle):
+        raise TypeError("the lease was not handed out by a SqliteStore")
+    return lease.handle
+
+
+def find_job(conn: sqlite3.Connection, job: Job) -> Job | None:
+    """The job a create of `job` would duplicate: the client's job under the same idempotency
+    key, or a job with the same id (a retry of a create that did commit)."""
+    row = None
+    if job.idempotency_key:
+        row = conn.execute(
+            "SELECT * FROM jobs WHERE client = ? AND idempotency_key = ?",
+            (job.client, job.idempotency_key),
+        ).fetchone()
+    if row is None:
+        row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job.job_id,)).fetchone()
+    return None if row is None else rows.job_from_row(row)
+
+
+def find_where(query: JobQuery, start: tuple[float, str] | None) -> tuple[str, list[object]]:
+    """find_jobs' WHERE clause (placeholders only) and its parameters. A job's service is the
+    first of its `services` (a JSON array)."""
+    clauses = ["1"]
+    params: list[object] = []
+    if query.client:
+        clauses.append("client = ?")
+        params.append(query.client)
+    if query.services:
+        marks = ", ".join("?" * len(query.services))
+        clauses.append(f"json_extract(services, '$[0]') IN ({marks})")
+        params.extend(sorted(s.value for s in query.services))
+    if query.states:
+        clauses.append(f"state IN ({', '.join('?' * len(query.states))})")
+        params.extend(sorted(s.value for s in query.states))
+    if query.created_from is not None:
+        clauses.append("created_at >= ?")
+        params.append(query.created_from)
+    if query.created_before is not None:
+        clauses.append("created_at < ?")
+        params.append(query.created_before)
+    if start is not None:
+        clauses.append("(created_at < ? OR (created_at = ? AND job_id < ?))")
+        params.extend((start[0], start[0], start[1]))
+    return " AND ".join(clauses), params
+
+
+def add_to_outbox(conn: sqlite3.Connection, jobs: list[Job], due: float) -> None:
+    """Outbox entries for `jobs`, due at `due`, in one statement."""
+    if jobs:
+        conn.execute(
+            rows.insert_many("outbox", ["job_id", "due_at", "client", "priority"], len(jobs)),
+            [v for job in jobs for v in (job.job_id, due, job.client, job.priority.rank)],
+        )
+
+
+def insert_events(conn: sqlite3.Connection, events: list[JobEvent], now: float) -> list[JobEvent]:
+    """Insert events recorded at `now` in one statement; returns them with their cursors."""
+    if not events:
+        return []
+    params = [rows.event_params(e) for e in events]
+    for row in params:
+        row["record_time"] = now
+    cursor = conn.execute(
+        rows.insert_many("events", rows.EVENT_COLUMNS, len(events)),
+        [row[c] for row in params for c in rows.EVENT_COLUMNS],
+    )
+    # One writer holds the lock: the rows got consecutive sequence numbers, in order.
+    first = cursor.lastrowid - len(events) + 1  # type: ignore[operator]
+    return [e.replace(record_time=now, cursor=str(first + i)) for i, e in enumerate(events)]
