@@ -5,27 +5,6 @@ create_job claims the idempotency key (create-only; a loser waits briefly for th
 and returns it, or, if the winner died before writing it, completes the create under the
 winner's id), writes the list index, then commits the job (commit.py).
 
-The outbox lease. The consumer's ack_wait is fixed (provision.CLAIM_WAIT) and only covers the
-instant between a pull and what follows it: every pulled message is at once nak'ed with a delay,
-which sets that one message's redelivery deadline, so each call's visibility is honoured per
-message. ack acks; retry_later naks with the delay. JetStream accepts an ack or a nak for any
-delivery of a message, the one a later worker holds included, so the lease rule of the contract
-is kept here: a lease remembers when its visibility runs out by the store's clock, and whether it
-was ended, and an ack or retry on a lease that is not current is not sent. The server's deadline
-is set `lease_grace` (by default the request timeout) after the lease's visibility: an ack or
-retry sent while the lease was current reaches the server before the entry can be handed out
-again, unless it is held up on the way for longer than that (its call would have failed as
-unavailable). `attempts` is the message's deliveries before this one: a lease that ran out
-counts, as a crashed worker may have submitted.
-
-The outbox's lanes. Each client's entries of each priority are a subject of their own (a lane,
-names.py) with a durable consumer of its own, made by the first create that queues on it (and
-remembered by the process); lease(client=...) pulls the client's lanes in priority order, and
-outbox_depths lists the consumers with their counts (never delivered: fresh; delivered and not
-acked: other) in one request. Which client's lanes to pull next is core's choice
-(core/fairshare.py). Entries queued on the single subject of a release before lanes are the lane
-of client '' (the consumer "worker"), leased like any other.
-
 The rate limit is a sliding-window log of acquisition times in one KV key, updated by
 compare-and-set, stamped with each replica's wall clock (replicas are assumed NTP-synced).
 """
@@ -39,7 +18,6 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final
 
 from nats.aio.msg import Msg
@@ -52,16 +30,14 @@ from ...core.query import JobQuery
 from .. import codec
 from .commit import CAS_ATTEMPTS, CAS_JITTER, Journal
 from .jetstream import JetStream, KeyExists, dumps, unavailable
+from .lanes import Lanes
 from .names import (
-    LANE_CONSUMER_PREFIX,
-    OUTBOX_CONSUMER,
     Layout,
     index_key,
-    lane_consumer,
     parse_index_key,
     token,
 )
-from .provision import Shape, lane_consumer_config, provision
+from .provision import Shape, provision
 from .tail import Tail
 
 DEFAULT_PREFIX: Final = "dgw"
@@ -82,7 +58,6 @@ key claimed, and each retry of the caller must complete within the caller's own 
 wait as long as the store's timeout was cancelled by such a deadline on every retry). Completing
 while the claimer is only slow is safe: the job's create-only write lets one of them win."""
 RATE_KEY: Final = "upstream"
-LEGACY_LANE: Final = ""
 """The client whose lane is the outbox's legacy subject (no client is named '')."""
 SEEK_MARGIN: Final = 10.0
 """Seconds before a seek's time from which the events stream is searched for the first event
@@ -125,15 +100,14 @@ class NatsStore:
         )
         self._timeout = timeout
         self._connect_timeout = connect_timeout
-        self._lease_grace = timeout if lease_grace is None else lease_grace
         self._clock = clock
         self._ca_file = ca_file
         self._token = token
         self._js: JetStream | None = None
-        self._lanes: dict[str, dict[Priority, str]] = {
-            LEGACY_LANE: {Priority.NORMAL: OUTBOX_CONSUMER}
-        }
-        """The consumers of the outbox's lanes this process knows: client -> priority -> name."""
+        self.lanes = Lanes(
+            self._wire, self.layout, clock, timeout if lease_grace is None else lease_grace
+        )
+        """The outbox: its lanes, leases and their ends (lanes.py)."""
         self.journal = Journal(self._wire, self.layout)
         """Jobs and events written by the envelope commit protocol."""
 
@@ -204,7 +178,7 @@ class NatsStore:
                     job = job.replace(job_id=owner)
                     first_event = first_event.replace(job_id=owner)
             if enqueue:
-                await self._ensure_lane(job.client, job.priority)
+                await self.lanes.ensure(job.client, job.priority)
             await self._wire().kv_put(self.bucket("jobs_by_client"), index_key(job), b"")
             if not await self.journal.create(job, first_event, enqueue=enqueue):
                 existing = await self._wait_for_job(job.job_id, self._timeout)
@@ -324,72 +298,19 @@ class NatsStore:
         self, *, limit: int, visibility: float, client: str | None = None
     ) -> list[Lease]:
         with unavailable():
-            if client is None:
-                await self.outbox_depths()  # learn the lanes other processes made
-            lanes = sorted(
-                (priority.rank, name)
-                for owner, by_priority in self._lanes.items()
-                if client is None or owner == client
-                for priority, name in by_priority.items()
-            )
-            leases: list[Lease] = []
-            for _, name in lanes:
-                if len(leases) >= limit:
-                    break
-                leases.extend(await self._lease_lane(name, limit - len(leases), visibility))
-            return leases
-
-    async def _lease_lane(self, consumer: str, limit: int, visibility: float) -> list[Lease]:
-        js = self._wire()
-        msgs = await js.pull(self.outbox_stream, consumer, {"batch": limit, "no_wait": True}, limit)
-        # Read before the naks are sent: the server's deadlines come after it.
-        expires = self._clock() + visibility
-        await asyncio.gather(*(js.nak(msg.reply, visibility + self._lease_grace) for msg in msgs))
-        return [
-            Lease(
-                job_id=msg.data.decode(),
-                attempts=msg.metadata.num_delivered - 1,
-                handle=_OutboxHandle(msg.reply, expires),
-            )
-            for msg in msgs
-        ]
+            return await self.lanes.lease(limit, visibility, client)
 
     async def outbox_depths(self) -> dict[str, dict[Priority, QueueDepth]]:
         with unavailable():
-            consumers = await self._wire().consumers(self.outbox_stream)
-        depths: dict[str, dict[Priority, QueueDepth]] = {}
-        for info in consumers:
-            config = info.config
-            if info.name == OUTBOX_CONSUMER:
-                lane: tuple[str, Priority] | None = (LEGACY_LANE, Priority.NORMAL)
-            elif info.name.startswith(LANE_CONSUMER_PREFIX) and config.filter_subject:
-                lane = self.layout.lane_of(config.filter_subject)
-            else:
-                lane = None
-            if lane is None:
-                continue
-            client, priority = lane
-            self._lanes.setdefault(client, {})[priority] = info.name
-            fresh, other = info.num_pending or 0, info.num_ack_pending or 0
-            if fresh or other:
-                depths.setdefault(client, {})[priority] = QueueDepth(fresh, other)
-        return depths
+            return await self.lanes.depths()
 
     async def ack(self, lease: Lease) -> None:
-        handle = _handle_of(lease)
-        if not handle.current(self._clock()):
-            return
         with unavailable():
-            await self._wire().ack(handle.reply)
-        handle.ended = True
+            await self.lanes.ack(lease)
 
     async def retry_later(self, lease: Lease, delay: float) -> None:
-        handle = _handle_of(lease)
-        if not handle.current(self._clock()):
-            return
         with unavailable():
-            await self._wire().nak(handle.reply, delay)
-        handle.ended = True
+            await self.lanes.retry_later(lease, delay)
 
     # Events
 
@@ -492,16 +413,6 @@ class NatsStore:
             raise StoreUnavailable("the NATS store is not open")
         return self._js
 
-    async def _ensure_lane(self, client: str, priority: Priority) -> None:
-        """Make the consumer of the client's lane of this priority, unless this process knows
-        it (making it again is harmless: the same config)."""
-        if priority in self._lanes.get(client, {}):
-            return
-        name = lane_consumer(client, priority)
-        subject = self.layout.outbox_lane(client, priority)
-        await self._wire().add_consumer(self.outbox_stream, lane_consumer_config(name, subject))
-        self._lanes.setdefault(client, {})[priority] = name
-
     async def _claim_idempotency_key(self, job: Job) -> str:
         """The id of the job that owns (client, key): this one if the claim is ours."""
         key = hashlib.sha256(dumps([job.client, job.idempotency_key])).hexdigest()
@@ -536,28 +447,6 @@ class NatsStore:
             if job is not None or time.monotonic() > deadline:
                 return job
             await asyncio.sleep(CLAIM_POLL)
-
-
-@dataclass(eq=False, slots=True)
-class _OutboxHandle:
-    """One lease of one outbox entry: one delivery of its message."""
-
-    reply: str
-    """The delivery's ack subject."""
-    expires: float
-    """The store's clock when the lease's visibility runs out (the server's deadline is later by
-    the lease grace)."""
-    ended: bool = False
-    """Acked or retried: the lease is over."""
-
-    def current(self, now: float) -> bool:
-        return not self.ended and now < self.expires
-
-
-def _handle_of(lease: Lease) -> _OutboxHandle:
-    if not isinstance(lease.handle, _OutboxHandle):
-        raise TypeError("the lease was not handed out by a NatsStore")
-    return lease.handle
 
 
 def _event_from_msg(msg: Msg) -> JobEvent:
