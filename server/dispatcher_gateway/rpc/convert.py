@@ -27,6 +27,7 @@ from ..core.model import (
 )
 from ..core.records import EARLIEST_EVENT_TIME as EARLIEST_TIME
 from ..core.records import END_OF_EVENT_TIMES as END_OF_TIMES
+from .options import BLOCKS, TYPED_OPTIONS, Violations
 
 MAX_NANOS = 999_999_999
 MAX_INT32 = 2**31 - 1
@@ -40,9 +41,6 @@ never echoed back: a message that large would not fit in the status)."""
 MAX_PAGE_TOKEN = 512
 """Characters of a page token: the gateway's are about 100."""
 MAX_FILTER_JOB_IDS = 1000
-MAX_VIOLATIONS = 10
-"""Field violations listed in one answer: they travel in the status trailers, twice (message
-and details), and a client refuses trailers much over 8 KiB."""
 
 GATEWAY_OWNED_FIELDS = frozenset(
     {
@@ -77,11 +75,6 @@ _PRIORITY_TO_PB = {p: pb.Priority.Value(f"PRIORITY_{p.name}") for p in Priority}
 _PRIORITY_FROM_PB: dict[int, Priority] = {
     **{v: k for k, v in _PRIORITY_TO_PB.items()},
     pb.PRIORITY_UNSPECIFIED: Priority.NORMAL,
-}
-_SIGNATURE_TYPES = {
-    pb.SIGNATURE_TYPE_SIMPLE: "SIMPLE",
-    pb.SIGNATURE_TYPE_ADVANCED: "ADVANCED",
-    pb.SIGNATURE_TYPE_QUALIFIED: "QUALIFIED",
 }
 
 
@@ -137,135 +130,6 @@ def _set_time(stamp: timestamp_pb2.Timestamp, seconds: float) -> None:
     stamp.seconds, stamp.nanos = whole, min(int((seconds - whole) * 1e9), MAX_NANOS)
 
 
-def _address(message: pb.EmailAddress) -> JSON:
-    out: JSON = {"email": message.email}
-    if message.name:
-        out["name"] = message.name
-    return out
-
-
-def _postal_address(message: pb.PostalAddress) -> JSON:
-    fields = {
-        "name": message.name,
-        "addressLine1": message.address_line1,
-        "addressLine2": message.address_line2,
-        "city": message.city,
-        "postalCode": message.postal_code,
-        "country": message.country,
-    }
-    return {k: v for k, v in fields.items() if v}
-
-
-class _Violations:
-    def __init__(self) -> None:
-        self.items: list[FieldViolation] = []
-        self.unlisted = 0
-
-    def add(self, field: str, description: str) -> None:
-        if len(self.items) < MAX_VIOLATIONS:
-            self.items.append(FieldViolation(field, description))
-        else:
-            self.unlisted += 1
-
-    def require(self, ok: bool, field: str, description: str) -> None:
-        if not ok:
-            self.add(field, description)
-
-    def error(self) -> InvalidArgument:
-        items = self.items
-        if self.unlisted:
-            items = [*items, FieldViolation("", f"and {self.unlisted} more, not listed")]
-        return InvalidArgument(items)
-
-
-def _email_block(req: pb.DispatchRequest, v: _Violations) -> JSON:
-    e = req.email
-    sender, to = e.sender, e.to
-    v.require(bool(sender.email), "email.sender.email", "required")
-    v.require(len(to) > 0, "email.to", "at least one recipient is required")
-    recipients = []
-    for i, addr in enumerate(to):
-        if "@" not in addr.email:
-            v.add(f"email.to[{i}].email", "not an email address")
-        recipients.append(_address(addr))
-    block: JSON = {"from": _address(sender), "to": recipients}
-    if e.cc:
-        block["cc"] = [_address(a) for a in e.cc]
-    if e.bcc:
-        block["bcc"] = [_address(a) for a in e.bcc]
-    if e.HasField("reply_to"):
-        block["replyTo"] = _address(e.reply_to)
-    if e.subject:
-        block["subject"] = e.subject
-    body = {k: val for k, val in (("html", e.html), ("text", e.text)) if val}
-    if body:
-        block["body"] = body
-    return block
-
-
-def _sms_block(req: pb.DispatchRequest, v: _Violations) -> JSON:
-    s = req.sms
-    v.require(len(s.to) > 0, "sms.to", "at least one phone number is required")
-    block: JSON = {"to": list(s.to)}
-    if s.sender:
-        block["from"] = s.sender
-    if s.text:
-        block["text"] = s.text
-    return block
-
-
-def _postal_block(req: pb.DispatchRequest, v: _Violations) -> JSON:
-    p = req.postal
-    to = p.to
-    for field, value in (
-        ("name", to.name),
-        ("address_line1", to.address_line1),
-        ("city", to.city),
-        ("postal_code", to.postal_code),
-    ):
-        v.require(bool(value), f"postal.to.{field}", "required")
-    v.require(
-        len(to.country) == 2 and to.country.isalpha(),
-        "postal.to.country",
-        "an ISO 3166-1 alpha-2 code is required",
-    )
-    block: JSON = {"to": _postal_address(to)}
-    if p.HasField("sender"):
-        block["from"] = _postal_address(p.sender)
-    if p.color:
-        block["color"] = True
-    return block
-
-
-def _esign_block(req: pb.DispatchRequest, v: _Violations) -> JSON:
-    e = req.esign
-    v.require(bool(e.document_name), "esign.document_name", "required")
-    v.require(len(e.signers) > 0, "esign.signers", "at least one signer is required")
-    signers = []
-    for i, s in enumerate(e.signers):
-        v.require("@" in s.email, f"esign.signers[{i}].email", "not an email address")
-        fields = {
-            "email": s.email,
-            "firstName": s.first_name,
-            "lastName": s.last_name,
-            "phone": s.phone,
-        }
-        signers.append({k: val for k, val in fields.items() if val})
-    block: JSON = {"documentName": e.document_name, "signers": signers}
-    if e.signature_type in _SIGNATURE_TYPES:
-        block["signatureType"] = _SIGNATURE_TYPES[e.signature_type]
-    return block
-
-
-_BLOCKS = {
-    Service.EMAIL: ("email", _email_block),
-    Service.SMS: ("sms", _sms_block),
-    Service.POSTAL: ("postal", _postal_block),
-    Service.ESIGN: ("esign", _esign_block),
-}
-
-
-_TYPED_OPTIONS = tuple((service, name) for service, (name, _) in _BLOCKS.items())
 _METADATA_COUNT = f"at most {MAX_METADATA_ENTRIES} entries"
 _METADATA_LENGTH = f"keys 1-{MAX_METADATA_LENGTH} characters, values at most as long"
 _IDEMPOTENCY_KEY_LENGTH = f"at most {MAX_IDEMPOTENCY_KEY} characters"
@@ -277,7 +141,7 @@ def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
 
     On every Dispatch, so written for speed: messages are read once, and the text of a
     violation is only built when there is one."""
-    v = _Violations()
+    v = Violations()
     services: list[Service] = []
     first = _SERVICE_FROM_PB.get(req.service)
     if first is None:
@@ -308,14 +172,14 @@ def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
     v.require(template_id > 0, "template.id", "required: a positive template id")
     body["template"] = {"id": template_id, "data": _struct_field(template.data, "template.data", v)}
     for service in services:
-        if service not in _BLOCKS:
+        if service not in BLOCKS:
             continue
-        name, build = _BLOCKS[service]
+        name, build = BLOCKS[service]
         if req.HasField(name):  # type: ignore[arg-type]
             body[name] = build(req, v)
         elif name not in body:
             v.add(name, f"required for SERVICE_{service.name} (typed options, or in `extra`)")
-    for service, name in _TYPED_OPTIONS:
+    for service, name in TYPED_OPTIONS:
         if service not in services and req.HasField(name):  # type: ignore[arg-type]
             v.add(name, f"given, but SERVICE_{service.name} is not in the request's services")
     if req.HasField("invoicing") and req.invoicing.document_type:
@@ -353,7 +217,7 @@ def spec_from_request(req: pb.DispatchRequest) -> DispatchSpec:
     )
 
 
-def _struct_field(message: struct_pb2.Struct, field: str, v: _Violations) -> JSON:
+def _struct_field(message: struct_pb2.Struct, field: str, v: Violations) -> JSON:
     try:
         return struct_to_dict(message)
     except ValueError:
@@ -380,7 +244,7 @@ def check_page_token(page_token: str) -> None:
 
 
 def filter_from_request(req: pb.SubscribeRequest) -> EventFilter:
-    v = _Violations()
+    v = Violations()
     v.require(
         len(req.job_ids) <= MAX_FILTER_JOB_IDS, "job_ids", f"at most {MAX_FILTER_JOB_IDS} ids"
     )
