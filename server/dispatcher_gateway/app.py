@@ -6,19 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from grpc_health.v1 import health
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
 
+from .admin import READY_CHECK_TIMEOUT, admin_app
 from .config import Settings
-from .config_values import is_loopback, split_addr
+from .config_values import split_addr
 from .console import Console, ConsoleSources, CoreActions, LiveFeed, Operators, Sessions
 from .core.breaker import BreakerState, CircuitBreaker
 from .core.errors import ShuttingDown, StoreUnavailable
@@ -42,12 +39,12 @@ from .rpc.tls import CertificateFiles
 from .tracing import SpanLinks, Tracing
 from .upstream import DispatcherClient
 from .webhooks import WebhookVerifier, create_webhook_app
+from .workerslot import WorkerSlot
 
 log = logging.getLogger("dispatcher_gateway")
 
 DRAIN_GRACE = 20.0
 """Seconds in-flight calls get to finish on SIGTERM (Kubernetes waits 30 s by default)."""
-READY_CHECK_TIMEOUT = 2.0
 STORE_CHECK_INTERVAL = 1.0
 """Seconds between the looks at the store that keep gRPC health in step with it."""
 STATUS_FLUSH = 0.1
@@ -80,25 +77,6 @@ def _waiting_at(task: asyncio.Task[None]) -> str:
             frames.append(f"{frame.f_code.co_filename.rpartition('/')[2]}:{frame.f_lineno}")
         awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
     return " > ".join(frames[-4:]) or "?"
-
-
-@dataclass(frozen=True)
-class WorkerSlot:
-    """This process is worker `index` of `count` of one gateway (GATEWAY_WORKERS, run by
-    cli/workers.py): it serves the listeners beside the others, which share its store."""
-
-    group: str
-    """A name the workers of one gateway share (their SQLite neighbours' names)."""
-    index: int
-    count: int
-    admin: socket.socket
-    """Listening on loopback, bound by the parent: its /readyz and /metrics are the parent's
-    to aggregate."""
-    webhook: socket.socket | None = None
-    """The webhook listener, bound by the parent and shared; None: this worker binds it with
-    SO_REUSEPORT (as it does gRPC's)."""
-    http: socket.socket | None = None
-    """The JSON face's, likewise."""
 
 
 def open_store(settings: Settings, worker: WorkerSlot | None = None) -> Store:
@@ -185,7 +163,7 @@ class GatewayApp:
         cancelled (SIGTERM) while waiting, it closes what it opened."""
         admin_host, admin_port = split_addr(self.settings.admin_addr)
         admin_sock = self.worker.admin if self.worker is not None else None
-        admin = await start_http(self._admin_app(), admin_host, admin_port, sock=admin_sock)
+        admin = await start_http(admin_app(self), admin_host, admin_port, sock=admin_sock)
         try:
             await self._open_store()
             return await self._start(admin)
@@ -414,7 +392,7 @@ class GatewayApp:
         await self._stop_workers(deadline)
         # Every connection closed, those of calls beyond the grace and of streams nothing else
         # ends (a health Watch) too: grpc's shutdown finds no client to answer CANCELLED.
-        self._close_clients(busy=set())
+        connections.close_idle(self._grpc_listening_ports(), set())
         await self.grpc.stop(0)
         if stopping is not None:
             await stopping
@@ -449,18 +427,13 @@ class GatewayApp:
         await asyncio.sleep(STATUS_FLUSH)
         closed: set[connections.Address] = set()
         while True:
-            now_closed, left = self._close_clients(self.calls.busy(STATUS_FLUSH))
+            ports, busy = self._grpc_listening_ports(), self.calls.busy(STATUS_FLUSH)
+            now_closed, left = connections.close_idle(ports, busy)
             closed |= now_closed
             if (not left and not self.calls.in_flight) or _left(deadline) <= 0:
                 break
             await asyncio.sleep(min(RELEASE_POLL, _left(deadline)))
         log.info("drain: %d client connection(s) closed", len(closed))
-
-    def _close_clients(
-        self, busy: set[connections.Address]
-    ) -> tuple[set[connections.Address], int]:
-        """The gRPC clients' connections not `busy` closed; those closed, how many are left."""
-        return connections.close_idle(self._grpc_listening_ports(), busy)
 
     def _grpc_listening_ports(self) -> set[int]:
         if self.listeners is None:
@@ -510,41 +483,4 @@ class GatewayApp:
                 await set_serving(self.health, True)
 
     def _admin_app(self) -> Starlette:
-        async def healthz(request: Request) -> Response:
-            return PlainTextResponse("ok\n")
-
-        async def readyz(request: Request) -> Response:
-            if not self.serving:
-                store = "ok" if self.store_up else "opening"
-                return JSONResponse({"ready": False, "store": store}, status_code=503)
-            store = "ok"
-            try:
-                await asyncio.wait_for(self.store.check(), READY_CHECK_TIMEOUT)
-            except (StoreUnavailable, TimeoutError) as exc:
-                store = "unavailable"
-                # The store's own words name hosts and paths: for operators on the machine.
-                peer = request.client.host if request.client else ""
-                if str(exc) and (self.settings.readyz_details or is_loopback(peer)):
-                    store = f"unavailable: {exc}"
-            ready = store == "ok" and not self.draining
-            body = {
-                "ready": ready,
-                "draining": self.draining,
-                "store": store,
-                "streams": self.hub.streams,
-                # Reported, not a reason to be unready: an open circuit still accepts and queues.
-                "upstream_circuit": self.gateway.caller.breaker.describe(),
-            }
-            return JSONResponse(body, status_code=200 if ready else 503)
-
-        async def metrics(request: Request) -> Response:
-            page, media_type = self.metrics.render(request.headers.get("accept", ""))
-            return Response(page, media_type=media_type)
-
-        return Starlette(
-            routes=[
-                Route("/healthz", healthz),
-                Route("/readyz", readyz),
-                Route("/metrics", metrics),
-            ]
-        )
+        return admin_app(self)

@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from dispatcher_gateway.admin import admin_app
 from dispatcher_gateway.app import GatewayApp
 from dispatcher_gateway.cli import TOKEN_ENV
 from dispatcher_gateway.core.errors import StoreUnavailable
@@ -418,7 +419,7 @@ async def test_readyz_tells_why_the_store_is_down_to_loopback_callers_or_when_as
         raise StoreUnavailable(why)
 
     monkeypatch.setattr(app.store, "check", down)
-    admin = app._admin_app()
+    admin = admin_app(app)
     for peer, told in (("127.0.0.1", True), ("::1", True), ("203.0.113.9", details)):
         transport = httpx.ASGITransport(app=admin, client=(peer, 40000))
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:

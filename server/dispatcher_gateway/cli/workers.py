@@ -40,11 +40,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..app import DRAIN_GRACE, READY_CHECK_TIMEOUT, WorkerSlot
+from ..admin import READY_CHECK_TIMEOUT
+from ..app import DRAIN_GRACE
 from ..config import Settings
 from ..config_values import is_loopback, split_addr
 from ..httpserver import SHUTDOWN_GRACE, bind, start_http
 from ..metrics import render_workers
+from ..workerslot import WorkerSlot
 
 log = logging.getLogger("dispatcher_gateway.workers")
 
