@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.loopback import free_port
+from tests.support.ports import free_port
 from tests.support.process import GATEWAY, POLL, START_TIMEOUT, ServerProcess
 
 from .messages import SANDBOX_EMAIL, SANDBOX_PASSWORD, TOKEN_KEY, WEBHOOK_SECRET

@@ -19,7 +19,7 @@ import pytest
 
 from dispatcher_gateway.cli import TOKEN_ENV
 from dispatcher_gateway.sandbox.catalog import TEMPLATES
-from tests.support.loopback import free_port
+from tests.support.ports import free_port
 
 ENTRY_POINT = Path(sys.executable).with_name("dispatcher-gateway")
 """The script pip installed next to this interpreter (`.venv/bin/dispatcher-gateway`)."""

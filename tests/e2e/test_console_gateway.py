@@ -19,7 +19,8 @@ from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.console.operators import hash_password
 from dispatcher_gateway.console.settings import ConsoleSettings
 from dispatcher_gateway.core.retry import RateLimit
-from tests.support.loopback import GatewayFactory, RunningSandbox, TlsFiles, free_port
+from tests.support.loopback import GatewayFactory, RunningSandbox, TlsFiles
+from tests.support.ports import free_port
 from tests.support.process import gateway_env, gateway_process
 from tests.support.requests import email_request
 

@@ -16,7 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.support.cli import run_cli
-from tests.support.loopback import RunningSandbox, TlsFiles, free_port
+from tests.support.loopback import RunningSandbox, TlsFiles
+from tests.support.ports import free_port
 from tests.support.process import START_TIMEOUT, ServerProcess, gateway_env, gateway_process
 from tests.support.requests import email_request
 

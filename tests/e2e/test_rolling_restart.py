@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-import random
-import socket
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from tests.support.balancer import Balancer
 from tests.support.clients import ChannelDispatcher, Subscriber, cancel
 from tests.support.loopback import HOST, RunningSandbox, TlsFiles
 from tests.support.nats_server import NatsFactory
+from tests.support.ports import free_port
 from tests.support.process import ServerProcess, gateway_env, gateway_process
 from tests.support.requests import request_for
 
@@ -49,26 +48,8 @@ RUN_TIMEOUT = 150.0
 SERVICES = (pb.SERVICE_EMAIL, pb.SERVICE_POSTAL, pb.SERVICE_ESIGN, pb.SERVICE_SMS)
 
 
-EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
-
-
 def port_of(addr: str) -> int:
     return int(addr.rpartition(":")[2])
-
-
-def quiet_port() -> int:
-    """A free loopback port below the ephemeral range. free_port's comes from that range, where
-    any outgoing connection (to NATS, through the balancer, another suite's) can take it in the
-    seconds before a replica binds it (with six replicas and 18 ports, now and then)."""
-    low = int(EPHEMERAL_PORTS.read_text().split()[0])
-    while True:
-        port = random.randrange(10_000, low)
-        with socket.socket() as sock:
-            try:
-                sock.bind((HOST, port))
-            except OSError:
-                continue
-            return port
 
 
 @pytest.mark.slow
@@ -88,9 +69,9 @@ async def test_a_rolling_restart_loses_no_event_and_refuses_only_unavailable(
 
     def replica(name: str) -> ServerProcess:
         env = gateway_env(sandbox, tls, tmp_path) | {
-            "GATEWAY_GRPC_ADDR": f"{HOST}:{quiet_port()}",
-            "GATEWAY_WEBHOOK_ADDR": f"{HOST}:{quiet_port()}",
-            "GATEWAY_ADMIN_ADDR": f"{HOST}:{quiet_port()}",
+            "GATEWAY_GRPC_ADDR": f"{HOST}:{free_port()}",
+            "GATEWAY_WEBHOOK_ADDR": f"{HOST}:{free_port()}",
+            "GATEWAY_ADMIN_ADDR": f"{HOST}:{free_port()}",
             "GATEWAY_STORE": nats.url,
             "GATEWAY_NATS_REPLICAS": "3",
             "GATEWAY_PUBLIC_URL": f"https://127.0.0.1:{webhooks.port}",

@@ -30,8 +30,9 @@ from dispatcher_gateway.rpc.clients import client_line
 from dispatcher_gateway.rpc.limits import ClientQuotas
 from dispatcher_gateway.rpc.server import GrpcLimits
 from tests.support.cli import run_cli
-from tests.support.loopback import GatewayFactory, free_port
+from tests.support.loopback import GatewayFactory
 from tests.support.pki import Pki
+from tests.support.ports import free_port
 from tests.support.requests import email_request, request_for
 
 CALL_TIMEOUT = 10.0

@@ -25,7 +25,8 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.console.operators import hash_password
 
-from .loopback import HOST, RunningSandbox, TlsFiles, free_port
+from .loopback import HOST, RunningSandbox, TlsFiles
+from .ports import free_port
 from .process import ServerProcess, gateway_env, gateway_process
 from .requests import email_request
 

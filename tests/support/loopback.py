@@ -4,7 +4,6 @@ the sandbox as a real HTTP server, and gateways started in this process against 
 from __future__ import annotations
 
 import dataclasses
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,18 +16,14 @@ from dispatcher_gateway.httpserver import HttpServer
 from dispatcher_gateway.sandbox import Sandbox, SandboxSettings, serve_sandbox
 from dispatcher_gateway.tracing import Tracing
 
+from .ports import free_port
+
 HOST = "127.0.0.1"
 SANDBOX_EMAIL = "sandbox@example.com"
 SANDBOX_PASSWORD = "sandbox-test-password"
 WEBHOOK_SECRET = "whsec-test-secret"
 TIME_FACTOR = 0.002
 """Webhook retries 5 s, 5 min ... become 10 ms, 0.6 s ..."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

