@@ -181,8 +181,8 @@ def b1_dispatch(scale: Scale, folder: Path) -> Outcome:
         f"{rate:,.0f}/s ({percentile(ours_ms, 50):.1f}/{percentile(ours_ms, 99):.1f})",
         f"{bare_rate:,.0f}/s ({percentile(bare_ms, 50):.1f}/{percentile(bare_ms, 99):.1f})",
         ratio,
-        ">= 0.5",
-        ratio is not None and ratio >= 0.5,
+        ">= 0.75",
+        ratio is not None and ratio >= 0.75,
         {
             "gateway": {"per_second": rate, "failures": ours["failures"], **_summary(ours_ms)},
             "baseline": {
