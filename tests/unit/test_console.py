@@ -20,6 +20,7 @@ from dispatcher_gateway.console import (
 )
 from dispatcher_gateway.console.operators import hash_password
 from dispatcher_gateway.console.sessions import COOKIE
+from dispatcher_gateway.console.throttle import LIMIT as LOGIN_LIMIT
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.callbacks import CallbackRules
 from dispatcher_gateway.core.model import Job, UpstreamFailure
@@ -290,3 +291,22 @@ async def test_jobs_are_filtered_by_creation_time(setup: Setup) -> None:
     text = (await setup.client.get("/jobs", params={"from": "2024-01-01T00:00"})).text
     assert old.job_id not in text
     assert new.job_id in text
+
+
+async def test_failed_logins_past_the_limit_are_refused_before_the_password_is_checked(
+    setup: Setup,
+) -> None:
+    for _ in range(LOGIN_LIMIT):
+        assert await log_in(setup.client, OPERATOR, "wrong") == "401"
+
+    page = await setup.client.get("/login")
+    csrf = CSRF.search(page.text)
+    assert csrf is not None
+    answer = await setup.client.post(
+        "/login", data={"csrf": csrf.group(1), "operator": OPERATOR, "password": PASSWORD}
+    )
+
+    assert answer.status_code == 429
+    assert 0 < int(answer.headers["retry-after"]) <= 60
+    assert "Too many failed logins" in answer.text
+    assert (await setup.client.get("/")).status_code == 303  # the right password did not count

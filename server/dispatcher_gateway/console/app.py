@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from .live import LiveFeed
 from .markup import Markup, html
 from .operators import Operators
 from .sessions import COOKIE, SESSION_TTL, Session, Sessions
+from .throttle import LoginGuard
 
 log = logging.getLogger("dispatcher_gateway.console")
 
@@ -118,6 +120,7 @@ class Console:
         operators: Operators | None,
         *,
         clock: Callable[[], float] = time.time,
+        guard: LoginGuard | None = None,
     ) -> None:
         """`operators` None: no authentication (the sandbox): every visitor is 'sandbox'."""
         self.sources = sources
@@ -125,6 +128,7 @@ class Console:
         self.sessions = sessions
         self.operators = operators
         self.clock = clock
+        self.guard = guard or LoginGuard()
         self.started_at = clock()
 
     def close(self) -> None:
@@ -237,11 +241,19 @@ class Console:
         except _Refused as exc:
             return HTMLResponse(views.message(str(exc)), status_code=exc.status)
         name, password = form.get("operator", ""), form.get("password", "")
+        peer = request.client.host if request.client else "?"
+        wait = self.guard.wait(peer, name[:128])
+        if wait > 0:
+            seconds = math.ceil(wait)
+            text = f"Too many failed logins: try again in {seconds} s."
+            page = views.login(self.sessions.csrf(session), text)
+            return HTMLResponse(page, status_code=429, headers={"Retry-After": str(seconds)})
         if not await asyncio.to_thread(operators.check, name, password):
-            peer = request.client.host if request.client else "?"
+            self.guard.failed(peer, name[:128])
             log.warning("console: failed login as %r from %s", name[:128], peer)
             page = views.login(self.sessions.csrf(session), "Unknown operator or wrong password.")
             return HTMLResponse(page, status_code=401)
+        self.guard.succeeded(peer, name[:128])
         log.info("console: operator %s logged in", name)
         new = self.sessions.new(name)
         return self._with_cookie(RedirectResponse("/", status_code=303), request, new)
