@@ -261,6 +261,30 @@ async def test_list_jobs_pages_newest_first(stub: pb_grpc.DispatchServiceStub) -
     assert seen == list(reversed(ids))
 
 
+async def test_a_page_of_large_jobs_stays_under_a_clients_default_receive_limit(
+    stub: pb_grpc.DispatchServiceStub,
+) -> None:
+    """Twenty jobs with the most metadata a job may carry (64 entries of 512 four-byte
+    characters each way, about 260 kB): a default client (4 MiB receive limit) lists them all,
+    over pages that each fit, none twice."""
+    metadata = {f"{i:02d}" + "\U0001f4e8" * 510: "\U0001f4e8" * 512 for i in range(64)}
+    ids = [
+        (await stub.Dispatch(email_request(metadata=metadata), timeout=10)).job.job_id
+        for _ in range(20)
+    ]
+    pages: list[list[str]] = []
+    token = ""
+    while True:
+        page = await stub.ListJobs(pb.ListJobsRequest(page_token=token), timeout=10)
+        assert page.ByteSize() < 4 << 20
+        pages.append([j.job_id for j in page.jobs])
+        token = page.next_page_token
+        if not token:
+            break
+    assert [job_id for page_ids in pages for job_id in page_ids] == list(reversed(ids))
+    assert len(pages) == 2
+
+
 async def test_list_templates(stub: pb_grpc.DispatchServiceStub) -> None:
     answer = await stub.ListTemplates(pb.ListTemplatesRequest(), timeout=10)
     assert 1 in {t.id for t in answer.templates}

@@ -1129,7 +1129,11 @@ class ListJobsResponse(_message.Message):
     next_page_token: _builtins.str
     """Empty on the last page."""
     @_builtins.property
-    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]: ...
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """Up to page_size jobs; fewer when more would not fit in 4 MiB (gRPC's default receive
+        limit), the rest on the next page.
+        """
+
     def __init__(
         self,
         *,
