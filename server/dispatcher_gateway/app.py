@@ -358,9 +358,7 @@ class GatewayApp:
         log.info("draining: in-flight calls have %.0f s", grace)
         # Stopped first, so that it cannot turn health back to SERVING half-way through.
         if self._store_watch is not None:
-            self._store_watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._store_watch
+            await _cancelled(self._store_watch)
         await set_serving(self.health, False)
         # From now on a call that reaches a handler is refused UNAVAILABLE, by the CallGuard:
         # the gRPC server keeps running until no client is left on it (see _release_clients).
@@ -463,7 +461,7 @@ class GatewayApp:
         as soon as it does: a load balancer or client checking health sends calls elsewhere
         meanwhile. /readyz asks the store itself on each request."""
         serving = True
-        while True:
+        while not self.draining:
             await asyncio.sleep(STORE_CHECK_INTERVAL)
             try:
                 await asyncio.wait_for(self.store.check(), READY_CHECK_TIMEOUT)
@@ -484,3 +482,13 @@ class GatewayApp:
 
     def _admin_app(self) -> Starlette:
         return admin_app(self)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """`task` cancelled, and waited for until it ends. A cancellation that arrives as a wait
+    inside it completes is swallowed (asyncio.wait_for in Python 3.11): it is made again."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=WORKER_RECANCEL)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("drain: %s failed", task.get_name(), exc_info=task.exception())
