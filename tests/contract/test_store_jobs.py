@@ -65,6 +65,19 @@ async def test_same_key_for_two_clients_gives_two_jobs(store: Store) -> None:
     assert await store.get_job(theirs.job_id) == theirs
 
 
+async def test_a_job_is_found_by_its_clients_key_and_by_nobody_elses(store: Store) -> None:
+    job = new_job(CLIENT, key="order-9")
+    await store.create_job(job, queued_event(job), enqueue=False)
+    await append(store, job, states.SUBMITTED)
+
+    found = await store.job_by_key(CLIENT, "order-9")
+
+    assert found is not None
+    assert (found.job_id, found.state) == (job.job_id, JobState.SUBMITTED)
+    assert await store.job_by_key(OTHER_CLIENT, "order-9") is None
+    assert await store.job_by_key(CLIENT, "order-10") is None
+
+
 async def test_jobs_without_a_key_are_never_merged(store: Store) -> None:
     one = await create(store)
     two = await create(store)

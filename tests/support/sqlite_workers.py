@@ -70,6 +70,9 @@ class SharedFile:
     async def get_job(self, job_id: str) -> Job | None:
         return await self._next().get_job(job_id)
 
+    async def job_by_key(self, client: str, idempotency_key: str) -> Job | None:
+        return await self._next().job_by_key(client, idempotency_key)
+
     async def list_jobs(
         self, client: str, *, limit: int, page_token: str = ""
     ) -> tuple[list[Job], str]:

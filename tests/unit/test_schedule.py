@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
-from dispatcher_gateway.core.errors import InvalidArgument
+from dispatcher_gateway.core.errors import IdempotencyConflict, InvalidArgument
 from dispatcher_gateway.core.gateway import Gateway
 from dispatcher_gateway.core.model import DispatchSpec, Job, JobState, Mode, Service
 from dispatcher_gateway.core.retry import RetryPolicy
@@ -102,6 +103,31 @@ async def test_a_time_a_little_in_the_past_is_taken_as_now() -> None:
             "anonymous", scheduled(time.time() - 2.0), budget=None
         )
         assert (await settled(store, job.job_id)).state is JobState.SUBMITTED
+
+
+async def test_a_keyed_call_retried_after_its_time_gets_the_job_it_made() -> None:
+    """A client whose answer was lost calls again with the same key once the time has passed:
+    the job made the first time is its answer, not a refusal of a time now in the past."""
+    async with running() as (gateway, store, upstream):
+        gateway.dispatches.schedule = ScheduleRules(skew=0.1)
+        spec = dataclasses.replace(scheduled(time.time() + 0.2), idempotency_key="order-1")
+        job = await gateway.dispatches.submit("anonymous", spec, budget=None)
+        await settled(store, job.job_id)
+        await asyncio.sleep(0.4)  # its time and the skew are past
+
+        again = await gateway.dispatches.submit("anonymous", spec, budget=None)
+        [(in_batch, estimate)] = await gateway.dispatches.submit_batch("anonymous", [spec])
+
+        assert again.job_id == job.job_id
+        assert again.state is JobState.SUBMITTED
+        assert (getattr(in_batch, "job_id", None), estimate) == (job.job_id, None)
+        assert upstream.keys == [job.job_id]
+        other = dataclasses.replace(spec, body={"template": {"id": 2, "data": {}}})
+        with pytest.raises(IdempotencyConflict):
+            await gateway.dispatches.submit("anonymous", other, budget=None)
+        unkeyed = dataclasses.replace(spec, idempotency_key="")
+        with pytest.raises(InvalidArgument):
+            await gateway.dispatches.submit("anonymous", unkeyed, budget=None)
 
 
 @pytest.mark.parametrize(

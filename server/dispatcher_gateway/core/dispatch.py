@@ -94,7 +94,13 @@ class Dispatches:
         arrived = loop.time()
         budget = UPSTREAM_TIMEOUT if budget is None else min(budget, UPSTREAM_TIMEOUT)
         now = self.clock()
-        job = self._new_job(client, spec, now, trace_context)
+        try:
+            job = self._new_job(client, spec, now, trace_context)
+        except InvalidArgument:
+            # A scheduled call retried past its time: the job it made, if it made one.
+            if (made := await self._made_by_key(client, spec)) is None:
+                raise
+            return made, None
         logfields.known(job_id=job.job_id, client=client)
         estimate = self._estimate(job)
         first = event_of(job, states.QUEUED, _queued_data(estimate), now)
@@ -134,7 +140,12 @@ class Dispatches:
                     raise InvalidArgument([FieldViolation("mode", "MODE_ASYNC only in a batch")])
                 job = self._new_job(client, spec, now, trace_context)
             except InvalidArgument as exc:
-                results.append(exc)
+                found: Job | GatewayError | None
+                try:
+                    found = await self._made_by_key(client, spec)
+                except IdempotencyConflict as conflict:
+                    found = conflict
+                results.append(exc if found is None else found)
                 continue
             new.append((len(results), job))
             results.append(job)
@@ -169,6 +180,18 @@ class Dispatches:
         if job.not_before > estimate.expected_submit_time:
             return dataclasses.replace(estimate, expected_submit_time=job.not_before)
         return estimate
+
+    async def _made_by_key(self, client: str, spec: DispatchSpec) -> Job | None:
+        """The job an earlier call with this request's idempotency key made, for a request
+        refused as new (a `not_before` now past, as a scheduled call retried after its time
+        is): that call's answer is due, not the refusal. IdempotencyConflict if the key made a
+        job of another request."""
+        if not spec.idempotency_key:
+            return None
+        made = await self.store.job_by_key(client, spec.idempotency_key)
+        if made is not None and made.request_hash != spec.fingerprint():
+            raise _conflict(spec.idempotency_key, made)
+        return made
 
     def _new_job(self, client: str, spec: DispatchSpec, now: float, trace_context: str) -> Job:
         """The job a request makes; InvalidArgument if its time (not_before) cannot be."""
@@ -261,10 +284,13 @@ class Dispatches:
 def _check_same_request(stored: Job, job: Job) -> None:
     """IdempotencyConflict unless the job found under the key is of the same request."""
     if stored.request_hash != job.request_hash:
-        raise IdempotencyConflict(
-            f"idempotency key {job.idempotency_key!r} was used for a different request "
-            f"(job {stored.job_id})"
-        )
+        raise _conflict(job.idempotency_key, stored)
+
+
+def _conflict(key: str, stored: Job) -> IdempotencyConflict:
+    return IdempotencyConflict(
+        f"idempotency key {key!r} was used for a different request (job {stored.job_id})"
+    )
 
 
 def _queued_data(estimate: QueueEstimate | None) -> JSON:

@@ -75,6 +75,9 @@ class Store(Protocol):
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
+    async def job_by_key(self, client: str, idempotency_key: str) -> Job | None:
+        """The client's job created under `idempotency_key`, None if there is none (yet)."""
+
     async def list_jobs(
         self, client: str, *, limit: int, page_token: str = ""
     ) -> tuple[list[Job], str]:

@@ -123,6 +123,11 @@ class MemoryStore:
         self._ensure_open()
         return self._job(job_id) if job_id in self._jobs else None
 
+    async def job_by_key(self, client: str, idempotency_key: str) -> Job | None:
+        self._ensure_open()
+        job_id = self._keys.get((client, idempotency_key))
+        return None if job_id is None else self._job(job_id)
+
     async def list_jobs(
         self, client: str, *, limit: int, page_token: str = ""
     ) -> tuple[list[Job], str]:

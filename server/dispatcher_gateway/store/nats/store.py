@@ -215,6 +215,14 @@ class NatsStore:
         with unavailable():
             return await self.journal.load(job_id, settle=True)
 
+    async def job_by_key(self, client: str, idempotency_key: str) -> Job | None:
+        key = hashlib.sha256(dumps([client, idempotency_key])).hexdigest()
+        with unavailable():
+            owner = await self._wire().kv_get(self.bucket("idempotency"), key)
+            if owner is None:
+                return None
+            return await self.journal.load(owner.value.decode(), settle=True)
+
     async def list_jobs(
         self, client: str, *, limit: int, page_token: str = ""
     ) -> tuple[list[Job], str]:

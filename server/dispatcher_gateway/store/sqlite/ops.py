@@ -49,14 +49,21 @@ def handle_of(lease: Lease) -> LeaseHandle:
 def find_job(conn: sqlite3.Connection, job: Job) -> Job | None:
     """The job a create of `job` would duplicate: the client's job under the same idempotency
     key, or a job with the same id (a retry of a create that did commit)."""
-    row = None
+    found = None
     if job.idempotency_key:
-        row = conn.execute(
-            "SELECT * FROM jobs WHERE client = ? AND idempotency_key = ?",
-            (job.client, job.idempotency_key),
-        ).fetchone()
-    if row is None:
-        row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job.job_id,)).fetchone()
+        found = job_by_key(conn, job.client, job.idempotency_key)
+    return found or job_by_id(conn, job.job_id)
+
+
+def job_by_id(conn: sqlite3.Connection, job_id: str) -> Job | None:
+    row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    return None if row is None else rows.job_from_row(row)
+
+
+def job_by_key(conn: sqlite3.Connection, client: str, idempotency_key: str) -> Job | None:
+    row = conn.execute(
+        "SELECT * FROM jobs WHERE client = ? AND idempotency_key = ?", (client, idempotency_key)
+    ).fetchone()
     return None if row is None else rows.job_from_row(row)
 
 

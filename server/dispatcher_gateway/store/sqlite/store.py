@@ -144,11 +144,10 @@ class SqliteStore:
         return await self._writer.run(create, write=True)
 
     async def get_job(self, job_id: str) -> Job | None:
-        def get(conn: sqlite3.Connection) -> Job | None:
-            row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-            return None if row is None else rows.job_from_row(row)
+        return await self._writer.run(lambda conn: ops.job_by_id(conn, job_id))
 
-        return await self._writer.run(get)
+    async def job_by_key(self, client: str, idempotency_key: str) -> Job | None:
+        return await self._writer.run(lambda conn: ops.job_by_key(conn, client, idempotency_key))
 
     async def list_jobs(
         self, client: str, *, limit: int, page_token: str = ""
