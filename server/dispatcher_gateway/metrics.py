@@ -232,9 +232,14 @@ class Counts:
         self.clock = clock
         self.pending: dict[str, tuple[float, float]] = {}
         """Job id -> (queued at, forget after): jobs this replica's outbox holds unsent."""
+        self._dispatches: dict[tuple[str, str], Counter] = {}
+        """dispatches_total's child by (service, mode): looked up once, not on every Dispatch."""
 
     def dispatch_accepted(self, service: str, mode: str) -> None:
-        self.metrics.dispatches.labels(service, mode).inc()
+        child = self._dispatches.get((service, mode))
+        if child is None:
+            child = self._dispatches[service, mode] = self.metrics.dispatches.labels(service, mode)
+        child.inc()
 
     def upstream_dispatch(self, outcome: str) -> None:
         self.metrics.upstream_dispatch_calls.labels(outcome).inc()

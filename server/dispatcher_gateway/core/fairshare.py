@@ -82,11 +82,6 @@ class FairShare:
         return weight if weight > 0 else DEFAULT_WEIGHT
 
 
-def jobs_ahead(depths: Mapping[Priority, QueueDepth], priority: Priority) -> int:
-    """Entries of one client a new job of `priority` queues behind: its priority or higher."""
-    return sum(d.fresh for p, d in depths.items() if p.rank <= priority.rank)
-
-
 def estimate(
     client: str,
     priority: Priority,
@@ -98,16 +93,42 @@ def estimate(
 ) -> QueueEstimate:
     """Where a job queued now stands, from the outbox's `backlog` before it (see the module
     doc for how rough it is)."""
-    ahead = jobs_ahead(backlog.get(client, {}), priority)
+    fresh = {other: {p: d.fresh for p, d in depths.items()} for other, depths in backlog.items()}
+    return _estimate(client, priority, fresh, weights=weights, rate=rate, now=now)
+
+
+def _estimate(
+    client: str,
+    priority: Priority,
+    fresh: Mapping[str, Mapping[Priority, int]],
+    *,
+    weights: Weights,
+    rate: RateLimit,
+    now: float,
+) -> QueueEstimate:
+    """`estimate`, from the backlog's entries never handed out, by client and priority."""
+    ahead = sum(n for p, n in fresh.get(client, {}).items() if p.rank <= priority.rank)
     mine = ahead + 1
     own_weight = weights(client) or DEFAULT_WEIGHT
     before = float(mine)
-    for other, depths in backlog.items():
+    for other, depths in fresh.items():
         if other != client:
-            waiting = sum(d.fresh for d in depths.values())
+            waiting = sum(depths.values())
             before += min(waiting, mine * (weights(other) or DEFAULT_WEIGHT) / own_weight)
     per_second = rate.limit / rate.window
     return QueueEstimate(ahead, now + (before - 1) / per_second)
+
+
+def _fresh_counts(
+    backlog: Mapping[str, Mapping[Priority, QueueDepth]],
+    since: Mapping[tuple[str, Priority], int],
+) -> dict[str, dict[Priority, int]]:
+    """The entries never handed out, by client and priority: `backlog`'s plus `since`."""
+    fresh = {owner: {p: d.fresh for p, d in depths.items()} for owner, depths in backlog.items()}
+    for (owner, level), count in since.items():
+        depths = fresh.setdefault(owner, {})
+        depths[level] = depths.get(level, 0) + count
+    return fresh
 
 
 class QueueEstimates:
@@ -126,6 +147,9 @@ class QueueEstimates:
         self._read_at = -math.inf
         self._reading: asyncio.Task[None] | None = None
         self._since: collections.Counter[tuple[str, Priority]] = collections.Counter()
+        self._fresh: dict[str, dict[Priority, int]] = {}
+        """`_backlog`'s entries never handed out plus `_since`, kept up to date as estimates
+        are made (rather than merged again for each)."""
 
     def before_queueing(self, client: str, priority: Priority) -> QueueEstimate:
         """Where a job of `client` queued now will stand; counted as queued from now on (so
@@ -133,15 +157,15 @@ class QueueEstimates:
         now = asyncio.get_running_loop().time()
         if now - self._read_at > ESTIMATE_FRESHNESS and self._reading is None:
             self._reading = asyncio.create_task(self._read(), name="queue-estimates")
-        backlog: dict[str, dict[Priority, QueueDepth]] = dict(self._backlog)
-        for (owner, level), count in self._since.items():
-            depths = backlog[owner] = dict(backlog.get(owner, {}))
-            was = depths.get(level, QueueDepth(0))
-            depths[level] = QueueDepth(was.fresh + count, was.other)
-        self._since[(client, priority)] += 1
-        return estimate(
-            client, priority, backlog, weights=self._weights, rate=self._rate, now=self._clock()
+        found = _estimate(
+            client, priority, self._fresh, weights=self._weights, rate=self._rate, now=self._clock()
         )
+        self._since[(client, priority)] += 1
+        depths = self._fresh.get(client)
+        if depths is None:
+            depths = self._fresh[client] = {}
+        depths[priority] = depths.get(priority, 0) + 1
+        return found
 
     async def _read(self) -> None:
         counted = collections.Counter(self._since)
@@ -149,6 +173,7 @@ class QueueEstimates:
             self._backlog = await self._store.outbox_depths()
             # What was counted before the read began is in it now.
             self._since -= counted
+            self._fresh = _fresh_counts(self._backlog, self._since)
         except StoreUnavailable:
             pass  # the last reading stays; the next estimate tries again
         finally:

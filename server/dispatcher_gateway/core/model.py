@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import functools
 import hashlib
 import json
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -308,11 +311,38 @@ class QueueEstimate:
     def to_json(self) -> JSON:
         """As the "queued" event's data carries it: the time in RFC 3339, as protobuf's JSON
         form writes a Timestamp."""
-        when = datetime.datetime.fromtimestamp(self.expected_submit_time, datetime.UTC)
         return {
             "jobs_ahead": self.jobs_ahead,
-            "expected_submit_time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "expected_submit_time": rfc3339_millis(self.expected_submit_time),
         }
+
+
+_LAST_SECOND = 253402300799
+"""9999-12-31T23:59:59Z, the last second datetime writes."""
+
+
+def rfc3339_millis(when: float) -> str:
+    """`when` (seconds since the epoch) in UTC to the millisecond with a Z, exactly as
+    datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds") writes it (rounded to
+    the microsecond half to even, then cut to the millisecond); each second's date and time
+    formatted once, for this is written for every Dispatch."""
+    if not 0 <= when < _LAST_SECOND:
+        moment = datetime.datetime.fromtimestamp(when, datetime.UTC)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    fraction, whole = math.modf(when)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    return f"{_utc_second(int(whole))}.{micros // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=8)
+def _utc_second(seconds: int) -> str:
+    t = time.gmtime(seconds)
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+        f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+    )
 
 
 @dataclass(frozen=True, slots=True)

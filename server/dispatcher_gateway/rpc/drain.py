@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
-from collections.abc import Iterator
 
 from ..core.errors import ShuttingDown
 from .connections import Address, peer_address
@@ -35,26 +33,30 @@ class Drain:
         """Refuse every call from now on; those in flight go on."""
         self.draining = True
 
-    @contextlib.contextmanager
-    def call(self, peer: str = "") -> Iterator[None]:
-        """One call, counted while it runs; ShuttingDown if the drain has begun. `peer`: grpc's
-        name for the client's connection (context.peer()), none for the JSON face."""
+    def call(self, peer: str = "") -> _Call:
+        """One call, counted while it runs (a context manager); ShuttingDown on entering it if
+        the drain has begun. `peer`: grpc's name for the client's connection (context.peer()),
+        none for the JSON face."""
+        return _Call(self, peer)
+
+    def arrive(self, peer: str) -> None:
+        """A call begins (Drain.call)."""
         if self.draining:
             raise ShuttingDown(REFUSAL)
         self.in_flight += 1
         self._running[peer] += 1
         self.idle.clear()
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            self._running[peer] -= 1
-            if not self._running[peer]:
-                del self._running[peer]
-            if self.draining:
-                self._ended[peer] = time.monotonic()
-            if not self.in_flight:
-                self.idle.set()
+
+    def leave(self, peer: str) -> None:
+        """A call ends (Drain.call)."""
+        self.in_flight -= 1
+        self._running[peer] -= 1
+        if not self._running[peer]:
+            del self._running[peer]
+        if self.draining:
+            self._ended[peer] = time.monotonic()
+        if not self.in_flight:
+            self.idle.set()
 
     def busy(self, settle: float) -> set[Address]:
         """The client connections not to close yet: those with a call running, or whose last
@@ -62,3 +64,19 @@ class Drain:
         since = time.monotonic() - settle
         peers = set(self._running) | {peer for peer, at in self._ended.items() if at > since}
         return {address for peer in peers if (address := peer_address(peer)) is not None}
+
+
+class _Call:
+    """Drain.call's context manager: a class, not a generator, for it is entered on every call."""
+
+    __slots__ = ("_drain", "_peer")
+
+    def __init__(self, drain: Drain, peer: str) -> None:
+        self._drain = drain
+        self._peer = peer
+
+    def __enter__(self) -> None:
+        self._drain.arrive(self._peer)
+
+    def __exit__(self, *exc: object) -> None:
+        self._drain.leave(self._peer)

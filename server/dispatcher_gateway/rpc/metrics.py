@@ -106,10 +106,24 @@ class ServerMetrics(grpc.aio.ServerInterceptor):
             return make(wrapped, handler.request_deserializer, handler.response_serializer)
         return handler
 
+    def _handled(self, labels: tuple[str, str, str]) -> Callable[[str], Counter]:
+        """grpc_server_handled_total's child of one method by status code, each looked up once
+        (at most one per code: the codes are grpc's)."""
+        children: dict[str, Counter] = {}
+
+        def child(code: str) -> Counter:
+            found = children.get(code)
+            if found is None:
+                found = children[code] = self.handled.labels(*labels, code)
+            return found
+
+        return child
+
     def _unary(
         self, labels: tuple[str, str, str], behaviour: Any
     ) -> Callable[[Any, Context], Awaitable[Any]]:
         started, handling = self.started.labels(*labels), self.handling.labels(*labels)
+        handled = self._handled(labels)
 
         async def measured(request: Any, context: Context) -> Any:
             started.inc()
@@ -122,7 +136,7 @@ class ServerMetrics(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 handling.observe(time.perf_counter() - begun)
-                self.handled.labels(*labels, _code_name(context, failure)).inc()
+                handled(_code_name(context, failure)).inc()
 
         return measured
 
@@ -131,6 +145,7 @@ class ServerMetrics(grpc.aio.ServerInterceptor):
     ) -> Callable[[Any, Context], AsyncIterator[Any]]:
         started, handling = self.started.labels(*labels), self.handling.labels(*labels)
         sent = self.sent.labels(*labels)
+        handled = self._handled(labels)
 
         async def measured(request: Any, context: Context) -> AsyncIterator[Any]:
             started.inc()
@@ -145,6 +160,6 @@ class ServerMetrics(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 handling.observe(time.perf_counter() - begun)
-                self.handled.labels(*labels, _code_name(context, failure)).inc()
+                handled(_code_name(context, failure)).inc()
 
         return measured

@@ -43,9 +43,14 @@ metadata, idempotency key and hash, retry_of) and the creation time are fixed wh
 created. `submit_begun_at` is set by `Store.begin_submission` alone."""
 
 
+_COMPACT: Final = json.JSONEncoder(separators=(",", ":"))
+"""json.dumps(value, separators=(",", ":")) without building an encoder for each value (it
+holds no state between calls: any thread may use it)."""
+
+
 def dumps(value: Any) -> str:
     """Compact JSON, as every backend stores it."""
-    return json.dumps(value, separators=(",", ":"))
+    return _COMPACT.encode(value)
 
 
 # Jobs and events
