@@ -274,15 +274,21 @@ class JobEvent:
         return _replaced(self, changes)
 
 
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+
+
 def _replaced(obj: _Slotted, changes: dict[str, Any]) -> _Slotted:
     """`dataclasses.replace` for a frozen dataclass with slots and nothing run at init (no
     __post_init__, no InitVar), without its per-call walk over the fields' definitions: the
     store replaces an event four times and its job once for each webhook."""
     cls = type(obj)
     names: tuple[str, ...] = cls.__slots__
-    unknown = changes.keys() - set(names)
-    if unknown:
-        raise TypeError(f"{cls.__name__} has no field {sorted(unknown)[0]!r}")
+    fields = _FIELD_NAMES.get(cls)
+    if fields is None:
+        fields = _FIELD_NAMES[cls] = frozenset(names)
+    if not fields.issuperset(changes):
+        unknown = sorted(changes.keys() - fields)
+        raise TypeError(f"{cls.__name__} has no field {unknown[0]!r}")
     new = object.__new__(cls)
     for name in names:
         object.__setattr__(new, name, getattr(obj, name))
