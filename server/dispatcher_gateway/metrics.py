@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -232,14 +233,18 @@ class Counts:
         self.clock = clock
         self.pending: dict[str, tuple[float, float]] = {}
         """Job id -> (queued at, forget after): jobs this replica's outbox holds unsent."""
-        self._dispatches: dict[tuple[str, str], Counter] = {}
-        """dispatches_total's child by (service, mode): looked up once, not on every Dispatch."""
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        """(metric, labels) -> the metric's child for them: `labels()` checks and locks each
+        time, and the counts below are taken on every Dispatch, webhook and event streamed."""
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        child = self._children.get((metric, labels))
+        if child is None:
+            child = self._children[metric, labels] = metric.labels(*labels)
+        return child
 
     def dispatch_accepted(self, service: str, mode: str) -> None:
-        child = self._dispatches.get((service, mode))
-        if child is None:
-            child = self._dispatches[service, mode] = self.metrics.dispatches.labels(service, mode)
-        child.inc()
+        self._child(self.metrics.dispatches, service, mode).inc()
 
     def upstream_dispatch(self, outcome: str) -> None:
         self.metrics.upstream_dispatch_calls.labels(outcome).inc()
@@ -264,14 +269,14 @@ class Counts:
         self.metrics.job_retries.labels(service).inc()
 
     def webhook(self, outcome: str) -> None:
-        self.metrics.webhooks.labels(outcome).inc()
+        self._child(self.metrics.webhooks, outcome).inc()
 
     def webhook_handled(self, outcome: str, seconds: float) -> None:
-        self.metrics.webhook_requests.labels(outcome).inc()
-        self.metrics.webhook_seconds.labels(outcome).observe(max(0.0, seconds))
+        self._child(self.metrics.webhook_requests, outcome).inc()
+        self._child(self.metrics.webhook_seconds, outcome).observe(max(0.0, seconds))
 
     def event_streamed(self, source: str, seconds: float) -> None:
-        self.metrics.event_delivery_seconds.labels(source).observe(max(0.0, seconds))
+        self._child(self.metrics.event_delivery_seconds, source).observe(max(0.0, seconds))
 
     def outbox_pending(self, job_id: str, queued_at: float, until: float) -> None:
         self.pending[job_id] = (queued_at, until)

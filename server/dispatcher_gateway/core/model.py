@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import enum
 import functools
@@ -12,9 +11,10 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 JSON = dict[str, Any]
+_Slotted = TypeVar("_Slotted", "Job", "JobEvent")
 
 MAX_CURSOR = 2**63 - 1
 """Cursors fit a signed 64-bit integer (SQLite's INTEGER, JetStream's sequence)."""
@@ -253,7 +253,7 @@ class Job:
         return self.services[0]
 
     def replace(self, **changes: Any) -> Job:
-        return dataclasses.replace(self, **changes)
+        return _replaced(self, changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +274,30 @@ class JobEvent:
     record_time: float = 0.0
 
     def replace(self, **changes: Any) -> JobEvent:
-        return dataclasses.replace(self, **changes)
+        return _replaced(self, changes)
+
+
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _replaced(obj: _Slotted, changes: dict[str, Any]) -> _Slotted:
+    """`dataclasses.replace` for a frozen dataclass with slots and nothing run at init (no
+    __post_init__, no InitVar), without its per-call walk over the fields' definitions: the
+    store replaces an event four times and its job once for each webhook."""
+    cls = type(obj)
+    names: tuple[str, ...] = cls.__slots__
+    fields = _FIELD_NAMES.get(cls)
+    if fields is None:
+        fields = _FIELD_NAMES[cls] = frozenset(names)
+    if not fields.issuperset(changes):
+        unknown = sorted(changes.keys() - fields)
+        raise TypeError(f"{cls.__name__} has no field {unknown[0]!r}")
+    new = object.__new__(cls)
+    for name in names:
+        object.__setattr__(new, name, getattr(obj, name))
+    for name, value in changes.items():
+        object.__setattr__(new, name, value)
+    return new
 
 
 @dataclass(frozen=True, slots=True)

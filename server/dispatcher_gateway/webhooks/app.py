@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Receive, Scope, Send
 
 from ..core.errors import InvalidArgument, NotFound, ShuttingDown, StoreUnavailable
 from ..core.model import JSON
@@ -110,26 +111,75 @@ def create_webhook_app(
     max_in_flight: int = MAX_IN_FLIGHT,
     observer: Observer | None = None,
 ) -> Starlette:
-    observer = observer or NoObserver()
-    in_flight = 0
+    receiver = _Receiver(sink, verifier, max_body, max_in_flight, observer or NoObserver())
+    return WebhookApp(receiver)
 
-    async def receive_webhook(request: Request) -> JSONResponse:
-        nonlocal in_flight
+
+class WebhookApp(Starlette):
+    """The receiver's one route on Starlette, which answers anything else (404, 405) and takes
+    the middleware tracing adds. Without middleware, a webhook goes straight to its route: the
+    layers Starlette puts around each request (error and exception middleware, the router, a
+    Request, a Response built for each answer) cost about as much CPU as the webhook's checks."""
+
+    def __init__(self, receiver: _Receiver) -> None:
+        self._route = Route(WEBHOOK_PATH, receiver, methods=["POST"])
+        self._receiver = receiver
+        super().__init__(routes=[self._route])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self.user_middleware:
+            match, child_scope = self._route.matches(scope)
+            if match is Match.FULL:
+                # What Starlette and its router would have put in the scope.
+                scope["app"] = self
+                scope.setdefault("router", self.router)
+                scope.update(child_scope)
+                await self._receiver(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+_RECORDED = JSONResponse({"status": "recorded"})
+_DUPLICATE = JSONResponse({"status": "duplicate"})
+"""Answers sent as they are to every webhook (a Response holds nothing of the request)."""
+
+
+class _Receiver:
+    """The webhook route, an ASGI app: read, check and record one webhook, then answer."""
+
+    def __init__(
+        self,
+        sink: WebhookSink,
+        verifier: WebhookVerifier,
+        max_body: int,
+        max_in_flight: int,
+        observer: Observer,
+    ) -> None:
+        self.sink = sink
+        self.verifier = verifier
+        self.max_body = max_body
+        self.max_in_flight = max_in_flight
+        self.observer = observer
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         begun = time.perf_counter()
-        if in_flight >= max_in_flight:
-            overloaded = Overloaded(f"{in_flight} webhooks in flight")
-            return _refuse(request, overloaded, "-", "-", begun)
-        in_flight += 1
-        try:
-            return await _receive(request, begun)
-        finally:
-            in_flight -= 1
+        token: str = scope["path_params"]["token"]
+        if self.in_flight >= self.max_in_flight:
+            overloaded = Overloaded(f"{self.in_flight} webhooks in flight")
+            response = self._refuse(token, overloaded, "-", "-", begun)
+        else:
+            self.in_flight += 1
+            try:
+                response = await self._receive(token, scope["headers"], receive, begun)
+            finally:
+                self.in_flight -= 1
+        await response(scope, receive, send)
 
     def _refuse(
-        request: Request, exc: Exception, event: str, webhook_id: str, begun: float
+        self, token: str, exc: Exception, event: str, webhook_id: str, begun: float
     ) -> JSONResponse:
         refusal = _refusal_for(exc)
-        token: str = request.path_params["token"]
         logger.log(
             refusal.log_level,
             "webhook token=%s… event=%r id=%r: %d %s (%s)",
@@ -144,22 +194,31 @@ def create_webhook_app(
         content: dict[str, Any] = {"error": refusal.error}
         if refusal.explain:
             content["reason"] = str(exc)
-        observer.webhook_handled(refusal.error, time.perf_counter() - begun)
+        self.observer.webhook_handled(refusal.error, time.perf_counter() - begun)
         return JSONResponse(content, status_code=refusal.status, headers=refusal.headers)
 
-    async def _receive(request: Request, begun: float) -> JSONResponse:
-        token: str = request.path_params["token"]
+    async def _receive(
+        self, token: str, raw_headers: list[tuple[bytes, bytes]], receive: Receive, begun: float
+    ) -> JSONResponse:
         webhook_id = event = "-"
         try:
-            _check_media_type(request.headers.get("content-type", ""))
-            body = await _read_capped(request, max_body)
-            verified = verifier.verify(body, request.headers)
+            _check_media_type(_first(raw_headers, b"content-type") or "")
+            body = await _read_capped(
+                receive, _first(raw_headers, b"content-length"), self.max_body
+            )
+            # Every header, the last of a repeated one winning, as a Starlette Request gives them.
+            headers = {
+                name.decode("latin-1"): value.decode("latin-1") for name, value in raw_headers
+            }
+            verified = self.verifier.verify(body, headers)
             webhook_id = verified.id
             envelope = _parse(body)
             event = envelope["event"][:_EVENT_LOG_LENGTH]
-            recorded = await sink.record_webhook(token, envelope, webhook_id=verified.signed_id)
+            recorded = await self.sink.record_webhook(
+                token, envelope, webhook_id=verified.signed_id
+            )
         except Exception as exc:
-            return _refuse(request, exc, event, webhook_id, begun)
+            return self._refuse(token, exc, event, webhook_id, begun)
 
         outcome = "recorded" if recorded else "duplicate"
         # A recorded webhook is in the store and counted in /metrics: its line is DEBUG (a line
@@ -172,10 +231,17 @@ def create_webhook_app(
             webhook_id,
             outcome,
         )
-        observer.webhook_handled(outcome, time.perf_counter() - begun)
-        return JSONResponse({"status": outcome})
+        self.observer.webhook_handled(outcome, time.perf_counter() - begun)
+        return _RECORDED if recorded else _DUPLICATE
 
-    return Starlette(routes=[Route(WEBHOOK_PATH, receive_webhook, methods=["POST"])])
+
+def _first(raw_headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """The first value of header `name` (lowercase, as ASGI servers give names), as a Starlette
+    Request's `headers.get` reads it."""
+    for key, value in raw_headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def _check_media_type(content_type: str) -> None:
@@ -187,9 +253,9 @@ def _check_media_type(content_type: str) -> None:
         raise UnsupportedMediaType(f"Content-Type {shown!r} is not JSON")
 
 
-async def _read_capped(request: Request, limit: int) -> bytes:
-    """The body, read chunk by chunk; never holds more than `limit` bytes."""
-    declared = request.headers.get("content-length")
+async def _read_capped(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The body, read message by message; never holds more than `limit` bytes. `declared`: its
+    Content-Length, if any."""
     if declared is not None:
         try:
             too_large = int(declared) > limit
@@ -198,20 +264,33 @@ async def _read_capped(request: Request, limit: int) -> bytes:
         if too_large:
             raise PayloadTooLarge(f"Content-Length {declared} exceeds {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        if message["type"] != "http.request":
+            continue
+        chunk = message.get("body", b"")
         if len(body) + len(chunk) > limit:
             raise PayloadTooLarge(f"body exceeds {limit} bytes")
         body += chunk
-    return bytes(body)
+        if not message.get("more_body", False):
+            return bytes(body)
 
 
 def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+"""Made once: `json.loads` with an option makes a decoder at each call."""
+
+
 def _parse(body: bytes) -> JSON:
     try:
-        envelope = json.loads(body, parse_constant=_refuse_constant)
+        # What json.loads does with bytes: UTF-8, -16 or -32, told by the first bytes.
+        text = body.decode(json.detect_encoding(body), "surrogatepass")
+        envelope = _DECODER.decode(text)
     except (ValueError, RecursionError):
         raise MalformedWebhook("body is not valid JSON") from None
     if not isinstance(envelope, dict):

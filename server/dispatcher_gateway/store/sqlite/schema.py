@@ -16,6 +16,10 @@ Version 2 added jobs.trace_context; version 3 jobs.not_before, submit_begun_at, 
 retried_by and events_by_record_time; version 4 jobs.priority and the outbox's client and
 priority (the order of the fair share: core/fairshare.py)."""
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+STATEMENT_CACHE: Final = 1024
+"""Prepared statements a connection keeps (Python's default: 128). A group commit writes its
+rows in one statement per table, a text for each group size (up to the engine's MAX_BATCH):
+past 128 texts, statements were compiled again and again, each costing more than running it."""
 BUSY_TIMEOUT_MS: Final = 5000
 """How long a write waits for another process's lock on the file before it fails as
 unavailable."""
@@ -118,7 +122,9 @@ def connect(path: Path, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Co
     """A connection for the thread that calls this, on the file at `path` (made, with its
     directory, when missing), in WAL mode and on the current schema."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=True, cached_statements=STATEMENT_CACHE
+    )
     try:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
