@@ -232,6 +232,9 @@ class Counts:
         self.clock = clock
         self.pending: dict[str, tuple[float, float]] = {}
         """Job id -> (queued at, forget after): jobs this replica's outbox holds unsent."""
+        self._delivery: dict[str, Histogram] = {}
+        """event_delivery_seconds by source: told once per stream of each live event, so the
+        labelled child is looked up once (`labels` takes a lock and checks its values)."""
 
     def dispatch_accepted(self, service: str, mode: str) -> None:
         self.metrics.dispatches.labels(service, mode).inc()
@@ -266,7 +269,10 @@ class Counts:
         self.metrics.webhook_seconds.labels(outcome).observe(max(0.0, seconds))
 
     def event_streamed(self, source: str, seconds: float) -> None:
-        self.metrics.event_delivery_seconds.labels(source).observe(max(0.0, seconds))
+        child = self._delivery.get(source)
+        if child is None:
+            child = self._delivery[source] = self.metrics.event_delivery_seconds.labels(source)
+        child.observe(max(0.0, seconds))
 
     def outbox_pending(self, job_id: str, queued_at: float, until: float) -> None:
         self.pending[job_id] = (queued_at, until)
