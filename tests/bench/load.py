@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import sqlite3
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -321,22 +323,43 @@ async def _hold_streams(
 
 
 def sync_pairs(
-    target: str, upstream: str, email: str, password: str, count: int, bare: str
+    target: str, upstream: str, email: str, password: str, count: int, bare: str, disk: str
 ) -> dict[str, Any]:
-    return asyncio.run(_sync_pairs(target, upstream, email, password, count, bare))
+    return asyncio.run(_sync_pairs(target, upstream, email, password, count, bare, disk))
+
+
+class DurableCommits:
+    """What a durable write costs on this disk, and no more: a one-row commit to a SQLite file in
+    WAL mode with synchronous=FULL (the WAL's fsync), from the calling thread."""
+
+    def __init__(self, path: str) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = FULL")
+        self.conn.execute("CREATE TABLE IF NOT EXISTS t (v BLOB)")
+
+    def commit(self) -> float:
+        """Seconds one commit took."""
+        before = time.perf_counter()
+        self.conn.execute("INSERT INTO t (v) VALUES (?)", (b"x" * 200,))
+        return time.perf_counter() - before
 
 
 async def _sync_pairs(
-    target: str, upstream: str, email: str, password: str, count: int, bare: str
+    target: str, upstream: str, email: str, password: str, count: int, bare: str, disk: str
 ) -> dict[str, Any]:
-    """Sync dispatches through the gateway, the same request straight to the upstream, and a
-    Dispatch to the bare gRPC server (the gRPC hop's own cost), interleaved one by one."""
+    """Sync dispatches through the gateway, the same request straight to the upstream, a
+    Dispatch to the bare gRPC server (the gRPC hop's own cost), and the two durable commits the
+    gateway cannot do without (the job before the upstream call, its result after: `disk` is
+    the gateway's store's folder), interleaved one by one."""
     request = dispatch_request(sync=True)
     spec = spec_from_request(request)
     auth = "Basic " + base64.b64encode(f"{email}:{password}".encode()).decode()
     via_gateway: list[float] = []
     direct: list[float] = []
     hop: list[float] = []
+    commits: list[float] = []
+    durable = DurableCommits(str(Path(disk) / "floor.db"))
     async with (
         grpc.aio.insecure_channel(target) as channel,
         grpc.aio.insecure_channel(bare) as bare_channel,
@@ -367,4 +390,6 @@ async def _sync_pairs(
             before = time.perf_counter()
             await bare_stub.Dispatch(request, timeout=30)
             hop.append(time.perf_counter() - before)
-    return {"gateway": via_gateway, "direct": direct, "grpc_hop": hop}
+            commits.append(durable.commit() + durable.commit())
+    durable.conn.close()
+    return {"gateway": via_gateway, "direct": direct, "grpc_hop": hop, "two_commits": commits}

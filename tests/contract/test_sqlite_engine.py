@@ -212,3 +212,31 @@ async def test_one_failing_write_does_not_undo_the_others_of_its_group(tmp_path:
     assert outcomes[3] == "c"
     assert stored == [("a",), ("b",), ("c",)]
     assert committed == [["a", "b", "c"]]  # the undone write's note is dropped
+
+
+async def test_a_group_of_writes_none_durable_commits_without_a_flush_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """synchronous as opened (FULL: 2) for a group with a durable write; NORMAL (1: no fsync in
+    WAL mode) for a group of writes none of which is durable, and FULL again after it."""
+
+    def level(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    writer = Writer("t.db", _connect(tmp_path / "t.db"), lambda notes: None)
+    await writer.start()
+    try:
+        lazy_alone = await writer.run(level, write=True, durable=False)
+        durable_after = await writer.run(level, write=True)
+        mixed = await _queued_together(
+            writer,
+            [writer.run(level, write=True, durable=False), writer.run(level, write=True)],
+        )
+        lazy_again = await writer.run(level, write=True, durable=False)
+        read = await writer.run(level)
+    finally:
+        await writer.stop()
+
+    assert (lazy_alone, durable_after) == (1, 2)
+    assert mixed == [2, 2]  # one durable write makes its group's commit flush
+    assert (lazy_again, read) == (1, 1)  # a read commits nothing: left as the last write set it

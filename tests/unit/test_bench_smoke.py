@@ -107,6 +107,9 @@ def test_b5_times_sync_dispatch_and_the_direct_request(tmp_path: Path) -> None:
     assert len(outcome.samples["B5 gateway"]) == TINY.sync_calls
     assert outcome.rows[0].details["direct"]["p50_ms"] > 0
     assert outcome.rows[1].details["count"] == TINY.sync_calls  # the bare gRPC hop
+    floor = outcome.rows[2].details  # the hop and two durable commits, side by side with it
+    assert floor["floor"]["count"] == floor["two_commits"]["count"] == TINY.sync_calls
+    assert outcome.rows[0].details["floor_p50_ms"] == floor["floor"]["p50_ms"]
 
 
 def test_report_prints_table_json_and_says_when_no_chart(tmp_path: Path) -> None:

@@ -4,6 +4,14 @@ sent upstream within the caller's time and the answer recorded as the job's even
 Every job is put on the outbox, a sync one too: should its call never record an answer (the
 process killed mid-call), the outbox (core/outbox.py) takes the job over once the call's time is
 up and sends it again under the same idempotency key.
+
+A sync call waits for two flushes to disk (a store flushes every write but an outbox entry's ack
+or retry: core/ports.py), and neither can go. The job, before the upstream call: lost in a crash
+of the machine after the upstream acted, the job would be gone, and the caller's retry a second
+dispatch under a new key. Its result, before the answer: lost, the outbox would send the job
+again under the same key, and the upstream documents only that a repeated key is not a second
+dispatch, not that it is answered with the first answer (docs/upstream.md): the job could end
+otherwise than its caller was told.
 """
 
 from __future__ import annotations

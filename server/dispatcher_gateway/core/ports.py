@@ -112,7 +112,10 @@ class Store(Protocol):
     # is harmless). So a worker whose lease ran out never ends the lease of the worker after it.
     # An entry is not handed out while a lease of it is current; a backend whose server times the
     # visibility itself (NatsStore) hands the entry out again a little later than the store's
-    # clock says the lease ran out (its lease grace), never sooner.
+    # clock says the lease ran out (its lease grace), never sooner. An ack or retry_later may be
+    # less durable than the other writes (SqliteStore does not flush it to disk on its own): lost
+    # in a crash of the machine, its lease runs out and the entry is handed out again, as if its
+    # worker had vanished; the worker then finds the job ended, or the entry due.
 
     async def lease(
         self, *, limit: int, visibility: float, client: str | None = None

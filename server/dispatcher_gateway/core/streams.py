@@ -35,6 +35,25 @@ def parse_cursor(cursor: str) -> int:
     return value
 
 
+class _Deliverable:
+    """`_deliverable` of the live event last asked about, kept: the hub hands every stream the
+    same event object, one stream after another, so one check serves all of them."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: tuple[JobEvent, JobEvent] | None = None
+
+    def __call__(self, event: JobEvent) -> JobEvent:
+        last = self._last
+        if last is None or last[0] is not event:
+            last = self._last = (event, _deliverable(event))
+        return last[1]
+
+
+_live_deliverable = _Deliverable()
+
+
 def _deliverable(event: JobEvent) -> JobEvent:
     """The event, or a stand-in for it when no client could decode its data: a stream that
     stopped at it would stop there again on every resume."""
@@ -168,6 +187,6 @@ class EventStreams:
                 if event.record_time > 0:
                     source = "gateway" if event.type in states.OWN_EVENTS else "webhook"
                     self.observer.event_streamed(source, self.clock() - event.record_time)
-                yield _deliverable(event)
+                yield _live_deliverable(event)
         finally:
             self.hub.unsubscribe(sub)

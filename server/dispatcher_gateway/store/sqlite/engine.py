@@ -14,6 +14,12 @@ operations of one batch kind in one call (a few multi-row statements for all of 
 statement costs this thread a turn of the GIL). Should one of them fail, the transaction is
 undone and the group applied again, each operation inside its own SAVEPOINT, so that one failing
 operation does not undo the others.
+
+A write may be marked not `durable`: one whose loss in a crash of the machine (not of the
+process: a commit is in the kernel's page cache once COMMIT returns) is harmless, such as an
+outbox entry's ack (lost, the entry is handed out again and found done). A group made only of
+those commits with synchronous=NORMAL, no fsync of its own; the next durable group's fsync
+flushes the WAL with it. Either way nothing partial is written.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ MAX_GROUP: Final = 256
 MAX_BATCH: Final = 64
 """Operations of one batch call: 64 rows of 15 columns stay within the 999 parameters that
 SQLite builds older than 3.32 allow."""
+_NORMAL: Final = 1
+"""PRAGMA synchronous = NORMAL, as a number."""
 
 # SQLite's primary result codes that mean the database cannot be used right now, as opposed to
 # a constraint or a programming error.
@@ -82,6 +90,7 @@ class _Op:
     cancelled, and an operation its caller gave up on before it ran is not run."""
     write: bool
     batch: Batch | None = None
+    durable: bool = True
 
 
 _Outcome = tuple[_Op, Any, BaseException | None]
@@ -114,6 +123,8 @@ class Writer:
         self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._notes: list[Any] = []
         """Touched by the worker thread only."""
+        self._synchronous = (0, 0)
+        """The connection's PRAGMA synchronous as opened (durable groups), and as set now."""
 
     @property
     def running(self) -> bool:
@@ -153,13 +164,15 @@ class Writer:
         *,
         write: bool = False,
         batch: Batch | None = None,
+        durable: bool = True,
     ) -> T:
         """`fn(connection)` in the worker thread; a write in a transaction it shares with the
-        writes queued beside it, answered once that transaction is committed."""
+        writes queued beside it, answered once that transaction is committed; a write not
+        `durable` need not be flushed to disk by its own commit (see above)."""
         if self._thread is None:
             raise StoreUnavailable(f"store {self._name} is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Op(fn, future, write, batch))
+        self._queue.put(_Op(fn, future, write, batch, durable))
         return await future
 
     def note(self, items: list[Any]) -> None:
@@ -195,6 +208,8 @@ class Writer:
                 ready.set_exception(self.translate(exc))
                 self._stopped.set_result(None)
                 return
+        opened = int(conn.execute("PRAGMA synchronous").fetchone()[0])
+        self._synchronous = (opened, opened)
         ready.set_result(None)
         try:
             self._serve_queue(conn)
@@ -271,6 +286,7 @@ class Writer:
 
     def _commit_group(self, conn: sqlite3.Connection, live: list[_Op]) -> None:
         try:
+            self._set_synchronous(conn, durable=any(op.durable for op in live))
             outcomes = self._apply_all(conn, live)
             if outcomes is None:
                 outcomes = self._apply_each(conn, live)
@@ -285,6 +301,15 @@ class Writer:
         _deliver([(op, v, e if e is None else self.translate(e)) for op, v, e in outcomes])
         if self._notes:
             self._on_commit(self._notes)
+
+    def _set_synchronous(self, conn: sqlite3.Connection, *, durable: bool) -> None:
+        """The group's commit flushes to disk as the connection was opened to when `durable`,
+        else at most as NORMAL does (no fsync in WAL mode)."""
+        opened, now = self._synchronous
+        wanted = opened if durable else min(opened, _NORMAL)
+        if wanted != now:
+            conn.execute(f"PRAGMA synchronous = {wanted}")
+            self._synchronous = (opened, wanted)
 
     def _apply_all(self, conn: sqlite3.Connection, live: list[_Op]) -> list[_Outcome] | None:
         """Apply the group in one transaction, as if none will fail: no SAVEPOINT each (every

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...core.model import Job, JobEvent, Lease
@@ -44,6 +45,36 @@ def handle_of(lease: Lease) -> LeaseHandle:
     if not isinstance(lease.handle, LeaseHandle):
         raise TypeError("the lease was not handed out by a SqliteStore")
     return lease.handle
+
+
+def ack(lease: Lease, clock: Callable[[], float]) -> Callable[[sqlite3.Connection], None]:
+    """The write that ends the lease and drops its entry (Store.ack)."""
+    handle = handle_of(lease)
+
+    def end(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "DELETE FROM outbox WHERE entry_id = ? AND lease_token = ? AND leased_until > ?",
+            (handle.entry_id, handle.token, clock()),
+        )
+
+    return end
+
+
+def retry_later(
+    lease: Lease, delay: float, clock: Callable[[], float]
+) -> Callable[[sqlite3.Connection], None]:
+    """The write that ends the lease and makes its entry due in `delay` seconds."""
+    handle = handle_of(lease)
+
+    def retry(conn: sqlite3.Connection) -> None:
+        now = clock()
+        conn.execute(
+            "UPDATE outbox SET due_at = ?, leased_until = 0, lease_token = ''"
+            " WHERE entry_id = ? AND lease_token = ? AND leased_until > ?",
+            (now + delay, handle.entry_id, handle.token, now),
+        )
+
+    return retry
 
 
 def find_job(conn: sqlite3.Connection, job: Job) -> Job | None:

@@ -265,28 +265,15 @@ class SqliteStore:
 
         return await self._writer.run(count)
 
+    # The end of a lease is not flushed to disk on its own (engine.py: not durable): lost in a
+    # crash of the machine, the entry is handed out again, and the worker finds it done or due.
+
     async def ack(self, lease: Lease) -> None:
-        handle = ops.handle_of(lease)
-        await self._writer.run(
-            lambda conn: conn.execute(
-                "DELETE FROM outbox WHERE entry_id = ? AND lease_token = ? AND leased_until > ?",
-                (handle.entry_id, handle.token, self._clock()),
-            ),
-            write=True,
-        )
+        await self._writer.run(ops.ack(lease, self._clock), write=True, durable=False)
 
     async def retry_later(self, lease: Lease, delay: float) -> None:
-        handle = ops.handle_of(lease)
-
-        def retry(conn: sqlite3.Connection) -> None:
-            now = self._clock()
-            conn.execute(
-                "UPDATE outbox SET due_at = ?, leased_until = 0, lease_token = ''"
-                " WHERE entry_id = ? AND lease_token = ? AND leased_until > ?",
-                (now + delay, handle.entry_id, handle.token, now),
-            )
-
-        await self._writer.run(retry, write=True)
+        retry = ops.retry_later(lease, delay, self._clock)
+        await self._writer.run(retry, write=True, durable=False)
 
     # Events
 
