@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -424,3 +425,30 @@ async def test_past_max_in_flight_a_webhook_is_refused_at_once_with_retry_after(
         assert refused.json() == {"error": "overloaded"}
         assert refused.headers["Retry-After"] == str(STORE_RETRY_AFTER)
         assert (await post(http, BODY, signed(BODY, "wh_3"))).status_code == 200
+
+
+async def test_an_outer_layer_appending_answer_headers_adds_one_to_each_answer(
+    sink: FakeSink,
+) -> None:
+    """An outer ASGI layer may append to the header list it is sent (OpenTelemetry's does, with
+    a response propagator set): the answers shared by every webhook must not keep what it added."""
+    app = create_webhook_app(sink, WebhookVerifier([SECRET], clock=lambda: NOW), max_body=MAX_BODY)
+
+    async def appending(scope: Any, receive: Any, send: Any) -> None:
+        async def send_appending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"].append((b"traceresponse", b"00-1-2-01"))
+            await send(message)
+
+        await app(scope, receive, send_appending)
+
+    transport = httpx.ASGITransport(app=appending)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="https://gateway.test", headers=JSON_TYPE
+    ) as http:
+        bodies = [json.dumps({**ENVELOPE, "event": f"event_{i}"}).encode() for i in range(3)]
+        answers = [await post(http, b, signed(b, f"wh_{i}")) for i, b in enumerate(bodies)]
+        answers.append(await post(http, bodies[0], signed(bodies[0], "wh_0")))  # a duplicate
+
+    assert [a.json()["status"] for a in answers] == ["recorded"] * 3 + ["duplicate"]
+    assert [len(a.headers.get_list("traceresponse")) for a in answers] == [1, 1, 1, 1]

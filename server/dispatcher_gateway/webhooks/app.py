@@ -139,8 +139,24 @@ class WebhookApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-_RECORDED = JSONResponse({"status": "recorded"})
-_DUPLICATE = JSONResponse({"status": "duplicate"})
+class _Fixed(JSONResponse):
+    """A JSON answer made once and sent to every webhook. Each send gets a header list of its
+    own: an outer ASGI layer may append to the list it is given (OpenTelemetry's does, with a
+    response propagator set), which on a shared list would grow by one header per webhook."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status_code,
+                "headers": list(self.raw_headers),
+            }
+        )
+        await send({"type": "http.response.body", "body": self.body})
+
+
+_RECORDED = _Fixed({"status": "recorded"})
+_DUPLICATE = _Fixed({"status": "duplicate"})
 """Answers sent as they are to every webhook (a Response holds nothing of the request)."""
 
 
