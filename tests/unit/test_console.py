@@ -3,6 +3,7 @@ and redaction, the security headers. The browser tests (tests/browser) show it i
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -310,3 +311,17 @@ async def test_failed_logins_past_the_limit_are_refused_before_the_password_is_c
     assert 0 < int(answer.headers["retry-after"]) <= 60
     assert "Too many failed logins" in answer.text
     assert (await setup.client.get("/")).status_code == 303  # the right password did not count
+
+
+async def test_guesses_sent_at_once_are_counted_before_their_passwords_are_hashed(
+    setup: Setup,
+) -> None:
+    page = await setup.client.get("/login")
+    csrf = CSRF.search(page.text)
+    assert csrf is not None
+    form = {"csrf": csrf.group(1), "operator": OPERATOR, "password": "wrong"}
+
+    answers = await asyncio.gather(*(setup.client.post("/login", data=form) for _ in range(20)))
+
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [401] * LOGIN_LIMIT + [429] * (20 - LOGIN_LIMIT)

@@ -48,12 +48,25 @@ def test_the_guard_counts_per_address_and_name_and_per_address() -> None:
     clock = Clock()
     guard = LoginGuard(clock)
     for _ in range(LIMIT):
-        guard.failed("10.0.0.1", "ops")
+        guard.attempt("10.0.0.1", "ops")
 
     assert guard.wait("10.0.0.1", "ops") == WINDOW
     assert guard.wait("10.0.0.1", "other") == 0.0  # a name of its own
     assert guard.wait("10.0.0.2", "ops") == 0.0  # nobody locks "ops" out from elsewhere
 
     for index in range(PEER_LIMIT - LIMIT):
-        guard.failed("10.0.0.1", f"name-{index}")
+        guard.attempt("10.0.0.1", f"name-{index}")
     assert guard.wait("10.0.0.1", "yet-another") == WINDOW
+
+
+def test_a_good_login_takes_back_its_own_attempt_only() -> None:
+    guard = LoginGuard(Clock())
+    for _ in range(LIMIT - 1):
+        guard.attempt("10.0.0.1", "ops")
+    guard.attempt("10.0.0.1", "ops")  # the good one, counted while its password is checked
+    assert guard.wait("10.0.0.1", "ops") == WINDOW
+
+    guard.succeeded("10.0.0.1", "ops")
+
+    assert guard.wait("10.0.0.1", "ops") == 0.0
+    assert len(guard.per_peer._failures["10.0.0.1"]) == LIMIT - 1

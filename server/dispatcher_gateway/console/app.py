@@ -248,8 +248,8 @@ class Console:
             text = f"Too many failed logins: try again in {seconds} s."
             page = views.login(self.sessions.csrf(session), text)
             return HTMLResponse(page, status_code=429, headers={"Retry-After": str(seconds)})
+        self.guard.attempt(peer, name[:128])
         if not await asyncio.to_thread(operators.check, name, password):
-            self.guard.failed(peer, name[:128])
             log.warning("console: failed login as %r from %s", name[:128], peer)
             page = views.login(self.sessions.csrf(session), "Unknown operator or wrong password.")
             return HTMLResponse(page, status_code=401)

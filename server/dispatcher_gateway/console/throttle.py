@@ -64,6 +64,12 @@ class LoginThrottle:
     def succeeded(self, key: str) -> None:
         self._failures.pop(key, None)
 
+    def forget_one(self, key: str) -> None:
+        """One recorded attempt of `key` taken back (the latest)."""
+        failures = self._failures.get(key)
+        if failures:
+            failures.pop()
+
 
 class LoginGuard:
     """The two counts a login goes through: per address and name, and per address."""
@@ -75,11 +81,16 @@ class LoginGuard:
     def wait(self, peer: str, name: str) -> float:
         return max(self.per_name.wait(f"{peer} {name}"), self.per_peer.wait(peer))
 
-    def failed(self, peer: str, name: str) -> None:
+    def attempt(self, peer: str, name: str) -> None:
+        """A login about to be checked, counted as failed until `succeeded` says otherwise:
+        counted before its password is hashed, so that guesses sent at once, all waiting for
+        scrypt, cannot all pass `wait` before the first of them is counted."""
         self.per_name.failed(f"{peer} {name}")
         self.per_peer.failed(peer)
 
     def succeeded(self, peer: str, name: str) -> None:
-        """A good password clears the name's count; the address's count stays (one good login
-        between guesses must not reset a guesser's budget)."""
+        """A good password clears the name's count and takes back its own attempt from the
+        address's count; the address's earlier failures stay (one good login between guesses
+        must not reset a guesser's budget)."""
         self.per_name.succeeded(f"{peer} {name}")
+        self.per_peer.forget_one(peer)
