@@ -148,14 +148,15 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         check_page_token(request.page_token)
         client, token = caller().name, request.page_token
         jobs, next_token = await self.gateway.reads.list_jobs(client, request.page_size, token)
-        messages = [job_to_pb(j) for j in jobs]
-        fits = _fitting(messages, MAX_PAGE_BYTES)
-        if fits < len(messages):
-            # The page, asked again for as many jobs as fit, so that its token goes on after
-            # the last one sent (tokens are the store's own).
-            jobs, next_token = await self.gateway.reads.list_jobs(client, fits, token)
+        while True:
             messages = [job_to_pb(j) for j in jobs]
-        return pb.ListJobsResponse(jobs=messages, next_page_token=next_token)
+            fits = _fitting(messages, MAX_PAGE_BYTES)
+            if fits >= len(messages):
+                return pb.ListJobsResponse(jobs=messages, next_page_token=next_token)
+            # The page, asked again for as many jobs as fit, so that its token goes on after
+            # the last one sent (tokens are the store's own); measured again, as jobs may have
+            # grown or been added meanwhile.
+            jobs, next_token = await self.gateway.reads.list_jobs(client, fits, token)
 
     async def ListTemplates(
         self, request: pb.ListTemplatesRequest, context: Context
