@@ -300,11 +300,9 @@ async def test_failed_logins_past_the_limit_are_refused_before_the_password_is_c
     for _ in range(LOGIN_LIMIT):
         assert await log_in(setup.client, OPERATOR, "wrong") == "401"
 
-    page = await setup.client.get("/login")
-    csrf = CSRF.search(page.text)
-    assert csrf is not None
+    csrf = await csrf_of(setup.client, "/login")
     answer = await setup.client.post(
-        "/login", data={"csrf": csrf.group(1), "operator": OPERATOR, "password": PASSWORD}
+        "/login", data={"csrf": csrf, "operator": OPERATOR, "password": PASSWORD}
     )
 
     assert answer.status_code == 429
@@ -316,10 +314,11 @@ async def test_failed_logins_past_the_limit_are_refused_before_the_password_is_c
 async def test_guesses_sent_at_once_are_counted_before_their_passwords_are_hashed(
     setup: Setup,
 ) -> None:
-    page = await setup.client.get("/login")
-    csrf = CSRF.search(page.text)
-    assert csrf is not None
-    form = {"csrf": csrf.group(1), "operator": OPERATOR, "password": "wrong"}
+    form = {
+        "csrf": await csrf_of(setup.client, "/login"),
+        "operator": OPERATOR,
+        "password": "wrong",
+    }
 
     answers = await asyncio.gather(*(setup.client.post("/login", data=form) for _ in range(20)))
 

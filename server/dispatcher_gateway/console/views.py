@@ -169,19 +169,26 @@ def job_filters(params: Mapping[str, str], clients_hint: Sequence[str] = ()) -> 
     )
 
 
+def _fields(job: Job) -> dict[str, str]:
+    """What a job's row and its page both show of it."""
+    return {
+        "id": job.job_id,
+        "client": job.client,
+        "service": "/".join(s.value for s in job.services),
+        "mode": job.mode.value,
+        "state": job.state.value,
+        "created": when(job.created_at),
+        "updated": when(job.updated_at),
+    }
+
+
 def job_rows(jobs: Sequence[Job], next_token: str, params: Mapping[str, str]) -> Markup:
     rows = join(
         html(
             '<tr data-job="{id}"><td><a href="/jobs/{id}">{id}</a></td><td>{client}</td>'
             '<td>{service}</td><td>{mode}</td><td class="state state-{state}">{state}</td>'
             "<td>{created}</td><td>{updated}</td><td>{error}</td></tr>",
-            id=job.job_id,
-            client=job.client,
-            service="/".join(s.value for s in job.services),
-            mode=job.mode.value,
-            state=job.state.value,
-            created=when(job.created_at),
-            updated=when(job.updated_at),
+            **_fields(job),
             error=job.error.code if job.error else "",
         )
         for job in jobs
@@ -283,13 +290,7 @@ def timeline(
         '<h2>Events</h2><table class="events"><thead><tr><th>Cursor</th><th>Recorded</th>'
         "<th>Type</th><th>State</th><th>Payload</th></tr></thead><tbody>{events}</tbody></table>"
         "<h2>Error</h2>{error}<h2>Request</h2>{request}<h2>Metadata</h2>{metadata}",
-        id=job.job_id,
-        client=job.client,
-        service="/".join(s.value for s in job.services),
-        mode=job.mode.value,
-        state=job.state.value,
-        created=when(job.created_at),
-        updated=when(job.updated_at),
+        **_fields(job),
         dispatch=job.dispatch_id or "none yet",
         retry_of=html(
             '<dt>Retry of</dt><dd><a href="/jobs/{}" id="retry-of">{}</a></dd>',

@@ -182,6 +182,14 @@ def encode_page_token(last: Job) -> str:
     return base64.urlsafe_b64encode(raw).decode()
 
 
+def page_of(jobs: list[Job], limit: int) -> tuple[list[Job], str]:
+    """A page from the jobs read for it, newest first, up to one more than `limit`: the first
+    `limit`, with the next page's token when there was one more."""
+    if len(jobs) <= limit:
+        return jobs, ""
+    return jobs[:limit], encode_page_token(jobs[limit - 1])
+
+
 def decode_page_token(token: str) -> tuple[float, str]:
     """(created_at, job_id) of the last job of the page before. Reads the tokens of the previous
     release too: base64 (SQLite) and hex (NATS) of the same JSON pair. A base64 token never reads

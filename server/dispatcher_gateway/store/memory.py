@@ -149,9 +149,7 @@ class MemoryStore:
         jobs.sort(key=lambda job: (job.created_at, job.job_id), reverse=True)
         if start is not None:
             jobs = [job for job in jobs if (job.created_at, job.job_id) < start]
-        if len(jobs) <= limit:
-            return jobs, ""
-        return jobs[:limit], codec.encode_page_token(jobs[limit - 1])
+        return codec.page_of(jobs, limit)
 
     async def begin_submission(self, job_id: str) -> Job:
         self._ensure_open()

@@ -228,18 +228,7 @@ class NatsStore:
     ) -> tuple[list[Job], str]:
         start = codec.page_start(limit, page_token)
         with unavailable():
-            index = self.bucket("jobs_by_client")
-            msgs = await self._wire().read(
-                f"KV_{index}",
-                filter_subject=f"$KV.{index}.{token(client)}.>",
-                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-                headers_only=True,
-            )
-            # $KV.<bucket>.<client>.<created>.<job>; a key written again (a retried create) is
-            # delivered again once the consumer has caught up.
-            entries = sorted(
-                {parse_index_key(msg.subject.split(".", 3)[3]) for msg in msgs}, reverse=True
-            )
+            entries = await self._index_entries(token(client))
             if start is not None:
                 entries = [e for e in entries if e < start]
             jobs: list[Job] = []
@@ -254,10 +243,7 @@ class NatsStore:
                     for (created_at, _), j in zip(chunk, found, strict=True)
                     if j is not None and j.created_at == created_at
                 )
-            if len(jobs) <= limit:
-                return jobs, ""
-            jobs = jobs[:limit]
-            return jobs, codec.encode_page_token(jobs[-1])
+            return codec.page_of(jobs, limit)
 
     async def find_jobs(
         self, query: JobQuery, *, limit: int, page_token: str = ""
@@ -266,17 +252,7 @@ class NatsStore:
         keys; the jobs then loaded a chunk at a time and filtered by service and state."""
         start = codec.page_start(limit, page_token)
         with unavailable():
-            index = self.bucket("jobs_by_client")
-            clients = token(query.client) if query.client else "*"
-            msgs = await self._wire().read(
-                f"KV_{index}",
-                filter_subject=f"$KV.{index}.{clients}.>",
-                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-                headers_only=True,
-            )
-            entries = sorted(
-                {parse_index_key(msg.subject.split(".", 3)[3]) for msg in msgs}, reverse=True
-            )
+            entries = await self._index_entries(token(query.client) if query.client else "*")
             entries = [
                 e for e in entries if query.created_in(e[0]) and (start is None or e < start)
             ]
@@ -289,10 +265,21 @@ class NatsStore:
                     for (created_at, _), j in zip(chunk, found, strict=True)
                     if j is not None and j.created_at == created_at and query.matches(j)
                 )
-            if len(jobs) <= limit:
-                return jobs, ""
-            jobs = jobs[:limit]
-            return jobs, codec.encode_page_token(jobs[-1])
+            return codec.page_of(jobs, limit)
+
+    async def _index_entries(self, clients: str) -> list[tuple[float, str]]:
+        """(created_at, job_id) of the jobs the index lists for `clients` (a client's subject
+        token, or "*" for all), newest first."""
+        index = self.bucket("jobs_by_client")
+        msgs = await self._wire().read(
+            f"KV_{index}",
+            filter_subject=f"$KV.{index}.{clients}.>",
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            headers_only=True,
+        )
+        # $KV.<bucket>.<client>.<created>.<job>; a key written again (a retried create) is
+        # delivered again once the consumer has caught up.
+        return sorted({parse_index_key(msg.subject.split(".", 3)[3]) for msg in msgs}, reverse=True)
 
     async def begin_submission(self, job_id: str) -> Job:
         """See `Store.begin_submission` and commit.py: the job's envelope is the commit point

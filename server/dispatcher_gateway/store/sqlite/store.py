@@ -171,11 +171,7 @@ class SqliteStore:
                 ).fetchall()
             return [rows.job_from_row(row) for row in found]
 
-        jobs = await self._writer.run(page)
-        if len(jobs) <= limit:
-            return jobs, ""
-        jobs = jobs[:limit]
-        return jobs, codec.encode_page_token(jobs[-1])
+        return codec.page_of(await self._writer.run(page), limit)
 
     async def find_jobs(
         self, query: JobQuery, *, limit: int, page_token: str = ""
@@ -189,11 +185,7 @@ class SqliteStore:
             found = conn.execute(sql, (*params, limit + 1)).fetchall()
             return [rows.job_from_row(row) for row in found]
 
-        jobs = await self._writer.run(page)
-        if len(jobs) <= limit:
-            return jobs, ""
-        jobs = jobs[:limit]
-        return jobs, codec.encode_page_token(jobs[-1])
+        return codec.page_of(await self._writer.run(page), limit)
 
     async def begin_submission(self, job_id: str) -> Job:
         """See `Store.begin_submission`: the job read and marked in one of the writer's
