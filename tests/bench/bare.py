@@ -60,22 +60,25 @@ class BareDispatch(pb_grpc.DispatchServiceServicer):
         return len(self.streams)
 
 
-def grpc_server(limits: GrpcLimits) -> grpc.aio.Server:
-    """The same core options as the gateway's (rpc/server.py): the pending-request limits raised."""
+def grpc_server(limits: GrpcLimits, *, reuse_port: bool = False) -> grpc.aio.Server:
+    """The same core options as the gateway's (rpc/server.py): the pending-request limits raised;
+    `reuse_port` as a gateway's workers share theirs."""
     return grpc.aio.server(
         options=[
             ("grpc.server.max_pending_requests", limits.max_pending_requests),
             ("grpc.server.max_pending_requests_hard_limit", limits.max_pending_requests_hard_limit),
             ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
             ("grpc.max_receive_message_length", limits.max_receive_message_length),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(reuse_port)),
         ]
     )
 
 
-async def serve_grpc(port: int, admin_port: int, stop: asyncio.Event) -> None:
+async def serve_grpc(
+    port: int, admin_port: int, stop: asyncio.Event, *, reuse_port: bool = False
+) -> None:
     servicer = BareDispatch()
-    server = grpc_server(GrpcLimits())
+    server = grpc_server(GrpcLimits(), reuse_port=reuse_port)
     pb_grpc.add_DispatchServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"{HOST}:{port}")
     await server.start()
@@ -128,7 +131,7 @@ async def main(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if args.kind == "grpc":
-        await serve_grpc(args.port, args.admin_port, stop)
+        await serve_grpc(args.port, args.admin_port, stop, reuse_port=args.reuse_port)
     else:
         await serve_webhook(args.port, stop, reuse_port=args.reuse_port)
 
@@ -138,5 +141,5 @@ if __name__ == "__main__":
     parser.add_argument("kind", choices=["grpc", "webhook"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--admin-port", type=int, default=0)
-    parser.add_argument("--reuse-port", action="store_true", help="webhook: share the port")
+    parser.add_argument("--reuse-port", action="store_true", help="share the port (SO_REUSEPORT)")
     asyncio.run(main(parser.parse_args()))

@@ -4,6 +4,7 @@ draws."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -166,37 +167,114 @@ def create_jobs(target: str, count: int) -> list[str]:
 
 
 def b1_dispatch(scale: Scale, folder: Path) -> Outcome:
-    args = (scale.seconds, scale.warmup, scale.in_flight)
+    """GATEWAY_WORKERS=2 against two bare servers sharing a port (as many processes: the fair
+    baseline), the load from two generator processes of `B1_CONNECTIONS` connections each; one
+    worker against one bare server beside it, from one generator on one connection, as a
+    reference (and B6's generator ceiling)."""
+    one, bare_one = _b1_run(scale, folder, 1), _b1_run(scale, folder, 1, bare=True)
+    two, bare_two = _b1_run(scale, folder, WORKERS), _b1_run(scale, folder, WORKERS, bare=True)
+    rows = [
+        _b1_row(scale, f"GATEWAY_WORKERS={WORKERS}", two, bare_two, f"{WORKERS} processes"),
+        _b1_row(scale, "one worker", one, bare_one, "1 process", reference=True),
+        _generator("B6", "gRPC", bare_one, _per_second(bare_one), one, _per_second(one)),
+    ]
+    return Outcome(
+        rows,
+        {
+            f"B1 gateway, {WORKERS} workers": ms(two["latencies"]),
+            f"B1 bare grpc.aio, {WORKERS} processes": ms(bare_two["latencies"]),
+        },
+    )
+
+
+B1_CONNECTIONS = 8
+"""Connections per generator process with workers: the kernel hashes each to a worker."""
+
+
+def _b1_run(scale: Scale, folder: Path, processes: int, *, bare: bool = False) -> dict[str, Any]:
+    """Dispatch at `scale.in_flight` calls in flight, from one generator process per server
+    process; the servers' CPU seconds over the run beside the calls."""
     budget = _timeout(scale, scale.seconds + scale.warmup)
-    with procs.gateway(folder, store=str(folder / "b1.db")) as (_, addrs):
-        ours = procs.run(load.dispatch_load, addrs.grpc, *args, timeout=budget)
-    with procs.bare_grpc(folder) as (_, bare_addrs):
-        bare = procs.run(load.dispatch_load, bare_addrs.grpc, *args, timeout=budget)
-    rate, bare_rate = ours["count"] / ours["seconds"], bare["count"] / bare["seconds"]
+    connections = 1 if processes == 1 else B1_CONNECTIONS
+    args = (scale.seconds, scale.warmup, max(1, scale.in_flight // processes), connections)
+    with contextlib.ExitStack() as stack:
+        if bare:
+            servers, addrs = stack.enter_context(procs.bare_grpc(folder, processes))
+        else:
+            store = str(folder / f"b1-{processes}.db")
+            server, addrs = stack.enter_context(
+                procs.gateway(folder, store=store, workers=processes)
+            )
+            servers = [server]
+        pids = [server.pid for server in servers]
+        generators = procs.Workers()
+        cpu = procs.cpu_seconds(pids)
+        for _ in range(processes):
+            generators.start(load.dispatch_load, addrs.grpc, *args)
+        found = generators.results(budget)
+        cpu = procs.cpu_seconds(pids) - cpu
+    latencies = [value for one in found for value in one["latencies"]]
+    return {
+        "count": len(latencies),
+        "seconds": scale.seconds,
+        "latencies": latencies,
+        "failures": sum(one["failures"] for one in found),
+        "cpu": sum(one["cpu"] for one in found),
+        "server_cpu": cpu,
+        "calls_run": sum(one["count"] for one in found)
+        * (scale.seconds + scale.warmup)
+        / scale.seconds,
+    }
+
+
+def _per_second(found: dict[str, Any]) -> float:
+    return float(found["count"] / found["seconds"])
+
+
+def _b1_row(
+    scale: Scale,
+    how: str,
+    ours: dict[str, Any],
+    bare: dict[str, Any],
+    baseline: str,
+    *,
+    reference: bool = False,
+) -> Row:
+    rate, bare_rate = _per_second(ours), _per_second(bare)
     ours_ms, bare_ms = ms(ours["latencies"]), ms(bare["latencies"])
     ratio = rate / bare_rate if bare_rate else None
-    row = Row(
+
+    def cpu_ms(found: dict[str, Any]) -> float:
+        return 1000 * found["server_cpu"] / found["calls_run"] if found["calls_run"] else math.nan
+
+    return Row(
         "B1",
-        f"async Dispatch acked/s at {scale.in_flight} in flight, SQLite (p50/p99 ms)",
-        f"{rate:,.0f}/s ({percentile(ours_ms, 50):.1f}/{percentile(ours_ms, 99):.1f})",
-        f"{bare_rate:,.0f}/s ({percentile(bare_ms, 50):.1f}/{percentile(bare_ms, 99):.1f})",
+        f"async Dispatch acked/s at {scale.in_flight} in flight, SQLite, {how} "
+        "(p50/p99 ms; server CPU ms per call)",
+        f"{rate:,.0f}/s ({percentile(ours_ms, 50):.1f}/{percentile(ours_ms, 99):.1f}; "
+        f"{cpu_ms(ours):.2f})",
+        f"{bare_rate:,.0f}/s ({percentile(bare_ms, 50):.1f}/{percentile(bare_ms, 99):.1f}; "
+        f"{cpu_ms(bare):.2f}; {baseline})",
         ratio,
-        ">= 0.75",
-        ratio is not None and ratio >= 0.75,
+        "(reference)" if reference else ">= 0.75",
+        None if reference else ratio is not None and ratio >= 0.75,
         {
-            "gateway": {"per_second": rate, "failures": ours["failures"], **_summary(ours_ms)},
+            "gateway": {
+                "per_second": rate,
+                "failures": ours["failures"],
+                "server_cpu_ms_per_call": cpu_ms(ours),
+                **_summary(ours_ms),
+            },
             "baseline": {
                 "per_second": bare_rate,
                 "failures": bare["failures"],
+                "server_cpu_ms_per_call": cpu_ms(bare),
                 **_summary(bare_ms),
             },
             "generator_cpu_seconds": {"gateway": ours["cpu"], "baseline": bare["cpu"]},
-            "generator_calls": {"gateway": ours["count"], "baseline": bare["count"]},
             "measured_seconds": scale.seconds,
         },
     )
-    generator = _generator("B6", "gRPC", bare, bare_rate, ours, rate)
-    return Outcome([row, generator], {"B1 gateway": ours_ms, "B1 bare grpc.aio": bare_ms})
 
 
 def _generator(
@@ -462,7 +540,7 @@ def b4_streams(scale: Scale, folder: Path) -> Outcome:
         body, headers = signed_webhook(0)
         trigger = {"url": addrs.webhook_url + callback_path(job), "body": body, "headers": headers}
         ours = _hold(scale, server, addrs, trigger)
-    with procs.bare_grpc(folder) as (server, addrs):
+    with procs.bare_grpc(folder) as ([server], addrs):
         trigger = {
             "url": f"http://127.0.0.1:{addrs.admin_port}/broadcast",
             "body": b"",

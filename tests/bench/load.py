@@ -36,24 +36,38 @@ def _cpu() -> float:
 # B1: async Dispatch at a fixed number of calls in flight
 
 
-def dispatch_load(target: str, seconds: float, warmup: float, in_flight: int) -> dict[str, Any]:
-    return asyncio.run(_dispatch_load(target, seconds, warmup, in_flight))
+def dispatch_load(
+    target: str, seconds: float, warmup: float, in_flight: int, connections: int = 1
+) -> dict[str, Any]:
+    return asyncio.run(_dispatch_load(target, seconds, warmup, in_flight, connections))
+
+
+CONNECTION_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
+"""Each channel its own connection: channels to one target otherwise share one (grpc's global
+subchannel pool), which the kernel would hand to one worker of a gateway (SO_REUSEPORT spreads
+connections, not calls)."""
 
 
 async def _dispatch_load(
-    target: str, seconds: float, warmup: float, in_flight: int
+    target: str, seconds: float, warmup: float, in_flight: int, connections: int
 ) -> dict[str, Any]:
+    """`in_flight` callers spread over `connections` channels."""
     request = dispatch_request()
     latencies: list[float] = []
     failures = 0
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.DispatchServiceStub(channel)
-        await stub.Dispatch(request, timeout=30)
+    async with contextlib.AsyncExitStack() as stack:
+        stubs = []
+        for _ in range(connections):
+            channel = grpc.aio.insecure_channel(target, options=CONNECTION_OPTIONS)
+            await stack.enter_async_context(channel)
+            stub = pb_grpc.DispatchServiceStub(channel)
+            await stub.Dispatch(request, timeout=30)
+            stubs.append(stub)
         started = time.perf_counter()
         measure_from, end = started + warmup, started + warmup + seconds
         cpu_at_start: list[float] = []
 
-        async def caller() -> None:
+        async def caller(stub: pb_grpc.DispatchServiceStub) -> None:
             nonlocal failures
             while True:
                 before = time.perf_counter()
@@ -70,7 +84,7 @@ async def _dispatch_load(
                 if before >= measure_from and after <= end:
                     latencies.append(after - before)
 
-        await asyncio.gather(*(caller() for _ in range(in_flight)))
+        await asyncio.gather(*(caller(stubs[i % connections]) for i in range(in_flight)))
         cpu = _cpu() - (cpu_at_start[0] if cpu_at_start else _cpu())
     return {
         "count": len(latencies),

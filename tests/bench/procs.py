@@ -108,12 +108,25 @@ _SHARING = (
 
 
 @contextlib.contextmanager
-def bare_grpc(folder: Path) -> Iterator[tuple[ServerProcess, GatewayAddrs]]:
-    addrs = GatewayAddrs(f"{HOST}:{free_port()}", 0, free_port())
-    args = ["-m", "tests.bench.bare", "grpc", "--port", addrs.grpc.rpartition(":")[2]]
-    args += ["--admin-port", str(addrs.admin_port)]
-    with running("bare-grpc", args, {}, addrs.readyz, folder) as server:
-        yield server, addrs
+def bare_grpc(
+    folder: Path, processes: int = 1
+) -> Iterator[tuple[list[ServerProcess], GatewayAddrs]]:
+    """`processes` bare gRPC servers on one port (SO_REUSEPORT when more than one), each with an
+    admin port of its own; the addresses are the first's."""
+    port = free_port()
+    with contextlib.ExitStack() as stack:
+        servers, first = [], None
+        for index in range(processes):
+            addrs = GatewayAddrs(f"{HOST}:{port}", 0, free_port())
+            first = first or addrs
+            args = ["-m", "tests.bench.bare", "grpc", "--port", str(port)]
+            args += ["--admin-port", str(addrs.admin_port)]
+            if processes > 1:
+                args.append("--reuse-port")
+            name = "bare-grpc" if processes == 1 else f"bare-grpc-{index}"
+            servers.append(stack.enter_context(running(name, args, {}, addrs.readyz, folder)))
+        assert first is not None
+        yield servers, first
 
 
 @contextlib.contextmanager

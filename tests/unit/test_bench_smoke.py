@@ -25,18 +25,24 @@ from tests.bench.report import table, write_chart, write_json
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 
 
-def test_b1_dispatch_measures_gateway_baseline_and_generator(tmp_path: Path) -> None:
+def test_b1_dispatch_measures_workers_and_one_against_as_many_bare_servers(
+    tmp_path: Path,
+) -> None:
     outcome = b1_dispatch(TINY, tmp_path)
-    b1, b6 = outcome.rows
-    assert (b1.id, b6.id) == ("B1", "B6")
-    assert b1.details["gateway"]["per_second"] > 0
-    assert b1.details["baseline"]["per_second"] > 0
-    assert b1.details["gateway"]["failures"] == b1.details["baseline"]["failures"] == 0
-    assert b1.ratio is not None
-    assert b1.ratio > 0
+    workers, one, b6 = outcome.rows
+    assert (workers.id, one.id, b6.id) == ("B1", "B1", "B6")
+    assert f"GATEWAY_WORKERS={WORKERS}" in workers.what
+    assert f"{WORKERS} processes" in workers.baseline
+    for row in (workers, one):
+        for side in ("gateway", "baseline"):
+            assert row.details[side]["per_second"] > 0
+            assert row.details[side]["failures"] == 0
+            assert row.details[side]["server_cpu_ms_per_call"] > 0
+        assert row.ratio is not None
+        assert row.ratio > 0
     assert b6.details["ceiling_per_second"] > 0
-    assert outcome.samples["B1 gateway"]
-    assert outcome.samples["B1 bare grpc.aio"]
+    assert outcome.samples[f"B1 gateway, {WORKERS} workers"]
+    assert outcome.samples[f"B1 bare grpc.aio, {WORKERS} processes"]
 
 
 def test_b2_webhooks_are_stored_and_fanned_out_by_workers_and_one(tmp_path: Path) -> None:
