@@ -49,9 +49,9 @@ LEASE_AHEAD = 0.5
 chosen when it was leased, so a client that starts queueing waits at most this long (per
 replica) behind entries leased before it, not a whole batch of another client's."""
 CLIENTS_FRESHNESS = 1.0
-"""Seconds the clients with entries, as last read, are used for while some are known and nothing
-was queued through this replica: a client queueing through another replica is seen within
-this."""
+"""Seconds the clients with entries, as last read, are used for while some are known (those
+queueing through this replica are added as they queue): a client queueing through another
+replica is seen within this."""
 IDLE_POLL = 1.0
 """Seconds between looks at an idle outbox (for other replicas' jobs and retries come due)."""
 BUSY_DELAY = 1.0
