@@ -96,10 +96,10 @@ class JobControl:
         reads: JobReads,
         *,
         clock: Callable[[], float],
-        queued: Callable[[], None],
+        queued: Callable[[str], None],
         observer: Observer | None = None,
     ) -> None:
-        """`queued` is told of every retry job stored (the outbox's wake)."""
+        """`queued` is told of every retry job stored, with its client (the outbox's wake)."""
         self.store = store
         self.reads = reads
         self.clock = clock
@@ -167,7 +167,7 @@ class JobControl:
         if created:
             log.info("job %s retried as %s by %s", job.job_id, stored.job_id, client)
             self.observer.job_retried(new.service.value)
-            self.queued()
+            self.queued(client)
         # After the create: a crash between the two leaves the new job, which a repeat of the
         # call finds under the same id and links.
         linked = event_of(job, states.RETRIED, {"retried_by": stored.job_id}, self.clock())

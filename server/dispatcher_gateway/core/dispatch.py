@@ -60,13 +60,13 @@ class Dispatches:
         *,
         callbacks: CallbackRules,
         clock: Callable[[], float],
-        queued: Callable[[], None],
+        queued: Callable[[str], None],
         estimates: QueueEstimates,
         observer: Observer | None = None,
         schedule: ScheduleRules | None = None,
     ) -> None:
-        """`queued` is told of every async job stored (the outbox's wake); `schedule`: when a
-        job's `not_before` may be."""
+        """`queued` is told of every async job stored, with its client (the outbox's wake);
+        `schedule`: when a job's `not_before` may be."""
         self.store = store
         self.caller = caller
         self.records = records
@@ -127,7 +127,7 @@ class Dispatches:
             return stored, None
         self.observer.dispatch_accepted(spec.service.value, spec.mode.value)
         if spec.mode is Mode.ASYNC:
-            self.queued()
+            self.queued(client)
             return stored, estimate
         return await self._dispatch_sync(stored, arrived, budget, slot=slot), None
 
@@ -177,7 +177,7 @@ class Dispatches:
             results[i] = found
             if created:
                 self.observer.dispatch_accepted(job.service.value, job.mode.value)
-        self.queued()
+        self.queued(client)
         return [(r, estimates.get(r.job_id) if isinstance(r, Job) else None) for r in results]
 
     def _estimate(self, job: Job) -> QueueEstimate | None:

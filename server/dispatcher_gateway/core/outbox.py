@@ -49,9 +49,9 @@ LEASE_AHEAD = 0.5
 chosen when it was leased, so a client that starts queueing waits at most this long (per
 replica) behind entries leased before it, not a whole batch of another client's."""
 CLIENTS_FRESHNESS = 1.0
-"""Seconds the clients with entries, as last read, are used for while some are known and nothing
-was queued through this replica: a client queueing through another replica is seen within
-this."""
+"""Seconds the clients with entries, as last read, are used for while some are known (those
+queueing through this replica are added as they queue): a client queueing through another
+replica is seen within this."""
 IDLE_POLL = 1.0
 """Seconds between looks at an idle outbox (for other replicas' jobs and retries come due)."""
 BUSY_DELAY = 1.0
@@ -114,10 +114,16 @@ class OutboxWorker:
         self._clients_read = -math.inf
         self.visibility = rate.window + max(submit_timeout, sync_timeout) + LEASE_MARGIN
 
-    def wake(self) -> None:
-        """Something was queued: look now rather than at the next poll, and at who has jobs
-        waiting (a client that starts queueing gets its share from its first job)."""
-        self._clients_read = -math.inf
+    def wake(self, client: str | None = None) -> None:
+        """Something was queued, by `client` when known: look now rather than at the next poll,
+        with `client` among those with jobs waiting (a client that starts queueing gets its
+        share from its first job). Unknown, who has jobs waiting is read again."""
+        # Told the client, no read: every Dispatch wakes the worker, and a read costs a scan
+        # of the due entries on SQLite, which a backlog makes longer.
+        if client is None:
+            self._clients_read = -math.inf
+        else:
+            self._clients.add(client)
         self._wakeup.set()
 
     def close(self) -> None:
@@ -222,24 +228,24 @@ class OutboxWorker:
         if job.not_before > now:
             # Scheduled: the entry waits in the outbox for its time, as a retry waits out its
             # backoff (one lease, then nothing until it is due, after a restart too).
-            await self._retry_later(lease, job.not_before - now)
+            await self._retry_later(lease, job.not_before - now, job)
             return
         if job.mode is Mode.SYNC and now < job.created_at + SYNC_CALL_GRACE:
             # Its caller is sending it now; the entry is the safety net should the call be lost.
-            await self._retry_later(lease, job.created_at + SYNC_CALL_GRACE - now)
+            await self._retry_later(lease, job.created_at + SYNC_CALL_GRACE - now, job)
             return
         # Unsent while this worker holds it: until its lease would run out, or its retry is due.
         self.observer.outbox_pending(job.job_id, _queued_at(job), now + self.visibility)
         paused = self.caller.paused()
         if paused > 0:
             # The circuit is open: the entry waits in the outbox, not in memory.
-            await self._retry_later(lease, paused, job)
+            await self._retry_later(lease, paused, job, unsent=True)
             return
         kind = Mode.ASYNC if self.callbacks.calls_back(spec_of(job)) else Mode.SYNC
         if self._free[kind] <= 0:
             # Every call of its kind is taken (slow answers): the entry waits in the outbox, and
             # the jobs behind it that are sent the other way go on.
-            await self._retry_later(lease, BUSY_DELAY, job)
+            await self._retry_later(lease, BUSY_DELAY, job, unsent=True)
             return
         # Slots are taken in lease order, so jobs leave the outbox in the order leased (the
         # shares' order); the request goes out right after its slot, with nothing between.
@@ -277,19 +283,21 @@ class OutboxWorker:
             timer.cancel()
         self._timers.clear()
 
-    async def _retry_later(self, lease: Lease, delay: float, job: Job | None = None) -> None:
+    async def _retry_later(
+        self, lease: Lease, delay: float, job: Job, *, unsent: bool = False
+    ) -> None:
         """Put the entry back for `delay` seconds, and look again when it comes due: without
         this, a retry would wait for the next idle poll, not for its backoff or Retry-After.
-        `job`: the job it holds, still unsent."""
+        `job`: the job it holds; `unsent`: not sent upstream yet."""
         await self.store.retry_later(lease, delay)
-        if job is not None:
+        if unsent:
             until = self.clock() + delay + self.visibility
             self.observer.outbox_pending(job.job_id, _queued_at(job), until)
         handle: asyncio.TimerHandle
 
         def due() -> None:
             self._timers.discard(handle)
-            self.wake()
+            self.wake(job.client)
 
         handle = asyncio.get_running_loop().call_later(delay + DUE_MARGIN, due)
         self._timers.add(handle)
@@ -310,7 +318,7 @@ class OutboxWorker:
         due = submitted_at + deadline
         now = self.clock()
         if now < due:
-            await self._retry_later(lease, due - now)
+            await self._retry_later(lease, due - now, job)
             return
         failure = UpstreamFailure(
             states.OVERDUE,
@@ -363,7 +371,7 @@ class OutboxWorker:
                     delay,
                 )
                 self.observer.upstream_dispatch("retried")
-                await self._retry_later(lease, delay, job)
+                await self._retry_later(lease, delay, job, unsent=True)
                 return
             failure = exc.failure
             if exc.retryable:
@@ -387,7 +395,7 @@ class OutboxWorker:
                 await self.store.ack(lease)  # its webhooks came before its acceptance
                 return
             # The entry stays, due at the job's deadline.
-            await self._retry_later(lease, self.callbacks.deadline(job.services))
+            await self._retry_later(lease, self.callbacks.deadline(job.services), job)
         else:
             await self.records.completed(job, answer)
             await self.store.ack(lease)
