@@ -10,6 +10,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,7 @@ from dispatcher_gateway.core.model import (
 )
 from dispatcher_gateway.core.outbox import (
     IDLE_POLL,
+    PAUSED_POLL,
     SLOT_FRESHNESS,
     SYNC_CALL_GRACE,
 )
@@ -389,3 +391,57 @@ async def test_a_rate_slot_gone_stale_before_its_request_leaves_is_taken_again()
         assert len(taken) == 2  # the stale slot is not spent; a fresh one is
         [call] = h.upstream.calls
         assert call.at >= taken[1]  # sent on the fresh slot (the loop's clock is monotonic)
+
+
+class CountingStore:
+    """A real store, with its lease calls and the entries put back counted."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self.inner = inner
+        self.leases = 0
+        self.put_back = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def lease(self, **kwargs: Any) -> Any:
+        self.leases += 1
+        return await self.inner.lease(**kwargs)
+
+    async def retry_later(self, *args: Any) -> None:
+        self.put_back += 1
+        await self.inner.retry_later(*args)
+
+
+async def test_an_open_circuit_holds_the_worker_rather_than_churning_the_backlog() -> None:
+    """While the circuit is open, jobs queued one after the other (each waking the worker) are
+    not each leased only to be put back for the pause: the worker leases nothing for
+    PAUSED_POLL once it found the circuit open. Once the circuit lets calls through, those it
+    did not put back for the pause go at once."""
+    inner = MemoryStore()
+    await inner.open()
+    store = CountingStore(inner)
+    upstream = ScriptedUpstream()
+    gateway = build_core(store, upstream, breaker_threshold=1)
+    spec = DispatchSpec((Service.EMAIL,), Mode.ASYNC, {"template": {"id": 1}})
+    try:
+        async with running_outbox(gateway):
+            gateway.caller.breaker.failure()
+            assert gateway.caller.paused() > 0
+            job_ids = []
+            for _ in range(40):
+                job_ids.append((await gateway.dispatches.submit("a", spec, budget=None)).job_id)
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.2)
+            # Without the hold: a lease and a put-back for (nearly) every job queued.
+            assert store.leases <= 3
+            assert 1 <= store.put_back <= 3
+            assert upstream.calls == []
+            gateway.caller.breaker.success()
+            async with asyncio.timeout(PAUSED_POLL + 5.0):
+                while len({call.idempotency_key for call in upstream.calls}) < (
+                    len(job_ids) - store.put_back
+                ):
+                    await asyncio.sleep(0.02)
+    finally:
+        await inner.close()

@@ -54,6 +54,11 @@ queueing through this replica are added as they queue): a client queueing throug
 replica is seen within this."""
 IDLE_POLL = 1.0
 """Seconds between looks at an idle outbox (for other replicas' jobs and retries come due)."""
+PAUSED_POLL = 1.0
+"""Seconds the worker leases nothing once it found the upstream's circuit open (less if the
+circuit lets a call through sooner): otherwise every due entry, a whole backlog in an outage,
+would be leased one after the other only to be put back for the pause. An entry that waits only
+for its callback deadline or to be dropped is settled this much later at most."""
 BUSY_DELAY = 1.0
 """Seconds an entry waits when every call of its kind is taken."""
 STORE_RETRY = 1.0
@@ -102,6 +107,9 @@ class OutboxWorker:
         acceptance."""
         self._slot_freed = asyncio.Event()
         self._closing = False
+        self._closed = asyncio.Event()
+        self._hold_until = -math.inf
+        """Loop time until which nothing is leased: the circuit was found open (PAUSED_POLL)."""
         self.submit_timeout = submit_timeout
         self.sync_timeout = sync_timeout
         rate = caller.rate_limit
@@ -131,6 +139,7 @@ class OutboxWorker:
         `submit_timeout` later) without being cancelled, which an awaited answer arriving at the
         same moment can swallow (asyncio.wait_for in Python 3.11)."""
         self._closing = True
+        self._closed.set()
         self._wakeup.set()
         self._slot_freed.set()
 
@@ -141,6 +150,12 @@ class OutboxWorker:
                 if room <= 0:
                     self._slot_freed.clear()
                     await self._slot_freed.wait()
+                    continue
+                hold = self._hold_until - asyncio.get_running_loop().time()
+                if hold > 0 and self.caller.paused() > 0:
+                    # Not woken by what is queued meanwhile: it would only be put back.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closed.wait(), min(hold, self.caller.paused()))
                     continue
                 leases = await self._lease(min(self._batch, room))
                 if not leases:
@@ -238,7 +253,10 @@ class OutboxWorker:
         self.observer.outbox_pending(job.job_id, _queued_at(job), now + self.visibility)
         paused = self.caller.paused()
         if paused > 0:
-            # The circuit is open: the entry waits in the outbox, not in memory.
+            # The circuit is open: the entry waits in the outbox, not in memory, and the worker
+            # leases nothing more for a while (PAUSED_POLL).
+            loop_now = asyncio.get_running_loop().time()
+            self._hold_until = loop_now + min(paused, PAUSED_POLL)
             await self._retry_later(lease, paused, job, unsent=True)
             return
         kind = Mode.ASYNC if self.callbacks.calls_back(spec_of(job)) else Mode.SYNC
