@@ -59,6 +59,13 @@ class SharedFile:
     ) -> tuple[Job, bool]:
         return await self._next().create_job(job, first_event, enqueue=enqueue)
 
+    async def create_job_taking_slot(
+        self, job: Job, first_event: JobEvent, *, limit: int, window: float
+    ) -> tuple[Job, bool, float]:
+        return await self._next().create_job_taking_slot(
+            job, first_event, limit=limit, window=window
+        )
+
     async def create_jobs(
         self, new: Sequence[tuple[Job, JobEvent]], *, enqueue: bool
     ) -> list[tuple[Job, bool]]:
@@ -101,6 +108,11 @@ class SharedFile:
         self, event: JobEvent, *, dedupe_key: str | None, apply: Apply
     ) -> JobEvent | None:
         return await self._next().append_event(event, dedupe_key=dedupe_key, apply=apply)
+
+    async def append_events(
+        self, events: Sequence[tuple[JobEvent, str | None]], *, apply: Apply
+    ) -> list[JobEvent | None]:
+        return await self._next().append_events(events, apply=apply)
 
     async def read_events(self, **kwargs: Any) -> list[JobEvent]:
         return await self._next().read_events(**kwargs)

@@ -87,9 +87,9 @@ async def running() -> AsyncIterator[Harness]:
 
 
 # Each store call the worker makes for one entry, in the order it makes them. retry_later is
-# reached through a 503 from the upstream; append_event is the record of the upstream's answer
-# (an email is sent in sync mode, in the background: the answer is the job's end).
-CALLS = ("lease", "get_job", "acquire_rate", "append_event", "ack", "retry_later")
+# reached through a 503 from the upstream; append_events is the record of the upstream's answer
+# and its attempt (an email is sent in sync mode, in the background: the answer is the job's end).
+CALLS = ("lease", "get_job", "acquire_rate", "append_events", "ack", "retry_later")
 
 
 @pytest.mark.parametrize("call", CALLS)

@@ -43,6 +43,11 @@ class SlowAppends:
         await asyncio.sleep(APPEND_DELAY)
         return await self._store.append_event(event, **kwargs)
 
+    async def append_events(self, events: Any, **kwargs: Any) -> Any:
+        self.appending.set()
+        await asyncio.sleep(APPEND_DELAY)
+        return await self._store.append_events(events, **kwargs)
+
 
 @pytest.fixture
 async def store() -> AsyncIterator[MemoryStore]:

@@ -15,7 +15,7 @@ from typing import TypeVar
 from .breaker import CircuitBreaker
 from .errors import UpstreamError
 from .eventdata import deliverable_answer, deliverable_failure
-from .model import JSON, DispatchSpec, Job, UpstreamAttempt, UpstreamFailure
+from .model import JSON, DispatchSpec, Job, JobEvent, UpstreamAttempt, UpstreamFailure
 from .ports import NoObserver, Observer, Upstream, UpstreamAnswer
 from .rate import RateGate
 from .retry import RateLimit
@@ -75,9 +75,11 @@ class UpstreamCaller:
             )
             raise UpstreamError(failure, retryable=True, retry_after=wait)
 
-    async def take_slot(self) -> float:
-        """A rate slot now if there is one: 0.0, else the seconds until one frees."""
-        return await self.rate.take()
+    async def create_taking_slot(self, job: Job, first_event: JobEvent) -> tuple[Job, bool, float]:
+        """Store the job, queued, and take a rate slot now if there is one, in one write: the
+        job and whether it was created (as Store.create_job), and 0.0 if the slot was taken,
+        else the seconds until one frees."""
+        return await self.rate.create_taking(job, first_event)
 
     async def wait_slot(self, budget: float | None = None) -> float:
         """Wait for a rate slot at most `budget` seconds (None: as long as it takes); the loop's

@@ -112,16 +112,15 @@ class Dispatches:
         logfields.known(job_id=job.job_id, client=client)
         estimate = self._estimate(job)
         first = event_of(job, states.QUEUED, _queued_data(estimate), now)
-        create = self.store.create_job(job, first, enqueue=True)
         slot = False
         if spec.mode is Mode.SYNC and self.caller.paused() <= 0:
-            # The job and its rate slot in one group commit: one flush to disk before the
-            # upstream call, not two in a row. A slot taken for a replay goes unused: the
-            # gateway then sends a little under the limit, never over it.
-            (stored, created), wait = await asyncio.gather(create, self.caller.take_slot())
+            # The job and its rate slot in one write: one flush to disk before the upstream
+            # call, not two in a row. A slot taken for a replay goes unused: the gateway then
+            # sends a little under the limit, never over it.
+            stored, created, wait = await self.caller.create_taking_slot(job, first)
             slot = wait <= 0
         else:
-            stored, created = await create
+            stored, created = await self.store.create_job(job, first, enqueue=True)
         _check_same_request(stored, job)
         if not created:
             return stored, None

@@ -64,6 +64,15 @@ class Store(Protocol):
         that a retry of this call completes (event appended, outbox entry present) and returns.
         """
 
+    async def create_job_taking_slot(
+        self, job: Job, first_event: JobEvent, *, limit: int, window: float
+    ) -> tuple[Job, bool, float]:
+        """create_job(enqueue=True) and acquire_rate(limit, window) in one call: the job and
+        whether it was created, as create_job returns them, and the slot as acquire_rate gives
+        it (0.0: taken). The slot is taken even for a job found by its key. One transaction
+        where the backend has them (SQLite: one flush to disk for both), else the two calls at
+        once."""
+
     async def create_jobs(
         self, new: Sequence[tuple[Job, JobEvent]], *, enqueue: bool
     ) -> list[tuple[Job, bool]]:
@@ -153,6 +162,13 @@ class Store(Protocol):
         when an event with the same `dedupe_key` was appended before (kept at least 72 h).
         Raises core.errors.NotFound when the job does not exist.
         """
+
+    async def append_events(
+        self, events: Sequence[tuple[JobEvent, str | None]], *, apply: Apply
+    ) -> list[JobEvent | None]:
+        """append_event for each (event, dedupe key), answered together in their order: one
+        transaction where the backend has them (SQLite: one flush to disk for all), else each
+        as append_event (at once)."""
 
     async def read_events(
         self, *, client: str, after: str = "", job_id: str = "", limit: int = 1000

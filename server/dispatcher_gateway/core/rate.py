@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from .errors import RateLimited
+from .model import Job, JobEvent
 from .ports import Store
 from .retry import RateLimit
 
@@ -19,12 +20,23 @@ class RateGate:
         self._store = store
         self.rate = rate
 
+    @property
+    def window(self) -> float:
+        """Seconds of the window the store keeps: a little wider than the account's, as
+        requests reach the upstream a few ms after their slot is taken, not all equally late,
+        and the upstream counts arrivals."""
+        return self.rate.window + max(RATE_MARGIN_MIN, self.rate.window * RATE_MARGIN)
+
     async def take(self) -> float:
         """Take a slot now if there is one: 0.0, else the seconds until one frees."""
-        # A little wider than the account's window: requests reach the upstream a few ms after
-        # their slot is taken, not all equally late, and the upstream counts arrivals.
-        window = self.rate.window + max(RATE_MARGIN_MIN, self.rate.window * RATE_MARGIN)
-        return await self._store.acquire_rate(limit=self.rate.limit, window=window)
+        return await self._store.acquire_rate(limit=self.rate.limit, window=self.window)
+
+    async def create_taking(self, job: Job, first_event: JobEvent) -> tuple[Job, bool, float]:
+        """Store.create_job_taking_slot with this limit: the job created and queued, and a slot
+        taken now if there is one, in one write."""
+        return await self._store.create_job_taking_slot(
+            job, first_event, limit=self.rate.limit, window=self.window
+        )
 
     async def wait(self, budget: float | None = None) -> float:
         """Take a slot, waiting for one at most `budget` seconds (None: as long as it takes).

@@ -8,7 +8,6 @@ record the same outcome record it once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable
 
@@ -114,12 +113,12 @@ class JobRecords:
     async def _record_answer(
         self, job: Job, answer: UpstreamAnswer, event: JobEvent, dedupe_key: str
     ) -> JobEvent | None:
-        # Both appends at once, the attempt's first: the store can commit them together (one
-        # flush to disk on the sync call's path, not two).
-        _, recorded = await asyncio.gather(
-            self.attempt(job, answer.attempt),
-            self.store.append_event(event, dedupe_key=dedupe_key, apply=states.apply_event),
-        )
+        # Both appends in one write, the attempt's first: one flush to disk on the sync call's
+        # path, not two.
+        appends = [(event, dedupe_key)]
+        if answer.attempt is not None:  # as `attempt` takes it
+            appends.insert(0, self._attempt_event(job, answer.attempt))
+        recorded = (await self.store.append_events(appends, apply=states.apply_event))[-1]
         if recorded is not None and recorded.terminal:
             self.observer.job_ended(job.service.value, recorded.state.value)
         return recorded
@@ -128,10 +127,15 @@ class JobRecords:
         """Record one request sent upstream for the job (once per request id)."""
         if attempt is None:
             return
+        event, dedupe_key = self._attempt_event(job, attempt)
+        await self.store.append_event(event, dedupe_key=dedupe_key, apply=states.apply_event)
+
+    @staticmethod
+    def _attempt_event(job: Job, attempt: UpstreamAttempt) -> tuple[JobEvent, str]:
+        """The event that records a request sent upstream, and its dedupe key (one per request
+        id)."""
         event = event_of(job, states.ATTEMPT, attempt.to_json(), attempt.time)
-        await self.store.append_event(
-            event, dedupe_key=f"{job.job_id}:attempt:{attempt.request_id}", apply=states.apply_event
-        )
+        return event, f"{job.job_id}:attempt:{attempt.request_id}"
 
     async def events_of(self, job: Job) -> AsyncGenerator[JobEvent, None]:
         """The job's events recorded so far, oldest first."""

@@ -112,6 +112,15 @@ class MemoryStore:
             self._next_entry += 1
         return self._job(job.job_id), True
 
+    async def create_job_taking_slot(
+        self, job: Job, first_event: JobEvent, *, limit: int, window: float
+    ) -> tuple[Job, bool, float]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        # Nothing awaited in between: atomic, as one transaction.
+        stored, created = await self.create_job(job, first_event, enqueue=True)
+        return stored, created, await self.acquire_rate(limit=limit, window=window)
+
     async def create_jobs(
         self, new: Sequence[tuple[Job, JobEvent]], *, enqueue: bool
     ) -> list[tuple[Job, bool]]:
@@ -234,6 +243,12 @@ class MemoryStore:
         if dedupe_key:
             self._dedupe[dedupe_key] = now
         return self._record(recorded.replace(record_time=now))
+
+    async def append_events(
+        self, events: Sequence[tuple[JobEvent, str | None]], *, apply: Apply
+    ) -> list[JobEvent | None]:
+        self._ensure_open()
+        return [await self.append_event(e, dedupe_key=key, apply=apply) for e, key in events]
 
     async def read_events(
         self, *, client: str, after: str = "", job_id: str = "", limit: int = 1000

@@ -187,6 +187,16 @@ class NatsStore:
                 return existing, False
             return job, True
 
+    async def create_job_taking_slot(
+        self, job: Job, first_event: JobEvent, *, limit: int, window: float
+    ) -> tuple[Job, bool, float]:
+        """No transaction spans the two: both sent at once."""
+        (stored, created), wait = await asyncio.gather(
+            self.create_job(job, first_event, enqueue=True),
+            self.acquire_rate(limit=limit, window=window),
+        )
+        return stored, created, wait
+
     async def create_jobs(
         self, new: Sequence[tuple[Job, JobEvent]], *, enqueue: bool
     ) -> list[tuple[Job, bool]]:
@@ -315,6 +325,16 @@ class NatsStore:
         """See `Store.append_event` and commit.py. An empty `dedupe_key` is no key."""
         with unavailable():
             return await self.journal.append(event, dedupe_key=dedupe_key, apply=apply)
+
+    async def append_events(
+        self, events: Sequence[tuple[JobEvent, str | None]], *, apply: Apply
+    ) -> list[JobEvent | None]:
+        """Each its own commit, all sent at once."""
+        return list(
+            await asyncio.gather(
+                *(self.append_event(e, dedupe_key=key, apply=apply) for e, key in events)
+            )
+        )
 
     async def read_events(
         self, *, client: str, after: str = "", job_id: str = "", limit: int = 1000

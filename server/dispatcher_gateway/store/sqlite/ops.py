@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from ...core.model import Job, JobEvent, Lease
 from ...core.ports import Apply
 from ...core.query import JobQuery
 from . import rows
+
+LEASE_TOKEN_BYTES: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,34 @@ def ack(lease: Lease, clock: Callable[[], float]) -> Callable[[sqlite3.Connectio
         )
 
     return end
+
+
+def lease(
+    clock: Callable[[], float], *, limit: int, visibility: float, client: str | None
+) -> Callable[[sqlite3.Connection], list[Lease]]:
+    """The write that leases up to `limit` due entries (of `client` only, when given: by
+    outbox_by_client, the order they are handed out in) for `visibility` seconds (Store.lease)."""
+
+    def take(conn: sqlite3.Connection) -> list[Lease]:
+        now = clock()
+        mine, params = ("client = ? AND ", (client,)) if client is not None else ("", ())
+        due = conn.execute(
+            f"SELECT entry_id, job_id, attempts FROM outbox WHERE {mine}due_at <= ?"  # noqa: S608
+            " AND leased_until <= ? ORDER BY priority, due_at, entry_id LIMIT ?",
+            (*params, now, now, limit),
+        ).fetchall()
+        leases = []
+        for row in due:
+            handle = LeaseHandle(row["entry_id"], secrets.token_hex(LEASE_TOKEN_BYTES))
+            conn.execute(
+                "UPDATE outbox SET leased_until = ?, lease_token = ?, attempts = attempts + 1"
+                " WHERE entry_id = ?",
+                (now + visibility, handle.token, handle.entry_id),
+            )
+            leases.append(Lease(job_id=row["job_id"], attempts=row["attempts"], handle=handle))
+        return leases
+
+    return take
 
 
 def retry_later(
@@ -148,3 +180,14 @@ def insert_events(conn: sqlite3.Connection, events: list[JobEvent], now: float) 
     # One writer holds the lock: the rows got consecutive sequence numbers, in order.
     first = cursor.lastrowid - len(events) + 1  # type: ignore[operator]
     return [e.replace(record_time=now, cursor=str(first + i)) for i, e in enumerate(events)]
+
+
+def take_rate(conn: sqlite3.Connection, now: float, limit: int, window: float) -> float:
+    """A slot of the rate limit at `now` (Store.acquire_rate): 0.0 when taken, else the seconds
+    until one frees."""
+    conn.execute("DELETE FROM rate_log WHERE taken_at <= ?", (now - window,))
+    count, oldest = conn.execute("SELECT count(*), min(taken_at) FROM rate_log").fetchone()
+    if count < limit:
+        conn.execute("INSERT INTO rate_log (taken_at) VALUES (?)", (now,))
+        return 0.0
+    return float(oldest + window - now)

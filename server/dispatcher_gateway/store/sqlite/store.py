@@ -23,7 +23,6 @@ from .wake import Neighbours
 
 # Pruning costs a scan of the old keys; doing it on every append would tax the hot path.
 DEDUPE_PRUNE_INTERVAL: Final = 600.0
-LEASE_TOKEN_BYTES: Final = 16
 TURNS_SUFFIX: Final = "-writer.lock"
 """Beside the file (as SQLite's -wal and -shm): the lock its writers take turns on, when they
 are a gateway's workers (engine.py's Writer)."""
@@ -117,6 +116,23 @@ class SqliteStore:
             lambda conn: self._create(conn, job, first_event, enqueue), write=True, batch=batch
         )
 
+    async def create_job_taking_slot(
+        self, job: Job, first_event: JobEvent, *, limit: int, window: float
+    ) -> tuple[Job, bool, float]:
+        """One operation of the writer (one commit, one flush), where create_job and
+        acquire_rate at once would be two answered by the same commit: one answer to wait for."""
+        _check_limit(limit)
+        batch = None
+        if not job.idempotency_key:
+            item = (ops.NewJob(job, first_event, True), limit, window)
+            batch = Batch(self._create_all_taking_slots, item)
+
+        def create(conn: sqlite3.Connection) -> tuple[Job, bool, float]:
+            stored, created = self._create(conn, job, first_event, True)
+            return stored, created, ops.take_rate(conn, self._clock(), limit, window)
+
+        return await self._writer.run(create, write=True, batch=batch)
+
     async def create_jobs(
         self, new: Sequence[tuple[Job, JobEvent]], *, enqueue: bool
     ) -> list[tuple[Job, bool]]:
@@ -209,35 +225,9 @@ class SqliteStore:
     async def lease(
         self, *, limit: int, visibility: float, client: str | None = None
     ) -> list[Lease]:
-        def take(conn: sqlite3.Connection) -> list[Lease]:
-            now = self._clock()
-            if client is None:
-                due = conn.execute(
-                    "SELECT entry_id, job_id, attempts FROM outbox"
-                    " WHERE due_at <= ? AND leased_until <= ?"
-                    " ORDER BY priority, due_at, entry_id LIMIT ?",
-                    (now, now, limit),
-                ).fetchall()
-            else:
-                # outbox_by_client: the client's entries in the order they are handed out.
-                due = conn.execute(
-                    "SELECT entry_id, job_id, attempts FROM outbox"
-                    " WHERE client = ? AND due_at <= ? AND leased_until <= ?"
-                    " ORDER BY priority, due_at, entry_id LIMIT ?",
-                    (client, now, now, limit),
-                ).fetchall()
-            leases = []
-            for row in due:
-                handle = ops.LeaseHandle(row["entry_id"], secrets.token_hex(LEASE_TOKEN_BYTES))
-                conn.execute(
-                    "UPDATE outbox SET leased_until = ?, lease_token = ?, attempts = attempts + 1"
-                    " WHERE entry_id = ?",
-                    (now + visibility, handle.token, handle.entry_id),
-                )
-                leases.append(Lease(job_id=row["job_id"], attempts=row["attempts"], handle=handle))
-            return leases
-
-        return await self._writer.run(take, write=True)
+        return await self._writer.run(
+            ops.lease(self._clock, limit=limit, visibility=visibility, client=client), write=True
+        )
 
     async def outbox_depths(self) -> dict[str, dict[Priority, QueueDepth]]:
         def count(conn: sqlite3.Connection) -> dict[str, dict[Priority, QueueDepth]]:
@@ -274,13 +264,19 @@ class SqliteStore:
     ) -> JobEvent | None:
         """See `Store.append_event`. An empty `dedupe_key` is no key, like None: an event is
         never dropped for lack of an id."""
-        append = ops.Append(event, dedupe_key, apply)
-        recorded: JobEvent | None = await self._writer.run(
-            lambda conn: self._append_all(conn, [append])[0],
+        recorded = await self.append_events([(event, dedupe_key)], apply=apply)
+        return recorded[0]
+
+    async def append_events(
+        self, events: Sequence[tuple[JobEvent, str | None]], *, apply: Apply
+    ) -> list[JobEvent | None]:
+        """One operation of the writer: one answer to wait for. See `append_event`."""
+        appends = [ops.Append(event, key, apply) for event, key in events]
+        return await self._writer.run(
+            lambda conn: self._append_all(conn, appends),
             write=True,
-            batch=Batch(self._append_all, append),
+            batch=Batch(self._append_lists, appends),
         )
-        return recorded
 
     async def read_events(
         self, *, client: str, after: str = "", job_id: str = "", limit: int = 1000
@@ -340,19 +336,10 @@ class SqliteStore:
     # Rate limit
 
     async def acquire_rate(self, *, limit: int, window: float) -> float:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-
-        def take(conn: sqlite3.Connection) -> float:
-            now = self._clock()
-            conn.execute("DELETE FROM rate_log WHERE taken_at <= ?", (now - window,))
-            count, oldest = conn.execute("SELECT count(*), min(taken_at) FROM rate_log").fetchone()
-            if count < limit:
-                conn.execute("INSERT INTO rate_log (taken_at) VALUES (?)", (now,))
-                return 0.0
-            return float(oldest + window - now)
-
-        return await self._writer.run(take, write=True)
+        _check_limit(limit)
+        return await self._writer.run(
+            lambda conn: ops.take_rate(conn, self._clock(), limit, window), write=True
+        )
 
     # In the worker thread
 
@@ -409,6 +396,23 @@ class SqliteStore:
         self._insert_events(conn, [n.first_event for n in new], now)
         ops.add_to_outbox(conn, [n.job for n in new if n.enqueue], self._clock())
         return [(n.job, True) for n in new]
+
+    def _create_all_taking_slots(
+        self, conn: sqlite3.Connection, items: list[tuple[ops.NewJob, int, float]]
+    ) -> list[tuple[Job, bool, float]]:
+        """create_job_taking_slot's operations, the creates as `_create_all` writes them."""
+        made = self._create_all(conn, [new for new, _, _ in items])
+        return [
+            (job, created, ops.take_rate(conn, self._clock(), limit, window))
+            for (job, created), (_, limit, window) in zip(made, items, strict=True)
+        ]
+
+    def _append_lists(
+        self, conn: sqlite3.Connection, lists: list[list[ops.Append]]
+    ) -> list[list[JobEvent | None]]:
+        """append_events' operations, all their appends as `_append_all` writes them."""
+        recorded = iter(self._append_all(conn, [a for appends in lists for a in appends]))
+        return [[next(recorded) for _ in appends] for appends in lists]
 
     def _append_all(
         self, conn: sqlite3.Connection, appends: list[ops.Append]
@@ -476,3 +480,8 @@ class SqliteStore:
             return
         self._last_prune = now
         conn.execute("DELETE FROM dedupe WHERE seen_at < ?", (now - self._dedupe_ttl,))
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
