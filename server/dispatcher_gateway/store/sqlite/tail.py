@@ -17,6 +17,10 @@ from ...core.model import JobEvent
 TAIL_BATCH: Final = 500
 # Commits in this process wake tails at once; the poll catches writers in other processes.
 TAIL_POLL_INTERVAL: Final = 1.0
+GAP_WAIT: Final = 0.05
+"""Seconds a tail handed events past a gap waits for the events missing before it reads them from
+the file: a gateway's workers each hand their commits over after their own flush to disk
+(engine.py), so another worker's earlier commit may come a few milliseconds after this one's."""
 
 ReadAfter = Callable[[int, int], Awaitable[list[JobEvent]]]
 """Reads up to `limit` events after a sequence number from the file, in cursor order."""
@@ -116,6 +120,10 @@ class Tail(AsyncIterator[JobEvent]):
         """Whether the next fill reads the file first (on start, and after each quiet poll)."""
         self._wakes = 0
         """The other processes' wake-ups seen when this tail last read the file."""
+        self._held: list[JobEvent] = []
+        """Events handed over past a gap, in cursor order, until the events before them come."""
+        self._gap_until = 0.0
+        """When the file is read for the events of the gap, if they have not come (loop time)."""
 
     async def __anext__(self) -> JobEvent:
         while not self._buffer:
@@ -126,20 +134,27 @@ class Tail(AsyncIterator[JobEvent]):
         feed = _Feed()
         # Listen before reading, so a commit between the read and the wait is not missed.
         with self._feeds.feeding(feed) as (committed, wakes):
-            if committed > self._seq or self._polled or wakes != self._wakes:
+            newest = int(self._held[-1].cursor) if self._held else self._seq
+            if committed > newest or self._polled or wakes != self._wakes:
                 # Behind what this process committed, or another process did (or time to look
                 # for other writers).
                 self._polled = False
                 self._wakes = wakes
+                self._held = []
                 events = await self._read_after()(self._seq, TAIL_BATCH)
                 if events:
                     self._take(events)
                     return
             while True:
                 try:
-                    async with asyncio.timeout(TAIL_POLL_INTERVAL):
+                    if self._held:
+                        wait = self._gap_until - asyncio.get_running_loop().time()
+                    else:
+                        wait = TAIL_POLL_INTERVAL
+                    async with asyncio.timeout(max(wait, 0.0)):
                         await feed.ready.wait()
                 except TimeoutError:
+                    # A quiet poll, or a gap the events pushed did not fill: read the file.
                     self._polled = True
                     return
                 feed.ready.clear()
@@ -147,17 +162,26 @@ class Tail(AsyncIterator[JobEvent]):
                 if feed.woken:
                     # Another process committed: its events are in the file only.
                     self._polled = True
-                for event in pushed:
-                    seq = int(event.cursor)
-                    if seq <= self._seq:
-                        continue
-                    if seq != self._seq + 1:
-                        # A gap: another process wrote in between; read on from the file.
-                        self._polled = True
-                        break
-                    self._take([event])
+                self._follow_on(pushed)
                 if self._buffer or self._polled:
                     return
+
+    def _follow_on(self, pushed: list[JobEvent]) -> None:
+        """Take, in cursor order, the events pushed (and held) that follow on from the last one
+        taken; hold those past a gap (another process wrote in between)."""
+        events = sorted([*self._held, *pushed], key=lambda event: int(event.cursor))
+        gap = bool(self._held)
+        self._held = []
+        for index, event in enumerate(events):
+            seq = int(event.cursor)
+            if seq <= self._seq:
+                continue
+            if seq != self._seq + 1:
+                if not gap or self._buffer:  # a new gap: its wait starts now
+                    self._gap_until = asyncio.get_running_loop().time() + GAP_WAIT
+                self._held = events[index:]
+                return
+            self._take([event])
 
     def _take(self, events: list[JobEvent]) -> None:
         self._buffer.extend(events)
