@@ -30,7 +30,7 @@ class _Feed:
     """A tail's inbox for events committed by this process: filled from the worker thread
     (through the tail's event loop), emptied by the tail."""
 
-    __slots__ = ("events", "loop", "ready", "woken")
+    __slots__ = ("events", "loop", "promised", "ready", "woken")
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -38,6 +38,9 @@ class _Feed:
         self.events: list[JobEvent] = []
         self.woken = False
         """Another process committed: read the file."""
+        self.promised = 0
+        """The newest cursor of the events sent to this feed (set under Feeds' lock): they
+        reach it, even once it is no longer in Feeds, as the push is on its way."""
 
     def push(self, events: list[JobEvent]) -> None:
         # On the tail's loop.
@@ -68,7 +71,7 @@ class Feeds:
         """From the worker thread, after a commit: the events it appended, in cursor order."""
         with self._lock:
             self._committed = max(self._committed, int(events[-1].cursor))
-            feeds = list(self._feeds)
+            feeds = self._promise(events)
         for feed in feeds:
             # A closed loop has no tail left to feed.
             with contextlib.suppress(RuntimeError):
@@ -80,15 +83,23 @@ class Feeds:
         with self._lock:
             if events:
                 self._committed = max(self._committed, int(events[-1].cursor))
+                feeds = self._promise(events)
             else:
                 self._wakes += 1
-            feeds = list(self._feeds)
+                feeds = list(self._feeds)
         for feed in feeds:
             with contextlib.suppress(RuntimeError):
                 if events:
                     feed.loop.call_soon_threadsafe(feed.push, events)
                 else:
                     feed.loop.call_soon_threadsafe(feed.wake)
+
+    def _promise(self, events: list[JobEvent]) -> list[_Feed]:
+        """Under the lock: the feeds `events` are to be pushed to, each told so."""
+        newest = int(events[-1].cursor)
+        for feed in self._feeds:
+            feed.promised = max(feed.promised, newest)
+        return list(self._feeds)
 
     @contextlib.contextmanager
     def feeding(self, feed: _Feed) -> Iterator[tuple[int, int]]:
@@ -107,7 +118,8 @@ class Feeds:
 
 class Tail(AsyncIterator[JobEvent]):
     """Every event after a cursor, without end. Between two `__anext__` calls it holds nothing
-    but its buffer, so a cancelled or abandoned tail leaves nothing behind in the store."""
+    but its buffer and its feed (out of `Feeds`), so a cancelled or abandoned tail leaves nothing
+    behind in the store."""
 
     def __init__(self, feeds: Feeds, read_after: Callable[[], ReadAfter], after: int) -> None:
         """`read_after` gives the file reader at each read (looked up late, so a test may watch
@@ -122,6 +134,9 @@ class Tail(AsyncIterator[JobEvent]):
         """The other processes' wake-ups seen when this tail last read the file."""
         self._held: list[JobEvent] = []
         """Events handed over past a gap, in cursor order, until the events before them come."""
+        self._feed: _Feed | None = None
+        """One feed for every wait: what was on its way to it while the tail was not waiting
+        (its buffer being read) is in it at the next."""
         self._gap_until = 0.0
         """When the file is read for the events of the gap, if they have not come (loop time)."""
 
@@ -131,10 +146,10 @@ class Tail(AsyncIterator[JobEvent]):
         return self._buffer.popleft()
 
     async def _fill(self) -> None:
-        feed = _Feed()
+        feed = self._feed = self._feed or _Feed()
         # Listen before reading, so a commit between the read and the wait is not missed.
         with self._feeds.feeding(feed) as (committed, wakes):
-            newest = int(self._held[-1].cursor) if self._held else self._seq
+            newest = max(int(self._held[-1].cursor) if self._held else self._seq, feed.promised)
             if committed > newest or self._polled or wakes != self._wakes:
                 # Behind what this process committed, or another process did (or time to look
                 # for other writers).
@@ -161,6 +176,7 @@ class Tail(AsyncIterator[JobEvent]):
                 pushed, feed.events = feed.events, []
                 if feed.woken:
                     # Another process committed: its events are in the file only.
+                    feed.woken = False
                     self._polled = True
                 self._follow_on(pushed)
                 if self._buffer or self._polled:
