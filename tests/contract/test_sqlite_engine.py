@@ -4,11 +4,14 @@ commit, multi-row statements), and one failing does not undo the others."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
 
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import NotFound
@@ -240,3 +243,57 @@ async def test_a_group_of_writes_none_durable_commits_without_a_flush_of_its_own
     assert (lazy_alone, durable_after) == (1, 2)
     assert mixed == [2, 2]  # one durable write makes its group's commit flush
     assert (lazy_again, read) == (1, 1)  # a read commits nothing: left as the last write set it
+
+
+async def test_writers_taking_turns_flush_the_wal_after_the_turn_before_answering(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `turns` (a gateway's workers), a durable group's commit does not flush inside the
+    turn (NORMAL); the writer flushes the WAL after it, before the group's answers and notes.
+    Reads are answered after a flush too: they may see another worker's commit not flushed."""
+    path = tmp_path / "t.db"
+    wal = tmp_path / "t.db-wal"
+    seen: list[tuple[str, Any]] = []
+    flush = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        seen.append(("flush", os.readlink(f"/proc/self/fd/{fd}")))
+        flush(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+
+    def connect() -> sqlite3.Connection:
+        conn = _connect(path)()
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    def insert(conn: sqlite3.Connection) -> int:
+        conn.execute("INSERT INTO t (k) VALUES ('a')")
+        writer.note(["a"])
+        seen.append(("applied", None))
+        return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    def count(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+
+    writer = Writer(
+        "t.db",
+        connect,
+        lambda notes: seen.append(("noted", notes)),
+        turns=tmp_path / "t.lock",
+        wal=wal,
+    )
+    await writer.start()
+    try:
+        level = await writer.run(insert, write=True)
+        seen.append(("answered", level))
+        rows = await writer.run(count)
+        seen.append(("answered", rows))
+    finally:
+        await writer.stop()
+
+    # The answer and the notes both after the flush, in either order (threads of their own).
+    assert seen[:2] == [("applied", None), ("flush", str(wal))]
+    assert sorted(seen[2:4], key=str) == [("answered", 1), ("noted", ["a"])]  # 1: NORMAL
+    assert seen[4:] == [("flush", str(wal)), ("answered", 1)]

@@ -14,6 +14,7 @@ import pytest
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import InvalidArgument, StoreUnavailable
 from dispatcher_gateway.store import SqliteStore
+from dispatcher_gateway.store.sqlite import schema
 from tests.support.builders import (
     CLIENT,
     WAIT,
@@ -30,6 +31,7 @@ WRITER = """
 import asyncio, sys
 from dispatcher_gateway.core import states
 from dispatcher_gateway.store import SqliteStore
+from dispatcher_gateway.store.sqlite import schema
 from tests.support.builders import append, create
 
 async def main() -> None:
@@ -79,6 +81,14 @@ async def test_open_creates_the_directory_and_a_wal_file(tmp_path: Path) -> None
 
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_connection_keeps_its_temporary_files_in_memory(tmp_path: Path) -> None:
+    conn = schema.connect(tmp_path / "gateway.db", synchronous="FULL", busy_timeout_ms=100)
+    try:
+        assert conn.execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY
+    finally:
+        conn.close()
 
 
 async def test_a_path_that_cannot_be_opened_is_unavailable_and_named(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher_gateway.core.model import JobEvent
+from dispatcher_gateway.core.model import JobEvent, JobState, Service
 from dispatcher_gateway.store import SqliteStore
 from dispatcher_gateway.store.sqlite import tail as sqlite_tail
 from dispatcher_gateway.store.sqlite import wake as sqlite_wake
@@ -123,3 +123,64 @@ async def test_a_neighbour_away_costs_its_writer_nothing(
             event = await append(first, job)
 
             assert await following == [event]
+
+
+def _event(seq: int) -> JobEvent:
+    return JobEvent(
+        job_id="job_1",
+        client="c",
+        service=Service.POSTAL,
+        type="letter_in_transit",
+        state=JobState.IN_PROGRESS,
+        data={},
+        metadata={},
+        event_time=1.0,
+        cursor=str(seq),
+    )
+
+
+async def _tail_reading(
+    feeds: sqlite_tail.Feeds, file: list[JobEvent], reads: list[int]
+) -> sqlite_tail.Tail:
+    async def read_after(seq: int, limit: int) -> list[JobEvent]:
+        reads.append(seq)
+        return [e for e in file if int(e.cursor) > seq][:limit]
+
+    return sqlite_tail.Tail(feeds, lambda: read_after, 0)
+
+
+async def test_a_tail_handed_a_later_commit_first_waits_for_the_earlier_one_not_the_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Workers hand their commits over after their own flush: another's earlier commit may come
+    # a little after this one's.
+    monkeypatch.setattr(sqlite_tail, "TAIL_POLL_INTERVAL", 3600.0)
+    feeds = sqlite_tail.Feeds()
+    reads: list[int] = []
+    tail = await _tail_reading(feeds, [], reads)
+    following = asyncio.create_task(take(tail, 3))
+    await asyncio.sleep(0.01)
+    feeds.publish([_event(2)])
+    await asyncio.sleep(0.01)
+    feeds.deliver([_event(1)])
+    feeds.publish([_event(3)])
+
+    assert [e.cursor for e in await following] == ["1", "2", "3"]
+    assert reads == [0]
+
+
+async def test_a_gap_not_filled_in_time_is_read_from_the_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sqlite_tail, "TAIL_POLL_INTERVAL", 3600.0)
+    feeds = sqlite_tail.Feeds()
+    reads: list[int] = []
+    file: list[JobEvent] = []
+    tail = await _tail_reading(feeds, file, reads)
+    following = asyncio.create_task(take(tail, 2))
+    await asyncio.sleep(0.01)
+    file += [_event(1), _event(2)]
+    feeds.publish([_event(2)])  # 1 never handed over (a datagram lost)
+
+    assert [e.cursor for e in await following] == ["1", "2"]
+    assert reads == [0, 0]

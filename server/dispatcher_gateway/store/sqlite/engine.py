@@ -20,6 +20,14 @@ process: a commit is in the kernel's page cache once COMMIT returns) is harmless
 outbox entry's ack (lost, the entry is handed out again and found done). A group made only of
 those commits with synchronous=NORMAL, no fsync of its own; the next durable group's fsync
 flushes the WAL with it. Either way nothing partial is written.
+
+Processes sharing the file (a gateway's workers, `turns`) write one at a time, and a commit's
+fsync inside the turn would hold every other worker's commit behind this one's wait on the disk.
+There, the commit inside the turn is not flushed (synchronous=NORMAL) and the worker thread
+flushes the WAL (fdatasync) once its turn is over, before it answers anyone: the flushes of the
+workers overlap. What another worker's commit made visible is flushed too by the flush that
+follows what read it, so nothing read is answered before it is on disk: every worker answers its
+reads, as its writes, only after such a flush.
 """
 
 from __future__ import annotations
@@ -96,6 +104,16 @@ class _Op:
 _Outcome = tuple[_Op, Any, BaseException | None]
 
 
+@dataclass(slots=True)
+class _Done:
+    """A group committed (or failed), to answer once its turn is over."""
+
+    outcomes: list[_Outcome]
+    notes: list[Any]
+    flush: bool
+    """Whether the WAL is to be flushed before answering (its commit was not)."""
+
+
 class Writer:
     """The worker thread and its queue. `connect` opens the connection (in the worker thread);
     `on_commit` is called in the worker thread after each COMMIT with what the group's
@@ -108,11 +126,13 @@ class Writer:
         on_commit: Callable[[list[Any]], None],
         *,
         turns: Path | None = None,
+        wal: Path | None = None,
     ) -> None:
         """`turns`: a file whose lock (flock) each group's transaction holds, when other
         processes write to the same database (a gateway's workers). They then take turns at
         once: without it, one finding the database locked sleeps in SQLite's busy handler
-        (1, 2, 5, 10 ms ...) however soon the lock is released."""
+        (1, 2, 5, 10 ms ...) however soon the lock is released. `wal`: the database's WAL,
+        flushed after each turn (see above), with `turns`."""
         self._name = name
         self._turns = turns
         self._turns_fd: int | None = None
@@ -125,6 +145,9 @@ class Writer:
         """Touched by the worker thread only."""
         self._synchronous = (0, 0)
         """The connection's PRAGMA synchronous as opened (durable groups), and as set now."""
+        self._wal = wal if turns is not None else None
+        self._reads: list[_Outcome] = []
+        """Reads answered, waiting for the flush that follows the turn (with `_wal` only)."""
 
     @property
     def running(self) -> bool:
@@ -229,6 +252,7 @@ class Writer:
                 return
             more, stopping = self._queued(MAX_GROUP - 1)
             writes = self._answer_reads(conn, [first, *more])
+            done: _Done | None = None
             if writes:
                 with self._turn():
                     if self._turns_fd is not None and not stopping and len(writes) < MAX_GROUP:
@@ -236,7 +260,8 @@ class Writer:
                         # commit (one wait on the disk) for it rather than a turn of its own.
                         more, stopping = self._queued(MAX_GROUP - len(writes))
                         writes += self._answer_reads(conn, more)
-                    self._commit_group(conn, writes)
+                    done = self._commit_group(conn, writes)
+            self._finish(done)
             if stopping:
                 return
 
@@ -261,9 +286,16 @@ class Writer:
         it from the state before them is as correct as after, and the writes stay one group.
         They are answered before the commit's wait on the disk."""
         reads = [self._read(conn, op) for op in ops if not op.write and _wanted(op)]
-        if reads:
+        if self._flushes_after_turn:
+            self._reads += reads
+        elif reads:
             _deliver(reads)
         return [op for op in ops if op.write and _wanted(op)]
+
+    @property
+    def _flushes_after_turn(self) -> bool:
+        """Whether this thread flushes the WAL itself, after its turn (see above)."""
+        return self._wal is not None and self._synchronous[0] > _NORMAL
 
     def _read(self, conn: sqlite3.Connection, op: _Op) -> _Outcome:
         try:
@@ -284,9 +316,12 @@ class Writer:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def _commit_group(self, conn: sqlite3.Connection, live: list[_Op]) -> None:
+    def _commit_group(self, conn: sqlite3.Connection, live: list[_Op]) -> _Done:
+        """Commit the group; its outcomes are answered by `_finish`."""
+        durable = any(op.durable for op in live)
+        flush = durable and self._flushes_after_turn
         try:
-            self._set_synchronous(conn, durable=any(op.durable for op in live))
+            self._set_synchronous(conn, durable=durable and not flush)
             outcomes = self._apply_all(conn, live)
             if outcomes is None:
                 outcomes = self._apply_each(conn, live)
@@ -296,11 +331,41 @@ class Writer:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             failure = self.translate(exc, always=True)
-            _deliver([(op, None, failure) for op in live])
+            return _Done([(op, None, failure) for op in live], [], flush=False)
+        answers = [(op, v, e if e is None else self.translate(e)) for op, v, e in outcomes]
+        return _Done(answers, self._notes, flush)
+
+    def _finish(self, done: _Done | None) -> None:
+        """After the turn: flush the WAL when this thread does (see above), then answer the
+        reads and writes, and hand the group's notes to `on_commit`."""
+        reads, self._reads = self._reads, []
+        if done is None and not reads:
             return
-        _deliver([(op, v, e if e is None else self.translate(e)) for op, v, e in outcomes])
-        if self._notes:
-            self._on_commit(self._notes)
+        outcomes = reads + (done.outcomes if done is not None else [])
+        if reads or (done is not None and done.flush):
+            try:
+                self._flush_wal()
+            except OSError as exc:
+                # Committed, but not known to be on disk: answered as the store being unusable
+                # (a webhook is sent again, and found a duplicate); the tails find the events.
+                failure = self.translate(exc)
+                _deliver([(op, None, failure) for op, _, _ in outcomes])
+                return
+        _deliver(outcomes)
+        if done is not None and done.notes:
+            self._on_commit(done.notes)
+
+    def _flush_wal(self) -> None:
+        if self._wal is None:
+            return
+        try:
+            fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # no WAL: every commit is in the database file, flushed by its checkpoint
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def _set_synchronous(self, conn: sqlite3.Connection, *, durable: bool) -> None:
         """The group's commit flushes to disk as the connection was opened to when `durable`,

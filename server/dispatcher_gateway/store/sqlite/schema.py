@@ -134,6 +134,10 @@ def connect(path: Path, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Co
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
+        # A statement that writes many rows (a group commit's) keeps a statement journal, the
+        # pages it changes, to undo that statement alone; on disk, SQLite would create, write and
+        # delete a temporary file for it at every commit. In memory it is those few pages.
+        conn.execute("PRAGMA temp_store = MEMORY")
         _migrate(conn, path)
     except BaseException:
         conn.close()

@@ -57,7 +57,8 @@ class SqliteStore:
         self._feeds = Feeds()
         self._neighbours = neighbours
         turns = None if neighbours is None else self._path.with_name(self._path.name + TURNS_SUFFIX)
-        self._writer = Writer(str(self._path), self._connect, self._committed, turns=turns)
+        wal = self._path.with_name(self._path.name + "-wal")
+        self._writer = Writer(str(self._path), self._connect, self._committed, turns=turns, wal=wal)
         self._last_prune = 0.0
         """Touched by the worker thread only."""
 

@@ -17,6 +17,10 @@ from ...core.model import JobEvent
 TAIL_BATCH: Final = 500
 # Commits in this process wake tails at once; the poll catches writers in other processes.
 TAIL_POLL_INTERVAL: Final = 1.0
+GAP_WAIT: Final = 0.05
+"""Seconds a tail handed events past a gap waits for the events missing before it reads them from
+the file: a gateway's workers each hand their commits over after their own flush to disk
+(engine.py), so another worker's earlier commit may come a few milliseconds after this one's."""
 
 ReadAfter = Callable[[int, int], Awaitable[list[JobEvent]]]
 """Reads up to `limit` events after a sequence number from the file, in cursor order."""
@@ -26,7 +30,7 @@ class _Feed:
     """A tail's inbox for events committed by this process: filled from the worker thread
     (through the tail's event loop), emptied by the tail."""
 
-    __slots__ = ("events", "loop", "ready", "woken")
+    __slots__ = ("events", "loop", "promised", "ready", "woken")
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -34,6 +38,9 @@ class _Feed:
         self.events: list[JobEvent] = []
         self.woken = False
         """Another process committed: read the file."""
+        self.promised = 0
+        """The newest cursor of the events sent to this feed (set under Feeds' lock): they
+        reach it, even once it is no longer in Feeds, as the push is on its way."""
 
     def push(self, events: list[JobEvent]) -> None:
         # On the tail's loop.
@@ -64,7 +71,7 @@ class Feeds:
         """From the worker thread, after a commit: the events it appended, in cursor order."""
         with self._lock:
             self._committed = max(self._committed, int(events[-1].cursor))
-            feeds = list(self._feeds)
+            feeds = self._promise(events)
         for feed in feeds:
             # A closed loop has no tail left to feed.
             with contextlib.suppress(RuntimeError):
@@ -76,15 +83,23 @@ class Feeds:
         with self._lock:
             if events:
                 self._committed = max(self._committed, int(events[-1].cursor))
+                feeds = self._promise(events)
             else:
                 self._wakes += 1
-            feeds = list(self._feeds)
+                feeds = list(self._feeds)
         for feed in feeds:
             with contextlib.suppress(RuntimeError):
                 if events:
                     feed.loop.call_soon_threadsafe(feed.push, events)
                 else:
                     feed.loop.call_soon_threadsafe(feed.wake)
+
+    def _promise(self, events: list[JobEvent]) -> list[_Feed]:
+        """Under the lock: the feeds `events` are to be pushed to, each told so."""
+        newest = int(events[-1].cursor)
+        for feed in self._feeds:
+            feed.promised = max(feed.promised, newest)
+        return list(self._feeds)
 
     @contextlib.contextmanager
     def feeding(self, feed: _Feed) -> Iterator[tuple[int, int]]:
@@ -103,7 +118,8 @@ class Feeds:
 
 class Tail(AsyncIterator[JobEvent]):
     """Every event after a cursor, without end. Between two `__anext__` calls it holds nothing
-    but its buffer, so a cancelled or abandoned tail leaves nothing behind in the store."""
+    but its buffer and its feed (out of `Feeds`), so a cancelled or abandoned tail leaves nothing
+    behind in the store."""
 
     def __init__(self, feeds: Feeds, read_after: Callable[[], ReadAfter], after: int) -> None:
         """`read_after` gives the file reader at each read (looked up late, so a test may watch
@@ -116,6 +132,13 @@ class Tail(AsyncIterator[JobEvent]):
         """Whether the next fill reads the file first (on start, and after each quiet poll)."""
         self._wakes = 0
         """The other processes' wake-ups seen when this tail last read the file."""
+        self._held: list[JobEvent] = []
+        """Events handed over past a gap, in cursor order, until the events before them come."""
+        self._feed: _Feed | None = None
+        """One feed for every wait: what was on its way to it while the tail was not waiting
+        (its buffer being read) is in it at the next."""
+        self._gap_until = 0.0
+        """When the file is read for the events of the gap, if they have not come (loop time)."""
 
     async def __anext__(self) -> JobEvent:
         while not self._buffer:
@@ -123,41 +146,58 @@ class Tail(AsyncIterator[JobEvent]):
         return self._buffer.popleft()
 
     async def _fill(self) -> None:
-        feed = _Feed()
+        feed = self._feed = self._feed or _Feed()
         # Listen before reading, so a commit between the read and the wait is not missed.
         with self._feeds.feeding(feed) as (committed, wakes):
-            if committed > self._seq or self._polled or wakes != self._wakes:
+            newest = max(int(self._held[-1].cursor) if self._held else self._seq, feed.promised)
+            if committed > newest or self._polled or wakes != self._wakes:
                 # Behind what this process committed, or another process did (or time to look
                 # for other writers).
                 self._polled = False
                 self._wakes = wakes
+                self._held = []
                 events = await self._read_after()(self._seq, TAIL_BATCH)
                 if events:
                     self._take(events)
                     return
             while True:
                 try:
-                    async with asyncio.timeout(TAIL_POLL_INTERVAL):
+                    if self._held:
+                        wait = self._gap_until - asyncio.get_running_loop().time()
+                    else:
+                        wait = TAIL_POLL_INTERVAL
+                    async with asyncio.timeout(max(wait, 0.0)):
                         await feed.ready.wait()
                 except TimeoutError:
+                    # A quiet poll, or a gap the events pushed did not fill: read the file.
                     self._polled = True
                     return
                 feed.ready.clear()
                 pushed, feed.events = feed.events, []
                 if feed.woken:
                     # Another process committed: its events are in the file only.
+                    feed.woken = False
                     self._polled = True
-                for event in pushed:
-                    seq = int(event.cursor)
-                    if seq <= self._seq:
-                        continue
-                    if seq != self._seq + 1:
-                        # A gap: another process wrote in between; read on from the file.
-                        self._polled = True
-                        break
-                    self._take([event])
+                self._follow_on(pushed)
                 if self._buffer or self._polled:
                     return
+
+    def _follow_on(self, pushed: list[JobEvent]) -> None:
+        """Take, in cursor order, the events pushed (and held) that follow on from the last one
+        taken; hold those past a gap (another process wrote in between)."""
+        events = sorted([*self._held, *pushed], key=lambda event: int(event.cursor))
+        gap = bool(self._held)
+        self._held = []
+        for index, event in enumerate(events):
+            seq = int(event.cursor)
+            if seq <= self._seq:
+                continue
+            if seq != self._seq + 1:
+                if not gap or self._buffer:  # a new gap: its wait starts now
+                    self._gap_until = asyncio.get_running_loop().time() + GAP_WAIT
+                self._held = events[index:]
+                return
+            self._take([event])
 
     def _take(self, events: list[JobEvent]) -> None:
         self._buffer.extend(events)
