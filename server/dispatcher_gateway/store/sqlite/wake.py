@@ -7,14 +7,24 @@ with the process), named by the group and its index; a commit sends its events, 
 cursors, in one datagram to each of the others, or an empty datagram ("read the file") when they
 would not fit in one. A tail takes them as it takes this process's commits (in cursor order,
 reading the file on a gap), so a datagram lost (a neighbour restarting, or too far behind to
-take it) costs a read of the file at the next gap or poll, never an event."""
+take it) costs a read of the file at the next gap or poll, never an event.
+
+Any local process can send to a name in the abstract namespace (there is no file whose mode
+would keep it out): a datagram is taken only from a process of this user, as the kernel tells
+(SO_PASSCRED), who could write to the database anyway. Another user's is dropped unread, so it
+cannot put an event on anyone's stream."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import logging
+import math
+import os
 import socket
+import struct
+import time
 from collections.abc import Callable
 from typing import Final
 
@@ -26,6 +36,13 @@ MAX_DATAGRAM: Final = 64 * 1024
 """Bytes of events sent in one datagram; more, and the datagram is empty: read the file."""
 RECEIVE_BATCH: Final = 64
 """Datagrams taken per wake-up of the loop."""
+_UCRED: Final = struct.Struct("3i")
+"""struct ucred: the sender's pid, uid and gid, as the kernel attaches them (SO_PASSCRED)."""
+_ANCILLARY: Final = socket.CMSG_SPACE(_UCRED.size)
+DROPPED_LOG_INTERVAL: Final = 60.0
+"""Seconds between two warnings of datagrams dropped (another user can send them at will)."""
+
+log = logging.getLogger("dispatcher_gateway.store")
 
 Delivery = Callable[[list[JobEvent] | None], None]
 """Called with a neighbour's committed events, in cursor order; None: read the file."""
@@ -42,6 +59,8 @@ class Neighbours:
         self._sender: socket.socket | None = None
         self._receiver: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._drops = 0
+        self._drops_logged_at = -math.inf
 
     def _name(self, index: int) -> bytes:
         return f"\0{NAME_PREFIX}/{self.group}/{index}".encode()
@@ -56,6 +75,8 @@ class Neighbours:
             receiver.close()
             raise
         receiver.setblocking(False)
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        uid = os.getuid()
         sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sender.setblocking(False)
         self._receiver, self._sender = receiver, sender
@@ -64,12 +85,29 @@ class Neighbours:
         def readable() -> None:
             for _ in range(RECEIVE_BATCH):
                 try:
-                    data = receiver.recv(MAX_DATAGRAM)
+                    data, ancillary, _, _ = receiver.recvmsg(MAX_DATAGRAM, _ANCILLARY)
                 except OSError:  # BlockingIOError: none left
                     return
+                sender_uid = _sender_uid(ancillary)
+                if sender_uid != uid:
+                    self._dropped(sender_uid)
+                    continue
                 deliver(_decode(data) if data else None)
 
         self._loop.add_reader(receiver.fileno(), readable)
+
+    def _dropped(self, sender_uid: int | None) -> None:
+        self._drops += 1
+        now = time.monotonic()
+        if now - self._drops_logged_at >= DROPPED_LOG_INTERVAL:
+            log.warning(
+                "%d datagram(s) from another user (the last from uid %s) to the workers' socket "
+                "%s dropped",
+                self._drops,
+                sender_uid,
+                self._name(self.index)[1:].decode(),
+            )
+            self._drops, self._drops_logged_at = 0, now
 
     def notify(self, events: list[JobEvent]) -> None:
         """From any thread, after a commit: hand its events to every neighbour. Never blocks,
@@ -95,6 +133,18 @@ class Neighbours:
                 sock.close()
         self._receiver = self._sender = None
         self._loop = None
+
+
+def _sender_uid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The sending process's user, from the credentials the kernel attached; None if none."""
+    for level, kind, data in ancillary:
+        if (
+            level == socket.SOL_SOCKET
+            and kind == socket.SCM_CREDENTIALS
+            and len(data) >= _UCRED.size
+        ):
+            return int(_UCRED.unpack_from(data)[1])
+    return None
 
 
 def _encode(events: list[JobEvent]) -> bytes:
