@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher_gateway.core.model import JobEvent, JobState, Service
+from dispatcher_gateway.core.model import JobEvent
 from dispatcher_gateway.store import SqliteStore
 from dispatcher_gateway.store.sqlite import tail as sqlite_tail
 from dispatcher_gateway.store.sqlite import wake as sqlite_wake
 from tests.support.builders import (
     append,
     create,
+    event_for,
+    new_job,
     opened,
     tailing,
     take,
@@ -125,18 +127,11 @@ async def test_a_neighbour_away_costs_its_writer_nothing(
             assert await following == [event]
 
 
+_EVENT = event_for(new_job())
+
+
 def _event(seq: int) -> JobEvent:
-    return JobEvent(
-        job_id="job_1",
-        client="c",
-        service=Service.POSTAL,
-        type="letter_in_transit",
-        state=JobState.IN_PROGRESS,
-        data={},
-        metadata={},
-        event_time=1.0,
-        cursor=str(seq),
-    )
+    return _EVENT.replace(cursor=str(seq))
 
 
 async def _tail_reading(

@@ -12,26 +12,19 @@ import socket
 
 import pytest
 
-from dispatcher_gateway.core.model import JobEvent, JobState, Service
+from dispatcher_gateway.core.model import JobEvent
 from dispatcher_gateway.store.sqlite import wake
 from dispatcher_gateway.store.sqlite.wake import Neighbours
 
+from ..support.builders import event_for, new_job
+
 QUIET = 0.2
 """Seconds a datagram that is not delivered is waited for."""
+EVENT = event_for(new_job())
 
 
 def _event(cursor: int) -> JobEvent:
-    return JobEvent(
-        job_id="job_1",
-        client="c",
-        service=Service.POSTAL,
-        type="letter_in_transit",
-        state=JobState.IN_PROGRESS,
-        data={"forged": False},
-        metadata={},
-        event_time=1.0,
-        cursor=str(cursor),
-    )
+    return EVENT.replace(cursor=str(cursor))
 
 
 async def _deliveries(receiver: Neighbours, send: bytes) -> list[list[JobEvent] | None]:

@@ -106,7 +106,6 @@ class OutboxWorker:
         """Calls of each kind that may start now: a slow sync answer never holds up an
         acceptance."""
         self._slot_freed = asyncio.Event()
-        self._closing = False
         self._closed = asyncio.Event()
         self._hold_until = -math.inf
         """Loop time until which nothing is leased: the circuit was found open (PAUSED_POLL)."""
@@ -138,24 +137,25 @@ class OutboxWorker:
         """Lease nothing more: `run` returns (once its submissions in flight end, or
         `submit_timeout` later) without being cancelled, which an awaited answer arriving at the
         same moment can swallow (asyncio.wait_for in Python 3.11)."""
-        self._closing = True
         self._closed.set()
         self._wakeup.set()
         self._slot_freed.set()
 
     async def run(self) -> None:
         try:
-            while not self._closing:
+            while not self._closed.is_set():
                 room = sum(self._free.values())
                 if room <= 0:
                     self._slot_freed.clear()
                     await self._slot_freed.wait()
                     continue
-                hold = self._hold_until - asyncio.get_running_loop().time()
-                if hold > 0 and self.caller.paused() > 0:
+                hold = min(
+                    self._hold_until - asyncio.get_running_loop().time(), self.caller.paused()
+                )
+                if hold > 0:
                     # Not woken by what is queued meanwhile: it would only be put back.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._closed.wait(), min(hold, self.caller.paused()))
+                        await asyncio.wait_for(self._closed.wait(), hold)
                     continue
                 leases = await self._lease(min(self._batch, room))
                 if not leases:
