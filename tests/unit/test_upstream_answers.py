@@ -48,6 +48,8 @@ UNREADABLE: list[Any] = [
     pytest.param({"n": float("inf")}, id="1e400"),
     pytest.param({"n": float("nan")}, id="NaN"),
     pytest.param({"many": list(range(MAX_VALUES + 1))}, id="too-many-values"),
+    pytest.param({"s": ["ok", "\ud800"]}, id="lone-surrogate"),
+    pytest.param({"\udfff": 1}, id="lone-surrogate-key"),
 ]
 
 
@@ -155,3 +157,16 @@ async def test_a_validation_answer_no_client_could_read_becomes_a_marker(
     kept = await harness.gateway.dispatches.validate(SYNC_EMAIL)
 
     assert list(kept) == ["error"]
+
+
+async def test_a_dispatch_id_no_client_could_read_is_not_kept(harness: Harness) -> None:
+    job = await harness.gateway.reads.get_job("anonymous", await harness.job())
+
+    await harness.gateway.records.submitted(job, UpstreamAnswer({"dispatchId": "d\ud800"}, None))
+
+    [_, event] = await harness.store.read_events(client="anonymous", job_id=job.job_id)
+    assert event.dispatch_id == ""
+    assert list(event.data) == ["error"]
+    stored = await harness.gateway.reads.get_job("anonymous", job.job_id)
+    assert stored.dispatch_id == ""
+    assert_readable(stored)

@@ -337,6 +337,17 @@ async def test_a_non_json_error_body_falls_back_to_status_and_reason(
     assert exc.failure.details == {}
 
 
+async def test_an_error_code_or_message_no_client_could_read_falls_back(
+    make_client: MakeClient,
+) -> None:
+    body = b'{"error": "bad\\ud800", "message": "\\udfff"}'
+    client = make_client(Recorder(httpx.Response(400, content=body)))
+
+    exc = await failure_of(client)
+
+    assert (exc.failure.code, exc.failure.message) == ("http_400", "Bad Request")
+
+
 async def test_an_unknown_status_without_a_body_still_has_a_message(
     make_client: MakeClient,
 ) -> None:

@@ -329,9 +329,19 @@ async def test_json_that_is_not_an_envelope_is_400(
     assert response.json()["reason"]
 
 
-async def test_an_unpaired_surrogate_is_400(client: httpx.AsyncClient) -> None:
-    body = b'{"event": "dispatch_completed", "data": {"name": "\\ud800"}}'
+_LONE = '{"event": "dispatch_completed", "data": {"name": "\ud800"}}'
 
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _LONE.replace("\ud800", "\\ud800").encode(),
+        _LONE.encode("utf-8", "surrogatepass"),
+        _LONE.encode("utf-16-le", "surrogatepass"),
+    ],
+    ids=["escaped", "raw-utf-8", "raw-utf-16"],
+)
+async def test_an_unpaired_surrogate_is_400(client: httpx.AsyncClient, body: bytes) -> None:
     response = await post(client, body, signed(body))
 
     assert response.status_code == 400

@@ -9,6 +9,9 @@ data nested 34 levels deep already reaches no client. MAX_DEPTH keeps a JobEvent
 budget to clients that carry an event inside messages of their own. Dispatcher's documented
 envelopes nest three levels.
 
+Strings must have a UTF-8 form: JSON's "\ud800" parses as a lone surrogate, which neither a
+protobuf string nor a log line can hold.
+
 Numbers must be finite: a Struct holds an infinity or NaN, but the JSON form of a message
 (grpcurl, every language's JSON mapping) has no way to write one, and refuses the message.
 
@@ -35,6 +38,17 @@ MAX_VALUES = 10_000
 UNDELIVERABLE_MARK = "undeliverable, not kept"
 
 
+def has_utf8_form(text: str) -> bool:
+    """Whether the text has a UTF-8 form (no lone surrogate); isascii() is a flag, not a scan."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def data_problem(data: JSON) -> str | None:
     """Why no client could be sent an event with this data, or None when every client can.
 
@@ -45,7 +59,13 @@ def data_problem(data: JSON) -> str | None:
     while pending:
         value, depth = pending.pop()
         children: Collection[object]
+        if isinstance(value, str):
+            if not has_utf8_form(value):
+                return "holds an unpaired UTF-16 surrogate"
+            continue
         if isinstance(value, dict):
+            if not all(map(has_utf8_form, value)):
+                return "holds an unpaired UTF-16 surrogate"
             children = value.values()
         elif isinstance(value, list):
             children = value

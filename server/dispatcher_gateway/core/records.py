@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncGenerator, Callable
 
 from . import states
-from .eventdata import deliverable_answer, deliverable_failure
+from .eventdata import deliverable_answer, deliverable_failure, has_utf8_form
 from .model import JSON, Job, JobEvent, UpstreamAttempt, UpstreamFailure
 from .ports import NoObserver, Observer, Store, UpstreamAnswer
 
@@ -33,9 +33,12 @@ MAX_ATTEMPT_LATENCY = 86_400.0
 
 
 def dispatch_id_of(body: JSON) -> str:
-    """The dispatch id an answer or a webhook names: a string (or number), nothing else."""
+    """The dispatch id an answer or a webhook names: a string (or number) a client can be sent,
+    nothing else."""
     value = body.get("dispatchId")
     if not value or isinstance(value, bool) or not isinstance(value, str | int | float):
+        return ""
+    if isinstance(value, str) and not has_utf8_form(value):
         return ""
     return str(value)
 

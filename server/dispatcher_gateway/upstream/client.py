@@ -23,6 +23,7 @@ import httpx
 
 from ..core.caller import UPSTREAM_TIMEOUT
 from ..core.errors import UpstreamError
+from ..core.eventdata import has_utf8_form
 from ..core.model import JSON, DispatchSpec, Mode, UpstreamAttempt, UpstreamFailure
 from ..core.ports import UpstreamAnswer
 from ..tracing import Tracing, continued
@@ -287,10 +288,10 @@ class DispatcherClient:
             body = None
         details: JSON = body if isinstance(body, dict) else {}
         code = details.get("error")
-        if not isinstance(code, str) or not code:
+        if not isinstance(code, str) or not code or not has_utf8_form(code):
             code = f"http_{status}"
         message = details.get("message")
-        if not isinstance(message, str) or not message:
+        if not isinstance(message, str) or not message or not has_utf8_form(message):
             message = response.reason_phrase or f"HTTP {status}"
         failure = UpstreamFailure(code=code, message=message, http_status=status, details=details)
         if status in _CREDENTIALS_REFUSED:

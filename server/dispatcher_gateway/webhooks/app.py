@@ -304,8 +304,9 @@ _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 def _parse(body: bytes) -> JSON:
     try:
-        # What json.loads does with bytes: UTF-8, -16 or -32, told by the first bytes.
-        text = body.decode(json.detect_encoding(body), "surrogatepass")
+        # What json.loads does with bytes (UTF-8, -16 or -32, told by the first bytes), but
+        # strict: json.loads passes an encoded lone surrogate, which no store can then write.
+        text = body.decode(json.detect_encoding(body))
         envelope = _DECODER.decode(text)
     except (ValueError, RecursionError):
         raise MalformedWebhook("body is not valid JSON") from None
