@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
+import time
 from collections.abc import Callable, Sequence
 
 from . import logfields, states
@@ -44,8 +45,10 @@ DEADLINE_SLACK = 0.05
 
 
 def new_job_id() -> str:
-    # 128 random bits as 32 hex digits, like a uuid4's hex, for less work.
-    return f"job_{secrets.token_hex(16)}"
+    """32 hex digits: the milliseconds since the epoch (48 bits), then 80 random bits. In the
+    order of creation, so that the jobs of one group commit share the index pages they write
+    (SQLite's job_id key, events_by_job) instead of each dirtying a page of its own."""
+    return f"job_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
 class Dispatches:
