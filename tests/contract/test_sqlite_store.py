@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import sqlite3
@@ -13,6 +14,8 @@ import pytest
 
 from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import InvalidArgument, StoreUnavailable
+from dispatcher_gateway.core.model import Job
+from dispatcher_gateway.core.ports import Store
 from dispatcher_gateway.store import SqliteStore
 from dispatcher_gateway.store.sqlite import schema
 from tests.support.builders import (
@@ -182,3 +185,63 @@ async def test_create_jobs_is_one_transaction_all_or_nothing(tmp_path: Path) -> 
         assert [c for _, c in created] == [True] * 10
     finally:
         await store.close()
+
+
+# A sync call's entry, dropped by the next lease once its job has ended
+
+VISIBILITY = 30.0
+
+
+def outbox_jobs(path: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return [row[0] for row in conn.execute("SELECT job_id FROM outbox ORDER BY entry_id")]
+
+
+async def create_taking_slot(store: Store, job: Job) -> None:
+    _, created, _ = await store.create_job_taking_slot(
+        job, queued_event(job), limit=100, window=VISIBILITY
+    )
+    assert created
+
+
+async def test_the_entry_of_a_sync_call_that_ended_is_dropped_by_the_next_lease(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gateway.db"
+    async with opened(lambda: SqliteStore(path)) as store:
+        ended, going_on = new_job(), new_job()
+        await create_taking_slot(store, ended)
+        await create_taking_slot(store, going_on)
+        await append(store, ended, states.ATTEMPT)
+        await append(store, ended, states.COMPLETED)
+        await append(store, going_on, states.ATTEMPT)
+        assert outbox_jobs(path) == [ended.job_id, going_on.job_id]
+
+        leases = await store.lease(limit=10, visibility=VISIBILITY)
+
+        assert [lease.job_id for lease in leases] == [going_on.job_id]
+        assert outbox_jobs(path) == [going_on.job_id]
+
+
+async def test_sync_entries_written_together_are_each_dropped_once_their_job_ended(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gateway.db"
+    async with opened(lambda: SqliteStore(path)) as store:
+        earlier = await create(store, enqueue=True)
+        jobs = [new_job() for _ in range(4)]
+        # One of them a retry of a create that did commit: the group is applied again op by op.
+        await asyncio.gather(
+            *(
+                store.create_job_taking_slot(j, queued_event(j), limit=100, window=VISIBILITY)
+                for j in [*jobs[:2], earlier, *jobs[2:]]
+            )
+        )
+        for job in jobs[1:3]:
+            await append(store, job, states.COMPLETED)
+        await append(store, earlier, states.COMPLETED)
+
+        await store.lease(limit=10, visibility=VISIBILITY)
+
+        # Not the entry of create_job: the outbox drops it on finding its job ended.
+        assert outbox_jobs(path) == [earlier.job_id, jobs[0].job_id, jobs[3].job_id]

@@ -1,8 +1,8 @@
 """A gateway SIGKILLed right after answering sync calls comes back with each of their jobs ended
 once, as answered, and each sent upstream once: the result is stored before the answer goes
-out. The outbox entries the sync calls leave behind are acked before the kill for some (an ack
-is not flushed to disk on its own: store/sqlite/engine.py) and after the restart for the others;
-either way none is sent again."""
+out. The outbox entries the sync calls leave behind are dropped before the kill for some (by the
+outbox's next lease: store/sqlite/store.py) and acked after the restart for the others, whose
+jobs the outbox finds ended; either way none is sent again."""
 
 from __future__ import annotations
 
@@ -61,8 +61,8 @@ async def test_sync_answers_survive_a_sigkill_right_after_them(
         async with grpc.aio.insecure_channel(target) as channel:
             stub = pb_grpc.DispatchServiceStub(channel)
             answered = await _sync_calls(stub)
-            # The first round's entries acked before the kill (no flush of their own), the
-            # second's killed with the gateway, right after their answers.
+            # The first round's entries dropped before the kill, the second's killed with the
+            # gateway, right after their answers.
             await _outbox_emptied(db)
             answered |= await _sync_calls(stub)
         await gateway.kill()

@@ -14,6 +14,8 @@ from ...core.query import JobQuery
 from . import rows
 
 LEASE_TOKEN_BYTES: Final = 16
+DROP_BATCH: Final = 500
+"""Entry ids deleted by one statement: within the 999 parameters of older SQLite builds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +31,22 @@ class LeaseHandle:
 @dataclass(frozen=True, slots=True)
 class NewJob:
     """A create with no idempotency key: those queued together are written by `_create_all`,
-    one multi-row INSERT per table for all of them."""
+    one multi-row INSERT per table for all of them. `watched`: its outbox entry is to be
+    dropped once the job ends (`Watched`)."""
 
     job: Job
     first_event: JobEvent
     enqueue: bool
+    watched: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Watched:
+    """An outbox entry the store drops once its job has ended (a sync call's: the call ends the
+    job, and the outbox would only find it ended), noted when its create is committed."""
+
+    job_id: str
+    entry_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +170,25 @@ def find_where(query: JobQuery, start: tuple[float, str] | None) -> tuple[str, l
     return " AND ".join(clauses), params
 
 
-def add_to_outbox(conn: sqlite3.Connection, jobs: list[Job], due: float) -> None:
-    """Outbox entries for `jobs`, due at `due`, in one statement."""
-    if jobs:
-        conn.execute(
-            rows.insert_many("outbox", ["job_id", "due_at", "client", "priority"], len(jobs)),
-            [v for job in jobs for v in (job.job_id, due, job.client, job.priority.rank)],
-        )
+def add_to_outbox(conn: sqlite3.Connection, jobs: list[Job], due: float) -> list[int]:
+    """Outbox entries for `jobs`, due at `due`, in one statement; their entry ids."""
+    if not jobs:
+        return []
+    cursor = conn.execute(
+        rows.insert_many("outbox", ["job_id", "due_at", "client", "priority"], len(jobs)),
+        [v for job in jobs for v in (job.job_id, due, job.client, job.priority.rank)],
+    )
+    # One writer holds the lock: the rows got consecutive ids, in order.
+    first = cursor.lastrowid - len(jobs) + 1  # type: ignore[operator]
+    return list(range(first, first + len(jobs)))
+
+
+def drop_from_outbox(conn: sqlite3.Connection, entry_ids: list[int]) -> None:
+    """Delete the outbox entries of these ids, whoever holds a lease of them."""
+    for start in range(0, len(entry_ids), DROP_BATCH):
+        chunk = entry_ids[start : start + DROP_BATCH]
+        # Only placeholders are spliced in, never a value.
+        conn.execute(f"DELETE FROM outbox WHERE entry_id IN ({rows.marks(len(chunk))})", chunk)  # noqa: S608
 
 
 def insert_events(conn: sqlite3.Connection, events: list[JobEvent], now: float) -> list[JobEvent]:

@@ -28,6 +28,10 @@ TURNS_SUFFIX: Final = "-writer.lock"
 are a gateway's workers (engine.py's Writer)."""
 _PRIORITY_BY_RANK: Final = {p.rank: p for p in Priority}
 """The outbox keeps an entry's priority as its rank, the order it is handed out in."""
+WATCHED_MAX: Final = 10_000
+"""Watched entries remembered, and those of ended jobs waiting for a lease to drop them: past
+this, the oldest are forgotten, and the outbox drops such an entry on finding its job ended, as
+after a restart."""
 
 
 class SqliteStore:
@@ -61,6 +65,12 @@ class SqliteStore:
         self._writer = Writer(str(self._path), self._connect, self._committed, turns=turns, wal=wal)
         self._last_prune = 0.0
         """Touched by the worker thread only."""
+        self._watched: dict[str, int] = {}
+        """Job id to outbox entry id, for the entries of create_job_taking_slot committed whose
+        job has not ended yet, oldest first. Touched by the worker thread only."""
+        self._ended: list[int] = []
+        """Watched entries whose job has ended since the last lease, which drops them. Touched
+        by the worker thread only."""
 
     @property
     def path(self) -> Path:
@@ -83,11 +93,24 @@ class SqliteStore:
             self._neighbours.close()
         await self._writer.stop()
 
-    def _committed(self, events: list[JobEvent]) -> None:
-        """In the worker thread, after a commit that appended `events`."""
-        self._feeds.publish(events)
-        if self._neighbours is not None:
-            self._neighbours.notify(events)
+    def _committed(self, notes: list[JobEvent | ops.Watched]) -> None:
+        """In the worker thread, after a commit that appended events or watched entries."""
+        events: list[JobEvent] = []
+        for note in notes:
+            if isinstance(note, ops.Watched):
+                self._watched[note.job_id] = note.entry_id
+                if len(self._watched) > WATCHED_MAX:
+                    del self._watched[next(iter(self._watched))]
+                continue
+            events.append(note)
+            if note.terminal and note.job_id in self._watched:
+                entry_id = self._watched.pop(note.job_id)
+                if len(self._ended) < WATCHED_MAX:
+                    self._ended.append(entry_id)
+        if events:
+            self._feeds.publish(events)
+            if self._neighbours is not None:
+                self._neighbours.notify(events)
 
     async def check(self) -> None:
         if not self._writer.running:
@@ -121,15 +144,20 @@ class SqliteStore:
         self, job: Job, first_event: JobEvent, *, limit: int, window: float
     ) -> tuple[Job, bool, float]:
         """One operation of the writer (one commit, one flush), where create_job and
-        acquire_rate at once would be two answered by the same commit: one answer to wait for."""
+        acquire_rate at once would be two answered by the same commit: one answer to wait for.
+
+        The job is a sync call's, which the call itself ends: its outbox entry is watched, and
+        dropped by the next lease once the job has ended (`_committed`), which spares the outbox
+        a read and an ack for every sync call (it would only find the job ended). Not by the
+        write that ends the job: that one is flushed, and a sync call waits for it."""
         _check_limit(limit)
         batch = None
         if not job.idempotency_key:
-            item = (ops.NewJob(job, first_event, True), limit, window)
+            item = (ops.NewJob(job, first_event, True, watched=True), limit, window)
             batch = Batch(self._create_all_taking_slots, item)
 
         def create(conn: sqlite3.Connection) -> tuple[Job, bool, float]:
-            stored, created = self._create(conn, job, first_event, True)
+            stored, created = self._create(conn, job, first_event, True, watched=True)
             return stored, created, ops.take_rate(conn, self._clock(), limit, window)
 
         return await self._writer.run(create, write=True, batch=batch)
@@ -226,9 +254,13 @@ class SqliteStore:
     async def lease(
         self, *, limit: int, visibility: float, client: str | None = None
     ) -> list[Lease]:
-        return await self._writer.run(
-            ops.lease(self._clock, limit=limit, visibility=visibility, client=client), write=True
-        )
+        take = ops.lease(self._clock, limit=limit, visibility=visibility, client=client)
+
+        def lease(conn: sqlite3.Connection) -> list[Lease]:
+            self._drop_ended(conn)
+            return take(conn)
+
+        return await self._writer.run(lease, write=True)
 
     async def outbox_depths(self) -> dict[str, dict[Priority, QueueDepth]]:
         def count(conn: sqlite3.Connection) -> dict[str, dict[Priority, QueueDepth]]:
@@ -361,7 +393,13 @@ class SqliteStore:
         return conn
 
     def _create(
-        self, conn: sqlite3.Connection, job: Job, first_event: JobEvent, enqueue: bool
+        self,
+        conn: sqlite3.Connection,
+        job: Job,
+        first_event: JobEvent,
+        enqueue: bool,
+        *,
+        watched: bool = False,
     ) -> tuple[Job, bool]:
         """create_job's operation, for one job."""
         if job.idempotency_key:
@@ -379,7 +417,7 @@ class SqliteStore:
             return existing, False
         self._insert_events(conn, [first_event], now)
         if enqueue:
-            ops.add_to_outbox(conn, [job], self._clock())
+            self._enqueue(conn, [job], watched=[job] if watched else [])
         return job, True
 
     def _create_all(
@@ -395,8 +433,25 @@ class SqliteStore:
             [p[c] for p in jobs for c in rows.JOB_COLUMNS],
         )
         self._insert_events(conn, [n.first_event for n in new], now)
-        ops.add_to_outbox(conn, [n.job for n in new if n.enqueue], self._clock())
+        queued = [n for n in new if n.enqueue]
+        self._enqueue(conn, [n.job for n in queued], [n.job for n in queued if n.watched])
         return [(n.job, True) for n in new]
+
+    def _enqueue(self, conn: sqlite3.Connection, jobs: list[Job], watched: list[Job]) -> None:
+        """Outbox entries for `jobs`, due now; those of `watched` (some of them) are noted, to be
+        dropped once their job ends."""
+        ids = ops.add_to_outbox(conn, jobs, self._clock())
+        if watched:
+            entry_of = {job.job_id: entry_id for job, entry_id in zip(jobs, ids, strict=True)}
+            self._writer.note([ops.Watched(job.job_id, entry_of[job.job_id]) for job in watched])
+
+    def _drop_ended(self, conn: sqlite3.Connection) -> None:
+        """Delete the watched entries whose job has ended (the outbox would find each ended and
+        ack it), in the outbox's own write. Should that write be undone, they are left to the
+        outbox."""
+        if self._ended:
+            ended, self._ended = self._ended, []
+            ops.drop_from_outbox(conn, ended)
 
     def _create_all_taking_slots(
         self, conn: sqlite3.Connection, items: list[tuple[ops.NewJob, int, float]]
