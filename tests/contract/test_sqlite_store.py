@@ -21,6 +21,7 @@ from dispatcher_gateway.store.sqlite import schema
 from tests.support.builders import (
     CLIENT,
     WAIT,
+    ManualClock,
     append,
     create,
     event_for,
@@ -245,3 +246,24 @@ async def test_sync_entries_written_together_are_each_dropped_once_their_job_end
 
         # Not the entry of create_job: the outbox drops it on finding its job ended.
         assert outbox_jobs(path) == [earlier.job_id, jobs[0].job_id, jobs[3].job_id]
+
+
+async def test_the_rate_limit_admits_no_more_than_its_limit_when_the_clock_steps_back(
+    tmp_path: Path,
+) -> None:
+    clock, path, limit, window = ManualClock(), tmp_path / "gateway.db", 3, 10.0
+    async with opened(lambda: SqliteStore(path, clock=clock)) as store:
+        # Back and forth, so that slots are taken out of the order of their times and deleted
+        # out of the order they were taken in.
+        for step in [0.0, -10.0, 0.1, 9.95, 0.0, 0.2, 0.0, -3.0, 0.0, 12.0, 0.0, 0.0, 0.0]:
+            clock.advance(step)
+            await store.acquire_rate(limit=limit, window=window)
+            with contextlib.closing(sqlite3.connect(path)) as conn:
+                [(taken,)] = conn.execute(
+                    "SELECT count(*) FROM rate_log WHERE taken_at > ?", (clock() - window,)
+                )
+            assert taken <= limit
+        clock.advance(window)
+        waits = [await store.acquire_rate(limit=limit, window=window) for _ in range(limit + 1)]
+        assert waits[:limit] == [0.0] * limit
+        assert waits[limit] > 0.0

@@ -209,10 +209,20 @@ def insert_events(conn: sqlite3.Connection, events: list[JobEvent], now: float) 
 
 def take_rate(conn: sqlite3.Connection, now: float, limit: int, window: float) -> float:
     """A slot of the rate limit at `now` (Store.acquire_rate): 0.0 when taken, else the seconds
-    until one frees."""
+    until one frees.
+
+    The slots in the window are counted as the span of their row ids, three lookups whatever
+    the limit, where count(*) reads every row (a sync call's write waits for it). Rows are
+    added with the next row id, in the order of their times, and the oldest deleted first, so
+    the span is their count; should the clock step back, a row deleted out of order leaves a
+    gap, and the span counts more than there are (a slot refused a little early, never one too
+    many) until the rows before the gap have gone."""
     conn.execute("DELETE FROM rate_log WHERE taken_at <= ?", (now - window,))
-    count, oldest = conn.execute("SELECT count(*), min(taken_at) FROM rate_log").fetchone()
-    if count < limit:
+    first, last, oldest = conn.execute(
+        "SELECT (SELECT min(rowid) FROM rate_log), (SELECT max(rowid) FROM rate_log),"
+        " (SELECT min(taken_at) FROM rate_log)"
+    ).fetchone()
+    if first is None or last - first + 1 < limit:
         conn.execute("INSERT INTO rate_log (taken_at) VALUES (?)", (now,))
         return 0.0
     return float(oldest + window - now)
