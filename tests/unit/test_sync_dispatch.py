@@ -19,6 +19,7 @@ from dispatcher_gateway.core.model import (
     Service,
     UpstreamFailure,
 )
+from dispatcher_gateway.core.ports import NoObserver
 from dispatcher_gateway.store.memory import MemoryStore
 
 from ..support.core import build_core
@@ -26,6 +27,31 @@ from ..support.upstream import ScriptedUpstream
 
 APPEND_DELAY = 0.2
 WAIT_TIMEOUT = 5.0
+
+
+class SlowAnswers:
+    """The real store, but every events append, once written, takes a while to answer."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self.appended = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def append_events(self, events: Any, **kwargs: Any) -> Any:
+        recorded = await self._store.append_events(events, **kwargs)
+        self.appended.set()
+        await asyncio.sleep(APPEND_DELAY)
+        return recorded
+
+
+class EndsSeen(NoObserver):
+    def __init__(self) -> None:
+        self.ended: list[tuple[str, str]] = []
+
+    def job_ended(self, service: str, state: str) -> None:
+        self.ended.append((service, state))
 
 
 class SlowAppends:
@@ -98,3 +124,29 @@ async def test_an_upstream_success_is_recorded_though_the_call_is_cancelled(
     job = await cancelled_while_recording(store, {"dispatchId": "disp_1", "status": "completed"})
     assert job.state is JobState.SUCCEEDED
     assert job.dispatch_id == "disp_1"
+
+
+async def test_an_answer_recorded_as_the_call_is_cancelled_is_recorded_and_counted_once(
+    store: MemoryStore,
+) -> None:
+    slow, seen = SlowAnswers(store), EndsSeen()
+    answer = {"dispatchId": "disp_1", "status": "completed"}
+    gateway = build_core(slow, ScriptedUpstream(script=[answer]), observer=seen)
+    spec = DispatchSpec((Service.EMAIL,), Mode.SYNC, {"template": {"id": 1, "data": {}}})
+    call = asyncio.create_task(gateway.dispatches.submit("anonymous", spec, budget=10.0))
+    async with asyncio.timeout(WAIT_TIMEOUT):
+        await slow.appended.wait()  # written, not yet answered
+
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+
+    async with asyncio.timeout(WAIT_TIMEOUT):
+        while not seen.ended:  # a shielded record may still be on its way
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(APPEND_DELAY * 2)
+    [job], _ = await store.list_jobs("anonymous", limit=10)
+    events = await store.read_events(client="anonymous", job_id=job.job_id)
+    assert job.state is JobState.SUCCEEDED
+    assert [e.type for e in events].count("dispatch_completed") == 1
+    assert seen.ended == [("email", "succeeded")]

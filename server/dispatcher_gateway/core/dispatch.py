@@ -34,8 +34,17 @@ from .errors import (
     UpstreamError,
 )
 from .fairshare import QueueEstimates
-from .model import JSON, DispatchSpec, Job, JobState, Mode, QueueEstimate, UpstreamFailure
-from .ports import NoObserver, Observer, Store
+from .model import (
+    JSON,
+    DispatchSpec,
+    Job,
+    JobEvent,
+    JobState,
+    Mode,
+    QueueEstimate,
+    UpstreamFailure,
+)
+from .ports import NoObserver, Observer, Store, UpstreamAnswer
 from .reads import JobReads
 from .records import JobRecords, event_of
 from .schedule import ScheduleRules
@@ -273,12 +282,27 @@ class Dispatches:
             await asyncio.shield(self.records.submitted(job, answer))
             # Its webhooks may have moved it on already.
             return await self.reads.get_job(job.client, job.job_id)
-        recorded = await asyncio.shield(self.records.completed(job, answer))
+        recorded = await self._completed(job, answer)
         if recorded is None:  # recorded already (by the outbox): read it back
             return await self.reads.get_job(job.client, job.job_id)
         # Nothing but this call writes a sync job's events this early (the outbox waits out the
         # call's time), so the job after this one is what the store now holds.
         return states.apply_event(job, recorded)[0]
+
+    async def _completed(self, job: Job, answer: UpstreamAnswer) -> JobEvent | None:
+        """records.completed, carried through though gRPC cancels the call meanwhile, and not
+        under asyncio.shield: its task of its own would cost every sync call three more turns of
+        the loop, in which other work (the event hub's) goes first. Cancelled, the record is
+        written again, shielded: its dedupe keys keep one that had landed from being written
+        twice, and such a record ended the job by this call (nothing else records a sync job's
+        answer within its call's time), which the observer is then told, as records tells it."""
+        try:
+            return await self.records.completed(job, answer)
+        except asyncio.CancelledError:
+            if await asyncio.shield(self.records.completed(job, answer)) is None:
+                ended = states.state_for(states.COMPLETED)
+                self.observer.job_ended(job.service.value, ended.value)
+            raise
 
     async def _attempt_failed(self, job: Job, exc: UpstreamError) -> None:
         await self.records.attempt(job, exc.attempt)
