@@ -250,8 +250,10 @@ class Counts:
         self.metrics.upstream_dispatch_calls.labels(outcome).inc()
 
     def upstream_request(self, endpoint: str, mode: str, status: int, seconds: float) -> None:
-        self.metrics.upstream_requests.labels(endpoint, mode, str(status)).inc()
-        self.metrics.upstream_request_seconds.labels(endpoint, mode).observe(max(0.0, seconds))
+        self._child(self.metrics.upstream_requests, endpoint, mode, str(status)).inc()
+        self._child(self.metrics.upstream_request_seconds, endpoint, mode).observe(
+            max(0.0, seconds)
+        )
 
     def rate_waited(self, seconds: float) -> None:
         self.metrics.rate_wait_seconds.observe(max(0.0, seconds))
@@ -263,7 +265,7 @@ class Counts:
         self.metrics.streams_ended.labels(reason).inc()
 
     def job_ended(self, service: str, state: str) -> None:
-        self.metrics.jobs_ended.labels(service, state).inc()
+        self._child(self.metrics.jobs_ended, service, state).inc()
 
     def job_retried(self, service: str) -> None:
         self.metrics.job_retries.labels(service).inc()

@@ -3,8 +3,10 @@ as JSON text), and the statements that write many rows at once."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
+from collections.abc import Sequence
 from typing import Any, Final
 
 from ...core.model import Job, JobEvent, Priority
@@ -60,6 +62,8 @@ EVENT_COLUMNS: Final = [
 _JSON_JOB_COLUMNS: Final = ("services", "body", "metadata", "result", "error")
 """The job's columns that hold JSON text (NULL for a None result or error)."""
 _JSON_EVENT_COLUMNS: Final = ("data", "metadata")
+STATEMENT_TEXTS: Final = 1024
+"""Texts kept of each kind of statement built (schema.py's STATEMENT_CACHE: as many)."""
 
 INSERT_JOB: Final = (
     "INSERT INTO jobs (job_id, client, services, mode, state, body, metadata, idempotency_key,"
@@ -84,20 +88,41 @@ UPDATE_JOBS: Final = (
 SQLite 3.33 and later)."""
 
 
+# The statements' texts are built once for each size: every write of the sync path builds a few,
+# and a group commit's sizes are few (up to the engine's MAX_BATCH).
+
+
+@functools.lru_cache(maxsize=STATEMENT_TEXTS)
 def marks(count: int) -> str:
     return ", ".join("?" * count)
 
 
-def values(columns: list[str], count: int) -> str:
-    """`count` rows of positional parameters, for a VALUES clause."""
-    row = f"({marks(len(columns))})"
+@functools.lru_cache(maxsize=STATEMENT_TEXTS)
+def _values(width: int, count: int) -> str:
+    row = f"({marks(width)})"
     return ", ".join([row] * count)
 
 
-def insert_many(table: str, columns: list[str], rows: int) -> str:
+def values(columns: Sequence[str], count: int) -> str:
+    """`count` rows of positional parameters, for a VALUES clause."""
+    return _values(len(columns), count)
+
+
+def insert_many(table: str, columns: Sequence[str], rows: int) -> str:
     """An INSERT of `rows` rows in one statement, positional parameters."""
+    return _insert_many(table, tuple(columns), rows)
+
+
+@functools.lru_cache(maxsize=STATEMENT_TEXTS)
+def _insert_many(table: str, columns: tuple[str, ...], rows: int) -> str:
     # The table and columns are this package's constants; the values are parameters.
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values(columns, rows)}"  # noqa: S608
+
+
+@functools.lru_cache(maxsize=STATEMENT_TEXTS)
+def update_jobs(count: int) -> str:
+    """UPDATE_JOBS for `count` jobs."""
+    return UPDATE_JOBS.format(rows=values(JOB_STATE_COLUMNS, count))
 
 
 def job_params(job: Job) -> dict[str, Any]:

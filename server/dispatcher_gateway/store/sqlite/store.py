@@ -518,7 +518,7 @@ class SqliteStore:
         if ids:
             changed = [rows.job_state_params(jobs[i]) for i in ids]
             conn.execute(
-                rows.UPDATE_JOBS.format(rows=rows.values(rows.JOB_STATE_COLUMNS, len(changed))),
+                rows.update_jobs(len(changed)),
                 [p[c] for p in changed for c in rows.JOB_STATE_COLUMNS],
             )
         return [None if e is None else next(written) for e in recorded]
