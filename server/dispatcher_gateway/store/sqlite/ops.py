@@ -170,12 +170,9 @@ def insert_events(conn: sqlite3.Connection, events: list[JobEvent], now: float) 
     """Insert events recorded at `now` in one statement; returns them with their cursors."""
     if not events:
         return []
-    params = [rows.event_params(e) for e in events]
-    for row in params:
-        row["record_time"] = now
     cursor = conn.execute(
         rows.insert_many("events", rows.EVENT_COLUMNS, len(events)),
-        [row[c] for row in params for c in rows.EVENT_COLUMNS],
+        [value for e in events for value in rows.event_values(e, now)],
     )
     # One writer holds the lock: the rows got consecutive sequence numbers, in order.
     first = cursor.lastrowid - len(events) + 1  # type: ignore[operator]

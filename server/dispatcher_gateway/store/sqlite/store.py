@@ -461,10 +461,9 @@ class SqliteStore:
             )
         written = iter(self._insert_events(conn, [e for e in recorded if e is not None], now))
         if ids:
-            changed = [rows.job_state_params(jobs[i]) for i in ids]
             conn.execute(
-                rows.UPDATE_JOBS.format(rows=rows.values(rows.JOB_STATE_COLUMNS, len(changed))),
-                [p[c] for p in changed for c in rows.JOB_STATE_COLUMNS],
+                rows.UPDATE_JOBS.format(rows=rows.values(rows.JOB_STATE_COLUMNS, len(ids))),
+                [value for i in ids for value in rows.job_state_values(jobs[i])],
             )
         return [None if e is None else next(written) for e in recorded]
 
