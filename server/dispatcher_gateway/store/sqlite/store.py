@@ -85,7 +85,7 @@ class SqliteStore:
 
     def _committed(self, events: list[JobEvent]) -> None:
         """In the worker thread, after a commit that appended `events`."""
-        self._feeds.publish(events)
+        self._feeds.publish(events, self._writer.post)
         if self._neighbours is not None:
             self._neighbours.notify(events)
 
