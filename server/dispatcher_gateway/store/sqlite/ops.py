@@ -119,13 +119,13 @@ def find_job(conn: sqlite3.Connection, job: Job) -> Job | None:
 
 
 def job_by_id(conn: sqlite3.Connection, job_id: str) -> Job | None:
-    row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    row = conn.execute(f"{rows.SELECT_JOBS} WHERE job_id = ?", (job_id,)).fetchone()
     return None if row is None else rows.job_from_row(row)
 
 
 def job_by_key(conn: sqlite3.Connection, client: str, idempotency_key: str) -> Job | None:
     row = conn.execute(
-        "SELECT * FROM jobs WHERE client = ? AND idempotency_key = ?", (client, idempotency_key)
+        f"{rows.SELECT_JOBS} WHERE client = ? AND idempotency_key = ?", (client, idempotency_key)
     ).fetchone()
     return None if row is None else rows.job_from_row(row)
 

@@ -174,14 +174,14 @@ class SqliteStore:
         def page(conn: sqlite3.Connection) -> list[Job]:
             if start is None:
                 found = conn.execute(
-                    "SELECT * FROM jobs WHERE client = ?"
+                    f"{rows.SELECT_JOBS} WHERE client = ?"
                     " ORDER BY created_at DESC, job_id DESC LIMIT ?",
                     (client, limit + 1),
                 ).fetchall()
             else:
                 created_at, job_id = start
                 found = conn.execute(
-                    "SELECT * FROM jobs WHERE client = ?"
+                    f"{rows.SELECT_JOBS} WHERE client = ?"
                     " AND (created_at < ? OR (created_at = ? AND job_id < ?))"
                     " ORDER BY created_at DESC, job_id DESC LIMIT ?",
                     (client, created_at, created_at, job_id, limit + 1),
@@ -198,7 +198,7 @@ class SqliteStore:
 
         def page(conn: sqlite3.Connection) -> list[Job]:
             # Only _where's placeholders are spliced in, never a value.
-            sql = f"SELECT * FROM jobs WHERE {where} ORDER BY created_at DESC, job_id DESC LIMIT ?"  # noqa: S608
+            sql = f"{rows.SELECT_JOBS} WHERE {where} ORDER BY created_at DESC, job_id DESC LIMIT ?"
             found = conn.execute(sql, (*params, limit + 1)).fetchall()
             return [rows.job_from_row(row) for row in found]
 
@@ -210,7 +210,7 @@ class SqliteStore:
         now = time.time()
 
         def begin(conn: sqlite3.Connection) -> Job:
-            row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            row = conn.execute(f"{rows.SELECT_JOBS} WHERE job_id = ?", (job_id,)).fetchone()
             if row is None:
                 raise NotFound(f"job {job_id} not found")
             job = rows.job_from_row(row)
