@@ -83,7 +83,8 @@ class WebhookRecorder:
         job_id = self.tokens.job_id(token)
         if job_id is None:
             raise NotFound("no such callback")
-        logfields.known(job_id=job_id, dispatch_id=dispatch_id_of(envelope))
+        dispatch_id = dispatch_id_of(envelope)
+        logfields.known(job_id=job_id, dispatch_id=dispatch_id)
         event_type = envelope.get("event")
         if not isinstance(event_type, str) or not event_type:
             raise InvalidArgument([FieldViolation("event", "a non-empty string is required")])
@@ -109,7 +110,7 @@ class WebhookRecorder:
             data=payload,
             metadata={},
             event_time=_event_time(envelope, self.clock()),
-            dispatch_id=dispatch_id_of(envelope),
+            dispatch_id=dispatch_id,
         )
         traced = ""
 

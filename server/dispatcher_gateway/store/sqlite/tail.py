@@ -203,6 +203,10 @@ class Tail(AsyncIterator[JobEvent]):
     def _follow_on(self, pushed: list[JobEvent]) -> None:
         """Take, in cursor order, the events pushed (and held) that follow on from the last one
         taken; hold those past a gap (another process wrote in between)."""
+        if not self._held and _follows(pushed, self._seq):
+            # The usual case: one commit's events, or several in order.
+            self._take(pushed)
+            return
         events = sorted([*self._held, *pushed], key=lambda event: int(event.cursor))
         gap = bool(self._held)
         self._held = []
@@ -220,3 +224,10 @@ class Tail(AsyncIterator[JobEvent]):
     def _take(self, events: list[JobEvent]) -> None:
         self._buffer.extend(events)
         self._seq = int(events[-1].cursor)
+
+
+def _follows(events: list[JobEvent], seq: int) -> bool:
+    """Whether `events` are those right after `seq`, in order, none missing or repeated."""
+    return bool(events) and all(
+        int(event.cursor) == seq + index for index, event in enumerate(events, 1)
+    )
