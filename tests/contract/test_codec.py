@@ -26,6 +26,7 @@ from dispatcher_gateway.core.model import (
 )
 from dispatcher_gateway.core.ports import Store
 from dispatcher_gateway.store import MemoryStore, SqliteStore, codec
+from dispatcher_gateway.store.sqlite import rows
 from tests.support.sqlite_files import version_1_file
 
 JOB = Job(
@@ -203,6 +204,20 @@ async def test_what_the_sqlite_backend_stored_reads_back(tmp_path: Path) -> None
         }
     finally:
         await store.close()
+
+
+def test_the_sqlite_writer_writes_the_columns_of_the_codecs_objects() -> None:
+    # It builds an event's row, and the columns an append changes of a job, straight from them.
+    event = {**codec.event_to_json(EVENT), "terminal": 1, "record_time": 5.0}
+    event["data"], event["metadata"] = codec.dumps(EVENT.data), codec.dumps(EVENT.metadata)
+    assert dict(zip(rows.EVENT_COLUMNS, rows.event_values(EVENT, 5.0), strict=True)) == event
+    for job in (JOB.replace(retried_by="job_fedcba9876543210fedcba9876543210"), QUEUED_JOB):
+        data = {"retried_by": "", **codec.job_to_json(job)}
+        for column in ("result", "error"):
+            data[column] = None if data[column] is None else codec.dumps(data[column])
+        state = {column: data[column] for column in rows.JOB_STATE_COLUMNS}
+        values = rows.job_state_values(job)
+        assert dict(zip(rows.JOB_STATE_COLUMNS, values, strict=True)) == state
 
 
 def test_page_tokens_are_base64_and_those_of_either_backend_are_read() -> None:

@@ -53,13 +53,12 @@ def _from_job(job: Job, event: JobEvent) -> tuple[Job, JobEvent]:
             f"webhook for dispatch {event.dispatch_id!r} sent to the callback of job "
             f"{job.job_id}, dispatch {job.dispatch_id!r}"
         )
-    event = event.replace(
-        client=job.client,
-        service=job.service,
-        metadata=job.metadata,
-        dispatch_id=event.dispatch_id or job.dispatch_id,
+    # The dispatch id apply_event records is the job's, else the event's: as it would be with
+    # the job's put in the event first. One copy of the event, with the job's fields.
+    after, recorded = states.fold_event(job, event)
+    return after, event.replace(
+        client=job.client, service=job.service, metadata=job.metadata, **recorded
     )
-    return states.apply_event(job, event)
 
 
 class WebhookRecorder:
@@ -84,7 +83,8 @@ class WebhookRecorder:
         job_id = self.tokens.job_id(token)
         if job_id is None:
             raise NotFound("no such callback")
-        logfields.known(job_id=job_id, dispatch_id=dispatch_id_of(envelope))
+        dispatch_id = dispatch_id_of(envelope)
+        logfields.known(job_id=job_id, dispatch_id=dispatch_id)
         event_type = envelope.get("event")
         if not isinstance(event_type, str) or not event_type:
             raise InvalidArgument([FieldViolation("event", "a non-empty string is required")])
@@ -110,7 +110,7 @@ class WebhookRecorder:
             data=payload,
             metadata={},
             event_time=_event_time(envelope, self.clock()),
-            dispatch_id=dispatch_id_of(envelope),
+            dispatch_id=dispatch_id,
         )
         traced = ""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .model import JSON, Job, JobEvent, JobState, UpstreamFailure
 
 # The gateway's own event types.
@@ -76,16 +78,23 @@ def apply_event(job: Job, event: JobEvent) -> tuple[Job, JobEvent]:
     Dispatcher does not guarantee order, so a job never moves back: a late progress event after
     the end is recorded but leaves the job finished, and the first terminal event wins.
     """
+    after, recorded = fold_event(job, event)
+    return after, event.replace(**recorded)
+
+
+def fold_event(job: Job, event: JobEvent) -> tuple[Job, dict[str, Any]]:
+    """`apply_event`, with what changes of the event as recorded (its state, dispatch id and
+    terminal flag) as changes to make, for a caller that makes others at once (one copy)."""
     announced = state_for(event.type)
     dispatch_id = job.dispatch_id or event.dispatch_id
     if event.type == RETRIED and not job.retried_by:
         # The failed job stays as it ended (the branch below): only the link is added.
         job = job.replace(retried_by=str(event.data.get("retried_by") or ""))
     if event.type in INFORMATIONAL:
-        return job, event.replace(state=job.state, dispatch_id=dispatch_id, terminal=False)
+        return job, {"state": job.state, "dispatch_id": dispatch_id, "terminal": False}
     if job.state.terminal or announced.rank < job.state.rank:
         after = job.replace(dispatch_id=dispatch_id, updated_at=event.record_time or job.updated_at)
-        return after, event.replace(state=job.state, dispatch_id=dispatch_id, terminal=False)
+        return after, {"state": job.state, "dispatch_id": dispatch_id, "terminal": False}
     changes: dict[str, object] = {
         "state": announced,
         "dispatch_id": dispatch_id,
@@ -97,9 +106,7 @@ def apply_event(job: Job, event: JobEvent) -> tuple[Job, JobEvent]:
     elif announced is JobState.FAILED:
         changes["error"] = failure_from(event.data)
     after = job.replace(**changes)
-    return after, event.replace(
-        state=announced, dispatch_id=dispatch_id, terminal=announced.terminal
-    )
+    return after, {"state": announced, "dispatch_id": dispatch_id, "terminal": announced.terminal}
 
 
 def failure_from(data: JSON) -> UpstreamFailure:

@@ -10,8 +10,10 @@ previous release wrote, which is the same objects.
 from __future__ import annotations
 
 import base64
+import enum
 import json
-from typing import Any, Final
+import json.encoder
+from typing import Any, Final, TypeVar
 
 from ..core.errors import FieldViolation, InvalidArgument
 from ..core.model import (
@@ -43,14 +45,39 @@ metadata, idempotency key and hash, retry_of) and the creation time are fixed wh
 created. `submit_begun_at` is set by `Store.begin_submission` alone."""
 
 
-_COMPACT: Final = json.JSONEncoder(separators=(",", ":"))
-"""json.dumps(value, separators=(",", ":")) without building an encoder for each value (it
-holds no state between calls: any thread may use it)."""
+_COMPACT: Final = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+_MAKE_ENCODER: Final[Any] = getattr(json.encoder, "c_make_encoder", None)
+_ENCODE: Final[Any] = _MAKE_ENCODER and _MAKE_ENCODER(
+    None, _COMPACT.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+)
+"""What `_COMPACT.encode` builds at each call, built once: a C encoder of compact JSON, ASCII
+only, NaN allowed, no check for circular references (what the stores encode was decoded from
+JSON or built of such values, none of which holds itself). It keeps no state between calls:
+any thread may use it."""
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON, as every backend stores it."""
-    return _COMPACT.encode(value)
+    """Compact JSON, as every backend stores it: json.dumps(value, separators=(",", ":"))."""
+    if _ENCODE is None:
+        return _COMPACT.encode(value)
+    return "".join(_ENCODE(value, 0))
+
+
+E = TypeVar("E", Service, Mode, JobState, Priority)
+
+_MEMBERS: Final[dict[type[enum.Enum], dict[Any, Any]]] = {
+    kind: {m.value: m for m in kind} for kind in (Service, Mode, JobState, Priority)
+}
+
+
+def member(kind: type[E], value: Any) -> E:
+    """`kind(value)`, its member of that value (ValueError if none), looked up in a table rather
+    than by calling the enum class, which costs several times as much."""
+    try:
+        found: E = _MEMBERS[kind][value]
+    except (KeyError, TypeError):  # TypeError: unhashable, which no member is
+        return kind(value)
+    return found
 
 
 # Jobs and events
@@ -94,9 +121,9 @@ def job_from_json(data: JSON) -> Job:
     return Job(
         job_id=data["job_id"],
         client=data["client"],
-        services=tuple(Service(s) for s in data["services"]),
-        mode=Mode(data["mode"]),
-        state=JobState(data["state"]),
+        services=tuple(member(Service, s) for s in data["services"]),
+        mode=member(Mode, data["mode"]),
+        state=member(JobState, data["state"]),
         body=data["body"],
         metadata=data["metadata"],
         idempotency_key=data["idempotency_key"],
@@ -109,7 +136,7 @@ def job_from_json(data: JSON) -> Job:
         last_event=data["last_event"],
         # Absent from what the previous release wrote.
         trace_context=data.get("trace_context") or "",
-        priority=Priority(data.get("priority") or Priority.NORMAL.value),
+        priority=member(Priority, data.get("priority") or Priority.NORMAL.value),
         not_before=float(data.get("not_before") or 0.0),
         submit_begun_at=data.get("submit_begun_at") or 0.0,
         retry_of=data.get("retry_of") or "",
@@ -139,9 +166,9 @@ def event_from_json(data: JSON, cursor: str = "") -> JobEvent:
     return JobEvent(
         job_id=data["job_id"],
         client=data["client"],
-        service=Service(data["service"]),
+        service=member(Service, data["service"]),
         type=data["type"],
-        state=JobState(data["state"]),
+        state=member(JobState, data["state"]),
         data=data["data"],
         metadata=data["metadata"],
         event_time=data["event_time"],

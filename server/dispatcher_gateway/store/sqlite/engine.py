@@ -114,10 +114,14 @@ class _Done:
     """Whether the WAL is to be flushed before answering (its commit was not)."""
 
 
+_Post = tuple[asyncio.AbstractEventLoop, Callable[..., None], tuple[Any, ...]]
+
+
 class Writer:
     """The worker thread and its queue. `connect` opens the connection (in the worker thread);
     `on_commit` is called in the worker thread after each COMMIT with what the group's
-    operations handed to `note`, when they noted anything."""
+    operations handed to `note`, when they noted anything; what it hands to `post` reaches its
+    loop with the group's answers."""
 
     def __init__(
         self,
@@ -148,6 +152,8 @@ class Writer:
         self._wal = wal if turns is not None else None
         self._reads: list[_Outcome] = []
         """Reads answered, waiting for the flush that follows the turn (with `_wal` only)."""
+        self._posts: list[_Post] = []
+        """What `on_commit` posted, to send with the group's answers. Worker thread only."""
 
     @property
     def running(self) -> bool:
@@ -202,6 +208,14 @@ class Writer:
         """From an operation, in the worker thread: hand `items` to `on_commit` once the group
         is committed (not if the operation is undone)."""
         self._notes.extend(items)
+
+    def post(
+        self, loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any
+    ) -> None:
+        """From `on_commit`, in the worker thread: `callback(*args)` on `loop`, after the group's
+        answers and in the same call into that loop (call_soon_threadsafe would wake it once
+        for each)."""
+        self._posts.append((loop, callback, args))
 
     def translate(self, exc: BaseException, *, always: bool = False) -> BaseException:
         """StoreUnavailable, naming the file, for what means the database cannot be used;
@@ -351,9 +365,12 @@ class Writer:
                 failure = self.translate(exc)
                 _deliver([(op, None, failure) for op, _, _ in outcomes])
                 return
-        _deliver(outcomes)
-        if done is not None and done.notes:
-            self._on_commit(done.notes)
+        try:
+            if done is not None and done.notes:
+                self._on_commit(done.notes)
+        finally:
+            posts, self._posts = self._posts, []
+            _deliver(outcomes, posts)
 
     def _flush_wal(self) -> None:
         if self._wal is None:
@@ -477,8 +494,8 @@ def _wanted(op: _Op) -> bool:
     return not op.future.cancelled()
 
 
-def _settle(outcomes: list[_Outcome]) -> None:
-    """On the callers' loop: answer each caller still waiting."""
+def _settle(outcomes: list[_Outcome], posts: list[_Post]) -> None:
+    """On the callers' loop: answer each caller still waiting, then run what was posted."""
     for op, value, error in outcomes:
         if op.future.done():
             continue
@@ -486,14 +503,25 @@ def _settle(outcomes: list[_Outcome]) -> None:
             op.future.set_result(value)
         else:
             op.future.set_exception(error)
+    for loop, callback, args in posts:
+        try:
+            callback(*args)
+        except Exception as exc:
+            # As the loop reports a callback of its own that raises; the others still run.
+            loop.call_exception_handler(
+                {"message": f"Exception in callback {callback!r}", "exception": exc}
+            )
 
 
-def _deliver(outcomes: list[_Outcome]) -> None:
-    """From the worker thread: hand the outcomes to their loops, one call per loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+def _deliver(outcomes: list[_Outcome], posts: list[_Post] | None = None) -> None:
+    """From the worker thread: hand the outcomes, and what was posted, to their loops, one call
+    per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, tuple[list[_Outcome], list[_Post]]] = {}
     for outcome in outcomes:
-        by_loop.setdefault(outcome[0].future.get_loop(), []).append(outcome)
-    for loop, batch in by_loop.items():
+        by_loop.setdefault(outcome[0].future.get_loop(), ([], []))[0].append(outcome)
+    for post in posts or ():
+        by_loop.setdefault(post[0], ([], []))[1].append(post)
+    for loop, (batch, posted) in by_loop.items():
         # A closed loop has nobody left waiting.
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_settle, batch)
+            loop.call_soon_threadsafe(_settle, batch, posted)

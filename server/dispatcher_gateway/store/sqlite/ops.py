@@ -132,13 +132,13 @@ def find_job(conn: sqlite3.Connection, job: Job) -> Job | None:
 
 
 def job_by_id(conn: sqlite3.Connection, job_id: str) -> Job | None:
-    row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    row = conn.execute(f"{rows.SELECT_JOBS} WHERE job_id = ?", (job_id,)).fetchone()
     return None if row is None else rows.job_from_row(row)
 
 
 def job_by_key(conn: sqlite3.Connection, client: str, idempotency_key: str) -> Job | None:
     row = conn.execute(
-        "SELECT * FROM jobs WHERE client = ? AND idempotency_key = ?", (client, idempotency_key)
+        f"{rows.SELECT_JOBS} WHERE client = ? AND idempotency_key = ?", (client, idempotency_key)
     ).fetchone()
     return None if row is None else rows.job_from_row(row)
 
@@ -195,12 +195,9 @@ def insert_events(conn: sqlite3.Connection, events: list[JobEvent], now: float) 
     """Insert events recorded at `now` in one statement; returns them with their cursors."""
     if not events:
         return []
-    params = [rows.event_params(e) for e in events]
-    for row in params:
-        row["record_time"] = now
     cursor = conn.execute(
         rows.insert_many("events", rows.EVENT_COLUMNS, len(events)),
-        [row[c] for row in params for c in rows.EVENT_COLUMNS],
+        [value for e in events for value in rows.event_values(e, now)],
     )
     # One writer holds the lock: the rows got consecutive sequence numbers, in order.
     first = cursor.lastrowid - len(events) + 1  # type: ignore[operator]

@@ -108,7 +108,7 @@ class SqliteStore:
                 if len(self._ended) < WATCHED_MAX:
                     self._ended.append(entry_id)
         if events:
-            self._feeds.publish(events)
+            self._feeds.publish(events, self._writer.post)
             if self._neighbours is not None:
                 self._neighbours.notify(events)
 
@@ -202,14 +202,14 @@ class SqliteStore:
         def page(conn: sqlite3.Connection) -> list[Job]:
             if start is None:
                 found = conn.execute(
-                    "SELECT * FROM jobs WHERE client = ?"
+                    f"{rows.SELECT_JOBS} WHERE client = ?"
                     " ORDER BY created_at DESC, job_id DESC LIMIT ?",
                     (client, limit + 1),
                 ).fetchall()
             else:
                 created_at, job_id = start
                 found = conn.execute(
-                    "SELECT * FROM jobs WHERE client = ?"
+                    f"{rows.SELECT_JOBS} WHERE client = ?"
                     " AND (created_at < ? OR (created_at = ? AND job_id < ?))"
                     " ORDER BY created_at DESC, job_id DESC LIMIT ?",
                     (client, created_at, created_at, job_id, limit + 1),
@@ -226,7 +226,7 @@ class SqliteStore:
 
         def page(conn: sqlite3.Connection) -> list[Job]:
             # Only _where's placeholders are spliced in, never a value.
-            sql = f"SELECT * FROM jobs WHERE {where} ORDER BY created_at DESC, job_id DESC LIMIT ?"  # noqa: S608
+            sql = f"{rows.SELECT_JOBS} WHERE {where} ORDER BY created_at DESC, job_id DESC LIMIT ?"
             found = conn.execute(sql, (*params, limit + 1)).fetchall()
             return [rows.job_from_row(row) for row in found]
 
@@ -238,7 +238,7 @@ class SqliteStore:
         now = time.time()
 
         def begin(conn: sqlite3.Connection) -> Job:
-            row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            row = conn.execute(f"{rows.SELECT_JOBS} WHERE job_id = ?", (job_id,)).fetchone()
             if row is None:
                 raise NotFound(f"job {job_id} not found")
             job = rows.job_from_row(row)
@@ -516,10 +516,9 @@ class SqliteStore:
             )
         written = iter(self._insert_events(conn, [e for e in recorded if e is not None], now))
         if ids:
-            changed = [rows.job_state_params(jobs[i]) for i in ids]
             conn.execute(
-                rows.update_jobs(len(changed)),
-                [p[c] for p in changed for c in rows.JOB_STATE_COLUMNS],
+                rows.update_jobs(len(ids)),
+                [value for i in ids for value in rows.job_state_values(jobs[i])],
             )
         return [None if e is None else next(written) for e in recorded]
 

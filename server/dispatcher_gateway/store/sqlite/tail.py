@@ -10,7 +10,7 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Final
+from typing import Any, Final
 
 from ...core.model import JobEvent
 
@@ -24,6 +24,20 @@ the file: a gateway's workers each hand their commits over after their own flush
 
 ReadAfter = Callable[[int, int], Awaitable[list[JobEvent]]]
 """Reads up to `limit` events after a sequence number from the file, in cursor order."""
+Post = Callable[..., None]
+"""Calls `callback(*args)` on `loop`: post(loop, callback, *args)."""
+
+
+def _call_soon_threadsafe(
+    loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any
+) -> None:
+    # A closed loop has no tail left to feed.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    loop.call_soon(callback, *args)
 
 
 class _Feed:
@@ -67,15 +81,14 @@ class Feeds:
         self._wakes = 0
         """How many times another process said it committed (wake.py's Neighbours)."""
 
-    def publish(self, events: list[JobEvent]) -> None:
-        """From the worker thread, after a commit: the events it appended, in cursor order."""
+    def publish(self, events: list[JobEvent], post: Post = _call_soon_threadsafe) -> None:
+        """From the worker thread, after a commit: the events it appended, in cursor order.
+        `post`: how a call reaches a feed's loop (the writer's `post`, with its answers)."""
         with self._lock:
             self._committed = max(self._committed, int(events[-1].cursor))
             feeds = self._promise(events)
         for feed in feeds:
-            # A closed loop has no tail left to feed.
-            with contextlib.suppress(RuntimeError):
-                feed.loop.call_soon_threadsafe(feed.push, events)
+            post(feed.loop, feed.push, events)
 
     def deliver(self, events: list[JobEvent] | None) -> None:
         """Another process committed `events` (wake.py's Neighbours): pushed to every tail as
@@ -87,12 +100,17 @@ class Feeds:
             else:
                 self._wakes += 1
                 feeds = list(self._feeds)
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
         for feed in feeds:
-            with contextlib.suppress(RuntimeError):
-                if events:
-                    feed.loop.call_soon_threadsafe(feed.push, events)
-                else:
-                    feed.loop.call_soon_threadsafe(feed.wake)
+            # On the feed's own loop (Neighbours calls from it), without waking it up.
+            post = _call_soon if feed.loop is here else _call_soon_threadsafe
+            if events:
+                post(feed.loop, feed.push, events)
+            else:
+                post(feed.loop, feed.wake)
 
     def _promise(self, events: list[JobEvent]) -> list[_Feed]:
         """Under the lock: the feeds `events` are to be pushed to, each told so."""
@@ -185,6 +203,10 @@ class Tail(AsyncIterator[JobEvent]):
     def _follow_on(self, pushed: list[JobEvent]) -> None:
         """Take, in cursor order, the events pushed (and held) that follow on from the last one
         taken; hold those past a gap (another process wrote in between)."""
+        if not self._held and _follows(pushed, self._seq):
+            # The usual case: one commit's events, or several in order.
+            self._take(pushed)
+            return
         events = sorted([*self._held, *pushed], key=lambda event: int(event.cursor))
         gap = bool(self._held)
         self._held = []
@@ -202,3 +224,10 @@ class Tail(AsyncIterator[JobEvent]):
     def _take(self, events: list[JobEvent]) -> None:
         self._buffer.extend(events)
         self._seq = int(events[-1].cursor)
+
+
+def _follows(events: list[JobEvent], seq: int) -> bool:
+    """Whether `events` are those right after `seq`, in order, none missing or repeated."""
+    return bool(events) and all(
+        int(event.cursor) == seq + index for index, event in enumerate(events, 1)
+    )
