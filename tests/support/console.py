@@ -15,6 +15,7 @@ import grpc
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -97,7 +98,16 @@ class Browser:
         WebDriverWait(self.driver, WAIT, poll_frequency=0.1).until(condition, what)
 
     def find(self, css: str) -> WebElement:
-        return self.driver.find_element(By.CSS_SELECTOR, css)
+        try:
+            return self.driver.find_element(By.CSS_SELECTOR, css)
+        except NoSuchElementException:
+            # What the browser shows instead says why: an error page, a redirect, a refusal.
+            shown = self.driver.execute_script(
+                "return document.body ? document.body.innerText : ''"
+            )
+            raise AssertionError(
+                f"no {css} on {self.driver.current_url} ({self.driver.title!r}): {shown[:500]!r}"
+            ) from None
 
     def all(self, css: str) -> list[WebElement]:
         return self.driver.find_elements(By.CSS_SELECTOR, css)

@@ -20,6 +20,9 @@ LOWEST = 10_000
 """Below this, ports other software claims by name (databases, brokers, dev servers)."""
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 ATTEMPTS = 200
+UNSAFE = frozenset({10080})
+"""Ports at or above LOWEST that browsers refuse to open (Chromium's and Firefox's restricted
+ports: ERR_UNSAFE_PORT), which would fail a console test at random."""
 
 _pick = random.SystemRandom()
 """Not the `random` module's generator, which a test run may seed the same in every process."""
@@ -48,7 +51,7 @@ def free_port() -> int:
     if top - LOWEST >= ATTEMPTS:
         for _ in range(ATTEMPTS):
             port = _pick.randrange(LOWEST, top)
-            if port not in _given and _is_free(port):
+            if port not in _given and port not in UNSAFE and _is_free(port):
                 _given.add(port)
                 return port
     # No room below the ephemeral range on this machine: the kernel's pick, with its window.
