@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from ...core.model import Job, JobEvent, Lease
+from ...core.model import Job, JobEvent, Lease, Priority, QueueDepth
 from ...core.ports import Apply
 from ...core.query import JobQuery
 from . import rows
@@ -16,6 +16,8 @@ from . import rows
 LEASE_TOKEN_BYTES: Final = 16
 DROP_BATCH: Final = 500
 """Entry ids deleted by one statement: within the 999 parameters of older SQLite builds."""
+_PRIORITY_BY_RANK: Final = {p.rank: p for p in Priority}
+"""The outbox keeps an entry's priority as its rank, the order it is handed out in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +183,21 @@ def add_to_outbox(conn: sqlite3.Connection, jobs: list[Job], due: float) -> list
     # One writer holds the lock: the rows got consecutive ids, in order.
     first = cursor.lastrowid - len(jobs) + 1  # type: ignore[operator]
     return list(range(first, first + len(jobs)))
+
+
+def outbox_depths(conn: sqlite3.Connection, now: float) -> dict[str, dict[Priority, QueueDepth]]:
+    """Store.outbox_depths: the entries due at `now`, by client and priority."""
+    depths: dict[str, dict[Priority, QueueDepth]] = {}
+    # Due entries only (outbox_by_due): not the submitted jobs' entries, which wait for their
+    # callback deadline, days of them.
+    for row in conn.execute(
+        "SELECT client, priority, SUM(attempts = 0) AS fresh, SUM(attempts > 0) AS other"
+        " FROM outbox INDEXED BY outbox_by_due WHERE due_at <= ? GROUP BY client, priority",
+        (now,),
+    ):
+        priority = _PRIORITY_BY_RANK[row["priority"]]
+        depths.setdefault(row["client"], {})[priority] = QueueDepth(row["fresh"], row["other"])
+    return depths
 
 
 def drop_from_outbox(conn: sqlite3.Connection, entry_ids: list[int]) -> None:

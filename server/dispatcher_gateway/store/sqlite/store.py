@@ -20,18 +20,13 @@ from . import ops, rows, schema
 from .engine import MAX_BATCH, Batch, Writer
 from .tail import Feeds, Tail
 from .wake import Neighbours
+from .watched import WatchedEntries
 
 # Pruning costs a scan of the old keys; doing it on every append would tax the hot path.
 DEDUPE_PRUNE_INTERVAL: Final = 600.0
 TURNS_SUFFIX: Final = "-writer.lock"
 """Beside the file (as SQLite's -wal and -shm): the lock its writers take turns on, when they
 are a gateway's workers (engine.py's Writer)."""
-_PRIORITY_BY_RANK: Final = {p.rank: p for p in Priority}
-"""The outbox keeps an entry's priority as its rank, the order it is handed out in."""
-WATCHED_MAX: Final = 10_000
-"""Watched entries remembered, and those of ended jobs waiting for a lease to drop them: past
-this, the oldest are forgotten, and the outbox drops such an entry on finding its job ended, as
-after a restart."""
 
 
 class SqliteStore:
@@ -65,12 +60,8 @@ class SqliteStore:
         self._writer = Writer(str(self._path), self._connect, self._committed, turns=turns, wal=wal)
         self._last_prune = 0.0
         """Touched by the worker thread only."""
-        self._watched: dict[str, int] = {}
-        """Job id to outbox entry id, for the entries of create_job_taking_slot committed whose
-        job has not ended yet, oldest first. Touched by the worker thread only."""
-        self._ended: list[int] = []
-        """Watched entries whose job has ended since the last lease, which drops them. Touched
-        by the worker thread only."""
+        self._entries = WatchedEntries()
+        """The entries of create_job_taking_slot (watched.py)."""
 
     @property
     def path(self) -> Path:
@@ -95,18 +86,7 @@ class SqliteStore:
 
     def _committed(self, notes: list[JobEvent | ops.Watched]) -> None:
         """In the worker thread, after a commit that appended events or watched entries."""
-        events: list[JobEvent] = []
-        for note in notes:
-            if isinstance(note, ops.Watched):
-                self._watched[note.job_id] = note.entry_id
-                if len(self._watched) > WATCHED_MAX:
-                    del self._watched[next(iter(self._watched))]
-                continue
-            events.append(note)
-            if note.terminal and note.job_id in self._watched:
-                entry_id = self._watched.pop(note.job_id)
-                if len(self._ended) < WATCHED_MAX:
-                    self._ended.append(entry_id)
+        events = self._entries.committed(notes)
         if events:
             self._feeds.publish(events, self._writer.post)
             if self._neighbours is not None:
@@ -257,28 +237,13 @@ class SqliteStore:
         take = ops.lease(self._clock, limit=limit, visibility=visibility, client=client)
 
         def lease(conn: sqlite3.Connection) -> list[Lease]:
-            self._drop_ended(conn)
+            self._entries.drop_ended(conn)
             return take(conn)
 
         return await self._writer.run(lease, write=True)
 
     async def outbox_depths(self) -> dict[str, dict[Priority, QueueDepth]]:
-        def count(conn: sqlite3.Connection) -> dict[str, dict[Priority, QueueDepth]]:
-            depths: dict[str, dict[Priority, QueueDepth]] = {}
-            # Due entries only (outbox_by_due): not the submitted jobs' entries, which wait for
-            # their callback deadline, days of them.
-            for row in conn.execute(
-                "SELECT client, priority, SUM(attempts = 0) AS fresh, SUM(attempts > 0) AS other"
-                " FROM outbox INDEXED BY outbox_by_due WHERE due_at <= ? GROUP BY client, priority",
-                (self._clock(),),
-            ):
-                priority = _PRIORITY_BY_RANK[row["priority"]]
-                depths.setdefault(row["client"], {})[priority] = QueueDepth(
-                    row["fresh"], row["other"]
-                )
-            return depths
-
-        return await self._writer.run(count)
+        return await self._writer.run(lambda conn: ops.outbox_depths(conn, self._clock()))
 
     # The end of a lease is not flushed to disk on its own (engine.py: not durable): lost in a
     # crash of the machine, the entry is handed out again, and the worker finds it done or due.
@@ -444,14 +409,6 @@ class SqliteStore:
         if watched:
             entry_of = {job.job_id: entry_id for job, entry_id in zip(jobs, ids, strict=True)}
             self._writer.note([ops.Watched(job.job_id, entry_of[job.job_id]) for job in watched])
-
-    def _drop_ended(self, conn: sqlite3.Connection) -> None:
-        """Delete the watched entries whose job has ended (the outbox would find each ended and
-        ack it), in the outbox's own write. Should that write be undone, they are left to the
-        outbox."""
-        if self._ended:
-            ended, self._ended = self._ended, []
-            ops.drop_from_outbox(conn, ended)
 
     def _create_all_taking_slots(
         self, conn: sqlite3.Connection, items: list[tuple[ops.NewJob, int, float]]
