@@ -17,7 +17,8 @@ from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import NotFound
 from dispatcher_gateway.core.model import JobEvent, JobState
 from dispatcher_gateway.store import SqliteStore
-from dispatcher_gateway.store.sqlite.engine import Batch, Writer
+from dispatcher_gateway.store.sqlite.engine import Writer
+from dispatcher_gateway.store.sqlite.queued import Batch
 from tests.support.builders import (
     CLIENT,
     create,

@@ -46,14 +46,12 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from ...core.errors import StoreUnavailable
+from .queued import Batch, Op, Outcome, Post, deliver, runs, wanted
 
 T = TypeVar("T")
 
 # Bounds how long the first write of a group waits for the others to be applied.
 MAX_GROUP: Final = 256
-MAX_BATCH: Final = 64
-"""Operations of one batch call: 64 rows of 15 columns stay within the 999 parameters that
-SQLite builds older than 3.32 allow."""
 _NORMAL: Final = 1
 """PRAGMA synchronous = NORMAL, as a number."""
 
@@ -76,45 +74,15 @@ _UNAVAILABLE_CODES: Final = frozenset(
     }
 )
 
-ApplyAll = Callable[[sqlite3.Connection, list[Any]], list[Any]]
-"""Does many operations of one kind at once, given their items in order; returns their values in
-the same order. Raising undoes them all (the group is then applied op by op)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """What an operation does, for doing it together with the operations of the same `apply_all`
-    queued next to it; the operation's own callable does it too, alone."""
-
-    apply_all: ApplyAll
-    item: Any
-
-
-@dataclass(slots=True)
-class _Op:
-    fn: Callable[[sqlite3.Connection], Any]
-    future: asyncio.Future[Any]
-    """Of the caller's loop: only that loop sets it (`_settle`); the worker reads whether it is
-    cancelled, and an operation its caller gave up on before it ran is not run."""
-    write: bool
-    batch: Batch | None = None
-    durable: bool = True
-
-
-_Outcome = tuple[_Op, Any, BaseException | None]
-
 
 @dataclass(slots=True)
 class _Done:
     """A group committed (or failed), to answer once its turn is over."""
 
-    outcomes: list[_Outcome]
+    outcomes: list[Outcome]
     notes: list[Any]
     flush: bool
     """Whether the WAL is to be flushed before answering (its commit was not)."""
-
-
-_Post = tuple[asyncio.AbstractEventLoop, Callable[..., None], tuple[Any, ...]]
 
 
 class Writer:
@@ -142,7 +110,7 @@ class Writer:
         self._turns_fd: int | None = None
         self._connect = connect
         self._on_commit = on_commit
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._notes: list[Any] = []
@@ -150,9 +118,9 @@ class Writer:
         self._synchronous = (0, 0)
         """The connection's PRAGMA synchronous as opened (durable groups), and as set now."""
         self._wal = wal if turns is not None else None
-        self._reads: list[_Outcome] = []
+        self._reads: list[Outcome] = []
         """Reads answered, waiting for the flush that follows the turn (with `_wal` only)."""
-        self._posts: list[_Post] = []
+        self._posts: list[Post] = []
         """What `on_commit` posted, to send with the group's answers. Worker thread only."""
 
     @property
@@ -201,7 +169,7 @@ class Writer:
         if self._thread is None:
             raise StoreUnavailable(f"store {self._name} is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Op(fn, future, write, batch, durable))
+        self._queue.put(Op(fn, future, write, batch, durable))
         return await future
 
     def note(self, items: list[Any]) -> None:
@@ -279,10 +247,10 @@ class Writer:
             if stopping:
                 return
 
-    def _queued(self, limit: int) -> tuple[list[_Op], bool]:
+    def _queued(self, limit: int) -> tuple[list[Op], bool]:
         """Up to `limit` operations queued now, without waiting; and whether the stop is
         queued among them."""
-        ops: list[_Op] = []
+        ops: list[Op] = []
         while len(ops) < limit:
             try:
                 op = self._queue.get_nowait()
@@ -293,25 +261,25 @@ class Writer:
             ops.append(op)
         return ops, False
 
-    def _answer_reads(self, conn: sqlite3.Connection, ops: list[_Op]) -> list[_Op]:
+    def _answer_reads(self, conn: sqlite3.Connection, ops: list[Op]) -> list[Op]:
         """Answer the reads among `ops`; returns the writes, to commit as one group.
 
         Reads first: every read here was queued before any write here returned, so answering
         it from the state before them is as correct as after, and the writes stay one group.
         They are answered before the commit's wait on the disk."""
-        reads = [self._read(conn, op) for op in ops if not op.write and _wanted(op)]
+        reads = [self._read(conn, op) for op in ops if not op.write and wanted(op)]
         if self._flushes_after_turn:
             self._reads += reads
         elif reads:
-            _deliver(reads)
-        return [op for op in ops if op.write and _wanted(op)]
+            deliver(reads)
+        return [op for op in ops if op.write and wanted(op)]
 
     @property
     def _flushes_after_turn(self) -> bool:
         """Whether this thread flushes the WAL itself, after its turn (see above)."""
         return self._wal is not None and self._synchronous[0] > _NORMAL
 
-    def _read(self, conn: sqlite3.Connection, op: _Op) -> _Outcome:
+    def _read(self, conn: sqlite3.Connection, op: Op) -> Outcome:
         try:
             return op, op.fn(conn), None
         except Exception as exc:
@@ -330,7 +298,7 @@ class Writer:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def _commit_group(self, conn: sqlite3.Connection, live: list[_Op]) -> _Done:
+    def _commit_group(self, conn: sqlite3.Connection, live: list[Op]) -> _Done:
         """Commit the group; its outcomes are answered by `_finish`."""
         durable = any(op.durable for op in live)
         flush = durable and self._flushes_after_turn
@@ -363,14 +331,14 @@ class Writer:
                 # Committed, but not known to be on disk: answered as the store being unusable
                 # (a webhook is sent again, and found a duplicate); the tails find the events.
                 failure = self.translate(exc)
-                _deliver([(op, None, failure) for op, _, _ in outcomes])
+                deliver([(op, None, failure) for op, _, _ in outcomes])
                 return
         try:
             if done is not None and done.notes:
                 self._on_commit(done.notes)
         finally:
             posts, self._posts = self._posts, []
-            _deliver(outcomes, posts)
+            deliver(outcomes, posts)
 
     def _flush_wal(self) -> None:
         if self._wal is None:
@@ -393,14 +361,14 @@ class Writer:
             conn.execute(f"PRAGMA synchronous = {wanted}")
             self._synchronous = (opened, wanted)
 
-    def _apply_all(self, conn: sqlite3.Connection, live: list[_Op]) -> list[_Outcome] | None:
+    def _apply_all(self, conn: sqlite3.Connection, live: list[Op]) -> list[Outcome] | None:
         """Apply the group in one transaction, as if none will fail: no SAVEPOINT each (every
         statement is a GIL round trip for this thread). None, with the transaction undone, if
         one failed: the group is then applied again by `_apply_each`."""
         self._notes = []
         conn.execute("BEGIN IMMEDIATE")
-        outcomes: list[_Outcome] = []
-        for run in _runs(live):
+        outcomes: list[Outcome] = []
+        for run in runs(live):
             try:
                 batch = run[0].batch
                 if len(run) == 1 or batch is None:
@@ -416,12 +384,12 @@ class Writer:
                 return None
         return outcomes
 
-    def _apply_each(self, conn: sqlite3.Connection, live: list[_Op]) -> list[_Outcome]:
+    def _apply_each(self, conn: sqlite3.Connection, live: list[Op]) -> list[Outcome]:
         """Apply the group in one transaction, each operation inside its own SAVEPOINT, so that
         one failing does not undo the others."""
         self._notes = []
         conn.execute("BEGIN IMMEDIATE")
-        outcomes: list[_Outcome] = []
+        outcomes: list[Outcome] = []
         for op in live:
             conn.execute("SAVEPOINT op")
             noted = len(self._notes)
@@ -441,7 +409,7 @@ class Writer:
 
     def _fail_queued(self) -> None:
         closed = StoreUnavailable(f"store {self._name} is closed")
-        failed: list[_Outcome] = []
+        failed: list[Outcome] = []
         while True:
             try:
                 op = self._queue.get_nowait()
@@ -450,7 +418,7 @@ class Writer:
             if op is not None:
                 failed.append((op, None, closed))
         if failed:
-            _deliver(failed)
+            deliver(failed)
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -458,70 +426,3 @@ def is_unavailable(exc: BaseException) -> bool:
     return (
         isinstance(exc, sqlite3.Error) and code is not None and (code & 0xFF) in _UNAVAILABLE_CODES
     )
-
-
-def _runs(ops: list[_Op]) -> Iterator[list[_Op]]:
-    """The operations in order: each run of consecutive operations of one batch kind as one
-    list (of at most MAX_BATCH), others alone."""
-    run: list[_Op] = []
-    for op in ops:
-        if run and (op.batch is None or not _same_kind(op, run[0])):
-            yield run
-            run = []
-        if op.batch is None:
-            yield [op]
-            continue
-        run.append(op)
-        if len(run) == MAX_BATCH:
-            yield run
-            run = []
-    if run:
-        yield run
-
-
-def _same_kind(op: _Op, other: _Op) -> bool:
-    return (
-        op.batch is not None
-        and other.batch is not None
-        and op.batch.apply_all == other.batch.apply_all
-    )
-
-
-def _wanted(op: _Op) -> bool:
-    # Read across threads: a cancel that lands just after this is a caller that gave up on an
-    # operation already running, whose outcome `_settle` then drops, as gRPC drops the answer
-    # of a call cancelled in flight.
-    return not op.future.cancelled()
-
-
-def _settle(outcomes: list[_Outcome], posts: list[_Post]) -> None:
-    """On the callers' loop: answer each caller still waiting, then run what was posted."""
-    for op, value, error in outcomes:
-        if op.future.done():
-            continue
-        if error is None:
-            op.future.set_result(value)
-        else:
-            op.future.set_exception(error)
-    for loop, callback, args in posts:
-        try:
-            callback(*args)
-        except Exception as exc:
-            # As the loop reports a callback of its own that raises; the others still run.
-            loop.call_exception_handler(
-                {"message": f"Exception in callback {callback!r}", "exception": exc}
-            )
-
-
-def _deliver(outcomes: list[_Outcome], posts: list[_Post] | None = None) -> None:
-    """From the worker thread: hand the outcomes, and what was posted, to their loops, one call
-    per loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, tuple[list[_Outcome], list[_Post]]] = {}
-    for outcome in outcomes:
-        by_loop.setdefault(outcome[0].future.get_loop(), ([], []))[0].append(outcome)
-    for post in posts or ():
-        by_loop.setdefault(post[0], ([], []))[1].append(post)
-    for loop, (batch, posted) in by_loop.items():
-        # A closed loop has nobody left waiting.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_settle, batch, posted)

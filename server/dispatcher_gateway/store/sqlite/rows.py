@@ -92,7 +92,7 @@ SQLite 3.33 and later)."""
 
 
 # The statements' texts are built once for each size: every write of the sync path builds a few,
-# and a group commit's sizes are few (up to the engine's MAX_BATCH).
+# and a group commit's sizes are few (up to queued.py's MAX_BATCH).
 
 
 @functools.lru_cache(maxsize=STATEMENT_TEXTS)

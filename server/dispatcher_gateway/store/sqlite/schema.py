@@ -18,7 +18,7 @@ priority (the order of the fair share: core/fairshare.py)."""
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 STATEMENT_CACHE: Final = 1024
 """Prepared statements a connection keeps (Python's default: 128). A group commit writes its
-rows in one statement per table, a text for each group size (up to the engine's MAX_BATCH):
+rows in one statement per table, a text for each group size (up to queued.py's MAX_BATCH):
 past 128 texts, statements were compiled again and again, each costing more than running it."""
 BUSY_TIMEOUT_MS: Final = 5000
 """How long a write waits for another process's lock on the file before it fails as

@@ -17,7 +17,8 @@ from ...core.query import JobQuery
 from .. import codec
 from ..codec import DEFAULT_DEDUPE_TTL, SECRET_BYTES
 from . import ops, rows, schema
-from .engine import MAX_BATCH, Batch, Writer
+from .engine import Writer
+from .queued import MAX_BATCH, Batch
 from .tail import Feeds, Tail
 from .wake import Neighbours
 from .watched import WatchedEntries
