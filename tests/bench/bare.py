@@ -6,13 +6,25 @@ python -m tests.bench.bare grpc --port P --admin-port A
 python -m tests.bench.bare webhook --port P [--reuse-port]
     The webhook route on uvicorn and Starlette that only verifies the signature; with
     --reuse-port, several of them share the port (the baseline of GATEWAY_WORKERS).
+
+The floors: with --store FILE, each also does the least that a gateway which loses nothing must
+add. The gRPC server writes one row per Dispatch before answering it; the webhook server writes
+one row per webhook, and then sends one event to each Subscribe stream it holds (on --grpc-port).
+The rows go to FILE in group commits from a thread of its own (WAL, synchronous=FULL; a caller is
+answered after the COMMIT), as the gateway's SQLite store writes. No JSON, no job, no dedupe: a
+gateway can get near a floor, not past it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import queue
 import signal
+import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,13 +46,62 @@ from .messages import WEBHOOK_SECRET, broadcast_event, dispatch_response
 HOST = "127.0.0.1"
 
 
+class GroupWriter:
+    """Rows written by a thread of its own, every row queued at the moment in one transaction;
+    each writer answered once it is committed (WAL, synchronous=FULL)."""
+
+    def __init__(self, path: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[bytes, asyncio.Future[None]] | None]
+        self._queue = queue.SimpleQueue()
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self._conn.execute("CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY, body BLOB)")
+        self._thread = threading.Thread(target=self._serve, name="floor-writer", daemon=True)
+        self._thread.start()
+
+    async def write(self, body: bytes) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put((body, future))
+        await future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._conn.close()
+
+    def _serve(self) -> None:
+        while (first := self._queue.get()) is not None:
+            group = [first]
+            more: tuple[bytes, asyncio.Future[None]] | None = first
+            with contextlib.suppress(queue.Empty):
+                while (more := self._queue.get_nowait()) is not None:
+                    group.append(more)
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany("INSERT INTO rows (body) VALUES (?)", [(b,) for b, _ in group])
+            self._conn.execute("COMMIT")
+            loop = group[0][1].get_loop()
+            loop.call_soon_threadsafe(_answer, [future for _, future in group])
+            if more is None:
+                return
+
+
+def _answer(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
+
+
 class BareDispatch(pb_grpc.DispatchServiceServicer):
-    def __init__(self) -> None:
+    def __init__(self, writer: GroupWriter | None = None) -> None:
         self.response = dispatch_response()
         self.event = broadcast_event()
         self.streams: set[asyncio.Queue[pb.JobEvent]] = set()
+        self.writer = writer
 
     async def Dispatch(self, request: pb.DispatchRequest, context: Any) -> pb.DispatchResponse:
+        if self.writer is not None:
+            await self.writer.write(request.SerializeToString())
         return self.response
 
     async def Subscribe(
@@ -55,8 +116,8 @@ class BareDispatch(pb_grpc.DispatchServiceServicer):
             self.streams.discard(queue)
 
     def broadcast(self) -> int:
-        for queue in self.streams:
-            queue.put_nowait(self.event)
+        for stream in self.streams:
+            stream.put_nowait(self.event)
         return len(self.streams)
 
 
@@ -75,9 +136,14 @@ def grpc_server(limits: GrpcLimits, *, reuse_port: bool = False) -> grpc.aio.Ser
 
 
 async def serve_grpc(
-    port: int, admin_port: int, stop: asyncio.Event, *, reuse_port: bool = False
+    port: int,
+    admin_port: int,
+    stop: asyncio.Event,
+    *,
+    reuse_port: bool = False,
+    writer: GroupWriter | None = None,
 ) -> None:
-    servicer = BareDispatch()
+    servicer = BareDispatch(writer)
     server = grpc_server(GrpcLimits(), reuse_port=reuse_port)
     pb_grpc.add_DispatchServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"{HOST}:{port}")
@@ -101,14 +167,20 @@ async def serve_grpc(
     await admin.stop()
 
 
-def webhook_app(verifier: WebhookVerifier) -> Starlette:
+def webhook_app(verifier: WebhookVerifier, floor: BareDispatch | None = None) -> Starlette:
+    """`floor`: each webhook also written by its writer, then sent to its streams."""
+
     async def receive_webhook(request: Request) -> JSONResponse:
         body = await request.body()
         verifier.verify(body, request.headers)
+        if floor is not None and floor.writer is not None:
+            await floor.writer.write(body)
+            floor.broadcast()
         return JSONResponse({"status": "recorded"})
 
     async def readyz(request: Request) -> JSONResponse:
-        return JSONResponse({"ready": True, "streams": 0})
+        streams = len(floor.streams) if floor else 0
+        return JSONResponse({"ready": True, "streams": streams, "pid": os.getpid()})
 
     return Starlette(
         routes=[
@@ -118,11 +190,28 @@ def webhook_app(verifier: WebhookVerifier) -> Starlette:
     )
 
 
-async def serve_webhook(port: int, stop: asyncio.Event, *, reuse_port: bool = False) -> None:
-    app = webhook_app(WebhookVerifier([WEBHOOK_SECRET]))
+async def serve_webhook(
+    port: int,
+    stop: asyncio.Event,
+    *,
+    reuse_port: bool = False,
+    writer: GroupWriter | None = None,
+    grpc_port: int = 0,
+) -> None:
+    """With `writer`, the floor: its Subscribe streams on `grpc_port`."""
+    floor, streams = None, None
+    if writer is not None:
+        floor = BareDispatch(writer)
+        streams = grpc_server(GrpcLimits())
+        pb_grpc.add_DispatchServiceServicer_to_server(floor, streams)
+        streams.add_insecure_port(f"{HOST}:{grpc_port}")
+        await streams.start()
+    app = webhook_app(WebhookVerifier([WEBHOOK_SECRET]), floor)
     server = await start_http(app, HOST, port, reuse_port=reuse_port)
     await stop.wait()
     await server.stop()
+    if streams is not None:
+        await streams.stop(0)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -130,10 +219,19 @@ async def main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if args.kind == "grpc":
-        await serve_grpc(args.port, args.admin_port, stop, reuse_port=args.reuse_port)
-    else:
-        await serve_webhook(args.port, stop, reuse_port=args.reuse_port)
+    writer = GroupWriter(args.store) if args.store else None
+    try:
+        if args.kind == "grpc":
+            await serve_grpc(
+                args.port, args.admin_port, stop, reuse_port=args.reuse_port, writer=writer
+            )
+        else:
+            await serve_webhook(
+                args.port, stop, reuse_port=args.reuse_port, writer=writer, grpc_port=args.grpc_port
+            )
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 if __name__ == "__main__":
@@ -142,4 +240,6 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--admin-port", type=int, default=0)
     parser.add_argument("--reuse-port", action="store_true", help="share the port (SO_REUSEPORT)")
+    parser.add_argument("--store", help="the floor: a durable row per call or webhook, here")
+    parser.add_argument("--grpc-port", type=int, default=0, help="the floor's Subscribe streams")
     asyncio.run(main(parser.parse_args()))

@@ -173,9 +173,18 @@ def b1_dispatch(scale: Scale, folder: Path) -> Outcome:
     reference (and B6's generator ceiling)."""
     one, bare_one = _b1_run(scale, folder, 1), _b1_run(scale, folder, 1, bare=True)
     two, bare_two = _b1_run(scale, folder, WORKERS), _b1_run(scale, folder, WORKERS, bare=True)
+    floor = _b1_run(scale, folder, WORKERS, bare=True, floor=True)
     rows = [
         _b1_row(scale, f"GATEWAY_WORKERS={WORKERS}", two, bare_two, f"{WORKERS} processes"),
         _b1_row(scale, "one worker", one, bare_one, "1 process", reference=True),
+        _b1_row(
+            scale,
+            f"floor: {WORKERS} bare servers + a durable row per call",
+            floor,
+            bare_two,
+            f"{WORKERS} processes",
+            reference=True,
+        ),
         _generator("B6", "gRPC", bare_one, _per_second(bare_one), one, _per_second(one)),
     ]
     return Outcome(
@@ -191,15 +200,18 @@ B1_CONNECTIONS = 8
 """Connections per generator process with workers: the kernel hashes each to a worker."""
 
 
-def _b1_run(scale: Scale, folder: Path, processes: int, *, bare: bool = False) -> dict[str, Any]:
+def _b1_run(
+    scale: Scale, folder: Path, processes: int, *, bare: bool = False, floor: bool = False
+) -> dict[str, Any]:
     """Dispatch at `scale.in_flight` calls in flight, from one generator process per server
-    process; the servers' CPU seconds over the run beside the calls."""
+    process; the servers' CPU seconds over the run beside the calls. `floor`: the bare servers
+    each write a durable row per call (bare.py)."""
     budget = _timeout(scale, scale.seconds + scale.warmup)
     connections = 1 if processes == 1 else B1_CONNECTIONS
     args = (scale.seconds, scale.warmup, max(1, scale.in_flight // processes), connections)
     with contextlib.ExitStack() as stack:
         if bare:
-            servers, addrs = stack.enter_context(procs.bare_grpc(folder, processes))
+            servers, addrs = stack.enter_context(procs.bare_grpc(folder, processes, floor=floor))
         else:
             store = str(folder / f"b1-{processes}.db")
             server, addrs = stack.enter_context(
@@ -314,9 +326,18 @@ def _generator(
 def b2_webhooks(scale: Scale, folder: Path) -> Outcome:
     one, two = _webhooks(scale, folder, 1), _webhooks(scale, folder, WORKERS)
     bare_one, bare_two = _bare_webhooks(scale, folder, 1), _bare_webhooks(scale, folder, WORKERS)
+    floor = _bare_webhooks(scale, folder, WORKERS, floor=True)
     rows = [
         _b2_row(scale, f"GATEWAY_WORKERS={WORKERS}", two, bare_two, f"{WORKERS} processes"),
         _b2_row(scale, "one worker", one, bare_one, "1 process", reference=True),
+        _b2_row(
+            scale,
+            f"floor: {WORKERS} bare servers + a durable row and a stream message per webhook",
+            floor,
+            bare_two,
+            f"{WORKERS} processes",
+            reference=True,
+        ),
         _generator("B6", "HTTP", bare_one, _rate(bare_one), one, _rate(one)),
     ]
     return Outcome(rows)
@@ -347,7 +368,7 @@ def _b2_row(
                 "per_second": rate,
                 "statuses": ours["statuses"],
                 "fanned_out": fanned,
-                "per_worker": ours["per_worker"],
+                "per_worker": ours.get("per_worker", {}),
             },
             "baseline": {
                 "per_second": bare_rate,
@@ -400,19 +421,33 @@ def _webhooks(
     return _RUNS[key]
 
 
-def _bare_webhooks(scale: Scale, folder: Path, processes: int) -> dict[str, Any]:
-    key = ("bare", scale, folder, processes)
+def _bare_webhooks(
+    scale: Scale, folder: Path, processes: int, *, floor: bool = False
+) -> dict[str, Any]:
+    """`floor`: each bare server writes a row per webhook and sends it to the stream that a
+    subscriber of its own holds (bare.py); the rows that reached them are `fanned_out`."""
+    key = ("bare", scale, folder, processes, floor)
     if key not in _RUNS:
         args = (scale.seconds, scale.warmup, scale.connections)
         budget = _timeout(scale, scale.seconds + scale.warmup)
-        with procs.bare_webhook(folder, processes) as (port, pids):
+        with procs.bare_webhook(folder, processes, floor=floor) as (port, pids, streams):
             jobs = [f"job_{i:032x}" for i in range(scale.jobs)]
-            cpu = procs.cpu_seconds(pids)
-            found = procs.run(load.webhook_load, port, jobs, *args, timeout=budget)
-            cpu = procs.cpu_seconds(pids) - cpu
+            stop = procs.SPAWN.Event()
+            subscribers = procs.Workers()
+            for target in streams:
+                subscribers.start(load.count_events, target, stop, budget)
+            try:
+                if streams:
+                    procs.wait_each_streams(f"http://{procs.HOST}:{port}/readyz", pids)
+                cpu = procs.cpu_seconds(pids)
+                found = procs.run(load.webhook_load, port, jobs, *args, timeout=budget)
+                cpu = procs.cpu_seconds(pids) - cpu
+            finally:
+                stop.set()
+            fanned = sum(one["received"] for one in subscribers.results(budget)) if streams else 0
         # Every status counted, warm-up too, as the gateway's per_worker counts are.
         sent = found["accepted"] * (scale.seconds + scale.warmup) / scale.seconds
-        _RUNS[key] = {**found, "per_cpu": sent / cpu if cpu else math.nan}
+        _RUNS[key] = {**found, "per_cpu": sent / cpu if cpu else math.nan, "fanned_out": fanned}
     return _RUNS[key]
 
 

@@ -109,10 +109,11 @@ _SHARING = (
 
 @contextlib.contextmanager
 def bare_grpc(
-    folder: Path, processes: int = 1
+    folder: Path, processes: int = 1, *, floor: bool = False
 ) -> Iterator[tuple[list[ServerProcess], GatewayAddrs]]:
     """`processes` bare gRPC servers on one port (SO_REUSEPORT when more than one), each with an
-    admin port of its own; the addresses are the first's."""
+    admin port of its own; the addresses are the first's. `floor`: each writes a row per call to
+    a file of its own (bare.py)."""
     port = free_port()
     with contextlib.ExitStack() as stack:
         servers, first = [], None
@@ -124,26 +125,37 @@ def bare_grpc(
             if processes > 1:
                 args.append("--reuse-port")
             name = "bare-grpc" if processes == 1 else f"bare-grpc-{index}"
+            if floor:
+                name = name.replace("bare", "floor")
+                args += ["--store", str(folder / f"{name}-{port}.db")]
             servers.append(stack.enter_context(running(name, args, {}, addrs.readyz, folder)))
         assert first is not None
         yield servers, first
 
 
 @contextlib.contextmanager
-def bare_webhook(folder: Path, processes: int = 1) -> Iterator[tuple[int, list[int]]]:
-    """`processes` bare webhook servers on one port (SO_REUSEPORT when more than one): the port
-    and their pids."""
+def bare_webhook(
+    folder: Path, processes: int = 1, *, floor: bool = False
+) -> Iterator[tuple[int, list[int], list[str]]]:
+    """`processes` bare webhook servers on one port (SO_REUSEPORT when more than one): the port,
+    their pids, and with `floor` (bare.py: each writes a row per webhook to a file of its own and
+    sends it to its streams) the gRPC address of each one's streams."""
     port = free_port()
-    args = ["-m", "tests.bench.bare", "webhook", "--port", str(port)]
-    if processes > 1:
-        args.append("--reuse-port")
+    url = f"http://{HOST}:{port}/readyz"
     with contextlib.ExitStack() as stack:
-        servers = []
+        servers, streams = [], []
         for index in range(processes):
+            args = ["-m", "tests.bench.bare", "webhook", "--port", str(port)]
+            if processes > 1:
+                args.append("--reuse-port")
             name = "bare-webhook" if processes == 1 else f"bare-webhook-{index}"
-            url = f"http://{HOST}:{port}/readyz"
+            if floor:
+                name = name.replace("bare", "floor")
+                streams.append(f"{HOST}:{free_port()}")
+                args += ["--store", str(folder / f"{name}-{port}.db")]
+                args += ["--grpc-port", streams[-1].rpartition(":")[2]]
             servers.append(stack.enter_context(running(name, args, {}, url, folder)))
-        yield port, [server.pid for server in servers]
+        yield port, [server.pid for server in servers], streams
 
 
 @contextlib.contextmanager
@@ -165,6 +177,20 @@ def wait_streams(readyz: str, wanted: int, timeout: float = START_TIMEOUT) -> No
             if time.monotonic() > deadline:
                 raise TimeoutError(f"fewer than {wanted} streams at {readyz}")
             time.sleep(POLL)
+
+
+def wait_each_streams(url: str, pids: list[int], timeout: float = START_TIMEOUT) -> None:
+    """Until each of the processes `pids` sharing the port of `url` (its /readyz) says it holds a
+    stream: a new connection each time, which the kernel hands to any of them."""
+    deadline = time.monotonic() + timeout
+    waiting = set(pids)
+    while waiting:
+        found = httpx.get(url, headers={"Connection": "close"}).json()
+        if found["streams"] > 0:
+            waiting.discard(found["pid"])
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"processes {sorted(waiting)} hold no stream ({url})")
+        time.sleep(POLL / 10)
 
 
 def webhooks_by_worker(admin_port: int) -> dict[str, int]:

@@ -29,11 +29,11 @@ def test_b1_dispatch_measures_workers_and_one_against_as_many_bare_servers(
     tmp_path: Path,
 ) -> None:
     outcome = b1_dispatch(TINY, tmp_path)
-    workers, one, b6 = outcome.rows
-    assert (workers.id, one.id, b6.id) == ("B1", "B1", "B6")
+    workers, one, floor, b6 = outcome.rows
+    assert (workers.id, one.id, floor.id, b6.id) == ("B1", "B1", "B1", "B6")
     assert f"GATEWAY_WORKERS={WORKERS}" in workers.what
     assert f"{WORKERS} processes" in workers.baseline
-    for row in (workers, one):
+    for row in (workers, one, floor):
         for side in ("gateway", "baseline"):
             assert row.details[side]["per_second"] > 0
             assert row.details[side]["failures"] == 0
@@ -46,8 +46,14 @@ def test_b1_dispatch_measures_workers_and_one_against_as_many_bare_servers(
 
 
 def test_b2_webhooks_are_stored_and_fanned_out_by_workers_and_one(tmp_path: Path) -> None:
-    workers, one, b6 = b2_webhooks(TINY, tmp_path).rows
-    assert (workers.id, one.id, b6.id) == ("B2", "B2", "B6")
+    workers, one, floor, b6 = b2_webhooks(TINY, tmp_path).rows
+    assert (workers.id, one.id, floor.id, b6.id) == ("B2", "B2", "B2", "B6")
+    # The floor's servers wrote and sent every webhook they took, to their own subscribers.
+    assert floor.details["gateway"]["per_second"] > 0
+    assert floor.details["gateway"]["fanned_out"] >= floor.details["gateway"]["per_second"] * (
+        TINY.seconds
+    )
+    assert set(floor.details["gateway"]["statuses"]) == {200}
     for row in (workers, one):
         gateway = row.details["gateway"]
         assert gateway["per_second"] > 0
