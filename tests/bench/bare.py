@@ -8,8 +8,11 @@ python -m tests.bench.bare webhook --port P [--reuse-port]
     --reuse-port, several of them share the port (the baseline of GATEWAY_WORKERS).
 
 The floors: with --store FILE, each also does the least that a gateway which loses nothing must
-add. The gRPC server writes one row per Dispatch before answering it; the webhook server writes
-one row per webhook, and then sends one event to each Subscribe stream it holds (on --grpc-port).
+add. The gRPC server writes one row per Dispatch before answering it; with --upstream URL too
+(DISPATCHER_EMAIL and DISPATCHER_PASSWORD in its environment), a sync Dispatch writes a row, sends
+the request upstream with httpx and writes the answer as a row before answering (B5's floor). The
+webhook server writes one row per webhook, then sends one event to each Subscribe stream it holds
+(on --grpc-port).
 The rows go to FILE in group commits from a thread of its own (WAL, synchronous=FULL; a caller is
 answered after the COMMIT), as the gateway's SQLite store writes. No JSON, no job, no dedupe: a
 gateway can get near a floor, not past it.
@@ -25,10 +28,12 @@ import queue
 import signal
 import sqlite3
 import threading
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -37,6 +42,7 @@ from starlette.routing import Route
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.httpserver import start_http
+from dispatcher_gateway.rpc.convert import spec_from_request
 from dispatcher_gateway.rpc.server import GrpcLimits
 from dispatcher_gateway.webhooks import WebhookVerifier
 from dispatcher_gateway.webhooks.app import WEBHOOK_PATH
@@ -93,15 +99,24 @@ def _answer(futures: list[asyncio.Future[None]]) -> None:
 
 
 class BareDispatch(pb_grpc.DispatchServiceServicer):
-    def __init__(self, writer: GroupWriter | None = None) -> None:
+    def __init__(
+        self, writer: GroupWriter | None = None, upstream: httpx.AsyncClient | None = None
+    ) -> None:
         self.response = dispatch_response()
         self.event = broadcast_event()
         self.streams: set[asyncio.Queue[pb.JobEvent]] = set()
         self.writer = writer
+        self.upstream = upstream
 
     async def Dispatch(self, request: pb.DispatchRequest, context: Any) -> pb.DispatchResponse:
         if self.writer is not None:
             await self.writer.write(request.SerializeToString())
+            if self.upstream is not None and request.mode == pb.MODE_SYNC:
+                spec = spec_from_request(request)
+                headers = {"X-Request-ID": uuid.uuid4().hex, "X-Idempotency-Key": uuid.uuid4().hex}
+                answer = await self.upstream.post(spec.path, json=dict(spec.body), headers=headers)
+                answer.raise_for_status()
+                await self.writer.write(answer.content)
         return self.response
 
     async def Subscribe(
@@ -142,8 +157,9 @@ async def serve_grpc(
     *,
     reuse_port: bool = False,
     writer: GroupWriter | None = None,
+    upstream: httpx.AsyncClient | None = None,
 ) -> None:
-    servicer = BareDispatch(writer)
+    servicer = BareDispatch(writer, upstream)
     server = grpc_server(GrpcLimits(), reuse_port=reuse_port)
     pb_grpc.add_DispatchServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"{HOST}:{port}")
@@ -220,16 +236,27 @@ async def main(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     writer = GroupWriter(args.store) if args.store else None
+    upstream = None
+    if args.upstream:
+        credentials = (os.environ["DISPATCHER_EMAIL"], os.environ["DISPATCHER_PASSWORD"])
+        upstream = httpx.AsyncClient(base_url=args.upstream, auth=credentials)
     try:
         if args.kind == "grpc":
             await serve_grpc(
-                args.port, args.admin_port, stop, reuse_port=args.reuse_port, writer=writer
+                args.port,
+                args.admin_port,
+                stop,
+                reuse_port=args.reuse_port,
+                writer=writer,
+                upstream=upstream,
             )
         else:
             await serve_webhook(
                 args.port, stop, reuse_port=args.reuse_port, writer=writer, grpc_port=args.grpc_port
             )
     finally:
+        if upstream is not None:
+            await upstream.aclose()
         if writer is not None:
             writer.close()
 
@@ -241,5 +268,6 @@ if __name__ == "__main__":
     parser.add_argument("--admin-port", type=int, default=0)
     parser.add_argument("--reuse-port", action="store_true", help="share the port (SO_REUSEPORT)")
     parser.add_argument("--store", help="the floor: a durable row per call or webhook, here")
+    parser.add_argument("--upstream", help="the sync floor: the upstream's base URL")
     parser.add_argument("--grpc-port", type=int, default=0, help="the floor's Subscribe streams")
     asyncio.run(main(parser.parse_args()))

@@ -656,6 +656,7 @@ def b5_sync(scale: Scale, folder: Path) -> Outcome:
             folder, store=str(folder / "b5.db"), upstream=upstream, rate="100000/min"
         ) as (_, addrs),
         procs.bare_grpc(folder) as (_, bare),
+        procs.bare_grpc(folder, floor=True, upstream=upstream) as (_, floor_server),
     ):
         found = procs.run(
             load.sync_pairs,
@@ -666,6 +667,7 @@ def b5_sync(scale: Scale, folder: Path) -> Outcome:
             scale.sync_calls,
             bare.grpc,
             str(folder),
+            floor_server.grpc,
             timeout=_timeout(scale, scale.sync_calls * 0.2),
         )
     ours, direct, hop = ms(found["gateway"]), ms(found["direct"]), ms(found["grpc_hop"])
@@ -677,6 +679,8 @@ def b5_sync(scale: Scale, folder: Path) -> Outcome:
     commits = ms(found["two_commits"])
     floors = [h + c for h, c in zip(hop, commits, strict=True)]
     floor = percentile(floors, 50)
+    served = ms(found["floor_server"])
+    served_p50 = percentile(served, 50)
     return Outcome(
         [
             Row(
@@ -713,6 +717,17 @@ def b5_sync(scale: Scale, folder: Path) -> Outcome:
                 "(reference)",
                 None,
                 {"floor": _summary(floors), "two_commits": _summary(commits)},
+            ),
+            Row(
+                "B5",
+                "sync floor server: bare grpc.aio, a durable row, the upstream call (httpx), a "
+                "durable row: p50 (added)",
+                f"{served_p50:.2f} ms (+{served_p50 - direct_p50:.2f})",
+                f"{direct_p50:.2f} ms (httpx)",
+                served_p50 / direct_p50 if direct_p50 else None,
+                "(reference)",
+                None,
+                {"floor_server": _summary(served), "added_p50_ms": served_p50 - direct_p50},
             ),
         ],
         {"B5 gateway": ours, "B5 httpx direct": direct},

@@ -337,9 +337,20 @@ async def _hold_streams(
 
 
 def sync_pairs(
-    target: str, upstream: str, email: str, password: str, count: int, bare: str, disk: str
+    target: str,
+    upstream: str,
+    email: str,
+    password: str,
+    count: int,
+    bare: str,
+    disk: str,
+    floor: str,
 ) -> dict[str, Any]:
-    return asyncio.run(_sync_pairs(target, upstream, email, password, count, bare, disk))
+    return asyncio.run(_sync_pairs(target, upstream, email, password, count, bare, disk, floor))
+
+
+SYNC_WARMUP = 5
+"""Calls of each kind before B5 measures."""
 
 
 class DurableCommits:
@@ -360,12 +371,20 @@ class DurableCommits:
 
 
 async def _sync_pairs(
-    target: str, upstream: str, email: str, password: str, count: int, bare: str, disk: str
+    target: str,
+    upstream: str,
+    email: str,
+    password: str,
+    count: int,
+    bare: str,
+    disk: str,
+    floor: str,
 ) -> dict[str, Any]:
     """Sync dispatches through the gateway, the same request straight to the upstream, a
-    Dispatch to the bare gRPC server (the gRPC hop's own cost), and the two durable commits the
+    Dispatch to the bare gRPC server (the gRPC hop's own cost), the two durable commits the
     gateway cannot do without (the job before the upstream call, its result after: `disk` is
-    the gateway's store's folder), interleaved one by one."""
+    the gateway's store's folder), and the sync Dispatch of the floor server (`floor`: the bare
+    server doing those commits around the upstream call), interleaved one by one."""
     request = dispatch_request(sync=True)
     spec = spec_from_request(request)
     auth = "Basic " + base64.b64encode(f"{email}:{password}".encode()).decode()
@@ -373,14 +392,17 @@ async def _sync_pairs(
     direct: list[float] = []
     hop: list[float] = []
     commits: list[float] = []
+    floored: list[float] = []
     durable = DurableCommits(str(Path(disk) / "floor.db"))
     async with (
         grpc.aio.insecure_channel(target) as channel,
         grpc.aio.insecure_channel(bare) as bare_channel,
+        grpc.aio.insecure_channel(floor) as floor_channel,
         httpx.AsyncClient(base_url=upstream, headers={"Authorization": auth}) as http,
     ):
         stub = pb_grpc.DispatchServiceStub(channel)
         bare_stub = pb_grpc.DispatchServiceStub(bare_channel)
+        floor_stub = pb_grpc.DispatchServiceStub(floor_channel)
 
         async def straight() -> None:
             headers = {"X-Request-ID": uuid.uuid4().hex, "X-Idempotency-Key": uuid.uuid4().hex}
@@ -388,10 +410,11 @@ async def _sync_pairs(
             answer.raise_for_status()
 
         # Warm both paths: connections, the sandbox's first request, the gateway's pools.
-        for _ in range(5):
+        for _ in range(SYNC_WARMUP):
             await stub.Dispatch(request, timeout=30)
             await straight()
             await bare_stub.Dispatch(request, timeout=30)
+            await floor_stub.Dispatch(request, timeout=30)
         # Interleaved one by one, so that both see the same machine at the same moment.
         for _ in range(count):
             before = time.perf_counter()
@@ -405,5 +428,14 @@ async def _sync_pairs(
             await bare_stub.Dispatch(request, timeout=30)
             hop.append(time.perf_counter() - before)
             commits.append(durable.commit() + durable.commit())
+            before = time.perf_counter()
+            await floor_stub.Dispatch(request, timeout=30)
+            floored.append(time.perf_counter() - before)
     durable.conn.close()
-    return {"gateway": via_gateway, "direct": direct, "grpc_hop": hop, "two_commits": commits}
+    return {
+        "gateway": via_gateway,
+        "direct": direct,
+        "grpc_hop": hop,
+        "two_commits": commits,
+        "floor_server": floored,
+    }

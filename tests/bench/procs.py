@@ -109,11 +109,12 @@ _SHARING = (
 
 @contextlib.contextmanager
 def bare_grpc(
-    folder: Path, processes: int = 1, *, floor: bool = False
+    folder: Path, processes: int = 1, *, floor: bool = False, upstream: str | None = None
 ) -> Iterator[tuple[list[ServerProcess], GatewayAddrs]]:
     """`processes` bare gRPC servers on one port (SO_REUSEPORT when more than one), each with an
     admin port of its own; the addresses are the first's. `floor`: each writes a row per call to
-    a file of its own (bare.py)."""
+    a file of its own (bare.py), and with `upstream` (the sandbox) sends a sync call there between
+    two rows."""
     port = free_port()
     with contextlib.ExitStack() as stack:
         servers, first = [], None
@@ -125,10 +126,17 @@ def bare_grpc(
             if processes > 1:
                 args.append("--reuse-port")
             name = "bare-grpc" if processes == 1 else f"bare-grpc-{index}"
+            env = {}
             if floor:
                 name = name.replace("bare", "floor")
                 args += ["--store", str(folder / f"{name}-{port}.db")]
-            servers.append(stack.enter_context(running(name, args, {}, addrs.readyz, folder)))
+                if upstream is not None:
+                    args += ["--upstream", upstream]
+                    env = {
+                        "DISPATCHER_EMAIL": SANDBOX_EMAIL,
+                        "DISPATCHER_PASSWORD": SANDBOX_PASSWORD,
+                    }
+            servers.append(stack.enter_context(running(name, args, env, addrs.readyz, folder)))
         assert first is not None
         yield servers, first
 

@@ -3,8 +3,10 @@ something real and reports it. The figures themselves mean nothing at this size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from tests.bench.benches import (
     b7_background_sync,
     b8_workers,
 )
+from tests.bench.load import SYNC_WARMUP
 from tests.bench.report import table, write_chart, write_json
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
@@ -122,6 +125,12 @@ def test_b5_times_sync_dispatch_and_the_direct_request(tmp_path: Path) -> None:
     floor = outcome.rows[2].details  # the hop and two durable commits, side by side with it
     assert floor["floor"]["count"] == floor["two_commits"]["count"] == TINY.sync_calls
     assert outcome.rows[0].details["floor_p50_ms"] == floor["floor"]["p50_ms"]
+    served = outcome.rows[3].details  # the floor server: a row, the upstream call, a row
+    assert served["floor_server"]["count"] == TINY.sync_calls
+    [store] = tmp_path.glob("floor-grpc-*.db")
+    with contextlib.closing(sqlite3.connect(store)) as conn:
+        rows = conn.execute("SELECT count(*) FROM rows").fetchone()[0]
+    assert rows == 2 * (TINY.sync_calls + SYNC_WARMUP)
 
 
 def test_report_prints_table_json_and_says_when_no_chart(tmp_path: Path) -> None:
