@@ -13,21 +13,18 @@ add. The gRPC server writes one row per Dispatch before answering it; with --ups
 the request upstream with httpx and writes the answer as a row before answering (B5's floor). The
 webhook server writes one row per webhook, then sends one event to each Subscribe stream it holds
 (on --grpc-port).
-The rows go to FILE in group commits from a thread of its own (WAL, synchronous=FULL; a caller is
-answered after the COMMIT), as the gateway's SQLite store writes. No JSON, no job, no dedupe: a
-gateway can get near a floor, not past it.
+The rows go to FILE in group commits from a thread of its own (floor.py), as the gateway's SQLite
+store writes. No job, no dedupe, no JSON but the upstream request's: a gateway can get near a
+floor, not past it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import base64
 import os
-import queue
 import signal
-import sqlite3
-import threading
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -47,55 +44,10 @@ from dispatcher_gateway.rpc.server import GrpcLimits
 from dispatcher_gateway.webhooks import WebhookVerifier
 from dispatcher_gateway.webhooks.app import WEBHOOK_PATH
 
+from .floor import GroupWriter
 from .messages import WEBHOOK_SECRET, broadcast_event, dispatch_response
 
 HOST = "127.0.0.1"
-
-
-class GroupWriter:
-    """Rows written by a thread of its own, every row queued at the moment in one transaction;
-    each writer answered once it is committed (WAL, synchronous=FULL)."""
-
-    def __init__(self, path: str) -> None:
-        self._queue: queue.SimpleQueue[tuple[bytes, asyncio.Future[None]] | None]
-        self._queue = queue.SimpleQueue()
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = FULL")
-        self._conn.execute("CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY, body BLOB)")
-        self._thread = threading.Thread(target=self._serve, name="floor-writer", daemon=True)
-        self._thread.start()
-
-    async def write(self, body: bytes) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put((body, future))
-        await future
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        self._conn.close()
-
-    def _serve(self) -> None:
-        while (first := self._queue.get()) is not None:
-            group = [first]
-            more: tuple[bytes, asyncio.Future[None]] | None = first
-            with contextlib.suppress(queue.Empty):
-                while (more := self._queue.get_nowait()) is not None:
-                    group.append(more)
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.executemany("INSERT INTO rows (body) VALUES (?)", [(b,) for b, _ in group])
-            self._conn.execute("COMMIT")
-            loop = group[0][1].get_loop()
-            loop.call_soon_threadsafe(_answer, [future for _, future in group])
-            if more is None:
-                return
-
-
-def _answer(futures: list[asyncio.Future[None]]) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_result(None)
 
 
 class BareDispatch(pb_grpc.DispatchServiceServicer):
@@ -122,13 +74,13 @@ class BareDispatch(pb_grpc.DispatchServiceServicer):
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: Any
     ) -> AsyncIterator[pb.JobEvent]:
-        queue: asyncio.Queue[pb.JobEvent] = asyncio.Queue()
-        self.streams.add(queue)
+        stream: asyncio.Queue[pb.JobEvent] = asyncio.Queue()
+        self.streams.add(stream)
         try:
             while True:
-                yield await queue.get()
+                yield await stream.get()
         finally:
-            self.streams.discard(queue)
+            self.streams.discard(stream)
 
     def broadcast(self) -> int:
         for stream in self.streams:
@@ -195,7 +147,7 @@ def webhook_app(verifier: WebhookVerifier, floor: BareDispatch | None = None) ->
         return JSONResponse({"status": "recorded"})
 
     async def readyz(request: Request) -> JSONResponse:
-        streams = len(floor.streams) if floor else 0
+        streams = len(floor.streams) if floor is not None else 0
         return JSONResponse({"ready": True, "streams": streams, "pid": os.getpid()})
 
     return Starlette(
@@ -238,8 +190,9 @@ async def main(args: argparse.Namespace) -> None:
     writer = GroupWriter(args.store) if args.store else None
     upstream = None
     if args.upstream:
-        credentials = (os.environ["DISPATCHER_EMAIL"], os.environ["DISPATCHER_PASSWORD"])
-        upstream = httpx.AsyncClient(base_url=args.upstream, auth=credentials)
+        credentials = f"{os.environ['DISPATCHER_EMAIL']}:{os.environ['DISPATCHER_PASSWORD']}"
+        basic = "Basic " + base64.b64encode(credentials.encode()).decode()
+        upstream = httpx.AsyncClient(base_url=args.upstream, headers={"Authorization": basic})
     try:
         if args.kind == "grpc":
             await serve_grpc(
