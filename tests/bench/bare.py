@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import signal
 import uuid
@@ -45,7 +44,7 @@ from dispatcher_gateway.webhooks import WebhookVerifier
 from dispatcher_gateway.webhooks.app import WEBHOOK_PATH
 
 from .floor import GroupWriter
-from .messages import WEBHOOK_SECRET, broadcast_event, dispatch_response
+from .messages import WEBHOOK_SECRET, basic_authorization, broadcast_event, dispatch_response
 
 HOST = "127.0.0.1"
 
@@ -190,8 +189,9 @@ async def main(args: argparse.Namespace) -> None:
     writer = GroupWriter(args.store) if args.store else None
     upstream = None
     if args.upstream:
-        credentials = f"{os.environ['DISPATCHER_EMAIL']}:{os.environ['DISPATCHER_PASSWORD']}"
-        basic = "Basic " + base64.b64encode(credentials.encode()).decode()
+        basic = basic_authorization(
+            os.environ["DISPATCHER_EMAIL"], os.environ["DISPATCHER_PASSWORD"]
+        )
         upstream = httpx.AsyncClient(base_url=args.upstream, headers={"Authorization": basic})
     try:
         if args.kind == "grpc":

@@ -667,16 +667,19 @@ def b5_sync(scale: Scale, folder: Path) -> Outcome:
         procs.bare_grpc(folder) as (_, bare),
         procs.bare_grpc(folder, floor=True, upstream=upstream) as (_, floor_server),
     ):
+        targets = load.SyncTargets(
+            gateway=addrs.grpc,
+            bare=bare.grpc,
+            floor=floor_server.grpc,
+            upstream=upstream,
+            email=SANDBOX_EMAIL,
+            password=SANDBOX_PASSWORD,
+            disk=str(folder),
+        )
         found = procs.run(
             load.sync_pairs,
-            addrs.grpc,
-            upstream,
-            SANDBOX_EMAIL,
-            SANDBOX_PASSWORD,
+            targets,
             scale.sync_calls,
-            bare.grpc,
-            str(folder),
-            floor_server.grpc,
             timeout=_timeout(scale, scale.sync_calls * 0.2),
         )
     ours, direct, hop = ms(found["gateway"]), ms(found["direct"]), ms(found["grpc_hop"])

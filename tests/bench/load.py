@@ -5,11 +5,11 @@ they bound what it could measure (B6)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import sqlite3
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.rpc.convert import spec_from_request
 
-from .messages import callback_path, dispatch_request, signed_webhook
+from .messages import basic_authorization, callback_path, dispatch_request, signed_webhook
 from .rawhttp import RawConnection
 
 READY_POLL = 0.02
@@ -336,17 +336,22 @@ async def _hold_streams(
 # B5: sync Dispatch through the gateway, and the same request straight to the sandbox
 
 
-def sync_pairs(
-    target: str,
-    upstream: str,
-    email: str,
-    password: str,
-    count: int,
-    bare: str,
-    disk: str,
-    floor: str,
-) -> dict[str, Any]:
-    return asyncio.run(_sync_pairs(target, upstream, email, password, count, bare, disk, floor))
+@dataclass(frozen=True)
+class SyncTargets:
+    """Where B5's calls go: the gateway's and the bare servers' gRPC addresses, the sandbox and
+    its account, and `disk`, the gateway's store's folder (for the benchmark's own commits)."""
+
+    gateway: str
+    bare: str
+    floor: str
+    upstream: str
+    email: str
+    password: str
+    disk: str
+
+
+def sync_pairs(targets: SyncTargets, count: int) -> dict[str, Any]:
+    return asyncio.run(_sync_pairs(targets, count))
 
 
 SYNC_WARMUP = 5
@@ -370,35 +375,26 @@ class DurableCommits:
         return time.perf_counter() - before
 
 
-async def _sync_pairs(
-    target: str,
-    upstream: str,
-    email: str,
-    password: str,
-    count: int,
-    bare: str,
-    disk: str,
-    floor: str,
-) -> dict[str, Any]:
+async def _sync_pairs(targets: SyncTargets, count: int) -> dict[str, Any]:
     """Sync dispatches through the gateway, the same request straight to the upstream, a
     Dispatch to the bare gRPC server (the gRPC hop's own cost), the two durable commits the
-    gateway cannot do without (the job before the upstream call, its result after: `disk` is
-    the gateway's store's folder), and the sync Dispatch of the floor server (`floor`: the bare
-    server doing those commits around the upstream call), interleaved one by one."""
+    gateway cannot do without (the job before the upstream call, its result after, on the
+    gateway's disk), and the sync Dispatch of the floor server (the bare server doing those
+    commits around the upstream call), interleaved one by one."""
     request = dispatch_request(sync=True)
     spec = spec_from_request(request)
-    auth = "Basic " + base64.b64encode(f"{email}:{password}".encode()).decode()
+    auth = basic_authorization(targets.email, targets.password)
     via_gateway: list[float] = []
     direct: list[float] = []
     hop: list[float] = []
     commits: list[float] = []
     floored: list[float] = []
-    durable = DurableCommits(str(Path(disk) / "floor.db"))
+    durable = DurableCommits(str(Path(targets.disk) / "floor.db"))
     async with (
-        grpc.aio.insecure_channel(target) as channel,
-        grpc.aio.insecure_channel(bare) as bare_channel,
-        grpc.aio.insecure_channel(floor) as floor_channel,
-        httpx.AsyncClient(base_url=upstream, headers={"Authorization": auth}) as http,
+        grpc.aio.insecure_channel(targets.gateway) as channel,
+        grpc.aio.insecure_channel(targets.bare) as bare_channel,
+        grpc.aio.insecure_channel(targets.floor) as floor_channel,
+        httpx.AsyncClient(base_url=targets.upstream, headers={"Authorization": auth}) as http,
     ):
         stub = pb_grpc.DispatchServiceStub(channel)
         bare_stub = pb_grpc.DispatchServiceStub(bare_channel)

@@ -356,10 +356,10 @@ class Writer:
         """The group's commit flushes to disk as the connection was opened to when `durable`,
         else at most as NORMAL does (no fsync in WAL mode)."""
         opened, now = self._synchronous
-        wanted = opened if durable else min(opened, _NORMAL)
-        if wanted != now:
-            conn.execute(f"PRAGMA synchronous = {wanted}")
-            self._synchronous = (opened, wanted)
+        mode = opened if durable else min(opened, _NORMAL)
+        if mode != now:
+            conn.execute(f"PRAGMA synchronous = {mode}")
+            self._synchronous = (opened, mode)
 
     def _apply_all(self, conn: sqlite3.Connection, live: list[Op]) -> list[Outcome] | None:
         """Apply the group in one transaction, as if none will fail: no SAVEPOINT each (every
