@@ -241,7 +241,9 @@ class GatewayApp:
 
         webhook_host, webhook_port = split_addr(s.webhook_addr)
         verifier = WebhookVerifier(s.webhook_secrets, require_timestamp=s.webhook_require_timestamp)
-        webhooks = create_webhook_app(self.gateway.webhooks, verifier, observer=self.counts)
+        webhooks = create_webhook_app(
+            self.gateway.webhooks, verifier, observer=self.counts, hub=self.hub
+        )
         self.tracing.instrument_webhooks(webhooks)
         worker = self.worker
         webhook = await start_http(

@@ -138,6 +138,13 @@ class Metrics:
             buckets=FAST_BUCKETS,
             registry=r,
         )
+        self.webhooks_held = Counter(
+            PREFIX + "webhooks_held_total",
+            "Webhooks that waited (at most 0.1 s) before being recorded, for a stream of this "
+            "process that fell behind while its reader kept reading: a process saturated with "
+            "webhooks still feeds its streams.",
+            registry=r,
+        )
         self.streams_ended = Counter(
             PREFIX + "streams_ended_total",
             "Streams the gateway ended, by reason: slow (the reader fell more than "
@@ -276,6 +283,9 @@ class Counts:
     def webhook_handled(self, outcome: str, seconds: float) -> None:
         self._child(self.metrics.webhook_requests, outcome).inc()
         self._child(self.metrics.webhook_seconds, outcome).observe(max(0.0, seconds))
+
+    def webhook_held(self) -> None:
+        self.metrics.webhooks_held.inc()
 
     def event_streamed(self, source: str, seconds: float) -> None:
         self._child(self.metrics.event_delivery_seconds, source).observe(max(0.0, seconds))

@@ -420,10 +420,16 @@ def _webhooks(
             cpu = procs.cpu_seconds([server.pid]) - cpu
         finally:
             stop.set()
-        fanned = subscriber.results(budget)[0]["received"]
+        counted = subscriber.results(budget)[0]
         per_worker = procs.webhooks_by_worker(addrs.admin_port)
     per_cpu = sum(per_worker.values()) / cpu if cpu else math.nan
-    _RUNS[key] = {**ours, "fanned_out": fanned, "per_worker": per_worker, "per_cpu": per_cpu}
+    _RUNS[key] = {
+        **ours,
+        "fanned_out": counted["received"],
+        "stream_ended": counted["ended"],
+        "per_worker": per_worker,
+        "per_cpu": per_cpu,
+    }
     return _RUNS[key]
 
 

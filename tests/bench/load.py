@@ -143,14 +143,22 @@ def count_events(target: str, stop: Any, timeout: float) -> dict[str, Any]:
 
 
 async def _count_events(target: str, stop: Any, timeout: float) -> dict[str, Any]:
+    """`ended`: the status the gateway ended the stream with before the stop (RESOURCE_EXHAUSTED
+    for a stream cut off as too slow), or None."""
     received = 0
+    ended: str | None = None
     async with grpc.aio.insecure_channel(target) as channel:
         call = pb_grpc.DispatchServiceStub(channel).Subscribe(pb.SubscribeRequest(live_only=True))
 
         async def read() -> None:
-            nonlocal received
-            async for _ in call:
-                received += 1
+            nonlocal received, ended
+            try:
+                async for _ in call:
+                    received += 1
+            except grpc.aio.AioRpcError as exc:
+                if not stop.is_set():
+                    ended = exc.code().name
+                raise
 
         reader = asyncio.create_task(read())
         deadline = time.monotonic() + timeout
@@ -161,7 +169,7 @@ async def _count_events(target: str, stop: Any, timeout: float) -> dict[str, Any
         call.cancel()
         with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
             await reader
-    return {"received": received}
+    return {"received": received, "ended": ended}
 
 
 # B3: webhooks at a fixed rate, timed to a subscriber's stream

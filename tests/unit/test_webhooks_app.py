@@ -20,7 +20,9 @@ from dispatcher_gateway.core.errors import (
     ShuttingDown,
     StoreUnavailable,
 )
-from dispatcher_gateway.core.model import JSON
+from dispatcher_gateway.core.hub import LAG_HIGH, LAG_LOW, EventHub
+from dispatcher_gateway.core.model import JSON, JobEvent, JobState, Service
+from dispatcher_gateway.metrics import Counts, Metrics
 from dispatcher_gateway.webhooks import (
     STORE_RETRY_AFTER,
     WebhookVerifier,
@@ -435,6 +437,46 @@ async def test_past_max_in_flight_a_webhook_is_refused_at_once_with_retry_after(
         assert refused.json() == {"error": "overloaded"}
         assert refused.headers["Retry-After"] == str(STORE_RETRY_AFTER)
         assert (await post(http, BODY, signed(BODY, "wh_3"))).status_code == 200
+
+
+async def test_a_webhook_waits_for_a_lagging_stream_whose_reader_is_reading(
+    sink: FakeSink,
+) -> None:
+    hub = EventHub()
+    sub = hub.subscribe("svc", lambda e: True)
+    for n in range(1, LAG_HIGH + 2):
+        hub.publish(
+            JobEvent(
+                "job_1",
+                "svc",
+                Service.ESIGN,
+                "progress",
+                JobState.IN_PROGRESS,
+                {},
+                {},
+                0.0,
+                cursor=str(n),
+            )
+        )
+    await sub.get()  # its reader is taking events, one a turn of the loop
+    verifier = WebhookVerifier([SECRET], clock=lambda: NOW)
+    metrics = Metrics()
+    app = create_webhook_app(sink, verifier, max_body=MAX_BODY, hub=hub, observer=Counts(metrics))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="https://gateway.test", headers=JSON_TYPE
+    ) as http:
+        answer = asyncio.create_task(post(http, BODY, signed(BODY)))
+        while len(sub.queue) > LAG_LOW:
+            await asyncio.sleep(0)
+            assert sink.recorded == []  # held back while the stream catches up
+            await sub.get()
+        assert (await answer).status_code == 200
+        assert len(sink.recorded) == 1
+        # The stream caught up: the next webhook is not held.
+        other = json.dumps({**ENVELOPE, "event": "document_viewed"}).encode()
+        assert (await post(http, other, signed(other, "wh_2"))).status_code == 200
+    assert len(sink.recorded) == 2
+    assert metrics.registry.get_sample_value("dispatcher_gateway_webhooks_held_total") == 1
 
 
 async def test_an_outer_layer_appending_answer_headers_adds_one_to_each_answer(

@@ -291,6 +291,9 @@ class Observer(Protocol):
         """A live event went out on a stream, `seconds` after the store recorded it; `source`:
         'webhook' (the upstream's) or 'gateway' (one the gateway records itself)."""
 
+    def webhook_held(self) -> None:
+        """A webhook waited for a lagging stream before it was recorded (core/hub.py)."""
+
     def stream_ended(self, reason: str) -> None:
         """The gateway ended a stream: 'slow' (its reader fell too far behind), 'shutdown', or
         'store_unavailable'."""
@@ -335,6 +338,9 @@ class NoObserver:
         pass
 
     def event_streamed(self, source: str, seconds: float) -> None:
+        pass
+
+    def webhook_held(self) -> None:
         pass
 
     def stream_ended(self, reason: str) -> None:

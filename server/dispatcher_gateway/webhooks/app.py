@@ -21,6 +21,7 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from ..core.errors import InvalidArgument, NotFound, ShuttingDown, StoreUnavailable
+from ..core.hub import EventHub
 from ..core.model import JSON
 from ..core.ports import NoObserver, Observer, WebhookSink
 from .signature import WebhookVerificationError, WebhookVerifier
@@ -110,8 +111,11 @@ def create_webhook_app(
     max_body: int = DEFAULT_MAX_BODY,
     max_in_flight: int = MAX_IN_FLIGHT,
     observer: Observer | None = None,
+    hub: EventHub | None = None,
 ) -> Starlette:
-    receiver = _Receiver(sink, verifier, max_body, max_in_flight, observer or NoObserver())
+    """`hub`, the streams this process holds: a webhook waits a moment while one of them lags
+    (core/hub.py says when), so that a process saturated with webhooks still feeds its streams."""
+    receiver = _Receiver(sink, verifier, max_body, max_in_flight, observer or NoObserver(), hub)
     return WebhookApp(receiver)
 
 
@@ -170,8 +174,10 @@ class _Receiver:
         max_body: int,
         max_in_flight: int,
         observer: Observer,
+        hub: EventHub | None = None,
     ) -> None:
         self.sink = sink
+        self.hub = hub
         self.verifier = verifier
         self.max_body = max_body
         self.max_in_flight = max_in_flight
@@ -187,6 +193,8 @@ class _Receiver:
         else:
             self.in_flight += 1
             try:
+                if self.hub is not None and self.hub.lagging and await self.hub.yield_to_streams():
+                    self.observer.webhook_held()
                 response = await self._receive(token, scope["headers"], receive, begun)
             finally:
                 self.in_flight -= 1
