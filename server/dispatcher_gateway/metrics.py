@@ -140,9 +140,9 @@ class Metrics:
         )
         self.webhooks_held = Counter(
             PREFIX + "webhooks_held_total",
-            "Webhooks that waited (at most 0.1 s) before being recorded, for a stream of this "
-            "process that fell behind while its reader kept reading: a process saturated with "
-            "webhooks still feeds its streams.",
+            "Verified webhooks that waited (at most 0.1 s each) before being recorded, for a "
+            "stream of this process that fell 100 events behind while its reader kept reading "
+            "(core/hub.py): a process saturated with webhooks still feeds its streams.",
             registry=r,
         )
         self.streams_ended = Counter(

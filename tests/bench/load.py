@@ -20,7 +20,13 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.rpc.convert import spec_from_request
 
-from .messages import basic_authorization, callback_path, dispatch_request, signed_webhook
+from .messages import (
+    WEBHOOK_EVENT,
+    basic_authorization,
+    callback_path,
+    dispatch_request,
+    signed_webhook,
+)
 from .rawhttp import RawConnection
 
 READY_POLL = 0.02
@@ -143,18 +149,20 @@ def count_events(target: str, stop: Any, timeout: float) -> dict[str, Any]:
 
 
 async def _count_events(target: str, stop: Any, timeout: float) -> dict[str, Any]:
-    """`ended`: the status the gateway ended the stream with before the stop (RESOURCE_EXHAUSTED
-    for a stream cut off as too slow), or None."""
-    received = 0
+    """`webhooks`: the events of the benchmark's webhooks among those `received`; `ended`: the
+    status the gateway ended the stream with before the stop (RESOURCE_EXHAUSTED for a stream cut
+    off as too slow), or None."""
+    received = webhooks = 0
     ended: str | None = None
     async with grpc.aio.insecure_channel(target) as channel:
         call = pb_grpc.DispatchServiceStub(channel).Subscribe(pb.SubscribeRequest(live_only=True))
 
         async def read() -> None:
-            nonlocal received, ended
+            nonlocal received, webhooks, ended
             try:
-                async for _ in call:
+                async for event in call:
                     received += 1
+                    webhooks += event.type == WEBHOOK_EVENT
             except grpc.aio.AioRpcError as exc:
                 if not stop.is_set():
                     ended = exc.code().name
@@ -169,7 +177,7 @@ async def _count_events(target: str, stop: Any, timeout: float) -> dict[str, Any
         call.cancel()
         with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
             await reader
-    return {"received": received, "ended": ended}
+    return {"received": received, "webhooks": webhooks, "ended": ended}
 
 
 # B3: webhooks at a fixed rate, timed to a subscriber's stream

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from dispatcher_gateway.core import hub as hub_module
 from dispatcher_gateway.core.errors import (
     FieldViolation,
     InvalidArgument,
@@ -439,9 +440,12 @@ async def test_past_max_in_flight_a_webhook_is_refused_at_once_with_retry_after(
         assert (await post(http, BODY, signed(BODY, "wh_3"))).status_code == 200
 
 
-async def test_a_webhook_waits_for_a_lagging_stream_whose_reader_is_reading(
-    sink: FakeSink,
+async def test_a_verified_webhook_waits_for_a_lagging_stream_whose_reader_is_reading(
+    sink: FakeSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Time limits out of reach: only the stream catching up may release the webhook.
+    for name in ("PAUSE_MAX", "READING", "HOLD_MAX"):
+        monkeypatch.setattr(hub_module, name, 3600.0)
     hub = EventHub()
     sub = hub.subscribe("svc", lambda e: True)
     for n in range(1, LAG_HIGH + 2):
@@ -458,16 +462,24 @@ async def test_a_webhook_waits_for_a_lagging_stream_whose_reader_is_reading(
                 cursor=str(n),
             )
         )
-    await sub.get()  # its reader is taking events, one a turn of the loop
+    await sub.get()  # its reader is taking events, and finds LAG_HIGH behind
     verifier = WebhookVerifier([SECRET], clock=lambda: NOW)
     metrics = Metrics()
     app = create_webhook_app(sink, verifier, max_body=MAX_BODY, hub=hub, observer=Counts(metrics))
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="https://gateway.test", headers=JSON_TYPE
-    ) as http:
+    async with (
+        asyncio.timeout(10),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="https://gateway.test",
+            headers=JSON_TYPE,
+        ) as http,
+    ):
+        # One that fails its checks is answered at once, held or not.
+        assert (await post(http, BODY, {"X-Webhook-Signature": "sha256=00"})).status_code == 401
         answer = asyncio.create_task(post(http, BODY, signed(BODY)))
         while len(sub.queue) > LAG_LOW:
             await asyncio.sleep(0)
+            assert not answer.done()
             assert sink.recorded == []  # held back while the stream catches up
             await sub.get()
         assert (await answer).status_code == 200

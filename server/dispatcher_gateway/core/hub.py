@@ -5,10 +5,13 @@ reader costs at most `backlog` events of memory, and is then ended (it resumes f
 
 A stream can also fall behind because its reader keeps up but this process does not: a gRPC stream
 sends one message per turn of the event loop, and a loop saturated by webhooks turns less often
-while webhooks bring more events. The webhook receiver then waits for such streams before it takes
-the next webhook (`yield_to_streams`): while a stream lags by LAG_HIGH events and its reader is
-taking them, webhooks pause until it is back under LAG_LOW, for at most PAUSE_MAX seconds each.
-A reader that stopped reading holds nobody up: it is ended at `backlog`, as before.
+while webhooks bring more events. The webhook receiver then waits for such streams before it
+records the next webhook (`yield_to_streams`): once a reader that is taking its events finds
+LAG_HIGH more queued, webhooks wait until its stream is down to LAG_LOW, each for at most
+PAUSE_MAX seconds. With the loop's turns left to the streams, that takes milliseconds; a stream
+still behind after HOLD_MAX is the reader's own doing (its client reads slowly), and holds nobody
+up until it is back at LAG_LOW. Nor does a reader that stopped reading (none of its takes in the
+last READING seconds): either is ended at `backlog`, as before.
 
 The hub also keeps what it published in the last `RECENT_WINDOW` seconds. A stream reads the store
 after it subscribes; a replicated store may answer that read from a replica a few milliseconds
@@ -40,20 +43,35 @@ RECENT_WINDOW = 5.0
 replica lags, short enough to cost little (at most RECENT_MAX events)."""
 RECENT_MAX = 20_000
 LAG_HIGH = 100
-"""Events a stream whose reader is taking them may fall behind before webhooks wait for it."""
+"""Events queued behind the one a stream's reader takes for webhooks to wait for that stream
+(at most half the backlog)."""
 LAG_LOW = 20
-"""...and the backlog under which they go on."""
+"""...and the events queued at which they go on (at most a fifth of LAG_HIGH)."""
 READING = 0.05
 """Seconds since a lagging stream's reader last took an event for it to count as reading: one
 whose gRPC writes are held by a client that stopped reading holds nobody up."""
+HOLD_MAX = 0.5
+"""Seconds a stream may hold webhooks back in one go: one still behind after that is slow on its
+own."""
 PAUSE_MAX = 0.1
-"""Seconds a webhook waits at most for lagging streams before it is taken anyway."""
+"""Seconds a webhook waits at most for lagging streams before it is recorded anyway."""
 
 
 class Subscription:
     """One stream's view of the live tail: a bounded queue of its client's events."""
 
-    __slots__ = ("_closed", "_lags", "_ready", "backlog", "client", "matches", "queue", "taken")
+    __slots__ = (
+        "_closed",
+        "_lags",
+        "_ready",
+        "backlog",
+        "client",
+        "lag",
+        "matches",
+        "queue",
+        "since",
+        "taken",
+    )
 
     def __init__(
         self,
@@ -66,8 +84,12 @@ class Subscription:
         self.matches = matches
         self.backlog = backlog
         self.queue: collections.deque[JobEvent] = collections.deque()
+        self.lag = _FINE
+        """_FINE, _HOLDING (in the hub's lagging set) or _ON_ITS_OWN (behind, holding nobody)."""
+        self.since = 0.0
+        """When it began to hold webhooks back (time.monotonic)."""
         self.taken = 0.0
-        """When the reader last took an event that left others queued (time.monotonic)."""
+        """When, holding, its reader last took an event."""
         self._lags = lags
         self._ready = asyncio.Event()
         self._closed: BaseException | None = None
@@ -79,8 +101,6 @@ class Subscription:
             self.close(SlowConsumer(f"more than {self.backlog} events behind"))
             return
         self.queue.append(event)
-        if len(self.queue) == LAG_HIGH and self._lags is not None:
-            self._lags.add(self)
         self._ready.set()
 
     @property
@@ -103,43 +123,67 @@ class Subscription:
             queue = self.queue
             if queue:
                 event = queue.popleft()
-                if queue:
-                    self.taken = time.monotonic()
-                    if len(queue) == LAG_LOW and self._lags is not None:
-                        self._lags.discard(self)
+                lags = self._lags
+                if lags is not None:
+                    behind = len(queue)
+                    if behind <= lags.low:
+                        if self.lag is not _FINE:
+                            lags.discard(self)
+                    elif self.lag is _HOLDING:
+                        self.taken = time.monotonic()
+                    elif behind >= lags.high and self.lag is _FINE:
+                        lags.add(self)
                 return event
             self._ready.clear()
             await self._ready.wait()
 
 
-class _Lagging:
-    """The streams more than LAG_HIGH events behind (until back at LAG_LOW), and an event set
-    while there are none."""
+_FINE, _HOLDING, _ON_ITS_OWN = "fine", "holding", "on its own"
+"""A Subscription's `lag`."""
 
-    def __init__(self) -> None:
+
+class _Lagging:
+    """The streams that hold webhooks back (module docstring), and an event set at each change."""
+
+    def __init__(self, backlog: int) -> None:
+        self.high = max(1, min(LAG_HIGH, backlog // 2))
+        self.low = min(LAG_LOW, self.high // 5)
         self.subs: set[Subscription] = set()
-        self.none = asyncio.Event()
-        self.none.set()
+        self._changed = asyncio.Event()
 
     def add(self, sub: Subscription) -> None:
+        sub.lag = _HOLDING
+        sub.since = sub.taken = time.monotonic()
         self.subs.add(sub)
-        self.none.clear()
 
-    def discard(self, sub: Subscription) -> None:
-        self.subs.discard(sub)
-        if not self.subs:
-            self.none.set()
+    def discard(self, sub: Subscription, lag: str = _FINE) -> None:
+        sub.lag = lag
+        if sub in self.subs:
+            self.subs.remove(sub)
+            self._changed.set()
+            self._changed = asyncio.Event()
 
-    def reading(self) -> bool:
-        """Whether a lagging stream's reader took an event in the last READING seconds."""
+    def holding(self) -> bool:
+        """Whether a stream holds webhooks back: its reader took an event in the last READING
+        seconds, and it has held them for less than HOLD_MAX. Any other is left on its own."""
         now = time.monotonic()
-        return any(now - sub.taken < READING for sub in self.subs)
+        done = [s for s in self.subs if now - s.taken >= READING or now - s.since >= HOLD_MAX]
+        for sub in done:
+            self.discard(sub, _ON_ITS_OWN)
+        return bool(self.subs)
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+    def clear(self) -> None:
+        for sub in tuple(self.subs):
+            self.discard(sub)
 
 
 class EventHub:
     def __init__(self, *, backlog: int = DEFAULT_BACKLOG) -> None:
         self.backlog = backlog
-        self._lagging = _Lagging()
+        self._lagging = _Lagging(backlog)
         self._by_client: dict[str, set[Subscription]] = collections.defaultdict(set)
         self._closed: BaseException | None = None
         self._recent: collections.deque[tuple[float, JobEvent]] = collections.deque(
@@ -201,13 +245,15 @@ class EventHub:
         return bool(self._lagging.subs)
 
     async def yield_to_streams(self) -> bool:
-        """Wait, at most PAUSE_MAX seconds, while a stream whose reader is taking its events
-        lags (see the module's docstring); whether it waited."""
+        """Wait, at most PAUSE_MAX seconds, while a stream holds webhooks back (the module's
+        docstring says which); whether it waited."""
         lagging = self._lagging
-        if not lagging.subs or not lagging.reading():
+        if not lagging.holding():
             return False
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(lagging.none.wait(), PAUSE_MAX)
+            async with asyncio.timeout(PAUSE_MAX):
+                while lagging.holding():
+                    await lagging.changed()
         return True
 
     @property
@@ -221,8 +267,7 @@ class EventHub:
             for sub in subs:
                 sub.close(self._closed)
         self._by_client.clear()
-        self._lagging.subs.clear()
-        self._lagging.none.set()
+        self._lagging.clear()
 
     async def follow(self, store: Store) -> None:
         """Feed the hub from the store's tail, from its newest event on, until cancelled.

@@ -113,8 +113,9 @@ def create_webhook_app(
     observer: Observer | None = None,
     hub: EventHub | None = None,
 ) -> Starlette:
-    """`hub`, the streams this process holds: a webhook waits a moment while one of them lags
-    (core/hub.py says when), so that a process saturated with webhooks still feeds its streams."""
+    """`hub`, the streams this process holds: a webhook, once verified, waits a moment before it
+    is recorded while one of them lags (core/hub.py says when), so that a process saturated with
+    webhooks still feeds its streams."""
     receiver = _Receiver(sink, verifier, max_body, max_in_flight, observer or NoObserver(), hub)
     return WebhookApp(receiver)
 
@@ -193,8 +194,6 @@ class _Receiver:
         else:
             self.in_flight += 1
             try:
-                if self.hub is not None and self.hub.lagging and await self.hub.yield_to_streams():
-                    self.observer.webhook_held()
                 response = await self._receive(token, scope["headers"], receive, begun)
             finally:
                 self.in_flight -= 1
@@ -238,6 +237,9 @@ class _Receiver:
             webhook_id = verified.id
             envelope = _parse(body)
             event = envelope["event"][:_EVENT_LOG_LENGTH]
+            # Held while it counts as in flight: past MAX_IN_FLIGHT held ones, others get 503.
+            if self.hub is not None and self.hub.lagging and await self.hub.yield_to_streams():
+                self.observer.webhook_held()
             recorded = await self.sink.record_webhook(
                 token, envelope, webhook_id=verified.signed_id
             )
