@@ -8,13 +8,13 @@ import asyncio
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.app import GatewayApp
 from dispatcher_gateway.core.model import JobEvent
 from tests.support.loopback import GatewayFactory, RunningSandbox
+from tests.support.metrics import sample
 from tests.support.requests import email_request, request_for, status_details
 
 STREAM_TIMEOUT = 20.0
@@ -315,15 +315,6 @@ async def test_health_and_reflection(gateways: GatewayFactory) -> None:
             names = {s.name for s in reply.list_services_response.service}
             assert "dispatcher.gateway.v1.DispatchService" in names
             break
-
-
-def sample(metrics: str, name: str, **labels: str) -> float:
-    """The value of one series (its name and labels) in a /metrics page; 0 if absent."""
-    for family in text_string_to_metric_families(metrics):
-        for found in family.samples:
-            if found.name == name and found.labels == labels:
-                return float(found.value)
-    return 0.0
 
 
 async def test_admin_probes_and_metrics(

@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.bench import load, procs
 from tests.bench.benches import create_jobs
+from tests.support.metrics import sample
 
 SECONDS = 3.0
 WARMUP = 0.5
@@ -43,21 +43,12 @@ def test_a_worker_saturated_with_webhooks_keeps_its_reading_subscriber(tmp_path:
             stop.set()
         counted = subscriber.results(BUDGET)[0]
         recorded = procs.webhooks_by_worker(addrs.admin_port)["0"]
-        held = _held(addrs.admin_port)
+        # How often the stream held webhooks back, for the messages (it depends on the machine).
+        page = httpx.get(f"http://{procs.HOST}:{addrs.admin_port}/metrics").text
+        held = sample(page, "dispatcher_gateway_webhooks_held_total")
 
     assert set(sent["statuses"]) == {200}, sent["statuses"]
     assert sent["accepted"] > 0
     assert counted["ended"] is None, f"the stream was ended ({counted['ended']}; {held:.0f} held)"
     # Every webhook recorded, warm-up included, reached the stream, once.
     assert counted["webhooks"] == recorded, (counted, recorded, held)
-
-
-def _held(admin_port: int) -> float:
-    """dispatcher_gateway_webhooks_held_total: how often the stream held webhooks back (the
-    assertions' messages show it; how often the loop falls behind depends on the machine)."""
-    page = httpx.get(f"http://{procs.HOST}:{admin_port}/metrics").text
-    for family in text_string_to_metric_families(page):
-        for sample in family.samples:
-            if sample.name == "dispatcher_gateway_webhooks_held_total":
-                return sample.value
-    raise AssertionError("no dispatcher_gateway_webhooks_held_total in /metrics")

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 MONITORING = ROOT / "deploy" / "monitoring"
@@ -47,6 +49,15 @@ def documented_metrics() -> dict[str, Documented]:
         found[name] = Documented(name, cells[1], labels)
     assert found, "the README's metrics table is empty"
     return found
+
+
+def sample(metrics: str, name: str, **labels: str) -> float:
+    """The value of one series (its name and labels) in a /metrics page; 0 if absent."""
+    for family in text_string_to_metric_families(metrics):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return float(found.value)
+    return 0.0
 
 
 def exposed_series() -> frozenset[str]:

@@ -55,6 +55,14 @@ async def read(sub: Subscription, count: int) -> None:
         await sub.get()
 
 
+async def reading_behind(hub: EventHub) -> Subscription:
+    """A new stream whose reader took its first event and found LAG_HIGH + 9 queued behind it."""
+    sub = hub.subscribe(CLIENT, lambda e: True)
+    fill(hub, LAG_HIGH + 10)
+    await read(sub, 1)
+    return sub
+
+
 async def catch_up(sub: Subscription, waiting: asyncio.Task[bool], to: int) -> None:
     """Take events one a turn of the loop, as a gRPC stream does, down to `to` queued; the
     waiting webhook must not go on before."""
@@ -75,9 +83,7 @@ async def test_a_stream_under_the_high_mark_holds_nothing_back() -> None:
 
 async def test_a_webhook_waits_while_a_reading_stream_catches_up() -> None:
     hub = EventHub()
-    sub = hub.subscribe(CLIENT, lambda e: True)
-    fill(hub, LAG_HIGH + 10)
-    await read(sub, 1)  # its reader is taking events, and finds LAG_HIGH + 9 behind
+    sub = await reading_behind(hub)
     assert hub.lagging
 
     async with asyncio.timeout(OUTER):
@@ -106,9 +112,7 @@ async def test_a_reader_that_stops_while_behind_delays_a_webhook_at_most_pause_m
 ) -> None:
     monkeypatch.setattr(hub_module, "PAUSE_MAX", 0.05)
     hub = EventHub()
-    sub = hub.subscribe(CLIENT, lambda e: True)
-    fill(hub, LAG_HIGH + 10)
-    await read(sub, 1)  # then it reads no more
+    await reading_behind(hub)  # then it reads no more
     begun = time.monotonic()
     async with asyncio.timeout(OUTER):
         assert await hub.yield_to_streams() is True  # it waited, and went on
@@ -141,9 +145,7 @@ async def test_a_stream_still_behind_after_hold_max_is_left_on_its_own_until_it_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     hub = EventHub()
-    sub = hub.subscribe(CLIENT, lambda e: True)
-    fill(hub, LAG_HIGH + 10)
-    await read(sub, 1)
+    sub = await reading_behind(hub)
     assert hub.lagging
     monkeypatch.setattr(hub_module, "HOLD_MAX", 0.0)  # it has held webhooks long enough
     assert await hub.yield_to_streams() is False

@@ -175,10 +175,6 @@ class _Lagging:
     async def changed(self) -> None:
         await self._changed.wait()
 
-    def clear(self) -> None:
-        for sub in tuple(self.subs):
-            self.discard(sub)
-
 
 class EventHub:
     def __init__(self, *, backlog: int = DEFAULT_BACKLOG) -> None:
@@ -267,7 +263,6 @@ class EventHub:
             for sub in subs:
                 sub.close(self._closed)
         self._by_client.clear()
-        self._lagging.clear()
 
     async def follow(self, store: Store) -> None:
         """Feed the hub from the store's tail, from its newest event on, until cancelled.
