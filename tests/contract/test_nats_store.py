@@ -617,3 +617,11 @@ async def test_a_job_id_with_dots_and_wildcards_reads_back(store: NatsStore) -> 
     )
     assert len(await store.read_events(client=CLIENT, job_id="job.1.*.>")) == 2
     assert await store.read_events(client=CLIENT, job_id="job.1.*") == []
+
+
+async def test_the_queued_job_of_a_client_named_empty_is_leased(store: NatsStore) -> None:
+    job = await create(store, "", enqueue=True)
+
+    leased = await store.lease(limit=10, visibility=30.0)
+
+    assert [lease.job_id for lease in leased] == [job.job_id]
