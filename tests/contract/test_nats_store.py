@@ -22,7 +22,7 @@ from dispatcher_gateway.core.schedule import ScheduleRules
 from dispatcher_gateway.store import codec
 from dispatcher_gateway.store.nats import DEFAULT_TIMEOUT, NatsStore
 from dispatcher_gateway.store.nats.commit import Envelope, Pending
-from dispatcher_gateway.store.nats.names import lane_consumer
+from dispatcher_gateway.store.nats.names import lane_consumer, token
 from dispatcher_gateway.store.nats.tail import Tail
 from tests.support.builders import (
     CLIENT,
@@ -411,6 +411,87 @@ async def test_a_create_whose_claimer_died_before_writing_the_job_is_completed_i
     assert len(await store.read_events(client=CLIENT, job_id=first.job_id)) == 1
 
 
+# A write this process remembers, and another replica wrote after it
+
+WINDOW = 1.0
+"""The dedupe TTL and the duplicate window of the stores below: short enough to wait out."""
+
+
+async def until_forgotten(store: NatsStore, msg_id: str) -> None:
+    """Until the seen bucket has dropped the message id (its TTL) and the duplicate window on
+    Nats-Msg-Id has passed: a long wait, in production terms (72 h and 2 h)."""
+    await asyncio.sleep(WINDOW)
+    async with asyncio.timeout(RECOVERY):
+        while await store.journal.seen(msg_id) is not None:
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(WINDOW)
+
+
+async def envelope_of(store: NatsStore, job_id: str) -> Envelope:
+    entry = await store._wire().kv_get(store.bucket("jobs"), token(job_id))
+    assert entry is not None
+    return Envelope.decode(entry.value)
+
+
+@pytest.fixture
+async def replicas(nats_server: NatsEndpoint) -> AsyncIterator[tuple[NatsStore, NatsStore]]:
+    first = new_store(nats_server.servers, dedupe_ttl=WINDOW, duplicate_window=WINDOW)
+    await first.open()
+    second = NatsStore(nats_server.servers, prefix=first.layout.prefix, timeout=FAST)
+    await second.open()
+    try:
+        yield first, second
+    finally:
+        await second.close()
+        await first.close()
+
+
+async def test_an_append_that_failed_to_publish_is_not_published_again_days_later(
+    replicas: tuple[NatsStore, NatsStore],
+) -> None:
+    store, other = replicas
+    job = await create(store)
+    # NATS did not answer the publish: the event is committed, pending in the job's envelope.
+    crash_once(store.journal, "settle", StoreUnavailable("NATS did not answer in time"))
+    with pytest.raises(StoreUnavailable):
+        await append(store, job, "letter_created")
+    [pending] = (await envelope_of(store, job.job_id)).pending
+    # Another replica's write publishes it first, then its own.
+    await append(other, job, "letter_in_transit")
+    await until_forgotten(store, pending.msg_id)
+
+    await append(store, job, "letter_delivered")
+
+    events = await other.read_events(client=CLIENT, job_id=job.job_id)
+    assert [e.type for e in events] == [
+        states.QUEUED,
+        "letter_created",
+        "letter_in_transit",
+        "letter_delivered",
+    ]
+
+
+async def test_a_create_that_failed_to_publish_is_not_queued_again_hours_later(
+    replicas: tuple[NatsStore, NatsStore],
+) -> None:
+    store, other = replicas
+    first = new_job()
+    # NATS did not answer the publish: the job is committed with its outbox entry pending.
+    crash_once(store.journal, "settle", StoreUnavailable("NATS did not answer in time"))
+    with pytest.raises(StoreUnavailable):
+        await store.create_job(first, queued_event(first), enqueue=True)
+    # Another replica reads the job, which queues it; its worker sends it and is done.
+    assert await other.get_job(first.job_id) == first
+    [lease] = await other.lease(limit=10, visibility=30.0)
+    await append(other, first, states.SUBMITTED)
+    await other.ack(lease)
+    await asyncio.sleep(WINDOW * 2)
+
+    await append(store, first, "letter_created")
+
+    assert await other.lease(limit=10, visibility=30.0) == []
+
+
 # The outbox lease
 
 
@@ -536,3 +617,11 @@ async def test_a_job_id_with_dots_and_wildcards_reads_back(store: NatsStore) -> 
     )
     assert len(await store.read_events(client=CLIENT, job_id="job.1.*.>")) == 2
     assert await store.read_events(client=CLIENT, job_id="job.1.*") == []
+
+
+async def test_the_queued_job_of_a_client_named_empty_is_leased(store: NatsStore) -> None:
+    job = await create(store, "", enqueue=True)
+
+    leased = await store.lease(limit=10, visibility=30.0)
+
+    assert [lease.job_id for lease in leased] == [job.job_id]

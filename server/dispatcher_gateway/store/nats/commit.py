@@ -41,7 +41,10 @@ event and the enqueue flag pending, then publishes them (the outbox entry with N
 Fewer round trips. The appends of one process to one job take turns (a lock per job), and the
 envelope this process last wrote is remembered (KNOWN_MEMORY jobs): an append starts from it
 instead of reading (step 1), and its compare-and-set finds out whether another writer came in
-between (then it reads, and goes on as above). Step 2 stays exact: the remembered revision was
+between (then it reads, and goes on as above). One that holds effects not known settled is read
+again first: another writer may have settled them and written since, and once the seen record
+and the duplicate window have run out, a flush of the remembered envelope would publish them
+again. Step 2 stays exact: the remembered revision was
 written before the append's `seen` read is sent, so an event with the same key that it
 overwrote was recorded seen before that read, just as for a revision read in step 1. One
 replica's webhook then costs four requests (seen, compare-and-set, publish, record seen), three
@@ -233,6 +236,12 @@ class Journal:
                 revision, envelope = entry.revision, Envelope.decode(entry.value)
             else:
                 revision, envelope = known
+                if self.unsettled(envelope):
+                    # Settled from the envelope as it is now: a pending event's being the last
+                    # message of its job tells it was published only while it is the job's last
+                    # write, which a remembered envelope may no longer be.
+                    self._known.forget(key)
+                    continue
             if msg_id is not None:
                 if any(p.msg_id == msg_id for p in envelope.pending):
                     await self.settle(event.job_id, revision, envelope)

@@ -19,7 +19,8 @@ remembered by the process); lease(client=...) pulls the client's lanes in priori
 outbox_depths lists the consumers with their counts (never delivered: fresh; delivered and not
 acked: other) in one request. Which client's lanes to pull next is core's choice
 (core/fairshare.py). Entries queued on the single subject of a release before lanes are the lane
-of client '' (the consumer "worker"), leased like any other.
+of client '' (the consumer "worker"), leased like any other; that client's normal entries are
+queued there too (names.py).
 """
 
 from __future__ import annotations

@@ -111,7 +111,11 @@ class Layout:
         return f"{self.prefix}.outbox"
 
     def outbox_lane(self, client: str, priority: Priority) -> str:
-        """The subject of one client's outbox entries of one priority."""
+        """The subject of one client's outbox entries of one priority. The normal lane of the
+        client named '' is the legacy subject: the lanes take its consumer ("worker") for that
+        lane (lanes.py), so a lane of its own would have none."""
+        if not client and priority is Priority.NORMAL:
+            return self.outbox_subject
         return f"{self.outbox_subject}.{token(client)}.{priority.value}"
 
     def lane_of(self, subject: str) -> tuple[str, Priority] | None:
