@@ -107,6 +107,11 @@ class Subscription:
     def closed(self) -> bool:
         return self._closed is not None
 
+    @property
+    def reason(self) -> BaseException | None:
+        """Why it was closed (what `get` raises), if it was."""
+        return self._closed
+
     def close(self, reason: BaseException) -> None:
         if self._closed is None:
             self._closed = reason
