@@ -1,9 +1,11 @@
-"""A client's events reach its streams exactly once and in order at the edges of a gateway's life:
-a stream that begins while the gateway is still starting."""
+"""A client's events reach its streams exactly once and in order at the edges of a gateway's life
+and of a stream's: a stream that begins while the gateway is still starting; one that reaches its
+maximum age while its reader is behind."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import grpc
@@ -14,10 +16,12 @@ from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway import app as app_module
 from dispatcher_gateway.app import GatewayApp
 from dispatcher_gateway.core import states
+from tests.support.builders import event_for, new_job, queued_event
 from tests.support.loopback import GatewayFactory
 from tests.support.requests import email_request
 
 STREAM_TIMEOUT = 20.0
+RESUME_HINT = re.compile(r"after_cursor='(\d+)'")
 
 
 async def test_a_stream_begun_while_the_gateway_starts_misses_nothing(
@@ -73,3 +77,41 @@ async def test_a_stream_begun_while_the_gateway_starts_misses_nothing(
     ]
     assert (early.job.job_id, "queued") in [(job, kind) for _, job, kind in expected]
     assert [(e.cursor, e.job_id, e.type) for e in seen] == expected
+
+
+async def read_all(stream: grpc.aio.UnaryStreamCall, into: list[pb.JobEvent]) -> None:
+    async with asyncio.timeout(STREAM_TIMEOUT):
+        while (event := await stream.read()) is not grpc.aio.EOF:
+            assert isinstance(event, pb.JobEvent)
+            into.append(event)
+
+
+async def test_a_stream_whose_reader_is_behind_at_its_maximum_age_ends_resumable(
+    gateways: GatewayFactory,
+) -> None:
+    # More history than gRPC's flow-control windows hold: the server's sends wait for a reader
+    # that paused, and the stream reaches its maximum age meanwhile. It ends as any stream at
+    # that age (UNAVAILABLE, where to resume), not stuck with neither event nor status.
+    app = await gateways.start(max_stream_age=1.0)
+    job = new_job("anonymous")
+    await app.store.create_job(job, queued_event(job), enqueue=False)
+    blob = "x" * 12_000
+    events = [(event_for(job, f"progress_{i}", data={"blob": blob}), None) for i in range(2000)]
+    for start in range(0, len(events), 100):
+        await app.store.append_events(events[start : start + 100], apply=states.apply_event)
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        stream = stub.Subscribe(pb.SubscribeRequest())
+        first = await stream.read()
+        assert isinstance(first, pb.JobEvent)
+        seen = [first]
+        await asyncio.sleep(2.0)  # past the stream's maximum age, its sends waiting for us
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await read_all(stream, seen)
+    assert len(seen) < len(events) + 1
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "maximum age" in (info.value.details() or "")
+    hint = RESUME_HINT.search(info.value.details() or "")
+    assert hint is not None
+    assert hint.group(1) == seen[-1].cursor
+    assert app.hub.streams == 0
