@@ -5,6 +5,7 @@ maximum age while its reader is behind."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from typing import Any
 
@@ -13,14 +14,16 @@ import pytest
 
 from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
-from dispatcher_gateway import app as app_module
 from dispatcher_gateway.app import GatewayApp
 from dispatcher_gateway.core import states
+from dispatcher_gateway.httpserver import start_http
 from tests.support.builders import event_for, new_job, queued_event
+from tests.support.faces import JsonFace, SseEvent, face_on, sse_events
 from tests.support.loopback import GatewayFactory
 from tests.support.requests import email_request
 
 STREAM_TIMEOUT = 20.0
+JSON_HEADERS = {"content-type": "application/json"}
 RESUME_HINT = re.compile(r"after_cursor='(\d+)'")
 
 
@@ -31,7 +34,6 @@ async def test_a_stream_begun_while_the_gateway_starts_misses_nothing(
     # restarted worker as soon as its gRPC port is bound): a stream can begin, and an event be
     # recorded, before the gateway is done starting. Its start is held there meanwhile.
     paused, resume = asyncio.Event(), asyncio.Event()
-    start_http = app_module.start_http
     calls = 0
 
     async def held(*args: Any, **options: Any) -> Any:
@@ -42,7 +44,7 @@ async def test_a_stream_begun_while_the_gateway_starts_misses_nothing(
             await resume.wait()
         return await start_http(*args, **options)
 
-    monkeypatch.setattr(app_module, "start_http", held)
+    monkeypatch.setattr("dispatcher_gateway.app.start_http", held)
     app = GatewayApp(gateways.settings())
     starting = asyncio.create_task(app.start())
     try:
@@ -79,7 +81,18 @@ async def test_a_stream_begun_while_the_gateway_starts_misses_nothing(
     assert [(e.cursor, e.job_id, e.type) for e in seen] == expected
 
 
-async def read_all(stream: grpc.aio.UnaryStreamCall, into: list[pb.JobEvent]) -> None:
+async def large_history(app: GatewayApp) -> int:
+    """More events than gRPC's flow-control windows and the sockets' buffers hold; how many."""
+    job = new_job("anonymous")
+    await app.store.create_job(job, queued_event(job), enqueue=False)
+    blob = "x" * 12_000
+    events = [(event_for(job, f"progress_{i}", data={"blob": blob}), None) for i in range(2000)]
+    for start in range(0, len(events), 100):
+        await app.store.append_events(events[start : start + 100], apply=states.apply_event)
+    return len(events) + 1
+
+
+async def read_all(stream: grpc.aio.UnaryStreamCall[Any, Any], into: list[pb.JobEvent]) -> None:
     async with asyncio.timeout(STREAM_TIMEOUT):
         while (event := await stream.read()) is not grpc.aio.EOF:
             assert isinstance(event, pb.JobEvent)
@@ -93,12 +106,7 @@ async def test_a_stream_whose_reader_is_behind_at_its_maximum_age_ends_resumable
     # that paused, and the stream reaches its maximum age meanwhile. It ends as any stream at
     # that age (UNAVAILABLE, where to resume), not stuck with neither event nor status.
     app = await gateways.start(max_stream_age=1.0)
-    job = new_job("anonymous")
-    await app.store.create_job(job, queued_event(job), enqueue=False)
-    blob = "x" * 12_000
-    events = [(event_for(job, f"progress_{i}", data={"blob": blob}), None) for i in range(2000)]
-    for start in range(0, len(events), 100):
-        await app.store.append_events(events[start : start + 100], apply=states.apply_event)
+    events = await large_history(app)
     async with grpc.aio.insecure_channel(gateways.target) as channel:
         stub = pb_grpc.DispatchServiceStub(channel)
         stream = stub.Subscribe(pb.SubscribeRequest())
@@ -108,10 +116,40 @@ async def test_a_stream_whose_reader_is_behind_at_its_maximum_age_ends_resumable
         await asyncio.sleep(2.0)  # past the stream's maximum age, its sends waiting for us
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await read_all(stream, seen)
-    assert len(seen) < len(events) + 1
+    assert len(seen) < events
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "maximum age" in (info.value.details() or "")
     hint = RESUME_HINT.search(info.value.details() or "")
     assert hint is not None
     assert hint.group(1) == seen[-1].cursor
+    assert app.hub.streams == 0
+
+
+async def test_a_json_stream_whose_reader_is_behind_at_its_maximum_age_ends_resumable(
+    gateways: GatewayFactory,
+) -> None:
+    # As above, on the JSON face: the stream ends with its status event, not heartbeats for ever.
+    app = await gateways.start(max_stream_age=1.0)
+    events = await large_history(app)
+    seen: list[SseEvent] = []
+    async with face_on("json", gateways) as face:
+        assert isinstance(face, JsonFace)
+        url, body = face.url("Subscribe"), b"{}"
+        async with face.client.stream("POST", url, content=body, headers=JSON_HEADERS) as response:
+            items = sse_events(response)
+            seen.append(await anext(items))
+            await asyncio.sleep(2.0)  # past the stream's maximum age, its sends waiting for us
+            async with asyncio.timeout(STREAM_TIMEOUT):
+                async for item in items:
+                    seen.append(item)
+                    if item.event == "status":
+                        break
+    status = json.loads(seen[-1].data)
+    assert seen[-1].event == "status"
+    assert len(seen) - 1 < events
+    assert status["status"] == "UNAVAILABLE"
+    assert "maximum age" in status["message"]
+    hint = RESUME_HINT.search(status["message"])
+    assert hint is not None
+    assert hint.group(1) == seen[-2].id
     assert app.hub.streams == 0
