@@ -237,6 +237,9 @@ class GatewayApp:
             reuse_port=self.worker is not None,
         )
         grpc_port, mtls_port = self._grpc_ports()
+        # Where the hub's tail begins, read before any stream can: one that begins as soon as
+        # gRPC listens reads the store after this, so the tail has every event it may lack.
+        hub_after = await self.store.last_cursor()
         await self.grpc.start()
 
         webhook_host, webhook_port = split_addr(s.webhook_addr)
@@ -272,7 +275,7 @@ class GatewayApp:
 
         console = await self._start_console() if s.console.addr is not None else None
 
-        self._hub_task = asyncio.create_task(self.hub.follow(self.store), name="hub")
+        self._hub_task = asyncio.create_task(self.hub.follow(self.store, hub_after), name="hub")
         self._tasks = [
             self._hub_task,
             asyncio.create_task(self.gateway.outbox.run(), name="outbox"),

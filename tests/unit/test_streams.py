@@ -12,6 +12,7 @@ from dispatcher_gateway.core import states
 from dispatcher_gateway.core.errors import NotFound, ShuttingDown, SlowConsumer
 from dispatcher_gateway.core.eventdata import MAX_DEPTH, data_problem
 from dispatcher_gateway.core.model import JSON, EventFilter, JobEvent
+from dispatcher_gateway.core.records import REPLAY_PAGE
 
 from ..support.core import Harness, gateway_harness, take
 
@@ -90,6 +91,20 @@ async def test_drain_ends_streams_with_a_resumable_error(harness: Harness) -> No
     await harness.job()
     stream = harness.gateway.streams.subscribe("anonymous", "", EventFilter())
     await take(stream, 1)
+    harness.hub.close()
+    with pytest.raises(ShuttingDown):
+        await take(stream, 1)
+
+
+async def test_drain_ends_a_stream_still_replaying_the_store(harness: Harness) -> None:
+    # A client resuming from far back is still reading the store when the drain begins: it is
+    # ended then, with where to resume, not after the rest of its history (which may outlast
+    # the drain's grace, and be cut without a word).
+    job_id = await harness.job()
+    for i in range(REPLAY_PAGE + 10):
+        await harness.webhook(job_id, f"progress_{i}", f"wh-{i}")
+    stream = harness.gateway.streams.subscribe("anonymous", "", EventFilter())
+    await take(stream, 2)
     harness.hub.close()
     with pytest.raises(ShuttingDown):
         await take(stream, 1)

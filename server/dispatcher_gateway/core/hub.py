@@ -107,6 +107,11 @@ class Subscription:
     def closed(self) -> bool:
         return self._closed is not None
 
+    @property
+    def reason(self) -> BaseException | None:
+        """Why it was closed (what `get` raises), if it was."""
+        return self._closed
+
     def close(self, reason: BaseException) -> None:
         if self._closed is None:
             self._closed = reason
@@ -264,11 +269,13 @@ class EventHub:
                 sub.close(self._closed)
         self._by_client.clear()
 
-    async def follow(self, store: Store) -> None:
-        """Feed the hub from the store's tail, from its newest event on, until cancelled.
+    async def follow(self, store: Store, after: str | None = None) -> None:
+        """Feed the hub from the store's tail, from the event after `after` (by default its
+        newest event) on, until cancelled. A stream that reads the store before the tail begins
+        would miss what is recorded between its read and that newest event: a process that
+        takes streams before this runs reads `after` first (GatewayApp).
 
         A tail that breaks (store unreachable) is reopened after the last event it delivered."""
-        after: str | None = None
         while True:
             try:
                 if after is None:

@@ -18,7 +18,7 @@ from .errors import (
     StoreUnavailable,
 )
 from .eventdata import data_problem
-from .hub import EventHub
+from .hub import EventHub, Subscription
 from .model import EventFilter, JobEvent, cursor_value
 from .ports import NoObserver, Observer, Store
 from .reads import JobReads
@@ -163,6 +163,7 @@ class EventStreams:
                         limit=REPLAY_PAGE,
                     )
                     for event in page:
+                        self._drained(sub)
                         last = int(event.cursor)
                         if shown(event):
                             yield _deliverable(event)
@@ -190,3 +191,13 @@ class EventStreams:
                 yield _live_deliverable(event)
         finally:
             self.hub.unsubscribe(sub)
+
+    def _drained(self, sub: Subscription) -> None:
+        """Raise the drain's ShuttingDown, should it have closed `sub`: a stream still reading
+        the store ends then, as a live one, not after the rest of its history (which could
+        outlast the drain's grace). One cut off for falling behind reads on: it resumes later
+        from further on."""
+        reason = sub.reason
+        if isinstance(reason, ShuttingDown):
+            self.observer.stream_ended(_ENDED[ShuttingDown])
+            raise reason

@@ -232,12 +232,23 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
     ) -> AsyncGenerator[pb.JobEvent, None]:
         """The events as messages; a stream the server ends says where to resume."""
         last = after
-        age = stream_age(self.max_stream_age)
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + stream_age(self.max_stream_age)
         client = caller().name
         try:
             with self.limits.stream(client):
-                async with asyncio.timeout(age), contextlib.aclosing(events(client)) as stream:
-                    async for event in stream:
+                async with contextlib.aclosing(events(client)) as stream:
+                    while True:
+                        # The age is checked while the next event is awaited only: a timeout
+                        # around the yield would cancel the task where it sends (grpc's own code,
+                        # waiting for a slow reader), and leave the call with no status at all.
+                        if loop.time() >= ends:
+                            raise TimeoutError
+                        try:
+                            async with asyncio.timeout_at(ends):
+                                event = await anext(stream)
+                        except StopAsyncIteration:
+                            return
                         yield self._messages.message(event)
                         last = event.cursor
         except TimeoutError:
