@@ -375,6 +375,7 @@ class GatewayApp:
         # the outbox leases nothing more and lets its submissions finish (its entries are leased
         # by the other replicas, and what it was sending comes back to them if cut).
         self.gateway.outbox.close()
+        self.gateway.dispatches.close()
         if self._hub_task is not None:
             self._hub_task.cancel()
         stopping = None

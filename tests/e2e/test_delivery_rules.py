@@ -21,6 +21,7 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.app import GatewayApp
 from dispatcher_gateway.config import Settings
+from dispatcher_gateway.core import outbox
 from dispatcher_gateway.core.model import JobEvent
 from dispatcher_gateway.core.retry import RateLimit
 from dispatcher_gateway.rpc import servicer
@@ -209,6 +210,72 @@ async def test_a_caller_that_goes_away_cancels_the_upstream_call_and_the_job_say
     assert sandbox.sandbox.stats().by_status == {}
     assert job.error.code == "cancelled"
     assert "may have" in job.error.message
+
+
+# The upstream acts on the request at once and answers late: the 202 never reaches the call.
+@pytest.mark.parametrize("sandbox_options", [{"event_delay": 1.0}])
+async def test_a_sync_call_whose_acceptance_is_lost_leaves_a_called_back_job_to_its_webhook(
+    stub: pb_grpc.DispatchServiceStub, sandbox: RunningSandbox
+) -> None:
+    """A job that ends by webhook (esign) sent in MODE_SYNC: the upstream accepted it, but its
+    answer did not come within the call's deadline. The job is not failed at the deadline: its
+    webhook ends it, once (the signature was made, whatever the call was told)."""
+    sandbox.sandbox.faults.update({"timeout_rate": 1.0, "timeout_delay": UNANSWERED})
+    request = request_for(pb.SERVICE_ESIGN)
+    request.mode = pb.MODE_SYNC
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Dispatch(request, timeout=0.5)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    job_id = (await the_only_job(stub)).job_id
+    events: list[pb.JobEvent] = []
+
+    async def until_signed() -> None:
+        async for event in stub.Subscribe(pb.SubscribeRequest(job_ids=[job_id])):
+            events.append(event)
+            if event.type == "document_signed":
+                return
+
+    await asyncio.wait_for(until_signed(), WAIT_TIMEOUT)
+
+    assert [(e.type, e.state) for e in events if e.terminal] == [
+        ("document_signed", pb.JOB_STATE_SUCCEEDED)
+    ]
+    job = await stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=CALL_TIMEOUT)
+    assert job.state == pb.JOB_STATE_SUCCEEDED
+    assert [d.mode for d in sandbox.sandbox.dispatches] == ["async"]
+
+
+# The upstream answers after the drain has cut the call, before the outbox sends it again.
+@pytest.mark.parametrize("sandbox_options", [{"sync_delay": 2.0}])
+async def test_a_sync_call_cut_by_a_drain_leaves_its_job_to_the_outbox(
+    gateways: GatewayFactory, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drain cuts a MODE_SYNC call still waiting for the upstream at the end of its grace: the
+    job is not failed as if its caller had gone away; the outbox (here of the next gateway on
+    the same store) sends it again under the same key once the call's time is up, and it ends
+    with the upstream's answer to the first request."""
+    monkeypatch.setattr(outbox, "SYNC_CALL_GRACE", 3.0)
+    gateway = await gateways.start()
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        call = stub.Dispatch(email_request(mode=pb.MODE_SYNC), timeout=CALL_TIMEOUT)
+        await eventually(lambda: sandbox.sandbox.stats().dispatch_requests)
+        await gateways.stop(gateway)  # a grace of 1 s: the call is cut
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    await gateways.start()
+    async with grpc.aio.insecure_channel(gateways.target) as channel:
+        stub = pb_grpc.DispatchServiceStub(channel)
+        job_id = (await the_only_job(stub)).job_id
+        events = await events_until_terminal(stub, job_id)
+
+    assert [(e.type, e.state) for e in events if e.terminal] == [
+        ("dispatch_completed", pb.JOB_STATE_SUCCEEDED)
+    ]
+    assert [r.idempotency_key for r in sandbox.sandbox.requests] == [job_id, job_id]
+    assert [d.idempotency_key for d in sandbox.sandbox.dispatches] == [job_id]
 
 
 async def test_a_sync_call_waits_for_its_rate_slot_within_its_deadline(

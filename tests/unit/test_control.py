@@ -289,3 +289,29 @@ async def test_a_job_the_upstream_failed_by_webhook_cannot_be_retried() -> None:
 
         with pytest.raises(WrongState, match="its 'letter_failed' event: it acted"):
             await h.gateway.control.retry(CLIENT, job_id)
+
+
+@pytest.mark.parametrize(
+    ("first", "last"),
+    [
+        (failure(0, "upstream_timeout"), failure(401, "unauthorized")),
+        (failure(503, "service_unavailable"), failure(403, "forbidden")),
+    ],
+    ids=["timeout then 401", "503 then 403"],
+)
+async def test_a_job_refused_after_a_request_that_may_have_acted_cannot_be_retried(
+    first: Exception, last: Exception
+) -> None:
+    """The last answer is a refusal, but an earlier request of the job went unanswered (or was
+    answered 5xx): the upstream may have acted on that one, and a retry under a new key would
+    then be a second dispatch."""
+    async with harness() as h:
+        h.upstream.script.append(first)  # type: ignore[arg-type]
+        job_id = await failed_job(h, last)
+
+        with pytest.raises(WrongState, match="may have been acted on"):
+            await h.gateway.control.retry(CLIENT, job_id)
+        assert h.upstream.keys == [job_id, job_id]
+        old = await h.store.get_job(job_id)
+        assert old is not None
+        assert old.retried_by == ""

@@ -32,6 +32,7 @@ from dispatcher_gateway.core.outbox import (
     SLOT_FRESHNESS,
     SYNC_CALL_GRACE,
 )
+from dispatcher_gateway.core.ports import NoObserver
 from dispatcher_gateway.core.retry import RateLimit, RetryPolicy
 from dispatcher_gateway.store.memory import MemoryStore
 
@@ -443,5 +444,65 @@ async def test_an_open_circuit_holds_the_worker_rather_than_churning_the_backlog
                     len(job_ids) - store.put_back
                 ):
                     await asyncio.sleep(0.02)
+    finally:
+        await inner.close()
+
+
+class OverdueSeen(NoObserver):
+    def __init__(self) -> None:
+        self.overdue: list[str] = []
+        self.ended: list[tuple[str, str]] = []
+
+    def callback_overdue(self, service: str) -> None:
+        self.overdue.append(service)
+
+    def job_ended(self, service: str, state: str) -> None:
+        self.ended.append((service, state))
+
+
+class EndsWhileRead:
+    """A real store; the job's terminal webhook is recorded (on another replica) while the
+    outbox reads the job's events at its deadline, after it found the job still open."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self.inner = inner
+        self.gateway: Gateway | None = None
+        self.job_id = ""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def read_events(self, **kwargs: Any) -> Any:
+        if self.gateway is not None and kwargs.get("job_id") == self.job_id:
+            envelope = {"event": "document_signed", "data": {}}
+            token = TOKENS.token(self.job_id)
+            await self.gateway.webhooks.record_webhook(token, envelope, webhook_id="wh-end")
+        return await self.inner.read_events(**kwargs)
+
+
+async def test_a_webhook_ending_the_job_at_its_deadline_is_not_counted_overdue() -> None:
+    inner = MemoryStore()
+    await inner.open()
+    store, seen = EndsWhileRead(inner), OverdueSeen()
+    gateway = build_core(store, ScriptedUpstream(), callbacks=SHORT_DEADLINE, observer=seen)
+    spec = DispatchSpec((Service.ESIGN,), Mode.ASYNC, {"template": {"id": 1}})
+    try:
+        async with running_outbox(gateway):
+            job_id = (await gateway.dispatches.submit("anonymous", spec, budget=None)).job_id
+            async with asyncio.timeout(WAIT_TIMEOUT):
+                while (job := await inner.get_job(job_id)) and job.state is JobState.QUEUED:
+                    await asyncio.sleep(0.01)
+            store.job_id, store.gateway = job_id, gateway
+            # The deadline comes: the outbox writes its failure after the end.
+            async with asyncio.timeout(WAIT_TIMEOUT):
+                while "failed" not in [
+                    e.type for e in await inner.read_events(client="anonymous", job_id=job_id)
+                ]:
+                    await asyncio.sleep(0.01)
+        ended = await inner.get_job(job_id)
+        assert ended is not None
+        assert ended.state is JobState.SUCCEEDED
+        assert seen.ended == [("esign", "succeeded")]
+        assert seen.overdue == []
     finally:
         await inner.close()

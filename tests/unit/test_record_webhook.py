@@ -190,3 +190,35 @@ async def test_a_webhook_before_the_202_gives_the_job_its_dispatch(harness: Harn
     assert await harness.webhook(job_id, "signer_signed", "wh-1", dispatchId="disp_early")
 
     assert (await harness.gateway.reads.get_job("anonymous", job_id)).dispatch_id == "disp_early"
+
+
+async def test_dispatch_completed_from_a_provider_with_its_own_ends_does_not_end_the_job(
+    harness: Harness,
+) -> None:
+    """The async-flow recipe's `dispatch_completed`, should it come for a provider that sends its
+    own ends (Universign, Signaturit, MySendingBox): the signature request reached the provider,
+    as a sync answer says, not a signed document. The provider's end ends the job."""
+    job_id = await harness.job()
+    assert await harness.webhook(job_id, "dispatch_completed", "wh-1", provider="universign")
+    assert await harness.webhook(job_id, "transaction_failed", "wh-2", provider="universign")
+
+    events = await harness.store.read_events(client="anonymous", job_id=job_id)
+    assert [(e.type, e.state, e.terminal) for e in events] == [
+        ("queued", JobState.QUEUED, False),
+        ("dispatch_completed", JobState.IN_PROGRESS, False),
+        ("transaction_failed", JobState.FAILED, True),
+    ]
+
+
+async def test_dispatch_completed_from_a_provider_without_webhooks_ends_the_job(
+    harness: Harness,
+) -> None:
+    job_id = await harness.job()
+    assert await harness.webhook(job_id, "dispatch_completed", "wh-1", provider="yousign")
+
+    events = await harness.store.read_events(client="anonymous", job_id=job_id)
+    assert [(e.type, e.state, e.terminal) for e in events][-1] == (
+        "dispatch_completed",
+        JobState.SUCCEEDED,
+        True,
+    )

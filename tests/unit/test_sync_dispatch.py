@@ -22,8 +22,8 @@ from dispatcher_gateway.core.model import (
 from dispatcher_gateway.core.ports import NoObserver
 from dispatcher_gateway.store.memory import MemoryStore
 
-from ..support.core import build_core
-from ..support.upstream import ScriptedUpstream
+from ..support.core import TOKENS, build_core
+from ..support.upstream import ScriptedUpstream, failure
 
 APPEND_DELAY = 0.2
 WAIT_TIMEOUT = 5.0
@@ -150,3 +150,27 @@ async def test_an_answer_recorded_as_the_call_is_cancelled_is_recorded_and_count
     assert job.state is JobState.SUCCEEDED
     assert [e.type for e in events].count("dispatch_completed") == 1
     assert seen.ended == [("email", "succeeded")]
+
+
+async def test_a_called_back_job_whose_acceptance_times_out_is_ended_by_its_webhook(
+    store: MemoryStore,
+) -> None:
+    """esign in MODE_SYNC, sent, no answer in time: the upstream may have accepted it, so the
+    job is not failed; its webhook ends it (once)."""
+    gateway = build_core(store, ScriptedUpstream(script=[failure(0, "upstream_timeout")]))
+    spec = DispatchSpec((Service.ESIGN,), Mode.SYNC, {"template": {"id": 1, "data": {}}})
+    with pytest.raises(UpstreamError) as info:
+        await gateway.dispatches.submit("anonymous", spec, budget=10.0)
+    assert info.value.failure.code == "upstream_timeout"
+    [job], _ = await store.list_jobs("anonymous", limit=10)
+    assert job.state is JobState.QUEUED  # the outbox's, once the call's time is up
+
+    envelope = {"event": "document_signed", "dispatchId": "disp_1", "data": {}}
+    await gateway.webhooks.record_webhook(TOKENS.token(job.job_id), envelope, webhook_id="wh-1")
+
+    events = await store.read_events(client="anonymous", job_id=job.job_id)
+    assert [(e.type, e.terminal) for e in events] == [
+        ("queued", False),
+        ("upstream_attempt", False),
+        ("document_signed", True),
+    ]

@@ -141,6 +141,8 @@ class JobControl:
         reason = not_acted(job.error)
         if job.last_event not in states.OWN_EVENTS:
             reason = f"the upstream ended it with its {job.last_event!r} event: it acted"
+        if not reason:
+            reason = await self._earlier_request_acted(job)
         if reason:
             raise WrongState(f"job {job.job_id} cannot be retried: {reason}")
         now = self.clock()
@@ -175,3 +177,14 @@ class JobControl:
             linked, dedupe_key=f"{job.job_id}:retried", apply=states.apply_event
         )
         return stored
+
+    async def _earlier_request_acted(self, job: Job) -> str:
+        """'' unless a request sent for the job before its last may have been acted on: the
+        failure proves only that the last one was not (a 401 after a timeout, retries given up
+        on a 429 after a 503), and a retry under a new key would then dispatch twice."""
+        for attempt in await self.reads.attempts(job):
+            failure = UpstreamFailure(attempt.error_code, "", attempt.http_status)
+            why = not_acted(failure)
+            if why:
+                return f"its request {attempt.request_id} may have been acted on: {why}"
+        return ""

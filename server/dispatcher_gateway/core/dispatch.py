@@ -89,6 +89,13 @@ class Dispatches:
         self.estimates = estimates
         self.observer = observer or NoObserver()
         self.schedule = schedule or ScheduleRules()
+        self._closing = False
+
+    def close(self) -> None:
+        """The gateway is shutting down: a sync call cancelled from now on was cut by it (the end
+        of its drain), not given up by its caller. Its job is left to the outbox, which sends it
+        again under the same key once the call's time is up, rather than failed."""
+        self._closing = True
 
     async def submit(
         self, client: str, spec: DispatchSpec, *, budget: float | None, trace_context: str = ""
@@ -243,17 +250,23 @@ class Dispatches:
         loop = asyncio.get_running_loop()
         deadline = arrived + budget
         sent = False
+        calls_back = self.callbacks.calls_back(spec_of(job))
         try:
             self.caller.check_breaker()
             if not slot:
                 await self.caller.wait_slot(deadline - loop.time())
             remaining = deadline - loop.time()
             sent = True
-            calls_back = self.callbacks.calls_back(spec_of(job))
             answer = await self.caller.dispatch(job, calls_back=calls_back, timeout=remaining)
         # Each failure is recorded shielded: gRPC may cancel the call (its deadline) while the
         # record is being written, and a job left unrecorded would stay queued for ever.
         except UpstreamError as exc:
+            if calls_back and exc.timeout and exc.attempt is not None:
+                # Sent, no answer: the upstream may have accepted it, and then its webhooks
+                # will end it. Not failed: ended by them, or sent again under the same key by
+                # the outbox once the call's time is up (SYNC_CALL_GRACE).
+                await asyncio.shield(self.records.attempt(job, exc.attempt))
+                raise
             await asyncio.shield(self._attempt_failed(job, exc))
             raise
         except RateLimited as exc:
@@ -261,6 +274,9 @@ class Dispatches:
             await asyncio.shield(self.records.fail(job, failure))
             raise
         except BaseException:
+            if self._closing or (sent and calls_back):
+                # As a timeout above: its webhooks, or the outbox, end it.
+                raise
             # gRPC cancels the call when its deadline passes or its caller goes away. Record
             # which, and what is known of the upstream's side: a request sent may have been
             # processed (a sync dispatch has no webhook to tell), one never sent was not.

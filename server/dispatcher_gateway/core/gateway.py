@@ -120,5 +120,12 @@ class Gateway:
             reads=reads,
             control=JobControl(store, reads, clock=clock, queued=worker.wake, observer=observer),
             streams=EventStreams(store, hub, reads, clock=clock, observer=observer),
-            webhooks=WebhookRecorder(store, tokens, clock=clock, observer=observer, traces=traces),
+            webhooks=WebhookRecorder(
+                store,
+                tokens,
+                clock=clock,
+                observer=observer,
+                traces=traces,
+                own_ends=callbacks.providers,
+            ),
         )

@@ -343,7 +343,10 @@ class OutboxWorker:
             f"no terminal webhook came within {deadline:g} s of the job's submission "
             f"(dispatch {job.dispatch_id or 'unknown'}); one that comes later is still recorded",
         )
-        if await self.records.fail(job, failure) is not None:
+        recorded = await self.records.fail(job, failure)
+        # Not when its terminal webhook came meanwhile (on any replica): the job ended by it, and
+        # this failure is recorded after the end, as any late event is.
+        if recorded is not None and recorded.terminal:
             log.warning("outbox: %s: %s", job.job_id, failure.message)
             self.observer.callback_overdue(job.service.value)
         await self.store.ack(lease)

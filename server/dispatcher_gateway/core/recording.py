@@ -13,9 +13,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from . import logfields, states
+from .callbacks import DEFAULT_PROVIDERS
 from .errors import FieldViolation, InvalidArgument, NotFound
 from .eventdata import data_problem
-from .model import JSON, Job, JobEvent, Service
+from .model import JSON, Job, JobEvent, JobState, Service
 from .ports import JobTraces, NoObserver, NoTraces, Observer, Store
 from .records import EARLIEST_EVENT_TIME, END_OF_EVENT_TIMES, dispatch_id_of
 from .tokens import CallbackTokens
@@ -42,7 +43,7 @@ class _OtherDispatch(NotFound):
     job's callback URL. Answered like an unknown callback, nothing stored."""
 
 
-def _from_job(job: Job, event: JobEvent) -> tuple[Job, JobEvent]:
+def _from_job(job: Job, event: JobEvent, announced: JobState | None = None) -> tuple[Job, JobEvent]:
     """`states.apply_event` for an event that knows only its job's id: the job's client,
     service and metadata (and dispatch id, if the event has none) are taken from the job.
 
@@ -55,7 +56,7 @@ def _from_job(job: Job, event: JobEvent) -> tuple[Job, JobEvent]:
         )
     # The dispatch id apply_event records is the job's, else the event's: as it would be with
     # the job's put in the event first. One copy of the event, with the job's fields.
-    after, recorded = states.fold_event(job, event)
+    after, recorded = states.fold_event(job, event, announced=announced)
     return after, event.replace(
         client=job.client, service=job.service, metadata=job.metadata, **recorded
     )
@@ -72,9 +73,12 @@ class WebhookRecorder:
         clock: Callable[[], float],
         observer: Observer | None = None,
         traces: JobTraces | None = None,
+        own_ends: frozenset[str] = DEFAULT_PROVIDERS,
     ) -> None:
+        """`own_ends`: the providers that send their own end events (CallbackRules.providers)."""
         self.store = store
         self.tokens = tokens
+        self.own_ends = own_ends
         self.clock = clock
         self.observer = observer or NoObserver()
         self.traces = traces or NoTraces()
@@ -99,6 +103,17 @@ class WebhookRecorder:
         problem = data_problem(payload)
         if problem is not None:
             raise InvalidArgument([FieldViolation("data", f"{problem}: no client could decode it")])
+        announced = None
+        provider = envelope.get("provider")
+        if (
+            event_type == states.COMPLETED
+            and isinstance(provider, str)
+            and provider.lower() in self.own_ends
+        ):
+            # The async-flow recipe's end of a dispatch, from a provider that sends its own
+            # ends: the request reached the provider (what a sync answer says for such a job),
+            # not the signature or the delivery, which its own end event says. Progress.
+            announced = JobState.IN_PROGRESS
         # One store call: the job's own fields (client, service, metadata) are placeholders here,
         # filled in by `_from_job` from the job the store reads inside the append.
         event = JobEvent(
@@ -106,7 +121,7 @@ class WebhookRecorder:
             client="",
             service=Service.EMAIL,
             type=event_type,
-            state=states.state_for(event_type),
+            state=announced or states.state_for(event_type),
             data=payload,
             metadata={},
             event_time=_event_time(envelope, self.clock()),
@@ -117,7 +132,7 @@ class WebhookRecorder:
         def apply(job: Job, event: JobEvent) -> tuple[Job, JobEvent]:
             nonlocal traced
             traced = job.trace_context
-            return _from_job(job, event)
+            return _from_job(job, event, announced)
 
         try:
             stored = await self.store.append_event(

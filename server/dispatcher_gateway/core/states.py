@@ -44,7 +44,8 @@ EVENT_STATES: dict[str, JobState] = {
     CANCELED: JobState.CANCELED,
     COMPLETED: JobState.SUCCEEDED,
     # Not sent by Dispatcher as documented (webhooks come for esign and postal only), but named
-    # by its async-flow recipe: honoured should they ever come.
+    # by its async-flow recipe: honoured should they ever come (a `dispatch_completed` webhook
+    # from a provider that sends its own ends is progress: core/recording.py).
     "dispatch_failed": JobState.FAILED,
     # esign: signaturit
     "document_signed": JobState.SUCCEEDED,
@@ -82,10 +83,13 @@ def apply_event(job: Job, event: JobEvent) -> tuple[Job, JobEvent]:
     return after, event.replace(**recorded)
 
 
-def fold_event(job: Job, event: JobEvent) -> tuple[Job, dict[str, Any]]:
+def fold_event(
+    job: Job, event: JobEvent, *, announced: JobState | None = None
+) -> tuple[Job, dict[str, Any]]:
     """`apply_event`, with what changes of the event as recorded (its state, dispatch id and
-    terminal flag) as changes to make, for a caller that makes others at once (one copy)."""
-    announced = state_for(event.type)
+    terminal flag) as changes to make, for a caller that makes others at once (one copy).
+    `announced`: the state the event announces, when not the one its type does."""
+    announced = announced or state_for(event.type)
     dispatch_id = job.dispatch_id or event.dispatch_id
     if event.type == RETRIED and not job.retried_by:
         # The failed job stays as it ended (the branch below): only the link is added.
