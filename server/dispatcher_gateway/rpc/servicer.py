@@ -8,7 +8,7 @@ import collections
 import contextlib
 import logging
 import random
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -232,22 +232,14 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
     ) -> AsyncGenerator[pb.JobEvent, None]:
         """The events as messages; a stream the server ends says where to resume."""
         last = after
-        loop = asyncio.get_running_loop()
-        ends = loop.time() + stream_age(self.max_stream_age)
         client = caller().name
+        age = _Age(stream_age(self.max_stream_age))
         try:
             with self.limits.stream(client):
                 async with contextlib.aclosing(events(client)) as stream:
                     while True:
-                        # The age is checked while the next event is awaited only: a timeout
-                        # around the yield would cancel the task where it sends (grpc's own code,
-                        # waiting for a slow reader), and leave the call with no status at all.
-                        if loop.time() >= ends:
-                            raise TimeoutError
-                        try:
-                            async with asyncio.timeout_at(ends):
-                                event = await anext(stream)
-                        except StopAsyncIteration:
+                        event = await age.next_of(stream)
+                        if event is None:
                             return
                         yield self._messages.message(event)
                         last = event.cursor
@@ -255,6 +247,46 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
             raise ShuttingDown(f"the stream reached its maximum age; {_resume(last)}") from None
         except (ShuttingDown, SlowConsumer) as exc:
             raise type(exc)(f"{exc}; {_resume(last)}") from None
+        finally:
+            age.cancel()
+
+
+class _Age:
+    """A stream's maximum age, as one timer for the stream's life (not one per event: a broadcast
+    to every stream would set and clear as many). It ends only the wait for the next event: a
+    timeout around the yield would cancel the task where it sends (grpc's own code, waiting for a
+    slow reader), and leave the call with no status at all. Reached while an event is being
+    sent, it ends the stream before the next wait."""
+
+    def __init__(self, seconds: float) -> None:
+        self._task = asyncio.current_task()
+        self._waiting = False
+        self._reached = False
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._reach)
+
+    def _reach(self) -> None:
+        self._reached = True
+        if self._waiting and self._task is not None:
+            self._task.cancel()
+
+    async def next_of(self, stream: AsyncIterator[JobEvent]) -> JobEvent | None:
+        """The stream's next event (None at its end), unless the age is reached first: then
+        TimeoutError."""
+        if self._reached:
+            raise TimeoutError
+        self._waiting = True
+        try:
+            return await anext(stream, None)
+        except asyncio.CancelledError:
+            # Ours only if no one else cancelled the task too (the call's own cancellation).
+            if self._reached and self._task is not None and self._task.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._waiting = False
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 def stream_age(max_age: float) -> float:
