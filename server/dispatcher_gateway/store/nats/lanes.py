@@ -26,6 +26,7 @@ queued there too (names.py).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -38,6 +39,14 @@ from .provision import lane_consumer_config
 
 LEGACY_LANE: Final = ""
 """The client of the entries a release before lanes queued on the outbox's single subject."""
+COUNTING_LAG: Final = 1.0
+"""Seconds after this process queued an entry in a lane during which a lease that finds the lane
+empty asks once more, waiting. JetStream answers a publish before it counts the message as
+pending on the stream's consumers, which a goroutine of its own does (nats-server stream.go,
+processJetStreamMsg: the PubAck is queued, then sigq.push); a no_wait pull that comes first is
+answered 404, as for an empty lane, and the entry would wait for the outbox's next poll."""
+COUNTING_WAIT: Final = 0.05
+"""Seconds that second pull waits at most (it is answered as soon as a message is there)."""
 
 
 class Lanes:
@@ -55,6 +64,14 @@ class Lanes:
             LEGACY_LANE: {Priority.NORMAL: OUTBOX_CONSUMER}
         }
         """The consumers of the lanes this process knows: client -> priority -> name."""
+        self._queued_at: dict[str, float] = {}
+        """When this process last queued an entry in a lane (time.monotonic), by consumer."""
+
+    def queued(self, client: str, priority: Priority) -> None:
+        """This process has just queued an entry in the client's lane of this priority."""
+        name = self.known.get(client, {}).get(priority)
+        if name is not None:
+            self._queued_at[name] = time.monotonic()
 
     async def lease(self, limit: int, visibility: float, client: str | None) -> list[Lease]:
         """Store.lease: the client's lanes (every lane known, when None) in priority order."""
@@ -75,9 +92,14 @@ class Lanes:
 
     async def _lease_lane(self, consumer: str, limit: int, visibility: float) -> list[Lease]:
         js = self.wire()
-        msgs = await js.pull(
-            self.layout.outbox_stream, consumer, {"batch": limit, "no_wait": True}, limit
-        )
+        stream = self.layout.outbox_stream
+        msgs = await js.pull(stream, consumer, {"batch": limit, "no_wait": True}, limit)
+        if not msgs and time.monotonic() - self._queued_at.get(consumer, -COUNTING_LAG) < (
+            COUNTING_LAG
+        ):
+            # Maybe not counted yet (COUNTING_LAG): a no_wait pull with an expiry waits for it.
+            wait = {"batch": limit, "no_wait": True, "expires": int(COUNTING_WAIT * 1e9)}
+            msgs = await js.pull(stream, consumer, wait, limit)
         # Read before the naks are sent: the server's deadlines come after it.
         expires = self.clock() + visibility
         await asyncio.gather(*(js.nak(msg.reply, visibility + self.lease_grace) for msg in msgs))

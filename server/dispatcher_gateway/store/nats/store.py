@@ -185,6 +185,8 @@ class NatsStore:
                 if existing is None:  # deleted in between: nothing of ours to complete
                     raise StoreUnavailable("the job vanished while it was being created")
                 return existing, False
+            if enqueue:
+                self.lanes.queued(job.client, job.priority)
             return job, True
 
     async def create_job_taking_slot(
