@@ -54,6 +54,14 @@ queueing through this replica are added as they queue): a client queueing throug
 replica is seen within this."""
 IDLE_POLL = 1.0
 """Seconds between looks at an idle outbox (for other replicas' jobs and retries come due)."""
+MISSING_JOB_TRIES = 10
+MISSING_JOB_DELAY = 1.0
+"""An entry whose job is not in the store is put back this many times, this many seconds apart,
+before it is dropped. No store today queues an entry before its job. This is the first of two
+releases: the NATS store is to publish a job's entry before it commits the job, so that a job once
+committed is sent though its create died right after. Its job may then still be landing when
+another replica leases the entry, and every replica must put it back, not drop it, before any
+replica publishes first (a rolling upgrade runs both releases)."""
 PAUSED_POLL = 1.0
 """Seconds the worker leases nothing once it found the upstream's circuit open (less if the
 circuit lets a call through sooner): otherwise every due entry, a whole backlog in an outage,
@@ -229,6 +237,10 @@ class OutboxWorker:
         """Settle one entry: send its job upstream as a task of its own, wait out its caller or
         its deadline, or drop it when the job has ended."""
         job = await self.store.get_job(lease.job_id)
+        if job is None and lease.attempts < MISSING_JOB_TRIES:
+            # Its create may still be landing (MISSING_JOB_TRIES): put back, not dropped.
+            await self.store.retry_later(lease, MISSING_JOB_DELAY)
+            return
         if job is None or job.state.terminal:
             self.observer.outbox_settled(lease.job_id)
             await self.store.ack(lease)
