@@ -94,9 +94,8 @@ class Lanes:
         js = self.wire()
         stream = self.layout.outbox_stream
         msgs = await js.pull(stream, consumer, {"batch": limit, "no_wait": True}, limit)
-        if not msgs and time.monotonic() - self._queued_at.get(consumer, -COUNTING_LAG) < (
-            COUNTING_LAG
-        ):
+        queued_at = self._queued_at.get(consumer)
+        if not msgs and queued_at is not None and time.monotonic() - queued_at < COUNTING_LAG:
             # Maybe not counted yet (COUNTING_LAG): a no_wait pull with an expiry waits for it.
             wait = {"batch": limit, "no_wait": True, "expires": int(COUNTING_WAIT * 1e9)}
             msgs = await js.pull(stream, consumer, wait, limit)
