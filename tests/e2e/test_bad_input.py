@@ -31,6 +31,7 @@ from dispatcher_gateway.rpc.clients import client_line
 from dispatcher_gateway.rpc.convert import event_to_pb
 from dispatcher_gateway.store import sqlite as sqlite_store
 from dispatcher_gateway.webhooks import DEFAULT_MAX_BODY, STORE_RETRY_AFTER, sign_dispatcher
+from tests.support.clients import job_events_until
 from tests.support.loopback import WEBHOOK_SECRET, GatewayFactory, RunningSandbox, TlsFiles
 from tests.support.requests import email_request, status_details
 
@@ -553,13 +554,7 @@ async def test_the_deepest_webhook_accepted_reaches_a_subscriber(
     )
     assert response.status_code == 200
 
-    async def first_late_progress() -> pb.JobEvent:
-        async for event in stub.Subscribe(pb.SubscribeRequest(job_ids=[job_id])):
-            if event.type == "late_progress":
-                return event
-        raise AssertionError("the stream ended")
-
-    event = await asyncio.wait_for(first_late_progress(), STREAM_TIMEOUT)
+    event = (await job_events_until(stub, job_id, "late_progress", STREAM_TIMEOUT))[-1]
     assert json_format.MessageToDict(event.data) == data
     events = await gateway.store.read_events(client="anonymous", job_id=job_id)
     [stored] = [e for e in events if e.type == "late_progress"]
@@ -590,15 +585,7 @@ async def test_an_undecodable_event_stored_before_the_limit_is_streamed_as_an_er
         gateway.gateway.caller.tokens.token(job_id), json.loads(body), webhook_id="wh-after"
     )
 
-    async def types() -> list[str]:
-        seen: list[str] = []
-        async for event in stub.Subscribe(pb.SubscribeRequest(job_ids=[job_id])):
-            seen.append(event.type)
-            if event.type == "late_progress":
-                return seen
-        return seen
-
-    seen = await asyncio.wait_for(types(), STREAM_TIMEOUT)
+    seen = [e.type for e in await job_events_until(stub, job_id, "late_progress", STREAM_TIMEOUT)]
     assert seen[-2:] == [states.UNDELIVERABLE, "late_progress"]
 
 

@@ -26,6 +26,7 @@ from dispatcher_gateway.core.model import JobEvent
 from dispatcher_gateway.core.retry import RateLimit
 from dispatcher_gateway.rpc import servicer
 from dispatcher_gateway.rpc.servicer import stream_age
+from tests.support.clients import job_events_until
 from tests.support.loopback import GatewayFactory, RunningSandbox, TlsFiles
 from tests.support.process import gateway_env
 from tests.support.requests import email_request, request_for, status_details
@@ -227,15 +228,7 @@ async def test_a_sync_call_whose_acceptance_is_lost_leaves_a_called_back_job_to_
         await stub.Dispatch(request, timeout=0.5)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     job_id = (await the_only_job(stub)).job_id
-    events: list[pb.JobEvent] = []
-
-    async def until_signed() -> None:
-        async for event in stub.Subscribe(pb.SubscribeRequest(job_ids=[job_id])):
-            events.append(event)
-            if event.type == "document_signed":
-                return
-
-    await asyncio.wait_for(until_signed(), WAIT_TIMEOUT)
+    events = await job_events_until(stub, job_id, "document_signed", WAIT_TIMEOUT)
 
     assert [(e.type, e.state) for e in events if e.terminal] == [
         ("document_signed", pb.JOB_STATE_SUCCEEDED)

@@ -14,6 +14,7 @@ from dispatcher.gateway.v1 import gateway_pb2 as pb
 from dispatcher.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from dispatcher_gateway.core.callbacks import CallbackRules
 from dispatcher_gateway.core.model import Service
+from tests.support.clients import job_events_until
 from tests.support.loopback import GatewayFactory, RunningSandbox
 from tests.support.requests import request_for
 
@@ -123,15 +124,7 @@ async def test_a_job_whose_webhook_comes_too_late_ends_overdue_and_the_late_end_
     async with grpc.aio.insecure_channel(gateways.target) as channel:
         stub = pb_grpc.DispatchServiceStub(channel)
         job_id = (await stub.Dispatch(request_for(pb.SERVICE_POSTAL), timeout=10)).job.job_id
-        events: list[pb.JobEvent] = []
-
-        async def until_late_end() -> None:
-            async for event in stub.Subscribe(pb.SubscribeRequest(job_ids=[job_id])):
-                events.append(event)
-                if event.type == "letter_delivered":
-                    return
-
-        await asyncio.wait_for(until_late_end(), STREAM_TIMEOUT)
+        events = await job_events_until(stub, job_id, "letter_delivered", STREAM_TIMEOUT)
         job = await stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=10)
 
     assert [(e.type, e.terminal) for e in events] == [

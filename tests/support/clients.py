@@ -206,3 +206,20 @@ async def cancel(*tasks: asyncio.Task[None]) -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def job_events_until(
+    stub: pb_grpc.DispatchServiceStub, job_id: str, event_type: str, timeout: float
+) -> list[pb.JobEvent]:
+    """The job's events, from its first, up to and including the first of `event_type`; raises
+    TimeoutError if it has not come within `timeout`, AssertionError if the stream ended first."""
+    events: list[pb.JobEvent] = []
+
+    async def until() -> list[pb.JobEvent]:
+        async for event in stub.Subscribe(pb.SubscribeRequest(job_ids=[job_id])):
+            events.append(event)
+            if event.type == event_type:
+                return events
+        raise AssertionError(f"the stream ended before {event_type!r}: {events}")
+
+    return await asyncio.wait_for(until(), timeout)
